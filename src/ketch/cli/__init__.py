@@ -1,0 +1,1 @@
+"""Command-line interface: argument parsing, output formats, exit codes."""

@@ -1,0 +1,1 @@
+"""Images: the built-in tiny image, simplestreams remotes, and the verified cache."""

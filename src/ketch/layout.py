@@ -1,0 +1,128 @@
+"""Where ketch keeps things: the storage root and every file in it.
+
+Every file in an instance directory is a named constant here, and each is
+documented in ``docs/internals.md``.  The storage root is ``$KETCH_STORAGE``
+when set (as ``MULTIPASS_STORAGE`` for Multipass), else the user's XDG data
+directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+STORAGE_ENV = "KETCH_STORAGE"
+
+# Files directly under the storage root.
+SOCKET = "ketchd.sock"
+DAEMON_PID = "ketchd.pid"
+DAEMON_LOG = "ketchd.log"
+DATABASE = "ketch.db"
+SSH_DIR = "ssh"
+CLIENT_KEY = "id_ed25519"  # in SSH_DIR; the .pub beside it
+VAULT_DIR = "vault"
+INSTANCES_DIR = "instances"
+CACHE_DIR = "cache"
+ACCEL_CACHE = "accel.json"  # in CACHE_DIR
+
+# Files in an instance directory (instances/<name>/).
+DISK = "disk.qcow2"
+SEED_ISO = "cidata.iso"
+PIDFILE = "qemu.pid"
+QMP_SOCKET = "qmp.sock"
+SERIAL_LOG = "serial.log"
+QEMU_LOG = "qemu.log"
+HOST_KEY = "ssh_host_ed25519_key"  # private; the .pub beside it
+KNOWN_HOSTS = "known_hosts"
+
+
+def storage_root() -> Path:
+    """The storage root in force for this process."""
+    env = os.environ.get(STORAGE_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    from platformdirs import user_data_path
+
+    return user_data_path("ketch", appauthor=False)
+
+
+@dataclass(frozen=True)
+class Root:
+    """Paths below one storage root."""
+
+    path: Path
+
+    @property
+    def socket(self) -> Path:
+        return self.path / SOCKET
+
+    @property
+    def daemon_pid(self) -> Path:
+        return self.path / DAEMON_PID
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.path / DAEMON_LOG
+
+    @property
+    def database(self) -> Path:
+        return self.path / DATABASE
+
+    @property
+    def client_key(self) -> Path:
+        return self.path / SSH_DIR / CLIENT_KEY
+
+    @property
+    def vault(self) -> Path:
+        return self.path / VAULT_DIR
+
+    @property
+    def instances(self) -> Path:
+        return self.path / INSTANCES_DIR
+
+    @property
+    def accel_cache(self) -> Path:
+        return self.path / CACHE_DIR / ACCEL_CACHE
+
+    def instance(self, name: str) -> InstanceDir:
+        return InstanceDir(self.instances / name)
+
+
+@dataclass(frozen=True)
+class InstanceDir:
+    """Paths of one instance's directory."""
+
+    path: Path
+
+    @property
+    def disk(self) -> Path:
+        return self.path / DISK
+
+    @property
+    def seed_iso(self) -> Path:
+        return self.path / SEED_ISO
+
+    @property
+    def pidfile(self) -> Path:
+        return self.path / PIDFILE
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.path / QMP_SOCKET
+
+    @property
+    def serial_log(self) -> Path:
+        return self.path / SERIAL_LOG
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.path / QEMU_LOG
+
+    @property
+    def host_key(self) -> Path:
+        return self.path / HOST_KEY
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.path / KNOWN_HOSTS

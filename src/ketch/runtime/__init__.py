@@ -1,0 +1,1 @@
+"""Running VMs behind a driver interface (QEMU now), and deriving their state."""

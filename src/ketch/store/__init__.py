@@ -1,0 +1,1 @@
+"""Persistent intent: SQLite store of instance specs, the operation journal, settings."""
