@@ -91,8 +91,7 @@ class InvalidState(KetchError):
         self.current = current
         self.accepted = tuple(accepted)
         text = message or (
-            f'instance "{name}" is {current}; this needs it to be '
-            + " or ".join(self.accepted)
+            f'instance "{name}" is {current}; this needs it to be ' + " or ".join(self.accepted)
         )
         super().__init__(text, hint=hint)
 

@@ -1,0 +1,131 @@
+"""The QEMU command line (pure) and starting QEMU detached.
+
+QEMU is started with ``-daemonize`` and ``-pidfile`` so it outlives ketchd:
+a restarted daemon finds it through the pid file and the QMP socket in the
+instance directory and takes it back instead of killing it.  Start-up errors
+(a missing ``-loadvm`` tag, a size mismatch) are reported synchronously by the
+parent process, which exits non-zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ketch.errors import HostCommandError
+from ketch.host.run import run
+from ketch.model import BootSpec
+
+QEMU_SYSTEM = "qemu-system-x86_64"
+OVMF_CODE = "/usr/share/OVMF/OVMF_CODE.fd"
+DISK_NODE = "disk0"  # node name of the instance disk; the snapshot jobs name it
+
+
+@dataclass(frozen=True)
+class QemuConfig:
+    """Everything that decides one QEMU invocation for one instance."""
+
+    name: str
+    cpus: int
+    memory: int  # bytes
+    accel: str  # "kvm" or "tcg"
+    disk: Path
+    seed_iso: Path | None
+    boot: BootSpec
+    pidfile: Path
+    qmp_socket: Path
+    serial_log: Path
+    ssh_port: int
+    mac: str
+    loadvm: str | None = None  # internal snapshot tag to resume from
+
+
+def build_argv(cfg: QemuConfig, *, binary: str = QEMU_SYSTEM) -> list[str]:
+    """The full argv for one instance (pure: same config, same argv)."""
+    mem_mib = max(cfg.memory // (1024 * 1024), 64)
+    argv = [
+        binary,
+        "-name",
+        f"ketch-{cfg.name},debug-threads=on",
+        "-machine",
+        "q35",
+        "-accel",
+        cfg.accel,
+        "-cpu",
+        "host" if cfg.accel == "kvm" else "max",
+        "-smp",
+        str(cfg.cpus),
+        "-m",
+        f"{mem_mib}M",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-vga",
+        "none",
+        "-daemonize",
+        "-pidfile",
+        str(cfg.pidfile),
+        "-qmp",
+        f"unix:{cfg.qmp_socket},server=on,wait=off",
+        "-chardev",
+        f"file,id=serial0,path={cfg.serial_log},append=on",
+        "-serial",
+        "chardev:serial0",
+        "-blockdev",
+        f"driver=file,filename={cfg.disk},node-name={DISK_NODE}-file",
+        "-blockdev",
+        f"driver=qcow2,file={DISK_NODE}-file,node-name={DISK_NODE}",
+        "-device",
+        f"virtio-blk-pci,drive={DISK_NODE},bootindex=0",
+    ]
+    if cfg.seed_iso is not None:
+        argv += [
+            "-blockdev",
+            f"driver=file,filename={cfg.seed_iso},node-name=seed-file,read-only=on",
+            "-blockdev",
+            "driver=raw,file=seed-file,node-name=seed,read-only=on",
+            "-device",
+            "virtio-blk-pci,drive=seed",
+        ]
+    argv += [
+        "-netdev",
+        f"user,id=net0,hostfwd=tcp:127.0.0.1:{cfg.ssh_port}-:22",
+        "-device",
+        f"virtio-net-pci,netdev=net0,mac={cfg.mac}",
+        "-device",
+        "virtio-rng-pci",
+    ]
+    if cfg.boot.kernel:
+        argv += ["-kernel", cfg.boot.kernel]
+        if cfg.boot.initrd:
+            argv += ["-initrd", cfg.boot.initrd]
+        if cfg.boot.cmdline:
+            argv += ["-append", cfg.boot.cmdline]
+    elif cfg.boot.firmware == "uefi":
+        argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}"]
+    if cfg.loadvm:
+        argv += ["-loadvm", cfg.loadvm]
+    return argv
+
+
+def argv_matches(cmdline: list[str], disk: Path) -> bool:
+    """Is a process's argv (from /proc/PID/cmdline) QEMU running this disk?"""
+    if not cmdline or "qemu-system" not in Path(cmdline[0]).name:
+        return False
+    want = f"filename={disk},"
+    return any(arg.startswith("driver=file,") and want in arg + "," for arg in cmdline)
+
+
+async def start(cfg: QemuConfig, *, log: Path, timeout: float = 120.0) -> None:
+    """Start QEMU detached; returns once it runs (pid file written).
+
+    QEMU's start-up output goes to ``log``; a failure raises HostCommandError
+    whose message carries QEMU's own words.
+    """
+    argv = build_argv(cfg)
+    done = await run(argv, timeout=timeout, check=False)
+    with log.open("ab") as f:
+        f.write(("$ " + " ".join(argv) + "\n").encode())
+        f.write(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise HostCommandError(argv, done.returncode, done.stderr.decode("utf-8", "replace"))

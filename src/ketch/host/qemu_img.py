@@ -1,0 +1,151 @@
+"""qemu-img: build argv (pure), run, parse output (pure).
+
+Also a direct reader of the qcow2 snapshot table (:func:`read_snapshot_names`),
+used on the hot path of ``ketch list``: it reads a few hundred bytes of the
+file header instead of starting a qemu-img process per instance, and falls
+back to ``qemu-img info -U`` when the header cannot be read.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ketch.host.run import run
+
+QEMU_IMG = "qemu-img"
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    """The parts of ``qemu-img info --output=json`` that ketch uses."""
+
+    format: str
+    virtual_size: int
+    actual_size: int
+    backing: str | None
+    snapshots: tuple[str, ...]
+    corrupt: bool = False
+
+
+# -- argv builders (pure) --------------------------------------------------
+
+
+def create_overlay_argv(path: Path, base: Path, base_format: str, size: int | None) -> list[str]:
+    """An overlay whose backing file is ``base``; created in constant time."""
+    argv = [QEMU_IMG, "create", "-q", "-f", "qcow2", "-F", base_format, "-b", str(base), str(path)]
+    if size is not None:
+        argv.append(str(size))
+    return argv
+
+
+def resize_argv(path: Path, size: int) -> list[str]:
+    return [QEMU_IMG, "resize", "-q", "-f", "qcow2", str(path), str(size)]
+
+
+def info_argv(path: Path, *, force_share: bool = True) -> list[str]:
+    argv = [QEMU_IMG, "info", "--output=json"]
+    if force_share:
+        argv.append("-U")
+    argv.append(str(path))
+    return argv
+
+
+def snapshot_delete_argv(path: Path, tag: str) -> list[str]:
+    return [QEMU_IMG, "snapshot", "-d", tag, str(path)]
+
+
+def snapshot_create_argv(path: Path, tag: str) -> list[str]:
+    return [QEMU_IMG, "snapshot", "-c", tag, str(path)]
+
+
+# -- parsers (pure) ----------------------------------------------------------
+
+
+def parse_info(text: str) -> DiskInfo:
+    """Parse ``qemu-img info --output=json`` (one image, not a chain)."""
+    doc: dict[str, Any] = json.loads(text)
+    specific = doc.get("format-specific", {}).get("data", {})
+    return DiskInfo(
+        format=str(doc["format"]),
+        virtual_size=int(doc["virtual-size"]),
+        actual_size=int(doc.get("actual-size", 0)),
+        backing=doc.get("full-backing-filename") or doc.get("backing-filename"),
+        snapshots=tuple(str(s["name"]) for s in doc.get("snapshots", [])),
+        corrupt=bool(specific.get("corrupt", False)),
+    )
+
+
+class NotQcow2(ValueError):
+    """The bytes are not a qcow2 header ketch can read."""
+
+
+_HEADER = struct.Struct(">4sIQIIQIIQQIIQ")  # up to and including snapshots_offset
+_SNAPSHOT = struct.Struct(">QIHHIIQII")  # fixed part of one snapshot table entry
+
+
+def parse_snapshot_table(header: bytes, read_at: Any) -> tuple[str, ...]:
+    """Snapshot names from a qcow2 header; ``read_at(offset, size)`` reads more.
+
+    Follows the qcow2 specification (docs/interop/qcow2.txt in QEMU).
+    """
+    if len(header) < _HEADER.size:
+        raise NotQcow2("file too short for a qcow2 header")
+    fields = _HEADER.unpack_from(header)
+    magic, version = fields[0], fields[1]
+    if magic != b"QFI\xfb" or version not in (2, 3):
+        raise NotQcow2("not a qcow2 v2/v3 file")
+    nb_snapshots, snapshots_offset = fields[11], fields[12]
+    names: list[str] = []
+    offset = snapshots_offset
+    for _ in range(nb_snapshots):
+        fixed = read_at(offset, _SNAPSHOT.size)
+        if len(fixed) < _SNAPSHOT.size:
+            raise NotQcow2("snapshot table truncated")
+        entry = _SNAPSHOT.unpack(fixed)
+        id_size, name_size, extra_size = entry[2], entry[3], entry[8]
+        var = read_at(offset + _SNAPSHOT.size + extra_size, id_size + name_size)
+        if len(var) < id_size + name_size:
+            raise NotQcow2("snapshot table truncated")
+        names.append(var[id_size:].decode("utf-8", "replace"))
+        length = _SNAPSHOT.size + extra_size + id_size + name_size
+        offset += (length + 7) & ~7
+    return tuple(names)
+
+
+# -- runners -----------------------------------------------------------------
+
+
+def read_snapshot_names(path: Path) -> tuple[str, ...]:
+    """Snapshot names of a qcow2 file, read from its header (no process).
+
+    Raises OSError when the file cannot be read, NotQcow2 when it is not qcow2.
+    """
+    with path.open("rb") as f:
+
+        def read_at(offset: int, size: int) -> bytes:
+            f.seek(offset)
+            return f.read(size)
+
+        return parse_snapshot_table(f.read(_HEADER.size), read_at)
+
+
+async def info(path: Path, *, timeout: float = 30.0) -> DiskInfo:
+    """``qemu-img info`` with force-share, so it works while QEMU holds the image."""
+    done = await run(info_argv(path), timeout=timeout)
+    return parse_info(done.text)
+
+
+async def create_overlay(path: Path, base: Path, base_format: str, size: int | None) -> None:
+    await run(create_overlay_argv(path, base, base_format, size))
+
+
+async def resize(path: Path, size: int) -> None:
+    await run(resize_argv(path, size))
+
+
+async def snapshot_delete(path: Path, tag: str, *, timeout: float = 60.0) -> None:
+    await run(snapshot_delete_argv(path, tag), timeout=timeout)

@@ -1,0 +1,179 @@
+"""State derivation: what the user asked for + what is there -> observed state.
+
+This is the pure heart of "store intent, derive reality".  The full truth
+table is in docs/internals.md; every row has a unit test.  The function never
+raises: whatever it finds becomes a state plus a list of inconsistencies, each
+saying what ketch (or the user) does about it.
+"""
+
+from __future__ import annotations
+
+from ketch.model import Derived, Inconsistency, Intent, Observation, PidStatus, State
+
+# Live operation name -> the transitional state it shows.
+OP_STATES = {
+    "launch": State.STARTING,
+    "start": State.STARTING,
+    "restart": State.RESTARTING,
+    "suspend": State.SUSPENDING,
+}
+
+
+def derive(
+    *,
+    intent: Intent,
+    deleted: bool,
+    obs: Observation,
+    active_op: str | None = None,
+    interrupted_op: str | None = None,
+    delayed_shutdown: bool = False,
+) -> Derived:
+    """Compute the observed state of one instance.  Pure."""
+    found: list[Inconsistency] = []
+    running = obs.pid_status is PidStatus.OURS
+
+    if obs.pid_status is PidStatus.STALE:
+        found.append(
+            Inconsistency(
+                "stale-pid-file",
+                f"the pid file names process {obs.pid}, which is not running",
+                "ketch removes the pid file at the next operation",
+            )
+        )
+    elif obs.pid_status is PidStatus.FOREIGN:
+        found.append(
+            Inconsistency(
+                "foreign-pid",
+                f"the pid file names process {obs.pid} ({obs.pid_cmdline or '?'}), "
+                "which is not this instance's QEMU",
+                "ketch ignores that process (it is never signalled) and removes the pid file",
+            )
+        )
+    if interrupted_op:
+        found.append(
+            Inconsistency(
+                "interrupted-operation",
+                f"a '{interrupted_op}' operation was interrupted (ketchd stopped during it)",
+                "the state below is what is there now; repeat the command, or 'stop --force'",
+            )
+        )
+    if not obs.disk_exists:
+        found.append(
+            Inconsistency(
+                "missing-disk",
+                "the instance's disk is missing",
+                "the instance is kept for inspection; 'delete --purge' removes its record",
+            )
+        )
+
+    if deleted:
+        if running:
+            found.append(
+                Inconsistency(
+                    "deleted-but-running",
+                    "the instance is deleted but its QEMU still runs",
+                    "'stop --force' or 'purge' ends it",
+                )
+            )
+        return Derived(State.DELETED, tuple(found), running)
+
+    if active_op in OP_STATES:
+        return Derived(OP_STATES[active_op], tuple(found), running)
+
+    if running:
+        return _derive_running(intent, obs, found, delayed_shutdown)
+    return _derive_stopped(intent, obs, found)
+
+
+def _derive_running(
+    intent: Intent, obs: Observation, found: list[Inconsistency], delayed: bool
+) -> Derived:
+    if obs.suspend_tag:
+        found.append(
+            Inconsistency(
+                "stray-suspend-tag",
+                "the disk holds a 'suspend' tag although the instance runs",
+                "the tag is stale and is never loaded; 'stop' or 'stop --force' removes it",
+            )
+        )
+    if obs.qmp_status is None:
+        found.append(
+            Inconsistency(
+                "qmp-unresponsive",
+                f"QEMU runs but its monitor does not answer ({obs.qmp_error or 'no reply'})",
+                "'stop --force' ends the process",
+            )
+        )
+        return Derived(State.UNKNOWN, tuple(found), True)
+    if obs.qmp_status in ("running", "debug"):
+        return Derived(State.DELAYED_SHUTDOWN if delayed else State.RUNNING, tuple(found), True)
+    if obs.qmp_status in ("paused", "suspended", "prelaunch", "finish-migrate", "postmigrate"):
+        found.append(
+            Inconsistency(
+                "paused",
+                f"QEMU runs but the guest's vCPUs are stopped (status '{obs.qmp_status}')",
+                "'start' resumes the guest; 'stop --force' ends it",
+            )
+        )
+        return Derived(State.UNKNOWN, tuple(found), True)
+    if obs.qmp_status in ("shutdown", "guest-panicked", "internal-error", "io-error"):
+        found.append(
+            Inconsistency(
+                "guest-halted",
+                f"QEMU runs but the guest is halted (status '{obs.qmp_status}')",
+                "'stop --force' ends QEMU; 'restart' boots the guest again",
+            )
+        )
+        return Derived(State.UNKNOWN, tuple(found), True)
+    found.append(
+        Inconsistency(
+            "unexpected-qmp-status",
+            f"QEMU reports status '{obs.qmp_status}'",
+            "'stop --force' ends it",
+        )
+    )
+    return Derived(State.UNKNOWN, tuple(found), True)
+
+
+def _derive_stopped(intent: Intent, obs: Observation, found: list[Inconsistency]) -> Derived:
+    if obs.suspend_tag is None:
+        found.append(
+            Inconsistency(
+                "unreadable-tags",
+                f"the disk's snapshot tags could not be read ({obs.tag_error or 'unknown error'})",
+                "'stop --force' and 'delete --purge' still work; 'ketch doctor' explains more",
+            )
+        )
+        state = State.UNKNOWN if intent is Intent.SUSPEND else State.STOPPED
+        return Derived(state, tuple(found), False)
+    if intent is Intent.SUSPEND:
+        if obs.suspend_tag:
+            return Derived(State.SUSPENDED, tuple(found), False)
+        found.append(
+            Inconsistency(
+                "missing-suspend-tag",
+                "recorded as suspended, but the disk has no 'suspend' tag: "
+                "the saved memory state is gone",
+                "'start' boots the guest afresh from its disk; nothing on the disk is lost",
+            )
+        )
+        return Derived(State.STOPPED, tuple(found), False)
+    if obs.suspend_tag:
+        found.append(
+            Inconsistency(
+                "stray-suspend-tag",
+                "the disk holds a 'suspend' tag although the instance was not suspended",
+                "the tag is never loaded (its memory may be older than the disk): "
+                "'start' boots afresh and removes it; so does 'stop --force'",
+            )
+        )
+    if intent is Intent.RUN:
+        found.append(
+            Inconsistency(
+                "exited-unexpectedly",
+                "the instance should be running but its QEMU is not "
+                "(it crashed, was killed, or the host rebooted)",
+                "'start' boots it again",
+            )
+        )
+    return Derived(State.STOPPED, tuple(found), False)

@@ -1,0 +1,218 @@
+"""The QEMU driver: detached QEMU processes found again through the instance dir."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+from ketch.errors import KetchError, QMPError, Timeout
+from ketch.host import procs, qemu, qemu_img, qmp
+from ketch.layout import InstanceDir
+from ketch.model import InstanceSpec, Observation, PidStatus
+from ketch.progress import Reporter
+from ketch.runtime.driver import SUSPEND_TAG
+
+QMP_PROBE_TIMEOUT = 2.0
+
+
+class QemuDriver:
+    """Runs each instance as one detached ``qemu-system-x86_64``."""
+
+    name = "qemu"
+
+    def __init__(self) -> None:
+        # QEMU's monitor takes one client at a time: serialize our own use.
+        self._qmp_locks: dict[Path, asyncio.Lock] = {}
+
+    def _lock(self, idir: InstanceDir) -> asyncio.Lock:
+        return self._qmp_locks.setdefault(idir.path, asyncio.Lock())
+
+    # -- looking ------------------------------------------------------------------
+
+    def _pid(self, idir: InstanceDir) -> tuple[int | None, PidStatus, list[str] | None]:
+        pid = procs.read_pidfile(idir.pidfile)
+        argv = procs.cmdline(pid) if pid else None
+        ours = argv is not None and qemu.argv_matches(argv, idir.disk)
+        return pid, procs.classify(pid, argv, ours), argv
+
+    async def _tags(self, disk: Path) -> tuple[tuple[str, ...] | None, str | None]:
+        try:
+            return qemu_img.read_snapshot_names(disk), None
+        except (OSError, qemu_img.NotQcow2):
+            pass
+        try:
+            return (await qemu_img.info(disk, timeout=10.0)).snapshots, None
+        except (KetchError, ValueError, KeyError) as exc:
+            return None, str(exc)
+
+    async def observe(
+        self, spec: InstanceSpec, idir: InstanceDir, *, probe_qmp: bool = True
+    ) -> Observation:
+        pid, status, argv = self._pid(idir)
+        qmp_status: str | None = None
+        qmp_error: str | None = None
+        if status is PidStatus.OURS and probe_qmp:
+            qmp_status, qmp_error = await self._probe(idir)
+        disk_exists = idir.disk.exists()
+        tags, tag_error = await self._tags(idir.disk) if disk_exists else ((), None)
+        return Observation(
+            pid=pid,
+            pid_status=status,
+            qmp_status=qmp_status,
+            qmp_error=qmp_error,
+            suspend_tag=None if tags is None else SUSPEND_TAG in tags,
+            tag_error=tag_error,
+            disk_exists=disk_exists,
+            pid_cmdline=" ".join(argv)[:120] if argv and status is PidStatus.FOREIGN else None,
+        )
+
+    async def _probe(self, idir: InstanceDir) -> tuple[str | None, str | None]:
+        lock = self._lock(idir)
+        try:
+            await asyncio.wait_for(lock.acquire(), QMP_PROBE_TIMEOUT)
+        except TimeoutError:
+            return None, "the monitor is busy with another operation"
+        try:
+            async with qmp.connect(idir.qmp_socket, timeout=QMP_PROBE_TIMEOUT) as mon:
+                return await mon.status(timeout=QMP_PROBE_TIMEOUT), None
+        except KetchError as exc:
+            return None, exc.message
+        finally:
+            lock.release()
+
+    # -- acting ---------------------------------------------------------------------
+
+    def _config(
+        self, spec: InstanceSpec, idir: InstanceDir, accel: str, resume: bool
+    ) -> qemu.QemuConfig:
+        return qemu.QemuConfig(
+            name=spec.name,
+            cpus=spec.cpus,
+            memory=spec.memory,
+            accel=accel,
+            disk=idir.disk,
+            seed_iso=idir.seed_iso if idir.seed_iso.exists() else None,
+            boot=spec.boot,
+            pidfile=idir.pidfile,
+            qmp_socket=idir.qmp_socket,
+            serial_log=idir.serial_log,
+            ssh_port=spec.ssh_port,
+            mac=spec.mac,
+            loadvm=SUSPEND_TAG if resume else None,
+        )
+
+    async def start(
+        self, spec: InstanceSpec, idir: InstanceDir, *, accel: str, resume: bool
+    ) -> None:
+        procs.remove_quietly(idir.pidfile, idir.qmp_socket)
+        await qemu.start(self._config(spec, idir, accel, resume), log=idir.qemu_log)
+
+    async def powerdown(self, spec: InstanceSpec, idir: InstanceDir, *, timeout: float) -> bool:
+        pid, status, _ = self._pid(idir)
+        if status is not PidStatus.OURS or pid is None:
+            return True
+        async with self._lock(idir):
+            try:
+                async with qmp.connect(idir.qmp_socket) as mon:
+                    await mon.execute("system_powerdown")
+            except KetchError:
+                return not procs.alive(pid)
+        return await self._wait_exit(pid, timeout)
+
+    async def _wait_exit(self, pid: int, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while procs.alive(pid):
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.1)
+        return True
+
+    async def kill(self, spec: InstanceSpec, idir: InstanceDir) -> bool:
+        pid, status, _ = self._pid(idir)
+        ended = False
+        if status is PidStatus.OURS and pid is not None:
+            # Ask QEMU to quit first (clean qcow2 close), then signals.  Never wait
+            # long for the monitor: a hung operation may hold it.
+            await self._try_quit(idir)
+            if not await self._wait_exit(pid, 3.0):
+                await asyncio.to_thread(procs.terminate, pid)
+            ended = True
+        procs.remove_quietly(idir.pidfile, idir.qmp_socket)
+        return ended
+
+    async def _try_quit(self, idir: InstanceDir) -> None:
+        lock = self._lock(idir)
+        try:
+            await asyncio.wait_for(lock.acquire(), 1.0)
+        except TimeoutError:
+            return
+        try:
+            async with qmp.connect(idir.qmp_socket, timeout=1.0) as mon:
+                await mon.execute("quit", timeout=2.0)
+        except KetchError:
+            pass
+        finally:
+            lock.release()
+
+    async def suspend(
+        self, spec: InstanceSpec, idir: InstanceDir, *, reporter: Reporter, timeout: float
+    ) -> None:
+        pid, status, _ = self._pid(idir)
+        if status is not PidStatus.OURS or pid is None:
+            raise KetchError(f'instance "{spec.name}" is not running')
+        async with self._lock(idir), qmp.connect(idir.qmp_socket) as mon:
+            reporter.step("Pausing the guest")
+            await mon.execute("stop")
+            try:
+                # A stale tag would make snapshot-save refuse; it is never wanted here.
+                await mon.run_job(
+                    "snapshot-delete",
+                    {"job-id": "ketch-drop-stale", "tag": SUSPEND_TAG, "devices": [qemu.DISK_NODE]},
+                    timeout=timeout,
+                )
+                reporter.step("Saving the guest's state into its disk")
+                await mon.run_job(
+                    "snapshot-save",
+                    {
+                        "job-id": "ketch-suspend",
+                        "tag": SUSPEND_TAG,
+                        "vmstate": qemu.DISK_NODE,
+                        "devices": [qemu.DISK_NODE],
+                    },
+                    timeout=timeout,
+                )
+            except (QMPError, Timeout):
+                # The guest keeps running; no partial tag is left behind.
+                with contextlib.suppress(KetchError):
+                    await mon.run_job(
+                        "snapshot-delete",
+                        {"job-id": "ketch-undo", "tag": SUSPEND_TAG, "devices": [qemu.DISK_NODE]},
+                        timeout=60.0,
+                    )
+                with contextlib.suppress(KetchError):
+                    await mon.execute("cont")
+                raise
+            reporter.step("Stopping QEMU")
+            with contextlib.suppress(QMPError):  # quit may close the socket before replying
+                await mon.execute("quit")
+        if not await self._wait_exit(pid, 30.0):
+            await asyncio.to_thread(procs.terminate, pid)
+        procs.remove_quietly(idir.pidfile, idir.qmp_socket)
+
+    async def cont(self, spec: InstanceSpec, idir: InstanceDir) -> None:
+        async with self._lock(idir), qmp.connect(idir.qmp_socket) as mon:
+            await mon.execute("cont")
+
+    async def delete_tag(self, spec: InstanceSpec, idir: InstanceDir, tag: str) -> None:
+        _, status, _ = self._pid(idir)
+        if status is PidStatus.OURS:
+            async with self._lock(idir), qmp.connect(idir.qmp_socket) as mon:
+                await mon.run_job(
+                    "snapshot-delete",
+                    {"job-id": f"ketch-delete-{tag}", "tag": tag, "devices": [qemu.DISK_NODE]},
+                    timeout=120.0,
+                )
+            return
+        await qemu_img.snapshot_delete(idir.disk, tag)

@@ -1,0 +1,265 @@
+"""SQLite store (WAL): instance specs and intents, the operation journal, settings.
+
+The store holds what the user asked for, never what is happening: there is
+no "running" column.  Each state-changing step is journaled before it starts
+and marked when it ends, so an operation interrupted by a crash is known when
+ketchd starts again.  Schema versions live in ``PRAGMA user_version`` and
+:data:`MIGRATIONS` moves a database forward one version at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ketch.errors import AlreadyExists, KetchError, NotFound
+from ketch.model import BootSpec, InstanceSpec, Intent
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: instances, journal, settings
+    """
+    CREATE TABLE instances (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        intent TEXT NOT NULL,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        shutdown_at REAL,
+        quarantine TEXT,
+        created REAL NOT NULL,
+        updated REAL NOT NULL
+    );
+    CREATE TABLE journal (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        instance TEXT NOT NULL,
+        op TEXT NOT NULL,
+        step TEXT NOT NULL DEFAULT '',
+        started REAL NOT NULL,
+        finished REAL,
+        outcome TEXT
+    );
+    CREATE INDEX journal_open ON journal(instance) WHERE finished IS NULL;
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One instance row: the spec plus what the user last asked of it."""
+
+    spec: InstanceSpec
+    intent: Intent
+    deleted: bool
+    shutdown_at: float | None
+    quarantine: str | None
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    id: int
+    instance: str
+    op: str
+    step: str
+    started: float
+    finished: float | None
+    outcome: str | None
+
+
+def spec_to_json(spec: InstanceSpec) -> str:
+    return json.dumps(asdict(spec), sort_keys=True)
+
+
+def spec_from_json(text: str) -> InstanceSpec:
+    data: dict[str, Any] = json.loads(text)
+    data["boot"] = BootSpec(**data.get("boot", {}))
+    fields = set(InstanceSpec.__dataclass_fields__)
+    return InstanceSpec(**{k: v for k, v in data.items() if k in fields})
+
+
+class Store:
+    """The one SQLite database of a storage root."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(str(path), timeout=10.0, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise KetchError(
+                f"cannot open the database {path}: {exc}",
+                hint="ketch doctor can inspect it; keep a copy before changing anything",
+            ) from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > len(MIGRATIONS):
+            raise KetchError(
+                f"the database is schema version {version}, newer than this ketch knows "
+                f"({len(MIGRATIONS)})",
+                hint="upgrade ketch",
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self._tx() as db:
+                for statement in filter(str.strip, script.split(";")):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    # -- instances ------------------------------------------------------------
+
+    def add(self, spec: InstanceSpec, intent: Intent) -> None:
+        now = time.time()
+        try:
+            with self._tx() as db:
+                db.execute(
+                    "INSERT INTO instances (name, spec, intent, created, updated)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (spec.name, spec_to_json(spec), intent.value, now, now),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise AlreadyExists(f'instance "{spec.name}" already exists') from exc
+
+    def _row(self, row: tuple[Any, ...]) -> Record:
+        return Record(
+            spec=spec_from_json(row[0]),
+            intent=Intent(row[1]),
+            deleted=bool(row[2]),
+            shutdown_at=row[3],
+            quarantine=row[4],
+        )
+
+    def get(self, name: str) -> Record:
+        row = self._db.execute(
+            "SELECT spec, intent, deleted, shutdown_at, quarantine FROM instances WHERE name = ?",
+            (name,),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f'instance "{name}" does not exist')
+        return self._row(row)
+
+    def exists(self, name: str) -> bool:
+        q = "SELECT 1 FROM instances WHERE name = ?"
+        return self._db.execute(q, (name,)).fetchone() is not None
+
+    def all(self) -> list[Record]:
+        rows = self._db.execute(
+            "SELECT spec, intent, deleted, shutdown_at, quarantine FROM instances ORDER BY name"
+        ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def _update(self, name: str, column: str, value: Any) -> None:
+        with self._tx() as db:
+            cur = db.execute(
+                f"UPDATE instances SET {column} = ?, updated = ? WHERE name = ?",
+                (value, time.time(), name),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f'instance "{name}" does not exist')
+
+    def set_intent(self, name: str, intent: Intent) -> None:
+        self._update(name, "intent", intent.value)
+
+    def set_deleted(self, name: str, deleted: bool) -> None:
+        self._update(name, "deleted", int(deleted))
+
+    def set_shutdown_at(self, name: str, when: float | None) -> None:
+        self._update(name, "shutdown_at", when)
+
+    def set_quarantine(self, name: str, reason: str | None) -> None:
+        self._update(name, "quarantine", reason)
+
+    def set_spec(self, spec: InstanceSpec) -> None:
+        self._update(spec.name, "spec", spec_to_json(spec))
+
+    def remove(self, name: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM instances WHERE name = ?", (name,))
+
+    def used_ports(self) -> set[int]:
+        return {r.spec.ssh_port for r in self.all()}
+
+    # -- journal ----------------------------------------------------------------
+
+    def begin(self, instance: str, op: str, step: str = "") -> int:
+        """Journal an operation before it changes anything; returns its id."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO journal (instance, op, step, started) VALUES (?, ?, ?, ?)",
+                (instance, op, step, time.time()),
+            )
+            return int(cur.lastrowid or 0)
+
+    def step(self, entry: int, step: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE journal SET step = ? WHERE id = ?", (step, entry))
+
+    def finish(self, entry: int, outcome: str) -> None:
+        """Mark an operation ended; older unfinished ones on its instance are superseded."""
+        with self._tx() as db:
+            row = db.execute("SELECT instance FROM journal WHERE id = ?", (entry,)).fetchone()
+            now = time.time()
+            db.execute(
+                "UPDATE journal SET finished = ?, outcome = ? WHERE id = ?", (now, outcome, entry)
+            )
+            if row is not None:
+                db.execute(
+                    "UPDATE journal SET finished = ?, outcome = 'superseded'"
+                    " WHERE instance = ? AND finished IS NULL AND id < ?",
+                    (now, row[0], entry),
+                )
+
+    def unfinished(self) -> list[JournalEntry]:
+        rows = self._db.execute(
+            "SELECT id, instance, op, step, started, finished, outcome FROM journal"
+            " WHERE finished IS NULL ORDER BY id"
+        ).fetchall()
+        return [JournalEntry(*r) for r in rows]
+
+    def history(self, instance: str, limit: int = 20) -> list[JournalEntry]:
+        rows = self._db.execute(
+            "SELECT id, instance, op, step, started, finished, outcome FROM journal"
+            " WHERE instance = ? ORDER BY id DESC LIMIT ?",
+            (instance, limit),
+        ).fetchall()
+        return [JournalEntry(*r) for r in rows]
+
+    # -- settings ----------------------------------------------------------------
+
+    def get_setting(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_setting(self, key: str, value: str | None) -> None:
+        with self._tx() as db:
+            if value is None:
+                db.execute("DELETE FROM settings WHERE key = ?", (key,))
+            else:
+                db.execute(
+                    "INSERT INTO settings (key, value) VALUES (?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (key, value),
+                )
