@@ -263,3 +263,11 @@ class Store:
                     " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                     (key, value),
                 )
+
+    def settings(self, prefix: str = "") -> list[tuple[str, str]]:
+        """All settings whose key starts with ``prefix``."""
+        rows = self._db.execute(
+            "SELECT key, value FROM settings WHERE substr(key, 1, ?) = ? ORDER BY key",
+            (len(prefix), prefix),
+        ).fetchall()
+        return [(str(k), str(v)) for k, v in rows]

@@ -1,0 +1,471 @@
+"""``ketch``: the command line.  Verbs, flags, messages and exit codes follow Multipass.
+
+Kept light on purpose: argparse, json and http.client only on the paths of
+``list``, ``info`` and ``exec``; rich and yaml are imported when used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from ketch import __version__
+from ketch.cli import output
+from ketch.errors import EXIT_USAGE, InvalidArgument, KetchError
+
+Handler = Callable[[argparse.Namespace], int]
+
+HELP = {
+    "launch": "Create and start an instance",
+    "list": "List all available instances",
+    "info": "Display information about instances",
+    "start": "Start instances (a suspended instance resumes)",
+    "stop": "Stop running instances",
+    "suspend": "Suspend running instances",
+    "restart": "Restart instances",
+    "delete": "Delete instances",
+    "recover": "Recover deleted instances",
+    "purge": "Purge all deleted instances permanently",
+    "exec": "Run a command on an instance",
+    "shell": "Open a shell on a running instance",
+    "transfer": "Transfer files between the host and instances",
+    "find": "Display available images to create instances from",
+    "get": "Get a configuration setting",
+    "set": "Set a configuration setting",
+    "image": "Build, list and prune cached images",
+    "version": "Show version details",
+    "help": "Display help about a command",
+    "daemon": "Run ketchd in the foreground",
+    "completion": "Print a shell completion script (bash or zsh)",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that exits 1 on bad usage, as Multipass does."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _client() -> Any:
+    from ketch.client import Client
+    from ketch.layout import Root, storage_root
+
+    return Client(Root(storage_root()))
+
+
+def _stream(path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    from ketch.cli.progress import renderer
+
+    with renderer() as show:
+        result: dict[str, Any] = _client().stream(path, body, show)
+    return result
+
+
+def _q(name: str) -> str:
+    from urllib.parse import quote
+
+    return quote(name, safe="")
+
+
+def _names(args: argparse.Namespace, *, deleted_ok: bool = False) -> list[str]:
+    """Instance names from the arguments; --all means every instance; none: the primary."""
+    if getattr(args, "all", False):
+        if args.names:
+            raise InvalidArgument("give instance names or --all, not both")
+        doc = _client().get("/v1/instances")
+        return [i["name"] for i in doc["list"] if deleted_ok or i["state"] != "Deleted"]
+    if args.names:
+        return list(args.names)
+    return [_primary_name()]
+
+
+def _primary_name() -> str:
+    doc = _client().get("/v1/settings/client.primary-name")
+    name = str(doc.get("value") or "")
+    if not name:
+        raise InvalidArgument("no instance name given and the primary instance is disabled")
+    return name
+
+
+# -- commands ---------------------------------------------------------------------
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {
+        "image": args.image,
+        "name": args.name,
+        "cpus": args.cpus,
+        "memory": args.memory,
+        "disk": args.disk,
+        "timeout": args.timeout,
+    }
+    if args.cloud_init:
+        body["cloud_init"] = _read_text(args.cloud_init, "cloud-init")
+    result = _stream("/v1/instances", {k: v for k, v in body.items() if v is not None})
+    print(f"Launched: {result['name']}")
+    return 0
+
+
+def _read_text(path: str, what: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {what} file '{path}': {exc.strerror}") from exc
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    doc = _client().get("/v1/instances")
+    sys.stdout.write(output.list_output(doc, args.format))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    if not args.all and not args.names:
+        raise InvalidArgument("give instance names or --all")
+    doc = _client().get("/v1/info", names=",".join(args.names))
+    sys.stdout.write(output.info_output(doc, args.format))
+    for err in doc.get("errors", []):
+        print(f"info failed: {err}", file=sys.stderr)
+    return 2 if doc.get("errors") else 0
+
+
+def _each(
+    verb: str, args: argparse.Namespace, body: dict[str, Any], *, deleted_ok: bool = False
+) -> int:
+    failed = 0
+    for name in _names(args, deleted_ok=deleted_ok):
+        try:
+            _stream(f"/v1/instances/{_q(name)}/{verb}", body)
+        except KetchError as exc:
+            failed = failed or exc.exit_code
+            _report(verb, exc)
+    return failed
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    return _each("start", args, {})
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    if args.force and (args.time or args.cancel):
+        raise InvalidArgument("--force cannot be combined with --time or --cancel")
+    body: dict[str, Any] = {"force": args.force, "cancel": args.cancel}
+    if args.time:
+        try:
+            body["time"] = float(args.time.lstrip("+"))
+        except ValueError as exc:
+            raise InvalidArgument(
+                f"invalid time '{args.time}'", hint="give minutes, e.g. 5"
+            ) from exc
+    return _each("stop", args, body)
+
+
+def cmd_suspend(args: argparse.Namespace) -> int:
+    return _each("suspend", args, {})
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    return _each("restart", args, {})
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    if not args.names and not args.all:
+        raise InvalidArgument("give instance names or --all")
+    return _each("delete", args, {"purge": args.purge}, deleted_ok=args.purge)
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    if not args.names and not args.all:
+        raise InvalidArgument("give instance names or --all")
+    return _each("recover", args, {}, deleted_ok=True)
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    _stream("/v1/purge")
+    return 0
+
+
+def _target(name: str) -> Any:
+    from ketch.errors import RemoteError
+    from ketch.model import SshTarget
+
+    client = _client()
+    try:
+        doc = client.get(f"/v1/instances/{_q(name)}/ssh")
+    except RemoteError as exc:
+        if exc.code != "invalid-state":
+            raise
+        _stream(f"/v1/instances/{_q(name)}/start")  # as Multipass: start it first
+        doc = client.get(f"/v1/instances/{_q(name)}/ssh")
+    return SshTarget(**doc)
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from ketch.cli import guest
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise InvalidArgument("no command given", hint="ketch exec NAME -- COMMAND [ARGS...]")
+    return guest.exec_command(_target(args.name), command, workdir=args.working_directory)
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    from ketch.cli import guest
+    from ketch.errors import RemoteError
+
+    name = args.name or _primary_name()
+    if not args.name:
+        try:
+            _client().get("/v1/info", names=name)
+        except RemoteError as exc:
+            if exc.code != "not-found":
+                raise
+            print(f"Launching {name}", file=sys.stderr)
+            _stream("/v1/instances", {"name": name})
+    return guest.shell(_target(name))
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from ketch.cli import guest
+
+    if len(args.paths) < 2:
+        raise InvalidArgument("give at least one source and a destination")
+    guest.transfer(
+        args.paths[:-1],
+        args.paths[-1],
+        resolve=_target,
+        recursive=args.recursive,
+        parents=args.parents,
+    )
+    return 0
+
+
+def cmd_find(args: argparse.Namespace) -> int:
+    query = {"query": args.query} if args.query else {}
+    doc = _client().get("/v1/find", **query)
+    sys.stdout.write(output.find_output(doc, args.format))
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    doc = _client().get(f"/v1/settings/{_q(args.key)}")
+    print(doc["value"])
+    return 0
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    key, sep, value = args.assignment.partition("=")
+    if not sep or not key:
+        raise InvalidArgument(f"invalid setting '{args.assignment}'", hint="use KEY=VALUE")
+    _client().put(f"/v1/settings/{_q(key)}", {"value": value})
+    return 0
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    if args.image_command == "build":
+        if args.name != "tiny":
+            raise InvalidArgument(f"unknown image '{args.name}'", hint="ketch can build: tiny")
+        result = _stream("/v1/images/build", {"force": args.force})
+        print(f"Built: {result['id']} ({result['disk']})")
+        return 0
+    if args.image_command == "prune":
+        doc = _client().post("/v1/images/prune", {"days": args.days})
+        for e in doc["removed"]:
+            print(f"Removed {e['digest'][:12]} ({output.human(e['size'])})")
+        return 0
+    doc = _client().get("/v1/images")
+    if args.format != "table":
+        fmt = output.to_json if args.format == "json" else output.to_yaml
+        sys.stdout.write(fmt(doc))
+        return 0
+    rows = [
+        [
+            e["digest"][:12],
+            output.human(e["size"]),
+            ",".join(e["owners"]) or "--",
+            e["source"] or "--",
+        ]
+        for e in doc["images"]
+    ]
+    sys.stdout.write(output.table(["Digest", "Size", "Used by", "Source"], rows))
+    return 0
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    from ketch.errors import DaemonUnreachable
+
+    try:
+        daemon = _client().get("/v1/version").get("ketchd", "")
+    except DaemonUnreachable:
+        daemon = ""
+    if args.format == "json":
+        sys.stdout.write(output.to_json({"ketch": __version__, "ketchd": daemon}))
+    else:
+        print(f"ketch   {__version__}")
+        print(f"ketchd  {daemon or '--'}")
+    return 0
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from ketch.daemon.main import main as daemon_main
+
+    return daemon_main([])
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from ketch.cli.completion import script
+
+    sys.stdout.write(script(args.shell, build_parser()))
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="ketch", description="ketch: fresh Linux VMs from cloud images, on QEMU.")
+    p.add_argument("-V", "--version", action="version", version=f"ketch {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    def cmd(name: str, fn: Handler, *aliases: str) -> Parser:
+        sp: Parser = sub.add_parser(
+            name, help=HELP[name], description=HELP[name], aliases=list(aliases)
+        )
+        sp.set_defaults(func=fn)
+        return sp
+
+    def fmt(sp: Parser) -> None:
+        sp.add_argument("--format", choices=output.FORMATS, default="table", help="output format")
+
+    def names(sp: Parser, *, all_: bool = True) -> None:
+        sp.add_argument("names", nargs="*", metavar="NAME", help="instance names")
+        if all_:
+            sp.add_argument("--all", action="store_true", help="every instance")
+
+    sp = cmd("launch", cmd_launch)
+    sp.add_argument(
+        "image",
+        nargs="?",
+        default=None,
+        help="tiny, ALIAS, REMOTE:ALIAS, file:// or http(s):// URL",
+    )
+    sp.add_argument("-n", "--name", help="instance name (default: a random one)")
+    sp.add_argument("-c", "--cpus", type=int, help="number of CPUs (default 1)")
+    sp.add_argument("-m", "--memory", "--mem", dest="memory", help="memory, e.g. 1G (default 1G)")
+    sp.add_argument("-d", "--disk", help="disk size, e.g. 5G (default 5G)")
+    sp.add_argument("--cloud-init", metavar="FILE", help="#cloud-config user data, or - for stdin")
+    sp.add_argument("--timeout", type=float, help="seconds to wait for the instance to be ready")
+
+    sp = cmd("list", cmd_list, "ls")
+    fmt(sp)
+    sp = cmd("info", cmd_info)
+    names(sp)
+    fmt(sp)
+    for verb, fn in (("start", cmd_start), ("suspend", cmd_suspend), ("restart", cmd_restart)):
+        names(cmd(verb, fn))
+    sp = cmd("stop", cmd_stop)
+    names(sp)
+    sp.add_argument(
+        "-f", "--force", action="store_true", help="end the instance at once, from any state"
+    )
+    sp.add_argument("-t", "--time", help="shut down after this many minutes")
+    sp.add_argument("-c", "--cancel", action="store_true", help="cancel a delayed shutdown")
+    sp = cmd("delete", cmd_delete)
+    names(sp)
+    sp.add_argument(
+        "-p", "--purge", action="store_true", help="remove at once; cannot be recovered"
+    )
+    names(cmd("recover", cmd_recover))
+    cmd("purge", cmd_purge)
+
+    sp = cmd("exec", cmd_exec)
+    sp.add_argument("name", metavar="NAME")
+    sp.add_argument(
+        "-d", "--working-directory", "--cd", dest="working_directory", help="directory to run in"
+    )
+    sp.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    sp = cmd("shell", cmd_shell, "sh", "connect")
+    sp.add_argument("name", nargs="?", metavar="NAME", help="instance (default: the primary)")
+    sp = cmd("transfer", cmd_transfer, "copy-files")
+    sp.add_argument(
+        "paths", nargs="+", metavar="SRC... DST", help="NAME:PATH on the guest side, - for stdio"
+    )
+    sp.add_argument("-r", "--recursive", action="store_true", help="copy directories")
+    sp.add_argument("-p", "--parents", action="store_true", help="make missing parent directories")
+
+    sp = cmd("find", cmd_find)
+    sp.add_argument("query", nargs="?", help="[REMOTE:]TEXT")
+    fmt(sp)
+    sp = cmd("get", cmd_get)
+    sp.add_argument("key", metavar="KEY")
+    sp = cmd("set", cmd_set)
+    sp.add_argument("assignment", metavar="KEY=VALUE")
+
+    sp = cmd("image", cmd_image)
+    isub = sp.add_subparsers(
+        dest="image_command", metavar="ACTION", parser_class=Parser, required=True
+    )
+    b = isub.add_parser("build", help="build an image (tiny)")
+    b.add_argument("name", metavar="NAME", help="tiny")
+    b.add_argument("--force", action="store_true", help="rebuild even if cached")
+    ls = isub.add_parser("list", help="list cached images")
+    fmt(ls)
+    pr = isub.add_parser("prune", help="remove cached images unused for DAYS")
+    pr.add_argument("--days", type=float, default=14.0)
+
+    sp = cmd("version", cmd_version)
+    fmt(sp)
+    sp = cmd("help", cmd_help)
+    sp.add_argument("topic", nargs="?", metavar="COMMAND")
+    cmd("daemon", cmd_daemon)
+    sp = cmd("completion", cmd_completion)
+    sp.add_argument("shell", choices=("bash", "zsh"))
+    return p
+
+
+def cmd_help(args: argparse.Namespace) -> int:
+    parser = build_parser()
+    if not args.topic:
+        parser.print_help()
+        return 0
+    parser.parse_args([args.topic, "--help"])
+    return 0
+
+
+def _report(verb: str, exc: KetchError) -> None:
+    print(f"{verb} failed: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"hint: {exc.hint}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        code: int = args.func(args)
+    except KetchError as exc:
+        _report(args.command, exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

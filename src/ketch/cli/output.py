@@ -1,0 +1,202 @@
+"""Output formats as Multipass prints them: table, json, csv, yaml."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+FORMATS = ("table", "json", "csv", "yaml")
+
+
+def to_json(doc: Any) -> str:
+    return json.dumps(doc, indent=4) + "\n"
+
+
+def to_yaml(doc: Any) -> str:
+    import yaml  # only when asked: it is not free to import
+
+    return str(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False))
+
+
+def to_csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns separated by at least two spaces, as Multipass does."""
+    widths = [len(h) for h in header]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=False)]
+    lines = []
+    for row in [list(header), *rows]:
+        cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def human(n: int | str | None) -> str:
+    if n in (None, ""):
+        return "--"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return str(n)
+
+
+def list_output(doc: dict[str, Any], fmt: str) -> str:
+    items = doc.get("list", [])
+    if fmt == "json":
+        return to_json(doc)
+    if fmt == "yaml":
+        return to_yaml({i["name"]: [{k: v for k, v in i.items() if k != "name"}] for i in items})
+    if fmt == "csv":
+        return to_csv(
+            ["Name", "State", "IPv4", "IPv6", "Release", "AllIPv4", "SSH"],
+            [
+                [
+                    i["name"],
+                    i["state"],
+                    (i["ipv4"] or [""])[0],
+                    "",
+                    i["release"],
+                    ",".join(i["ipv4"]),
+                    f"127.0.0.1:{i['ssh_port']}",
+                ]
+                for i in items
+            ],
+        )
+    if not items:
+        return "No instances found.\n"
+    rows = [
+        [
+            i["name"],
+            i["state"] + (" (!)" if i.get("inconsistencies") else ""),
+            (i["ipv4"] or ["--"])[0],
+            i["release"] or "--",
+        ]
+        for i in items
+    ]
+    return table(["Name", "State", "IPv4", "Image"], rows)
+
+
+def info_output(doc: dict[str, Any], fmt: str) -> str:
+    info: dict[str, Any] = doc.get("info", {})
+    if fmt == "json":
+        return to_json(doc)
+    if fmt == "yaml":
+        return to_yaml({"errors": doc.get("errors", []), **info})
+    if fmt == "csv":
+        header = [
+            "Name", "State", "Ipv4", "Ipv6", "Release", "Image hash", "Image release",
+            "Load", "Disk usage", "Disk total", "Memory usage", "Memory total", "Mounts",
+            "AllIPv4", "CPU(s)", "Snapshots", "SSH port", "Accel", "Inconsistencies",
+        ]  # fmt: skip
+        rows = []
+        for name, i in info.items():
+            disk: dict[str, Any] = next(iter(i.get("disks", {}).values()), {})
+            rows.append(
+                [
+                    name,
+                    i["state"],
+                    (i["ipv4"] or [""])[0],
+                    "",
+                    i.get("release", ""),
+                    i.get("image_hash", ""),
+                    i.get("image_release", ""),
+                    " ".join(str(x) for x in i.get("load", [])),
+                    disk.get("used", ""),
+                    disk.get("total", ""),
+                    i["memory"].get("used", ""),
+                    i["memory"]["total"],
+                    "",
+                    ",".join(i["ipv4"]),
+                    i["cpu_count"],
+                    i.get("snapshot_count", "0"),
+                    i["ssh"]["port"],
+                    i.get("accel", ""),
+                    len(i.get("inconsistencies", [])),
+                ]
+            )
+        return to_csv(header, rows)
+    blocks = []
+    for name, i in info.items():
+        disk = next(iter(i.get("disks", {}).values()), {})
+        mem = i.get("memory", {})
+        pairs = [
+            ("Name", name),
+            ("State", i["state"]),
+            ("Snapshots", i.get("snapshot_count", "0")),
+            ("IPv4", (i["ipv4"] or ["--"])[0]),
+            ("Release", i.get("release") or "--"),
+            ("Image hash", (i.get("image_hash") or "--")[:12]),
+            ("Image release", i.get("image_release") or "--"),
+            ("CPU(s)", i.get("cpu_count", "--")),
+            ("Load", " ".join(str(x) for x in i.get("load", [])) or "--"),
+            ("Disk usage", _usage(disk.get("used"), disk.get("total"))),
+            ("Memory usage", _usage(mem.get("used"), mem.get("total"))),
+            ("Mounts", "--"),
+            ("SSH", f"{i['ssh']['user']}@127.0.0.1:{i['ssh']['port']}"),
+            ("Accel", i.get("accel") or "--"),
+        ]
+        if i.get("shutdown_at"):
+            pairs.append(("Shutdown at", i["shutdown_at"]))
+        if i.get("quarantine"):
+            pairs.append(("Quarantine", i["quarantine"]))
+        incs = i.get("inconsistencies", [])
+        for n, inc in enumerate(incs):
+            pairs.append(("Inconsistency" if n == 0 else "", f"{inc['message']}"))
+            pairs.append(("", f"  -> {inc['action']}"))
+        blocks.append("\n".join(f"{(k + ':') if k else '':<16}{v}" for k, v in pairs))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _usage(used: Any, total: Any) -> str:
+    if used in (None, ""):
+        return f"-- out of {human(total)}" if total not in (None, "") else "--"
+    return f"{human(used)} out of {human(total)}"
+
+
+def find_output(doc: dict[str, Any], fmt: str) -> str:
+    rows = doc.get("images", [])
+    if fmt == "json":
+        return to_json(doc)
+    if fmt == "yaml":
+        return to_yaml(doc)
+    if fmt == "csv":
+        return to_csv(
+            ["Image", "Remote", "Aliases", "OS", "Release", "Version"],
+            [
+                [
+                    (r["aliases"] or [r["product"]])[0],
+                    r["remote"],
+                    ",".join(r["aliases"]),
+                    r["os"],
+                    r["release"],
+                    r["version"],
+                ]
+                for r in rows
+                if not r.get("error")
+            ],
+        )
+    table_rows = []
+    errors = []
+    for r in rows:
+        if r.get("error"):
+            errors.append(f"remote {r['remote']}: {r['error']}")
+            continue
+        first = (r["aliases"] or [r["product"]])[0]
+        image = first if r["remote"] in ("ketch", "release") else f"{r['remote']}:{first}"
+        table_rows.append(
+            [image, ",".join(r["aliases"][1:]), r["version"], r["description"] or r["release"]]
+        )
+    out = table(["Image", "Aliases", "Version", "Description"], table_rows) if table_rows else ""
+    return out + "".join(f"warning: {e}\n" for e in errors)

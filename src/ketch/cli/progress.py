@@ -1,0 +1,97 @@
+"""Showing an operation's events: rich progress bars on a terminal, plain lines elsewhere.
+
+Events go to stderr, so stdout carries only the command's result.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import TracebackType
+from typing import Any
+
+
+class Plain:
+    """One line per step and warning; byte progress at 10 % steps."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, int] = {}
+
+    def __enter__(self) -> Plain:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "step":
+            print(f"{event['message']}", file=sys.stderr, flush=True)
+        elif kind in ("warning", "waiting"):
+            prefix = "warning: " if kind == "warning" else ""
+            print(f"{prefix}{event['message']}", file=sys.stderr, flush=True)
+        elif kind == "progress":
+            total, done, label = event.get("total"), int(event.get("done", 0)), event["label"]
+            if total:
+                tenth = done * 10 // int(total)
+                if self._last.get(label) != tenth:
+                    self._last[label] = tenth
+                    print(f"{label}: {tenth * 10}%", file=sys.stderr, flush=True)
+
+
+class Rich:
+    """Progress bars with bytes, rate and ETA; a spinner line per step."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.tasks: dict[str, Any] = {}
+        self.step: Any = None
+
+    def __enter__(self) -> Rich:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.progress.__exit__(t, e, tb)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "step":
+            self.console.print(f"[bold]{event['message']}[/]")
+        elif kind == "warning":
+            self.console.print(f"[yellow]warning:[/] {event['message']}")
+        elif kind == "waiting":
+            self.console.print(f"[cyan]{event['message']}[/]")
+        elif kind == "progress":
+            label = event["label"]
+            if label not in self.tasks:
+                self.tasks[label] = self.progress.add_task(label, total=event.get("total"))
+            self.progress.update(
+                self.tasks[label], completed=event.get("done", 0), total=event.get("total")
+            )
+
+
+def renderer() -> Plain | Rich:
+    return Rich() if sys.stderr.isatty() else Plain()

@@ -1,0 +1,298 @@
+"""The REST/JSON API of ketchd, and its OpenAPI description.
+
+Reads answer with JSON.  Operations that change something answer with a
+stream of newline-delimited JSON events (``step``, ``progress``, ``warning``,
+``waiting``), ending with one ``result`` or ``error`` event.  Errors carry a
+stable code, a message, a hint and the exit code the CLI should use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiohttp import web
+
+from ketch import __version__
+from ketch.daemon.ops import Operations, QueueReporter, ndjson
+from ketch.errors import InvalidArgument, KetchError, NotFound
+from ketch.service import delete as delete_uc
+from ketch.service import guest as guest_uc
+from ketch.service import inspect as inspect_uc
+from ketch.service import launch as launch_uc
+from ketch.service import lifecycle, names
+from ketch.service import settings as settings_uc
+from ketch.service.accel import choose
+from ketch.service.images import Images
+
+STREAM_TYPE = "application/x-ndjson"
+
+
+def error_response(exc: KetchError) -> web.Response:
+    status = {"not-found": 404, "usage": 400, "invalid-argument": 400, "already-exists": 409}
+    return web.json_response({"error": exc.to_dict()}, status=status.get(exc.code, 409))
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except KetchError as exc:
+        return error_response(exc)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.json()
+    except ValueError as exc:
+        raise InvalidArgument(f"request body is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidArgument("request body must be a JSON object")
+    return data
+
+
+class Api:
+    """Route handlers bound to the daemon's context."""
+
+    def __init__(self, ops: Operations, images: Images) -> None:
+        self.ops = ops
+        self.ctx = ops.ctx
+        self.images = images
+        self.started = time.time()
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[errors])
+        r = app.router
+        r.add_get("/openapi.json", self.openapi)
+        r.add_get("/v1/version", self.version)
+        r.add_get("/v1/instances", self.list)
+        r.add_get("/v1/info", self.info)
+        r.add_post("/v1/instances", self.launch)
+        r.add_post("/v1/instances/{name}/{action}", self.action)
+        r.add_post("/v1/purge", self.purge)
+        r.add_get("/v1/instances/{name}/ssh", self.ssh)
+        r.add_get("/v1/find", self.find)
+        r.add_get("/v1/images", self.image_list)
+        r.add_post("/v1/images/build", self.image_build)
+        r.add_post("/v1/images/prune", self.image_prune)
+        r.add_get("/v1/settings/{key}", self.get_setting)
+        r.add_put("/v1/settings/{key}", self.set_setting)
+        return app
+
+    async def stream(self, request: web.Request, events: Any) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": STREAM_TYPE})
+        await resp.prepare(request)
+        async for event in events:
+            try:
+                await resp.write(ndjson(event))
+            except (ConnectionError, asyncio.CancelledError):
+                break  # the client went away; the operation carries on
+        return resp
+
+    # -- reads -------------------------------------------------------------------
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi_document())
+
+    async def version(self, request: web.Request) -> web.Response:
+        return web.json_response({"ketchd": __version__, "started": self.started})
+
+    async def list(self, request: web.Request) -> web.Response:
+        views = await inspect_uc.all_views(self.ctx)
+        return web.json_response({"list": [inspect_uc.list_entry(v) for v in views]})
+
+    async def info(self, request: web.Request) -> web.Response:
+        wanted = [n for n in request.query.get("names", "").split(",") if n]
+        records = self.ctx.store.all()
+        known = {r.spec.name: r for r in records}
+        errors_: list[str] = []
+        chosen = []
+        if not wanted:
+            chosen = records
+        for name in wanted:
+            if name in known:
+                chosen.append(known[name])
+            else:
+                errors_.append(f'instance "{name}" does not exist')
+        if wanted and not chosen:
+            raise NotFound(errors_[0])
+        accel = (await choose(self.ctx)).accel if chosen else ""
+        views = await asyncio.gather(*(inspect_uc.view(self.ctx, r) for r in chosen))
+        return web.json_response(
+            {
+                "errors": errors_,
+                "info": {v.name: inspect_uc.info_entry(v, accel=accel) for v in views},
+            }
+        )
+
+    async def ssh(self, request: web.Request) -> web.Response:
+        return web.json_response(await guest_uc.ssh_info(self.ctx, request.match_info["name"]))
+
+    async def find(self, request: web.Request) -> web.Response:
+        rows = await self.images.find(request.query.get("query") or None)
+        return web.json_response({"images": rows})
+
+    async def image_list(self, request: web.Request) -> web.Response:
+        return web.json_response({"images": self.images.list_cached()})
+
+    async def get_setting(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        return web.json_response({"key": key, "value": await settings_uc.get(self.ctx, key)})
+
+    # -- operations -----------------------------------------------------------------
+
+    async def launch(self, request: web.Request) -> web.StreamResponse:
+        req = launch_uc.LaunchRequest.from_json(await _body(request))
+        name = req.name or names.random_name({r.spec.name for r in self.ctx.store.all()})
+        if req.name:
+            names.validate(req.name)
+        req = launch_uc.LaunchRequest(**{**req.__dict__, "name": name})
+
+        async def op(rep: QueueReporter) -> dict[str, Any]:
+            return await launch_uc.launch(self.ctx, req, rep)
+
+        return await self.stream(request, self.ops.submit([name], "launch", op))
+
+    async def action(self, request: web.Request) -> web.StreamResponse:
+        name, action = request.match_info["name"], request.match_info["action"]
+        body = await _body(request)
+        self.ctx.store.get(name)  # "not found" before any stream starts
+        ctx = self.ctx
+
+        async def op(rep: QueueReporter) -> dict[str, Any]:
+            if action == "start":
+                return await lifecycle.start(ctx, name, rep)
+            if action == "stop":
+                if body.get("cancel"):
+                    return await lifecycle.cancel_delayed_stop(ctx, name)
+                if body.get("force"):
+                    return await lifecycle.force_stop(ctx, name, rep)
+                if body.get("time"):
+                    return await lifecycle.delayed_stop(ctx, name, float(body["time"]))
+                return await lifecycle.stop(ctx, name, rep)
+            if action == "suspend":
+                return await lifecycle.suspend(ctx, name, rep)
+            if action == "restart":
+                return await lifecycle.restart(ctx, name, rep)
+            if action == "delete":
+                return await delete_uc.delete(ctx, name, rep, purge=bool(body.get("purge")))
+            if action == "recover":
+                return await delete_uc.recover(ctx, name, rep)
+            raise NotFound(f"unknown action '{action}'")
+
+        label = "force-stop" if action == "stop" and body.get("force") else action
+        return await self.stream(request, self.ops.submit([name], label, op))
+
+    async def purge(self, request: web.Request) -> web.StreamResponse:
+        names = [r.spec.name for r in self.ctx.store.all() if r.deleted]
+
+        async def op(rep: QueueReporter) -> dict[str, Any]:
+            return await delete_uc.purge(self.ctx, rep)
+
+        return await self.stream(request, self.ops.submit(names, "purge", op))
+
+    async def image_build(self, request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        force = bool(body.get("force"))
+
+        async def op(rep: QueueReporter) -> dict[str, Any]:
+            info = await self.images.build_tiny(rep, force=force)
+            return {"id": info.id, "release": info.release, "disk": info.disk}
+
+        return await self.stream(request, self.ops.submit(["image:tiny"], "build", op))
+
+    async def image_prune(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        days = float(body.get("days", 14))
+        in_use = {r.spec.image_id for r in self.ctx.store.all()}
+        in_use |= {r.spec.base_disk for r in self.ctx.store.all()}
+        return web.json_response({"removed": self.images.prune(days, in_use)})
+
+    async def set_setting(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        body = await _body(request)
+        await settings_uc.set_(self.ctx, key, str(body.get("value", "")))
+        return web.json_response({"key": key})
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3 description of the API served at /openapi.json."""
+    err = {"$ref": "#/components/schemas/Error"}
+    stream = {
+        "description": "newline-delimited JSON events ending in a result or error event",
+        "content": {STREAM_TYPE: {"schema": {"$ref": "#/components/schemas/Event"}}},
+    }
+
+    def op(summary: str, *, streamed: bool = False, body: bool = False) -> dict[str, Any]:
+        o: dict[str, Any] = {
+            "summary": summary,
+            "responses": {
+                "200": stream if streamed else {"description": "OK"},
+                "default": {
+                    "description": "error",
+                    "content": {"application/json": {"schema": err}},
+                },
+            },
+        }
+        if body:
+            o["requestBody"] = {"content": {"application/json": {"schema": {"type": "object"}}}}
+        return o
+
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "ketchd", "version": __version__},
+        "paths": {
+            "/v1/version": {"get": op("daemon version")},
+            "/v1/instances": {
+                "get": op("list instances ({list: [...]}, as Multipass)"),
+                "post": op("launch an instance", streamed=True, body=True),
+            },
+            "/v1/info": {"get": op("instance details ({errors, info}, as Multipass)")},
+            "/v1/instances/{name}/{action}": {
+                "post": op(
+                    "start, stop, suspend, restart, delete, recover", streamed=True, body=True
+                )
+            },
+            "/v1/instances/{name}/ssh": {"get": op("SSH target with the pinned host key")},
+            "/v1/purge": {"post": op("purge deleted instances", streamed=True)},
+            "/v1/find": {"get": op("images per remote")},
+            "/v1/images": {"get": op("cached images")},
+            "/v1/images/build": {"post": op("build the tiny image", streamed=True, body=True)},
+            "/v1/images/prune": {"post": op("remove unused cached images", body=True)},
+            "/v1/settings/{key}": {
+                "get": op("read a setting"),
+                "put": op("write a setting", body=True),
+            },
+        },
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "properties": {
+                                "code": {"type": "string"},
+                                "message": {"type": "string"},
+                                "hint": {"type": "string", "nullable": True},
+                                "exit_code": {"type": "integer"},
+                            },
+                        }
+                    },
+                },
+                "Event": {
+                    "type": "object",
+                    "properties": {
+                        "type": {
+                            "type": "string",
+                            "enum": ["step", "progress", "warning", "waiting", "result", "error"],
+                        }
+                    },
+                },
+            }
+        },
+    }

@@ -1,0 +1,156 @@
+"""ketchd's entry point: one daemon per storage root, serving on a Unix socket.
+
+Start-up never touches running VMs: QEMU processes are detached and found
+again through their instance directories.  Operations the journal shows
+unfinished are reported as interrupted (``ketch info`` lists them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from ketch.layout import Root, storage_root
+
+if TYPE_CHECKING:
+    from ketch.daemon.ops import Operations, QueueReporter
+
+log = logging.getLogger("ketchd")
+
+SCHEDULER_PERIOD = 1.0
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+def _lock_pidfile(path: Path) -> IO[str]:
+    """Hold an exclusive lock on the pid file for the daemon's life."""
+    f = path.open("a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        f.close()
+        raise AlreadyRunning(str(path)) from exc
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+async def _scheduler(ops: Operations) -> None:
+    """Carry out delayed shutdowns when they fall due."""
+    from ketch.progress import NULL
+    from ketch.service import lifecycle
+
+    while True:
+        await asyncio.sleep(SCHEDULER_PERIOD)
+        now = time.time()
+        for record in ops.ctx.store.all():
+            due = record.shutdown_at
+            if due is None or due > now or record.deleted:
+                continue
+            name = record.spec.name
+            if ops.lock(name).locked():
+                continue
+            log.info("delayed shutdown of %s is due", name)
+
+            async def stop(rep: QueueReporter, name: str = name) -> dict[str, Any]:
+                return await lifecycle.stop(ops.ctx, name, NULL)
+
+            event = await ops.run([name], "stop", stop)
+            if event.get("type") == "error":
+                log.warning("delayed shutdown of %s failed: %s", name, event.get("error"))
+                ops.ctx.store.set_shutdown_at(name, None)
+
+
+async def serve(root: Root) -> None:
+    from aiohttp import web
+
+    from ketch.daemon.api import Api
+    from ketch.daemon.ops import Operations
+    from ketch.runtime.qemu_driver import QemuDriver
+    from ketch.service.context import Context
+    from ketch.service.images import Images
+    from ketch.store.db import Store
+
+    store = Store(root.database)
+    images = Images(root, store)
+    ctx = Context(root=root, store=store, driver=QemuDriver(), images=images)
+    boot_timeout = os.environ.get("KETCH_BOOT_TIMEOUT")
+    if boot_timeout:
+        ctx.boot_timeout = float(boot_timeout)
+    for entry in store.unfinished():
+        log.warning(
+            "operation %s on %s was interrupted (step %r)", entry.op, entry.instance, entry.step
+        )
+    ops = Operations(ctx)
+    api = Api(ops, images)
+    runner = web.AppRunner(api.app(), access_log=None)
+    await runner.setup()
+    with contextlib.suppress(FileNotFoundError):
+        root.socket.unlink()
+    old = os.umask(0o177)
+    try:
+        site = web.UnixSite(runner, str(root.socket))
+        await site.start()
+    finally:
+        os.umask(old)
+    os.chmod(root.socket, 0o600)
+    log.info("ketchd listening on %s", root.socket)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    scheduler = asyncio.create_task(_scheduler(ops))
+    try:
+        await stop.wait()
+    finally:
+        scheduler.cancel()
+        log.info("ketchd stopping; running instances keep running")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(ops.drain(), 30)
+        await runner.cleanup()
+        with contextlib.suppress(FileNotFoundError):
+            root.socket.unlink()
+        store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ketchd", description="the ketch daemon")
+    parser.add_argument("--storage", help="storage root (default: $KETCH_STORAGE or XDG data dir)")
+    args = parser.parse_args(argv)
+    if args.storage:
+        os.environ["KETCH_STORAGE"] = args.storage
+    root = Root(storage_root())
+    root.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        lock = _lock_pidfile(root.daemon_pid)
+    except AlreadyRunning:
+        print(f"ketchd: another ketchd already serves {root.path}", file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(serve(root))
+    finally:
+        lock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

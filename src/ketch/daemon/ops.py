@@ -1,0 +1,132 @@
+"""Running operations: per-instance locks, live-operation bookkeeping, event streams.
+
+Operations on one instance are serialized by a per-instance lock; a second
+caller waits and is told what it waits for.  Different instances proceed in
+parallel.  An operation runs in its own task, so a client that goes away
+does not cancel it half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+from ketch.errors import KetchError
+from ketch.service.context import Context
+
+log = logging.getLogger("ketchd")
+
+Event = dict[str, Any]
+
+
+class QueueReporter:
+    """A Reporter that turns steps, progress and warnings into stream events."""
+
+    def __init__(self, queue: asyncio.Queue[Event | None]) -> None:
+        self._queue = queue
+
+    def step(self, message: str) -> None:
+        self._queue.put_nowait({"type": "step", "message": message})
+
+    def progress(self, label: str, done: int, total: int | None) -> None:
+        self._queue.put_nowait({"type": "progress", "label": label, "done": done, "total": total})
+
+    def warn(self, message: str) -> None:
+        self._queue.put_nowait({"type": "warning", "message": message})
+
+    def waiting(self, message: str) -> None:
+        self._queue.put_nowait({"type": "waiting", "message": message})
+
+
+Operation = Callable[[QueueReporter], Awaitable[dict[str, Any]]]
+
+
+class Operations:
+    """The daemon's table of locks and live operations."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def _run(
+        self, names: Iterable[str], op: str, fn: Operation, reporter: QueueReporter
+    ) -> dict[str, Any]:
+        held: list[asyncio.Lock] = []
+        try:
+            for name in sorted(set(names)):  # one global order: no deadlock
+                lock = self.lock(name)
+                if lock.locked():
+                    busy = self.ctx.active.get(name, "another operation")
+                    reporter.waiting(f'waiting for "{busy}" on "{name}" to finish')
+                await lock.acquire()
+                held.append(lock)
+                self.ctx.active[name] = op
+            return await fn(reporter)
+        finally:
+            for name in set(names):
+                if self.ctx.active.get(name) == op:
+                    del self.ctx.active[name]
+            for lock in held:
+                lock.release()
+
+    def submit(self, names: Iterable[str], op: str, fn: Operation) -> AsyncIterator[Event]:
+        """Start an operation; iterate its events, ending with a result or an error."""
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        reporter = QueueReporter(queue)
+        names = list(names)
+
+        async def body() -> None:
+            try:
+                result = await self._run(names, op, fn, reporter)
+                queue.put_nowait({"type": "result", "result": result})
+            except KetchError as exc:
+                queue.put_nowait({"type": "error", "error": exc.to_dict()})
+            except asyncio.CancelledError:
+                queue.put_nowait({"type": "error", "error": _internal("cancelled")})
+                raise
+            except Exception as exc:
+                log.exception("operation %s on %s failed", op, names)
+                queue.put_nowait({"type": "error", "error": _internal(repr(exc))})
+            finally:
+                queue.put_nowait(None)
+
+        task = asyncio.create_task(body(), name=f"{op}:{','.join(names)}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+        async def events() -> AsyncIterator[Event]:
+            while (event := await queue.get()) is not None:
+                yield event
+
+        return events()
+
+    async def run(self, names: Iterable[str], op: str, fn: Operation) -> Event:
+        """Run an operation to its end; returns its final event (no stream)."""
+        last: Event = {}
+        async for event in self.submit(names, op, fn):
+            last = event
+        return last
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _internal(detail: str) -> dict[str, Any]:
+    return {
+        "code": "internal",
+        "message": f"internal error in ketchd: {detail}",
+        "hint": "see ketchd.log in the storage root",
+        "exit_code": 2,
+    }
+
+
+def ndjson(event: Event) -> bytes:
+    return (json.dumps(event) + "\n").encode()

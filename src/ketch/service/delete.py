@@ -1,0 +1,74 @@
+"""Use cases: delete (soft or with purge), recover, purge.
+
+Purging removes an instance from any state and never fails on what it finds
+on the way (a locked or unreadable disk, a missing directory): those become
+warnings.  Nothing else in ketch removes an instance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ketch.errors import InvalidState
+from ketch.model import State
+from ketch.progress import Reporter
+from ketch.service import guestlink
+from ketch.service.context import Context
+from ketch.service.inspect import get
+
+
+async def delete(ctx: Context, name: str, reporter: Reporter, *, purge: bool) -> dict[str, Any]:
+    v = await get(ctx, name)
+    if purge:
+        await _purge_one(ctx, name, reporter)
+        return {"name": name, "purged": True}
+    if v.state is State.DELETED:
+        return {"name": name, "purged": False}
+    spec, idir = v.record.spec, ctx.root.instance(name)
+    if v.derived.running:
+        reporter.step(f"Stopping {name}")
+        if not await ctx.driver.powerdown(spec, idir, timeout=min(ctx.stop_timeout, 30.0)):
+            reporter.warn("the guest did not power off in time; ending QEMU")
+        await ctx.driver.kill(spec, idir)
+    ctx.store.set_shutdown_at(name, None)
+    ctx.store.set_deleted(name, True)
+    return {"name": name, "purged": False}
+
+
+async def _purge_one(ctx: Context, name: str, reporter: Reporter) -> None:
+    spec = ctx.store.get(name).spec
+    idir = ctx.root.instance(name)
+    entry = ctx.store.begin(name, "purge")
+    try:
+        await ctx.driver.kill(spec, idir)
+    except Exception as exc:  # purge must not fail on a process it cannot end
+        reporter.warn(f"ending QEMU failed: {exc}")
+    error = guestlink.remove_tree(idir.path)
+    if error:
+        reporter.warn(f"could not remove {idir.path}: {error}; remove it by hand")
+    ctx.store.remove(name)
+    ctx.store.finish(entry, "ok")
+    reporter.step(f"Purged {name}")
+
+
+async def recover(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
+    v = await get(ctx, name)
+    if v.state is not State.DELETED:
+        raise InvalidState(
+            name,
+            v.state.value,
+            ["Deleted"],
+            message=f'instance "{name}" is not deleted',
+            hint="only deleted instances can be recovered",
+        )
+    ctx.store.set_deleted(name, False)
+    return {"name": name}
+
+
+async def purge(ctx: Context, reporter: Reporter) -> dict[str, Any]:
+    purged = []
+    for record in ctx.store.all():
+        if record.deleted:
+            await _purge_one(ctx, record.spec.name, reporter)
+            purged.append(record.spec.name)
+    return {"purged": purged}

@@ -1,0 +1,73 @@
+"""The daemon's side of reaching guests: keys, pinned host keys, readiness."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from ketch.host import ssh
+from ketch.layout import InstanceDir, Root
+from ketch.model import InstanceSpec, SshTarget
+from ketch.progress import Reporter
+
+
+def client_public_key(root: Root) -> str:
+    """The storage root's client key (created on first use), public half."""
+    root.client_key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return ssh.generate_keypair(root.client_key, "ketch")
+
+
+def make_host_key(idir: InstanceDir, name: str) -> tuple[str, str]:
+    """Generate the instance's host key, pin it; returns (private, public) texts."""
+    public = ssh.generate_keypair(idir.host_key, f"ketch-host-{name}")
+    idir.known_hosts.write_text(ssh.known_hosts_line(name, public) + "\n")
+    return idir.host_key.read_text(), public
+
+
+def target(root: Root, spec: InstanceSpec) -> SshTarget:
+    idir = root.instance(spec.name)
+    return SshTarget(
+        name=spec.name,
+        host="127.0.0.1",
+        port=spec.ssh_port,
+        user=spec.user,
+        identity=str(root.client_key),
+        known_hosts=str(idir.known_hosts),
+    )
+
+
+async def wait_ready(root: Root, spec: InstanceSpec, *, timeout: float, reporter: Reporter) -> None:
+    await ssh.wait_ready(target(root, spec), timeout=timeout, reporter=reporter)
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(taken: set[int]) -> int:
+    """A loopback TCP port that nothing listens on and no instance holds."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in taken:
+            return port
+    raise OSError("no free loopback port")
+
+
+def remove_tree(path: Path) -> str | None:
+    """Remove a directory tree; returns an error text instead of raising."""
+    import shutil
+
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return str(exc)
+    return None

@@ -1,0 +1,81 @@
+"""Use cases on images: resolve for launch, find, list and prune the cache, build.
+
+The built-in ``tiny`` image is built into the storage root's vault (instance
+disks are overlays backed by it, so it must live as long as they do).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ketch.images import catalog
+from ketch.images import resolve as resolver
+from ketch.images.vault import Vault
+from ketch.layout import Root
+from ketch.model import ImageInfo
+from ketch.progress import NULL, Reporter
+from ketch.store.db import Store
+
+REMOTE_PREFIX = "local.remote."
+
+
+class Images:
+    """The daemon's image provider (implements service.context.ImageProvider)."""
+
+    def __init__(self, root: Root, store: Store) -> None:
+        self.root = root
+        self.store = store
+        self.vault = Vault(root.vault)
+
+    @property
+    def built_dir(self) -> Path:
+        return self.root.vault / "built"
+
+    def remotes(self) -> dict[str, str]:
+        """Default remotes, overridden or extended by ``local.remote.NAME`` settings."""
+        found = dict(catalog.DEFAULT_REMOTES)
+        for key, value in self.store.settings(REMOTE_PREFIX):
+            found[key[len(REMOTE_PREFIX) :]] = value
+        return found
+
+    async def build_tiny(self, reporter: Reporter, *, force: bool = False) -> ImageInfo:
+        from ketch.images import tiny
+
+        return await tiny.build_tiny(self.built_dir, reporter, force=force)
+
+    async def resolve(self, ref: str, reporter: Reporter) -> ImageInfo:
+        return await resolver.resolve(
+            ref,
+            remotes=self.remotes(),
+            vault=self.vault,
+            build_tiny=self.build_tiny,
+            reporter=reporter,
+        )
+
+    def tiny_info(self) -> ImageInfo | None:
+        """The newest built tiny image, if one is on disk (no build)."""
+        from ketch.images import tiny
+
+        return tiny.find_built(self.built_dir)
+
+    def probe_kernel(self) -> Path | None:
+        info = self.tiny_info()
+        return Path(info.boot.kernel) if info and info.boot.kernel else None
+
+    async def find(self, query: str | None) -> list[dict[str, Any]]:
+        rows = await catalog.find(
+            query, remotes=self.remotes(), vault=self.vault, tiny_info=self.tiny_info()
+        )
+        return [asdict(r) for r in rows]
+
+    def list_cached(self) -> list[dict[str, Any]]:
+        return [{**asdict(e), "path": str(e.path)} for e in self.vault.list()]
+
+    def prune(self, days: float, in_use: set[str]) -> list[dict[str, Any]]:
+        return [{**asdict(e), "path": str(e.path)} for e in self.vault.prune(days, in_use)]
+
+
+async def build(images: Images, reporter: Reporter = NULL, *, force: bool = False) -> ImageInfo:
+    return await images.build_tiny(reporter, force=force)

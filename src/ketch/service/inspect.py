@@ -1,0 +1,148 @@
+"""Looking at instances: observe, derive, and shape the answer like Multipass.
+
+Partial failures become per-instance errors in the answer; only "not found"
+raises.  (Modelled on Lima's store.Inspect.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ketch.errors import Deleted, InvalidState, NotFound
+from ketch.model import Derived, Observation, State
+from ketch.runtime.derive import derive
+from ketch.service.context import Context
+from ketch.store.db import Record
+
+GUEST_IPV4 = "10.0.2.15"  # the guest's address on QEMU user-mode networking
+
+
+@dataclass(frozen=True)
+class View:
+    """One instance as ketch sees it right now."""
+
+    record: Record
+    obs: Observation
+    derived: Derived
+
+    @property
+    def name(self) -> str:
+        return self.record.spec.name
+
+    @property
+    def state(self) -> State:
+        return self.derived.state
+
+
+def interrupted(ctx: Context, name: str) -> str | None:
+    """The operation the journal shows unfinished on ``name`` that nobody runs now."""
+    if name in ctx.active:
+        return None
+    ops = [e.op for e in ctx.store.unfinished() if e.instance == name]
+    return ops[-1] if ops else None
+
+
+async def view(ctx: Context, record: Record, *, probe_qmp: bool = True) -> View:
+    name = record.spec.name
+    idir = ctx.root.instance(name)
+    active = ctx.active.get(name)
+    obs = await ctx.driver.observe(record.spec, idir, probe_qmp=probe_qmp and active is None)
+    derived = derive(
+        intent=record.intent,
+        deleted=record.deleted,
+        obs=obs,
+        active_op=active,
+        interrupted_op=interrupted(ctx, name),
+        delayed_shutdown=record.shutdown_at is not None,
+    )
+    return View(record, obs, derived)
+
+
+async def get(ctx: Context, name: str) -> View:
+    return await view(ctx, ctx.store.get(name))
+
+
+async def all_views(ctx: Context) -> list[View]:
+    records = ctx.store.all()
+    return list(await asyncio.gather(*(view(ctx, r) for r in records)))
+
+
+def require(v: View, op: str, accepted: set[State], *, hint: str | None = None) -> None:
+    """Raise InvalidState unless the instance is in one of ``accepted`` states."""
+    if v.state is State.DELETED and State.DELETED not in accepted:
+        raise Deleted(v.name)
+    if v.state not in accepted:
+        raise InvalidState(
+            v.name,
+            v.state.value,
+            sorted(s.value for s in accepted),
+            message=f'cannot {op} "{v.name}": it is {v.state.value}',
+            hint=hint,
+        )
+
+
+def inconsistencies(v: View) -> list[dict[str, str]]:
+    return [
+        {"code": i.code, "message": i.message, "action": i.action}
+        for i in v.derived.inconsistencies
+    ]
+
+
+def list_entry(v: View) -> dict[str, Any]:
+    """One element of ``ketch list --format json`` (Multipass's shape plus ketch keys)."""
+    spec = v.record.spec
+    return {
+        "name": spec.name,
+        "state": v.state.value,
+        "ipv4": [GUEST_IPV4] if v.derived.running else [],
+        "release": spec.release,
+        "ssh_port": spec.ssh_port,
+        "inconsistencies": len(v.derived.inconsistencies),
+    }
+
+
+def info_entry(v: View, *, accel: str, guest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One value of ``ketch info --format json``'s "info" map."""
+    spec = v.record.spec
+    guest = guest or {}
+    entry: dict[str, Any] = {
+        "state": v.state.value,
+        "image_release": spec.release,
+        "image_hash": spec.image_id,
+        "release": guest.get("release", ""),
+        "cpu_count": str(spec.cpus),
+        "memory": {
+            "total": spec.memory,
+            **({"used": guest["mem_used"]} if "mem_used" in guest else {}),
+        },
+        "disks": {
+            "vda1": {
+                "total": str(guest.get("disk_total", spec.disk)),
+                **({"used": str(guest["disk_used"])} if "disk_used" in guest else {}),
+            }
+        },
+        "load": guest.get("load", []),
+        "ipv4": [GUEST_IPV4] if v.derived.running else [],
+        "mounts": {},
+        "snapshot_count": "0",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(spec.created)),
+        # ketch's own keys
+        "ssh": {"host": "127.0.0.1", "port": spec.ssh_port, "user": spec.user},
+        "accel": accel if v.derived.running else "",
+        "image": spec.image,
+        "pid": v.obs.pid if v.derived.running else None,
+        "quarantine": v.record.quarantine,
+        "inconsistencies": inconsistencies(v),
+    }
+    if v.record.shutdown_at is not None:
+        entry["shutdown_at"] = time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(v.record.shutdown_at)
+        )
+    return entry
+
+
+def not_found(name: str) -> NotFound:
+    return NotFound(f'instance "{name}" does not exist')

@@ -1,0 +1,205 @@
+"""Use cases: start, stop (graceful, forced, delayed), suspend, restart.
+
+Each operation declares the states it accepts; anything else raises
+InvalidState with a hint.  ``stop --force`` accepts every state and never
+fails: what goes wrong on its way becomes a warning.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ketch.errors import KetchError, Timeout
+from ketch.model import Intent, State
+from ketch.progress import Reporter
+from ketch.runtime.driver import SUSPEND_TAG
+from ketch.service import accel, guestlink
+from ketch.service.context import Context
+from ketch.service.inspect import View, get, require
+
+RUNNING = {State.RUNNING, State.DELAYED_SHUTDOWN}
+
+
+async def start(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
+    """Boot a stopped instance, resume a suspended one; a running one is left alone."""
+    v = await get(ctx, name)
+    require(
+        v,
+        "start",
+        RUNNING | {State.STOPPED, State.SUSPENDED, State.UNKNOWN},
+        hint=f"'ketch stop --force {name}' first",
+    )
+    if v.state in RUNNING:
+        return {"name": name, "resumed": False}
+    spec, idir = v.record.spec, ctx.root.instance(name)
+    if v.state is State.UNKNOWN:
+        if v.obs.qmp_status in ("paused", "suspended", "prelaunch", "postmigrate"):
+            reporter.step("Resuming paused vCPUs")
+            await ctx.driver.cont(spec, idir)
+            ctx.store.set_intent(name, Intent.RUN)
+            return {"name": name, "resumed": True}
+        raise KetchError(
+            f'cannot start "{name}": its state is Unknown',
+            hint=f"see 'ketch info {name}'; 'ketch stop --force {name}' then start again",
+        )
+    entry = ctx.store.begin(name, "start")
+    try:
+        resume = v.state is State.SUSPENDED
+        if not resume and v.obs.suspend_tag:
+            reporter.warn("removing a stale 'suspend' tag (it is never loaded)")
+            await _drop_tag(ctx, v, reporter)
+        await _free_port(ctx, v, reporter)
+        spec = ctx.store.get(name).spec
+        choice = await accel.choose(ctx)
+        reporter.step(f"{'Resuming' if resume else 'Starting'} {name}")
+        await ctx.driver.start(spec, idir, accel=choice.accel, resume=resume)
+        ctx.store.set_intent(name, Intent.RUN)
+        if resume:
+            try:
+                await ctx.driver.delete_tag(spec, idir, SUSPEND_TAG)
+            except KetchError as exc:
+                reporter.warn(f"could not remove the 'suspend' tag after resuming: {exc.message}")
+        reporter.step("Waiting for the instance to be ready")
+        await guestlink.wait_ready(ctx.root, spec, timeout=ctx.boot_timeout, reporter=reporter)
+    except Timeout:
+        ctx.store.finish(entry, "timeout")
+        raise
+    except BaseException:
+        ctx.store.finish(entry, "failed")
+        raise
+    ctx.store.finish(entry, "ok")
+    return {"name": name, "resumed": resume}
+
+
+async def _free_port(ctx: Context, v: View, reporter: Reporter) -> None:
+    """If another program took the instance's SSH port while it was down, pick another."""
+    spec = v.record.spec
+    if guestlink.port_free(spec.ssh_port):
+        return
+    others = ctx.store.used_ports() - {spec.ssh_port}
+    port = guestlink.free_port(others | {spec.ssh_port})
+    reporter.warn(f"port {spec.ssh_port} is taken by another program; using {port} for SSH")
+    from dataclasses import replace
+
+    ctx.store.set_spec(replace(spec, ssh_port=port))
+
+
+async def _drop_tag(ctx: Context, v: View, reporter: Reporter) -> None:
+    try:
+        await ctx.driver.delete_tag(v.record.spec, ctx.root.instance(v.name), SUSPEND_TAG)
+    except KetchError as exc:
+        reporter.warn(f"could not remove the 'suspend' tag: {exc.message}")
+
+
+async def stop(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
+    """Graceful stop: ACPI power-off, bounded wait, else a clear error."""
+    v = await get(ctx, name)
+    require(
+        v,
+        "stop",
+        RUNNING | {State.STOPPED},
+        hint=f"use 'ketch stop --force {name}'"
+        + (" (this discards the suspended state)" if v.state is State.SUSPENDED else ""),
+    )
+    ctx.store.set_shutdown_at(name, None)
+    if v.state is State.STOPPED:
+        ctx.store.set_intent(name, Intent.STOP)
+        return {"name": name}
+    entry = ctx.store.begin(name, "stop")
+    reporter.step(f"Stopping {name}")
+    spec, idir = v.record.spec, ctx.root.instance(name)
+    exited = await ctx.driver.powerdown(spec, idir, timeout=ctx.stop_timeout)
+    if not exited:
+        ctx.store.finish(entry, "timeout")
+        raise Timeout(
+            f'"{name}" did not power off within {ctx.stop_timeout:g} s',
+            hint=f"use 'ketch stop --force {name}' to end it at once",
+        )
+    await ctx.driver.kill(spec, idir)  # removes the pid file and socket
+    ctx.store.set_intent(name, Intent.STOP)
+    after = await get(ctx, name)
+    if after.obs.suspend_tag:
+        await _drop_tag(ctx, after, reporter)
+    ctx.store.finish(entry, "ok")
+    return {"name": name}
+
+
+async def force_stop(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
+    """End the instance from any state; never fails for anything but "not found"."""
+    v = await get(ctx, name)
+    spec, idir = v.record.spec, ctx.root.instance(name)
+    entry = ctx.store.begin(name, "force-stop")
+    ctx.store.set_shutdown_at(name, None)
+    try:
+        if await ctx.driver.kill(spec, idir):
+            reporter.step(f"Ended {name}'s QEMU")
+    except Exception as exc:  # the hallmark: force stop must not fail
+        reporter.warn(f"ending QEMU failed: {exc}")
+    for inc in v.derived.inconsistencies:
+        if inc.code in ("stale-pid-file", "foreign-pid"):
+            reporter.warn(f"{inc.message}; removed the pid file")
+    obs = await ctx.driver.observe(spec, idir, probe_qmp=False)
+    if v.record.intent is Intent.SUSPEND and obs.suspend_tag is False:
+        reporter.warn(
+            "the instance was recorded as suspended but its 'suspend' tag was missing; "
+            "it is now Stopped and the next start boots afresh"
+        )
+    if obs.suspend_tag is None:
+        reporter.warn(f"could not read the disk's snapshot tags: {obs.tag_error}")
+    elif obs.suspend_tag:
+        try:
+            await ctx.driver.delete_tag(spec, idir, SUSPEND_TAG)
+            reporter.step("Discarded the suspended state")
+        except KetchError as exc:
+            reporter.warn(
+                f"could not remove the 'suspend' tag ({exc.message}); it is never loaded "
+                "into a stopped instance"
+            )
+    ctx.store.set_intent(name, Intent.STOP)
+    ctx.store.finish(entry, "ok")
+    return {"name": name}
+
+
+async def delayed_stop(ctx: Context, name: str, minutes: float) -> dict[str, Any]:
+    v = await get(ctx, name)
+    require(v, "schedule a shutdown of", RUNNING)
+    when = time.time() + minutes * 60
+    ctx.store.set_shutdown_at(name, when)
+    return {"name": name, "shutdown_at": when}
+
+
+async def cancel_delayed_stop(ctx: Context, name: str) -> dict[str, Any]:
+    v = await get(ctx, name)
+    if v.record.shutdown_at is None:
+        raise KetchError(f'no delayed shutdown is scheduled for "{name}"')
+    ctx.store.set_shutdown_at(name, None)
+    return {"name": name}
+
+
+async def suspend(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
+    """Save the running VM into its disk as the suspend tag and end QEMU."""
+    v = await get(ctx, name)
+    require(v, "suspend", RUNNING | {State.SUSPENDED}, hint=f"'ketch start {name}' first")
+    if v.state is State.SUSPENDED:
+        return {"name": name}
+    entry = ctx.store.begin(name, "suspend")
+    ctx.store.set_shutdown_at(name, None)
+    try:
+        await ctx.driver.suspend(
+            v.record.spec, ctx.root.instance(name), reporter=reporter, timeout=300.0
+        )
+    except BaseException:
+        ctx.store.finish(entry, "failed")
+        raise
+    ctx.store.set_intent(name, Intent.SUSPEND)
+    ctx.store.finish(entry, "ok")
+    return {"name": name}
+
+
+async def restart(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
+    v = await get(ctx, name)
+    require(v, "restart", RUNNING | {State.STOPPED}, hint=f"'ketch start {name}'")
+    if v.state in RUNNING:
+        await stop(ctx, name, reporter)
+    return await start(ctx, name, reporter)

@@ -1,0 +1,48 @@
+"""Instance names: hostname rules, and random names like Multipass's."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from ketch.errors import InvalidArgument
+
+_NAME = re.compile(r"^[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+_ADJECTIVES = (
+    "agile", "amber", "brave", "bright", "calm", "clever", "crisp", "eager", "fair", "gentle",
+    "glad", "golden", "happy", "jolly", "keen", "lively", "lucid", "merry", "nimble", "noble",
+    "proud", "quick", "quiet", "rapid", "sharp", "shy", "solid", "steady", "sunny", "swift",
+    "tidy", "vivid", "warm", "wise", "witty", "zesty",
+)  # fmt: skip
+_NOUNS = (
+    "albatross", "auk", "bittern", "crane", "curlew", "dunlin", "egret", "falcon", "gannet",
+    "godwit", "grebe", "heron", "ibis", "kestrel", "kite", "lapwing", "merlin", "osprey",
+    "petrel", "plover", "puffin", "redshank", "shag", "skua", "snipe", "stint", "swift",
+    "tern", "turnstone", "wagtail", "whimbrel", "wren",
+)  # fmt: skip
+
+
+def validate(name: str) -> str:
+    """Accept a hostname-shaped instance name or raise InvalidArgument."""
+    if "." in name:
+        raise InvalidArgument(
+            f'invalid instance name "{name}": "." separates an instance from a snapshot',
+            hint="use letters, digits and hyphens",
+        )
+    if not _NAME.match(name):
+        raise InvalidArgument(
+            f'invalid instance name "{name}": names follow hostname rules',
+            hint="start with a letter, use only letters, digits and hyphens, "
+            "do not end with a hyphen, at most 63 characters",
+        )
+    return name
+
+
+def random_name(taken: set[str]) -> str:
+    """A fresh adjective-noun name not in ``taken``."""
+    for _ in range(1000):
+        name = f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}"
+        if name not in taken:
+            return name
+    return f"ketch-{secrets.token_hex(4)}"
