@@ -117,7 +117,7 @@ exec tar -x -f -
 # guest -> host.  $1 directory, $2 name in it, $3 recursive allowed, $4 send
 # a one-byte header (F: file follows, D: tar stream of ./NAME follows).
 _GET = """\
-cd "$1" || exit 1
+cd "$1" 2>/dev/null || { echo "no such directory" >&2; exit 92; }
 if [ -d "$2" ]; then
   [ "$3" = 1 ] || { echo "is a directory" >&2; exit 90; }
   printf D
