@@ -1,0 +1,182 @@
+"""Remotes: loading their simplestreams catalogues, and ``ketch find``.
+
+A remote is a name bound to a simplestreams URL (:data:`DEFAULT_REMOTES`
+are Ubuntu's).  ``ketch`` is the built-in remote: it offers only ``tiny``,
+which is built locally rather than downloaded.  Products files are kept in
+the vault and re-fetched with conditional requests (ETag / Last-Modified),
+so an unchanged catalogue costs one small round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin
+
+import aiohttp
+
+from ketch.errors import ImageError, NotFound
+from ketch.images.simplestreams import (
+    INDEX_PATH,
+    Catalog,
+    CatalogImage,
+    host_arch,
+    parse_products,
+    products_path,
+)
+from ketch.images.vault import Vault, client_session, describe
+from ketch.model import ImageInfo
+
+DEFAULT_REMOTES: Mapping[str, str] = {
+    "release": "https://cloud-images.ubuntu.com/releases/",
+    "daily": "https://cloud-images.ubuntu.com/daily/",
+}
+DEFAULT_REMOTE = "release"
+BUILTIN_REMOTE = "ketch"
+TINY = "tiny"
+
+
+@dataclass(frozen=True)
+class FindRow:
+    """One line of ``ketch find``: an image, or a remote that could not be read."""
+
+    remote: str
+    aliases: tuple[str, ...] = ()
+    release: str = ""  # e.g. "24.04 LTS"
+    version: str = ""
+    description: str = ""  # e.g. "Ubuntu 24.04 LTS"
+    os: str = ""
+    product: str = ""
+    error: str | None = None  # set when the remote was unreachable or broken
+
+
+def base_url(url: str) -> str:
+    return url if url.endswith("/") else url + "/"
+
+
+async def _get(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> Any:
+    async with session.get(url, headers=headers) as resp:
+        if resp.status == 304:
+            return None
+        if resp.status != 200:
+            raise ImageError(f"{url}: HTTP {resp.status} {resp.reason or ''}".rstrip())
+        return await resp.read(), resp.headers.get("ETag"), resp.headers.get("Last-Modified")
+
+
+def _json(data: bytes, url: str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise ImageError(f"{url} is not valid JSON: {exc}") from exc
+
+
+async def load_catalog(remote: str, url: str, *, vault: Vault, arch: str | None = None) -> Catalog:
+    """What ``remote`` (at ``url``) offers; ImageError when it cannot be read."""
+    root = base_url(url)
+    index_url = urljoin(root, INDEX_PATH)
+    try:
+        async with client_session() as session:
+            index = await _get(session, index_url, {})
+            products_url = urljoin(root, products_path(_json(index[0], index_url), remote=remote))
+            saved = vault.load_catalog(products_url)
+            headers = {}
+            if saved is not None:
+                validators = saved[1]
+                if "etag" in validators:
+                    headers["If-None-Match"] = validators["etag"]
+                if "last_modified" in validators:
+                    headers["If-Modified-Since"] = validators["last_modified"]
+            got = await _get(session, products_url, headers)
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise ImageError(
+            f'remote "{remote}" ({root}) is unreachable: {describe(exc)}',
+            hint="check the network connection, or the remote's URL",
+        ) from exc
+    if got is None:
+        if saved is None:
+            raise ImageError(f"{products_url}: HTTP 304 to an unconditional request")
+        data = saved[0]
+    else:
+        data, etag, modified = got
+        vault.store_catalog(products_url, data, etag, modified)
+    products = await asyncio.to_thread(_json, data, products_url)  # megabytes for Ubuntu
+    return parse_products(products, remote=remote, base_url=root, arch=arch or host_arch())
+
+
+def tiny_row(tiny_info: ImageInfo | None) -> FindRow:
+    """The ``ketch find`` line of the built-in tiny image."""
+    release = tiny_info.release if tiny_info else "ketch tiny"
+    return FindRow(
+        remote=BUILTIN_REMOTE,
+        aliases=(TINY,),
+        release=release,
+        version=tiny_info.version if tiny_info else "",
+        description=release,
+        os="ketch",
+        product=tiny_info.id if tiny_info else f"{BUILTIN_REMOTE}:{TINY}",
+    )
+
+
+def image_row(image: CatalogImage) -> FindRow:
+    return FindRow(
+        remote=image.remote,
+        aliases=image.aliases,
+        release=image.release_title or image.release,
+        version=image.version,
+        description=image.description,
+        os=image.os,
+        product=image.product,
+    )
+
+
+def _matches(row: FindRow, text: str | None) -> bool:
+    if not text:
+        return True
+    low = text.lower()
+    if text in row.aliases or text == row.product:
+        return True
+    fields = (*row.aliases, row.release, row.description)
+    return any(low in f.lower() for f in fields)
+
+
+def split_query(query: str | None, remotes: Mapping[str, str]) -> tuple[list[str], str | None]:
+    """The remotes a ``find`` query covers and the text it filters with."""
+    names = [BUILTIN_REMOTE, *remotes]
+    if query and ":" in query:
+        remote, text = query.split(":", 1)
+        if remote not in names:
+            raise NotFound(
+                f'remote "{remote}" is not known',
+                hint="known remotes: " + ", ".join(names),
+            )
+        return [remote], text or None
+    return names, query or None
+
+
+async def find(
+    query: str | None,
+    *,
+    remotes: Mapping[str, str],
+    vault: Vault,
+    tiny_info: ImageInfo | None,
+    show_unsupported: bool = False,
+) -> list[FindRow]:
+    """The images ``ketch find [QUERY]`` lists; a failing remote becomes an error row."""
+    names, text = split_query(query, remotes)
+
+    async def one(remote: str) -> list[FindRow]:
+        if remote == BUILTIN_REMOTE:
+            return [tiny_row(tiny_info)]
+        try:
+            catalog = await load_catalog(remote, remotes[remote], vault=vault)
+        except ImageError as exc:
+            return [FindRow(remote=remote, error=exc.message)]
+        return [image_row(image) for image in catalog.images if image.supported or show_unsupported]
+
+    per_remote = await asyncio.gather(*(one(name) for name in names))
+    return [
+        row for rows in per_remote for row in rows if row.error is not None or _matches(row, text)
+    ]
