@@ -148,7 +148,9 @@ def write_seed(ctx: Context, spec: InstanceSpec, user_cfg: dict[str, Any] | None
         idir.seed_iso,
         meta_data=meta,
         user_data=cloudinit.render_user_data(cfg),
-        extra_files=seed.guest_files(
-            cfg, {"instance-id": spec.instance_id, "local-hostname": spec.name}
-        ),
+        extra_files={
+            seed.GUEST_CONFIG_FILE: seed.render_guest_config(
+                cfg, {"instance-id": spec.instance_id, "local-hostname": spec.name}
+            ).encode()
+        },
     )
