@@ -76,7 +76,7 @@ def build_argv(cfg: QemuConfig, *, binary: str = QEMU_SYSTEM) -> list[str]:
         "-blockdev",
         f"driver=qcow2,file={DISK_NODE}-file,node-name={DISK_NODE}",
         "-device",
-        f"virtio-blk-pci,drive={DISK_NODE},bootindex=0",
+        f"virtio-blk-pci,drive={DISK_NODE}" + ("" if cfg.boot.kernel else ",bootindex=0"),
     ]
     if cfg.seed_iso is not None:
         argv += [

@@ -38,18 +38,27 @@ class View:
 
 
 def interrupted(ctx: Context, name: str) -> str | None:
-    """The operation the journal shows unfinished on ``name`` that nobody runs now."""
+    """The operation the journal shows unfinished on ``name`` that nobody runs now.
+
+    The daemon marks entries left by a previous daemon at start-up; entries of
+    live operations are not interrupted.
+    """
     if name in ctx.active:
         return None
     ops = [e.op for e in ctx.store.unfinished() if e.instance == name]
     return ops[-1] if ops else None
 
 
-async def view(ctx: Context, record: Record, *, probe_qmp: bool = True) -> View:
+async def view(ctx: Context, record: Record, *, inside_op: bool = False) -> View:
+    """Observe and derive one instance.
+
+    ``inside_op``: the caller is the operation that holds the instance's lock,
+    so the live-operation entry is its own and does not count.
+    """
     name = record.spec.name
     idir = ctx.root.instance(name)
-    active = ctx.active.get(name)
-    obs = await ctx.driver.observe(record.spec, idir, probe_qmp=probe_qmp and active is None)
+    active = None if inside_op else ctx.active.get(name)
+    obs = await ctx.driver.observe(record.spec, idir, probe_qmp=active is None)
     derived = derive(
         intent=record.intent,
         deleted=record.deleted,
@@ -62,7 +71,8 @@ async def view(ctx: Context, record: Record, *, probe_qmp: bool = True) -> View:
 
 
 async def get(ctx: Context, name: str) -> View:
-    return await view(ctx, ctx.store.get(name))
+    """The instance as an operation running on it sees it."""
+    return await view(ctx, ctx.store.get(name), inside_op=True)
 
 
 async def all_views(ctx: Context) -> list[View]:
