@@ -1,0 +1,58 @@
+"""Fixtures for integration tests: a storage root with the tiny image, real VMs."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ketchcli import Ketch
+
+from ketch.model import ImageInfo
+
+
+def _seed_vault(root: Path, tiny: ImageInfo) -> None:
+    """Put the session's built tiny image where the daemon looks, as hard links."""
+    src = Path(tiny.disk).parent
+    dst = root / "vault" / "built" / "tiny" / src.name
+    if not dst.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, dst, copy_function=_link_or_copy)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        Path(dst).hardlink_to(src)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+@pytest.fixture(scope="session")
+def ketch(tiny_image: ImageInfo) -> Iterator[Ketch]:
+    """One storage root (short path: Unix sockets live in it) and its daemon."""
+    root = Path(tempfile.mkdtemp(prefix="ketch-it-", dir="/tmp"))
+    _seed_vault(root, tiny_image)
+    k = Ketch(root)
+    try:
+        yield k
+    finally:
+        k.teardown()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+@pytest.fixture(scope="module")
+def vm(ketch: Ketch) -> Iterator[str]:
+    """A running tiny instance for the tests of one module."""
+    name = unique("vm")
+    ketch.run("launch", "tiny", "--name", name, "--memory", "512M")
+    try:
+        yield name
+    finally:
+        ketch.run("delete", "--purge", name, check=False)
