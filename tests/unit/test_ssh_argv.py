@@ -57,6 +57,8 @@ SHA256:n1Qv0dXWb4dKk6m0Qm1qk0dJYQ8xq3Jm2mYV2oQ0F0c.
 Please contact your system administrator.
 Add correct host key in /inst/vm1/known_hosts to get rid of this message.
 Offending ED25519 key in /inst/vm1/known_hosts:1
+  remove with:
+  ssh-keygen -f "/inst/vm1/known_hosts" -R "vm1"
 Host key for vm1 has changed and you have requested strict checking.
 Host key verification failed.
 """
@@ -222,6 +224,15 @@ def test_stderr_watch_holds_a_host_key_failure() -> None:
     watch = StderrWatch()
     shown = b"".join(watch.feed(CHANGED[i : i + 7]) for i in range(0, len(CHANGED), 7))
     assert shown == b""
+    assert watch.finish(255) == (b"", None, True)
+
+
+def test_stderr_watch_unknown_line_amid_a_host_key_failure() -> None:
+    """An ssh version printing a line not known here still ends as a host-key failure."""
+    watch = StderrWatch()
+    head, rest = CHANGED.split(b"Please contact", 1)
+    shown = watch.feed(head) + watch.feed(b"Some new OpenSSH advice.\nPlease contact" + rest)
+    assert b"Some new OpenSSH advice" in shown
     assert watch.finish(255) == (b"", None, True)
 
 
@@ -635,3 +646,67 @@ def test_quote_helper_is_posix() -> None:
     argv = shlex.split(remote_command(["sh", "-c", guest._GET, "ketch", "d", "n", "0", "1"]))
     assert argv[2] == guest._GET
     assert ssh.BOOT_FINISHED == "/var/lib/cloud/instance/boot-finished"
+
+
+# --- wait_ready without a guest ------------------------------------------------------------
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_wait_ready_times_out_saying_what_it_saw() -> None:
+    import asyncio
+
+    from ketch.errors import Timeout
+    from ketch.progress import ListReporter
+
+    target = SshTarget("vm1", "127.0.0.1", closed_port(), "u", "/k", "/kh")
+    reporter = ListReporter()
+    with pytest.raises(Timeout, match="refused") as info:
+        asyncio.run(ssh.wait_ready(target, timeout=1.0, reporter=reporter))
+    assert "vm1" in info.value.message
+    assert reporter.steps[0].startswith("Waiting for SSH")
+
+
+def test_wait_ready_port_that_sends_no_banner() -> None:
+    """QEMU's user networking accepts TCP before the guest listens."""
+    import asyncio
+
+    from ketch.errors import Timeout
+    from ketch.progress import NULL
+
+    async def main() -> None:
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        target = SshTarget("vm1", "127.0.0.1", port, "u", "/k", "/kh")
+        async with server:
+            await ssh.wait_ready(target, timeout=1.0, reporter=NULL)
+
+    with pytest.raises(Timeout, match="before an SSH banner"):
+        asyncio.run(main())
+
+
+def test_read_banner_skips_preamble_lines() -> None:
+    import asyncio
+
+    async def main() -> str:
+        async def talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"hello\r\nSSH-2.0-dropbear_2022.83\r\n")
+            await writer.drain()
+            await reader.read()
+            writer.close()
+
+        server = await asyncio.start_server(talk, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            return await ssh.read_banner("127.0.0.1", port, timeout=30)
+
+    assert asyncio.run(main()) == "SSH-2.0-dropbear_2022.83"

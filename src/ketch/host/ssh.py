@@ -94,6 +94,8 @@ _SSH_LINE_PREFIXES = (
     "Please contact your system administrator",
     "Add correct host key in",
     "Offending ",
+    "remove with:",
+    'ssh-keygen -f "',
     "Host key for ",
     "Host key verification failed",
     "No ED25519 host key is known",
@@ -317,10 +319,14 @@ class StderrWatch:
     text otherwise.
     """
 
+    HEAD = 1 << 16
+
     def __init__(self) -> None:
         self._held = bytearray()
         self._partial = bytearray()
         self._passing = False
+        self._head = bytearray()  # the first HEAD bytes seen, for the final verdict
+        self._began_held = False  # stderr began with an ssh line (held, then released)
 
     @property
     def held(self) -> bytes:
@@ -328,6 +334,8 @@ class StderrWatch:
 
     def feed(self, data: bytes) -> bytes:
         """Take a chunk of stderr; return what to write out now."""
+        if len(self._head) < self.HEAD:
+            self._head += data[: self.HEAD - len(self._head)]
         if self._passing:
             return data
         self._partial += data
@@ -350,6 +358,7 @@ class StderrWatch:
         return b""
 
     def _release(self) -> bytes:
+        self._began_held = self._began_held or bool(self._held)
         out = bytes(self._held + self._partial)
         self._held.clear()
         self._partial.clear()
@@ -363,7 +372,12 @@ class StderrWatch:
         the session (then ``to_write`` is empty: the caller reports the error).
         """
         held = self.held
-        if not self._passing and held:
+        if self._passing:
+            # An unexpected line released ssh's messages early; if they began
+            # the output and tell of a host-key failure, that is still what happened.
+            if self._began_held and is_host_key_failure(returncode, bytes(self._head)):
+                return b"", None, True
+        elif held:
             if is_host_key_failure(returncode, held):
                 self._held.clear()
                 self._partial.clear()
@@ -477,8 +491,10 @@ async def wait_ready(target: SshTarget, *, timeout: float, reporter: Reporter) -
             break
         except TimeoutError:
             last = "the SSH port accepted a connection but sent no banner"
+        except ConnectionRefusedError:
+            last = f"connection to {target.host}:{target.port} refused"
         except OSError as exc:
-            last = f"the SSH port: {exc.strerror or exc}"
+            last = f"{target.host}:{target.port}: {exc.strerror or exc}"
         await asyncio.sleep(min(0.5, max(remaining(), 0)))
 
     reporter.step(f"Waiting for cloud-init to finish ({banner})")
