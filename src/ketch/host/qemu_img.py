@@ -46,8 +46,11 @@ def resize_argv(path: Path, size: int) -> list[str]:
     return [QEMU_IMG, "resize", "-q", "-f", "qcow2", str(path), str(size)]
 
 
-def info_argv(path: Path, *, force_share: bool = True) -> list[str]:
+def info_argv(path: Path, *, force_share: bool = True, fmt: str | None = None) -> list[str]:
+    """``fmt`` pins the format: a damaged qcow2 must not be probed as raw."""
     argv = [QEMU_IMG, "info", "--output=json"]
+    if fmt:
+        argv += ["-f", fmt]
     if force_share:
         argv.append("-U")
     argv.append(str(path))
@@ -133,9 +136,9 @@ def read_snapshot_names(path: Path) -> tuple[str, ...]:
         return parse_snapshot_table(f.read(_HEADER.size), read_at)
 
 
-async def info(path: Path, *, timeout: float = 30.0) -> DiskInfo:
+async def info(path: Path, *, timeout: float = 30.0, fmt: str | None = None) -> DiskInfo:
     """``qemu-img info`` with force-share, so it works while QEMU holds the image."""
-    done = await run(info_argv(path), timeout=timeout)
+    done = await run(info_argv(path, fmt=fmt), timeout=timeout)
     return parse_info(done.text)
 
 

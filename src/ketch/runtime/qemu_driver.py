@@ -42,7 +42,7 @@ class QemuDriver:
         except (OSError, qemu_img.NotQcow2):
             pass
         try:
-            return (await qemu_img.info(disk, timeout=10.0)).snapshots, None
+            return (await qemu_img.info(disk, timeout=10.0, fmt="qcow2")).snapshots, None
         except (KetchError, ValueError, KeyError) as exc:
             return None, str(exc)
 
