@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
 import json
@@ -13,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from ketch.errors import ImageError
+from ketch.errors import HostCommandError, ImageError
 from ketch.images import tiny
 from ketch.images.publish import from_image_dir
+from ketch.progress import ListReporter
 
 POLICY = """\
 linux-image-cloud-amd64:
@@ -229,3 +231,21 @@ def test_write_cpio(tmp_path: Path) -> None:
     console = entries["dev/console"]
     assert stat.S_ISCHR(console[0]) and console[4] == (5, 1)
     assert len(archive) % 4 == 0
+
+
+def test_offline_falls_back_to_an_earlier_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def no_apt() -> dict[str, str]:
+        raise HostCommandError(["apt-cache", "policy"], None, "No such file or directory")
+
+    monkeypatch.setattr(tiny, "candidate_versions", no_apt)
+    with pytest.raises(HostCommandError):
+        asyncio.run(tiny.build_tiny(tmp_path))
+    fake_image(tmp_path / "tiny" / "0123456789abcdef")
+    reporter = ListReporter()
+    info = asyncio.run(tiny.build_tiny(tmp_path, reporter))
+    assert info.id == "ketch:tiny@0123456789abcdef"
+    assert len(reporter.warnings) == 1 and "0123456789abcdef" in reporter.warnings[0]
+    with pytest.raises(HostCommandError):
+        asyncio.run(tiny.build_tiny(tmp_path, force=True))

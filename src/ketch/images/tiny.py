@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ketch.errors import HostCommandError, ImageError
+from ketch.errors import HostCommandError, ImageError, KetchError, Timeout
 from ketch.host.run import Completed, run
 from ketch.model import BootSpec, ImageInfo
 from ketch.progress import NULL, Reporter
@@ -147,6 +147,7 @@ GUEST_FILES = (
     GuestFile("nsswitch.conf", "etc/nsswitch.conf", 0o644),
     GuestFile("profile", "etc/profile", 0o644),
     GuestFile("hostname", "etc/hostname", 0o644),
+    GuestFile("hosts", "etc/hosts", 0o644),
     GuestFile("fstab", "etc/fstab", 0o644),
     GuestFile("os-release", "usr/lib/os-release", 0o644),
     GuestFile("sudoers", "etc/sudoers", 0o440),
@@ -470,9 +471,16 @@ def _walk(root: Path) -> Iterator[Path]:
 async def build_tiny(
     images_dir: Path, reporter: Reporter = NULL, *, force: bool = False
 ) -> ImageInfo:
-    """Build (or find in the cache) the tiny image below ``images_dir``."""
+    """Build (or find in the cache) the tiny image below ``images_dir``.
+
+    When apt cannot say which versions are current, or cannot download them
+    (offline), an image built earlier is used instead, with a warning.
+    """
     tiny_dir = Path(images_dir) / NAME
-    versions = await candidate_versions()
+    try:
+        versions = await candidate_versions()
+    except (ImageError, HostCommandError, Timeout) as exc:
+        return await _fall_back(tiny_dir, None, exc, reporter, force)
     key = cache_key(versions, await asyncio.to_thread(guest_digest))
     final = tiny_dir / key
     if not force:
@@ -494,22 +502,33 @@ async def build_tiny(
             try:
                 await _build(build, key, versions, reporter)
             except _DownloadFailed as exc:
-                fallback = _newest_other(tiny_dir, key)
-                if fallback is None:
-                    raise
-                reporter.warn(f"could not build the tiny image ({exc}); using {fallback.name}")
-                return load_tiny(fallback)
-            image = build / "image"
-            old = None
-            if final.exists():
-                old = tiny_dir / f".old-{key}-{os.getpid()}-{time.monotonic_ns()}"
-                final.rename(old)
-            image.rename(final)
+                return await _fall_back(tiny_dir, key, exc, reporter, force)
+            try:
+                old = None
+                if final.exists():
+                    old = tiny_dir / f".old-{key}-{os.getpid()}-{time.monotonic_ns()}"
+                    final.rename(old)
+                (build / "image").rename(final)
+            except OSError as exc:
+                raise ImageError(f"cannot move the tiny image into {final}: {exc}") from exc
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
         finally:
             shutil.rmtree(build, ignore_errors=True)
     return load_tiny(final)
+
+
+async def _fall_back(
+    tiny_dir: Path, key: str | None, exc: KetchError, reporter: Reporter, force: bool
+) -> ImageInfo:
+    """An image built earlier, when a new one cannot be made; else ``exc``."""
+    fallback = None
+    if not force:
+        fallback = await asyncio.to_thread(_newest_other, tiny_dir, key)
+    if fallback is None:
+        raise exc
+    reporter.warn(f"cannot check for or build a newer tiny image ({exc}); using {fallback.name}")
+    return load_tiny(fallback)
 
 
 async def candidate_versions() -> dict[str, str]:
@@ -542,7 +561,9 @@ def _cached(final: Path) -> ImageInfo | None:
         return None
 
 
-def _newest_other(tiny_dir: Path, key: str) -> Path | None:
+def _newest_other(tiny_dir: Path, key: str | None) -> Path | None:
+    if not tiny_dir.is_dir():
+        return None
     found: list[tuple[float, Path]] = []
     for path in tiny_dir.iterdir():
         if path.name.startswith(".") or path.name == key:
