@@ -166,6 +166,13 @@ def test_newlines_and_quotes_survive(tmp_path: Path) -> None:
     assert done.stdout == "|".join(args) + "|"
 
 
+def test_command_starting_with_a_dash_is_not_a_shell_option(tmp_path: Path) -> None:
+    command = remote_command(["--version", "x"])
+    assert not command.startswith("-")
+    done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 127  # "--version: not found", not sh's own --version
+
+
 def test_workdir_cd_and_exec(tmp_path: Path) -> None:
     (tmp_path / "my dir").mkdir()
     command = remote_command(["pwd"], workdir="my dir")

@@ -273,7 +273,12 @@ def remote_command(argv: Sequence[str], *, workdir: str | None = None) -> str:
     for arg in [*argv, *([workdir] if workdir is not None else [])]:
         if "\0" in arg:
             raise InvalidArgument("a command argument contains a NUL byte")
-    command = " ".join(shlex.quote(a) for a in argv)
+    words = [shlex.quote(a) for a in argv]
+    if words[0].startswith("-"):
+        # The guest runs ``$SHELL -c STRING``: a string starting with "-" would
+        # be read as an option of that shell.  Quoted, it is a command name.
+        words[0] = "'" + argv[0] + "'"  # shlex.quote left it bare: no quote inside
+    command = " ".join(words)
     if workdir is None:
         return command
     if not workdir:
