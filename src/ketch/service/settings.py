@@ -53,4 +53,4 @@ async def get(ctx: Context, key: str) -> str:
 async def set_(ctx: Context, key: str, value: str) -> None:
     if not known(key):
         raise NotFound(f"unknown setting '{key}'", hint="see 'ketch help set' for the keys")
-    ctx.store.set_setting(key, _check(key, value) or None)
+    ctx.store.set_setting(key, _check(key, value) if value else None)  # empty: unset

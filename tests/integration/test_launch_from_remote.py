@@ -1,0 +1,60 @@
+"""Issue 3, end to end: ``ketch find`` and ``ketch launch`` from a loopback simplestreams remote.
+
+The tiny image is published in Ubuntu's simplestreams format on a real HTTP
+server on 127.0.0.1; ketch downloads it, verifies its sha256 and boots it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import unique
+from ketchcli import Ketch
+from streams_server import StreamsServer
+
+from ketch.images.publish import from_image_dir, publish
+from ketch.model import ImageInfo
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture(scope="module")
+def loopback(
+    tiny_image: ImageInfo, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StreamsServer]:
+    tree = tmp_path_factory.mktemp("streams")
+    product = from_image_dir(
+        Path(tiny_image.disk).parent, product="com.ketch:skiff:amd64", aliases=("skiff", "sk")
+    )
+    publish(tree, [product])
+    with StreamsServer(tree) as server:
+        yield server
+
+
+def test_find_and_launch_from_loopback_remote(ketch: Ketch, loopback: StreamsServer) -> None:
+    ketch.run("set", f"local.remote.loop={loopback.url}")
+    name, name2 = unique("remote"), unique("remote")
+    try:
+        found = ketch.json("find", "loop:")
+        rows = [r for r in found["images"] if r["remote"] == "loop"]
+        assert rows and "skiff" in rows[0]["aliases"]
+        table = ketch.run("find").stdout
+        assert "loop:skiff" in table
+
+        done = ketch.run("launch", "loop:skiff", "--name", name, "--memory", "512M")
+        assert "Launched: " + name in done.stdout
+        assert "%" in done.stderr  # progress was shown (plain lines: not a terminal)
+        assert ketch.exec(name, "cat", "/var/lib/cloud/instance/boot-finished")
+        info = ketch.info(name)
+        assert info["image"] == "loop:skiff"
+        assert info["image_hash"].startswith("loop:")
+        # A second launch of the same image downloads nothing.
+        before = dict(loopback.counts)
+        ketch.run("launch", "loop:sk", "--name", name2, "--memory", "512M")
+        disk_paths = [p for p in before if p.endswith(".qcow2") or p.endswith(".img")]
+        assert disk_paths and all(loopback.counts[p] == before[p] for p in disk_paths)
+    finally:
+        ketch.run("delete", "--purge", name, name2, check=False)
+        ketch.run("set", "local.remote.loop=", check=False)
