@@ -137,7 +137,7 @@ def info_output(doc: dict[str, Any], fmt: str) -> str:
             ("Snapshots", i.get("snapshot_count", "0")),
             ("IPv4", (i["ipv4"] or ["--"])[0]),
             ("Release", i.get("release") or "--"),
-            ("Image hash", (i.get("image_hash") or "--")[:12]),
+            ("Image hash", i.get("image_hash") or "--"),
             ("Image release", i.get("image_release") or "--"),
             ("CPU(s)", i.get("cpu_count", "--")),
             ("Load", " ".join(str(x) for x in i.get("load", [])) or "--"),

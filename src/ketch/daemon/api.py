@@ -17,11 +17,12 @@ from aiohttp import web
 from ketch import __version__
 from ketch.daemon.ops import Operations, QueueReporter, ndjson
 from ketch.errors import InvalidArgument, KetchError, NotFound
+from ketch.model import State
 from ketch.service import delete as delete_uc
 from ketch.service import guest as guest_uc
+from ketch.service import guest_stats, guestlink, lifecycle, names
 from ketch.service import inspect as inspect_uc
 from ketch.service import launch as launch_uc
-from ketch.service import lifecycle, names
 from ketch.service import settings as settings_uc
 from ketch.service.accel import choose
 from ketch.service.images import Images
@@ -122,12 +123,18 @@ class Api:
             raise NotFound(errors_[0])
         accel = (await choose(self.ctx)).accel if chosen else ""
         views = await asyncio.gather(*(inspect_uc.view(self.ctx, r) for r in chosen))
-        return web.json_response(
-            {
-                "errors": errors_,
-                "info": {v.name: inspect_uc.info_entry(v, accel=accel) for v in views},
-            }
-        )
+        stats = await asyncio.gather(*(self._stats(v) for v in views))
+        info = {}
+        for v, (guest, error) in zip(views, stats, strict=True):
+            info[v.name] = inspect_uc.info_entry(v, accel=accel, guest=guest)
+            if error:
+                errors_.append(error)
+        return web.json_response({"errors": errors_, "info": info})
+
+    async def _stats(self, v: inspect_uc.View) -> tuple[dict[str, Any], str | None]:
+        if v.state not in (State.RUNNING, State.DELAYED_SHUTDOWN):
+            return {}, None
+        return await guest_stats.collect_quietly(guestlink.target(self.ctx.root, v.record.spec))
 
     async def ssh(self, request: web.Request) -> web.Response:
         return web.json_response(await guest_uc.ssh_info(self.ctx, request.match_info["name"]))

@@ -125,7 +125,7 @@ def info_entry(v: View, *, accel: str, guest: dict[str, Any] | None = None) -> d
         "release": guest.get("release", ""),
         "cpu_count": str(spec.cpus),
         "memory": {
-            "total": spec.memory,
+            "total": guest.get("mem_total", spec.memory),
             **({"used": guest["mem_used"]} if "mem_used" in guest else {}),
         },
         "disks": {
