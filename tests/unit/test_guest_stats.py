@@ -5,21 +5,21 @@ from __future__ import annotations
 from ketch.service.guest_stats import parse
 
 # Output of guest_stats.SCRIPT in a ketch tiny guest (busybox 1.35, kernel 6.1), 2026-11-26.
-TINY = """0.00 0.01 0.00 1/43 211
-MemTotal:         995640 kB
-MemAvailable:     885080 kB
-/dev/vda               5095040     11712   4824328   0% /
+TINY = """0.15 0.03 0.01 1/56 257
+MemTotal:         995588 kB
+MemAvailable:     884984 kB
+/dev/vda               5143200     11708   4902780   0% /
 PRETTY_NAME=ketch tiny (busybox, Debian 12 cloud kernel)
 """
 
 
 def test_parse_tiny_output() -> None:
     got = parse(TINY)
-    assert got["load"] == [0.0, 0.01, 0.0]
-    assert got["mem_total"] == 995640 * 1024
-    assert got["mem_used"] == (995640 - 885080) * 1024
-    assert got["disk_total"] == 5095040 * 1024
-    assert got["disk_used"] == 11712 * 1024
+    assert got["load"] == [0.15, 0.03, 0.01]
+    assert got["mem_total"] == 995588 * 1024
+    assert got["mem_used"] == (995588 - 884984) * 1024
+    assert got["disk_total"] == 5143200 * 1024
+    assert got["disk_used"] == 11708 * 1024
     assert got["release"] == "ketch tiny (busybox, Debian 12 cloud kernel)"
 
 
