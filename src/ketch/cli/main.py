@@ -211,12 +211,27 @@ def _target(name: str) -> Any:
 def cmd_exec(args: argparse.Namespace) -> int:
     from ketch.cli import guest
 
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
+    workdir, command = _exec_options(list(args.argv), args.working_directory)
     if not command:
         raise InvalidArgument("no command given", hint="ketch exec NAME -- COMMAND [ARGS...]")
-    return guest.exec_command(_target(args.name), command, workdir=args.working_directory)
+    return guest.exec_command(_target(args.name), command, workdir=workdir)
+
+
+def _exec_options(argv: list[str], workdir: str | None) -> tuple[str | None, list[str]]:
+    """Options may also follow the name, as Multipass allows; after "--" all is the command."""
+    while argv and argv[0] != "--" and argv[0].startswith("-"):
+        opt = argv.pop(0)
+        key, eq, value = opt.partition("=")
+        if key not in ("-d", "--working-directory", "--cd"):
+            raise InvalidArgument(f"unknown exec option '{opt}'", hint="put the command after '--'")
+        if not eq:
+            if not argv:
+                raise InvalidArgument(f"{key} needs a directory")
+            value = argv.pop(0)
+        workdir = value
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    return workdir, argv
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
@@ -393,7 +408,7 @@ def build_parser() -> Parser:
     sp.add_argument(
         "-d", "--working-directory", "--cd", dest="working_directory", help="directory to run in"
     )
-    sp.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    sp.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
     sp = cmd("shell", cmd_shell, "sh", "connect")
     sp.add_argument("name", nargs="?", metavar="NAME", help="instance (default: the primary)")
     sp = cmd("transfer", cmd_transfer, "copy-files")

@@ -20,7 +20,7 @@ def client_public_key(root: Root) -> str:
 def make_host_key(idir: InstanceDir, name: str) -> tuple[str, str]:
     """Generate the instance's host key, pin it; returns (private, public) texts."""
     public = ssh.generate_keypair(idir.host_key, f"ketch-host-{name}")
-    idir.known_hosts.write_text(ssh.known_hosts_line(name, public) + "\n")
+    ssh.write_known_hosts(idir.known_hosts, name, public)
     return idir.host_key.read_text(), public
 
 
