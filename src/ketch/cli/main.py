@@ -269,6 +269,8 @@ def cmd_find(args: argparse.Namespace) -> int:
     query = {"query": args.query} if args.query else {}
     doc = _client().get("/v1/find", **query)
     sys.stdout.write(output.find_output(doc, args.format))
+    for error in output.find_errors(doc):
+        print(f"warning: {error}", file=sys.stderr)
     return 0
 
 

@@ -188,15 +188,17 @@ def find_output(doc: dict[str, Any], fmt: str) -> str:
             ],
         )
     table_rows = []
-    errors = []
     for r in rows:
         if r.get("error"):
-            errors.append(f"remote {r['remote']}: {r['error']}")
             continue
         first = (r["aliases"] or [r["product"]])[0]
         image = first if r["remote"] in ("ketch", "release") else f"{r['remote']}:{first}"
         table_rows.append(
             [image, ",".join(r["aliases"][1:]), r["version"], r["description"] or r["release"]]
         )
-    out = table(["Image", "Aliases", "Version", "Description"], table_rows) if table_rows else ""
-    return out + "".join(f"warning: {e}\n" for e in errors)
+    return table(["Image", "Aliases", "Version", "Description"], table_rows) if table_rows else ""
+
+
+def find_errors(doc: dict[str, Any]) -> list[str]:
+    """Remotes that could not be read, for stderr."""
+    return [r["error"] for r in doc.get("images", []) if r.get("error")]
