@@ -328,12 +328,17 @@ def test_concurrent_builds_share_one_build_and_force_rebuilds(tmp_path: Path) ->
     assert len(downloads) == 1
     built = json.loads((Path(first.disk).parent / "manifest.json").read_text())["built"]
 
+    # A forced rebuild never touches a built image (overlays name its disk):
+    # it goes to a new directory, which is the one used from then on.
     forced = ListReporter()
     again = asyncio.run(build_tiny(tmp_path, forced, force=True))
-    assert again.id == first.id
     assert "Downloading packages" in forced.steps
+    assert again.id != first.id and again.disk != first.disk
+    assert json.loads((Path(first.disk).parent / "manifest.json").read_text())["built"] == built
+    key = first.id.rsplit("@", 1)[1]
     manifest = json.loads((Path(again.disk).parent / "manifest.json").read_text())
-    assert manifest["key"] == first.id.rsplit("@", 1)[1]
-    assert manifest["built"] >= built
-    leftovers = [p.name for p in (tmp_path / "tiny").iterdir() if p.name != ".lock"]
-    assert leftovers == [manifest["key"]]
+    assert manifest["key"] == key and manifest["build"] == Path(again.disk).parent.name
+    assert again.id == f"ketch:tiny@{manifest['build']}"
+    assert asyncio.run(build_tiny(tmp_path)) == again
+    entries = sorted(p.name for p in (tmp_path / "tiny").iterdir() if p.name != ".lock")
+    assert entries == sorted([key, manifest["build"]])

@@ -101,6 +101,7 @@ def test_manifest_fields(tmp_path: Path) -> None:
     manifest = fake_image(tmp_path / "img")
     assert manifest["built"] == "2026-11-26T05:30:00Z"
     assert manifest["version"] == "20261126"
+    assert manifest["key"] == manifest["build"] == "0123456789abcdef"
     assert manifest["kernel_cmdline"] == tiny.CMDLINE
     assert manifest["disk_format"] == "qcow2"
     assert set(manifest["files"]) == set(tiny.IMAGE_FILES)
@@ -124,6 +125,14 @@ def test_load_tiny(tmp_path: Path) -> None:
     assert info.boot.cmdline == tiny.CMDLINE
     assert info.aliases == ("tiny",)
     tiny.verify_tiny(tmp_path / "img")
+
+
+def test_a_forced_rebuild_has_its_own_id(tmp_path: Path) -> None:
+    manifest = fake_image(tmp_path / "img")
+    manifest["build"] = "0123456789abcdef-20261126T053000000000Z"
+    (tmp_path / "img" / tiny.MANIFEST).write_text(json.dumps(manifest))
+    info = tiny.load_tiny(tmp_path / "img")
+    assert info.id == "ketch:tiny@0123456789abcdef-20261126T053000000000Z"
 
 
 def test_load_tiny_errors(tmp_path: Path) -> None:

@@ -12,7 +12,10 @@ The result is ``images_dir/tiny/<key>/`` with ``vmlinuz``, ``initrd.img``,
 ``disk.qcow2`` and ``manifest.json``, renamed into place once complete.  The
 key hashes the candidate versions of the packages (``apt-cache policy``, no
 download) and ketch's guest files and build recipe, so the image is rebuilt
-only when one of them changes.
+only when one of them changes.  A built image directory is never changed or
+removed here: instance disks are overlays naming its ``disk.qcow2``.  So a
+forced rebuild goes to a new directory, ``<key>-<UTC time>``, and the newest
+directory of a key is the one in use.
 
 Host tools the build needs, all from Debian packages: ``apt-get`` and
 ``apt-cache`` (apt), ``dpkg-deb`` (dpkg), ``mkfs.ext4`` and ``debugfs``
@@ -36,7 +39,6 @@ import shutil
 import stat
 import struct
 import tempfile
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,14 +189,14 @@ ROOT_SYMLINKS: tuple[tuple[str, str], ...] = (
     ("etc/udhcpc/default.script", "/usr/share/udhcpc/default.script"),
 )
 
-# Hints for host tools that are missing or fail.
-_TOOL_HINTS = {
-    "apt-get": "install apt, then run 'apt-get update'",
-    "apt-cache": "install apt, then run 'apt-get update'",
-    "dpkg-deb": "install dpkg",
-    "mkfs.ext4": "install e2fsprogs",
-    "debugfs": "install e2fsprogs",
-    "qemu-img": "install qemu-utils",
+# The Debian package of each host tool, for the hint when it is missing.
+_TOOL_PACKAGES = {
+    "apt-get": "apt",
+    "apt-cache": "apt",
+    "dpkg-deb": "dpkg",
+    "mkfs.ext4": "e2fsprogs",
+    "debugfs": "e2fsprogs",
+    "qemu-img": "qemu-utils",
 }
 
 
@@ -242,6 +244,7 @@ def cache_key(versions: Mapping[str, str], digest: str) -> str:
 def make_manifest(
     *,
     key: str,
+    build: str | None = None,
     packages: Mapping[str, str],
     files: Mapping[str, tuple[str, int]],
     kernel_version: str,
@@ -252,6 +255,9 @@ def make_manifest(
 ) -> dict[str, Any]:
     """The manifest of a built image; ``files`` maps a name to (sha256, size).
 
+    ``build`` names this build (its directory): the key, or the key and a time
+    for a forced rebuild.
+
     ``files`` (name: sha256), ``version``, ``release``, ``release_title`` and
     ``kernel_cmdline`` are what :func:`ketch.images.publish.from_image_dir`
     reads to publish the image in a simplestreams tree.
@@ -261,6 +267,7 @@ def make_manifest(
         "format": MANIFEST_FORMAT,
         "name": NAME,
         "key": key,
+        "build": build or key,
         "built": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "version": when.strftime("%Y%m%d"),
         "release": NAME,
@@ -287,7 +294,7 @@ def image_info(manifest: Mapping[str, Any], image_dir: Path) -> ImageInfo:
             raise ImageError(f"{image_dir}: not a format-{MANIFEST_FORMAT} tiny image manifest")
         image_dir = image_dir.resolve()
         return ImageInfo(
-            id=f"ketch:{NAME}@{manifest['key']}",
+            id=f"ketch:{NAME}@{manifest.get('build') or manifest['key']}",
             release=str(manifest["release_title"]),
             disk=str(image_dir / manifest["disk"]),
             disk_format=str(manifest["disk_format"]),
@@ -482,9 +489,8 @@ async def build_tiny(
     except (ImageError, HostCommandError, Timeout) as exc:
         return await _fall_back(tiny_dir, None, exc, reporter, force)
     key = cache_key(versions, await asyncio.to_thread(guest_digest))
-    final = tiny_dir / key
     if not force:
-        cached = await asyncio.to_thread(_cached, final)
+        cached = await asyncio.to_thread(_newest_of_key, tiny_dir, key)
         if cached is not None:
             return cached
     try:
@@ -493,26 +499,28 @@ async def build_tiny(
         raise ImageError(f"cannot create {tiny_dir}: {exc}") from exc
     async with _locked(tiny_dir / ".lock", reporter):
         if not force:
-            cached = await asyncio.to_thread(_cached, final)
+            cached = await asyncio.to_thread(_newest_of_key, tiny_dir, key)
             if cached is not None:
                 return cached
         _clean_leftovers(tiny_dir)
+        final = tiny_dir / key
+        if final.exists() or final.is_symlink():
+            final = tiny_dir / f"{key}-{datetime.datetime.now(datetime.UTC):%Y%m%dT%H%M%S%fZ}"
         build = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=tiny_dir))
         try:
             try:
-                await _build(build, key, versions, reporter)
+                await _build(build, key, final.name, versions, reporter)
             except _DownloadFailed as exc:
                 return await _fall_back(tiny_dir, key, exc, reporter, force)
+            except OSError as exc:
+                raise ImageError(
+                    f"building the tiny image failed: {exc}",
+                    hint=f"check the free space and permissions of {tiny_dir}",
+                ) from exc
             try:
-                old = None
-                if final.exists():
-                    old = tiny_dir / f".old-{key}-{os.getpid()}-{time.monotonic_ns()}"
-                    final.rename(old)
                 (build / "image").rename(final)
             except OSError as exc:
                 raise ImageError(f"cannot move the tiny image into {final}: {exc}") from exc
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
         finally:
             shutil.rmtree(build, ignore_errors=True)
     return load_tiny(final)
@@ -533,7 +541,7 @@ async def _fall_back(
 
 async def candidate_versions() -> dict[str, str]:
     """The candidate version of every package the image is made of."""
-    done = await _tool(["apt-cache", "policy", *PACKAGES], timeout=120)
+    done = await _tool(["apt-cache", "policy", *PACKAGES], timeout=120, hint="run 'apt-get update'")
     policy = parse_policy(done.text)
     versions: dict[str, str] = {}
     for pkg in PACKAGES:
@@ -551,6 +559,29 @@ class _DownloadFailed(ImageError):
     """apt-get download failed (offline?): an older tiny image may do."""
 
 
+def _image_dirs(tiny_dir: Path, key: str | None) -> list[Path]:
+    """Image directories (of ``key``, or of every key), newest first."""
+    found: list[tuple[float, Path]] = []
+    if not tiny_dir.is_dir():
+        return []
+    for path in tiny_dir.iterdir():
+        if path.name.startswith("."):
+            continue
+        if key is not None and path.name != key and not path.name.startswith(key + "-"):
+            continue
+        with contextlib.suppress(OSError):
+            found.append(((path / MANIFEST).stat().st_mtime, path))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def _newest_of_key(tiny_dir: Path, key: str) -> ImageInfo | None:
+    for path in _image_dirs(tiny_dir, key):
+        info = _cached(path)
+        if info is not None:
+            return info
+    return None
+
+
 def _cached(final: Path) -> ImageInfo | None:
     if not (final / MANIFEST).is_file():
         return None
@@ -562,15 +593,10 @@ def _cached(final: Path) -> ImageInfo | None:
 
 
 def _newest_other(tiny_dir: Path, key: str | None) -> Path | None:
-    if not tiny_dir.is_dir():
-        return None
-    found: list[tuple[float, Path]] = []
-    for path in tiny_dir.iterdir():
-        if path.name.startswith(".") or path.name == key:
+    """The newest valid image directory built for another key than ``key``."""
+    for path in _image_dirs(tiny_dir, None):
+        if key is not None and (path.name == key or path.name.startswith(key + "-")):
             continue
-        with contextlib.suppress(OSError):
-            found.append(((path / MANIFEST).stat().st_mtime, path))
-    for _, path in sorted(found, reverse=True):
         if _cached(path) is not None:
             return path
     return None
@@ -579,7 +605,7 @@ def _newest_other(tiny_dir: Path, key: str | None) -> Path | None:
 def _clean_leftovers(tiny_dir: Path) -> None:
     """Remove what interrupted builds left (only ever called under the lock)."""
     for path in tiny_dir.iterdir():
-        if path.name.startswith((".build-", ".old-")):
+        if path.name.startswith(".build-"):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -604,8 +630,14 @@ async def _locked(path: Path, reporter: Reporter) -> Any:
         os.close(fd)
 
 
-async def _tool(argv: Sequence[str], *, timeout: float = 300, cwd: Path | None = None) -> Completed:
-    """Run a host tool; failures get a hint naming the package to install."""
+async def _tool(
+    argv: Sequence[str],
+    *,
+    timeout: float = 300,
+    cwd: Path | None = None,
+    hint: str | None = None,
+) -> Completed:
+    """Run a host tool; a missing one gets a hint naming its package, a failing one ``hint``."""
     try:
         return await run(
             list(argv),
@@ -614,12 +646,17 @@ async def _tool(argv: Sequence[str], *, timeout: float = 300, cwd: Path | None =
             env={"LC_ALL": "C"},
         )
     except HostCommandError as exc:
-        if exc.hint is None:
-            exc.hint = _TOOL_HINTS.get(Path(argv[0]).name)
+        package = _TOOL_PACKAGES.get(Path(argv[0]).name)
+        if exc.returncode is None and package:
+            exc.hint = f"install the Debian package {package} (apt-get install {package})"
+        elif exc.hint is None:
+            exc.hint = hint
         raise
 
 
-async def _build(build: Path, key: str, versions: Mapping[str, str], reporter: Reporter) -> None:
+async def _build(
+    build: Path, key: str, build_name: str, versions: Mapping[str, str], reporter: Reporter
+) -> None:
     work = build / "work"
     debs = work / "debs"
     kernel_tree = work / "kernel"
@@ -629,6 +666,7 @@ async def _build(build: Path, key: str, versions: Mapping[str, str], reporter: R
     image = build / "image"
     image.mkdir()
 
+    space = f"check the free space in {build.parent}"
     reporter.step("Downloading packages")
     kernel_pkg = await _kernel_package(versions[KERNEL_META])
     wanted = [f"{kernel_pkg}={versions[KERNEL_META]}"]
@@ -650,7 +688,7 @@ async def _build(build: Path, key: str, versions: Mapping[str, str], reporter: R
         name = info.get("Package", deb.name)
         packages[name] = info.get("Version", "")
         dest = kernel_tree if name == kernel_pkg else tree
-        await _tool(["dpkg-deb", "-x", str(deb), str(dest)])
+        await _tool(["dpkg-deb", "-x", str(deb), str(dest)], hint=space)
         reporter.progress("Unpacking packages", i + 1, len(deb_files))
     missing = {kernel_pkg, *USERLAND_PACKAGES} - set(packages)
     if missing:
@@ -687,7 +725,8 @@ async def _build(build: Path, key: str, versions: Mapping[str, str], reporter: R
         [
             "mkfs.ext4", "-F", "-q", "-b", "4096", "-T", "default", "-L", ROOT_LABEL,
             "-E", "root_owner=0:0", "-d", str(root), str(raw),
-        ]
+        ],
+        hint=space,
     )  # fmt: skip
     script = work / "debugfs.cmds"
     script.write_text(_debugfs_ownership(root))
@@ -700,7 +739,8 @@ async def _build(build: Path, key: str, versions: Mapping[str, str], reporter: R
     if problems:
         raise ImageError("debugfs could not fix file ownership: " + "; ".join(problems[:5]))
     await _tool(
-        ["qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", str(raw), str(image / DISK)]
+        ["qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", str(raw), str(image / DISK)],
+        hint=space,
     )
 
     reporter.step("Writing the manifest")
@@ -710,6 +750,7 @@ async def _build(build: Path, key: str, versions: Mapping[str, str], reporter: R
         files[name] = (await asyncio.to_thread(_sha256, path), path.stat().st_size)
     manifest = make_manifest(
         key=key,
+        build=build_name,
         packages=packages,
         files=files,
         kernel_version=kver,
@@ -724,7 +765,11 @@ async def _build(build: Path, key: str, versions: Mapping[str, str], reporter: R
 
 async def _kernel_package(meta_version: str) -> str:
     """The real kernel package the cloud kernel metapackage depends on."""
-    done = await _tool(["apt-cache", "show", f"{KERNEL_META}={meta_version}"], timeout=120)
+    done = await _tool(
+        ["apt-cache", "show", f"{KERNEL_META}={meta_version}"],
+        timeout=120,
+        hint="run 'apt-get update'",
+    )
     for line in done.text.splitlines():
         if line.startswith("Depends:"):
             for dep in line.split(":", 1)[1].split(","):
