@@ -110,8 +110,8 @@ def test_purge_takes_nothing() -> None:
 
 def exec_of(*argv: str) -> tuple[str, str | None, list[str]]:
     """(instance, working directory, guest command) as ``ketch exec`` would use them."""
-    ns = parse("exec", *argv)
-    workdir, command = cli._exec_options(list(ns.argv), ns.working_directory)
+    ns = cli.parse_args(build_parser(), ["exec", *argv])
+    workdir, command = cli.exec_request(ns)
     return ns.name, workdir, command
 
 
@@ -134,12 +134,6 @@ def test_exec_keeps_hostile_arguments_literal(command: list[str]) -> None:
     assert exec_of("vm", "--", *command) == ("vm", None, command)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: argparse drops the first '--' before exec's REMAINDER, so _exec_options "
-    "reads a guest command that starts with '-' as exec options ('after -- all is the command' "
-    "does not hold)",
-)
 @pytest.mark.parametrize(
     "command",
     [

@@ -650,12 +650,6 @@ def test_a_client_that_goes_away_does_not_cancel_the_operation(env: Env) -> None
     assert env.states() == {"alpha": "Stopped"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: while an operation outside OP_STATES (stop, force-stop, delete) runs, "
-    "views skip the QMP probe, so derive() reports a running instance as Unknown with a "
-    "false 'qmp-unresponsive' inconsistency",
-)
 def test_an_instance_being_stopped_is_not_shown_as_unresponsive(env: Env) -> None:
     env.add("alpha")
     gate = env.driver.hold("alpha", "powerdown")

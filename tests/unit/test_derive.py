@@ -117,8 +117,8 @@ TABLE = [
         ("unexpected-qmp-status",)),
     row("running/qmp-no-answer", RUN, ours(None, err="timed out"), State.UNKNOWN,
         ("qmp-unresponsive",)),
-    row("running/qmp-no-answer-no-reason", RUN, ours(None), State.UNKNOWN,
-        ("qmp-unresponsive",)),
+    # no status and no error: the monitor was not asked (an operation owns it)
+    row("running/qmp-not-asked", RUN, ours(None), State.RUNNING),
     # -- delayed shutdown ---------------------------------------------------------------
     row("delayed/running", RUN, ours("running"), State.DELAYED_SHUTDOWN, delayed=True),
     row("delayed/paused-is-unknown", RUN, ours("paused"), State.UNKNOWN, ("paused",),
@@ -126,7 +126,9 @@ TABLE = [
     row("delayed/stopped-ignores-schedule", STOP, down(), State.STOPPED, delayed=True),
     # -- stray suspend tag while running -------------------------------------------------
     row("running/stray-tag", RUN, ours("running", **TAG), State.RUNNING, ("stray-suspend-tag",)),
-    row("running/stray-tag-no-qmp-answer", RUN, ours(None, **TAG), State.UNKNOWN,
+    row("running/stray-tag-qmp-not-asked", RUN, ours(None, **TAG), State.RUNNING,
+        ("stray-suspend-tag",)),
+    row("running/stray-tag-no-qmp-answer", RUN, ours(None, err="refused", **TAG), State.UNKNOWN,
         ("stray-suspend-tag", "qmp-unresponsive")),
     row("running/unreadable-tags-not-flagged", RUN, ours("running", **NO_TAGS), State.RUNNING),
     # -- stopped, intent suspend: the tag decides ---------------------------------------------

@@ -100,12 +100,6 @@ def test_read_pidfile_is_a_directory(tmp_path: Path) -> None:
     assert read_pidfile(tmp_path) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeDecodeError,
-    reason="bug: read_pidfile decodes the file as text and lets UnicodeDecodeError escape "
-    "for non-UTF-8 garbage (it catches only OSError); observe() then raises",
-)
 def test_read_pidfile_binary_garbage(tmp_path: Path) -> None:
     f = tmp_path / "qemu.pid"
     f.write_bytes(b"\xff\xfe\x00\x01")

@@ -190,11 +190,6 @@ def test_every_flag_value_is_a_separate_argument() -> None:
             assert " " not in arg
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: build_argv puts paths into QEMU option strings without doubling commas, "
-    "so a storage root with a ',' breaks -blockdev (QEMU: Invalid parameter)",
-)
 def test_disk_path_with_a_comma_is_escaped() -> None:
     disk = Path("/home/a,b/instances/vm1/disk.qcow2")
     argv = build_argv(replace(CFG, disk=disk))

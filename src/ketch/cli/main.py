@@ -211,15 +211,15 @@ def _target(name: str) -> Any:
 def cmd_exec(args: argparse.Namespace) -> int:
     from ketch.cli import guest
 
-    workdir, command = _exec_options(list(args.argv), args.working_directory)
+    workdir, command = exec_request(args)
     if not command:
         raise InvalidArgument("no command given", hint="ketch exec NAME -- COMMAND [ARGS...]")
     return guest.exec_command(_target(args.name), command, workdir=workdir)
 
 
 def _exec_options(argv: list[str], workdir: str | None) -> tuple[str | None, list[str]]:
-    """Options may also follow the name, as Multipass allows; after "--" all is the command."""
-    while argv and argv[0] != "--" and argv[0].startswith("-"):
+    """Options may also follow the name, as Multipass allows (up to the command)."""
+    while argv and argv[0].startswith("-"):
         opt = argv.pop(0)
         key, eq, value = opt.partition("=")
         if key not in ("-d", "--working-directory", "--cd"):
@@ -229,8 +229,6 @@ def _exec_options(argv: list[str], workdir: str | None) -> tuple[str | None, lis
                 raise InvalidArgument(f"{key} needs a directory")
             value = argv.pop(0)
         workdir = value
-    if argv and argv[0] == "--":
-        argv = argv[1:]
     return workdir, argv
 
 
@@ -465,10 +463,31 @@ def _report(verb: str, exc: KetchError) -> None:
         print(f"hint: {exc.hint}", file=sys.stderr)
 
 
+def parse_args(parser: Parser, args_list: list[str]) -> argparse.Namespace:
+    """Parse a command line; for ``exec``, everything after the first "--" is literal.
+
+    (argparse would drop that "--" and read a command such as ``-d x`` as options.)
+    """
+    literal: list[str] = []
+    if args_list[:1] == ["exec"] and "--" in args_list:
+        cut = args_list.index("--")
+        args_list, literal = args_list[:cut], args_list[cut + 1 :]
+    args = parser.parse_args(args_list)
+    if args_list[:1] == ["exec"]:
+        args.literal = literal
+    return args
+
+
+def exec_request(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """The working directory and the guest command of a parsed ``exec``."""
+    workdir, command = _exec_options(list(args.argv), args.working_directory)
+    return workdir, command + list(getattr(args, "literal", []))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(args_list)
+    args = parse_args(parser, args_list)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE

@@ -58,7 +58,7 @@ class Operations:
     async def _run(
         self, names: Iterable[str], op: str, fn: Operation, reporter: QueueReporter
     ) -> dict[str, Any]:
-        held: list[asyncio.Lock] = []
+        held: list[str] = []
         try:
             for name in sorted(set(names)):  # one global order: no deadlock
                 lock = self.lock(name)
@@ -66,15 +66,13 @@ class Operations:
                     busy = self.ctx.active.get(name, "another operation")
                     reporter.waiting(f'waiting for "{busy}" on "{name}" to finish')
                 await lock.acquire()
-                held.append(lock)
+                held.append(name)
                 self.ctx.active[name] = op
             return await fn(reporter)
         finally:
-            for name in set(names):
-                if self.ctx.active.get(name) == op:
-                    del self.ctx.active[name]
-            for lock in held:
-                lock.release()
+            for name in held:  # only what this operation acquired
+                self.ctx.active.pop(name, None)
+                self.lock(name).release()
 
     def submit(self, names: Iterable[str], op: str, fn: Operation) -> AsyncIterator[Event]:
         """Start an operation; iterate its events, ending with a result or an error."""

@@ -14,12 +14,10 @@ from ketch.model import PidStatus
 def read_pidfile(path: Path) -> int | None:
     """The pid in a pid file, or None when absent, empty or garbage."""
     try:
-        text = path.read_text().strip()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
+        text = path.read_bytes().decode("ascii", "replace").strip()
     except OSError:
         return None
-    return int(text) if text.isdigit() and int(text) > 0 else None
+    return int(text) if text.isascii() and text.isdigit() and int(text) > 0 else None
 
 
 def cmdline(pid: int) -> list[str] | None:

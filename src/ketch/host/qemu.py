@@ -40,61 +40,51 @@ class QemuConfig:
     loadvm: str | None = None  # internal snapshot tag to resume from
 
 
+def opt(path: Path | str) -> str:
+    """A path inside a QEMU option string: commas are doubled."""
+    return str(path).replace(",", ",,")
+
+
 def build_argv(cfg: QemuConfig, *, binary: str = QEMU_SYSTEM) -> list[str]:
     """The full argv for one instance (pure: same config, same argv)."""
     mem_mib = max(cfg.memory // (1024 * 1024), 64)
+    disk_device = f"virtio-blk-pci,drive={DISK_NODE}"
+    if not cfg.boot.kernel:
+        disk_device += ",bootindex=0"
+    # fmt: off
     argv = [
         binary,
-        "-name",
-        f"ketch-{cfg.name},debug-threads=on",
-        "-machine",
-        "q35",
-        "-accel",
-        cfg.accel,
-        "-cpu",
-        "host" if cfg.accel == "kvm" else "max",
-        "-smp",
-        str(cfg.cpus),
-        "-m",
-        f"{mem_mib}M",
+        "-name", f"ketch-{cfg.name},debug-threads=on",
+        "-machine", "q35",
+        "-accel", cfg.accel,
+        "-cpu", "host" if cfg.accel == "kvm" else "max",
+        "-smp", str(cfg.cpus),
+        "-m", f"{mem_mib}M",
         "-nodefaults",
-        "-display",
-        "none",
-        "-vga",
-        "none",
+        "-display", "none",
+        "-vga", "none",
         "-daemonize",
-        "-pidfile",
-        str(cfg.pidfile),
-        "-qmp",
-        f"unix:{cfg.qmp_socket},server=on,wait=off",
-        "-chardev",
-        f"file,id=serial0,path={cfg.serial_log},append=on",
-        "-serial",
-        "chardev:serial0",
-        "-blockdev",
-        f"driver=file,filename={cfg.disk},node-name={DISK_NODE}-file",
-        "-blockdev",
-        f"driver=qcow2,file={DISK_NODE}-file,node-name={DISK_NODE}",
-        "-device",
-        f"virtio-blk-pci,drive={DISK_NODE}" + ("" if cfg.boot.kernel else ",bootindex=0"),
+        "-pidfile", str(cfg.pidfile),
+        "-qmp", f"unix:{opt(cfg.qmp_socket)},server=on,wait=off",
+        "-chardev", f"file,id=serial0,path={opt(cfg.serial_log)},append=on",
+        "-serial", "chardev:serial0",
+        "-blockdev", f"driver=file,filename={opt(cfg.disk)},node-name={DISK_NODE}-file",
+        "-blockdev", f"driver=qcow2,file={DISK_NODE}-file,node-name={DISK_NODE}",
+        "-device", disk_device,
     ]
     if cfg.seed_iso is not None:
         argv += [
             "-blockdev",
-            f"driver=file,filename={cfg.seed_iso},node-name=seed-file,read-only=on",
-            "-blockdev",
-            "driver=raw,file=seed-file,node-name=seed,read-only=on",
-            "-device",
-            "virtio-blk-pci,drive=seed",
+            f"driver=file,filename={opt(cfg.seed_iso)},node-name=seed-file,read-only=on",
+            "-blockdev", "driver=raw,file=seed-file,node-name=seed,read-only=on",
+            "-device", "virtio-blk-pci,drive=seed",
         ]
     argv += [
-        "-netdev",
-        f"user,id=net0,hostfwd=tcp:127.0.0.1:{cfg.ssh_port}-:22",
-        "-device",
-        f"virtio-net-pci,netdev=net0,mac={cfg.mac}",
-        "-device",
-        "virtio-rng-pci",
+        "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{cfg.ssh_port}-:22",
+        "-device", f"virtio-net-pci,netdev=net0,mac={cfg.mac}",
+        "-device", "virtio-rng-pci",
     ]
+    # fmt: on
     if cfg.boot.kernel:
         argv += ["-kernel", cfg.boot.kernel]
         if cfg.boot.initrd:
@@ -102,7 +92,7 @@ def build_argv(cfg: QemuConfig, *, binary: str = QEMU_SYSTEM) -> list[str]:
         if cfg.boot.cmdline:
             argv += ["-append", cfg.boot.cmdline]
     elif cfg.boot.firmware == "uefi":
-        argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}"]
+        argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={opt(OVMF_CODE)}"]
     if cfg.loadvm:
         argv += ["-loadvm", cfg.loadvm]
     return argv
@@ -112,7 +102,7 @@ def argv_matches(cmdline: list[str], disk: Path) -> bool:
     """Is a process's argv (from /proc/PID/cmdline) QEMU running this disk?"""
     if not cmdline or "qemu-system" not in Path(cmdline[0]).name:
         return False
-    want = f"filename={disk},"
+    want = f"filename={opt(disk)},"
     return any(arg.startswith("driver=file,") and want in arg + "," for arg in cmdline)
 
 

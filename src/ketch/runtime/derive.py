@@ -96,6 +96,10 @@ def _derive_running(
                 "the tag is stale and is never loaded; 'stop' or 'stop --force' removes it",
             )
         )
+    if obs.qmp_status is None and obs.qmp_error is None:
+        # The monitor was not asked (an operation owns it right now): the
+        # process is ours and alive, which is all that is known.
+        return Derived(State.DELAYED_SHUTDOWN if delayed else State.RUNNING, tuple(found), True)
     if obs.qmp_status is None:
         found.append(
             Inconsistency(

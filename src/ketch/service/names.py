@@ -30,7 +30,7 @@ def validate(name: str) -> str:
             f'invalid instance name "{name}": "." separates an instance from a snapshot',
             hint="use letters, digits and hyphens",
         )
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise InvalidArgument(
             f'invalid instance name "{name}": names follow hostname rules',
             hint="start with a letter, use only letters, digits and hyphens, "
