@@ -247,6 +247,8 @@ def test_ssh_presents_exactly_the_pinned_host_key(guest: Guest) -> None:
 def test_boot_finished_as_cloud_init_writes_it(guest: Guest) -> None:
     text = guest.ssh("cat /var/lib/cloud/instance/boot-finished").stdout
     assert " - v. " in text
+    assert guest.ssh("readlink /var/lib/cloud/instance").stdout.strip() == "instances/i-tiny-test"
+    assert "boot finished" in guest.ssh("cat /var/log/cloud-init.log").stdout
 
 
 def test_sudo_without_password(guest: Guest) -> None:

@@ -19,9 +19,10 @@ KETCH_RUN=/run/ketch
 NL='
 '
 
+# log MESSAGE: to the console (the serial log) and /var/log/cloud-init.log.
 log() {
 	echo "ketch-init: $*"
-	logger -t ketch-init -- "$*" 2>/dev/null
+	printf '%s ketch-init: %s\n' "$(date -u '+%Y-%m-%d %H:%M:%S')" "$*" >>/var/log/cloud-init.log 2>/dev/null
 }
 
 # A user or group name as useradd accepts it.
