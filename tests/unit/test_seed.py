@@ -7,6 +7,7 @@ import gzip
 import io
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pycdlib
 import pytest
 
-from ketch.errors import InvalidArgument
+from ketch.errors import InvalidArgument, KetchError
 from ketch.host.seed import (
     GUEST_CONFIG_FILE,
     build_seed_iso,
@@ -92,6 +93,14 @@ def test_seed_iso_replaces_atomically(tmp_path: Path) -> None:
     build_seed_iso(iso, meta_data="m2", user_data="u2")
     assert read_iso(iso)[1]["meta-data"] == b"m2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cidata.iso"]
+
+
+def test_seed_iso_is_private_and_errors_are_ketch_errors(tmp_path: Path) -> None:
+    iso = tmp_path / "cidata.iso"
+    build_seed_iso(iso, meta_data="m", user_data="u")
+    assert stat.S_IMODE(iso.stat().st_mode) == 0o600  # it holds the private host key
+    with pytest.raises(KetchError, match="cannot write the seed ISO"):
+        build_seed_iso(tmp_path / "missing" / "x.iso", meta_data="m", user_data="u")
 
 
 @pytest.mark.skipif(shutil.which("blkid") is None, reason="needs blkid")

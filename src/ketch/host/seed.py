@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import gzip
 import io
 import os
@@ -58,8 +59,9 @@ from pathlib import Path
 from typing import Any
 
 import pycdlib
+from pycdlib.pycdlibexception import PyCdlibException
 
-from ketch.errors import ImageError, InvalidArgument
+from ketch.errors import InvalidArgument, KetchError
 
 VOLUME_LABEL = "cidata"
 GUEST_CONFIG_FILE = "ketch-guest.sh"
@@ -113,30 +115,33 @@ def build_seed_iso(
 
     path = Path(path)
     iso = pycdlib.PyCdlib()
-    iso.new(interchange_level=3, vol_ident=VOLUME_LABEL, joliet=3, rock_ridge="1.09")
-    used: set[str] = set()
-    for name, data in files.items():
-        iso.add_fp(
-            io.BytesIO(data),
-            len(data),
-            iso_path="/" + _iso9660_name(name, used),
-            rr_name=name,
-            joliet_path="/" + name,
-        )
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
     try:
+        iso.new(interchange_level=3, vol_ident=VOLUME_LABEL, joliet=3, rock_ridge="1.09")
+        used: set[str] = set()
+        for name, data in files.items():
+            iso.add_fp(
+                io.BytesIO(data),
+                len(data),
+                iso_path="/" + _iso9660_name(name, used),
+                rr_name=name,
+                joliet_path="/" + name,
+            )
+        # 0600: the seed holds the instance's private SSH host key.
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as out:
             iso.write_fp(out)
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except OSError as exc:
-        raise ImageError(f"cannot write the seed ISO {path}: {exc}") from exc
+        tmp = None
+    except (OSError, PyCdlibException) as exc:
+        raise KetchError(f"cannot write the seed ISO {path}: {exc}") from exc
     finally:
         iso.close()
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def _iso9660_name(name: str, used: set[str]) -> str:
