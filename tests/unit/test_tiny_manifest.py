@@ -258,3 +258,16 @@ def test_offline_falls_back_to_an_earlier_build(
     assert len(reporter.warnings) == 1 and "0123456789abcdef" in reporter.warnings[0]
     with pytest.raises(HostCommandError):
         asyncio.run(tiny.build_tiny(tmp_path, force=True))
+
+
+def test_kernel_dependency() -> None:
+    show = (
+        "Package: linux-image-cloud-amd64\n"
+        "Version: 6.1.192-2\n"
+        "Depends: linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2)\n"
+        "Description: Linux for x86-64 cloud (meta-package)\n"
+    )
+    assert tiny.kernel_dependency(show) == ("linux-image-6.1.0-56-cloud-amd64", "6.1.192-2")
+    unpinned = "Depends: initramfs-tools, linux-image-6.1.0-9-cloud-amd64\n"
+    assert tiny.kernel_dependency(unpinned) == ("linux-image-6.1.0-9-cloud-amd64", None)
+    assert tiny.kernel_dependency("Depends: libc6\n") is None

@@ -668,9 +668,9 @@ async def _build(
 
     space = f"check the free space in {build.parent}"
     reporter.step("Downloading packages")
-    kernel_pkg = await _kernel_package(versions[KERNEL_META])
-    wanted = [f"{kernel_pkg}={versions[KERNEL_META]}"]
-    wanted += [f"{pkg}={versions[pkg]}" for pkg in USERLAND_PACKAGES]
+    kernel_spec = await _kernel_package(versions[KERNEL_META])
+    kernel_pkg = kernel_spec.split("=", 1)[0]
+    wanted = [kernel_spec, *(f"{pkg}={versions[pkg]}" for pkg in USERLAND_PACKAGES)]
     try:
         await _tool(["apt-get", "download", *wanted], cwd=debs, timeout=1800)
     except HostCommandError as exc:
@@ -764,22 +764,35 @@ async def _build(
 
 
 async def _kernel_package(meta_version: str) -> str:
-    """The real kernel package the cloud kernel metapackage depends on."""
+    """``name=version`` of the kernel package the cloud kernel metapackage needs."""
     done = await _tool(
         ["apt-cache", "show", f"{KERNEL_META}={meta_version}"],
         timeout=120,
         hint="run 'apt-get update'",
     )
-    for line in done.text.splitlines():
-        if line.startswith("Depends:"):
-            for dep in line.split(":", 1)[1].split(","):
-                name = dep.strip().split(" ", 1)[0]
-                if re.fullmatch(r"linux-image-[0-9].*-cloud-amd64", name):
-                    return name
-    raise ImageError(
-        f"cannot tell which kernel {KERNEL_META} {meta_version} depends on",
-        hint="run 'apt-get update'",
-    )
+    wanted = kernel_dependency(done.text)
+    if wanted is None:
+        raise ImageError(
+            f"cannot tell which kernel {KERNEL_META} {meta_version} depends on",
+            hint="run 'apt-get update'",
+        )
+    name, version = wanted
+    return name if version is None else f"{name}={version}"
+
+
+def kernel_dependency(show: str) -> tuple[str, str | None] | None:
+    """(package, pinned version or None) of the kernel in ``apt-cache show`` text."""
+    for line in show.splitlines():
+        if not line.startswith("Depends:"):
+            continue
+        for dep in line.split(":", 1)[1].split(","):
+            match = re.fullmatch(
+                r"\s*(linux-image-[0-9][^\s|]*-cloud-amd64)\s*(?:\(\s*=\s*([^)\s]+)\s*\))?\s*",
+                dep,
+            )
+            if match:
+                return match.group(1), match.group(2)
+    return None
 
 
 def parse_modules_dep(text: str) -> dict[str, tuple[str, list[str]]]:
