@@ -39,6 +39,7 @@ HELP = {
     "help": "Display help about a command",
     "daemon": "Run ketchd in the foreground",
     "completion": "Print a shell completion script (bash or zsh)",
+    "doctor": "Find, explain and (with --fix) repair inconsistent instances",
 }
 
 
@@ -316,6 +317,17 @@ def cmd_image(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    result = _stream("/v1/doctor", {"names": list(args.names), "fix": args.fix})
+    findings = result.get("findings", [])
+    if args.format == "json":
+        sys.stdout.write(output.to_json(result))
+    else:
+        sys.stdout.write(output.doctor_output(findings, fixed=args.fix))
+    unresolved = [f for f in findings if not f.get("fixed")]
+    return 2 if unresolved else 0
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     from ketch.errors import DaemonUnreachable
 
@@ -437,6 +449,11 @@ def build_parser() -> Parser:
     fmt(ls)
     pr = isub.add_parser("prune", help="remove cached images unused for DAYS")
     pr.add_argument("--days", type=float, default=14.0)
+
+    sp = cmd("doctor", cmd_doctor)
+    names(sp, all_=False)
+    sp.add_argument("--fix", action="store_true", help="repair what can be repaired safely")
+    sp.add_argument("--format", choices=("table", "json"), default="table", help="output format")
 
     sp = cmd("version", cmd_version)
     fmt(sp)

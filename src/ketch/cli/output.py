@@ -202,3 +202,18 @@ def find_output(doc: dict[str, Any], fmt: str) -> str:
 def find_errors(doc: dict[str, Any]) -> list[str]:
     """Remotes that could not be read, for stderr."""
     return [r["error"] for r in doc.get("images", []) if r.get("error")]
+
+
+def doctor_output(findings: list[dict[str, Any]], *, fixed: bool) -> str:
+    if not findings:
+        return "No problems found.\n"
+    lines = []
+    for f in findings:
+        where = f["instance"] or "storage"
+        lines.append(f"{where}: {f['message']}")
+        if fixed:
+            mark = "fixed" if f.get("fixed") else "NOT fixed"
+            lines.append(f"  {mark}: {f.get('outcome') or ''}")
+        else:
+            lines.append(f"  --fix would: {f['fix']}")
+    return "\n".join(lines) + "\n"

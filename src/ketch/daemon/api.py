@@ -19,6 +19,7 @@ from ketch.daemon.ops import Operations, QueueReporter, ndjson
 from ketch.errors import InvalidArgument, KetchError, NotFound
 from ketch.model import State
 from ketch.service import delete as delete_uc
+from ketch.service import doctor as doctor_uc
 from ketch.service import guest as guest_uc
 from ketch.service import guest_stats, guestlink, lifecycle, names
 from ketch.service import inspect as inspect_uc
@@ -75,6 +76,7 @@ class Api:
         r.add_post("/v1/instances", self.launch)
         r.add_post("/v1/instances/{name}/{action}", self.action)
         r.add_post("/v1/purge", self.purge)
+        r.add_post("/v1/doctor", self.doctor)
         r.add_get("/v1/instances/{name}/ssh", self.ssh)
         r.add_get("/v1/find", self.find)
         r.add_get("/v1/images", self.image_list)
@@ -202,6 +204,19 @@ class Api:
 
         return await self.stream(request, self.ops.submit(names, "purge", op))
 
+    async def doctor(self, request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        wanted = [str(n) for n in body.get("names", [])]
+        for name in wanted:
+            self.ctx.store.get(name)  # "not found" before the stream starts
+        fix = bool(body.get("fix"))
+        locks = wanted or [r.spec.name for r in self.ctx.store.all()] + ["storage:doctor"]
+
+        async def op(rep: QueueReporter) -> dict[str, Any]:
+            return await doctor_uc.run(self.ctx, wanted, fix=fix, reporter=rep)
+
+        return await self.stream(request, self.ops.submit(locks, "doctor", op))
+
     async def image_build(self, request: web.Request) -> web.StreamResponse:
         body = await _body(request)
         force = bool(body.get("force"))
@@ -266,6 +281,7 @@ def openapi_document() -> dict[str, Any]:
             },
             "/v1/instances/{name}/ssh": {"get": op("SSH target with the pinned host key")},
             "/v1/purge": {"post": op("purge deleted instances", streamed=True)},
+            "/v1/doctor": {"post": op("find and repair inconsistencies", streamed=True, body=True)},
             "/v1/find": {"get": op("images per remote")},
             "/v1/images": {"get": op("cached images")},
             "/v1/images/build": {"post": op("build the tiny image", streamed=True, body=True)},

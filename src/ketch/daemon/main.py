@@ -2,7 +2,8 @@
 
 Start-up never touches running VMs: QEMU processes are detached and found
 again through their instance directories.  Operations the journal shows
-unfinished are reported as interrupted (``ketch info`` lists them).
+unfinished are finished or rolled back (``service/recovery.py``) before the
+affected instances accept new operations.
 """
 
 from __future__ import annotations
@@ -74,6 +75,20 @@ async def _scheduler(ops: Operations) -> None:
                 ops.ctx.store.set_shutdown_at(name, None)
 
 
+async def _recover(ops: Operations, held: list[str]) -> None:
+    """Finish or roll back what a previous daemon left half-done, then free the locks."""
+    from ketch.progress import NULL
+    from ketch.service import recovery
+
+    try:
+        for line in await recovery.recover_all(ops.ctx, NULL, ignore_active=held):
+            log.info("recovered: %s", line)
+    except Exception:
+        log.exception("recovery of interrupted operations failed")
+    finally:
+        ops.release(held)
+
+
 async def serve(root: Root) -> None:
     from aiohttp import web
 
@@ -90,11 +105,16 @@ async def serve(root: Root) -> None:
     boot_timeout = os.environ.get("KETCH_BOOT_TIMEOUT")
     if boot_timeout:
         ctx.boot_timeout = float(boot_timeout)
-    for entry in store.unfinished():
+    ops = Operations(ctx)
+    interrupted = store.unfinished()
+    for entry in interrupted:
         log.warning(
             "operation %s on %s was interrupted (step %r)", entry.op, entry.instance, entry.step
         )
-    ops = Operations(ctx)
+    # The locks are taken before the socket opens: requests on these instances
+    # wait until recovery is done.
+    held = await ops.acquire({e.instance for e in interrupted}, "recover")
+    recovering = asyncio.create_task(_recover(ops, held)) if held else None
     api = Api(ops, images)
     runner = web.AppRunner(api.app(), access_log=None)
     await runner.setup()
@@ -118,6 +138,8 @@ async def serve(root: Root) -> None:
         await stop.wait()
     finally:
         scheduler.cancel()
+        if recovering is not None and not recovering.done():
+            await asyncio.wait([recovering], timeout=30)
         log.info("ketchd stopping; running instances keep running")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(ops.drain(), 30)

@@ -55,24 +55,39 @@ class Operations:
     def lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
-    async def _run(
-        self, names: Iterable[str], op: str, fn: Operation, reporter: QueueReporter
-    ) -> dict[str, Any]:
+    async def acquire(
+        self, names: Iterable[str], op: str, reporter: QueueReporter | None = None
+    ) -> list[str]:
+        """Take the locks of ``names`` (in one global order: no deadlock) for ``op``."""
         held: list[str] = []
         try:
-            for name in sorted(set(names)):  # one global order: no deadlock
+            for name in sorted(set(names)):
                 lock = self.lock(name)
-                if lock.locked():
+                if lock.locked() and reporter is not None:
                     busy = self.ctx.active.get(name, "another operation")
                     reporter.waiting(f'waiting for "{busy}" on "{name}" to finish')
                 await lock.acquire()
                 held.append(name)
                 self.ctx.active[name] = op
+        except BaseException:
+            self.release(held)
+            raise
+        return held
+
+    def release(self, held: list[str]) -> None:
+        """Give back what :meth:`acquire` took (only that)."""
+        for name in held:
+            self.ctx.active.pop(name, None)
+            self.lock(name).release()
+
+    async def _run(
+        self, names: Iterable[str], op: str, fn: Operation, reporter: QueueReporter
+    ) -> dict[str, Any]:
+        held = await self.acquire(names, op, reporter)
+        try:
             return await fn(reporter)
         finally:
-            for name in held:  # only what this operation acquired
-                self.ctx.active.pop(name, None)
-                self.lock(name).release()
+            self.release(held)
 
     def submit(self, names: Iterable[str], op: str, fn: Operation) -> AsyncIterator[Event]:
         """Start an operation; iterate its events, ending with a result or an error."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ketch.errors import HostCommandError
 from ketch.host.run import run
 
 QEMU_IMG = "qemu-img"
@@ -65,7 +66,41 @@ def snapshot_create_argv(path: Path, tag: str) -> list[str]:
     return [QEMU_IMG, "snapshot", "-c", tag, str(path)]
 
 
+def rebase_unsafe_argv(path: Path, base: Path, base_format: str) -> list[str]:
+    """Point an overlay at another copy of the same base (no data is copied)."""
+    return [QEMU_IMG, "rebase", "-u", "-f", "qcow2", "-F", base_format, "-b", str(base), str(path)]
+
+
+def check_argv(path: Path, *, repair_leaks: bool = False) -> list[str]:
+    argv = [QEMU_IMG, "check", "--output=json", "-f", "qcow2"]
+    if repair_leaks:
+        argv += ["-r", "leaks"]
+    return [*argv, str(path)]
+
+
 # -- parsers (pure) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """``qemu-img check``: exit 0 clean, 1 check failed, 2 corruptions, 3 leaks only."""
+
+    leaks: int
+    corruptions: int
+    check_errors: int
+
+    @property
+    def clean(self) -> bool:
+        return not (self.leaks or self.corruptions or self.check_errors)
+
+
+def parse_check(text: str) -> CheckResult:
+    doc: dict[str, Any] = json.loads(text)
+    return CheckResult(
+        leaks=int(doc.get("leaks", 0)),
+        corruptions=int(doc.get("corruptions", 0)),
+        check_errors=int(doc.get("check-errors", 0)),
+    )
 
 
 def parse_info(text: str) -> DiskInfo:
@@ -152,3 +187,15 @@ async def resize(path: Path, size: int) -> None:
 
 async def snapshot_delete(path: Path, tag: str, *, timeout: float = 60.0) -> None:
     await run(snapshot_delete_argv(path, tag), timeout=timeout)
+
+
+async def check(path: Path, *, repair_leaks: bool = False, timeout: float = 300.0) -> CheckResult:
+    """Check (and optionally repair leaks of) a qcow2 that no QEMU holds."""
+    done = await run(check_argv(path, repair_leaks=repair_leaks), timeout=timeout, check=False)
+    if done.returncode in (0, 2, 3) and done.stdout.strip():
+        return parse_check(done.text)
+    raise HostCommandError(list(done.argv), done.returncode, done.stderr.decode("utf-8", "replace"))
+
+
+async def rebase_unsafe(path: Path, base: Path, base_format: str) -> None:
+    await run(rebase_unsafe_argv(path, base, base_format))

@@ -55,6 +55,10 @@ async def run(
         proc.kill()
         await proc.wait()
         raise Timeout(f"{argv[0]} did not finish within {timeout:g} s") from exc
+    except asyncio.CancelledError:
+        if proc.returncode is None:
+            proc.kill()  # a cancelled caller leaves no program behind
+        raise
     done = Completed(tuple(argv), proc.returncode or 0, out, err)
     if check and done.returncode != 0:
         raise HostCommandError(list(argv), done.returncode, err.decode("utf-8", "replace"))

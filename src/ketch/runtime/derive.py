@@ -27,9 +27,19 @@ def derive(
     active_op: str | None = None,
     interrupted_op: str | None = None,
     delayed_shutdown: bool = False,
+    quarantine: str | None = None,
 ) -> Derived:
     """Compute the observed state of one instance.  Pure."""
     found: list[Inconsistency] = []
+    if quarantine:
+        found.append(
+            Inconsistency(
+                "quarantined",
+                f"quarantined: {quarantine}",
+                "only 'info', 'doctor', 'stop --force' and 'delete --purge' are allowed; "
+                "'ketch doctor --fix' releases it once the cause is repaired",
+            )
+        )
     running = obs.pid_status is PidStatus.OURS
 
     if obs.pid_status is PidStatus.STALE:
@@ -79,6 +89,9 @@ def derive(
 
     if active_op in OP_STATES:
         return Derived(OP_STATES[active_op], tuple(found), running)
+
+    if quarantine:
+        return Derived(State.UNKNOWN, tuple(found), running)
 
     if running:
         return _derive_running(intent, obs, found, delayed_shutdown)

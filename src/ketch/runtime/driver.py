@@ -55,6 +55,10 @@ class Driver(Protocol):
         """Resume paused vCPUs."""
         ...
 
+    async def settle(self, spec: InstanceSpec, idir: InstanceDir, *, timeout: float) -> None:
+        """Wait for block jobs a previous daemon started (snapshot-save ...) to end."""
+        ...
+
     async def delete_tag(self, spec: InstanceSpec, idir: InstanceDir, tag: str) -> None:
         """Remove an internal snapshot tag (through QMP while running, else qemu-img)."""
         ...

@@ -205,6 +205,24 @@ class QemuDriver:
         async with self._lock(idir), qmp.connect(idir.qmp_socket) as mon:
             await mon.execute("cont")
 
+    async def settle(self, spec: InstanceSpec, idir: InstanceDir, *, timeout: float) -> None:
+        _, status, _ = self._pid(idir)
+        if status is not PidStatus.OURS:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with self._lock(idir), qmp.connect(idir.qmp_socket) as mon:
+            while True:
+                jobs = await mon.execute("query-jobs")
+                for job in jobs:
+                    if job.get("status") == "concluded":
+                        await mon.execute("job-dismiss", {"id": job["id"]})
+                if all(j.get("status") == "concluded" for j in jobs):
+                    return
+                if loop.time() > deadline:
+                    raise Timeout(f"QEMU jobs still running after {timeout:g} s")
+                await asyncio.sleep(0.1)
+
     async def delete_tag(self, spec: InstanceSpec, idir: InstanceDir, tag: str) -> None:
         _, status, _ = self._pid(idir)
         if status is PidStatus.OURS:

@@ -14,7 +14,7 @@ from ketch.model import State
 from ketch.progress import Reporter
 from ketch.service import guestlink
 from ketch.service.context import Context
-from ketch.service.inspect import get
+from ketch.service.inspect import get, require
 
 
 async def delete(ctx: Context, name: str, reporter: Reporter, *, purge: bool) -> dict[str, Any]:
@@ -24,6 +24,7 @@ async def delete(ctx: Context, name: str, reporter: Reporter, *, purge: bool) ->
         return {"name": name, "purged": True}
     if v.state is State.DELETED:
         return {"name": name, "purged": False}
+    require(v, "delete", set(State), hint=f"use 'ketch delete --purge {name}'")
     spec, idir = v.record.spec, ctx.root.instance(name)
     if v.derived.running:
         reporter.step(f"Stopping {name}")

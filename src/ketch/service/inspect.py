@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ketch.errors import Deleted, InvalidState, NotFound
+from ketch.errors import Deleted, InvalidState, NotFound, Quarantined
 from ketch.model import Derived, Observation, State
 from ketch.runtime.derive import derive
 from ketch.service.context import Context
@@ -66,6 +66,7 @@ async def view(ctx: Context, record: Record, *, inside_op: bool = False) -> View
         active_op=active,
         interrupted_op=interrupted(ctx, name),
         delayed_shutdown=record.shutdown_at is not None,
+        quarantine=record.quarantine,
     )
     return View(record, obs, derived)
 
@@ -81,7 +82,20 @@ async def all_views(ctx: Context) -> list[View]:
 
 
 def require(v: View, op: str, accepted: set[State], *, hint: str | None = None) -> None:
-    """Raise InvalidState unless the instance is in one of ``accepted`` states."""
+    """Raise InvalidState unless the instance is in one of ``accepted`` states.
+
+    A quarantined instance accepts no operation that goes through here: only
+    ``info``, ``doctor``, ``stop --force`` and ``delete --purge`` (which do not).
+    """
+    if v.record.quarantine and not v.record.deleted:
+        raise Quarantined(
+            v.name,
+            "quarantined",
+            ["not quarantined"],
+            message=f'cannot {op} "{v.name}": it is quarantined ({v.record.quarantine})',
+            hint=f"see 'ketch doctor {v.name}'; 'ketch stop --force' and "
+            "'ketch delete --purge' still work",
+        )
     if v.state is State.DELETED and State.DELETED not in accepted:
         raise Deleted(v.name)
     if v.state not in accepted:

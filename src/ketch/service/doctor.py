@@ -1,0 +1,383 @@
+"""``ketch doctor``: find, explain and (with ``--fix``) repair inconsistent state.
+
+Without ``fix`` nothing is changed.  What cannot be repaired safely is
+quarantined: the instance is kept, shown as Unknown with the reason, and
+accepts only ``info``, ``doctor``, ``stop --force`` and ``delete --purge``.
+ketch never deletes an instance, its disk or its record because something
+looked wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ketch.errors import KetchError
+from ketch.host import procs, qemu, qemu_img, ssh
+from ketch.layout import DISK, InstanceDir
+from ketch.model import BootSpec, InstanceSpec, Intent
+from ketch.progress import Reporter
+from ketch.runtime.driver import SUSPEND_TAG
+from ketch.service import guestlink, names, recovery
+from ketch.service.context import Context
+from ketch.service.inspect import View, view
+
+Repair = Callable[[], Awaitable[str]]
+POWEROFF_TIMEOUT = 60.0
+
+
+@dataclass
+class Finding:
+    """One thing doctor found, and what ``--fix`` does about it."""
+
+    instance: str
+    code: str
+    message: str
+    fix: str
+    repair: Repair | None = field(default=None, repr=False)
+    outcome: str | None = None  # after --fix: what was done, or why not
+    fixed: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "instance": self.instance,
+            "code": self.code,
+            "message": self.message,
+            "fix": self.fix,
+            "fixed": self.fixed,
+            "outcome": self.outcome,
+        }
+
+
+async def run(ctx: Context, wanted: list[str], *, fix: bool, reporter: Reporter) -> dict[str, Any]:
+    """Examine the named instances (all, and the storage root, when none is named)."""
+    records = [ctx.store.get(n) for n in wanted] if wanted else ctx.store.all()
+    findings: list[Finding] = []
+    for record in records:
+        v = await view(ctx, record, inside_op=True)
+        findings += await examine(ctx, v)
+    if not wanted:
+        findings += examine_root(ctx)
+    if fix:
+        for f in findings:
+            if f.repair is None:
+                f.fixed, f.outcome = False, "not repaired automatically: " + f.fix
+                continue
+            try:
+                f.outcome = await f.repair()
+                f.fixed = True
+                reporter.step(f"{f.instance or 'storage'}: {f.outcome}")
+            except KetchError as exc:
+                f.fixed, f.outcome = False, exc.message
+                reporter.warn(
+                    f"{f.instance or 'storage'}: could not repair {f.code}: {exc.message}"
+                )
+    return {"findings": [f.to_dict() for f in findings], "fixed": fix}
+
+
+# -- per instance -----------------------------------------------------------------
+
+
+async def examine(ctx: Context, v: View) -> list[Finding]:
+    spec, idir = v.record.spec, ctx.root.instance(v.name)
+    out: list[Finding] = []
+    add = out.append
+    for inc in v.derived.inconsistencies:
+        code = inc.code
+        if code in ("stale-pid-file", "foreign-pid"):
+            add(Finding(v.name, code, inc.message, "remove the pid file and socket",
+                        _remove(idir.pidfile, idir.qmp_socket)))  # fmt: skip
+        elif code in ("missing-suspend-tag", "exited-unexpectedly"):
+            add(Finding(v.name, code, inc.message, "record the instance as stopped",
+                        _intent(ctx, v.name, Intent.STOP)))  # fmt: skip
+        elif code == "stray-suspend-tag":
+            add(Finding(v.name, code, inc.message, "remove the stale 'suspend' tag",
+                        _drop_tag(ctx, spec, idir)))  # fmt: skip
+        elif code == "interrupted-operation":
+            add(Finding(v.name, code, inc.message, "finish or roll back the operation",
+                        _recover(ctx, v.name, reporter=None)))  # fmt: skip
+        elif code == "paused":
+            add(Finding(v.name, code, inc.message, "resume the guest's vCPUs",
+                        _cont(ctx, spec, idir)))  # fmt: skip
+        elif code == "qmp-unresponsive":
+            add(Finding(v.name, code, inc.message,
+                        "ask the guest to power off over SSH (its disk is kept)",
+                        _poweroff(ctx, spec, idir)))  # fmt: skip
+        elif code in ("guest-halted", "deleted-but-running"):
+            add(Finding(v.name, code, inc.message, "end QEMU (the guest is not running)",
+                        _kill(ctx, spec, idir)))  # fmt: skip
+        elif code in ("unreadable-tags", "missing-disk") and not v.record.quarantine:
+            add(Finding(v.name, code, inc.message, "quarantine the instance",
+                        _quarantine(ctx, v.name, inc.message)))  # fmt: skip
+    if not v.derived.running and idir.disk.exists():
+        out += await _check_disk(ctx, v)
+        out += await _check_backing(ctx, v)
+    if not v.derived.running and not v.record.deleted and not guestlink.port_free(spec.ssh_port):
+        add(Finding(v.name, "port-taken",
+                    f"SSH port {spec.ssh_port} is taken by another program",
+                    "pick another free port", _new_port(ctx, spec)))  # fmt: skip
+    if not v.derived.running and idir.qmp_socket.exists():
+        add(Finding(v.name, "leftover-socket", "a QMP socket is left from a QEMU that is gone",
+                    "remove it", _remove(idir.qmp_socket)))  # fmt: skip
+    if v.record.quarantine and not out and _only_quarantine(v):
+        add(Finding(v.name, "quarantine-cleared",
+                    f"quarantined ({v.record.quarantine}) but nothing is wrong any more",
+                    "release the quarantine", _release(ctx, v.name)))  # fmt: skip
+    return out
+
+
+def _only_quarantine(v: View) -> bool:
+    return all(i.code == "quarantined" for i in v.derived.inconsistencies)
+
+
+async def _check_disk(ctx: Context, v: View) -> list[Finding]:
+    disk = ctx.root.instance(v.name).disk
+    try:
+        result = await qemu_img.check(disk)
+    except KetchError as exc:
+        return [] if v.record.quarantine else [
+            Finding(v.name, "disk-check-failed", f"qemu-img check failed: {exc.message}",
+                    "quarantine the instance", _quarantine(ctx, v.name, exc.message))
+        ]  # fmt: skip
+    if result.corruptions or result.check_errors:
+        if v.record.quarantine:
+            return []
+        reason = f"disk corrupted ({result.corruptions} corruptions)"
+        advice = (
+            "quarantine the instance; copy the disk away and inspect it with "
+            "'qemu-img check' before any repair"
+        )
+        return [Finding(v.name, "disk-corrupt", reason, advice, _quarantine(ctx, v.name, reason))]
+    if result.leaks:
+
+        async def repair() -> str:
+            after = await qemu_img.check(disk, repair_leaks=True)
+            if after.leaks:
+                raise KetchError(f"{after.leaks} leaked clusters remain")
+            return f"repaired {result.leaks} leaked clusters"
+
+        return [Finding(v.name, "disk-leaks", f"{result.leaks} leaked clusters in the disk",
+                        "repair them (qemu-img check -r leaks)", repair)]  # fmt: skip
+    return []
+
+
+async def _check_backing(ctx: Context, v: View) -> list[Finding]:
+    spec = v.record.spec
+    if Path(spec.base_disk).exists():
+        return []
+    message = f"the base image {spec.base_disk} is missing"
+
+    async def repair() -> str:
+        from ketch.progress import NULL
+
+        try:
+            image = await ctx.images.resolve(spec.image, NULL)
+        except KetchError as exc:
+            await _quarantine(ctx, v.name, message)()
+            raise KetchError(
+                f"{message}, and fetching it again failed ({exc.message}): quarantined"
+            ) from exc
+        if image.id != spec.image_id:
+            await _quarantine(ctx, v.name, message)()
+            raise KetchError(
+                f"{message}; the catalogue now has {image.id}, not {spec.image_id}: quarantined"
+            )
+        if image.disk != spec.base_disk:
+            await qemu_img.rebase_unsafe(
+                ctx.root.instance(v.name).disk, Path(image.disk), image.disk_format
+            )
+            ctx.store.set_spec(replace(spec, base_disk=image.disk, boot=image.boot))
+        return f"fetched {image.id} again"
+
+    return [Finding(v.name, "missing-base-image", message,
+                    "fetch the same image again, else quarantine", repair)]  # fmt: skip
+
+
+# -- storage root ---------------------------------------------------------------------
+
+
+def examine_root(ctx: Context) -> list[Finding]:
+    out: list[Finding] = []
+    known = {r.spec.name for r in ctx.store.all()}
+    base = ctx.root.instances
+    dirs = sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+    for d in dirs:
+        if d.name in known:
+            continue
+        if not (d / DISK).exists():
+            out.append(Finding(d.name, "stray-directory", f"{d} has no record and no disk",
+                               "none: remove it by hand if unneeded"))  # fmt: skip
+            continue
+        out.append(Finding(d.name, "directory-without-record",
+                           f"{d} holds a disk but ketch has no record of it",
+                           "adopt it as a quarantined instance (never deleted)",
+                           _adopt(ctx, d)))  # fmt: skip
+    for pid, disk in orphan_qemus(ctx.root.instances):
+        name = disk.parent.name
+        if name in known:
+            continue
+        if disk.parent.exists():
+            what = "adopt the directory (done above); then 'stop --force' ends it"
+        else:
+            what = f"none: its directory is gone; end it with 'kill {pid}' if unneeded"
+        out.append(
+            Finding(name, "orphan-qemu", f"QEMU pid {pid} runs {disk} without a record", what)
+        )
+    return out
+
+
+def orphan_qemus(instances: Path) -> list[tuple[int, Path]]:
+    """QEMU processes whose disk lies under ``instances`` (found through /proc)."""
+    found = []
+    prefix = f"filename={qemu.opt(instances)}/"
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        argv = procs.cmdline(int(entry.name))
+        if not argv or "qemu-system" not in Path(argv[0]).name:
+            continue
+        for arg in argv:
+            if arg.startswith("driver=file,") and prefix in arg:
+                path = arg.split("filename=", 1)[1].split(",node-name", 1)[0].replace(",,", ",")
+                if path.endswith("/" + DISK):
+                    found.append((int(entry.name), Path(path)))
+    return found
+
+
+# -- repairs ---------------------------------------------------------------------
+
+
+def _remove(*paths: Path) -> Repair:
+    async def repair() -> str:
+        procs.remove_quietly(*paths)
+        return "removed " + ", ".join(p.name for p in paths)
+
+    return repair
+
+
+def _intent(ctx: Context, name: str, intent: Intent) -> Repair:
+    async def repair() -> str:
+        ctx.store.set_intent(name, intent)
+        return f"recorded as {intent.value}"
+
+    return repair
+
+
+def _drop_tag(ctx: Context, spec: InstanceSpec, idir: InstanceDir) -> Repair:
+    async def repair() -> str:
+        await ctx.driver.delete_tag(spec, idir, SUSPEND_TAG)
+        return "removed the stale 'suspend' tag"
+
+    return repair
+
+
+def _recover(ctx: Context, name: str, reporter: Reporter | None) -> Repair:
+    async def repair() -> str:
+        from ketch.progress import NULL
+
+        done = []
+        for entry in ctx.store.unfinished():
+            if entry.instance == name:
+                done.append(await recovery.recover(ctx, entry, reporter or NULL))
+                ctx.store.finish(entry.id, "recovered")
+        return "; ".join(done) or "nothing left to recover"
+
+    return repair
+
+
+def _cont(ctx: Context, spec: InstanceSpec, idir: InstanceDir) -> Repair:
+    async def repair() -> str:
+        await ctx.driver.cont(spec, idir)
+        ctx.store.set_intent(spec.name, Intent.RUN)
+        return "resumed the guest"
+
+    return repair
+
+
+def _kill(ctx: Context, spec: InstanceSpec, idir: InstanceDir) -> Repair:
+    async def repair() -> str:
+        await ctx.driver.kill(spec, idir)
+        return "ended QEMU"
+
+    return repair
+
+
+def _poweroff(ctx: Context, spec: InstanceSpec, idir: InstanceDir) -> Repair:
+    async def repair() -> str:
+        target = guestlink.target(ctx.root, spec)
+        await ssh.run_in_guest(target, ["sudo", "-n", "poweroff"], timeout=30.0)
+        pid = procs.read_pidfile(idir.pidfile)
+        deadline = time.monotonic() + POWEROFF_TIMEOUT
+        while pid and procs.alive(pid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        if pid and procs.alive(pid):
+            raise KetchError("the guest did not power off; 'ketch stop --force' ends it")
+        procs.remove_quietly(idir.pidfile, idir.qmp_socket)
+        ctx.store.set_intent(spec.name, Intent.STOP)
+        return "the guest powered off; the instance is Stopped"
+
+    return repair
+
+
+def _quarantine(ctx: Context, name: str, reason: str) -> Repair:
+    async def repair() -> str:
+        ctx.store.set_quarantine(name, reason)
+        return f"quarantined: {reason}"
+
+    return repair
+
+
+def _release(ctx: Context, name: str) -> Repair:
+    async def repair() -> str:
+        ctx.store.set_quarantine(name, None)
+        return "quarantine released"
+
+    return repair
+
+
+def _new_port(ctx: Context, spec: InstanceSpec) -> Repair:
+    async def repair() -> str:
+        port = guestlink.free_port(ctx.store.used_ports())
+        ctx.store.set_spec(replace(spec, ssh_port=port))
+        return f"SSH port is now {port}"
+
+    return repair
+
+
+def _adopt(ctx: Context, d: Path) -> Repair:
+    async def repair() -> str:
+        try:
+            names.validate(d.name)
+        except KetchError as exc:
+            raise KetchError(f"cannot adopt {d}: {exc.message}") from exc
+        info = None
+        with contextlib.suppress(KetchError, ValueError):
+            info = await qemu_img.info(d / DISK, fmt="qcow2")
+        spec = InstanceSpec(
+            name=d.name,
+            image="unknown",
+            image_id="unknown",
+            release="unknown (adopted by ketch doctor)",
+            cpus=1,
+            memory=1024**3,
+            disk=info.virtual_size if info else 0,
+            boot=BootSpec(),
+            base_disk=(info.backing or "") if info else "",
+            ssh_port=guestlink.free_port(ctx.store.used_ports()),
+            mac="52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3)),
+            instance_id=f"i-{uuid.uuid4().hex[:16]}",
+            created=d.stat().st_mtime,
+        )
+        ctx.store.add(spec, Intent.STOP)
+        reason = "found on disk without a record (adopted by ketch doctor)"
+        ctx.store.set_quarantine(d.name, reason)
+        return f"adopted as a quarantined instance: {reason}"
+
+    return repair

@@ -1,0 +1,129 @@
+"""Finishing or rolling back operations a crashed ketchd left half-done.
+
+ketchd runs this at start-up for every journal entry that was never
+finished, and ``ketch doctor --fix`` runs it too.  Each rule looks at what is
+actually there (the QEMU process, its status, the suspend tag) and moves the
+instance to the nearest consistent state without losing what the guest
+wrote to its disk:
+
+| interrupted | found | done |
+|---|---|---|
+| launch | QEMU runs | finished: the instance exists and runs |
+| launch | no QEMU, step "prepare" | rolled back: the half-made instance is removed |
+| launch | no QEMU, step "boot" | kept, Stopped: `start` boots it |
+| start | QEMU runs | finished: intent run; a leftover suspend tag is removed |
+| start | no QEMU | nothing to do: the instance is as it was (Stopped or Suspended) |
+| suspend | QEMU runs, a save job still going | waited for, then as below |
+| suspend | QEMU runs paused, tag present | finished: QEMU quit, intent suspend |
+| suspend | QEMU runs, no tag | rolled back: vCPUs resumed, intent run |
+| suspend | no QEMU, tag present | finished: intent suspend |
+| suspend | no QEMU, no tag | intent stop (QEMU died with the save) |
+| stop | QEMU runs | left running (the stop did not happen); intent unchanged |
+| stop | no QEMU | finished: intent stop |
+| force-stop | any | finished: QEMU ended, intent stop |
+| purge | any | finished: QEMU ended, directory and record removed |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from ketch.errors import KetchError, NotFound
+from ketch.model import Intent, PidStatus
+from ketch.progress import Reporter
+from ketch.runtime.driver import SUSPEND_TAG
+from ketch.service import guestlink
+from ketch.service.context import Context
+from ketch.store.db import JournalEntry
+
+JOB_TIMEOUT = 300.0
+
+
+async def recover_all(
+    ctx: Context, reporter: Reporter, *, ignore_active: Collection[str] = ()
+) -> list[str]:
+    """Recover every unfinished operation nobody runs now; returns what was done.
+
+    ``ignore_active``: instances whose live-operation entry is the caller's own.
+    """
+    done = []
+    for entry in ctx.store.unfinished():
+        if entry.instance in ctx.active and entry.instance not in ignore_active:
+            continue
+        try:
+            what = await recover(ctx, entry, reporter)
+        except KetchError as exc:
+            what = f"could not recover: {exc.message}"
+            reporter.warn(f"{entry.op} on {entry.instance}: {what}")
+            continue
+        ctx.store.finish(entry.id, "recovered")
+        done.append(f"{entry.op} on {entry.instance}: {what}")
+        reporter.step(done[-1])
+    return done
+
+
+async def recover(ctx: Context, entry: JournalEntry, reporter: Reporter) -> str:
+    """Finish or roll back one interrupted operation; returns what was done."""
+    try:
+        record = ctx.store.get(entry.instance)
+    except NotFound:
+        return "the instance no longer exists"
+    spec, idir = record.spec, ctx.root.instance(entry.instance)
+    await ctx.driver.settle(spec, idir, timeout=JOB_TIMEOUT)
+    obs = await ctx.driver.observe(spec, idir)
+    running = obs.pid_status is PidStatus.OURS
+
+    if entry.op == "purge":
+        await ctx.driver.kill(spec, idir)
+        error = guestlink.remove_tree(idir.path)
+        if error:
+            reporter.warn(f"could not remove {idir.path}: {error}")
+        ctx.store.remove(entry.instance)
+        return "purge finished"
+    if entry.op == "force-stop":
+        await ctx.driver.kill(spec, idir)
+        ctx.store.set_intent(entry.instance, Intent.STOP)
+        return "force stop finished"
+    if entry.op == "launch":
+        if running:
+            ctx.store.set_intent(entry.instance, Intent.RUN)
+            return "launch finished: the instance runs"
+        if entry.step in ("", "prepare"):
+            error = guestlink.remove_tree(idir.path)
+            if error:
+                reporter.warn(f"could not remove {idir.path}: {error}")
+            ctx.store.remove(entry.instance)
+            return "launch rolled back: the half-made instance was removed"
+        ctx.store.set_intent(entry.instance, Intent.STOP)
+        return "launch stopped before the guest ran: the instance is kept, Stopped"
+    if entry.op == "start":
+        if running:
+            ctx.store.set_intent(entry.instance, Intent.RUN)
+            if obs.suspend_tag:
+                await ctx.driver.delete_tag(spec, idir, SUSPEND_TAG)
+            return "start finished: the instance runs"
+        return "start did not happen: the instance is as it was"
+    if entry.op == "suspend":
+        if running and obs.suspend_tag and obs.qmp_status != "running":
+            await ctx.driver.kill(spec, idir)  # QMP quit first: the state is saved
+            ctx.store.set_intent(entry.instance, Intent.SUSPEND)
+            return "suspend finished: the saved state is kept"
+        if running:
+            if obs.suspend_tag:
+                await ctx.driver.delete_tag(spec, idir, SUSPEND_TAG)
+            if obs.qmp_status != "running":
+                await ctx.driver.cont(spec, idir)
+            ctx.store.set_intent(entry.instance, Intent.RUN)
+            return "suspend rolled back: the guest runs on"
+        if obs.suspend_tag:
+            ctx.store.set_intent(entry.instance, Intent.SUSPEND)
+            return "suspend finished: the saved state is kept"
+        ctx.store.set_intent(entry.instance, Intent.STOP)
+        return "suspend lost with QEMU: the instance is Stopped, its disk intact"
+    if entry.op == "stop":
+        if running:
+            return "stop did not happen: the instance still runs"
+        await ctx.driver.kill(spec, idir)  # tidy pid file and socket
+        ctx.store.set_intent(entry.instance, Intent.STOP)
+        return "stop finished"
+    return f"nothing to do for '{entry.op}'"
