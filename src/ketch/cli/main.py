@@ -17,6 +17,8 @@ from ketch.errors import EXIT_USAGE, InvalidArgument, KetchError
 
 Handler = Callable[[argparse.Namespace], int]
 
+BUILDABLE = ("tiny", "debian-12")  # images 'ketch image build' makes
+
 HELP = {
     "launch": "Create and start an instance",
     "list": "List all available instances",
@@ -289,9 +291,11 @@ def cmd_set(args: argparse.Namespace) -> int:
 
 def cmd_image(args: argparse.Namespace) -> int:
     if args.image_command == "build":
-        if args.name != "tiny":
-            raise InvalidArgument(f"unknown image '{args.name}'", hint="ketch can build: tiny")
-        result = _stream("/v1/images/build", {"force": args.force})
+        if args.name not in BUILDABLE:
+            raise InvalidArgument(
+                f"unknown image '{args.name}'", hint="ketch can build: " + ", ".join(BUILDABLE)
+            )
+        result = _stream("/v1/images/build", {"force": args.force, "name": args.name})
         print(f"Built: {result['id']} ({result['disk']})")
         return 0
     if args.image_command == "prune":
@@ -384,7 +388,7 @@ def build_parser() -> Parser:
         "image",
         nargs="?",
         default=None,
-        help="tiny, ALIAS, REMOTE:ALIAS, file:// or http(s):// URL",
+        help="tiny, debian-12, ALIAS, REMOTE:ALIAS, file:// or http(s):// URL",
     )
     sp.add_argument("-n", "--name", help="instance name (default: a random one)")
     sp.add_argument("-c", "--cpus", type=int, help="number of CPUs (default 1)")
@@ -442,8 +446,8 @@ def build_parser() -> Parser:
     isub = sp.add_subparsers(
         dest="image_command", metavar="ACTION", parser_class=Parser, required=True
     )
-    b = isub.add_parser("build", help="build an image (tiny)")
-    b.add_argument("name", metavar="NAME", help="tiny")
+    b = isub.add_parser("build", help="build an image (tiny, debian-12)")
+    b.add_argument("name", metavar="NAME", help="tiny or debian-12")
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
     ls = isub.add_parser("list", help="list cached images")
     fmt(ls)

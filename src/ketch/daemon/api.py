@@ -22,6 +22,7 @@ from ketch.service import delete as delete_uc
 from ketch.service import doctor as doctor_uc
 from ketch.service import guest as guest_uc
 from ketch.service import guest_stats, guestlink, lifecycle, names
+from ketch.service import images as images_uc
 from ketch.service import inspect as inspect_uc
 from ketch.service import launch as launch_uc
 from ketch.service import settings as settings_uc
@@ -105,10 +106,12 @@ class Api:
         return web.json_response({"ketchd": __version__, "started": self.started})
 
     async def list(self, request: web.Request) -> web.Response:
+        await self.ops.settled()
         views = await inspect_uc.all_views(self.ctx)
         return web.json_response({"list": [inspect_uc.list_entry(v) for v in views]})
 
     async def info(self, request: web.Request) -> web.Response:
+        await self.ops.settled()
         wanted = [n for n in request.query.get("names", "").split(",") if n]
         records = self.ctx.store.all()
         known = {r.spec.name: r for r in records}
@@ -220,12 +223,17 @@ class Api:
     async def image_build(self, request: web.Request) -> web.StreamResponse:
         body = await _body(request)
         force = bool(body.get("force"))
+        name = str(body.get("name") or "tiny")
+        if name not in images_uc.BUILDABLE:
+            raise InvalidArgument(
+                f"unknown image '{name}'", hint="ketch can build: " + ", ".join(images_uc.BUILDABLE)
+            )
 
         async def op(rep: QueueReporter) -> dict[str, Any]:
-            info = await self.images.build_tiny(rep, force=force)
+            info = await images_uc.build(self.images, rep, force=force, name=name)
             return {"id": info.id, "release": info.release, "disk": info.disk}
 
-        return await self.stream(request, self.ops.submit(["image:tiny"], "build", op))
+        return await self.stream(request, self.ops.submit([f"image:{name}"], "build", op))
 
     async def image_prune(self, request: web.Request) -> web.Response:
         body = await _body(request)
@@ -284,7 +292,7 @@ def openapi_document() -> dict[str, Any]:
             "/v1/doctor": {"post": op("find and repair inconsistencies", streamed=True, body=True)},
             "/v1/find": {"get": op("images per remote")},
             "/v1/images": {"get": op("cached images")},
-            "/v1/images/build": {"post": op("build the tiny image", streamed=True, body=True)},
+            "/v1/images/build": {"post": op("build tiny or debian-12", streamed=True, body=True)},
             "/v1/images/prune": {"post": op("remove unused cached images", body=True)},
             "/v1/settings/{key}": {
                 "get": op("read a setting"),

@@ -87,6 +87,7 @@ async def _recover(ops: Operations, held: list[str]) -> None:
         log.exception("recovery of interrupted operations failed")
     finally:
         ops.release(held)
+        ops.recovered.set()
 
 
 async def serve(root: Root) -> None:
@@ -114,6 +115,8 @@ async def serve(root: Root) -> None:
     # The locks are taken before the socket opens: requests on these instances
     # wait until recovery is done.
     held = await ops.acquire({e.instance for e in interrupted}, "recover")
+    if held:
+        ops.recovered.clear()
     recovering = asyncio.create_task(_recover(ops, held)) if held else None
     api = Api(ops, images)
     runner = web.AppRunner(api.app(), access_log=None)

@@ -9,6 +9,7 @@ does not cancel it half-way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -51,6 +52,15 @@ class Operations:
         self.ctx = ctx
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Set once operations a previous daemon left half-done are recovered;
+        # reads wait for it (bounded) so nobody sees a state mid-recovery.
+        self.recovered = asyncio.Event()
+        self.recovered.set()
+
+    async def settled(self, timeout: float = 60.0) -> None:
+        """Wait (bounded) until start-up recovery is over."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.recovered.wait(), timeout)
 
     def lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())

@@ -4,6 +4,8 @@ Accepted references:
 
 * ``tiny`` / ``ketch:tiny``: the built-in image, built by the injected
   ``build_tiny`` (ketch's own ``images/tiny.py``).
+* ``debian-12`` / ``ketch:debian-12``: the built-in Debian 12 cloud image,
+  built by the injected ``build_debian`` (``images/debian.py``).
 * ``ALIAS`` / ``REMOTE:ALIAS`` (``noble``, ``release:24.04``, ``daily:lts``):
   a product of a simplestreams remote.  Unqualified aliases look at the
   built-in ``ketch`` remote first, then at ``release``.  Each resolution is
@@ -32,6 +34,7 @@ from ketch.model import BootSpec, ImageInfo
 from ketch.progress import Reporter
 
 BuildTiny = Callable[[Reporter], Awaitable[ImageInfo]]
+DEBIAN = "debian-12"
 
 _QCOW2_MAGIC = b"QFI\xfb"
 _COMPRESSED = {b"\xfd7zXZ": "xz", b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\x28\xb5\x2f\xfd": "zstd"}
@@ -44,6 +47,7 @@ async def resolve(
     vault: Vault,
     build_tiny: BuildTiny,
     reporter: Reporter,
+    build_debian: BuildTiny | None = None,
 ) -> ImageInfo:
     """The image ``ref`` names, downloaded and verified into ``vault`` if needed."""
     ref = ref.strip()
@@ -68,8 +72,11 @@ async def resolve(
         )
     if remote in (None, BUILTIN_REMOTE) and alias == TINY:
         return await build_tiny(reporter)
+    if remote in (None, BUILTIN_REMOTE) and alias == DEBIAN and build_debian is not None:
+        return await build_debian(reporter)
     if remote == BUILTIN_REMOTE:
-        raise NotFound(f'no image "{alias}" on remote "ketch"', hint="it offers only: tiny")
+        offers = f"tiny, {DEBIAN}" if build_debian is not None else "tiny"
+        raise NotFound(f'no image "{alias}" on remote "ketch"', hint=f"it offers only: {offers}")
     if remote is None:
         remote = DEFAULT_REMOTE if DEFAULT_REMOTE in remotes else next(iter(remotes), "")
     if remote not in remotes:

@@ -1,7 +1,8 @@
 """Use cases on images: resolve for launch, find, list and prune the cache, build.
 
-The built-in ``tiny`` image is built into the storage root's vault (instance
-disks are overlays backed by it, so it must live as long as they do).
+The built-in ``tiny`` and ``debian-12`` images are built into the storage
+root's vault (instance disks are overlays backed by them, so they must live as
+long as those do).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ketch.errors import InvalidArgument
 from ketch.images import catalog
 from ketch.images import resolve as resolver
 from ketch.images.vault import Vault
@@ -45,6 +47,11 @@ class Images:
 
         return await tiny.build_tiny(self.built_dir, reporter, force=force)
 
+    async def build_debian(self, reporter: Reporter, *, force: bool = False) -> ImageInfo:
+        from ketch.images import debian
+
+        return await debian.build_debian(self.built_dir, reporter, force=force)
+
     async def resolve(self, ref: str, reporter: Reporter) -> ImageInfo:
         return await resolver.resolve(
             ref,
@@ -52,6 +59,7 @@ class Images:
             vault=self.vault,
             build_tiny=self.build_tiny,
             reporter=reporter,
+            build_debian=self.build_debian,
         )
 
     def tiny_info(self) -> ImageInfo | None:
@@ -88,5 +96,16 @@ class Images:
         return [{**asdict(e), "path": str(e.path)} for e in self.vault.prune(days, in_use)]
 
 
-async def build(images: Images, reporter: Reporter = NULL, *, force: bool = False) -> ImageInfo:
+BUILDABLE = ("tiny", "debian-12")
+
+
+async def build(
+    images: Images, reporter: Reporter = NULL, *, force: bool = False, name: str = "tiny"
+) -> ImageInfo:
+    if name == "debian-12":
+        return await images.build_debian(reporter, force=force)
+    if name != "tiny":
+        raise InvalidArgument(
+            f"unknown image '{name}'", hint="ketch can build: " + ", ".join(BUILDABLE)
+        )
     return await images.build_tiny(reporter, force=force)

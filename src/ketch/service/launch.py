@@ -17,6 +17,7 @@ from ketch.model import InstanceSpec, Intent
 from ketch.progress import Reporter
 from ketch.service import accel, guestlink, names
 from ketch.service.context import Context
+from ketch.service.lifecycle import finish_quietly
 from ketch.service.units import parse_size
 
 DEFAULT_IMAGE = "tiny"
@@ -118,14 +119,14 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> dict[s
     try:
         await guestlink.wait_ready(ctx.root, spec, timeout=timeout, reporter=reporter)
     except Timeout as exc:
-        ctx.store.finish(entry, "timeout")
+        finish_quietly(ctx, entry, "timeout")
         raise Timeout(
             f'timed out after {timeout:g} s waiting for "{name}" to be ready ({exc.message})',
             hint=f"the instance is kept: see 'ketch info {name}' and its serial log "
             f"{idir.serial_log}; 'ketch delete --purge {name}' removes it",
         ) from exc
     except BaseException:
-        ctx.store.finish(entry, "failed")
+        finish_quietly(ctx, entry, "failed")
         raise
     ctx.store.finish(entry, "ok")
     return {"name": name}

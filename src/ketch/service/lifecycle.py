@@ -7,6 +7,7 @@ fails: what goes wrong on its way becomes a warning.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -19,6 +20,16 @@ from ketch.service.context import Context
 from ketch.service.inspect import View, get, require
 
 RUNNING = {State.RUNNING, State.DELAYED_SHUTDOWN}
+
+
+def finish_quietly(ctx: Context, entry: int, outcome: str) -> None:
+    """Mark a failed operation's journal entry; never mask the failure itself.
+
+    If even that write fails (a full disk), the entry stays open and the
+    next daemon start recovers it.
+    """
+    with contextlib.suppress(KetchError):
+        ctx.store.finish(entry, outcome)
 
 
 async def start(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
@@ -63,10 +74,10 @@ async def start(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
         reporter.step("Waiting for the instance to be ready")
         await guestlink.wait_ready(ctx.root, spec, timeout=ctx.boot_timeout, reporter=reporter)
     except Timeout:
-        ctx.store.finish(entry, "timeout")
+        finish_quietly(ctx, entry, "timeout")
         raise
     except BaseException:
-        ctx.store.finish(entry, "failed")
+        finish_quietly(ctx, entry, "failed")
         raise
     ctx.store.finish(entry, "ok")
     return {"name": name, "resumed": resume}
@@ -111,7 +122,7 @@ async def stop(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
     spec, idir = v.record.spec, ctx.root.instance(name)
     exited = await ctx.driver.powerdown(spec, idir, timeout=ctx.stop_timeout)
     if not exited:
-        ctx.store.finish(entry, "timeout")
+        finish_quietly(ctx, entry, "timeout")
         raise Timeout(
             f'"{name}" did not power off within {ctx.stop_timeout:g} s',
             hint=f"use 'ketch stop --force {name}' to end it at once",
@@ -189,12 +200,34 @@ async def suspend(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]
         await ctx.driver.suspend(
             v.record.spec, ctx.root.instance(name), reporter=reporter, timeout=300.0
         )
+    except KetchError as exc:
+        finish_quietly(ctx, entry, "failed")
+        raise suspend_failed(ctx, v, exc) from exc
     except BaseException:
-        ctx.store.finish(entry, "failed")
+        finish_quietly(ctx, entry, "failed")
         raise
     ctx.store.set_intent(name, Intent.SUSPEND)
     ctx.store.finish(entry, "ok")
     return {"name": name}
+
+
+def suspend_failed(ctx: Context, v: View, exc: KetchError) -> KetchError:
+    """Say why a suspend failed, naming a full filesystem when that is the cause.
+
+    (QEMU reports ENOSPC while writing the VM state as an I/O error.)
+    """
+    import shutil
+
+    free = shutil.disk_usage(ctx.root.instance(v.name).path).free
+    message = f'"{v.name}" was not suspended: {exc.message}; it keeps running'
+    if free < v.record.spec.memory:
+        return KetchError(
+            message,
+            hint=f"the storage root's filesystem has {free // 2**20} MiB free; saving the "
+            f"guest's state needs up to its memory ({v.record.spec.memory // 2**20} MiB): "
+            "free some space and retry",
+        )
+    return KetchError(message, hint=f"see 'ketch info {v.name}' and its qemu.log")
 
 
 async def restart(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
