@@ -78,6 +78,7 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 DISK = "disk.qcow2"
 IMAGE_FILES = (DISK,)
+FAILED_LOG = "last-failed-build.log"  # beside the image directories
 FIRMWARE = "bios"
 
 SECTOR = 512
@@ -813,7 +814,7 @@ async def _logged(argv: Sequence[str], log: Path, *, what: str, timeout: float) 
             await _kill(proc)
             raise
     if code != 0:
-        raise ImageError(f"{what} failed (exit {code}): {_tail(log)}", hint=f"see {log}")
+        raise ImageError(f"{what} failed (exit {code}): {_tail(log)}")
 
 
 async def _kill(proc: asyncio.subprocess.Process) -> None:
@@ -848,10 +849,12 @@ async def _build(build: Path, p: Plan, reporter: Reporter) -> None:
     log = build / "build.log"
     try:
         await _steps(build, root, image, log, p, reporter)
-    except KetchError:
-        # Keep the log of a failed build beside the images for a post-mortem.
+    except KetchError as exc:
+        # The build directory goes; its log stays beside the images for a post-mortem.
+        kept = build.parent / FAILED_LOG
         with contextlib.suppress(OSError):
-            shutil.copyfile(log, build.parent / "last-failed-build.log")
+            shutil.copyfile(log, kept)
+            exc.hint = f"{exc.hint + '; ' if exc.hint else ''}the build's log: {kept}"
         raise
 
 
