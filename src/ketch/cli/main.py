@@ -310,14 +310,14 @@ def cmd_image(args: argparse.Namespace) -> int:
         return 0
     rows = [
         [
-            e["digest"][:12],
+            e["digest"] if e["source"] == "built" else e["digest"][:12],
             output.human(e["size"]),
             ",".join(e["owners"]) or "--",
             e["source"] or "--",
         ]
         for e in doc["images"]
     ]
-    sys.stdout.write(output.table(["Digest", "Size", "Used by", "Source"], rows))
+    sys.stdout.write(output.table(["Image", "Size", "Used by", "Source"], rows))
     return 0
 
 

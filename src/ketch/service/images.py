@@ -90,10 +90,50 @@ class Images:
         return [asdict(r) for r in rows]
 
     def list_cached(self) -> list[dict[str, Any]]:
-        return [{**asdict(e), "path": str(e.path)} for e in self.vault.list()]
+        """Downloaded blobs, then built images (with the instances each one backs)."""
+        rows = [{**asdict(e), "path": str(e.path)} for e in self.vault.list()]
+        records = self.store.all()
+        for manifest in sorted(self.built_dir.glob("*/*/manifest.json")):
+            d = manifest.parent
+            stat = manifest.stat()
+            rows.append(
+                {
+                    "digest": f"{d.parent.name}@{d.name}",
+                    "path": str(d),
+                    "size": sum(f.stat().st_size for f in d.iterdir() if f.is_file()),
+                    "source": "built",
+                    "added": stat.st_mtime,
+                    "last_used": stat.st_mtime,
+                    "owners": [r.spec.name for r in records if Path(r.spec.base_disk).parent == d],
+                }
+            )
+        return rows
 
     def prune(self, days: float, in_use: set[str]) -> list[dict[str, Any]]:
-        return [{**asdict(e), "path": str(e.path)} for e in self.vault.prune(days, in_use)]
+        """Remove downloads and built images unused for ``days``.
+
+        A built image is kept while any instance's disk is backed by it, and
+        the newest build of each name is always kept.
+        """
+        import shutil
+        import time
+
+        removed = [{**asdict(e), "path": str(e.path)} for e in self.vault.prune(days, in_use)]
+        cutoff = time.time() - days * 86400
+        built = [r for r in self.list_cached() if r["source"] == "built"]
+        newest: dict[str, float] = {}
+        for row in built:
+            kind = row["digest"].split("@", 1)[0]
+            newest[kind] = max(newest.get(kind, 0.0), row["added"])
+        for row in built:
+            kind = row["digest"].split("@", 1)[0]
+            if row["owners"] or row["added"] >= newest[kind] or row["added"] > cutoff:
+                continue
+            if any(str(p).startswith(row["path"] + "/") for p in in_use):
+                continue
+            shutil.rmtree(row["path"], ignore_errors=True)
+            removed.append(row)
+        return removed
 
 
 BUILDABLE = ("tiny", "debian-12")
