@@ -24,6 +24,7 @@ def test_prune_removes_old_unused_builds_and_keeps_the_newest(ketch: Ketch) -> N
     shutil.copytree(current, old)
     past = time.time() - 30 * 86400
     os.utime(old / "manifest.json", (past, past))
+    os.utime(current / "manifest.json")  # the newest build is always kept
     done = ketch.run("image", "prune", "--days", "7")
     assert "tiny@0000000" in done.stdout
     assert not old.exists()
