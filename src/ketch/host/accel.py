@@ -15,11 +15,13 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ketch.errors import HostCommandError
 from ketch.host.procs import remove_quietly
 from ketch.host.qemu import QEMU_SYSTEM
 
@@ -62,12 +64,31 @@ def judge(returncode: int | None, serial_text: str) -> tuple[bool, str]:
     return False, "a KVM guest exited without kernel output"
 
 
+_VERSIONS: dict[tuple[str, float], str] = {}
+
+
 async def qemu_version(binary: str = QEMU_SYSTEM) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        binary, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-    )
-    out, _ = await proc.communicate()
-    return out.decode("utf-8", "replace").splitlines()[0] if out else "unknown"
+    """QEMU's version line; asked once per binary (until the binary changes)."""
+    path = shutil.which(binary) or binary
+    try:
+        key = (path, os.stat(path).st_mtime)
+    except OSError:
+        key = (path, 0.0)
+    if key not in _VERSIONS:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                path, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+            )
+        except OSError as exc:
+            raise HostCommandError(
+                [path, "--version"],
+                None,
+                str(exc),
+                hint="install qemu-system-x86 (scripts/install)",
+            ) from exc
+        out, _ = await proc.communicate()
+        _VERSIONS[key] = out.decode("utf-8", "replace").splitlines()[0] if out else "unknown"
+    return _VERSIONS[key]
 
 
 async def probe(kernel: Path | None) -> AccelChoice:

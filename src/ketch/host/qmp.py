@@ -45,7 +45,7 @@ class Monitor:
         return str(reply["status"])
 
     async def run_job(
-        self, command: str, arguments: dict[str, Any], *, timeout: float, poll: float = 0.05
+        self, command: str, arguments: dict[str, Any], *, timeout: float, poll: float = 0.02
     ) -> None:
         """Run a job command (snapshot-save, snapshot-delete) to its end."""
         job_id = str(arguments["job-id"])

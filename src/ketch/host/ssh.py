@@ -441,6 +441,9 @@ async def run_in_guest(
     return done
 
 
+BANNER_TRY = 1.0  # seconds one banner probe may wait
+
+
 async def read_banner(host: str, port: int, *, timeout: float) -> str:
     """Connect to ``host:port`` and return the SSH identification line sent.
 
@@ -492,7 +495,9 @@ async def wait_ready(target: SshTarget, *, timeout: float, reporter: Reporter) -
         if left <= 0:
             raise _not_ready(target, timeout, last)
         try:
-            banner = await read_banner(target.host, target.port, timeout=min(5.0, left))
+            # Short tries: a connection made before the guest's network is up
+            # is accepted by QEMU's user networking but never answered.
+            banner = await read_banner(target.host, target.port, timeout=min(BANNER_TRY, left))
             break
         except TimeoutError:
             last = "the SSH port accepted a connection but sent no banner"
@@ -500,7 +505,7 @@ async def wait_ready(target: SshTarget, *, timeout: float, reporter: Reporter) -
             last = f"connection to {target.host}:{target.port} refused"
         except OSError as exc:
             last = f"{target.host}:{target.port}: {exc.strerror or exc}"
-        await asyncio.sleep(min(0.5, max(remaining(), 0)))
+        await asyncio.sleep(min(0.1, max(remaining(), 0)))
 
     reporter.step(f"Waiting for cloud-init to finish ({banner})")
     from ketch.host.run import run
@@ -524,7 +529,7 @@ async def wait_ready(target: SshTarget, *, timeout: float, reporter: Reporter) -
                 last = f"{BOOT_FINISHED} not there yet (cloud-init still running)"
             else:
                 last = f"ssh exited {done.returncode}" + (f": {err[-1]}" if err else "")
-        await asyncio.sleep(min(1.0, max(remaining(), 0)))
+        await asyncio.sleep(min(0.25, max(remaining(), 0)))
 
 
 def _not_ready(target: SshTarget, timeout: float, last: str) -> Timeout:

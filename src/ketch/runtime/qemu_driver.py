@@ -126,7 +126,7 @@ class QemuDriver:
         while procs.alive(pid):
             if loop.time() > deadline:
                 return False
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.02)
         return True
 
     async def kill(self, spec: InstanceSpec, idir: InstanceDir) -> bool:

@@ -64,20 +64,9 @@ class Images:
 
     def tiny_info(self) -> ImageInfo | None:
         """The newest built tiny image, if one is on disk (no build)."""
-        from ketch.errors import ImageError
         from ketch.images import tiny
 
-        dirs = sorted(
-            (d for d in (self.built_dir / tiny.NAME).glob("*") if (d / tiny.MANIFEST).is_file()),
-            key=lambda d: (d / tiny.MANIFEST).stat().st_mtime,
-            reverse=True,
-        )
-        for d in dirs:
-            try:
-                return tiny.load_tiny(d)
-            except (ImageError, OSError, ValueError):
-                continue
-        return None
+        return tiny.newest_built(self.built_dir)
 
     def probe_kernel(self) -> Path | None:
         info = self.tiny_info()
