@@ -1,20 +1,21 @@
 """The CLI's side of the API: HTTP/1.1 over the daemon's Unix socket.
 
-Stdlib only (``http.client``), so ``ketch list`` pays for nothing heavy.  If
-no daemon answers, one is started in the background and the call retried.
+Hand-rolled on a plain socket on purpose: ``http.client`` would import
+``email`` and ``ssl`` (about 20 ms) on the path of ``ketch list`` and
+``ketch exec`` for nothing.  It speaks only what ketchd answers: one request
+per connection, ``Content-Length`` or ``chunked`` bodies.  If no daemon
+answers, one is started in the background and the call retried.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode
 
 from ketch.errors import DaemonUnreachable, RemoteError
@@ -24,21 +25,80 @@ START_TIMEOUT = 20.0
 Event = dict[str, Any]
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float | None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
+class Response:
+    """A response read from a socket file: status, headers, body (whole or by lines)."""
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        if self.timeout is not None:
-            sock.settimeout(self.timeout)
+    def __init__(self, f: BinaryIO, sock: socket.socket) -> None:
+        self._f = f
+        self._sock = sock
+        status_line = f.readline().decode("latin-1")
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+            raise OSError(f"bad status line from ketchd: {status_line.strip()!r}")
+        self.status = int(parts[1])
+        self.headers: dict[str, str] = {}
+        while (line := f.readline()) not in (b"\r\n", b"\n", b""):
+            key, _, value = line.decode("latin-1").partition(":")
+            self.headers[key.strip().lower()] = value.strip()
+
+    def getheader(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    def _chunks(self) -> Iterator[bytes]:
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                size = int(self._f.readline().split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    self._f.readline()
+                    return
+                data = self._f.read(size)
+                self._f.readline()
+                yield data
+        elif "content-length" in self.headers:
+            yield self._f.read(int(self.headers["content-length"]))
+        else:
+            yield self._f.read()
+
+    def read(self) -> bytes:
         try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+            return b"".join(self._chunks())
+        finally:
+            self.close()
+
+    def lines(self) -> Iterator[bytes]:
+        """The body split into lines as it arrives (for NDJSON streams)."""
+        pending = b""
+        try:
+            for chunk in self._chunks():
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                yield from complete
+            if pending:
+                yield pending
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._f.close()
+        self._sock.close()
+
+
+def request(
+    path: str, method: str, target: str, body: bytes | None, timeout: float | None
+) -> Response:
+    """Send one request on a new connection to the Unix socket ``path``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+        head = f"{method} {target} HTTP/1.1\r\nHost: ketchd\r\nConnection: close\r\n"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        sock.sendall(head.encode("latin-1") + b"\r\n" + (body or b""))
+        return Response(sock.makefile("rb"), sock)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def _raise_error(err: dict[str, Any]) -> None:
@@ -61,16 +121,12 @@ class Client:
 
     def _request(
         self, method: str, path: str, body: dict[str, Any] | None, timeout: float | None
-    ) -> http.client.HTTPResponse:
+    ) -> Response:
         payload = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
         for attempt in range(2):
-            conn = _UnixConnection(str(self.root.socket), timeout)
             try:
-                conn.request(method, path, body=payload, headers=headers)
-                return conn.getresponse()
+                return request(str(self.root.socket), method, path, payload, timeout)
             except (FileNotFoundError, ConnectionRefusedError) as exc:
-                conn.close()
                 if attempt == 0 and self.autostart:
                     self.start_daemon()
                     continue
@@ -79,7 +135,6 @@ class Client:
                     hint=f"start it with 'ketch daemon'; its log is {self.root.daemon_log}",
                 ) from exc
             except OSError as exc:
-                conn.close()
                 raise DaemonUnreachable(
                     f"lost the connection to ketchd: {exc}",
                     hint=f"see {self.root.daemon_log}",
@@ -99,7 +154,7 @@ class Client:
         return self._json(self._request("POST", path, body or {}, timeout=120.0))
 
     @staticmethod
-    def _json(resp: http.client.HTTPResponse) -> Any:
+    def _json(resp: Response) -> Any:
         data = resp.read()
         try:
             doc = json.loads(data) if data else {}
@@ -121,7 +176,7 @@ class Client:
         resp = self._request("POST", path, body or {}, timeout=None)
         if resp.status != 200 or "ndjson" not in (resp.getheader("Content-Type") or ""):
             return dict(self._json(resp))
-        for event in _lines(resp):
+        for event in _events(resp):
             kind = event.get("type")
             if kind == "result":
                 return dict(event.get("result") or {})
@@ -138,6 +193,8 @@ class Client:
 
     def start_daemon(self) -> None:
         """Start ketchd in the background and wait until its socket answers."""
+        import subprocess
+
         self.root.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         log = self.root.daemon_log.open("ab")
         env = dict(os.environ, KETCH_STORAGE=str(self.root.path))
@@ -162,21 +219,16 @@ class Client:
         )
 
     def ping(self) -> bool:
-        conn = _UnixConnection(str(self.root.socket), 2.0)
         try:
-            conn.request("GET", "/v1/version")
-            return conn.getresponse().status == 200
+            resp = request(str(self.root.socket), "GET", "/v1/version", None, 2.0)
         except OSError:
             return False
-        finally:
-            conn.close()
+        resp.close()
+        return resp.status == 200
 
 
-def _lines(resp: http.client.HTTPResponse) -> Iterator[Event]:
-    while True:
-        line = resp.readline()
-        if not line:
-            return
+def _events(resp: Response) -> Iterator[Event]:
+    for line in resp.lines():
         line = line.strip()
         if line:
             yield json.loads(line)

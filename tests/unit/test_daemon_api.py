@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from ketch.client import Client, _UnixConnection
+from ketch.client import Client, request
 from ketch.daemon.api import Api, openapi_document
 from ketch.daemon.ops import Operations
 from ketch.errors import ImageError, RemoteError
@@ -305,14 +305,8 @@ def env(tmp_path: Path) -> Iterator[Env]:
 
 def raw(env: Env, method: str, path: str, body: bytes | None = None) -> tuple[int, str, bytes]:
     """One HTTP request on the socket without the client's interpretation."""
-    conn = _UnixConnection(str(env.root.socket), WAIT)
-    try:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        conn.request(method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        return resp.status, resp.getheader("Content-Type") or "", resp.read()
-    finally:
-        conn.close()
+    resp = request(str(env.root.socket), method, path, body, WAIT)
+    return resp.status, resp.getheader("Content-Type") or "", resp.read()
 
 
 # -- reads ------------------------------------------------------------------------------------
@@ -635,12 +629,9 @@ def test_operations_on_two_instances_overlap(env: Env) -> None:
 def test_a_client_that_goes_away_does_not_cancel_the_operation(env: Env) -> None:
     env.add("alpha")
     gate = env.driver.hold("alpha", "powerdown")
-    conn = _UnixConnection(str(env.root.socket), WAIT)
-    conn.request(
-        "POST", "/v1/instances/alpha/stop", body=b"{}", headers={"Content-Type": "application/json"}
-    )
+    resp = request(str(env.root.socket), "POST", "/v1/instances/alpha/stop", b"{}", WAIT)
     wait(env.driver.started("alpha", "powerdown"), "powerdown started")
-    conn.close()  # the CLI was interrupted
+    resp.close()  # the CLI was interrupted
     gate.set()
     for _ in range(GATE_POLLS):  # bounded: wait until the operation has run to its end
         if not env.store.unfinished() and env.store.history("alpha")[0].outcome:
