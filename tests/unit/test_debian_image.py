@@ -254,7 +254,10 @@ def test_patch_core_points_the_blocklist_at_the_rest() -> None:
 # ---- command lines -------------------------------------------------------
 
 
-UNSHARE = ["unshare", "--mount", "--pid", "--fork", "--propagation", "private", "--"]
+UNSHARE = [
+    "setpriv", "--pdeathsig", "KILL", "--",
+    "unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private", "--",
+]  # fmt: skip
 
 
 def test_debootstrap_argv() -> None:

@@ -38,7 +38,7 @@ apt uses (mirror, suite, component), the candidate versions of
 when one of them changes, or when asked (``force``).
 
 Host needs: root (debootstrap, chroot, namespaces), ``debootstrap``,
-``unshare`` and ``chroot`` (util-linux, coreutils), ``apt-cache`` and
+``setpriv``, ``unshare`` and ``chroot`` (util-linux, coreutils), ``apt-cache`` and
 ``dpkg-query``, ``mkfs.ext4`` (e2fsprogs), ``qemu-img`` (qemu-utils).
 """
 
@@ -237,6 +237,7 @@ _TOOL_HINTS = {
     "apt-cache": "install apt, then run 'apt-get update'",
     "dpkg-query": "install dpkg",
     "debootstrap": "install debootstrap (scripts/install does)",
+    "setpriv": "install util-linux",
     "unshare": "install util-linux",
     "mkfs.ext4": "install e2fsprogs",
     "qemu-img": "install qemu-utils",
@@ -554,7 +555,13 @@ def chroot_argv(root: Path, command: Sequence[str]) -> list[str]:
 
 
 def _unshare() -> list[str]:
-    return ["unshare", "--mount", "--pid", "--fork", "--propagation", "private", "--"]
+    """New mount and PID namespaces that die with ketch: should ketch be killed,
+    ``setpriv``'s parent-death signal ends ``unshare``, which ends its child, the
+    namespace's PID 1, which ends every process in it; its mounts go with it."""
+    return [
+        "setpriv", "--pdeathsig", "KILL", "--",
+        "unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private", "--",
+    ]  # fmt: skip
 
 
 def mkfs_argv(
