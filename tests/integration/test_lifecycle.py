@@ -223,3 +223,31 @@ def test_operations_on_two_instances_run_in_parallel(ketch: Ketch) -> None:
     finally:
         for n in names:
             ketch.run("delete", "--purge", n, check=False)
+
+
+def test_a_saved_state_that_cannot_load_is_kept_with_a_way_out(ketch: Ketch) -> None:
+    import json
+
+    name = unique("mismatch")
+    ketch.run("launch", "tiny", "--name", name, "--memory", "512M")
+    try:
+        before = ketch.boot_id(name)
+        ketch.run("suspend", name)
+        # The recorded memory no longer matches the saved state (QEMU: "Size mismatch").
+        db = sqlite3.connect(ketch.root / "ketch.db")
+        with db:
+            (spec,) = db.execute("SELECT spec FROM instances WHERE name = ?", (name,)).fetchone()
+            spec = json.loads(spec)
+            spec["memory"] = 640 * 1024 * 1024
+            db.execute("UPDATE instances SET spec = ? WHERE name = ?", (json.dumps(spec), name))
+        db.close()
+        done = ketch.run("start", name, check=False)
+        assert done.returncode == 2
+        assert "cannot resume" in done.stderr and "stop --force" in done.stderr
+        assert ketch.state(name) == "Suspended"
+        assert "suspend" in ketch.tags(name)
+        ketch.run("stop", "--force", name)
+        ketch.run("start", name)
+        assert ketch.boot_id(name) != before
+    finally:
+        ketch.run("delete", "--purge", name, check=False)

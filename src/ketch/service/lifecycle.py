@@ -11,7 +11,7 @@ import contextlib
 import time
 from typing import Any
 
-from ketch.errors import KetchError, Timeout
+from ketch.errors import HostCommandError, KetchError, Timeout
 from ketch.model import Intent, State
 from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG
@@ -64,7 +64,16 @@ async def start(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
         spec = ctx.store.get(name).spec
         choice = await accel.choose(ctx)
         reporter.step(f"{'Resuming' if resume else 'Starting'} {name}")
-        await ctx.driver.start(spec, idir, accel=choice.accel, resume=resume)
+        try:
+            await ctx.driver.start(spec, idir, accel=choice.accel, resume=resume)
+        except HostCommandError as exc:
+            if not resume:
+                raise
+            raise KetchError(
+                f'cannot resume "{name}" from its saved state: {exc.stderr or exc.message}',
+                hint=f"the saved state is kept; 'ketch stop --force {name}' discards it "
+                "and the next start boots afresh (nothing on the disk is lost)",
+            ) from exc
         ctx.store.set_intent(name, Intent.RUN)
         if resume:
             try:
