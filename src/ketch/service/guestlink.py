@@ -41,7 +41,10 @@ async def wait_ready(root: Root, spec: InstanceSpec, *, timeout: float, reporter
 
 
 def port_free(port: int) -> bool:
+    """Can QEMU listen on this loopback port?  (Like QEMU, SO_REUSEADDR: connections
+    of a previous run in TIME_WAIT do not make the port "taken".)"""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
