@@ -157,6 +157,8 @@ def test_start_moves_off_a_port_another_program_took(ketch: Ketch, vm: str) -> N
     ketch.run("stop", vm)
     port = ketch.info(vm)["ssh"]["port"]
     with socket.socket() as squatter:
+        # SO_REUSEADDR: the instance's last SSH connections may be in TIME_WAIT.
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
         done = ketch.run("start", vm)
