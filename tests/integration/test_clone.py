@@ -118,6 +118,12 @@ def test_clone_names_and_purging_the_source(ketch: Ketch) -> None:
         taken = ketch.run("clone", src, "--name", "named-copy", check=False)
         assert taken.returncode == 2 and "already exists" in taken.stderr
 
+        # one command may delete snapshots and their instance together
+        ketch.run("snapshot", clones[1], "-n", "gone-too")
+        ketch.run("delete", "--purge", clones[1], f"{clones[1]}.gone-too")
+        assert clones[1] not in {i["name"] for i in ketch.json("list")["list"]}
+        assert clones[1] not in ketch.json("list", "--snapshots")["info"]
+
         ketch.run("delete", "--purge", src)
         assert not (ketch.root / "instances" / src).exists()
         ketch.run("start", clones[0])

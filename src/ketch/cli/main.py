@@ -214,15 +214,15 @@ def cmd_delete(args: argparse.Namespace) -> int:
             print("delete cancelled: nothing was deleted", file=sys.stderr)
             return EXIT_FAILED
     failed = 0
-    args.names = [n for n in args.names if "." not in n]
-    if args.names or args.all:
-        failed = _each("delete", args, {"purge": args.purge}, deleted_ok=args.purge)
-    for instance, snapshot in refs:
+    for instance, snapshot in refs:  # first: deleting an instance may take its snapshots
         try:
             _stream(f"/v1/instances/{_q(instance)}/snapshots/{_q(snapshot)}/delete", {})
         except KetchError as exc:
             failed = failed or exc.exit_code
             _report("delete", exc)
+    args.names = [n for n in args.names if "." not in n]
+    if args.names or args.all:
+        failed = _each("delete", args, {"purge": args.purge}, deleted_ok=args.purge) or failed
     return failed
 
 
