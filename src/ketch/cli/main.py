@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 from ketch import __version__
 from ketch.cli import output
-from ketch.errors import EXIT_USAGE, InvalidArgument, KetchError
+from ketch.errors import EXIT_FAILED, EXIT_USAGE, InvalidArgument, KetchError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -30,6 +30,9 @@ HELP = {
     "delete": "Delete instances",
     "recover": "Recover deleted instances",
     "purge": "Purge all deleted instances permanently",
+    "snapshot": "Take a snapshot of a stopped instance",
+    "restore": "Restore an instance from a snapshot",
+    "clone": "Create an independent copy of a stopped instance",
     "exec": "Run a command on an instance",
     "shell": "Open a shell on a running instance",
     "transfer": "Transfer files between the host and instances",
@@ -129,6 +132,10 @@ def _read_text(path: str, what: str) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.snapshots:
+        doc = _client().get("/v1/snapshots")
+        sys.stdout.write(output.snapshot_list_output(doc, args.format))
+        return 0
     doc = _client().get("/v1/instances")
     sys.stdout.write(output.list_output(doc, args.format))
     return 0
@@ -186,7 +193,104 @@ def cmd_restart(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     if not args.names and not args.all:
         raise InvalidArgument("give instance names or --all")
-    return _each("delete", args, {"purge": args.purge}, deleted_ok=args.purge)
+    if args.names and args.all:
+        raise InvalidArgument(
+            "give instance names or --all, not both",
+            hint="--all deletes every instance; snapshots are deleted by name only",
+        )
+    refs = [_snapshot_ref(n) for n in args.names if "." in n]
+    if refs and not args.purge:
+        answer = _ask(
+            "Snapshots can only be purged (after deletion, they cannot be recovered). "
+            "Are you sure you want to continue? (Yes/no): "
+        )
+        if answer is None:
+            raise InvalidArgument(
+                "snapshots can only be purged (after deletion, they cannot be recovered), "
+                "and there is no terminal to confirm it",
+                hint="add --purge if that is what you want",
+            )
+        if not answer:
+            print("delete cancelled: nothing was deleted", file=sys.stderr)
+            return EXIT_FAILED
+    failed = 0
+    for instance, snapshot in refs:  # first: deleting an instance may take its snapshots
+        try:
+            _stream(f"/v1/instances/{_q(instance)}/snapshots/{_q(snapshot)}/delete", {})
+        except KetchError as exc:
+            failed = failed or exc.exit_code
+            _report("delete", exc)
+    args.names = [n for n in args.names if "." not in n]
+    if args.names or args.all:
+        failed = _each("delete", args, {"purge": args.purge}, deleted_ok=args.purge) or failed
+    return failed
+
+
+def _snapshot_ref(text: str) -> tuple[str, str]:
+    """``INSTANCE.SNAPSHOT`` split in two, or InvalidArgument."""
+    instance, dot, snapshot = text.partition(".")
+    if not dot or not instance or not snapshot:
+        raise InvalidArgument(
+            f"invalid snapshot '{text}'", hint="give it as INSTANCE.SNAPSHOT, e.g. web.snapshot1"
+        )
+    return instance, snapshot
+
+
+def _ask(question: str) -> bool | None:
+    """Yes/no on a terminal (empty means yes); None when there is no terminal to ask."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return None
+    while True:
+        try:
+            answer = input(question).strip().lower()
+        except EOFError:
+            return None
+        if answer in ("", "y", "yes"):
+            return True
+        if answer in ("n", "no"):
+            return False
+        print("Please answer yes or no.")
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    if "." in args.instance:
+        raise InvalidArgument(
+            f"invalid instance name '{args.instance}'",
+            hint="give the instance name only; name the snapshot with --name",
+        )
+    body = {"name": args.name, "comment": args.comment}
+    result = _stream(f"/v1/instances/{_q(args.instance)}/snapshots", body)
+    print(f"Snapshot taken: {args.instance}.{result['snapshot']}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    instance, snapshot = _snapshot_ref(args.snapshot)
+    body: dict[str, Any] = {"destructive": True}
+    if not args.destructive:
+        answer = _ask(
+            f"Do you want to take a snapshot of {instance} before discarding its current "
+            "state? (Yes/no): "
+        )
+        if answer is None:
+            raise InvalidArgument(
+                f"restoring discards the current state of {instance}, and there is no terminal "
+                "to ask whether to snapshot it first",
+                hint=f"add --destructive to discard it, or run 'ketch snapshot {instance}' first",
+            )
+        body = {"snapshot_first": True} if answer else {"destructive": True}
+    result = _stream(f"/v1/instances/{_q(instance)}/snapshots/{_q(snapshot)}/restore", body)
+    if result.get("saved"):
+        print(f"Snapshot taken: {instance}.{result['saved']}")
+    print(f"Snapshot restored: {instance}.{snapshot}")
+    return 0
+
+
+def cmd_clone(args: argparse.Namespace) -> int:
+    body = {"name": args.name} if args.name else {}
+    result = _stream(f"/v1/instances/{_q(args.source)}/clone", body)
+    print(f"Cloned from {args.source} to {result['name']}.")
+    return 0
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
@@ -413,8 +517,10 @@ def build_parser(only: str | None = None) -> Parser:
 
     sp = cmd("list", cmd_list, "ls")
     fmt(sp)
+    sp.add_argument("--snapshots", action="store_true", help="list snapshots instead")
     sp = cmd("info", cmd_info)
-    names(sp)
+    sp.add_argument("names", nargs="*", metavar="NAME", help="instances, or INSTANCE.SNAPSHOT")
+    sp.add_argument("--all", action="store_true", help="every instance")
     fmt(sp)
     for verb, fn in (("start", cmd_start), ("suspend", cmd_suspend), ("restart", cmd_restart)):
         names(cmd(verb, fn))
@@ -426,12 +532,31 @@ def build_parser(only: str | None = None) -> Parser:
     sp.add_argument("-t", "--time", help="shut down after this many minutes")
     sp.add_argument("-c", "--cancel", action="store_true", help="cancel a delayed shutdown")
     sp = cmd("delete", cmd_delete)
-    names(sp)
+    sp.add_argument("names", nargs="*", metavar="NAME", help="instances, or INSTANCE.SNAPSHOT")
+    sp.add_argument("--all", action="store_true", help="every instance")
     sp.add_argument(
         "-p", "--purge", action="store_true", help="remove at once; cannot be recovered"
     )
     names(cmd("recover", cmd_recover))
     cmd("purge", cmd_purge)
+
+    sp = cmd("snapshot", cmd_snapshot)
+    sp.add_argument("instance", metavar="NAME", help="a stopped instance")
+    sp.add_argument("-n", "--name", help="snapshot name (default: snapshotN)")
+    sp.add_argument(
+        "-c", "--comment", "-m", "--message", dest="comment", default="", help="a comment"
+    )
+    sp = cmd("restore", cmd_restore)
+    sp.add_argument("snapshot", metavar="NAME.SNAPSHOT", help="the snapshot to restore")
+    sp.add_argument(
+        "-d",
+        "--destructive",
+        action="store_true",
+        help="discard the current state without asking whether to snapshot it first",
+    )
+    sp = cmd("clone", cmd_clone)
+    sp.add_argument("source", metavar="NAME", help="a stopped instance")
+    sp.add_argument("-n", "--name", help="name of the clone (default: NAME-cloneN)")
 
     sp = cmd("exec", cmd_exec)
     sp.add_argument("name", metavar="NAME")

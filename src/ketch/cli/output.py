@@ -89,11 +89,26 @@ def list_output(doc: dict[str, Any], fmt: str) -> str:
 
 
 def info_output(doc: dict[str, Any], fmt: str) -> str:
-    info: dict[str, Any] = doc.get("info", {})
+    everything: dict[str, Any] = doc.get("info", {})
     if fmt == "json":
         return to_json(doc)
     if fmt == "yaml":
-        return to_yaml({"errors": doc.get("errors", []), **info})
+        return to_yaml({"errors": doc.get("errors", []), **everything})
+    # Instances, and snapshots asked for as INSTANCE.SNAPSHOT (under "snapshots").
+    info = {name: i for name, i in everything.items() if "state" in i}
+    snaps = [
+        (name, snap, s)
+        for name, i in everything.items()
+        for snap, s in i.get("snapshots", {}).items()
+    ]
+    if not info:
+        return snapshot_info_output(snaps, fmt)
+    if snaps:
+        return _instance_info(info, fmt) + "\n" + snapshot_info_output(snaps, fmt)
+    return _instance_info(info, fmt)
+
+
+def _instance_info(info: dict[str, Any], fmt: str) -> str:
     if fmt == "csv":
         header = [
             "Name", "State", "Ipv4", "Ipv6", "Release", "Image hash", "Image release",
@@ -157,6 +172,69 @@ def info_output(doc: dict[str, Any], fmt: str) -> str:
             pairs.append(("", f"  -> {inc['action']}"))
         blocks.append("\n".join(f"{(k + ':') if k else '':<16}{v}" for k, v in pairs))
     return "\n\n".join(blocks) + "\n"
+
+
+def snapshot_info_output(snaps: Sequence[tuple[str, str, dict[str, Any]]], fmt: str) -> str:
+    """Snapshot details as Multipass's ``info INSTANCE.SNAPSHOT`` shows them."""
+    if fmt == "csv":
+        header = [
+            "Snapshot", "Instance", "CPU(s)", "Disk space", "Memory size", "Mounts",
+            "Created", "Parent", "Children", "Comment",
+        ]  # fmt: skip
+        rows = [
+            [
+                snap, name, s.get("cpu_count", ""), s.get("disk_space", ""),
+                s.get("memory_size", ""), "", s.get("created", ""), s.get("parent", ""),
+                ";".join(s.get("children", [])), s.get("comment", ""),
+            ]
+            for name, snap, s in snaps
+        ]  # fmt: skip
+        return to_csv(header, rows)
+    blocks = []
+    for name, snap, s in snaps:
+        comment = str(s.get("comment") or "")
+        pairs = [
+            ("Snapshot", snap),
+            ("Instance", name),
+            ("CPU(s)", s.get("cpu_count") or "--"),
+            ("Disk space", human(s.get("disk_space"))),
+            ("Memory size", human(s.get("memory_size"))),
+            ("Mounts", "--"),
+            ("Created", s.get("created") or "--"),
+            ("Parent", s.get("parent") or "--"),
+            ("Children", ", ".join(s.get("children", [])) or "--"),
+            ("Comment", comment.replace("\n", "\n" + " " * 16) or "--"),
+        ]
+        blocks.append("\n".join(f"{k + ':':<16}{v}" for k, v in pairs))
+    return "\n\n".join(blocks) + "\n"
+
+
+def snapshot_list_output(doc: dict[str, Any], fmt: str) -> str:
+    """``ketch list --snapshots``: Multipass's columns Instance, Snapshot, Parent, Comment."""
+    if fmt == "json":
+        return to_json(doc)
+    if fmt == "yaml":
+        return to_yaml(doc)
+    rows = [
+        [name, snap, s.get("parent") or "", s.get("comment") or ""]
+        for name, snaps in doc.get("info", {}).items()
+        for snap, s in snaps.items()
+    ]
+    if fmt == "csv":
+        return to_csv(["Instance", "Snapshot", "Parent", "Comment"], rows)
+    if not rows:
+        return "No snapshots found.\n"
+    shown = [[i, n, p or "--", _one_line(c) or "--"] for i, n, p, c in rows]
+    return table(["Instance", "Snapshot", "Parent", "Comment"], shown)
+
+
+def _one_line(text: str, width: int = 50) -> str:
+    """A comment in a table: its first line, cut at ``width`` with an ellipsis."""
+    lines = text.splitlines()
+    first = lines[0] if lines else ""
+    if len(lines) > 1 or len(first) > width:
+        return first[: width - 1].rstrip() + "…"
+    return first
 
 
 def _usage(used: Any, total: Any) -> str:

@@ -16,8 +16,9 @@ from aiohttp import web
 
 from ketch import __version__
 from ketch.daemon.ops import Operations, QueueReporter, ndjson
-from ketch.errors import InvalidArgument, KetchError, NotFound
+from ketch.errors import InvalidArgument, KetchError, NotFound, RemoteError
 from ketch.model import State
+from ketch.service import clone as clone_uc
 from ketch.service import delete as delete_uc
 from ketch.service import doctor as doctor_uc
 from ketch.service import guest as guest_uc
@@ -26,6 +27,7 @@ from ketch.service import images as images_uc
 from ketch.service import inspect as inspect_uc
 from ketch.service import launch as launch_uc
 from ketch.service import settings as settings_uc
+from ketch.service import snapshots as snapshots_uc
 from ketch.service.accel import choose
 from ketch.service.images import Images
 
@@ -66,6 +68,7 @@ class Api:
         self.ctx = ops.ctx
         self.images = images
         self.started = time.time()
+        self._clone_names: set[str] = set()  # default clone names handed out, not yet made
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[errors])
@@ -75,6 +78,11 @@ class Api:
         r.add_get("/v1/instances", self.list)
         r.add_get("/v1/info", self.info)
         r.add_post("/v1/instances", self.launch)
+        # Before /v1/instances/{name}/{action}: aiohttp takes the first route that matches.
+        r.add_post("/v1/instances/{name}/snapshots", self.snapshot_take)
+        r.add_post("/v1/instances/{name}/snapshots/{snapshot}/{action}", self.snapshot_action)
+        r.add_post("/v1/instances/{name}/clone", self.clone)
+        r.add_get("/v1/snapshots", self.snapshot_list)
         r.add_post("/v1/instances/{name}/{action}", self.action)
         r.add_post("/v1/purge", self.purge)
         r.add_post("/v1/doctor", self.doctor)
@@ -112,29 +120,43 @@ class Api:
 
     async def info(self, request: web.Request) -> web.Response:
         await self.ops.settled()
-        wanted = [n for n in request.query.get("names", "").split(",") if n]
+        asked = [n for n in request.query.get("names", "").split(",") if n]
+        wanted = [n for n in asked if "." not in n]
+        snapshots, errors_ = snapshots_uc.info_doc(self.ctx, [n for n in asked if "." in n])
         records = self.ctx.store.all()
         known = {r.spec.name: r for r in records}
-        errors_: list[str] = []
         chosen = []
-        if not wanted:
+        if not asked:
             chosen = records
         for name in wanted:
             if name in known:
                 chosen.append(known[name])
             else:
                 errors_.append(f'instance "{name}" does not exist')
-        if wanted and not chosen:
+        if asked and not chosen and not snapshots:
             raise NotFound(errors_[0])
         accel = (await choose(self.ctx)).accel if chosen else ""
         views = await asyncio.gather(*(inspect_uc.view(self.ctx, r) for r in chosen))
         stats = await asyncio.gather(*(self._stats(v) for v in views))
-        info = {}
+        counts = self.ctx.store.snapshot_counts()
+        info: dict[str, dict[str, Any]] = {}
         for v, (guest, error) in zip(views, stats, strict=True):
-            info[v.name] = inspect_uc.info_entry(v, accel=accel, guest=guest)
+            info[v.name] = inspect_uc.info_entry(
+                v, accel=accel, guest=guest, snapshot_count=counts.get(v.name, 0)
+            )
             if error:
                 errors_.append(error)
+        for instance, snaps in snapshots.items():  # Multipass's shape: info[NAME]["snapshots"]
+            info.setdefault(instance, {})["snapshots"] = snaps
         return web.json_response({"errors": errors_, "info": info})
+
+    async def snapshot_list(self, request: web.Request) -> web.Response:
+        await self.ops.settled()
+        names_ = [n for n in request.query.get("names", "").split(",") if n]
+        doc = snapshots_uc.list_doc(self.ctx, names_)
+        if names_ and doc["errors"] and not doc["info"]:
+            raise NotFound(doc["errors"][0])
+        return web.json_response(doc)
 
     async def _stats(self, v: inspect_uc.View) -> tuple[dict[str, Any], str | None]:
         if v.state not in (State.RUNNING, State.DELAYED_SHUTDOWN):
@@ -199,6 +221,67 @@ class Api:
         label = "force-stop" if action == "stop" and body.get("force") else action
         return await self.stream(request, self.ops.submit([name], label, op))
 
+    async def snapshot_take(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        body = await _body(request)
+        self.ctx.store.get(name)
+        snapshot = body.get("name") or None
+        if snapshot is not None:
+            snapshots_uc.validate_name(str(snapshot))
+        comment = str(body.get("comment") or "")
+
+        async def op(rep: QueueReporter) -> dict[str, Any]:
+            return await snapshots_uc.take(self.ctx, name, snapshot, comment, rep)
+
+        return await self.stream(request, self.ops.submit([name], "snapshot", op))
+
+    async def snapshot_action(self, request: web.Request) -> web.StreamResponse:
+        name, action = request.match_info["name"], request.match_info["action"]
+        snapshot = request.match_info["snapshot"]
+        body = await _body(request)
+        self.ctx.store.get_snapshot(name, snapshot)  # "not found" before any stream starts
+        ctx = self.ctx
+        if action == "restore":
+            if not body.get("destructive") and not body.get("snapshot_first"):
+                raise InvalidArgument(
+                    "restoring discards the instance's current state",
+                    hint='send "destructive": true, or "snapshot_first": true to keep it',
+                )
+            first = bool(body.get("snapshot_first"))
+
+            async def restore(rep: QueueReporter) -> dict[str, Any]:
+                return await snapshots_uc.restore(
+                    ctx, name, snapshot, snapshot_first=first, reporter=rep
+                )
+
+            return await self.stream(request, self.ops.submit([name], "restore", restore))
+        if action == "delete":
+
+            async def delete(rep: QueueReporter) -> dict[str, Any]:
+                return await snapshots_uc.delete(ctx, name, snapshot, rep)
+
+            return await self.stream(request, self.ops.submit([name], "delete-snapshot", delete))
+        raise NotFound(f"unknown snapshot action '{action}'", hint="use restore or delete")
+
+    async def clone(self, request: web.Request) -> web.StreamResponse:
+        source = request.match_info["name"]
+        body = await _body(request)
+        self.ctx.store.get(source)
+        if body.get("name"):
+            new = names.validate(str(body["name"]))
+        else:
+            taken = {r.spec.name for r in self.ctx.store.all()} | self._clone_names
+            new = clone_uc.default_name(source, taken)
+        self._clone_names.add(new)
+
+        async def op(rep: QueueReporter) -> dict[str, Any]:
+            try:
+                return await clone_uc.clone(self.ctx, source, new, rep)
+            finally:
+                self._clone_names.discard(new)
+
+        return await self.stream(request, self.ops.submit([source, new], "clone", op))
+
     async def purge(self, request: web.Request) -> web.StreamResponse:
         names = [r.spec.name for r in self.ctx.store.all() if r.deleted]
 
@@ -245,8 +328,21 @@ class Api:
     async def set_setting(self, request: web.Request) -> web.Response:
         key = request.match_info["key"]
         body = await _body(request)
-        await settings_uc.set_(self.ctx, key, str(body.get("value", "")))
-        return web.json_response({"key": key})
+        value = str(body.get("value", ""))
+        target = settings_uc.instance_target(self.ctx, key)
+        if target is None:
+            await settings_uc.set_(self.ctx, key, value)
+            return web.json_response({"key": key})
+        name, prop = target
+
+        async def op(rep: QueueReporter) -> dict[str, Any]:
+            return await settings_uc.set_instance(self.ctx, name, prop, value, rep)
+
+        event = await self.ops.run([name], "set", op)  # under the instance's lock
+        if event.get("type") == "error":
+            err = event["error"]
+            raise RemoteError(err["code"], err["message"], err.get("hint"), err["exit_code"])
+        return web.json_response(event.get("result", {"key": key}))
 
 
 def openapi_document() -> dict[str, Any]:
@@ -281,11 +377,31 @@ def openapi_document() -> dict[str, Any]:
                 "get": op("list instances ({list: [...]}, as Multipass)"),
                 "post": op("launch an instance", streamed=True, body=True),
             },
-            "/v1/info": {"get": op("instance details ({errors, info}, as Multipass)")},
+            "/v1/info": {
+                "get": op("instance and INSTANCE.SNAPSHOT details ({errors, info}, as Multipass)")
+            },
             "/v1/instances/{name}/{action}": {
                 "post": op(
                     "start, stop, suspend, restart, delete, recover", streamed=True, body=True
                 )
+            },
+            "/v1/instances/{name}/snapshots": {
+                "post": op(
+                    "snapshot a stopped instance ({name?, comment?})", streamed=True, body=True
+                )
+            },
+            "/v1/instances/{name}/snapshots/{snapshot}/{action}": {
+                "post": op(
+                    "restore ({destructive} or {snapshot_first}) or delete a snapshot",
+                    streamed=True,
+                    body=True,
+                )
+            },
+            "/v1/instances/{name}/clone": {
+                "post": op("clone a stopped instance ({name?})", streamed=True, body=True)
+            },
+            "/v1/snapshots": {
+                "get": op("snapshots per instance ({errors, info}, as Multipass's list)")
             },
             "/v1/instances/{name}/ssh": {"get": op("SSH target with the pinned host key")},
             "/v1/purge": {"post": op("purge deleted instances", streamed=True)},

@@ -9,6 +9,7 @@ back to ``qemu-img info -U`` when the header cannot be read.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ class DiskInfo:
     backing: str | None
     snapshots: tuple[str, ...]
     corrupt: bool = False
+    backing_format: str | None = None
 
 
 # -- argv builders (pure) --------------------------------------------------
@@ -78,6 +80,36 @@ def check_argv(path: Path, *, repair_leaks: bool = False) -> list[str]:
     return [*argv, str(path)]
 
 
+def snapshot_apply_argv(path: Path, tag: str) -> list[str]:
+    """Revert the disk to an internal snapshot (its size included)."""
+    return [QEMU_IMG, "snapshot", "-a", tag, str(path)]
+
+
+def snapshot_list_argv(path: Path, *, force_share: bool = True) -> list[str]:
+    argv = [QEMU_IMG, "snapshot", "-l"]
+    if force_share:
+        argv.append("-U")
+    argv.append(str(path))
+    return argv
+
+
+def convert_argv(
+    src: Path, dst: Path, *, backing: Path | None = None, backing_format: str | None = None
+) -> list[str]:
+    """Copy the active layer of ``src`` into a new qcow2 ``dst``; internal snapshots are dropped.
+
+    With ``backing``, ``dst`` is an overlay on it holding only what differs from
+    it (``src``'s own backing file must have the same content); without, a full copy.
+    """
+    argv = [QEMU_IMG, "convert", "-q", "-f", "qcow2", "-O", "qcow2"]
+    if backing is not None:
+        argv += ["-B", str(backing)]
+        if backing_format:
+            argv += ["-F", backing_format]
+    argv += [str(src), str(dst)]
+    return argv
+
+
 # -- parsers (pure) ----------------------------------------------------------
 
 
@@ -114,7 +146,31 @@ def parse_info(text: str) -> DiskInfo:
         backing=doc.get("full-backing-filename") or doc.get("backing-filename"),
         snapshots=tuple(str(s["name"]) for s in doc.get("snapshots", [])),
         corrupt=bool(specific.get("corrupt", False)),
+        backing_format=doc.get("backing-filename-format"),
     )
+
+
+_SNAPSHOT_ROW = re.compile(
+    r"^(?P<id>\S+)\s+(?P<tag>.*?)\s+(?P<vm_size>\S+ \S*B)\s+"
+    r"(?P<date>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\s+\S+(?:\s+\S+)?\s*$"
+)
+
+
+def parse_snapshot_list(text: str) -> tuple[str, ...]:
+    """Tags from ``qemu-img snapshot -l`` (a text table; empty output: no snapshots).
+
+    The row is matched from its right-hand columns, so tags with inner spaces
+    survive; the header lines are skipped.
+    """
+    tags: list[str] = []
+    for line in text.splitlines():
+        if not line.strip() or line.startswith(("Snapshot list:", "ID ")):
+            continue
+        m = _SNAPSHOT_ROW.match(line)
+        if m is None:
+            raise ValueError(f"unexpected line in qemu-img snapshot -l output: {line!r}")
+        tags.append(m.group("tag"))
+    return tuple(tags)
 
 
 class NotQcow2(ValueError):
@@ -199,3 +255,29 @@ async def check(path: Path, *, repair_leaks: bool = False, timeout: float = 300.
 
 async def rebase_unsafe(path: Path, base: Path, base_format: str) -> None:
     await run(rebase_unsafe_argv(path, base, base_format))
+
+
+async def snapshot_create(path: Path, tag: str, *, timeout: float = 60.0) -> None:
+    await run(snapshot_create_argv(path, tag), timeout=timeout)
+
+
+async def snapshot_apply(path: Path, tag: str, *, timeout: float = 300.0) -> None:
+    await run(snapshot_apply_argv(path, tag), timeout=timeout)
+
+
+async def snapshot_list(path: Path, *, timeout: float = 30.0) -> tuple[str, ...]:
+    """Tags of a qcow2 file through ``qemu-img snapshot -l -U`` (works while QEMU holds it)."""
+    return parse_snapshot_list((await run(snapshot_list_argv(path), timeout=timeout)).text)
+
+
+async def convert(
+    src: Path,
+    dst: Path,
+    *,
+    backing: Path | None = None,
+    backing_format: str | None = None,
+    timeout: float = 3600.0,
+) -> None:
+    await run(
+        convert_argv(src, dst, backing=backing, backing_format=backing_format), timeout=timeout
+    )

@@ -128,7 +128,9 @@ def list_entry(v: View) -> dict[str, Any]:
     }
 
 
-def info_entry(v: View, *, accel: str, guest: dict[str, Any] | None = None) -> dict[str, Any]:
+def info_entry(
+    v: View, *, accel: str, guest: dict[str, Any] | None = None, snapshot_count: int = 0
+) -> dict[str, Any]:
     """One value of ``ketch info --format json``'s "info" map."""
     spec = v.record.spec
     guest = guest or {}
@@ -151,7 +153,7 @@ def info_entry(v: View, *, accel: str, guest: dict[str, Any] | None = None) -> d
         "load": guest.get("load", []),
         "ipv4": [GUEST_IPV4] if v.derived.running else [],
         "mounts": {},
-        "snapshot_count": "0",
+        "snapshot_count": str(snapshot_count),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(spec.created)),
         # ketch's own keys
         "ssh": {"host": "127.0.0.1", "port": spec.ssh_port, "user": spec.user},

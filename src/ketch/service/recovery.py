@@ -22,21 +22,39 @@ wrote to its disk:
 | stop | no QEMU | finished: intent stop |
 | force-stop | any | finished: QEMU ended, intent stop |
 | purge | any | finished: QEMU ended, directory and record removed |
+| snapshot | its record written | finished |
+| snapshot | no record | rolled back: its tag is removed from the disk |
+| restore | - | finished: the tag applied again, the snapshot's resources recorded |
+| delete-snapshot | - | finished: tag and record removed |
+| clone | - | rolled back: the half-made clone's directory, then its record, removed |
+| set | - | finished: the disk grown (if the setting is disk), the spec recorded |
+
+The last five (``service/snapshots.py``, ``service/clone.py``,
+``service/settings.py``) leave a disk alone while its QEMU runs (an error).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 
 from ketch.errors import KetchError, NotFound
 from ketch.model import Intent, PidStatus
 from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG
-from ketch.service import guestlink
+from ketch.service import clone, guestlink, settings, snapshots
 from ketch.service.context import Context
 from ketch.store.db import JournalEntry
 
 JOB_TIMEOUT = 300.0
+
+# Operations whose steps name what they touch (a tag, a size): their own rules.
+BY_STEP: dict[str, Callable[[Context, JournalEntry, Reporter], Awaitable[str]]] = {
+    "snapshot": snapshots.recover_take,
+    "restore": snapshots.recover_restore,
+    "delete-snapshot": snapshots.recover_delete,
+    "clone": clone.recover,
+    "set": settings.recover,
+}
 
 
 async def recover_all(
@@ -64,6 +82,8 @@ async def recover_all(
 
 async def recover(ctx: Context, entry: JournalEntry, reporter: Reporter) -> str:
     """Finish or roll back one interrupted operation; returns what was done."""
+    if entry.op in BY_STEP:
+        return await BY_STEP[entry.op](ctx, entry, reporter)
     try:
         record = ctx.store.get(entry.instance)
     except NotFound:

@@ -1,4 +1,4 @@
-"""SQLite store (WAL): instance specs and intents, the operation journal, settings.
+"""SQLite store (WAL): instance specs and intents, the operation journal, settings, snapshots.
 
 The store holds what the user asked for, never what is happening: there is
 no "running" column.  Each state-changing step is journaled before it starts
@@ -46,6 +46,27 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX journal_open ON journal(instance) WHERE finished IS NULL;
     CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 2: snapshot metadata (the qcow2 holds only the internal tag); per instance,
+    # the snapshot the disk was last taken at or restored to, and how many were taken
+    """
+    CREATE TABLE snapshots (
+        instance TEXT NOT NULL,
+        name TEXT NOT NULL,
+        tag TEXT NOT NULL UNIQUE,
+        comment TEXT NOT NULL DEFAULT '',
+        parent TEXT,
+        created REAL NOT NULL,
+        cpus INTEGER NOT NULL,
+        memory INTEGER NOT NULL,
+        disk INTEGER NOT NULL,
+        PRIMARY KEY (instance, name)
+    );
+    CREATE TABLE snapshot_heads (
+        instance TEXT PRIMARY KEY,
+        head TEXT,
+        taken INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 )
 
 
@@ -69,6 +90,21 @@ class JournalEntry:
     started: float
     finished: float | None
     outcome: str | None
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """One snapshot's metadata; its data is the internal tag ``tag`` in the instance's disk."""
+
+    instance: str
+    name: str  # what the user sees: unique per instance
+    tag: str  # the qcow2 internal snapshot tag
+    comment: str
+    parent: str | None  # the snapshot the disk was at when this one was taken
+    created: float
+    cpus: int  # the instance's resources when it was taken (restored with it)
+    memory: int
+    disk: int
 
 
 def spec_to_json(spec: InstanceSpec) -> str:
@@ -207,8 +243,11 @@ class Store:
         self._update(spec.name, "spec", spec_to_json(spec))
 
     def remove(self, name: str) -> None:
+        """Forget an instance, and its snapshot metadata with it."""
         with self._tx() as db:
             db.execute("DELETE FROM instances WHERE name = ?", (name,))
+            db.execute("DELETE FROM snapshots WHERE instance = ?", (name,))
+            db.execute("DELETE FROM snapshot_heads WHERE instance = ?", (name,))
 
     def used_ports(self) -> set[int]:
         return {r.spec.ssh_port for r in self.all()}
@@ -257,6 +296,111 @@ class Store:
             (instance, limit),
         ).fetchall()
         return [JournalEntry(*r) for r in rows]
+
+    # -- snapshots ----------------------------------------------------------------
+
+    _SNAPSHOT_COLUMNS = "instance, name, tag, comment, parent, created, cpus, memory, disk"
+
+    def add_snapshot(self, snap: SnapshotRecord) -> None:
+        """Record a snapshot; it becomes the instance's head, and the taken count grows."""
+        try:
+            with self._tx() as db:
+                db.execute(
+                    f"INSERT INTO snapshots ({self._SNAPSHOT_COLUMNS})"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        snap.instance,
+                        snap.name,
+                        snap.tag,
+                        snap.comment,
+                        snap.parent,
+                        snap.created,
+                        snap.cpus,
+                        snap.memory,
+                        snap.disk,
+                    ),
+                )
+                db.execute(
+                    "INSERT INTO snapshot_heads (instance, head, taken) VALUES (?, ?, 1)"
+                    " ON CONFLICT(instance) DO UPDATE SET head = excluded.head,"
+                    " taken = taken + 1",
+                    (snap.instance, snap.name),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise AlreadyExists(
+                f'snapshot "{snap.instance}.{snap.name}" already exists',
+                hint="choose another name with --name",
+            ) from exc
+
+    def snapshots(self, instance: str | None = None) -> list[SnapshotRecord]:
+        """Snapshots of one instance (or of all), oldest first."""
+        q = f"SELECT {self._SNAPSHOT_COLUMNS} FROM snapshots"
+        args: tuple[Any, ...] = ()
+        if instance is not None:
+            q += " WHERE instance = ?"
+            args = (instance,)
+        rows = self._db.execute(q + " ORDER BY instance, created, rowid", args).fetchall()
+        return [SnapshotRecord(*r) for r in rows]
+
+    def get_snapshot(self, instance: str, name: str) -> SnapshotRecord:
+        row = self._db.execute(
+            f"SELECT {self._SNAPSHOT_COLUMNS} FROM snapshots WHERE instance = ? AND name = ?",
+            (instance, name),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f'snapshot "{instance}.{name}" does not exist')
+        return SnapshotRecord(*row)
+
+    def snapshot_by_tag(self, tag: str) -> SnapshotRecord | None:
+        row = self._db.execute(
+            f"SELECT {self._SNAPSHOT_COLUMNS} FROM snapshots WHERE tag = ?", (tag,)
+        ).fetchone()
+        return None if row is None else SnapshotRecord(*row)
+
+    def remove_snapshot(self, instance: str, name: str) -> None:
+        """Forget a snapshot: its children get its parent; so does the head if it was it."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT parent FROM snapshots WHERE instance = ? AND name = ?", (instance, name)
+            ).fetchone()
+            if row is None:
+                return
+            parent = row[0]
+            db.execute("DELETE FROM snapshots WHERE instance = ? AND name = ?", (instance, name))
+            db.execute(
+                "UPDATE snapshots SET parent = ? WHERE instance = ? AND parent = ?",
+                (parent, instance, name),
+            )
+            db.execute(
+                "UPDATE snapshot_heads SET head = ? WHERE instance = ? AND head = ?",
+                (parent, instance, name),
+            )
+
+    def snapshot_head(self, instance: str) -> str | None:
+        """The snapshot the disk was last taken at or restored to, if any."""
+        row = self._db.execute(
+            "SELECT head FROM snapshot_heads WHERE instance = ?", (instance,)
+        ).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
+    def set_snapshot_head(self, instance: str, name: str | None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO snapshot_heads (instance, head) VALUES (?, ?)"
+                " ON CONFLICT(instance) DO UPDATE SET head = excluded.head",
+                (instance, name),
+            )
+
+    def snapshots_taken(self, instance: str) -> int:
+        """How many snapshots were ever taken of the instance (for default names)."""
+        row = self._db.execute(
+            "SELECT taken FROM snapshot_heads WHERE instance = ?", (instance,)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def snapshot_counts(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT instance, count(*) FROM snapshots GROUP BY instance")
+        return {str(i): int(n) for i, n in rows.fetchall()}
 
     # -- settings ----------------------------------------------------------------
 

@@ -1,0 +1,134 @@
+"""Use case: clone a stopped instance into a new, independent one.
+
+The clone's disk is ``qemu-img convert -B BASE`` of the source's disk: a new
+qcow2 overlay on the same read-only base image in the vault, holding a copy
+of everything the source changed.  It shares no writable file with the
+source, so it survives the source's purge, and ``convert`` copies no
+internal snapshot (the ``suspend`` tag and snapshot tags stay behind).  A
+source without a backing file is copied in full.  docs/internals.md says why.
+
+The clone gets a new instance-id, hostname (its name), MAC address, SSH port
+and SSH host key: its seed ISO is rendered afresh from the source's user data.
+A clone that fails half-way is removed (directory, then record, in reverse
+order of their making); one a crashed ketchd left half-made is removed by
+:func:`recover` (from ``service/recovery.py``) when ketchd starts again.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from collections.abc import Collection
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ketch import cloudinit
+from ketch.errors import AlreadyExists, InvalidArgument, KetchError
+from ketch.host import qemu_img
+from ketch.model import Intent, PidStatus, State
+from ketch.progress import Reporter
+from ketch.service import guestlink, names
+from ketch.service.context import Context
+from ketch.service.inspect import get, require
+from ketch.service.launch import write_seed
+from ketch.store.db import JournalEntry
+
+
+def default_name(source: str, taken: Collection[str]) -> str:
+    """``SOURCE-cloneN`` with the smallest N not taken, as Multipass names clones."""
+    n = 1
+    while f"{source}-clone{n}" in taken:
+        n += 1
+    candidate = f"{source}-clone{n}"
+    try:
+        return names.validate(candidate)
+    except InvalidArgument as exc:
+        raise InvalidArgument(
+            f'the default clone name "{candidate}" is not a valid instance name',
+            hint="give the clone a name with --name",
+        ) from exc
+
+
+def _random_mac() -> str:
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+
+
+async def clone(ctx: Context, source: str, name: str, reporter: Reporter) -> dict[str, Any]:
+    """Make ``name`` a stopped copy of the stopped instance ``source``."""
+    names.validate(name)
+    v = await get(ctx, source)
+    hint = f"stop it first: 'ketch stop {source}'"
+    if v.state is State.SUSPENDED:
+        hint = (
+            f"its memory state is saved in its disk: 'ketch start {source}' then "
+            f"'ketch stop {source}', or 'ketch stop --force {source}'"
+        )
+    require(v, "clone", {State.STOPPED}, hint=hint)
+    if ctx.store.exists(name):
+        raise AlreadyExists(f'instance "{name}" already exists')
+    src_spec = v.record.spec
+    src_disk, idir = ctx.root.instance(source).disk, ctx.root.instance(name)
+    user_cfg = cloudinit.parse_user_data(src_spec.cloud_init) if src_spec.cloud_init else None
+    disk_info = await qemu_img.info(src_disk, fmt="qcow2")
+    backing = Path(disk_info.backing) if disk_info.backing else None
+    if backing is not None and not backing.exists():
+        raise KetchError(
+            f'cannot clone "{source}": its base image {backing} is missing',
+            hint="the image vault lost it; the source itself cannot start either",
+        )
+
+    entry = ctx.store.begin(name, "clone", f"from {source}")
+    try:
+        async with AsyncExitStack() as undo:
+            try:
+                idir.path.mkdir(parents=True, exist_ok=False)
+            except FileExistsError as exc:
+                raise AlreadyExists(
+                    f"a directory for {name} is in the way: {idir.path}",
+                    hint="it belongs to no instance; remove it, or choose another name",
+                ) from exc
+            undo.callback(guestlink.remove_tree, idir.path)
+            spec = replace(
+                src_spec,
+                name=name,
+                ssh_port=guestlink.free_port(ctx.store.used_ports()),
+                mac=_random_mac(),
+                instance_id=f"i-{uuid.uuid4().hex[:16]}",
+                created=time.time(),
+            )
+            ctx.store.add(spec, Intent.STOP)
+            undo.callback(ctx.store.remove, name)
+
+            ctx.store.step(entry, "copy-disk")
+            reporter.step(f"Copying the disk of {source}")
+            await qemu_img.convert(
+                src_disk, idir.disk, backing=backing, backing_format=disk_info.backing_format
+            )
+            ctx.store.step(entry, "seed")
+            reporter.step("Writing cloud-init seed")
+            write_seed(ctx, spec, user_cfg)
+            undo.pop_all()
+    except BaseException:
+        ctx.store.finish(entry, "failed")
+        raise
+    ctx.store.finish(entry, "ok")
+    return {"name": name, "source": source}
+
+
+async def recover(ctx: Context, entry: JournalEntry, reporter: Reporter) -> str:
+    """A clone a crashed ketchd left unfinished is removed: directory, then record."""
+    name = entry.instance
+    idir = ctx.root.instance(name)
+    if ctx.store.exists(name):
+        spec = ctx.store.get(name).spec
+        obs = await ctx.driver.observe(spec, idir, probe_qmp=False)
+        if obs.pid_status is PidStatus.OURS:
+            raise KetchError(f'"{name}" runs: it is not removed')
+    error = guestlink.remove_tree(idir.path)
+    if error:
+        raise KetchError(f"could not remove the half-made clone {idir.path}: {error}")
+    ctx.store.remove(name)
+    return "clone rolled back: the half-made instance was removed"

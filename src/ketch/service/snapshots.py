@@ -1,0 +1,370 @@
+"""Use cases: snapshots of stopped instances (take, restore, delete, list, info).
+
+A snapshot is a qcow2 internal snapshot of the instance disk under a tag ketch
+makes up, ``ketch-snap-<uuid>``: it can clash neither with the ``suspend`` tag
+nor with any name a user picks.  What the user sees (the name, the comment,
+the parent, the instance's cpus/memory/disk at the time) is in the store.
+Names default to ``snapshot1``, ``snapshot2``… (one more than the snapshots
+ever taken of the instance), as Multipass does; the parent is the snapshot the
+disk was last taken at or restored to (the *head*).  Restoring also brings
+back the cpus, memory and disk size recorded with the snapshot (``qemu-img
+snapshot -a`` restores the disk's size itself).
+
+Each operation is journaled step by step; :func:`recover_take`,
+:func:`recover_restore` and :func:`recover_delete` (called by
+``service/recovery.py``) finish (restore, delete) or roll back (take) what a
+crashed ketchd left half-done.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Collection, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ketch.errors import AlreadyExists, InvalidArgument, KetchError
+from ketch.host import qemu_img
+from ketch.model import PidStatus, State
+from ketch.progress import Reporter
+from ketch.runtime.driver import SUSPEND_TAG
+from ketch.service.context import Context
+from ketch.service.inspect import View, get, require
+from ketch.store.db import JournalEntry, SnapshotRecord
+
+TAG_PREFIX = "ketch-snap-"
+DEFAULT_PREFIX = "snapshot"
+_NAME = re.compile(r"[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+# -- pure parts ------------------------------------------------------------------------------
+
+
+def new_tag() -> str:
+    """A fresh internal tag: never ``suspend``, never a user's name."""
+    return TAG_PREFIX + uuid.uuid4().hex
+
+
+def validate_name(name: str) -> str:
+    """Snapshot names follow the instance-name rules; a dot separates instance and snapshot."""
+    if "." in name:
+        raise InvalidArgument(
+            f'invalid snapshot name "{name}": "." separates an instance from a snapshot',
+            hint="use letters, digits and hyphens",
+        )
+    if not _NAME.fullmatch(name):
+        raise InvalidArgument(
+            f'invalid snapshot name "{name}"',
+            hint="start with a letter, use only letters, digits and hyphens, "
+            "do not end with a hyphen, at most 63 characters",
+        )
+    return name
+
+
+def default_name(taken: int, existing: Collection[str]) -> str:
+    """``snapshotN`` with N one more than the snapshots ever taken, skipping names in use."""
+    n = taken + 1
+    while f"{DEFAULT_PREFIX}{n}" in existing:
+        n += 1
+    return f"{DEFAULT_PREFIX}{n}"
+
+
+def snapshot_mismatches(
+    tags: Sequence[str], recorded: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """Compare a disk's internal snapshot tags with the tags the store records for it.
+
+    Returns ``(tags without metadata, recorded tags missing from the disk)``,
+    each in the order given, without duplicates.  The ``suspend`` tag belongs
+    to suspend/resume, not to snapshots, and is never reported.  Pure.
+    """
+    on_disk, known = set(tags), set(recorded)
+    orphans = [t for t in dict.fromkeys(tags) if t not in known and t != SUSPEND_TAG]
+    missing = [t for t in dict.fromkeys(recorded) if t not in on_disk]
+    return orphans, missing
+
+
+def _step_tag(entry: JournalEntry) -> str | None:
+    """The tag a journal step such as ``create-tag ketch-snap-…`` names."""
+    _, _, tag = entry.step.partition(" ")
+    return tag if tag.startswith(TAG_PREFIX) else None
+
+
+def _stamp(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+
+
+def list_entry(snap: SnapshotRecord) -> dict[str, Any]:
+    """One snapshot in ``ketch list --snapshots --format json`` (Multipass's keys)."""
+    return {"parent": snap.parent or "", "comment": snap.comment}
+
+
+def info_entry(snap: SnapshotRecord, children: Sequence[str]) -> dict[str, Any]:
+    """One snapshot in ``ketch info NAME.SNAP --format json``."""
+    return {
+        "cpu_count": str(snap.cpus),
+        "disk_space": str(snap.disk),
+        "memory_size": str(snap.memory),
+        "mounts": {},
+        "created": _stamp(snap.created),
+        "parent": snap.parent or "",
+        "children": list(children),
+        "comment": snap.comment,
+        "tag": snap.tag,
+    }
+
+
+# -- looking -------------------------------------------------------------------------------
+
+
+async def disk_tags(disk: Path) -> tuple[str, ...]:
+    """The disk's internal snapshot tags: from the qcow2 header, else ``qemu-img snapshot -l``."""
+    try:
+        return qemu_img.read_snapshot_names(disk)
+    except (OSError, qemu_img.NotQcow2):
+        return await qemu_img.snapshot_list(disk)
+
+
+def list_doc(ctx: Context, names: Sequence[str] = ()) -> dict[str, Any]:
+    """``{"errors": [...], "info": {instance: {snapshot: {parent, comment}}}}``."""
+    errors: list[str] = []
+    wanted = list(dict.fromkeys(names))
+    for name in wanted:
+        if not ctx.store.exists(name):
+            errors.append(f'instance "{name}" does not exist')
+    info: dict[str, dict[str, Any]] = {}
+    for snap in ctx.store.snapshots():
+        if wanted and snap.instance not in wanted:
+            continue
+        info.setdefault(snap.instance, {})[snap.name] = list_entry(snap)
+    return {"errors": errors, "info": info}
+
+
+def info_doc(ctx: Context, refs: Sequence[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Details of ``INSTANCE.SNAPSHOT`` references: ``({instance: {snap: …}}, errors)``."""
+    found: dict[str, dict[str, Any]] = {}
+    errors: list[str] = []
+    for ref in dict.fromkeys(refs):
+        instance, _, name = ref.partition(".")
+        if not ctx.store.exists(instance):
+            errors.append(f'instance "{instance}" does not exist')
+            continue
+        snaps = ctx.store.snapshots(instance)
+        snap = next((s for s in snaps if s.name == name), None)
+        if snap is None:
+            errors.append(f'snapshot "{instance}.{name}" does not exist')
+            continue
+        children = [s.name for s in snaps if s.parent == name]
+        found.setdefault(instance, {})[name] = info_entry(snap, children)
+    return found, errors
+
+
+# -- acting --------------------------------------------------------------------------------
+
+
+def _require_stopped(v: View, op: str) -> None:
+    name = v.name
+    if v.state is State.SUSPENDED:
+        hint = (
+            f"its memory state is saved in its disk: 'ketch start {name}' then "
+            f"'ketch stop {name}', or 'ketch stop --force {name}' (discards the suspended state)"
+        )
+    elif v.state is State.UNKNOWN:
+        hint = f"see 'ketch info {name}'; 'ketch stop --force {name}' ends it"
+    else:
+        hint = f"stop it first: 'ketch stop {name}'"
+    require(v, op, {State.STOPPED}, hint=hint)
+
+
+async def _drop_tag_quietly(disk: Path, tag: str, reporter: Reporter) -> None:
+    try:
+        await qemu_img.snapshot_delete(disk, tag)
+    except KetchError as exc:
+        reporter.warn(
+            f"could not remove the partial snapshot tag {tag}: {exc.message}; "
+            "it is listed as a tag without metadata"
+        )
+
+
+async def take(
+    ctx: Context, name: str, snapshot: str | None, comment: str, reporter: Reporter
+) -> dict[str, Any]:
+    """Snapshot a stopped instance's disk."""
+    v = await get(ctx, name)
+    _require_stopped(v, "snapshot")
+    return {"name": name, "snapshot": await _take(ctx, v, snapshot, comment, reporter)}
+
+
+async def _take(
+    ctx: Context, v: View, snapshot: str | None, comment: str, reporter: Reporter
+) -> str:
+    name, spec = v.name, v.record.spec
+    existing = {s.name for s in ctx.store.snapshots(name)}
+    if snapshot:
+        snap = validate_name(snapshot)
+    else:
+        snap = default_name(ctx.store.snapshots_taken(name), existing)
+    if snap in existing:
+        raise AlreadyExists(
+            f'snapshot "{name}.{snap}" already exists',
+            hint="choose another name with --name, or delete it with "
+            f"'ketch delete --purge {name}.{snap}'",
+        )
+    disk, tag = ctx.root.instance(name).disk, new_tag()
+    entry = ctx.store.begin(name, "snapshot", f"create-tag {tag}")
+    try:
+        async with AsyncExitStack() as undo:
+            reporter.step(f"Taking snapshot {name}.{snap}")
+            await qemu_img.snapshot_create(disk, tag)
+            undo.push_async_callback(_drop_tag_quietly, disk, tag, reporter)
+            ctx.store.step(entry, f"record {tag}")
+            ctx.store.add_snapshot(
+                SnapshotRecord(
+                    instance=name,
+                    name=snap,
+                    tag=tag,
+                    comment=comment,
+                    parent=ctx.store.snapshot_head(name),
+                    created=time.time(),
+                    cpus=spec.cpus,
+                    memory=spec.memory,
+                    disk=spec.disk,
+                )
+            )
+            undo.pop_all()
+    except BaseException:
+        ctx.store.finish(entry, "failed")
+        raise
+    ctx.store.finish(entry, "ok")
+    return snap
+
+
+async def restore(
+    ctx: Context, name: str, snapshot: str, *, snapshot_first: bool, reporter: Reporter
+) -> dict[str, Any]:
+    """Bring a stopped instance's disk and resources back to a snapshot.
+
+    With ``snapshot_first`` the current state is snapshotted first (default
+    name, comment "Before restoring SNAP"), as Multipass offers.
+    """
+    v = await get(ctx, name)
+    _require_stopped(v, "restore")
+    meta = ctx.store.get_snapshot(name, snapshot)
+    idir = ctx.root.instance(name)
+    if meta.tag not in await disk_tags(idir.disk):
+        raise KetchError(
+            f'cannot restore "{name}.{snapshot}": its data (tag {meta.tag}) is not in the disk',
+            hint=f"'ketch delete --purge {name}.{snapshot}' removes the snapshot's record",
+        )
+    saved = None
+    if snapshot_first:
+        saved = await _take(ctx, v, None, f"Before restoring {snapshot}", reporter)
+    entry = ctx.store.begin(name, "restore", f"apply {meta.tag}")
+    try:
+        reporter.step(f"Restoring {name} to {snapshot}")
+        await qemu_img.snapshot_apply(idir.disk, meta.tag)
+        ctx.store.step(entry, f"record {meta.tag}")
+        _record_restore(ctx, meta)
+    except BaseException:
+        ctx.store.finish(entry, "failed")
+        raise
+    ctx.store.finish(entry, "ok")
+    return {"name": name, "snapshot": snapshot, "saved": saved}
+
+
+def _record_restore(ctx: Context, meta: SnapshotRecord) -> None:
+    spec = ctx.store.get(meta.instance).spec
+    ctx.store.set_spec(replace(spec, cpus=meta.cpus, memory=meta.memory, disk=meta.disk))
+    ctx.store.set_snapshot_head(meta.instance, meta.name)
+
+
+DELETE_ACCEPTS = {State.STOPPED, State.SUSPENDED, State.RUNNING, State.DELAYED_SHUTDOWN}
+
+
+async def delete(ctx: Context, name: str, snapshot: str, reporter: Reporter) -> dict[str, Any]:
+    """Remove a snapshot's tag (over QMP while the instance runs) and its record."""
+    v = await get(ctx, name)
+    require(
+        v,
+        "delete a snapshot of",
+        DELETE_ACCEPTS,
+        hint=f"see 'ketch info {name}'; 'ketch stop --force {name}' first",
+    )
+    meta = ctx.store.get_snapshot(name, snapshot)
+    spec, idir = v.record.spec, ctx.root.instance(name)
+    entry = ctx.store.begin(name, "delete-snapshot", f"delete-tag {meta.tag}")
+    try:
+        try:
+            present = meta.tag in await disk_tags(idir.disk)
+        except KetchError:
+            present = True  # unknown: let the deletion itself say what is wrong
+        if present:
+            reporter.step(f"Deleting snapshot {name}.{snapshot}")
+            await ctx.driver.delete_tag(spec, idir, meta.tag)
+        else:
+            reporter.warn(f"the snapshot's tag {meta.tag} was already gone; removing its record")
+        ctx.store.step(entry, f"forget {meta.tag}")
+        ctx.store.remove_snapshot(name, snapshot)
+    except BaseException:
+        ctx.store.finish(entry, "failed")
+        raise
+    ctx.store.finish(entry, "ok")
+    return {"name": name, "snapshot": snapshot}
+
+
+# -- after a crash (called by service/recovery.py) ---------------------------------------------
+
+
+async def _idle(ctx: Context, instance: str) -> None:
+    """qemu-img may change the disk only while no QEMU of ours holds it."""
+    spec = ctx.store.get(instance).spec
+    obs = await ctx.driver.observe(spec, ctx.root.instance(instance), probe_qmp=False)
+    if obs.pid_status is PidStatus.OURS:
+        raise KetchError(f'"{instance}" runs: its disk is left as it is')
+
+
+async def recover_take(ctx: Context, entry: JournalEntry, reporter: Reporter) -> str:
+    """An interrupted snapshot is rolled back, unless its record was written (then it is done)."""
+    tag = _step_tag(entry)
+    if tag is None:
+        return "snapshot had not started: nothing to do"
+    if ctx.store.snapshot_by_tag(tag) is not None:
+        return "snapshot finished: it was recorded"
+    if not ctx.store.exists(entry.instance):
+        return "the instance no longer exists"
+    await _idle(ctx, entry.instance)
+    disk = ctx.root.instance(entry.instance).disk
+    if disk.exists() and tag in await disk_tags(disk):
+        await qemu_img.snapshot_delete(disk, tag)
+        return f"snapshot rolled back: its unrecorded tag {tag} was removed"
+    return "snapshot rolled back: no tag had been made"
+
+
+async def recover_restore(ctx: Context, entry: JournalEntry, reporter: Reporter) -> str:
+    """An interrupted restore is applied again and recorded (both steps are idempotent)."""
+    tag = _step_tag(entry)
+    meta = ctx.store.snapshot_by_tag(tag) if tag else None
+    if meta is None or not ctx.store.exists(entry.instance):
+        return "restore cannot be finished: the snapshot no longer exists"
+    await _idle(ctx, entry.instance)
+    await qemu_img.snapshot_apply(ctx.root.instance(entry.instance).disk, meta.tag)
+    _record_restore(ctx, meta)
+    return f"restore finished: the disk is at snapshot {meta.name}"
+
+
+async def recover_delete(ctx: Context, entry: JournalEntry, reporter: Reporter) -> str:
+    """An interrupted snapshot deletion is carried to its end."""
+    tag = _step_tag(entry)
+    if tag is None or not ctx.store.exists(entry.instance):
+        return "nothing to do"
+    meta = ctx.store.snapshot_by_tag(tag)
+    await _idle(ctx, entry.instance)
+    disk = ctx.root.instance(entry.instance).disk
+    if disk.exists() and tag in await disk_tags(disk):
+        await qemu_img.snapshot_delete(disk, tag)
+    if meta is not None:
+        ctx.store.remove_snapshot(meta.instance, meta.name)
+    return "snapshot deletion finished"
