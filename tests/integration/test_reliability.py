@@ -206,3 +206,25 @@ def test_disk_full_during_suspend_keeps_the_vm_running(small_root: Ketch) -> Non
     k.run("suspend", name)  # with room again, it works
     k.run("start", name)
     assert k.boot_id(name) == boot
+
+
+def test_doctor_reconciles_snapshot_tags_and_metadata(ketch: Ketch, vm: str) -> None:
+    import json
+
+    ketch.ensure_running(vm)
+    ketch.run("stop", vm)
+    ketch.run("snapshot", vm, "--name", "kept")
+    subprocess.run(["qemu-img", "snapshot", "-c", "by-hand", str(ketch.disk(vm))], check=True)
+    kept_tag = next(t for t in ketch.tags(vm) if t.startswith("ketch-snap-"))
+    subprocess.run(["qemu-img", "snapshot", "-d", kept_tag, str(ketch.disk(vm))], check=True)
+    rc, found = doctor(ketch, vm)
+    assert rc == 2
+    assert {"snapshot-without-metadata", "snapshot-without-tag"} <= codes(found)
+    rc, found = doctor(ketch, "--fix", vm)
+    assert rc == 0, found
+    snaps = json.loads(ketch.run("list", "--snapshots", "--format", "json").stdout)["info"][vm]
+    assert "kept" not in snaps  # its data was gone: the record is forgotten
+    assert any("by-hand" in s["comment"] for s in snaps.values())  # the tag is adopted
+    assert "by-hand" in ketch.tags(vm)  # and its data kept
+    assert doctor(ketch, vm) == (0, [])
+    ketch.run("start", vm)

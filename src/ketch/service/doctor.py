@@ -22,12 +22,13 @@ from typing import Any
 from ketch.errors import KetchError
 from ketch.host import procs, qemu, qemu_img, ssh
 from ketch.layout import DISK, InstanceDir
-from ketch.model import BootSpec, InstanceSpec, Intent
+from ketch.model import BootSpec, InstanceSpec, Intent, State
 from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG
 from ketch.service import guestlink, names, recovery
 from ketch.service.context import Context
 from ketch.service.inspect import View, view
+from ketch.store.db import SnapshotRecord
 
 Repair = Callable[[], Awaitable[str]]
 POWEROFF_TIMEOUT = 60.0
@@ -119,6 +120,8 @@ async def examine(ctx: Context, v: View) -> list[Finding]:
     if not v.derived.running and idir.disk.exists():
         out += await _check_disk(ctx, v)
         out += await _check_backing(ctx, v)
+    if idir.disk.exists() and v.derived.state is not State.UNKNOWN:
+        out += await _check_snapshots(ctx, v)
     if not v.derived.running and not v.record.deleted and not guestlink.port_free(spec.ssh_port):
         add(Finding(v.name, "port-taken",
                     f"SSH port {spec.ssh_port} is taken by another program",
@@ -198,6 +201,46 @@ async def _check_backing(ctx: Context, v: View) -> list[Finding]:
 
     return [Finding(v.name, "missing-base-image", message,
                     "fetch the same image again, else quarantine", repair)]  # fmt: skip
+
+
+async def _check_snapshots(ctx: Context, v: View) -> list[Finding]:
+    """Snapshot tags in the disk without metadata, and metadata whose tag is gone."""
+    from ketch.service import snapshots
+
+    try:
+        tags = await snapshots.disk_tags(ctx.root.instance(v.name).disk)
+    except KetchError:
+        return []  # unreadable tags are reported (and quarantined) above
+    records = ctx.store.snapshots(v.name)
+    orphans, missing = snapshots.snapshot_mismatches(tags, [r.tag for r in records])
+    out = []
+    for tag in orphans:
+
+        async def adopt(tag: str = tag) -> str:
+            name = snapshots.default_name(
+                ctx.store.snapshots_taken(v.name), [r.name for r in ctx.store.snapshots(v.name)]
+            )
+            spec = ctx.store.get(v.name).spec
+            ctx.store.add_snapshot(
+                SnapshotRecord(v.name, name, tag, f"recovered by ketch doctor (tag {tag})",
+                               None, time.time(), spec.cpus, spec.memory, spec.disk)
+            )  # fmt: skip
+            return f"recorded tag {tag} as snapshot {name}"
+
+        out.append(Finding(v.name, "snapshot-without-metadata",
+                           f"the disk holds snapshot tag {tag} that ketch has no record of",
+                           "record it as a snapshot (its data is kept)", adopt))  # fmt: skip
+    for record in (r for r in records if r.tag in missing):
+
+        async def forget(record: SnapshotRecord = record) -> str:
+            ctx.store.remove_snapshot(v.name, record.name)
+            return f"forgot snapshot {record.name} (its data was gone)"
+
+        out.append(Finding(v.name, "snapshot-without-tag",
+                           f"snapshot {record.name} is recorded but its tag {record.tag} "
+                           "is not in the disk", "forget the record (nothing is left to restore)",
+                           forget))  # fmt: skip
+    return out
 
 
 # -- storage root ---------------------------------------------------------------------
