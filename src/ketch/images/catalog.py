@@ -37,6 +37,7 @@ DEFAULT_REMOTES: Mapping[str, str] = {
 DEFAULT_REMOTE = "release"
 BUILTIN_REMOTE = "ketch"
 TINY = "tiny"
+DEBIAN = "debian-12"
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,19 @@ def tiny_row(tiny_info: ImageInfo | None) -> FindRow:
     )
 
 
+def debian_row() -> FindRow:
+    """The ``ketch find`` line of the Debian 12 cloud image ketch builds on first use."""
+    return FindRow(
+        remote=BUILTIN_REMOTE,
+        aliases=(DEBIAN,),
+        release="12",
+        version="",
+        description="Debian 12 cloud image (built from Debian packages on first use)",
+        os="debian",
+        product=f"{BUILTIN_REMOTE}:{DEBIAN}",
+    )
+
+
 def image_row(image: CatalogImage) -> FindRow:
     return FindRow(
         remote=image.remote,
@@ -169,7 +183,7 @@ async def find(
 
     async def one(remote: str) -> list[FindRow]:
         if remote == BUILTIN_REMOTE:
-            return [tiny_row(tiny_info)]
+            return [tiny_row(tiny_info), debian_row()]
         try:
             catalog = await load_catalog(remote, remotes[remote], vault=vault)
         except ImageError as exc:

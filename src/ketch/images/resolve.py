@@ -27,14 +27,13 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ketch.errors import DigestMismatch, ImageError, InvalidArgument, NotFound
-from ketch.images.catalog import BUILTIN_REMOTE, DEFAULT_REMOTE, TINY, load_catalog
+from ketch.images.catalog import BUILTIN_REMOTE, DEBIAN, DEFAULT_REMOTE, TINY, load_catalog
 from ketch.images.simplestreams import Catalog, CatalogImage, CatalogItem
 from ketch.images.vault import Vault
 from ketch.model import BootSpec, ImageInfo
 from ketch.progress import Reporter
 
 BuildTiny = Callable[[Reporter], Awaitable[ImageInfo]]
-DEBIAN = "debian-12"
 
 _QCOW2_MAGIC = b"QFI\xfb"
 _COMPRESSED = {b"\xfd7zXZ": "xz", b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\x28\xb5\x2f\xfd": "zstd"}
