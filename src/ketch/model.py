@@ -99,6 +99,8 @@ class Observation:
     tag_error: str | None
     disk_exists: bool
     pid_cmdline: str | None = None  # for a FOREIGN pid: what that process is
+    pid_file: int | None = None  # what the pid file said, when it is not ``pid``
+    suspend_tag_disk_only: bool = False  # a "suspend" tag that holds no VM state
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,8 @@
 docstring for the operations, the faults and the invariants); a failure
 names the seed and step and how to replay it with ``bench/chaos.py``.
 
-The other tests pin, one each, the ketch bugs the walks found (strict
-xfail: each turns into a failure once its bug is fixed, so the marker gets
-removed with the fix; the TIME_WAIT one was fixed while the walks ran and is
-a plain regression test).  docs/reliability.md describes them.
+The other tests pin, one each, the ketch bugs the walks found; all are fixed,
+so they are regression tests now.  docs/reliability.md describes them.
 """
 
 from __future__ import annotations
@@ -76,12 +74,6 @@ def _doctor_codes(k: Ketch, *args: str) -> set[str]:
     return {f["code"] for f in json.loads(done.stdout)["findings"]}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a 'suspend' tag without VM state (qemu-img snapshot -c) on an instance recorded "
-    "as suspended is taken for a suspend image: the state is Suspended, doctor finds nothing, "
-    "and start fails for ever with QEMU's 'This is a disk-only snapshot'",
-)
 def test_disk_only_suspend_tag_is_not_a_suspend_image(ketch: Ketch) -> None:
     name = unique("dskonly")
     ketch.run("launch", "tiny", "--name", name, "--memory", "256M")
@@ -129,13 +121,6 @@ def test_time_wait_on_the_ssh_port_is_not_taken(ketch: Ketch, vm: str) -> None:
         ketch.ensure_running(vm)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the pid file of a running instance naming another live process makes ketch lose "
-    "its QEMU: doctor --fix deletes the live QMP socket and records it Stopped, and "
-    "'stop --force' no longer ends the QEMU that still runs the disk (orphan_qemus() skips "
-    "known instances)",
-)
 def test_foreign_pid_over_a_running_qemu_does_not_lose_it(ketch: Ketch) -> None:
     name = unique("lostq")
     ketch.run("launch", "tiny", "--name", name, "--memory", "256M")
@@ -156,12 +141,6 @@ def test_foreign_pid_over_a_running_qemu_does_not_lose_it(ketch: Ketch) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: 'ketch exec' exits 255 with nothing on stderr when the guest stops answering "
-    "mid-command: ssh's 'Timeout, server not responding' is an INFO message and ssh_argv sets "
-    "LogLevel=ERROR",
-)
 def test_exec_says_why_when_the_guest_stops_answering(ketch: Ketch, vm: str) -> None:
     ketch.ensure_running(vm)
     sock = ketch.root / "instances" / vm / "qmp.sock"
@@ -187,12 +166,6 @@ def test_exec_says_why_when_the_guest_stops_answering(ketch: Ketch, vm: str) -> 
         _qmp(sock, "cont")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: start (and launch) wait for SSH for the whole boot timeout when QEMU has exited "
-    "meanwhile (guestlink.wait_ready never looks at the process), then exit 5 'not ready within "
-    "N s' instead of saying at once that QEMU exited",
-)
 def test_start_notices_that_qemu_died(tiny_image: ImageInfo) -> None:
     root = Path(tempfile.mkdtemp(prefix="kchaos-boot-", dir="/tmp"))
     k = Ketch(root)
@@ -282,12 +255,6 @@ def _fill(k: Ketch, leave: int) -> Path:
     return filler
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: 'stop --force' fails on a full disk (exit 2, \"cannot write ketch's database\") "
-    "and leaves QEMU running: lifecycle.force_stop() journals the operation (store.begin) "
-    "before doing anything, outside its never-fail handling",
-)
 def test_force_stop_works_on_a_full_disk(small_root: Ketch) -> None:
     k = small_root
     name = unique("fullstop")
@@ -302,12 +269,6 @@ def test_force_stop_works_on_a_full_disk(small_root: Ketch) -> None:
         k.run("delete", "--purge", name, check=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: 'delete --purge' fails on a full disk (exit 2, \"cannot write ketch's database\") "
-    "and removes nothing: delete._purge_one() journals the purge (store.begin) before doing "
-    "anything, outside its never-fail handling",
-)
 def test_purge_works_on_a_full_disk(small_root: Ketch) -> None:
     k = small_root
     name = unique("fullpurge")
@@ -322,13 +283,6 @@ def test_purge_works_on_a_full_disk(small_root: Ketch) -> None:
         k.run("delete", "--purge", name, check=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: when a suspend fails on a full disk, its journal entry cannot be finished; the "
-    "live daemon then shows 'interrupted-operation' ('ketchd stopped during it', which it did "
-    "not) and 'ketch doctor' never reports it: doctor holds the instances' locks, so "
-    "inspect.interrupted() answers None for every instance it examines",
-)
 def test_doctor_sees_an_operation_left_open_by_a_full_disk(small_root: Ketch) -> None:
     k = small_root
     name = unique("open")
@@ -347,12 +301,6 @@ def test_doctor_sees_an_operation_left_open_by_a_full_disk(small_root: Ketch) ->
         k.run("delete", "--purge", name, check=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a guest QEMU paused on ENOSPC (run state 'io-error', werror=enospc) is taken for "
-    "halted: once space is freed, 'start' refuses it (Unknown) and 'doctor --fix' ends QEMU, "
-    "though QMP 'cont' resumes it with nothing lost",
-)
 def test_guest_paused_by_a_full_disk_resumes_once_there_is_room(small_root: Ketch) -> None:
     k = small_root
     name = unique("enospc")
@@ -369,9 +317,10 @@ def test_guest_paused_by_a_full_disk_resumes_once_there_is_room(small_root: Ketc
             "</dev/null >/dev/null 2>&1 &)",
         )
         deadline = time.monotonic() + 300  # a safety net, not a timing assertion
-        while "guest-halted" not in k.codes(name) and time.monotonic() < deadline:
+        while "paused-io-error" not in k.codes(name) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert any("io-error" in i["message"] for i in k.info(name)["inconsistencies"])
+        assert "paused-io-error" in k.codes(name)
+        assert "guest-halted" not in k.codes(name)
         filler.unlink()
         started = k.run("start", name, check=False)
         assert started.returncode == 0, started.stderr

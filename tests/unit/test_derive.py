@@ -112,7 +112,15 @@ TABLE = [
         ("guest-halted",)),
     row("running/qmp-internal-error", RUN, ours("internal-error"), State.UNKNOWN,
         ("guest-halted",)),
-    row("running/qmp-io-error", RUN, ours("io-error"), State.UNKNOWN, ("guest-halted",)),
+    row("running/qmp-io-error", RUN, ours("io-error"), State.UNKNOWN, ("paused-io-error",)),
+    # -- the pid file named another process, but /proc found our QEMU -----------------------
+    row("running/pid-file-clobbered", RUN, ours("running", pid_file=1), State.RUNNING,
+        ("pid-file-mismatch",)),
+    # -- a "suspend" tag without VM state (disk-only, e.g. qemu-img snapshot -c) ------------
+    row("stopped/suspend-disk-only-tag", SUSPEND, down(suspend_tag_disk_only=True),
+        State.STOPPED, ("disk-only-suspend-tag", "missing-suspend-tag")),
+    row("stopped/stop-disk-only-tag", STOP, down(suspend_tag_disk_only=True), State.STOPPED,
+        ("disk-only-suspend-tag",)),
     row("running/qmp-unknown-status", RUN, ours("inmigrate"), State.UNKNOWN,
         ("unexpected-qmp-status",)),
     row("running/qmp-no-answer", RUN, ours(None, err="timed out"), State.UNKNOWN,

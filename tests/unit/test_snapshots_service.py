@@ -365,10 +365,39 @@ def test_delete_reparents_and_removes_the_tag(world: World) -> None:
 
 
 @needs_qemu_img
+def claim_vm_state(disk: Path, tag: str) -> None:
+    """Mark an internal snapshot as holding VM state (qemu-img makes disk-only ones).
+
+    Writes a non-zero state size into the qcow2 snapshot table entry (both the
+    32-bit field and v3's 64-bit one in the extra data); nothing loads it here.
+    """
+    import struct
+
+    with disk.open("r+b") as f:
+        header = f.read(72)
+        count, offset = struct.unpack(">IQ", header[60:72])
+        for _ in range(count):
+            f.seek(offset)
+            fixed = f.read(40)
+            id_size, name_size = struct.unpack(">HH", fixed[12:16])
+            extra_size = struct.unpack(">I", fixed[36:40])[0]
+            f.seek(offset + 40 + extra_size + id_size)
+            if f.read(name_size).decode() == tag:
+                f.seek(offset + 32)
+                f.write(struct.pack(">I", 1))
+                if extra_size >= 8:
+                    f.seek(offset + 40)
+                    f.write(struct.pack(">Q", 1))
+                return
+            offset += (40 + extra_size + id_size + name_size + 7) & ~7
+    raise AssertionError(f"no tag {tag} in {disk}")
+
+
 def test_suspended_instances_refuse_snapshots_restores_and_settings(world: World) -> None:
     disk = world.add("vm")
     world.run(snapshots.take(world.ctx, "vm", None, "", ListReporter()))
     qi("snapshot", "-c", SUSPEND_TAG, str(disk))
+    claim_vm_state(disk, SUSPEND_TAG)  # as if QEMU had saved a VM there
     world.store.set_intent("vm", Intent.SUSPEND)
     for call in (
         snapshots.take(world.ctx, "vm", None, "", ListReporter()),

@@ -163,10 +163,13 @@ def _run_attached(target: SshTarget, argv: list[str]) -> int:
     proc = _spawn(argv, stdin=None, stdout=None)
     assert proc.stderr is not None
     watch = StderrWatch()
+    said = False
     with _interrupts_to_child():
         fd = proc.stderr.fileno()
         while chunk := _read(fd):
-            _write_stderr(watch.feed(chunk))
+            out = watch.feed(chunk)
+            said = said or bool(out)
+            _write_stderr(out)
         returncode = proc.wait()
     proc.stderr.close()
     out, failure, host_key = watch.finish(returncode)
@@ -175,6 +178,13 @@ def _run_attached(target: SshTarget, argv: list[str]) -> int:
         raise HostKeyMismatch(target.name)
     if failure is not None:
         raise ssh_failure_error(target, failure)
+    if returncode == 255 and not (said or out):
+        # ssh logs "server not responding" only at INFO level; say it ourselves.
+        _write_stderr(
+            f'ketch: the connection to "{target.name}" ended with status 255 and no '
+            f"message: the guest may have stopped answering (see 'ketch info "
+            f"{target.name}')\n".encode()
+        )
     return returncode if returncode >= 0 else 128 - returncode
 
 

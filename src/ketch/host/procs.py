@@ -31,6 +31,18 @@ def cmdline(pid: int) -> list[str] | None:
     return [a.decode("utf-8", "replace") for a in raw.rstrip(b"\0").split(b"\0")]
 
 
+def qemu_processes() -> list[tuple[int, list[str]]]:
+    """Every live ``qemu-system-*`` process with its argv (a /proc scan)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        argv = cmdline(int(entry.name))
+        if argv and "qemu-system" in Path(argv[0]).name:
+            found.append((int(entry.name), argv))
+    return found
+
+
 def classify(pid: int | None, argv: list[str] | None, ours: bool) -> PidStatus:
     """Pure: what a pid file means, given what /proc said about the pid."""
     if pid is None:

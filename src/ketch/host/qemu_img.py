@@ -31,6 +31,7 @@ class DiskInfo:
     backing: str | None
     snapshots: tuple[str, ...]
     corrupt: bool = False
+    snapshot_states: tuple[SnapshotEntry, ...] = ()
     backing_format: str | None = None
 
 
@@ -145,6 +146,10 @@ def parse_info(text: str) -> DiskInfo:
         actual_size=int(doc.get("actual-size", 0)),
         backing=doc.get("full-backing-filename") or doc.get("backing-filename"),
         snapshots=tuple(str(s["name"]) for s in doc.get("snapshots", [])),
+        snapshot_states=tuple(
+            SnapshotEntry(str(s["name"]), int(s.get("vm-state-size", 0)))
+            for s in doc.get("snapshots", [])
+        ),
         corrupt=bool(specific.get("corrupt", False)),
         backing_format=doc.get("backing-filename-format"),
     )
@@ -181,8 +186,16 @@ _HEADER = struct.Struct(">4sIQIIQIIQQIIQ")  # up to and including snapshots_offs
 _SNAPSHOT = struct.Struct(">QIHHIIQII")  # fixed part of one snapshot table entry
 
 
-def parse_snapshot_table(header: bytes, read_at: Any) -> tuple[str, ...]:
-    """Snapshot names from a qcow2 header; ``read_at(offset, size)`` reads more.
+@dataclass(frozen=True)
+class SnapshotEntry:
+    """One internal snapshot: its tag and how much VM state (RAM, devices) it holds."""
+
+    name: str
+    vm_state_size: int  # 0: a disk-only snapshot, which -loadvm cannot resume
+
+
+def parse_snapshot_entries(header: bytes, read_at: Any) -> tuple[SnapshotEntry, ...]:
+    """The snapshot table of a qcow2 file; ``read_at(offset, size)`` reads more.
 
     Follows the qcow2 specification (docs/interop/qcow2.txt in QEMU).
     """
@@ -193,7 +206,7 @@ def parse_snapshot_table(header: bytes, read_at: Any) -> tuple[str, ...]:
     if magic != b"QFI\xfb" or version not in (2, 3):
         raise NotQcow2("not a qcow2 v2/v3 file")
     nb_snapshots, snapshots_offset = fields[11], fields[12]
-    names: list[str] = []
+    entries: list[SnapshotEntry] = []
     offset = snapshots_offset
     for _ in range(nb_snapshots):
         fixed = read_at(offset, _SNAPSHOT.size)
@@ -201,20 +214,28 @@ def parse_snapshot_table(header: bytes, read_at: Any) -> tuple[str, ...]:
             raise NotQcow2("snapshot table truncated")
         entry = _SNAPSHOT.unpack(fixed)
         id_size, name_size, extra_size = entry[2], entry[3], entry[8]
+        extra = read_at(offset + _SNAPSHOT.size, extra_size)
         var = read_at(offset + _SNAPSHOT.size + extra_size, id_size + name_size)
-        if len(var) < id_size + name_size:
+        if len(var) < id_size + name_size or len(extra) < extra_size:
             raise NotQcow2("snapshot table truncated")
-        names.append(var[id_size:].decode("utf-8", "replace"))
+        # qcow2 v3 keeps a 64-bit state size first in the extra data.
+        state = struct.unpack(">Q", extra[:8])[0] if extra_size >= 8 else entry[7]
+        entries.append(SnapshotEntry(var[id_size:].decode("utf-8", "replace"), state))
         length = _SNAPSHOT.size + extra_size + id_size + name_size
         offset += (length + 7) & ~7
-    return tuple(names)
+    return tuple(entries)
+
+
+def parse_snapshot_table(header: bytes, read_at: Any) -> tuple[str, ...]:
+    """Snapshot names from a qcow2 header (see :func:`parse_snapshot_entries`)."""
+    return tuple(e.name for e in parse_snapshot_entries(header, read_at))
 
 
 # -- runners -----------------------------------------------------------------
 
 
-def read_snapshot_names(path: Path) -> tuple[str, ...]:
-    """Snapshot names of a qcow2 file, read from its header (no process).
+def read_snapshots(path: Path) -> tuple[SnapshotEntry, ...]:
+    """The snapshot table of a qcow2 file, read from its header (no process).
 
     Raises OSError when the file cannot be read, NotQcow2 when it is not qcow2.
     """
@@ -224,7 +245,12 @@ def read_snapshot_names(path: Path) -> tuple[str, ...]:
             f.seek(offset)
             return f.read(size)
 
-        return parse_snapshot_table(f.read(_HEADER.size), read_at)
+        return parse_snapshot_entries(f.read(_HEADER.size), read_at)
+
+
+def read_snapshot_names(path: Path) -> tuple[str, ...]:
+    """Snapshot names of a qcow2 file (see :func:`read_snapshots`)."""
+    return tuple(e.name for e in read_snapshots(path))
 
 
 async def info(path: Path, *, timeout: float = 30.0, fmt: str | None = None) -> DiskInfo:

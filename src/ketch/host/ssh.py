@@ -27,7 +27,7 @@ import re
 import shlex
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -470,7 +470,13 @@ async def read_banner(host: str, port: int, *, timeout: float) -> str:
     return await asyncio.wait_for(banner(), timeout)
 
 
-async def wait_ready(target: SshTarget, *, timeout: float, reporter: Reporter) -> None:
+async def wait_ready(
+    target: SshTarget,
+    *,
+    timeout: float,
+    reporter: Reporter,
+    abort: Callable[[], Awaitable[str | None]] | None = None,
+) -> None:
     """Wait until the guest answers SSH with the pinned key and cloud-init is done.
 
     1. The forwarded port must send an ``SSH-`` banner (QEMU user networking
@@ -479,21 +485,37 @@ async def wait_ready(target: SshTarget, *, timeout: float, reporter: Reporter) -
 
     Raises :class:`Timeout` (saying what was last seen) when ``timeout``
     seconds pass, and :class:`HostKeyMismatch` at once on a host-key failure.
+    ``abort``, called about once a second, returns a reason to stop waiting
+    (QEMU exited, the guest is paused): then :class:`GuestError` is raised.
     """
     import asyncio
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     last = "nothing yet"
+    checked = loop.time()
 
     def remaining() -> float:
         return deadline - loop.time()
+
+    async def check() -> None:
+        nonlocal checked
+        if abort is None or loop.time() - checked < 1.0:
+            return
+        checked = loop.time()
+        reason = await abort()
+        if reason:
+            raise GuestError(
+                f'"{target.name}" will not become ready: {reason}',
+                hint=f"see 'ketch info {target.name}' and the instance's serial.log",
+            )
 
     reporter.step(f"Waiting for SSH on {target.host}:{target.port}")
     while True:
         left = remaining()
         if left <= 0:
             raise _not_ready(target, timeout, last)
+        await check()
         try:
             # Short tries: a connection made before the guest's network is up
             # is accepted by QEMU's user networking but never answered.
@@ -515,6 +537,7 @@ async def wait_ready(target: SshTarget, *, timeout: float, reporter: Reporter) -
         left = remaining()
         if left <= 0:
             raise _not_ready(target, timeout, last)
+        await check()
         try:
             done = await run(argv, timeout=max(min(30.0, left), 1.0), check=False)
         except Timeout:

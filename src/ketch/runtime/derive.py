@@ -59,11 +59,31 @@ def derive(
                 "ketch ignores that process (it is never signalled) and removes the pid file",
             )
         )
+    if obs.pid_file is not None and running:
+        found.append(
+            Inconsistency(
+                "pid-file-mismatch",
+                f"the pid file names process {obs.pid_file}, but this instance's QEMU is "
+                f"process {obs.pid}",
+                "ketch follows the real QEMU (found through /proc) and never signals the "
+                "other process; 'ketch doctor --fix' rewrites the pid file",
+            )
+        )
+    if obs.suspend_tag_disk_only:
+        found.append(
+            Inconsistency(
+                "disk-only-suspend-tag",
+                "the disk holds a 'suspend' tag without saved VM state "
+                "(a disk-only snapshot, e.g. made by hand)",
+                "it is never loaded: 'start' removes it and boots afresh; so does 'stop --force'",
+            )
+        )
     if interrupted_op:
         found.append(
             Inconsistency(
                 "interrupted-operation",
-                f"a '{interrupted_op}' operation was interrupted (ketchd stopped during it)",
+                f"a '{interrupted_op}' operation did not finish (ketchd stopped during it, "
+                "or could not record its end)",
                 "the state below is what is there now; repeat the command, or 'stop --force'",
             )
         )
@@ -124,6 +144,16 @@ def _derive_running(
         return Derived(State.UNKNOWN, tuple(found), True)
     if obs.qmp_status in ("running", "debug"):
         return Derived(State.DELAYED_SHUTDOWN if delayed else State.RUNNING, tuple(found), True)
+    if obs.qmp_status == "io-error":
+        found.append(
+            Inconsistency(
+                "paused-io-error",
+                "QEMU paused the guest because a disk write failed "
+                "(is the storage root's filesystem full?)",
+                "free some space, then 'start' resumes the guest with nothing lost",
+            )
+        )
+        return Derived(State.UNKNOWN, tuple(found), True)
     if obs.qmp_status in ("paused", "suspended", "prelaunch", "finish-migrate", "postmigrate"):
         found.append(
             Inconsistency(
@@ -133,7 +163,7 @@ def _derive_running(
             )
         )
         return Derived(State.UNKNOWN, tuple(found), True)
-    if obs.qmp_status in ("shutdown", "guest-panicked", "internal-error", "io-error"):
+    if obs.qmp_status in ("shutdown", "guest-panicked", "internal-error"):
         found.append(
             Inconsistency(
                 "guest-halted",

@@ -30,41 +30,60 @@ class QemuDriver:
 
     # -- looking ------------------------------------------------------------------
 
-    def _pid(self, idir: InstanceDir) -> tuple[int | None, PidStatus, list[str] | None]:
+    def _pid(self, idir: InstanceDir) -> tuple[int | None, PidStatus, list[str] | None, int | None]:
+        """(pid, status, argv, pid-file value when it named another process).
+
+        The pid file is checked first; when it does not name this instance's
+        QEMU but there are signs one runs (its QMP socket, a foreign pid in
+        the file), /proc is searched for a QEMU on this instance's disk, so a
+        clobbered pid file never loses a running VM.
+        """
         pid = procs.read_pidfile(idir.pidfile)
         argv = procs.cmdline(pid) if pid else None
         ours = argv is not None and qemu.argv_matches(argv, idir.disk)
-        return pid, procs.classify(pid, argv, ours), argv
+        status = procs.classify(pid, argv, ours)
+        if status is not PidStatus.OURS and (
+            status is PidStatus.FOREIGN or idir.qmp_socket.exists()
+        ):
+            for found, found_argv in procs.qemu_processes():
+                if qemu.argv_matches(found_argv, idir.disk):
+                    return found, PidStatus.OURS, found_argv, pid
+        return pid, status, argv, None
 
-    async def _tags(self, disk: Path) -> tuple[tuple[str, ...] | None, str | None]:
+    async def _tags(
+        self, disk: Path
+    ) -> tuple[tuple[qemu_img.SnapshotEntry, ...] | None, str | None]:
         try:
-            return qemu_img.read_snapshot_names(disk), None
+            return qemu_img.read_snapshots(disk), None
         except (OSError, qemu_img.NotQcow2):
             pass
         try:
-            return (await qemu_img.info(disk, timeout=10.0, fmt="qcow2")).snapshots, None
+            return (await qemu_img.info(disk, timeout=10.0, fmt="qcow2")).snapshot_states, None
         except (KetchError, ValueError, KeyError) as exc:
             return None, str(exc)
 
     async def observe(
         self, spec: InstanceSpec, idir: InstanceDir, *, probe_qmp: bool = True
     ) -> Observation:
-        pid, status, argv = self._pid(idir)
+        pid, status, argv, pid_file = self._pid(idir)
         qmp_status: str | None = None
         qmp_error: str | None = None
         if status is PidStatus.OURS and probe_qmp:
             qmp_status, qmp_error = await self._probe(idir)
         disk_exists = idir.disk.exists()
         tags, tag_error = await self._tags(idir.disk) if disk_exists else ((), None)
+        suspend = [t for t in tags or () if t.name == SUSPEND_TAG]
         return Observation(
             pid=pid,
             pid_status=status,
             qmp_status=qmp_status,
             qmp_error=qmp_error,
-            suspend_tag=None if tags is None else SUSPEND_TAG in tags,
+            suspend_tag=None if tags is None else any(t.vm_state_size > 0 for t in suspend),
             tag_error=tag_error,
             disk_exists=disk_exists,
             pid_cmdline=" ".join(argv)[:120] if argv and status is PidStatus.FOREIGN else None,
+            pid_file=pid_file,
+            suspend_tag_disk_only=bool(suspend) and all(t.vm_state_size == 0 for t in suspend),
         )
 
     async def _probe(self, idir: InstanceDir) -> tuple[str | None, str | None]:
@@ -109,7 +128,7 @@ class QemuDriver:
         await qemu.start(self._config(spec, idir, accel, resume), log=idir.qemu_log)
 
     async def powerdown(self, spec: InstanceSpec, idir: InstanceDir, *, timeout: float) -> bool:
-        pid, status, _ = self._pid(idir)
+        pid, status, _, _ = self._pid(idir)
         if status is not PidStatus.OURS or pid is None:
             return True
         async with self._lock(idir):
@@ -130,7 +149,7 @@ class QemuDriver:
         return True
 
     async def kill(self, spec: InstanceSpec, idir: InstanceDir) -> bool:
-        pid, status, _ = self._pid(idir)
+        pid, status, _, _ = self._pid(idir)
         ended = False
         if status is PidStatus.OURS and pid is not None:
             # Ask QEMU to quit first (clean qcow2 close), then signals.  Never wait
@@ -159,7 +178,7 @@ class QemuDriver:
     async def suspend(
         self, spec: InstanceSpec, idir: InstanceDir, *, reporter: Reporter, timeout: float
     ) -> None:
-        pid, status, _ = self._pid(idir)
+        pid, status, _, _ = self._pid(idir)
         if status is not PidStatus.OURS or pid is None:
             raise KetchError(f'instance "{spec.name}" is not running')
         async with self._lock(idir), qmp.connect(idir.qmp_socket) as mon:
@@ -206,7 +225,7 @@ class QemuDriver:
             await mon.execute("cont")
 
     async def settle(self, spec: InstanceSpec, idir: InstanceDir, *, timeout: float) -> None:
-        _, status, _ = self._pid(idir)
+        _, status, _, _ = self._pid(idir)
         if status is not PidStatus.OURS:
             return
         loop = asyncio.get_running_loop()
@@ -224,7 +243,7 @@ class QemuDriver:
                 await asyncio.sleep(0.1)
 
     async def delete_tag(self, spec: InstanceSpec, idir: InstanceDir, tag: str) -> None:
-        _, status, _ = self._pid(idir)
+        _, status, _, _ = self._pid(idir)
         if status is PidStatus.OURS:
             async with self._lock(idir), qmp.connect(idir.qmp_socket) as mon:
                 await mon.run_job(

@@ -15,6 +15,7 @@ from ketch.progress import Reporter
 from ketch.service import guestlink
 from ketch.service.context import Context
 from ketch.service.inspect import get, require
+from ketch.service.lifecycle import begin_quietly, finish_quietly, record_quietly
 
 
 async def delete(ctx: Context, name: str, reporter: Reporter, *, purge: bool) -> dict[str, Any]:
@@ -39,7 +40,7 @@ async def delete(ctx: Context, name: str, reporter: Reporter, *, purge: bool) ->
 async def _purge_one(ctx: Context, name: str, reporter: Reporter) -> None:
     spec = ctx.store.get(name).spec
     idir = ctx.root.instance(name)
-    entry = ctx.store.begin(name, "purge")
+    entry = begin_quietly(ctx, name, "purge", reporter)
     try:
         await ctx.driver.kill(spec, idir)
     except Exception as exc:  # purge must not fail on a process it cannot end
@@ -47,8 +48,13 @@ async def _purge_one(ctx: Context, name: str, reporter: Reporter) -> None:
     error = guestlink.remove_tree(idir.path)
     if error:
         reporter.warn(f"could not remove {idir.path}: {error}; remove it by hand")
-    ctx.store.remove(name)
-    ctx.store.finish(entry, "ok")
+    record_quietly(
+        reporter,
+        f"remove {name}'s record (its files are gone; 'ketch delete --purge {name}' "
+        "again once the database can be written)",
+        lambda: ctx.store.remove(name),
+    )
+    finish_quietly(ctx, entry, "ok")
     reporter.step(f"Purged {name}")
 
 

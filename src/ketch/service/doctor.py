@@ -98,7 +98,13 @@ async def examine(ctx: Context, v: View) -> list[Finding]:
         elif code in ("missing-suspend-tag", "exited-unexpectedly"):
             add(Finding(v.name, code, inc.message, "record the instance as stopped",
                         _intent(ctx, v.name, Intent.STOP)))  # fmt: skip
-        elif code == "stray-suspend-tag":
+        elif code == "pid-file-mismatch" and v.obs.pid is not None:
+            add(Finding(v.name, code, inc.message, "rewrite the pid file with the real pid",
+                        _write_pid(idir, v.obs.pid)))  # fmt: skip
+        elif code == "paused-io-error":
+            add(Finding(v.name, code, inc.message, "resume the guest once there is space again",
+                        _cont_if_space(ctx, spec, idir)))  # fmt: skip
+        elif code in ("stray-suspend-tag", "disk-only-suspend-tag"):
             add(Finding(v.name, code, inc.message, "remove the stale 'suspend' tag",
                         _drop_tag(ctx, spec, idir)))  # fmt: skip
         elif code == "interrupted-operation":
@@ -305,6 +311,16 @@ def _remove(*paths: Path) -> Repair:
     return repair
 
 
+def _write_pid(idir: InstanceDir, pid: int) -> Repair:
+    async def repair() -> str:
+        tmp = idir.pidfile.with_suffix(".tmp")
+        tmp.write_text(f"{pid}\n")
+        tmp.replace(idir.pidfile)
+        return f"the pid file names {pid} again"
+
+    return repair
+
+
 def _intent(ctx: Context, name: str, intent: Intent) -> Repair:
     async def repair() -> str:
         ctx.store.set_intent(name, intent)
@@ -340,6 +356,23 @@ def _cont(ctx: Context, spec: InstanceSpec, idir: InstanceDir) -> Repair:
         await ctx.driver.cont(spec, idir)
         ctx.store.set_intent(spec.name, Intent.RUN)
         return "resumed the guest"
+
+    return repair
+
+
+MIN_FREE = 64 * 1024 * 1024  # below this, a guest paused by ENOSPC would pause again
+
+
+def _cont_if_space(ctx: Context, spec: InstanceSpec, idir: InstanceDir) -> Repair:
+    resume = _cont(ctx, spec, idir)
+
+    async def repair() -> str:
+        import shutil
+
+        free = shutil.disk_usage(idir.path).free
+        if free < MIN_FREE:
+            raise KetchError(f"only {free // 2**20} MiB free in the storage root: free some first")
+        return await resume()
 
     return repair
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from ketch.host import ssh
 from ketch.layout import InstanceDir, Root
-from ketch.model import InstanceSpec, SshTarget
+from ketch.model import InstanceSpec, PidStatus, SshTarget
 from ketch.progress import Reporter
+from ketch.runtime.driver import Driver
 
 
 def client_public_key(root: Root) -> str:
@@ -36,8 +37,35 @@ def target(root: Root, spec: InstanceSpec) -> SshTarget:
     )
 
 
-async def wait_ready(root: Root, spec: InstanceSpec, *, timeout: float, reporter: Reporter) -> None:
-    await ssh.wait_ready(target(root, spec), timeout=timeout, reporter=reporter)
+async def wait_ready(
+    root: Root,
+    spec: InstanceSpec,
+    *,
+    timeout: float,
+    reporter: Reporter,
+    driver: Driver | None = None,
+) -> None:
+    """Wait for SSH and boot-finished; with ``driver``, stop early if QEMU dies or pauses."""
+
+    async def abort() -> str | None:
+        assert driver is not None
+        obs = await driver.observe(spec, root.instance(spec.name), probe_qmp=True)
+        if obs.pid_status is not PidStatus.OURS:
+            return "its QEMU is no longer running (see its qemu.log and serial.log)"
+        if obs.qmp_status in BLOCKED:
+            return f"QEMU reports the guest as '{obs.qmp_status}'"
+        return None
+
+    await ssh.wait_ready(
+        target(root, spec),
+        timeout=timeout,
+        reporter=reporter,
+        abort=abort if driver is not None else None,
+    )
+
+
+# QMP run states in which a guest cannot get ready by itself.
+BLOCKED = ("paused", "shutdown", "guest-panicked", "internal-error", "io-error", "suspended")
 
 
 def port_free(port: int) -> bool:

@@ -37,13 +37,14 @@ class View:
         return self.derived.state
 
 
-def interrupted(ctx: Context, name: str) -> str | None:
+def interrupted(ctx: Context, name: str, *, inside_op: bool = False) -> str | None:
     """The operation the journal shows unfinished on ``name`` that nobody runs now.
 
-    The daemon marks entries left by a previous daemon at start-up; entries of
-    live operations are not interrupted.
+    Entries of a live operation are not interrupted; but the caller that holds
+    the instance's lock (``inside_op``) sees every unfinished entry, since the
+    live operation is its own and journals only after looking.
     """
-    if name in ctx.active:
+    if name in ctx.active and not inside_op:
         return None
     ops = [e.op for e in ctx.store.unfinished() if e.instance == name]
     return ops[-1] if ops else None
@@ -64,7 +65,7 @@ async def view(ctx: Context, record: Record, *, inside_op: bool = False) -> View
         deleted=record.deleted,
         obs=obs,
         active_op=active,
-        interrupted_op=interrupted(ctx, name),
+        interrupted_op=interrupted(ctx, name, inside_op=inside_op),
         delayed_shutdown=record.shutdown_at is not None,
         quarantine=record.quarantine,
     )

@@ -117,7 +117,9 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> dict[s
     reporter.step("Waiting for the instance to be ready")
     timeout = req.timeout or ctx.boot_timeout
     try:
-        await guestlink.wait_ready(ctx.root, spec, timeout=timeout, reporter=reporter)
+        await guestlink.wait_ready(
+            ctx.root, spec, timeout=timeout, reporter=reporter, driver=ctx.driver
+        )
     except Timeout as exc:
         finish_quietly(ctx, entry, "timeout")
         raise Timeout(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ketch.errors import HostCommandError, KetchError, Timeout
@@ -22,12 +23,31 @@ from ketch.service.inspect import View, get, require
 RUNNING = {State.RUNNING, State.DELAYED_SHUTDOWN}
 
 
-def finish_quietly(ctx: Context, entry: int, outcome: str) -> None:
+def begin_quietly(ctx: Context, name: str, op: str, reporter: Reporter) -> int | None:
+    """Journal an operation that must not fail (force stop, purge) if the journal can."""
+    try:
+        return ctx.store.begin(name, op)
+    except KetchError as exc:
+        reporter.warn(f"{exc.message}; carrying on without journaling this {op}")
+        return None
+
+
+def record_quietly(reporter: Reporter, what: str, write: Callable[[], object]) -> None:
+    """A store write that must not make a force stop or purge fail: a warning instead."""
+    try:
+        write()
+    except KetchError as exc:
+        reporter.warn(f"could not {what}: {exc.message}")
+
+
+def finish_quietly(ctx: Context, entry: int | None, outcome: str) -> None:
     """Mark a failed operation's journal entry; never mask the failure itself.
 
     If even that write fails (a full disk), the entry stays open and the
     next daemon start recovers it.
     """
+    if entry is None:
+        return
     with contextlib.suppress(KetchError):
         ctx.store.finish(entry, outcome)
 
@@ -45,7 +65,7 @@ async def start(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
         return {"name": name, "resumed": False}
     spec, idir = v.record.spec, ctx.root.instance(name)
     if v.state is State.UNKNOWN:
-        if v.obs.qmp_status in ("paused", "suspended", "prelaunch", "postmigrate"):
+        if v.obs.qmp_status in ("paused", "suspended", "prelaunch", "postmigrate", "io-error"):
             reporter.step("Resuming paused vCPUs")
             await ctx.driver.cont(spec, idir)
             ctx.store.set_intent(name, Intent.RUN)
@@ -57,7 +77,7 @@ async def start(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
     entry = ctx.store.begin(name, "start")
     try:
         resume = v.state is State.SUSPENDED
-        if not resume and v.obs.suspend_tag:
+        if not resume and (v.obs.suspend_tag or v.obs.suspend_tag_disk_only):
             reporter.warn("removing a stale 'suspend' tag (it is never loaded)")
             await _drop_tag(ctx, v, reporter)
         await _free_port(ctx, v, reporter)
@@ -81,7 +101,9 @@ async def start(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
             except KetchError as exc:
                 reporter.warn(f"could not remove the 'suspend' tag after resuming: {exc.message}")
         reporter.step("Waiting for the instance to be ready")
-        await guestlink.wait_ready(ctx.root, spec, timeout=ctx.boot_timeout, reporter=reporter)
+        await guestlink.wait_ready(
+            ctx.root, spec, timeout=ctx.boot_timeout, reporter=reporter, driver=ctx.driver
+        )
     except Timeout:
         finish_quietly(ctx, entry, "timeout")
         raise
@@ -139,7 +161,7 @@ async def stop(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
     await ctx.driver.kill(spec, idir)  # removes the pid file and socket
     ctx.store.set_intent(name, Intent.STOP)
     after = await get(ctx, name)
-    if after.obs.suspend_tag:
+    if after.obs.suspend_tag or after.obs.suspend_tag_disk_only:
         await _drop_tag(ctx, after, reporter)
     ctx.store.finish(entry, "ok")
     return {"name": name}
@@ -149,8 +171,10 @@ async def force_stop(ctx: Context, name: str, reporter: Reporter) -> dict[str, A
     """End the instance from any state; never fails for anything but "not found"."""
     v = await get(ctx, name)
     spec, idir = v.record.spec, ctx.root.instance(name)
-    entry = ctx.store.begin(name, "force-stop")
-    ctx.store.set_shutdown_at(name, None)
+    entry = begin_quietly(ctx, name, "force-stop", reporter)
+    record_quietly(
+        reporter, "cancel a delayed shutdown", lambda: ctx.store.set_shutdown_at(name, None)
+    )
     try:
         if await ctx.driver.kill(spec, idir):
             reporter.step(f"Ended {name}'s QEMU")
@@ -167,7 +191,7 @@ async def force_stop(ctx: Context, name: str, reporter: Reporter) -> dict[str, A
         )
     if obs.suspend_tag is None:
         reporter.warn(f"could not read the disk's snapshot tags: {obs.tag_error}")
-    elif obs.suspend_tag:
+    elif obs.suspend_tag or obs.suspend_tag_disk_only:
         try:
             await ctx.driver.delete_tag(spec, idir, SUSPEND_TAG)
             reporter.step("Discarded the suspended state")
@@ -176,8 +200,12 @@ async def force_stop(ctx: Context, name: str, reporter: Reporter) -> dict[str, A
                 f"could not remove the 'suspend' tag ({exc.message}); it is never loaded "
                 "into a stopped instance"
             )
-    ctx.store.set_intent(name, Intent.STOP)
-    ctx.store.finish(entry, "ok")
+    record_quietly(
+        reporter,
+        "record the instance as stopped (it is: its QEMU has ended)",
+        lambda: ctx.store.set_intent(name, Intent.STOP),
+    )
+    finish_quietly(ctx, entry, "ok")
     return {"name": name}
 
 
