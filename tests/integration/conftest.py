@@ -56,3 +56,25 @@ def vm(ketch: Ketch) -> Iterator[str]:
         yield name
     finally:
         ketch.run("delete", "--purge", name, check=False)
+
+
+@pytest.fixture(scope="module")
+def small_root(tiny_image: ImageInfo) -> Iterator[Ketch]:
+    """A storage root on a 400 MiB tmpfs this fixture mounts, to fill it up."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    root = Path(tempfile.mkdtemp(prefix="ketch-full-", dir="/tmp"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400M", "tmpfs", str(root)], check=True)
+    k = Ketch(root)
+    try:
+        _seed_vault(root, tiny_image)  # a copy: hard links cannot cross filesystems
+        k.run("set", "local.accel=tcg")
+        yield k
+    finally:
+        (root / "filler").unlink(missing_ok=True)
+        k.teardown()
+        subprocess.run(["umount", "-l", str(root)], check=False)
+        shutil.rmtree(root, ignore_errors=True)

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -221,25 +220,6 @@ def _qmp(sock: Path, command: str) -> None:
 
 
 # -- on a small tmpfs: the full-disk cases ---------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def small_root(tiny_image: ImageInfo) -> Iterator[Ketch]:
-    """A storage root on a 400 MiB tmpfs this test mounts, to fill it up."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    root = Path(tempfile.mkdtemp(prefix="kchaos-full-", dir="/tmp"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400M", "tmpfs", str(root)], check=True)
-    k = Ketch(root)
-    try:
-        _seed_vault(root, tiny_image)  # a copy: hard links cannot cross filesystems
-        k.run("set", "local.accel=tcg")
-        yield k
-    finally:
-        (root / "filler").unlink(missing_ok=True)
-        k.teardown()
-        subprocess.run(["umount", "-l", str(root)], check=False)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _fill(k: Ketch, leave: int) -> Path:

@@ -8,18 +8,14 @@ import shutil
 import socket
 import sqlite3
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from conftest import _seed_vault, unique
+from conftest import unique
 from ketchcli import Ketch
 from qcow2_damage import corrupt_refcount, leak_cluster
 
 from ketch.host import qmp
-from ketch.model import ImageInfo
 
 pytestmark = pytest.mark.vm
 
@@ -165,24 +161,6 @@ def test_start_moves_off_a_port_another_program_took(ketch: Ketch, vm: str) -> N
         assert f"port {port} is taken" in done.stderr
         assert ketch.info(vm)["ssh"]["port"] != port
         assert ketch.exec(vm, "echo", "ok") == "ok\n"
-
-
-@pytest.fixture
-def small_root(tiny_image: ImageInfo) -> Iterator[Ketch]:
-    """A storage root on a 400 MiB tmpfs, to fill it up."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    root = Path(tempfile.mkdtemp(prefix="ketch-full-", dir="/tmp"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400M", "tmpfs", str(root)], check=True)
-    k = Ketch(root)
-    try:
-        _seed_vault(root, tiny_image)  # a copy: hard links cannot cross filesystems
-        k.run("set", "local.accel=tcg")
-        yield k
-    finally:
-        k.teardown()
-        subprocess.run(["umount", "-l", str(root)], check=False)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_disk_full_during_suspend_keeps_the_vm_running(small_root: Ketch) -> None:
