@@ -23,16 +23,16 @@ _NOUNS = (
 )  # fmt: skip
 
 
-def validate(name: str) -> str:
-    """Accept a hostname-shaped instance name or raise InvalidArgument."""
+def validate(name: str, what: str = "instance") -> str:
+    """Accept a hostname-shaped instance (or snapshot) name or raise InvalidArgument."""
     if "." in name:
         raise InvalidArgument(
-            f'invalid instance name "{name}": "." separates an instance from a snapshot',
+            f'invalid {what} name "{name}": "." separates an instance from a snapshot',
             hint="use letters, digits and hyphens",
         )
     if not _NAME.fullmatch(name):
         raise InvalidArgument(
-            f'invalid instance name "{name}": names follow hostname rules',
+            f'invalid {what} name "{name}": names follow hostname rules',
             hint="start with a letter, use only letters, digits and hyphens, "
             "do not end with a hyphen, at most 63 characters",
         )

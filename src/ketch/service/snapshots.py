@@ -18,7 +18,6 @@ crashed ketchd left half-done.
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Collection, Sequence
@@ -27,18 +26,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ketch.errors import AlreadyExists, InvalidArgument, KetchError
+from ketch.errors import AlreadyExists, KetchError
 from ketch.host import qemu_img
 from ketch.model import PidStatus, State
 from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG
 from ketch.service.context import Context
 from ketch.service.inspect import View, get, require
+from ketch.service.names import validate as validate_label
 from ketch.store.db import JournalEntry, SnapshotRecord
 
 TAG_PREFIX = "ketch-snap-"
 DEFAULT_PREFIX = "snapshot"
-_NAME = re.compile(r"[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 # -- pure parts ------------------------------------------------------------------------------
 
@@ -50,18 +49,7 @@ def new_tag() -> str:
 
 def validate_name(name: str) -> str:
     """Snapshot names follow the instance-name rules; a dot separates instance and snapshot."""
-    if "." in name:
-        raise InvalidArgument(
-            f'invalid snapshot name "{name}": "." separates an instance from a snapshot',
-            hint="use letters, digits and hyphens",
-        )
-    if not _NAME.fullmatch(name):
-        raise InvalidArgument(
-            f'invalid snapshot name "{name}"',
-            hint="start with a letter, use only letters, digits and hyphens, "
-            "do not end with a hyphen, at most 63 characters",
-        )
-    return name
+    return validate_label(name, what="snapshot")
 
 
 def default_name(taken: int, existing: Collection[str]) -> str:
