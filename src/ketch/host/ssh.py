@@ -441,7 +441,7 @@ async def run_in_guest(
     return done
 
 
-BANNER_TRY = 1.0  # seconds one banner probe may wait
+BANNER_TRY = 0.5  # seconds one banner probe may wait (a hung try costs this much)
 
 
 async def read_banner(host: str, port: int, *, timeout: float) -> str:
