@@ -41,7 +41,7 @@ def test_doctor_reports_without_changing_then_fixes(ketch: Ketch, vm: str) -> No
         subprocess.run(["qemu-img", "snapshot", "-c", "suspend", str(ketch.disk(vm))], check=True)
         rc, found = doctor(ketch, vm)
         assert rc == 2
-        assert {"foreign-pid", "stray-suspend-tag"} <= codes(found)
+        assert {"foreign-pid", "disk-only-suspend-tag"} <= codes(found)
         assert pidfile.exists() and "suspend" in ketch.tags(vm)  # nothing changed
         rc, found = doctor(ketch, "--fix", vm)
         assert rc == 0, found
