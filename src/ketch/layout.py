@@ -27,6 +27,7 @@ ACCEL_CACHE = "accel.json"  # in CACHE_DIR
 
 # Files in an instance directory (instances/<name>/).
 DISK = "disk.qcow2"
+EFI_VARS = "efivars.fd"  # UEFI instances only: their firmware's variables
 SEED_ISO = "cidata.iso"
 PIDFILE = "qemu.pid"
 QMP_SOCKET = "qmp.sock"
@@ -114,6 +115,10 @@ class InstanceDir(_Paths):
     @property
     def disk(self) -> Path:
         return self.path / DISK
+
+    @property
+    def efi_vars(self) -> Path:
+        return self.path / EFI_VARS
 
     @property
     def seed_iso(self) -> Path:

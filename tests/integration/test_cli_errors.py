@@ -25,6 +25,8 @@ def test_bad_names_and_sizes_are_refused_before_anything_happens(ketch: Ketch) -
         (("launch", "--name", "ok", "--memory", "16M"), "below the minimum"),
         (("launch", "--name", "ok", "--cpus", "0"), "invalid number of CPUs"),
         (("launch", "--name", "ok", "--cloud-init", "/nonexistent.yaml"), "cannot read"),
+        (("launch", "--name", "ok", "--firmware", "coreboot"), "invalid choice: 'coreboot'"),
+        (("launch", "tiny", "--name", "ok", "--firmware", "uefi"), "boots its kernel directly"),
     ):
         done = ketch.run(*args, check=False)
         assert done.returncode == 1, (args, done.stderr)

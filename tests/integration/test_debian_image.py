@@ -1,10 +1,11 @@
 """The debian-12 image: built offline with debootstrap, booted through SeaBIOS
-and GRUB, configured by the real cloud-init from ketch's merged user data.
+and GRUB, and through UEFI (OVMF) and GRUB, configured by the real cloud-init
+from ketch's merged user data.
 
 The image is built once into the test cache (``$KETCH_TEST_CACHE`` or
 ``~/.cache/ketch-test/images``) and rebuilt only when its packages or recipe
-change; the session's storage root gets hard links to it.  One instance for
-the module, launched through the real CLI.  Bounded waits only: no test
+change; the session's storage root gets hard links to it.  One instance per
+firmware for the module, launched through the real CLI.  Bounded waits only: no test
 asserts how fast anything is.
 """
 
@@ -94,6 +95,20 @@ def deb(
         "launch", "debian-12", "--name", name, "--disk", "4G",
         "--cloud-init", str(user_data), "--timeout", READY_TIMEOUT,
         timeout=float(READY_TIMEOUT) + 600,
+    )  # fmt: skip
+    try:
+        yield name
+    finally:
+        ketch.run("delete", "--purge", name, check=False)
+
+
+@pytest.fixture(scope="module")
+def deb_uefi(ketch: Ketch, deb: str) -> Iterator[str]:
+    """A debian-12 instance booted through UEFI, from the same image."""
+    name = unique("debefi")
+    ketch.run(
+        "launch", "debian-12", "--name", name, "--firmware", "uefi", "--memory", "768M",
+        "--timeout", READY_TIMEOUT, timeout=float(READY_TIMEOUT) + 600,
     )  # fmt: skip
     try:
         yield name
@@ -193,3 +208,79 @@ def test_second_build_is_a_cache_hit(debian_image: ImageInfo) -> None:
 def test_the_image_was_never_written(debian_image: ImageInfo) -> None:
     subprocess.run(["qemu-img", "check", "-U", debian_image.disk], check=True, capture_output=True)
     debian.verify_debian(Path(debian_image.disk).parent)
+
+
+# ---- UEFI --------------------------------------------------------------------
+
+
+def test_uefi_boot_goes_through_ovmf_and_grub(ketch: Ketch, deb_uefi: str) -> None:
+    idir = ketch.root / "instances" / deb_uefi
+    qemu_log = (idir / "qemu.log").read_text()
+    assert "pflash0=efi-code,pflash1=efivars" in qemu_log and "-kernel" not in qemu_log
+    assert (idir / "efivars.fd").is_file()
+    assert sh(ketch, deb_uefi, "test -d /sys/firmware/efi && echo efi").strip() == "efi"
+    assert sh(ketch, deb_uefi, "cat /proc/cmdline").startswith("BOOT_IMAGE=/vmlinuz ")
+    assert sh(ketch, deb_uefi, "cloud-init status").split() == ["status:", "done"]
+    assert sh(ketch, deb_uefi, "hostname").strip() == deb_uefi
+    assert sh(ketch, deb_uefi, "findmnt -no SOURCE /").strip() == "/dev/vda1"
+
+
+def test_bios_instance_has_no_efi(ketch: Ketch, deb: str) -> None:
+    assert not (ketch.root / "instances" / deb / "efivars.fd").exists()
+    assert sh(ketch, deb, "test -d /sys/firmware/efi && echo efi || echo bios").strip() == "bios"
+
+
+def test_uefi_suspend_resume_keeps_the_boot_and_the_variables(ketch: Ketch, deb_uefi: str) -> None:
+    idir = ketch.root / "instances" / deb_uefi
+    efivars = idir / "efivars.fd"
+    boot_id = ketch.boot_id(deb_uefi)
+    # A variable the guest writes (a boot entry would do the same) must survive.
+    sh(ketch, deb_uefi, "sudo mount -t efivarfs efivarfs /sys/firmware/efi/efivars || true")
+    guid = "8be4df61-93ca-11d2-aa0d-00e098032b8c"  # EFI_GLOBAL_VARIABLE: readable as is
+    before = sh(ketch, deb_uefi, f"sudo od -An -tx1 /sys/firmware/efi/efivars/BootOrder-{guid}")
+    ketch.run("suspend", deb_uefi)
+    assert ketch.state(deb_uefi) == "Suspended"
+    ketch.run("start", deb_uefi, timeout=float(READY_TIMEOUT))
+    assert ketch.state(deb_uefi) == "Running"
+    assert ketch.boot_id(deb_uefi) == boot_id
+    started = [line for line in (idir / "qemu.log").read_text().splitlines() if line[:2] == "$ "]
+    assert "-S" in started[-1].split() and "-loadvm" not in started[-1]  # loaded over QMP
+
+    # Suspended, and the variable store lost: the resumed guest has its
+    # variables back (they are part of the saved state) and so does the store.
+    ketch.run("suspend", deb_uefi)
+    efivars.unlink()
+    ketch.run("start", deb_uefi, timeout=float(READY_TIMEOUT))
+    assert ketch.boot_id(deb_uefi) == boot_id
+    after = sh(ketch, deb_uefi, f"sudo od -An -tx1 /sys/firmware/efi/efivars/BootOrder-{guid}")
+    assert after == before
+    fresh = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+    assert efivars.read_bytes() != fresh.read_bytes()  # written back from the saved state
+
+    # Stopped, its variable store damaged: doctor moves it aside, start makes a
+    # fresh one and boots.
+    ketch.run("stop", deb_uefi)
+    assert ketch.state(deb_uefi) == "Stopped"
+    with efivars.open("ab") as f:
+        f.write(b"garbage!")  # no longer the firmware's size: QEMU would refuse it
+    done = ketch.run("doctor", deb_uefi, "--format", "json", check=False)
+    assert done.returncode == 2 and "efivars-damaged" in done.stdout
+    ketch.run("doctor", "--fix", deb_uefi)
+    assert not efivars.exists()
+    assert list(idir.glob("efivars.fd.damaged-*"))  # kept, never deleted
+    ketch.run("start", deb_uefi, timeout=float(READY_TIMEOUT) + 600)
+    assert ketch.boot_id(deb_uefi) != boot_id
+    assert efivars.is_file()
+    assert sh(ketch, deb_uefi, "test -d /sys/firmware/efi && echo efi").strip() == "efi"
+
+
+def test_clone_of_a_uefi_instance_copies_its_variables(ketch: Ketch, deb_uefi: str) -> None:
+    ketch.run("stop", deb_uefi)
+    clone = unique("debefi-clone")
+    ketch.run("clone", deb_uefi, "--name", clone)
+    try:
+        copied = ketch.root / "instances" / clone / "efivars.fd"
+        source = ketch.root / "instances" / deb_uefi / "efivars.fd"
+        assert copied.read_bytes() == source.read_bytes()
+    finally:
+        ketch.run("delete", "--purge", clone, check=False)

@@ -20,6 +20,7 @@ import yaml
 
 from ketch.cli import main as cli
 from ketch.errors import ImageError, InvalidArgument, NotFound
+from ketch.host import partitions
 from ketch.images import debian
 from ketch.images.debian import AptSource
 from ketch.images.resolve import resolve
@@ -199,39 +200,31 @@ def _boot_img() -> bytes:
     return bytes(img)
 
 
-def test_chs() -> None:
-    assert debian.chs(0) == bytes([0, 1, 0])
-    assert debian.chs(2048) == bytes([32, 33, 0])  # cylinder 0, head 32, sector 33
-    assert debian.chs(255 * 63 * 300) == bytes([0, 1 | ((300 >> 2) & 0xC0), 300 & 0xFF])
-    assert debian.chs(4194303) == bytes([21, 16 | 0x40, 5])  # cylinder 261: its bit 8 in byte 2
-    assert debian.chs(1024 * 255 * 63) == bytes([254, 0xFF, 0xFF])  # past cylinder 1023
-
-
-def test_mbr_is_grub_boot_code_and_one_active_linux_partition() -> None:
+def test_boot_code_is_grub_told_where_core_img_lies() -> None:
     boot = _boot_img()
-    total = debian.DISK_SIZE // 512
-    sector = debian.mbr(boot, total_sectors=total)
-    assert len(sector) == 512 and sector[510:] == b"\x55\xaa"
-    assert struct.unpack_from("<Q", sector, 0x5C) == (1,)  # core.img at sector 1
-    assert sector[0x64] == 0xFF
-    assert sector[0x66:0x68] == b"\x90\x90"
+    code = debian.boot_code(boot)
+    assert len(code) == 440
+    assert struct.unpack_from("<Q", code, 0x5C) == (2048,)  # the BIOS boot partition
+    assert code[0x64] == 0xFF
+    assert code[0x66:0x68] == b"\x90\x90"
     untouched = [i for i in range(440) if not 0x5C <= i < 0x68]
-    assert all(sector[i] == boot[i] for i in untouched)
-    assert struct.unpack_from("<I", sector, 440) == (debian.DISK_SIGNATURE,)
-    entry = sector[446:462]
-    assert entry[0] == 0x80 and entry[4] == 0x83
-    assert entry[1:4] == debian.chs(2048) and entry[5:8] == debian.chs(total - 1)
-    assert struct.unpack_from("<II", entry, 8) == (2048, total - 2048)
-    assert sector[462:510] == bytes(48)  # the other three entries are empty
-
-
-def test_mbr_refuses_bad_input() -> None:
+    assert all(code[i] == boot[i] for i in untouched)
     with pytest.raises(ImageError, match="boot sector"):
-        debian.mbr(b"\0" * 512, total_sectors=4096)
-    with pytest.raises(ImageError, match="partition"):
-        debian.mbr(_boot_img(), total_sectors=1024)
-    with pytest.raises(ImageError, match="too large"):
-        debian.mbr(_boot_img(), total_sectors=(1 << 32) + 4096)
+        debian.boot_code(b"\0" * 512)
+
+
+def test_layout_is_debians_bios_boot_esp_and_root_to_the_end() -> None:
+    by_number = {p.number: p for p in debian.LAYOUT}
+    assert by_number[14].type == str(partitions.BIOS_BOOT) and by_number[14].start == 2048
+    assert by_number[15].type == str(partitions.ESP) and by_number[15].start == 8192
+    root = by_number[1]
+    assert root.start == by_number[15].start + by_number[15].sectors
+    assert root.start + root.sectors == debian.TOTAL_SECTORS - 33  # up to the backup table
+    # The whole table is valid: gpt() checks overlaps and bounds.
+    head, _ = partitions.gpt(debian.TOTAL_SECTORS, debian.LAYOUT, disk_guid=debian.DISK_GUID)
+    disk = partitions.protective_mbr(debian.TOTAL_SECTORS, boot_code=b"\xeb") + head
+    table = partitions.parse_table(disk)
+    assert partitions.firmware_support(table) == {"bios", "uefi"}
 
 
 def _core_img(sectors: float) -> bytes:
@@ -244,11 +237,12 @@ def test_patch_core_points_the_blocklist_at_the_rest() -> None:
     core = _core_img(310.5)
     patched = debian.patch_core(core)
     assert len(patched) == len(core) and patched[:500] == core[:500]
-    assert struct.unpack_from("<QHH", patched, 500) == (2, 310, 0x820)
+    assert struct.unpack_from("<QHH", patched, 500) == (2049, 310, 0x820)
+    assert struct.unpack_from("<QHH", debian.patch_core(core, core_sector=1), 500)[0] == 2
     with pytest.raises(ImageError, match="diskboot"):
         debian.patch_core(bytes(2048))
-    assert debian.core_fits(_core_img(2047))
-    assert not debian.core_fits(_core_img(2047.5))
+    assert debian.core_fits(_core_img(6144))
+    assert not debian.core_fits(_core_img(6144.5))
 
 
 # ---- command lines -------------------------------------------------------
@@ -283,10 +277,19 @@ def test_mkfs_argv_writes_the_partition_at_its_offset() -> None:
     argv = debian.mkfs_argv(Path("/b/root"), Path("/b/disk.raw"))
     assert argv[0] == "mkfs.ext4"
     assert argv[argv.index("-L") + 1] == "cloudimg-rootfs"
-    assert argv[argv.index("-E") + 1] == "offset=1048576"
+    assert argv[argv.index("-E") + 1] == "offset=134217728"  # 128 MiB
     assert argv[argv.index("-d") + 1] == "/b/root"
     assert "^metadata_csum_seed" in argv[argv.index("-O") + 1]
-    assert argv[-2:] == ["/b/disk.raw", str((2 * 1024**3 - 1024**2) // 4096)]
+    # Whole blocks only, ending before the backup partition table.
+    blocks = (2 * 1024**3 - 128 * 1024**2 - 33 * 512) // 4096
+    assert argv[-2:] == ["/b/disk.raw", str(blocks)]
+
+
+def test_esp_argvs_make_a_fat_filesystem_with_the_removable_media_loader() -> None:
+    mkfs, mmd, mcopy = debian.esp_argvs(Path("/b/esp.fat"), Path("/b/core.efi"))
+    assert mkfs[:2] == ["mkfs.fat", "-C"] and mkfs[-2:] == ["/b/esp.fat", str(253952 // 2)]
+    assert mmd == ["mmd", "-i", "/b/esp.fat", "::/EFI", "::/EFI/BOOT"]
+    assert mcopy == ["mcopy", "-i", "/b/esp.fat", "/b/core.efi", "::/EFI/BOOT/BOOTX64.EFI"]
 
 
 def test_convert_argv() -> None:
@@ -346,7 +349,8 @@ def test_root_is_found_by_label_everywhere() -> None:
     assert files["etc/fstab"].split()[:3] == ["LABEL=cloudimg-rootfs", "/", "ext4"]
     assert f"linux /vmlinuz {debian.CMDLINE}" in files["boot/grub/grub.cfg"]
     assert "root=LABEL=cloudimg-rootfs" in debian.CMDLINE
-    assert debian.GRUB_PREFIX == "(hd0,msdos1)/boot/grub"
+    assert f"--label {debian.ROOT_LABEL}" in files[debian.GRUB_EARLY]
+    assert "part_gpt" in debian.GRUB_BIOS_MODULES and "fat" in debian.GRUB_EFI_MODULES
     modules = {rel: text for rel, _, text in debian.PRE_INSTALL_FILES}
     assert "virtio_blk" in modules["usr/share/initramfs-tools/modules.d/ketch-virtio.conf"]
 
@@ -355,6 +359,7 @@ def test_packages_cover_what_a_cloud_image_needs() -> None:
     for pkg in (
         "linux-image-cloud-amd64", "systemd", "openssh-server", "cloud-init",
         "cloud-guest-utils", "qemu-guest-agent", "sudo", "initramfs-tools", "grub-pc-bin",
+        "grub-efi-amd64-bin",
     ):  # fmt: skip
         assert pkg in debian.PACKAGES
 

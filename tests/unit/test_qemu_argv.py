@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 
 from ketch.host import procs
-from ketch.host.qemu import DISK_NODE, OVMF_CODE, QEMU_SYSTEM, QemuConfig, argv_matches, build_argv
+from ketch.host.qemu import (
+    DISK_NODE,
+    QEMU_SYSTEM,
+    QemuConfig,
+    argv_matches,
+    build_argv,
+)
 from ketch.model import BootSpec
 
 DIR = Path("/st/instances/vm1")
@@ -70,13 +76,37 @@ def test_direct_kernel_boot_without_initrd_or_cmdline() -> None:
     assert "-initrd" not in argv and "-append" not in argv
 
 
-def test_uefi_firmware_boot() -> None:
-    argv = build_argv(replace(CFG, boot=BootSpec(firmware="uefi")))
-    assert "-kernel" not in argv
-    drive = value(argv, "-drive")
-    assert drive.startswith("if=pflash,")
-    assert "readonly=on" in drive.split(",")
-    assert f"file={OVMF_CODE}" in drive
+UEFI = replace(
+    CFG,
+    boot=BootSpec(firmware="uefi"),
+    efi_code=Path("/usr/share/OVMF/OVMF_CODE_4M.fd"),
+    efi_vars=DIR / "efivars.fd",
+)
+
+
+def test_uefi_firmware_boot_is_read_only_code_and_the_instances_variables() -> None:
+    argv = build_argv(UEFI)
+    assert "-kernel" not in argv and "-drive" not in argv
+    assert value(argv, "-machine") == "q35,pflash0=efi-code,pflash1=efivars"
+    blockdevs = [b.split(",") for b in values(argv, "-blockdev")]
+    code_file = next(b for b in blockdevs if "node-name=efi-code-file" in b)
+    assert "filename=/usr/share/OVMF/OVMF_CODE_4M.fd" in code_file and "read-only=on" in code_file
+    code = next(b for b in blockdevs if "node-name=efi-code" in b)
+    assert "driver=raw" in code and "read-only=on" in code
+    vars_file = next(b for b in blockdevs if "node-name=efivars-file" in b)
+    assert f"filename={DIR / 'efivars.fd'}" in vars_file and "read-only=on" not in vars_file
+    assert ["driver=raw", "file=efivars-file", "node-name=efivars"] in blockdevs
+
+
+def test_uefi_without_its_files_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="UEFI"):
+        build_argv(replace(UEFI, efi_vars=None))
+
+
+def test_paused_start_waits_for_cont() -> None:
+    assert "-S" not in build_argv(UEFI)
+    argv = build_argv(replace(UEFI, paused=True))
+    assert argv[-1] == "-S" and "-loadvm" not in argv
 
 
 def test_bios_firmware_boot_adds_nothing() -> None:
@@ -85,9 +115,10 @@ def test_bios_firmware_boot_adds_nothing() -> None:
 
 
 def test_kernel_wins_over_firmware() -> None:
-    argv = build_argv(replace(CFG, boot=BootSpec(kernel="/k", firmware="uefi")))
+    argv = build_argv(replace(UEFI, boot=BootSpec(kernel="/k", firmware="uefi")))
     assert value(argv, "-kernel") == "/k"
-    assert "-drive" not in argv
+    assert value(argv, "-machine") == "q35"
+    assert not any("efi" in a for a in argv)
 
 
 def test_loadvm_only_when_resuming() -> None:
@@ -134,7 +165,7 @@ def test_disk_has_a_boot_index_only_for_firmware_boot() -> None:
     direct = values(build_argv(CFG), "-device")
     assert f"virtio-blk-pci,drive={DISK_NODE}" in direct
     assert not any("bootindex" in d for d in direct)
-    firmware = values(build_argv(replace(CFG, boot=BootSpec(firmware="uefi"))), "-device")
+    firmware = values(build_argv(UEFI), "-device")
     assert f"virtio-blk-pci,drive={DISK_NODE},bootindex=0" in firmware
 
 

@@ -113,6 +113,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         "memory": args.memory,
         "disk": args.disk,
         "timeout": args.timeout,
+        "firmware": args.firmware,
     }
     if args.cloud_init:
         body["cloud_init"] = _read_text(args.cloud_init, "cloud-init")
@@ -514,6 +515,11 @@ def build_parser(only: str | None = None) -> Parser:
     sp.add_argument("-d", "--disk", help="disk size, e.g. 5G (default 5G)")
     sp.add_argument("--cloud-init", metavar="FILE", help="#cloud-config user data, or - for stdin")
     sp.add_argument("--timeout", type=float, help="seconds to wait for the instance to be ready")
+    sp.add_argument(
+        "--firmware",
+        choices=("bios", "uefi"),
+        help="boot the image through SeaBIOS or UEFI (OVMF); default: what the image needs",
+    )
 
     sp = cmd("list", cmd_list, "ls")
     fmt(sp)

@@ -17,8 +17,9 @@ from ketch.host.run import run
 from ketch.model import BootSpec
 
 QEMU_SYSTEM = "qemu-system-x86_64"
-OVMF_CODE = "/usr/share/OVMF/OVMF_CODE.fd"
 DISK_NODE = "disk0"  # node name of the instance disk; the snapshot jobs name it
+EFI_CODE_NODE = "efi-code"  # UEFI firmware code, read-only (pflash0)
+EFI_VARS_NODE = "efivars"  # the instance's UEFI variables, raw (pflash1)
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,15 @@ class QemuConfig:
     serial_log: Path
     ssh_port: int
     mac: str
-    loadvm: str | None = None  # internal snapshot tag to resume from
+    loadvm: str | None = None  # internal snapshot tag to resume from (-loadvm)
+    efi_code: Path | None = None  # UEFI boot: the firmware, attached read-only
+    efi_vars: Path | None = None  # UEFI boot: this instance's variables (raw)
+    paused: bool = False  # -S: vCPUs wait for "cont" (a snapshot is loaded over QMP first)
+
+
+def uses_uefi(boot: BootSpec) -> bool:
+    """Does this boot go through OVMF (firmware boot, ``uefi``)?"""
+    return not boot.kernel and boot.firmware == "uefi"
 
 
 def opt(path: Path | str) -> str:
@@ -51,11 +60,18 @@ def build_argv(cfg: QemuConfig, *, binary: str = QEMU_SYSTEM) -> list[str]:
     disk_device = f"virtio-blk-pci,drive={DISK_NODE}"
     if not cfg.boot.kernel:
         disk_device += ",bootindex=0"
+    machine = "q35"
+    efi: tuple[Path, Path] | None = None
+    if uses_uefi(cfg.boot):
+        if cfg.efi_code is None or cfg.efi_vars is None:
+            raise ValueError("UEFI boot needs the firmware and a variable store")
+        efi = (cfg.efi_code, cfg.efi_vars)
+        machine += f",pflash0={EFI_CODE_NODE},pflash1={EFI_VARS_NODE}"
     # fmt: off
     argv = [
         binary,
         "-name", f"ketch-{cfg.name},debug-threads=on",
-        "-machine", "q35",
+        "-machine", machine,
         "-accel", cfg.accel,
         "-cpu", "host" if cfg.accel == "kvm" else "max",
         "-smp", str(cfg.cpus),
@@ -91,10 +107,22 @@ def build_argv(cfg: QemuConfig, *, binary: str = QEMU_SYSTEM) -> list[str]:
             argv += ["-initrd", cfg.boot.initrd]
         if cfg.boot.cmdline:
             argv += ["-append", cfg.boot.cmdline]
-    elif cfg.boot.firmware == "uefi":
-        argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={opt(OVMF_CODE)}"]
+    elif efi is not None:
+        code, variables = efi
+        # fmt: off
+        argv += [
+            "-blockdev",
+            f"driver=file,filename={opt(code)},node-name={EFI_CODE_NODE}-file,read-only=on",
+            "-blockdev",
+            f"driver=raw,file={EFI_CODE_NODE}-file,node-name={EFI_CODE_NODE},read-only=on",
+            "-blockdev", f"driver=file,filename={opt(variables)},node-name={EFI_VARS_NODE}-file",
+            "-blockdev", f"driver=raw,file={EFI_VARS_NODE}-file,node-name={EFI_VARS_NODE}",
+        ]
+        # fmt: on
     if cfg.loadvm:
         argv += ["-loadvm", cfg.loadvm]
+    if cfg.paused:
+        argv.append("-S")
     return argv
 
 

@@ -8,7 +8,7 @@ host's apt already uses:
 2. in a chroot, ``apt-get install --no-install-recommends`` of :data:`PACKAGES`
    at the versions the key was made from: systemd, openssh-server, cloud-init
    (NoCloud), cloud-guest-utils (``growpart``), the cloud kernel, the QEMU
-   guest agent, sudo and GRUB's BIOS modules.  The initramfs (initramfs-tools,
+   guest agent, sudo and GRUB's BIOS and UEFI modules.  The initramfs (initramfs-tools,
    ``MODULES=most``) is told to carry the virtio block drivers, which the
    cloud kernel has as modules;
 3. ketch's configuration (:data:`CONFIG_FILES`): cloud-init's default user is
@@ -17,12 +17,19 @@ host's apt already uses:
    locale is C.UTF-8 (nothing to generate at first boot); the root filesystem
    is mounted by its label ``cloudimg-rootfs``; SSH host keys, the machine id
    and apt's lists are removed so each instance gets its own;
-4. the disk, without mounting anything or using a loop device: an MBR
-   partition table with one partition from 1 MiB to the end of a 2 GiB disk,
-   an ext4 filesystem made from the tree with ``mkfs.ext4 -d`` at that
-   offset, GRUB's ``boot.img`` in the MBR and its ``core.img`` (made by
-   ``grub-mkimage`` in the chroot) in the gap after it -- what
-   ``grub-install`` would write (:func:`mbr`, :func:`patch_core`);
+4. the disk, without mounting anything or using a loop device, laid out as
+   Debian's own cloud images are, so that it boots through SeaBIOS and
+   through UEFI (OVMF) alike: a GUID partition table (:data:`LAYOUT`,
+   written by :mod:`ketch.host.partitions`) with a BIOS boot partition
+   (14), an EFI system partition (15) and the root partition (1) to the end
+   of a 2 GiB disk.  The root is an ext4 filesystem made from the tree with
+   ``mkfs.ext4 -d`` at its offset.  For BIOS, GRUB's ``boot.img`` goes into
+   the protective MBR and its ``core.img`` into the BIOS boot partition --
+   what ``grub-install`` would write (:func:`boot_code`, :func:`patch_core`);
+   for UEFI, GRUB's EFI image is the removable-media bootloader
+   ``EFI/BOOT/BOOTX64.EFI`` of a FAT filesystem (``mkfs.fat``, ``mcopy``),
+   so firmware with empty variables finds it.  Both GRUB images find the
+   root partition by its label and read the same ``grub.cfg``;
 5. ``qemu-img convert -c`` into a compressed qcow2 (zstd when QEMU has it).
 
 Each chroot step runs in fresh mount and PID namespaces (``unshare``), so the
@@ -32,14 +39,15 @@ script leaves behind, end with the step, however the build ends.
 The result is ``images_dir/debian-12/<key>/`` with ``disk.qcow2`` and
 ``manifest.json`` (every installed package and version, the disk's sha256),
 renamed into place once complete, under a lock.  There is no kernel beside
-the disk: ketch boots it through SeaBIOS.  The key hashes the Debian sources
-apt uses (mirror, suite, component), the candidate versions of
-:data:`PACKAGES` and this module (the recipe), so the image is rebuilt only
-when one of them changes, or when asked (``force``).
+the disk: ketch boots it through SeaBIOS, or OVMF with ``--firmware uefi``.
+The key hashes the Debian sources apt uses (mirror, suite, component), the
+candidate versions of :data:`PACKAGES` and this module (the recipe), so the
+image is rebuilt only when one of them changes, or when asked (``force``).
 
 Host needs: root (debootstrap, chroot, namespaces), ``debootstrap``,
 ``setpriv``, ``unshare`` and ``chroot`` (util-linux, coreutils), ``apt-cache`` and
-``dpkg-query``, ``mkfs.ext4`` (e2fsprogs), ``qemu-img`` (qemu-utils).
+``dpkg-query``, ``mkfs.ext4`` (e2fsprogs), ``mkfs.fat`` (dosfstools), ``mmd``
+and ``mcopy`` (mtools), ``qemu-img`` (qemu-utils).
 """
 
 from __future__ import annotations
@@ -59,12 +67,15 @@ import struct
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ketch.errors import HostCommandError, ImageError, KetchError, Timeout
+from ketch.host import partitions
+from ketch.host.partitions import Partition
 from ketch.host.run import Completed, run
 from ketch.images.tiny import parse_policy
 from ketch.model import BootSpec, ImageInfo
@@ -83,11 +94,24 @@ FIRMWARE = "bios"
 
 SECTOR = 512
 DISK_SIZE = 2 * 1024**3
-PART_START = 2048  # sectors: the partition starts at 1 MiB; GRUB's core.img lives before it
+TOTAL_SECTORS = DISK_SIZE // SECTOR
 BLOCK_SIZE = 4096
 ROOT_LABEL = "cloudimg-rootfs"
-# Disk signature written into the MBR ("KETC"); the partition's PARTUUID is <sig>-01.
+ESP_LABEL = "UEFI"
+# Disk signature in the protective MBR ("KETC"), and the GPT's disk GUID.
 DISK_SIGNATURE = 0x4B455443
+DISK_GUID = uuid.uuid5(uuid.NAMESPACE_OID, "ketch-debian-12-disk")
+# Debian's cloud image layout: partition numbers 14 and 15 keep the root at 1.
+BIOS_BOOT = Partition(14, str(partitions.BIOS_BOOT), 2048, 6144, "bios-boot")
+ESP = Partition(15, str(partitions.ESP), 8192, 253952, "esp")
+ROOT = Partition(
+    1,
+    str(partitions.LINUX_FS),
+    262144,
+    TOTAL_SECTORS - partitions.HEAD_SECTORS - 262144 + 1,
+    "root",
+)
+LAYOUT = (ROOT, BIOS_BOOT, ESP)
 CMDLINE = f"root=LABEL={ROOT_LABEL} ro console=ttyS0,115200n8"
 
 KERNEL_META = "linux-image-cloud-amd64"
@@ -110,19 +134,30 @@ PACKAGES = (
     "iproute2",
     "netbase",
     "grub-pc-bin",
+    "grub-efi-amd64-bin",
 )
 
-# GRUB's core image: what it needs to read grub.cfg from the ext4 root
-# partition of the first BIOS disk, boot Linux and talk on the serial port.
-GRUB_PREFIX = "(hd0,msdos1)/boot/grub"
+# GRUB's core images, BIOS and UEFI: what they need to find the ext4 root
+# partition by its label (GRUB_EARLY_CFG, built in), read grub.cfg there,
+# boot Linux and talk on the serial port.
 GRUB_MODULES = (
-    "biosdisk", "part_msdos", "ext2", "normal", "linux", "configfile", "echo",
-    "test", "search", "serial", "terminal", "gzio",
+    "part_gpt", "part_msdos", "ext2", "normal", "linux", "configfile", "echo",
+    "test", "search", "search_label", "serial", "terminal", "gzio",
 )  # fmt: skip
+GRUB_BIOS_MODULES = ("biosdisk", *GRUB_MODULES)
+GRUB_EFI_MODULES = ("fat", "efi_gop", *GRUB_MODULES)
 GRUB_LIB = "usr/lib/grub/i386-pc"
+GRUB_EFI_LIB = "usr/lib/grub/x86_64-efi"
 GRUB_DIR = "boot/grub"
+GRUB_EARLY = "boot/grub/early.cfg"
 CORE_IMG = "boot/grub/i386-pc/core.img"
 BOOT_IMG = "boot/grub/i386-pc/boot.img"
+CORE_EFI = "boot/grub/x86_64-efi/core.efi"
+EFI_LOADER = "/EFI/BOOT/BOOTX64.EFI"  # the removable-media path: no boot entry needed
+GRUB_EARLY_CFG = f"""\
+search --no-floppy --label {ROOT_LABEL} --set=root
+set prefix=($root)/boot/grub
+"""
 # Offsets in GRUB's boot.img and diskboot.img (grub/include/grub/i386/pc/boot.h).
 BOOT_KERNEL_SECTOR = 0x5C  # u64: where core.img starts
 BOOT_DRIVE = 0x64  # u8: 0xff = the drive the BIOS booted from
@@ -196,6 +231,7 @@ CONFIG_FILES: tuple[tuple[str, int, str], ...] = (
     ("etc/hosts", 0o644, HOSTS),
     ("etc/default/locale", 0o644, "LANG=C.UTF-8\n"),
     ("boot/grub/grub.cfg", 0o644, GRUB_CFG),
+    (GRUB_EARLY, 0o644, GRUB_EARLY_CFG),
 )
 
 INSTALL_SCRIPT = """\
@@ -211,9 +247,13 @@ systemctl enable systemd-networkd.service systemd-resolved.service
 # No first-boot wizard on the serial console; no LVM scrubbing.
 systemctl mask systemd-firstboot.service
 systemctl disable e2scrub_reap.service e2scrub_all.timer
-mkdir -p /boot/grub/i386-pc
+mkdir -p /boot/grub/i386-pc /boot/grub/x86_64-efi
 cp /{GRUB_LIB}/*.mod /{GRUB_LIB}/*.lst /{GRUB_LIB}/boot.img /boot/grub/i386-pc/
-grub-mkimage -O i386-pc -o /{CORE_IMG} -p '{GRUB_PREFIX}' {" ".join(GRUB_MODULES)}
+cp /{GRUB_EFI_LIB}/*.mod /{GRUB_EFI_LIB}/*.lst /boot/grub/x86_64-efi/
+grub-mkimage -O i386-pc -o /{CORE_IMG} -c /{GRUB_EARLY} -p /boot/grub \
+  {" ".join(GRUB_BIOS_MODULES)}
+grub-mkimage -O x86_64-efi -o /{CORE_EFI} -c /{GRUB_EARLY} -p /boot/grub \
+  {" ".join(GRUB_EFI_MODULES)}
 apt-get clean
 rm -rf /var/lib/apt/lists/* /var/lib/cloud /var/cache/debconf/*-old /var/lib/dpkg/*-old
 rm -f /etc/ssh/ssh_host_* /var/lib/dbus/machine-id /usr/sbin/policy-rc.d
@@ -240,6 +280,9 @@ _TOOL_HINTS = {
     "setpriv": "install util-linux",
     "unshare": "install util-linux",
     "mkfs.ext4": "install e2fsprogs",
+    "mkfs.fat": "install dosfstools",
+    "mmd": "install mtools",
+    "mcopy": "install mtools",
     "qemu-img": "install qemu-utils",
 }
 
@@ -471,56 +514,23 @@ def _sha256(path: Path) -> str:
 # ---- pure parts: the boot sectors ----------------------------------------
 
 
-def chs(lba: int) -> bytes:
-    """The 3-byte CHS address of ``lba`` (255 heads, 63 sectors; 1023/254/63 past the end)."""
-    cylinder, rest = divmod(lba, 255 * 63)
-    head, sector = divmod(rest, 63)
-    sector += 1
-    if cylinder > 1023:
-        cylinder, head, sector = 1023, 254, 63
-    return bytes([head, (sector & 0x3F) | ((cylinder >> 2) & 0xC0), cylinder & 0xFF])
-
-
-def mbr(
-    boot_img: bytes,
-    *,
-    total_sectors: int,
-    start: int = PART_START,
-    core_sector: int = 1,
-    signature: int = DISK_SIGNATURE,
-) -> bytes:
-    """The first sector: GRUB's ``boot.img`` code and one active Linux partition.
+def boot_code(boot_img: bytes, *, core_sector: int = BIOS_BOOT.start) -> bytes:
+    """GRUB's ``boot.img`` code for the protective MBR (its first 440 bytes).
 
     As ``grub-bios-setup`` does for a hard disk: the code is told where
-    ``core.img`` starts and to trust the BIOS's boot drive (0xff), its floppy
-    workaround is turned off, and the partition table is ours.
+    ``core.img`` starts and to trust the BIOS's boot drive (0xff), and its
+    floppy workaround is turned off.
     """
     if len(boot_img) != SECTOR or boot_img[510:512] != b"\x55\xaa":
         raise ImageError("GRUB's boot.img is not a 512-byte boot sector")
-    if not 0 < core_sector < start < total_sectors:
-        raise ImageError("the partition must start after GRUB's core image and end on the disk")
-    out = bytearray(SECTOR)
-    out[:440] = boot_img[:440]
+    out = bytearray(boot_img[: partitions.BOOT_CODE])
     struct.pack_into("<Q", out, BOOT_KERNEL_SECTOR, core_sector)
     out[BOOT_DRIVE] = 0xFF
     out[BOOT_DRIVE_CHECK : BOOT_DRIVE_CHECK + 2] = b"\x90\x90"
-    struct.pack_into("<IH", out, 440, signature, 0)
-    count = total_sectors - start
-    if count >= 1 << 32:
-        raise ImageError("the disk is too large for an MBR partition table")
-    entry = (
-        bytes([0x80])  # active
-        + chs(start)
-        + bytes([0x83])  # Linux
-        + chs(total_sectors - 1)
-        + struct.pack("<II", start, count)
-    )
-    out[446:462] = entry
-    out[510:512] = b"\x55\xaa"
     return bytes(out)
 
 
-def patch_core(core_img: bytes, *, core_sector: int = 1) -> bytes:
+def patch_core(core_img: bytes, *, core_sector: int = BIOS_BOOT.start) -> bytes:
     """``core.img`` with its first sector's blocklist naming where the rest lies."""
     if len(core_img) < 2 * SECTOR:
         raise ImageError("GRUB's core.img is too small")
@@ -533,8 +543,9 @@ def patch_core(core_img: bytes, *, core_sector: int = 1) -> bytes:
     return bytes(out)
 
 
-def core_fits(core_img: bytes, *, start: int = PART_START, core_sector: int = 1) -> bool:
-    return core_sector + -(-len(core_img) // SECTOR) <= start
+def core_fits(core_img: bytes, *, room: Partition = BIOS_BOOT) -> bool:
+    """Does ``core.img`` fit in the BIOS boot partition?"""
+    return -(-len(core_img) // SECTOR) <= room.sectors
 
 
 # ---- pure parts: command lines -------------------------------------------
@@ -564,21 +575,29 @@ def _unshare() -> list[str]:
     ]  # fmt: skip
 
 
-def mkfs_argv(
-    root: Path, raw: Path, *, size: int = DISK_SIZE, start: int = PART_START
-) -> list[str]:
+def mkfs_argv(root: Path, raw: Path, *, part: Partition = ROOT) -> list[str]:
     """mkfs.ext4 of the partition, filled from ``root``, written into ``raw`` at its offset.
 
     GRUB 2.06 cannot read filesystems with ``metadata_csum_seed`` or
     ``orphan_file``; they are turned off should mke2fs.conf turn them on.
     """
-    offset = start * SECTOR
-    blocks = (size - offset) // BLOCK_SIZE
+    blocks = part.sectors * SECTOR // BLOCK_SIZE
     return [
         "mkfs.ext4", "-F", "-q", "-L", ROOT_LABEL, "-b", str(BLOCK_SIZE), "-T", "default",
         "-O", "^metadata_csum_seed,^orphan_file",
-        "-E", f"offset={offset}", "-d", str(root), str(raw), str(blocks),
+        "-E", f"offset={part.start * SECTOR}", "-d", str(root), str(raw), str(blocks),
     ]  # fmt: skip
+
+
+def esp_argvs(esp: Path, loader: Path, *, part: Partition = ESP) -> list[list[str]]:
+    """The EFI system partition as a FAT image file, with GRUB as ``EFI_LOADER``."""
+    kib = part.sectors * SECTOR // 1024
+    target = f"::{EFI_LOADER}"
+    return [
+        ["mkfs.fat", "-C", "-n", ESP_LABEL, "-i", f"{DISK_SIGNATURE:08X}", str(esp), str(kib)],
+        ["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"],
+        ["mcopy", "-i", str(esp), str(loader), target],
+    ]
 
 
 def convert_argv(raw: Path, qcow2: Path, *, zstd: bool = True) -> list[str]:
@@ -824,6 +843,24 @@ async def _logged(argv: Sequence[str], log: Path, *, what: str, timeout: float) 
         raise ImageError(f"{what} failed (exit {code}): {_tail(log)}")
 
 
+def _write_boot_area(raw: Path, boot_img: bytes, core_img: bytes, esp: Path) -> None:
+    """The partition tables, GRUB for BIOS and the EFI system partition, into ``raw``."""
+    head, tail = partitions.gpt(TOTAL_SECTORS, LAYOUT, disk_guid=DISK_GUID)
+    mbr = partitions.protective_mbr(
+        TOTAL_SECTORS, boot_code=boot_code(boot_img), signature=DISK_SIGNATURE
+    )
+    with raw.open("r+b") as f:
+        f.write(mbr + head)
+        f.seek(BIOS_BOOT.start * SECTOR)
+        f.write(patch_core(core_img))
+        f.seek(ESP.start * SECTOR)
+        with esp.open("rb") as src:
+            shutil.copyfileobj(src, f, 1 << 20)
+        f.seek((TOTAL_SECTORS - partitions.ENTRY_SECTORS - 1) * SECTOR)
+        f.write(tail)
+    esp.unlink()
+
+
 async def _kill(proc: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -926,14 +963,14 @@ async def _steps(
     with raw.open("wb") as f:
         f.truncate(DISK_SIZE)
     await _tool(mkfs_argv(root, raw), timeout=1800)
+    esp = build / "esp.fat"
+    for argv in esp_argvs(esp, root / CORE_EFI):
+        await _tool(argv, timeout=300)
     boot_img = (root / BOOT_IMG).read_bytes()
     core_img = (root / CORE_IMG).read_bytes()
     if not core_fits(core_img):
-        raise ImageError("GRUB's core.img does not fit before the partition")
-    with raw.open("r+b") as f:
-        f.write(mbr(boot_img, total_sectors=DISK_SIZE // SECTOR))
-        f.seek(SECTOR)
-        f.write(patch_core(core_img))
+        raise ImageError("GRUB's core.img does not fit in the BIOS boot partition")
+    await asyncio.to_thread(_write_boot_area, raw, boot_img, core_img, esp)
     await asyncio.to_thread(_remove_build, root)
 
     reporter.step("Compressing the disk")

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 from pathlib import Path
 
-from ketch.errors import KetchError, QMPError, Timeout
-from ketch.host import procs, qemu, qemu_img, qmp
+from ketch.errors import HostCommandError, KetchError, QMPError, Timeout
+from ketch.host import firmware, procs, qemu, qemu_img, qmp
 from ketch.layout import InstanceDir
 from ketch.model import InstanceSpec, Observation, PidStatus
 from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG
 
 QMP_PROBE_TIMEOUT = 2.0
+LOAD_TIMEOUT = 600.0  # loading a suspended VM's state over QMP (UEFI instances)
 
 
 class QemuDriver:
@@ -103,8 +106,15 @@ class QemuDriver:
     # -- acting ---------------------------------------------------------------------
 
     def _config(
-        self, spec: InstanceSpec, idir: InstanceDir, accel: str, resume: bool
+        self,
+        spec: InstanceSpec,
+        idir: InstanceDir,
+        accel: str,
+        resume: bool,
+        efi: firmware.Uefi | None,
     ) -> qemu.QemuConfig:
+        # A UEFI instance resumes through QMP (see _load_suspended), not -loadvm.
+        by_qmp = resume and efi is not None
         return qemu.QemuConfig(
             name=spec.name,
             cpus=spec.cpus,
@@ -118,14 +128,67 @@ class QemuDriver:
             serial_log=idir.serial_log,
             ssh_port=spec.ssh_port,
             mac=spec.mac,
-            loadvm=SUSPEND_TAG if resume else None,
+            loadvm=SUSPEND_TAG if resume and not by_qmp else None,
+            efi_code=efi.code if efi else None,
+            efi_vars=idir.efi_vars if efi else None,
+            paused=by_qmp,
         )
 
     async def start(
         self, spec: InstanceSpec, idir: InstanceDir, *, accel: str, resume: bool
     ) -> None:
         procs.remove_quietly(idir.pidfile, idir.qmp_socket)
-        await qemu.start(self._config(spec, idir, accel, resume), log=idir.qemu_log)
+        efi = await self._prepare_uefi(idir) if qemu.uses_uefi(spec.boot) else None
+        await qemu.start(self._config(spec, idir, accel, resume, efi), log=idir.qemu_log)
+        if resume and efi is not None:
+            await self._load_suspended(spec, idir)
+
+    async def _prepare_uefi(self, idir: InstanceDir) -> firmware.Uefi:
+        """The firmware, and this instance's variable store, made when missing.
+
+        A store that is gone (or was never made) is copied again from the
+        firmware's template: the guest boots through the removable-media path,
+        as on its first boot; a suspended guest gets its variables back from
+        its saved state (see :meth:`_load_suspended`).
+        """
+        efi = await asyncio.to_thread(firmware.find_uefi)
+        if not idir.efi_vars.exists():
+            partial = idir.path / f".{idir.efi_vars.name}.{os.getpid()}"
+            await asyncio.to_thread(shutil.copyfile, efi.vars_template, partial)
+            os.replace(partial, idir.efi_vars)
+        return efi
+
+    async def _load_suspended(self, spec: InstanceSpec, idir: InstanceDir) -> None:
+        """Load the suspend tag into a QEMU started paused (``-S``), then run it.
+
+        ``-loadvm`` cannot resume a UEFI instance: it wants every writable
+        block node to carry the tag and reads the VM state from the first one,
+        the variable store (machine flash is attached before any disk).
+        ``snapshot-load`` names the disk as both.  The variables come back
+        with the VM state (QEMU migrates the flash's memory and writes it to
+        the store on load).  On failure QEMU is ended and the tag is kept.
+        """
+        try:
+            async with self._lock(idir), qmp.connect(idir.qmp_socket) as mon:
+                await mon.run_job(
+                    "snapshot-load",
+                    {
+                        "job-id": "ketch-resume",
+                        "tag": SUSPEND_TAG,
+                        "vmstate": qemu.DISK_NODE,
+                        "devices": [qemu.DISK_NODE],
+                    },
+                    timeout=LOAD_TIMEOUT,
+                )
+                await mon.execute("cont")
+        except KetchError as exc:
+            await self.kill(spec, idir)
+            raise HostCommandError(
+                ["qmp", "snapshot-load", SUSPEND_TAG], None, exc.message
+            ) from exc
+        except BaseException:
+            await self.kill(spec, idir)
+            raise
 
     async def powerdown(self, spec: InstanceSpec, idir: InstanceDir, *, timeout: float) -> bool:
         pid, status, _, _ = self._pid(idir)

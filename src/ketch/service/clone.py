@@ -5,7 +5,9 @@ qcow2 overlay on the same read-only base image in the vault, holding a copy
 of everything the source changed.  It shares no writable file with the
 source, so it survives the source's purge, and ``convert`` copies no
 internal snapshot (the ``suspend`` tag and snapshot tags stay behind).  A
-source without a backing file is copied in full.  docs/internals.md says why.
+source without a backing file is copied in full (docs/internals.md says
+why).  A UEFI source's variable store is copied too, so the clone keeps its
+boot entries.
 
 The clone gets a new instance-id, hostname (its name), MAC address, SSH port
 and SSH host key: its seed ISO is rendered afresh from the source's user data.
@@ -16,7 +18,9 @@ order of their making); one a crashed ketchd left half-made is removed by
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import shutil
 import time
 import uuid
 from collections.abc import Collection
@@ -107,6 +111,9 @@ async def clone(ctx: Context, source: str, name: str, reporter: Reporter) -> dic
             await qemu_img.convert(
                 src_disk, idir.disk, backing=backing, backing_format=disk_info.backing_format
             )
+            src_vars = ctx.root.instance(source).efi_vars
+            if src_vars.exists():  # a UEFI instance: its firmware's variables come along
+                await asyncio.to_thread(shutil.copyfile, src_vars, idir.efi_vars)
             ctx.store.step(entry, "seed")
             reporter.step("Writing cloud-init seed")
             write_seed(ctx, spec, user_cfg)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ketch.errors import KetchError
-from ketch.host import procs, qemu, qemu_img, ssh
+from ketch.host import firmware, procs, qemu, qemu_img, ssh
 from ketch.layout import DISK, InstanceDir
 from ketch.model import BootSpec, InstanceSpec, Intent, State
 from ketch.progress import Reporter
@@ -126,6 +126,8 @@ async def examine(ctx: Context, v: View) -> list[Finding]:
     if not v.derived.running and idir.disk.exists():
         out += await _check_disk(ctx, v)
         out += await _check_backing(ctx, v)
+    if not v.derived.running and idir.efi_vars.exists():
+        out += await _check_efi_vars(v, idir)
     if idir.disk.exists() and v.derived.state is not State.UNKNOWN:
         out += await _check_snapshots(ctx, v)
     if not v.derived.running and not v.record.deleted and not guestlink.port_free(spec.ssh_port):
@@ -175,6 +177,35 @@ async def _check_disk(ctx: Context, v: View) -> list[Finding]:
         return [Finding(v.name, "disk-leaks", f"{result.leaks} leaked clusters in the disk",
                         "repair them (qemu-img check -r leaks)", repair)]  # fmt: skip
     return []
+
+
+async def _check_efi_vars(v: View, idir: InstanceDir) -> list[Finding]:
+    """A UEFI instance's variable store: QEMU will not start on one of the wrong size.
+
+    It only holds boot entries the firmware can do without (the image's
+    loader is on the removable-media path), so it is moved aside, never
+    deleted, and the next start makes a fresh one from the firmware's template.
+    """
+    try:
+        efi = await asyncio.to_thread(firmware.find_uefi)
+        want = efi.vars_template.stat().st_size
+        have = idir.efi_vars.stat().st_size
+    except (KetchError, OSError):
+        return []  # no firmware to compare with: start says so itself
+    if have == want:
+        return []
+
+    async def repair() -> str:
+        aside = idir.efi_vars.with_name(f"{idir.efi_vars.name}.damaged-{int(time.time())}")
+        idir.efi_vars.rename(aside)
+        return (
+            f"moved the UEFI variable store aside to {aside.name}; the next start makes a new one"
+        )
+
+    return [Finding(v.name, "efivars-damaged",
+                    f"the UEFI variable store is {have} bytes; the firmware needs {want}",
+                    "move it aside; the next start makes a fresh one (boot entries the guest "
+                    "added are lost, the image's own loader still boots)", repair)]  # fmt: skip
 
 
 async def _check_backing(ctx: Context, v: View) -> list[Finding]:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 import uuid
+from collections.abc import Collection
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ketch import cloudinit
-from ketch.errors import AlreadyExists, InvalidArgument, Timeout
-from ketch.host import qemu_img, seed
-from ketch.model import InstanceSpec, Intent
+from ketch.errors import AlreadyExists, InvalidArgument, KetchError, Timeout
+from ketch.host import firmware, partitions, qemu_img, seed
+from ketch.model import BootSpec, ImageInfo, InstanceSpec, Intent
 from ketch.progress import Reporter
 from ketch.service import accel, guestlink, names
 from ketch.service.context import Context
@@ -25,6 +27,8 @@ DEFAULT_CPUS = 1
 DEFAULT_MEMORY = "1G"
 DEFAULT_DISK = "5G"
 MIN_MEMORY = 128 * 1024**2
+FIRMWARES = ("bios", "uefi")
+_LACKS = {"bios": "no boot code in its first sector", "uefi": "no EFI system partition"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class LaunchRequest:
     disk: str = DEFAULT_DISK
     cloud_init: str | None = None
     timeout: float | None = None
+    firmware: str | None = None  # "bios", "uefi"; None: what the image needs
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LaunchRequest:
@@ -71,8 +76,11 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> dict[s
         raise AlreadyExists(f'instance "{name}" already exists')
     cpus, memory, disk = check_resources(req.cpus, req.memory, req.disk)
     user_cfg = cloudinit.parse_user_data(req.cloud_init) if req.cloud_init else None
+    if req.firmware is not None and req.firmware not in FIRMWARES:
+        raise InvalidArgument(f"unknown firmware '{req.firmware}'", hint="use bios or uefi")
 
     image = await ctx.images.resolve(req.image, reporter)
+    boot = await boot_for(image, req.firmware)
     idir = ctx.root.instance(name)
     entry = ctx.store.begin(name, "launch", "prepare")
     async with AsyncExitStack() as undo:
@@ -86,7 +94,7 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> dict[s
             cpus=cpus,
             memory=memory,
             disk=disk,
-            boot=image.boot,
+            boot=boot,
             base_disk=image.disk,
             ssh_port=guestlink.free_port(ctx.store.used_ports()),
             mac=_random_mac(),
@@ -132,6 +140,45 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> dict[s
         raise
     ctx.store.finish(entry, "ok")
     return {"name": name}
+
+
+def pick_firmware(requested: str | None, default: str, support: Collection[str], what: str) -> str:
+    """The firmware to boot a disk with (pure).
+
+    ``support`` is what the disk's partition table allows (empty: unknown, so
+    anything may be tried); ``default`` is what the image declares.
+    """
+    if requested is not None:
+        if support and requested not in support:
+            other = " or ".join(f"--firmware {f}" for f in sorted(support))
+            raise InvalidArgument(
+                f"{what} cannot boot through {requested.upper()}: its disk has {_LACKS[requested]}",
+                hint=f"launch it without --firmware, or with {other}",
+            )
+        return requested
+    if not support or default in support:
+        return default
+    return sorted(support)[0]
+
+
+async def boot_for(image: ImageInfo, requested: str | None) -> BootSpec:
+    """How to boot ``image``: its own kernel, or the firmware its disk needs."""
+    if image.boot.kernel:
+        if requested is not None:
+            raise InvalidArgument(
+                f"{image.release} boots its kernel directly, without firmware",
+                hint="--firmware applies to disk images with a bootloader; launch without it",
+            )
+        return image.boot
+    try:
+        table = await partitions.read_table(Path(image.disk), image.disk_format)
+        support = partitions.firmware_support(table)
+    except KetchError:
+        support = frozenset()  # unreadable here: QEMU will say what it makes of it
+    chosen = pick_firmware(requested, image.boot.firmware, support, image.release)
+    if chosen == "uefi":
+        await asyncio.to_thread(firmware.find_uefi)  # no OVMF: say so before anything is made
+    return replace(image.boot, firmware=chosen)
 
 
 def write_seed(ctx: Context, spec: InstanceSpec, user_cfg: dict[str, Any] | None) -> None:
