@@ -55,8 +55,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -77,6 +75,8 @@ from ketch.errors import HostCommandError, ImageError, KetchError, Timeout
 from ketch.host import partitions
 from ketch.host.partitions import Partition
 from ketch.host.run import Completed, run
+from ketch.images.built import BuiltImage
+from ketch.images.built import file_sha256 as _sha256
 from ketch.images.tiny import parse_policy
 from ketch.model import BootSpec, ImageInfo
 from ketch.progress import NULL, Reporter
@@ -462,7 +462,7 @@ def image_info(manifest: Mapping[str, Any], image_dir: Path) -> ImageInfo:
 
 def load_debian(image_dir: Path) -> ImageInfo:
     """Read a built image's manifest (the disk is checked to exist, not hashed)."""
-    info = image_info(_read_manifest(image_dir), image_dir)
+    info = image_info(_BUILT.read_manifest(image_dir), image_dir)
     if not Path(info.disk).is_file():
         raise ImageError(
             f"{NAME} image {image_dir} is incomplete: {DISK} is missing",
@@ -473,42 +473,12 @@ def load_debian(image_dir: Path) -> ImageInfo:
 
 def verify_debian(image_dir: Path) -> None:
     """Check the image's files against its manifest's sha256 and sizes."""
-    manifest = _read_manifest(image_dir)
-    digests = manifest.get("files")
-    sizes = manifest.get("sizes")
-    if not isinstance(digests, dict) or not isinstance(sizes, dict):
-        raise ImageError(f"{NAME} image {image_dir}: the manifest lists no files")
-    if set(digests) != set(IMAGE_FILES):
-        raise ImageError(f"{NAME} image {image_dir}: the manifest must list exactly {DISK}")
-    for name, digest in digests.items():
-        path = image_dir / name
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            raise ImageError(f"{NAME} image file {path} is missing") from exc
-        if size != sizes.get(name) or _sha256(path) != digest:
-            raise ImageError(f"{NAME} image file {path} does not match its manifest")
+    _BUILT.verify(image_dir)
 
 
-def _read_manifest(image_dir: Path) -> dict[str, Any]:
-    path = image_dir / MANIFEST
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ImageError(f"no {NAME} image in {image_dir}: {MANIFEST} is missing") from exc
-    except (OSError, ValueError) as exc:
-        raise ImageError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ImageError(f"{path} is not a manifest")
-    return data
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+_BUILT = BuiltImage(
+    NAME, IMAGE_FILES, load_debian, manifest=MANIFEST, leftovers=(".build-", ".old-")
+)
 
 
 # ---- pure parts: the boot sectors ----------------------------------------
@@ -657,10 +627,10 @@ async def build_debian(
     try:
         p = await plan()
     except (ImageError, HostCommandError, Timeout) as exc:
-        return await _fall_back(base, None, exc, reporter, force)
+        return await _BUILT.fall_back(base, None, exc, reporter, force)
     final = base / p.key
     if not force:
-        cached = await asyncio.to_thread(_cached, final)
+        cached = await asyncio.to_thread(_BUILT.cached, final)
         if cached is not None:
             return cached
     if os.geteuid() != 0:
@@ -672,18 +642,18 @@ async def build_debian(
         base.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ImageError(f"cannot create {base}: {exc}") from exc
-    async with _locked(base / ".lock", reporter):
+    async with _BUILT.locked(base / ".lock", reporter):
         if not force:
-            cached = await asyncio.to_thread(_cached, final)
+            cached = await asyncio.to_thread(_BUILT.cached, final)
             if cached is not None:
                 return cached
-        await asyncio.to_thread(_clean_leftovers, base)
+        await asyncio.to_thread(_BUILT.clean_leftovers, base, _remove_build)
         build = Path(tempfile.mkdtemp(prefix=f".build-{p.key}-", dir=base))
         try:
             try:
                 await _build(build, p, reporter)
             except _FetchFailed as exc:
-                return await _fall_back(base, p.key, exc, reporter, force)
+                return await _BUILT.fall_back(base, p.key, exc, reporter, force)
             old = None
             try:
                 if final.exists():
@@ -697,51 +667,6 @@ async def build_debian(
         finally:
             await asyncio.to_thread(_remove_build, build)
     return load_debian(final)
-
-
-async def _fall_back(
-    base: Path, key: str | None, exc: KetchError, reporter: Reporter, force: bool
-) -> ImageInfo:
-    """An image built earlier, when a new one cannot be made; else ``exc``."""
-    fallback = None if force else await asyncio.to_thread(_newest_other, base, key)
-    if fallback is None:
-        raise exc
-    reporter.warn(
-        f"cannot check for or build a newer {NAME} image ({exc.message}); using {fallback.name}"
-    )
-    return load_debian(fallback)
-
-
-def _cached(final: Path) -> ImageInfo | None:
-    if not (final / MANIFEST).is_file():
-        return None
-    try:
-        verify_debian(final)
-        return load_debian(final)
-    except ImageError:
-        return None
-
-
-def _newest_other(base: Path, key: str | None) -> Path | None:
-    if not base.is_dir():
-        return None
-    found: list[tuple[float, Path]] = []
-    for path in base.iterdir():
-        if path.name.startswith(".") or path.name == key:
-            continue
-        with contextlib.suppress(OSError):
-            found.append(((path / MANIFEST).stat().st_mtime, path))
-    for _, path in sorted(found, reverse=True):
-        if _cached(path) is not None:
-            return path
-    return None
-
-
-def _clean_leftovers(base: Path) -> None:
-    """Remove what interrupted builds left (only ever called under the lock)."""
-    for path in base.iterdir():
-        if path.name.startswith((".build-", ".old-")) and path.is_dir():
-            _remove_build(path)
 
 
 def mounts_below(path: Path, mountinfo: str | None = None) -> list[str]:
@@ -776,27 +701,6 @@ def _remove_build(build: Path) -> None:
     if mounts_below(build):
         return
     shutil.rmtree(build, ignore_errors=True)
-
-
-@contextlib.asynccontextmanager
-async def _locked(path: Path, reporter: Reporter) -> Any:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        told = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise ImageError(f"cannot lock {path}: {exc}") from exc
-            if not told:
-                reporter.step(f"Waiting for another build of the {NAME} image")
-                told = True
-            await asyncio.sleep(0.5)
-        yield
-    finally:
-        os.close(fd)
 
 
 async def _tool(argv: Sequence[str], *, timeout: float = 300) -> Completed:

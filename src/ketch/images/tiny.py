@@ -26,10 +26,7 @@ Host tools the build needs, all from Debian packages: ``apt-get`` and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
-import errno
-import fcntl
 import gzip
 import hashlib
 import json
@@ -44,8 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ketch.errors import HostCommandError, ImageError, KetchError, Timeout
+from ketch.errors import HostCommandError, ImageError, Timeout
 from ketch.host.run import Completed, run
+from ketch.images.built import BuiltImage, file_sha256
 from ketch.model import BootSpec, ImageInfo
 from ketch.progress import NULL, Reporter
 
@@ -313,7 +311,7 @@ def image_info(manifest: Mapping[str, Any], image_dir: Path) -> ImageInfo:
 
 def load_tiny(image_dir: Path) -> ImageInfo:
     """Read a built tiny image's manifest (files are checked to exist, not hashed)."""
-    manifest = _read_manifest(image_dir)
+    manifest = _BUILT.read_manifest(image_dir)
     info = image_info(manifest, image_dir)
     for name in IMAGE_FILES:
         if not (image_dir / name).is_file():
@@ -326,42 +324,10 @@ def load_tiny(image_dir: Path) -> ImageInfo:
 
 def verify_tiny(image_dir: Path) -> None:
     """Check every file of a built image against its manifest's sha256."""
-    manifest = _read_manifest(image_dir)
-    digests = manifest.get("files")
-    sizes = manifest.get("sizes")
-    if not isinstance(digests, dict) or not isinstance(sizes, dict):
-        raise ImageError(f"tiny image {image_dir}: the manifest lists no files")
-    if set(digests) != set(IMAGE_FILES):
-        raise ImageError(f"tiny image {image_dir}: the manifest does not list every file")
-    for name, digest in digests.items():
-        path = image_dir / name
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            raise ImageError(f"tiny image file {path} is missing") from exc
-        if size != sizes.get(name) or _sha256(path) != digest:
-            raise ImageError(f"tiny image file {path} does not match its manifest")
+    _BUILT.verify(image_dir)
 
 
-def _read_manifest(image_dir: Path) -> dict[str, Any]:
-    path = image_dir / MANIFEST
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ImageError(f"no tiny image in {image_dir}: {MANIFEST} is missing") from exc
-    except (OSError, ValueError) as exc:
-        raise ImageError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ImageError(f"{path} is not a manifest")
-    return data
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+_BUILT = BuiltImage(NAME, IMAGE_FILES, load_tiny, manifest=MANIFEST, lock_poll=0.2)
 
 
 # ---- ELF and cpio --------------------------------------------------------
@@ -494,7 +460,7 @@ async def build_tiny(
     try:
         versions = await candidate_versions()
     except (ImageError, HostCommandError, Timeout) as exc:
-        return await _fall_back(tiny_dir, None, exc, reporter, force)
+        return await _BUILT.fall_back(tiny_dir, None, exc, reporter, force)
     key = cache_key(versions, await asyncio.to_thread(guest_digest))
     if not force:
         cached = await asyncio.to_thread(_newest_of_key, tiny_dir, key)
@@ -504,12 +470,12 @@ async def build_tiny(
         tiny_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ImageError(f"cannot create {tiny_dir}: {exc}") from exc
-    async with _locked(tiny_dir / ".lock", reporter):
+    async with _BUILT.locked(tiny_dir / ".lock", reporter):
         if not force:
             cached = await asyncio.to_thread(_newest_of_key, tiny_dir, key)
             if cached is not None:
                 return cached
-        _clean_leftovers(tiny_dir)
+        _BUILT.clean_leftovers(tiny_dir)
         final = tiny_dir / key
         if final.exists() or final.is_symlink():
             final = tiny_dir / f"{key}-{datetime.datetime.now(datetime.UTC):%Y%m%dT%H%M%S%fZ}"
@@ -518,7 +484,7 @@ async def build_tiny(
             try:
                 await _build(build, key, final.name, versions, reporter)
             except _DownloadFailed as exc:
-                return await _fall_back(tiny_dir, key, exc, reporter, force)
+                return await _BUILT.fall_back(tiny_dir, key, exc, reporter, force)
             except OSError as exc:
                 raise ImageError(
                     f"building the tiny image failed: {exc}",
@@ -531,19 +497,6 @@ async def build_tiny(
         finally:
             shutil.rmtree(build, ignore_errors=True)
     return load_tiny(final)
-
-
-async def _fall_back(
-    tiny_dir: Path, key: str | None, exc: KetchError, reporter: Reporter, force: bool
-) -> ImageInfo:
-    """An image built earlier, when a new one cannot be made; else ``exc``."""
-    fallback = None
-    if not force:
-        fallback = await asyncio.to_thread(_newest_other, tiny_dir, key)
-    if fallback is None:
-        raise exc
-    reporter.warn(f"cannot check for or build a newer tiny image ({exc}); using {fallback.name}")
-    return load_tiny(fallback)
 
 
 async def candidate_versions() -> dict[str, str]:
@@ -566,21 +519,6 @@ class _DownloadFailed(ImageError):
     """apt-get download failed (offline?): an older tiny image may do."""
 
 
-def _image_dirs(tiny_dir: Path, key: str | None) -> list[Path]:
-    """Image directories (of ``key``, or of every key), newest first."""
-    found: list[tuple[float, Path]] = []
-    if not tiny_dir.is_dir():
-        return []
-    for path in tiny_dir.iterdir():
-        if path.name.startswith("."):
-            continue
-        if key is not None and path.name != key and not path.name.startswith(key + "-"):
-            continue
-        with contextlib.suppress(OSError):
-            found.append(((path / MANIFEST).stat().st_mtime, path))
-    return [path for _, path in sorted(found, reverse=True)]
-
-
 APT_LISTS = Path("/var/lib/apt/lists")
 
 
@@ -596,20 +534,20 @@ def _fresh(tiny_dir: Path, digest: str, lists_changed: float | None) -> ImageInf
     """The newest build from these guest files made after apt's lists last changed."""
     if lists_changed is None:
         return None
-    for path in _image_dirs(tiny_dir, None):
+    for path in _BUILT.image_dirs(tiny_dir, None):
         try:
-            manifest = _read_manifest(path)
+            manifest = _BUILT.read_manifest(path)
             built_after = (path / MANIFEST).stat().st_mtime > lists_changed
         except (ImageError, OSError):
             continue
         if manifest.get("guest_digest") == digest and built_after:
-            return _cached(path)
+            return _BUILT.cached(path)
     return None
 
 
 def newest_built(images_dir: Path) -> ImageInfo | None:
     """The newest tiny image on disk, whatever its key (no build, no checksums)."""
-    for path in _image_dirs(Path(images_dir) / NAME, None):
+    for path in _BUILT.image_dirs(Path(images_dir) / NAME, None):
         try:
             return load_tiny(path)
         except ImageError:
@@ -618,59 +556,11 @@ def newest_built(images_dir: Path) -> ImageInfo | None:
 
 
 def _newest_of_key(tiny_dir: Path, key: str) -> ImageInfo | None:
-    for path in _image_dirs(tiny_dir, key):
-        info = _cached(path)
+    for path in _BUILT.image_dirs(tiny_dir, key):
+        info = _BUILT.cached(path)
         if info is not None:
             return info
     return None
-
-
-def _cached(final: Path) -> ImageInfo | None:
-    if not (final / MANIFEST).is_file():
-        return None
-    try:
-        verify_tiny(final)
-        return load_tiny(final)
-    except ImageError:
-        return None
-
-
-def _newest_other(tiny_dir: Path, key: str | None) -> Path | None:
-    """The newest valid image directory built for another key than ``key``."""
-    for path in _image_dirs(tiny_dir, None):
-        if key is not None and (path.name == key or path.name.startswith(key + "-")):
-            continue
-        if _cached(path) is not None:
-            return path
-    return None
-
-
-def _clean_leftovers(tiny_dir: Path) -> None:
-    """Remove what interrupted builds left (only ever called under the lock)."""
-    for path in tiny_dir.iterdir():
-        if path.name.startswith(".build-"):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-@contextlib.asynccontextmanager
-async def _locked(path: Path, reporter: Reporter) -> Any:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        told = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise ImageError(f"cannot lock {path}: {exc}") from exc
-            if not told:
-                reporter.step("Waiting for another build of the tiny image")
-                told = True
-            await asyncio.sleep(0.2)
-        yield
-    finally:
-        os.close(fd)
 
 
 async def _tool(
@@ -790,7 +680,7 @@ async def _build(
     files = {}
     for name in IMAGE_FILES:
         path = image / name
-        files[name] = (await asyncio.to_thread(_sha256, path), path.stat().st_size)
+        files[name] = (await asyncio.to_thread(file_sha256, path), path.stat().st_size)
     manifest = make_manifest(
         key=key,
         build=build_name,
