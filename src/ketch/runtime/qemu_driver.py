@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from ketch.errors import HostCommandError, KetchError, QMPError, Timeout
 from ketch.host import firmware, procs, qemu, qemu_img, qmp
@@ -17,6 +18,17 @@ from ketch.runtime.driver import SUSPEND_TAG
 
 QMP_PROBE_TIMEOUT = 2.0
 LOAD_TIMEOUT = 600.0  # loading a suspended VM's state over QMP (UEFI instances)
+
+
+def _vm_state_job(job_id: str) -> dict[str, Any]:
+    """Arguments of a snapshot-save or -load job: the suspend tag, VM state included,
+    in the instance disk and nowhere else (not in a UEFI variable store)."""
+    return {
+        "job-id": job_id,
+        "tag": SUSPEND_TAG,
+        "vmstate": qemu.DISK_NODE,
+        "devices": [qemu.DISK_NODE],
+    }
 
 
 class QemuDriver:
@@ -171,14 +183,7 @@ class QemuDriver:
         try:
             async with self._lock(idir), qmp.connect(idir.qmp_socket) as mon:
                 await mon.run_job(
-                    "snapshot-load",
-                    {
-                        "job-id": "ketch-resume",
-                        "tag": SUSPEND_TAG,
-                        "vmstate": qemu.DISK_NODE,
-                        "devices": [qemu.DISK_NODE],
-                    },
-                    timeout=LOAD_TIMEOUT,
+                    "snapshot-load", _vm_state_job("ketch-resume"), timeout=LOAD_TIMEOUT
                 )
                 await mon.execute("cont")
         except KetchError as exc:
@@ -255,16 +260,7 @@ class QemuDriver:
                     timeout=timeout,
                 )
                 reporter.step("Saving the guest's state into its disk")
-                await mon.run_job(
-                    "snapshot-save",
-                    {
-                        "job-id": "ketch-suspend",
-                        "tag": SUSPEND_TAG,
-                        "vmstate": qemu.DISK_NODE,
-                        "devices": [qemu.DISK_NODE],
-                    },
-                    timeout=timeout,
-                )
+                await mon.run_job("snapshot-save", _vm_state_job("ketch-suspend"), timeout=timeout)
             except (QMPError, Timeout):
                 # The guest keeps running; no partial tag is left behind.
                 with contextlib.suppress(KetchError):
