@@ -26,15 +26,15 @@ from ketch.images import debian
 from ketch.model import ImageInfo
 from ketch.progress import ListReporter
 
+TOOLS = (
+    "qemu-system-x86_64", "qemu-img", "ssh", "debootstrap", "mkfs.ext4", "mkfs.fat", "mcopy",
+)  # fmt: skip
 pytestmark = [
     pytest.mark.vm,
     pytest.mark.slow,
     pytest.mark.skipif(
-        not all(
-            shutil.which(t)
-            for t in ("qemu-system-x86_64", "qemu-img", "ssh", "debootstrap", "mkfs.ext4")
-        ),
-        reason="needs QEMU, OpenSSH, debootstrap and e2fsprogs",
+        not all(shutil.which(t) for t in TOOLS),
+        reason="needs QEMU, OpenSSH, debootstrap, e2fsprogs, dosfstools and mtools",
     ),
     pytest.mark.skipif(os.geteuid() != 0, reason="building the debian-12 image needs root"),
 ]

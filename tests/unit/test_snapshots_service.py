@@ -138,6 +138,18 @@ def test_plan_same_disk_size_changes_nothing() -> None:
     assert settings.plan_instance_change(spec(), "disk", "64M", disk_now=64 * MiB) == spec()
 
 
+def test_plan_what_get_shows_sets_back_as_no_change() -> None:
+    """``get`` rounds (5.3GiB); setting that text back must not read as shrinking."""
+    odd = spec(disk=5_700_000_256, memory=1_400_000_000)
+    shown_disk = settings.show(odd, "disk")
+    shown_memory = settings.show(odd, "memory")
+    assert (shown_disk, shown_memory) == ("5.3GiB", "1.3GiB")
+    assert settings.plan_instance_change(odd, "disk", shown_disk, disk_now=odd.disk) == odd
+    assert settings.plan_instance_change(odd, "memory", shown_memory, disk_now=odd.disk) == odd
+    with pytest.raises(InvalidArgument, match="smaller"):
+        settings.plan_instance_change(odd, "disk", "5.2GiB", disk_now=odd.disk)
+
+
 @pytest.mark.parametrize(
     ("prop", "value", "words"),
     [

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ketch.errors import InvalidArgument, KetchError
-from ketch.host import firmware
+from ketch.host import firmware, partitions
 from ketch.layout import Root
 from ketch.model import BootSpec, ImageInfo
 from ketch.runtime.qemu_driver import QemuDriver
@@ -160,3 +163,28 @@ def test_the_variable_store_is_made_once_from_the_template(
     asyncio.run(driver._prepare_uefi(idir))
     assert idir.efi_vars.read_bytes() == b"x" * 4096  # never overwritten
     assert [p.name for p in idir.path.iterdir()] == ["efivars.fd"]  # no partial copy left
+
+
+@pytest.mark.skipif(
+    not (shutil.which("qemu-img") and Path("/usr/share/OVMF").is_dir()),
+    reason="needs qemu-img and OVMF",
+)
+def test_a_uefi_only_disk_boots_through_uefi_unasked(tmp_path: Path) -> None:
+    """An image that says nothing (or says BIOS) but has only an ESP and no boot code."""
+    total = 64 * 1024**2 // 512
+    esp = partitions.Partition(1, str(partitions.ESP), 2048, total - 2048 - 33)
+    head, tail = partitions.gpt(total, (esp,), disk_guid=uuid.uuid4())
+    raw = tmp_path / "uefi-only.raw"
+    with raw.open("wb") as f:
+        f.truncate(total * 512)
+        f.write(partitions.protective_mbr(total) + head)
+        f.seek((total - 33) * 512)
+        f.write(tail)
+    disk = tmp_path / "uefi-only.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(disk)], check=True)
+    image = ImageInfo(
+        id="x", release="UEFI-only", disk=str(disk), disk_format="qcow2", boot=BootSpec()
+    )
+    assert asyncio.run(boot_for(image, None)) == BootSpec(firmware="uefi")
+    with pytest.raises(InvalidArgument, match="UEFI-only cannot boot through BIOS"):
+        asyncio.run(boot_for(image, "bios"))

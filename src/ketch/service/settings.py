@@ -89,7 +89,9 @@ def plan_instance_change(
 
     ``disk_now`` is the disk's current virtual size: a disk can only grow
     (a size equal to the current one changes nothing); new sizes are rounded
-    up to whole 512-byte sectors.
+    up to whole 512-byte sectors.  A size written exactly as ``get`` shows the
+    current one (``5.3GiB``, rounded) changes nothing either, so what ``get``
+    prints can always be set back.
     """
     if prop == "cpus":
         text = value.strip()
@@ -100,6 +102,8 @@ def plan_instance_change(
             )
         return replace(spec, cpus=int(text))
     if prop == "memory":
+        if value.strip() == human(spec.memory):
+            return spec
         memory = parse_size(value, "memory")
         if memory < MIN_MEMORY:
             raise InvalidArgument(
@@ -110,6 +114,8 @@ def plan_instance_change(
     if prop == "disk":
         size = -(-parse_size(value, "disk") // 512) * 512
         current = max(spec.disk, disk_now)
+        if value.strip() == human(current):
+            return spec
         if size < current:
             raise InvalidArgument(
                 f"disk size '{value}' is smaller than the current {human(current)}",
