@@ -583,3 +583,19 @@ def test_recovery_finishes_a_disk_resize(world: World) -> None:
     world.store.begin("vm", "set", f"disk {96 * MiB}")
     assert recover(world) == ["set on vm: setting finished: disk is 96.0MiB"]
     assert vsize(disk) == 96 * MiB and world.store.get("vm").spec.disk == 96 * MiB
+
+
+@needs_qemu_img
+def test_doctor_leaves_alone_a_directory_a_clone_is_making(world: World) -> None:
+    """A clone's directory and disk exist before its record: while the clone (or a
+    launch) holds that name, doctor must not offer to adopt it."""
+    from ketch.service import doctor
+
+    idir = world.root.instance("copying")
+    idir.path.mkdir(parents=True)
+    idir.disk.write_bytes(b"")  # the disk being copied
+    world.ctx.active["copying"] = "clone"
+    assert doctor.examine_root(world.ctx) == []
+    del world.ctx.active["copying"]
+    found = doctor.examine_root(world.ctx)
+    assert [(f.instance, f.code) for f in found] == [("copying", "directory-without-record")]

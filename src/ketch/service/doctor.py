@@ -291,6 +291,8 @@ def examine_root(ctx: Context) -> list[Finding]:
     for d in dirs:
         if d.name in known:
             continue
+        if d.name in ctx.active:  # a launch or clone is making it right now
+            continue
         if not (d / DISK).exists():
             out.append(Finding(d.name, "stray-directory", f"{d} has no record and no disk",
                                "none: remove it by hand if unneeded"))  # fmt: skip
@@ -301,7 +303,7 @@ def examine_root(ctx: Context) -> list[Finding]:
                            _adopt(ctx, d)))  # fmt: skip
     for pid, disk in orphan_qemus(ctx.root.instances):
         name = disk.parent.name
-        if name in known:
+        if name in known or name in ctx.active:
             continue
         if disk.parent.exists():
             what = "adopt the directory (done above); then 'stop --force' ends it"
