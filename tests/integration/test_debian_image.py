@@ -173,7 +173,10 @@ def test_default_user_and_pinned_host_key(ketch: Ketch, deb: str) -> None:
 
 def test_root_filesystem_grew_to_the_disk(ketch: Ketch, deb: str) -> None:
     part = int(sh(ketch, deb, "lsblk -bno SIZE /dev/vda1").strip())
-    assert DISK - 2 * 1024**2 <= part <= DISK
+    # The root partition starts after the BIOS boot and EFI system partitions
+    # (128 MiB) and ends before the backup partition table.
+    start = debian.ROOT.start * 512
+    assert DISK - start - 1024**2 <= part <= DISK - start
     fs = int(sh(ketch, deb, "df -B1 --output=size / | tail -n 1").strip())
     assert 0.9 * DISK <= fs <= DISK  # ext4's own metadata takes a few percent
 

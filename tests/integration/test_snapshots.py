@@ -115,6 +115,12 @@ def test_default_names_list_info_and_parents(ketch: Ketch, snapvm: str) -> None:
     assert ketch.info(snapvm)["snapshot_count"] == str(len(listed))
     assert ketch.run("info", snapvm).stdout.count(f"Snapshots:      {len(listed)}") == 1
 
+    every = ketch.json("info", "--snapshots", snapvm)["info"][snapvm]["snapshots"]
+    assert set(every) == set(listed) and every["named"] == info
+    assert "cpu_count" not in ketch.json("info", "--snapshots", snapvm)["info"][snapvm]
+    refused = ketch.run("info", "--snapshots", f"{snapvm}.named", check=False)
+    assert refused.returncode == 1 and "instance names" in refused.stderr
+
     missing = ketch.run("info", f"{snapvm}.nope", check=False)
     assert missing.returncode == 2 and f'snapshot "{snapvm}.nope" does not exist' in missing.stderr
 

@@ -145,7 +145,20 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     if not args.all and not args.names:
         raise InvalidArgument("give instance names or --all")
-    doc = _client().get("/v1/info", names=",".join(args.names))
+    names = args.names
+    if args.snapshots:  # every snapshot of the named instances (all with --all), in detail
+        if any("." in n for n in names):
+            raise InvalidArgument("--snapshots takes instance names, not INSTANCE.SNAPSHOT")
+        listing = _client().get("/v1/snapshots", names=",".join(names))
+        names = [f"{i}.{s}" for i, snaps in listing.get("info", {}).items() for s in snaps]
+        if not names:
+            for err in listing.get("errors", []):
+                print(f"info failed: {err}", file=sys.stderr)
+            if listing.get("errors"):
+                return 2
+            print("No snapshots found.", file=sys.stderr)
+            return 0
+    doc = _client().get("/v1/info", names=",".join(names))
     sys.stdout.write(output.info_output(doc, args.format))
     for err in doc.get("errors", []):
         print(f"info failed: {err}", file=sys.stderr)
@@ -527,6 +540,9 @@ def build_parser(only: str | None = None) -> Parser:
     sp = cmd("info", cmd_info)
     sp.add_argument("names", nargs="*", metavar="NAME", help="instances, or INSTANCE.SNAPSHOT")
     sp.add_argument("--all", action="store_true", help="every instance")
+    sp.add_argument(
+        "--snapshots", action="store_true", help="details of every snapshot of the instances"
+    )
     fmt(sp)
     for verb, fn in (("start", cmd_start), ("suspend", cmd_suspend), ("restart", cmd_restart)):
         names(cmd(verb, fn))
