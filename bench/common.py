@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ketch.host import procs
-from ketch.model import ImageInfo, InstanceSpec, Intent
+from ketch.model import BootSpec, ImageInfo, InstanceSpec, Intent
 
 PY = sys.executable
 _KETCH_SCRIPT = Path(PY).with_name("ketch")
@@ -421,19 +421,32 @@ def free_port() -> int:
 
 
 class RawVm:
-    """The tiny image under a QEMU started by hand: ketch's argv shape, no ketch.
+    """An image (the tiny one unless told) under a QEMU started by hand:
+    ketch's argv shape, no ketch.
 
     The overlay disk, host key, seed ISO (ketch's own cloud-init and seed
     functions) and QEMU argv (``ketch.host.qemu.build_argv``) are what ketch
-    would make, in a directory of the benchmark's own.
+    would make, in a directory of the benchmark's own.  With ``boot`` firmware
+    ``uefi``, OVMF as ketch finds it and a copy of its variable template.
     """
 
-    def __init__(self, bench: Bench, name: str, *, accel: str, memory: int = 1024**3) -> None:
+    def __init__(
+        self,
+        bench: Bench,
+        name: str,
+        *,
+        accel: str,
+        memory: int = 1024**3,
+        image: ImageInfo | None = None,
+        boot: BootSpec | None = None,
+    ) -> None:
         self.bench = bench
         self.name = name
         self.dir = bench.work / name
         self.accel = accel
         self.memory = memory
+        self.image = image or bench.tiny
+        self.boot = boot or self.image.boot
         self.port = 0
         self.mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
         self.client_key = bench.work / "client_key"
@@ -461,7 +474,7 @@ class RawVm:
         from ketch.host import seed, ssh
 
         self.dir.mkdir(parents=True)
-        make_overlay(self.bench.tiny.disk, self.disk, disk_size)
+        make_overlay(self.image.disk, self.disk, disk_size)
         host_key = self.dir / "ssh_host_ed25519_key"
         host_public = ssh.generate_keypair(host_key, f"bench-host-{self.name}")
         (self.dir / "known_hosts").write_text(ssh.known_hosts_line(self.name, host_public) + "\n")
@@ -486,8 +499,12 @@ class RawVm:
         )
 
     def argv(self, *, loadvm: str | None = None) -> list[str]:
-        from ketch.host import qemu
+        from ketch.host import firmware, qemu
 
+        efi = firmware.find_uefi() if qemu.uses_uefi(self.boot) else None
+        efi_vars = self.dir / "efivars.fd"
+        if efi is not None and not efi_vars.exists():
+            shutil.copyfile(efi.vars_template, efi_vars)
         cfg = qemu.QemuConfig(
             name=self.name,
             cpus=1,
@@ -495,13 +512,15 @@ class RawVm:
             accel=self.accel,
             disk=self.disk,
             seed_iso=self.dir / "cidata.iso",
-            boot=self.bench.tiny.boot,
+            boot=self.boot,
             pidfile=self.pidfile,
             qmp_socket=self.qmp_socket,
             serial_log=self.dir / "serial.log",
             ssh_port=self.port,
             mac=self.mac,
             loadvm=loadvm,
+            efi_code=efi.code if efi else None,
+            efi_vars=efi_vars if efi else None,
         )
         return qemu.build_argv(cfg)
 
