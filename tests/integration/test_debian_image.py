@@ -139,6 +139,9 @@ def test_booted_through_firmware_and_grub(ketch: Ketch, deb: str) -> None:
     assert cmdline.startswith("BOOT_IMAGE=/vmlinuz ")  # GRUB put it there
     assert "root=LABEL=cloudimg-rootfs" in cmdline
     assert sh(ketch, deb, "findmnt -no SOURCE /").strip() == "/dev/vda1"
+    # The EFI system partition is mounted where Debian's images mount it.
+    assert sh(ketch, deb, "findmnt -no SOURCE,FSTYPE /boot/efi").split() == ["/dev/vda15", "vfat"]
+    assert sh(ketch, deb, "sudo ls /boot/efi/EFI/BOOT").split() == ["BOOTX64.EFI"]
 
 
 def test_real_cloud_init_ran_the_user_data(ketch: Ketch, deb: str) -> None:

@@ -346,7 +346,9 @@ def test_cloud_config_default_user_is_ubuntu_with_passwordless_sudo() -> None:
 
 def test_root_is_found_by_label_everywhere() -> None:
     files = {rel: text for rel, _, text in debian.CONFIG_FILES}
-    assert files["etc/fstab"].split()[:3] == ["LABEL=cloudimg-rootfs", "/", "ext4"]
+    fstab = [line.split() for line in files["etc/fstab"].splitlines()]
+    assert fstab[0][:3] == ["LABEL=cloudimg-rootfs", "/", "ext4"]
+    assert fstab[1][:3] == ["LABEL=UEFI", "/boot/efi", "vfat"] and "nofail" in fstab[1][3]
     assert f"linux /vmlinuz {debian.CMDLINE}" in files["boot/grub/grub.cfg"]
     assert "root=LABEL=cloudimg-rootfs" in debian.CMDLINE
     assert f"--label {debian.ROOT_LABEL}" in files[debian.GRUB_EARLY]

@@ -15,7 +15,8 @@ host's apt already uses:
    ``ubuntu`` with passwordless sudo, as on Ubuntu's images, the datasources
    are NoCloud then None, networking is rendered for systemd-networkd, the
    locale is C.UTF-8 (nothing to generate at first boot); the root filesystem
-   is mounted by its label ``cloudimg-rootfs``; SSH host keys, the machine id
+   is mounted by its label ``cloudimg-rootfs``, the EFI system partition at
+   ``/boot/efi`` (:data:`FSTAB`); SSH host keys, the machine id
    and apt's lists are removed so each instance gets its own;
 4. the disk, without mounting anything or using a loop device, laid out as
    Debian's own cloud images are, so that it boots through SeaBIOS and
@@ -216,6 +217,14 @@ menuentry 'Debian GNU/Linux 12' {{
 }}
 """
 
+# The root, and the EFI system partition where Debian's images mount it (for
+# grub-install and efibootmgr in the guest); nofail: a guest never stops
+# booting over it, and no fsck (the image has no dosfstools).
+FSTAB = (
+    f"LABEL={ROOT_LABEL}\t/\text4\tdefaults,errors=remount-ro\t0\t1\n"
+    f"LABEL={ESP_LABEL}\t/boot/efi\tvfat\tumask=0077,nofail\t0\t0\n"
+)
+
 HOSTS = """\
 127.0.0.1	localhost
 ::1		localhost ip6-localhost ip6-loopback
@@ -226,7 +235,7 @@ ff02::2		ip6-allrouters
 # Written after packages are installed.
 CONFIG_FILES: tuple[tuple[str, int, str], ...] = (
     ("etc/cloud/cloud.cfg.d/90_ketch.cfg", 0o644, CLOUD_CFG),
-    ("etc/fstab", 0o644, f"LABEL={ROOT_LABEL}\t/\text4\tdefaults,errors=remount-ro\t0\t1\n"),
+    ("etc/fstab", 0o644, FSTAB),
     ("etc/hostname", 0o644, "debian\n"),
     ("etc/hosts", 0o644, HOSTS),
     ("etc/default/locale", 0o644, "LANG=C.UTF-8\n"),
@@ -247,7 +256,7 @@ systemctl enable systemd-networkd.service systemd-resolved.service
 # No first-boot wizard on the serial console; no LVM scrubbing.
 systemctl mask systemd-firstboot.service
 systemctl disable e2scrub_reap.service e2scrub_all.timer
-mkdir -p /boot/grub/i386-pc /boot/grub/x86_64-efi
+mkdir -p /boot/grub/i386-pc /boot/grub/x86_64-efi /boot/efi
 cp /{GRUB_LIB}/*.mod /{GRUB_LIB}/*.lst /{GRUB_LIB}/boot.img /boot/grub/i386-pc/
 cp /{GRUB_EFI_LIB}/*.mod /{GRUB_EFI_LIB}/*.lst /boot/grub/x86_64-efi/
 grub-mkimage -O i386-pc -o /{CORE_IMG} -c /{GRUB_EARLY} -p /boot/grub \
