@@ -178,17 +178,19 @@ def arg_parser(doc: str | None, runs: int) -> argparse.ArgumentParser:
 # ---- the tiny image ---------------------------------------------------------------
 
 
-def tiny_image() -> ImageInfo:
-    """The built-in tiny image from the test cache (built there once if missing).
-
-    The cache is ``$KETCH_TEST_CACHE`` or ``~/.cache/ketch-test/images``, as
-    for the tests.
-    """
-    from ketch.images.tiny import build_tiny
-
+def image_cache() -> Path:
+    """The test image cache: ``$KETCH_TEST_CACHE`` or ``~/.cache/ketch-test/images``,
+    as for the tests (made if missing)."""
     cache = Path(os.environ.get("KETCH_TEST_CACHE") or "~/.cache/ketch-test/images").expanduser()
     cache.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(build_tiny(cache))
+    return cache
+
+
+def tiny_image() -> ImageInfo:
+    """The built-in tiny image from the test cache (built there once if missing)."""
+    from ketch.images.tiny import build_tiny
+
+    return asyncio.run(build_tiny(image_cache()))
 
 
 def bench_env(root: Path) -> dict[str, str]:

@@ -36,6 +36,7 @@ from common import (
     arg_parser,
     emit,
     fresh_bench,
+    image_cache,
     interleave,
     log,
     print_table,
@@ -50,8 +51,7 @@ GOAL = 1.10
 
 def debian_image(b: Bench) -> ImageInfo:
     """The debian-12 image from the test cache, linked into the bench's root."""
-    cache = Path(os.environ.get("KETCH_TEST_CACHE") or "~/.cache/ketch-test/images").expanduser()
-    built = asyncio.run(debian.build_debian(cache))
+    built = asyncio.run(debian.build_debian(image_cache()))
     src = Path(built.disk).parent
     dst = b.root / "vault" / "built" / debian.NAME / src.name
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -80,9 +80,8 @@ def raw_boot(b: Bench, name: str, accel: str, image: ImageInfo, firmware: str) -
 
 
 def timed_build() -> float:
-    cache = Path(os.environ.get("KETCH_TEST_CACHE") or "~/.cache/ketch-test/images").expanduser()
     t0 = time.perf_counter()
-    asyncio.run(debian.build_debian(cache, force=True))
+    asyncio.run(debian.build_debian(image_cache(), force=True))
     return time.perf_counter() - t0
 
 

@@ -122,11 +122,11 @@ class QemuDriver:
         spec: InstanceSpec,
         idir: InstanceDir,
         accel: str,
-        resume: bool,
         efi: firmware.Uefi | None,
+        *,
+        loadvm: bool,
+        paused: bool,
     ) -> qemu.QemuConfig:
-        # A UEFI instance resumes through QMP (see _load_suspended), not -loadvm.
-        by_qmp = resume and efi is not None
         return qemu.QemuConfig(
             name=spec.name,
             cpus=spec.cpus,
@@ -140,10 +140,10 @@ class QemuDriver:
             serial_log=idir.serial_log,
             ssh_port=spec.ssh_port,
             mac=spec.mac,
-            loadvm=SUSPEND_TAG if resume and not by_qmp else None,
+            loadvm=SUSPEND_TAG if loadvm else None,
             efi_code=efi.code if efi else None,
             efi_vars=idir.efi_vars if efi else None,
-            paused=by_qmp,
+            paused=paused,
         )
 
     async def start(
@@ -151,8 +151,11 @@ class QemuDriver:
     ) -> None:
         procs.remove_quietly(idir.pidfile, idir.qmp_socket)
         efi = await self._prepare_uefi(idir) if qemu.uses_uefi(spec.boot) else None
-        await qemu.start(self._config(spec, idir, accel, resume, efi), log=idir.qemu_log)
-        if resume and efi is not None:
+        # A UEFI instance resumes through QMP (see _load_suspended), not -loadvm.
+        by_qmp = resume and efi is not None
+        cfg = self._config(spec, idir, accel, efi, loadvm=resume and not by_qmp, paused=by_qmp)
+        await qemu.start(cfg, log=idir.qemu_log)
+        if by_qmp:
             await self._load_suspended(spec, idir)
 
     async def _prepare_uefi(self, idir: InstanceDir) -> firmware.Uefi:
