@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -43,19 +42,11 @@ def ketch(tiny_image: ImageInfo) -> Iterator[Ketch]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(3)}"
-
-
 @pytest.fixture(scope="module")
 def vm(ketch: Ketch) -> Iterator[str]:
     """A running tiny instance for the tests of one module."""
-    name = unique("vm")
-    ketch.run("launch", "tiny", "--name", name, "--memory", "512M")
-    try:
+    with ketch.launched("vm", "--memory", "512M") as name:
         yield name
-    finally:
-        ketch.run("delete", "--purge", name, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ketch.host import procs
+
+
+def unique(prefix: str) -> str:
+    """An instance name no other test uses: ``<prefix>-<6 hex digits>``."""
+    return f"{prefix}-{secrets.token_hex(3)}"
 
 
 class Ketch:
@@ -39,6 +47,23 @@ class Ketch:
                 f"stdout: {proc.stdout}\nstderr: {proc.stderr}"
             )
         return proc
+
+    @contextlib.contextmanager
+    def launched(
+        self,
+        prefix: str,
+        *args: str,
+        image: str = "tiny",
+        input: bytes | None = None,
+        timeout: float = 600,
+    ) -> Iterator[str]:
+        """An instance ``<prefix>-<random>`` launched with ``args``; purged afterwards."""
+        name = unique(prefix)
+        self.run("launch", image, "--name", name, *args, input=input, timeout=timeout)
+        try:
+            yield name
+        finally:
+            self.run("delete", "--purge", name, check=False)
 
     def json(self, *args: str) -> Any:
         return json.loads(self.run(*args, "--format", "json").stdout)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 from chaos import KNOWN_BUGS, Config, qemu_processes, run_walk
-from conftest import _seed_vault, unique
-from ketchcli import Ketch
+from conftest import _seed_vault
+from ketchcli import Ketch, unique
 
 from ketch.host import procs, qmp
 from ketch.model import ImageInfo

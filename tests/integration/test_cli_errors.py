@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import unique
-from ketchcli import Ketch
+from ketchcli import Ketch, unique
 
 
 def test_unknown_instance(ketch: Ketch) -> None:

@@ -12,8 +12,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-from conftest import unique
-from ketchcli import Ketch
+from ketchcli import Ketch, unique
 
 from ketch.model import Intent
 from ketch.store.db import Store
@@ -23,12 +22,8 @@ pytestmark = pytest.mark.vm
 
 @pytest.fixture(scope="module")
 def source(ketch: Ketch) -> Iterator[str]:
-    name = unique("src")
-    ketch.run("launch", "tiny", "--name", name, "--memory", "512M")
-    try:
+    with ketch.launched("src", "--memory", "512M") as name:
         yield name
-    finally:
-        ketch.run("delete", "--purge", name, check=False)
 
 
 def identity(ketch: Ketch, name: str) -> dict[str, str]:

@@ -19,8 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import unique
-from ketchcli import Ketch
+from ketchcli import Ketch, unique
 
 from ketch.images import debian
 from ketch.model import ImageInfo
@@ -90,30 +89,21 @@ def deb(
     _link_tree(src, ketch.root / "vault" / "built" / debian.NAME / src.name)
     user_data = tmp_path_factory.mktemp("deb") / "user-data.yaml"
     user_data.write_text(USER_DATA)
-    name = unique("deb")
-    ketch.run(
-        "launch", "debian-12", "--name", name, "--disk", "4G",
-        "--cloud-init", str(user_data), "--timeout", READY_TIMEOUT,
-        timeout=float(READY_TIMEOUT) + 600,
-    )  # fmt: skip
-    try:
+    with ketch.launched(
+        "deb", "--disk", "4G", "--cloud-init", str(user_data), "--timeout", READY_TIMEOUT,
+        image=debian.NAME, timeout=float(READY_TIMEOUT) + 600,
+    ) as name:  # fmt: skip
         yield name
-    finally:
-        ketch.run("delete", "--purge", name, check=False)
 
 
 @pytest.fixture(scope="module")
 def deb_uefi(ketch: Ketch, deb: str) -> Iterator[str]:
     """A debian-12 instance booted through UEFI, from the same image."""
-    name = unique("debefi")
-    ketch.run(
-        "launch", "debian-12", "--name", name, "--firmware", "uefi", "--memory", "768M",
-        "--timeout", READY_TIMEOUT, timeout=float(READY_TIMEOUT) + 600,
-    )  # fmt: skip
-    try:
+    with ketch.launched(
+        "debefi", "--firmware", "uefi", "--memory", "768M", "--timeout", READY_TIMEOUT,
+        image=debian.NAME, timeout=float(READY_TIMEOUT) + 600,
+    ) as name:  # fmt: skip
         yield name
-    finally:
-        ketch.run("delete", "--purge", name, check=False)
 
 
 def sh(ketch: Ketch, name: str, command: str) -> str:

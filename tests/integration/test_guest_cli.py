@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from conftest import unique
 from ketchcli import Ketch
 
 pytestmark = pytest.mark.vm
@@ -34,15 +33,10 @@ runcmd:
 
 @pytest.fixture(scope="module")
 def guest(ketch: Ketch) -> Iterator[str]:
-    name = unique("guest")
-    ketch.run(
-        "launch", "tiny", "--name", name, "--memory", "512M", "--cloud-init", "-",
-        input=USER_DATA.encode(),
-    )  # fmt: skip
-    try:
+    with ketch.launched(
+        "guest", "--memory", "512M", "--cloud-init", "-", input=USER_DATA.encode()
+    ) as name:
         yield name
-    finally:
-        ketch.run("delete", "--purge", name, check=False)
 
 
 def raw(ketch: Ketch, *args: str, data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:

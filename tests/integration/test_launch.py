@@ -8,8 +8,7 @@ import time
 
 import pexpect
 import pytest
-from conftest import unique
-from ketchcli import Ketch
+from ketchcli import Ketch, unique
 
 pytestmark = pytest.mark.vm
 

@@ -12,8 +12,7 @@ import threading
 import time
 
 import pytest
-from conftest import unique
-from ketchcli import Ketch
+from ketchcli import Ketch, unique
 
 pytestmark = pytest.mark.vm
 

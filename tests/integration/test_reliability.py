@@ -11,8 +11,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import unique
-from ketchcli import Ketch
+from ketchcli import Ketch, unique
 from qcow2_damage import corrupt_refcount, leak_cluster
 
 from ketch.host import qmp

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from conftest import unique
 from ketchcli import Ketch
 
 pytestmark = pytest.mark.vm
@@ -21,12 +20,8 @@ MiB = 1024**2
 
 @pytest.fixture(scope="module")
 def setvm(ketch: Ketch) -> Iterator[str]:
-    name = unique("set")
-    ketch.run("launch", "tiny", "--name", name, "--memory", "512M", "--disk", "2G")
-    try:
+    with ketch.launched("set", "--memory", "512M", "--disk", "2G") as name:
         yield name
-    finally:
-        ketch.run("delete", "--purge", name, check=False)
 
 
 def stopped(ketch: Ketch, name: str) -> None:

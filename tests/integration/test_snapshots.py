@@ -12,7 +12,6 @@ from collections.abc import Iterator
 
 import pexpect
 import pytest
-from conftest import unique
 from ketchcli import Ketch
 
 pytestmark = pytest.mark.vm
@@ -20,12 +19,8 @@ pytestmark = pytest.mark.vm
 
 @pytest.fixture(scope="module")
 def snapvm(ketch: Ketch) -> Iterator[str]:
-    name = unique("snap")
-    ketch.run("launch", "tiny", "--name", name, "--memory", "512M")
-    try:
+    with ketch.launched("snap", "--memory", "512M") as name:
         yield name
-    finally:
-        ketch.run("delete", "--purge", name, check=False)
 
 
 def stopped(ketch: Ketch, name: str) -> None:

@@ -14,6 +14,7 @@ talks to the socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import shutil
@@ -284,6 +285,13 @@ def spec(name: str, port: int = 42001) -> InstanceSpec:
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
+    with serving(tmp_path) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def serving(tmp_path: Path) -> Iterator[Env]:
+    """A real daemon on a fake driver, stopped and cleaned up afterwards."""
     # A short directory for the socket: AF_UNIX paths are limited to ~107 bytes.
     short = Path(tempfile.mkdtemp(prefix="kd-", dir="/tmp"))
     root = Root(short)

@@ -10,41 +10,23 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_daemon_api import WAIT, Daemon, Env, FakeDriver, raw, wait
+from test_daemon_api import WAIT, Env, raw, serving, wait
 
-from ketch.client import Client
 from ketch.errors import RemoteError
 from ketch.host import qemu_img
-from ketch.layout import Root
 from ketch.model import Intent
-from ketch.store.db import Store
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img not installed")
 
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Env]:
-    short = Path(tempfile.mkdtemp(prefix="kd-", dir="/tmp"))
-    root = Root(short)
-    db = tmp_path / "ketch.db"
-    store = Store(db)
-    store.set_setting("local.accel", "tcg")
-    driver = FakeDriver()
-    daemon = Daemon(root, db, driver)
-    daemon.start()
-    try:
-        yield Env(daemon, driver, store, Client(root, autostart=False), root)
-    finally:
-        for gate in driver.gates.values():
-            gate.set()
-        daemon.stop()
-        store.close()
-        shutil.rmtree(short, ignore_errors=True)
+    with serving(tmp_path) as running:
+        yield running
 
 
 def add(api: Env, name: str, *, running: bool = False, port: int = 42001) -> Path:
