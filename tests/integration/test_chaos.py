@@ -235,27 +235,14 @@ def _fill(k: Ketch, leave: int) -> Path:
     return filler
 
 
-def test_force_stop_works_on_a_full_disk(small_root: Ketch) -> None:
+@pytest.mark.parametrize("verb", [("stop", "--force"), ("delete", "--purge")])
+def test_force_stop_and_purge_work_on_a_full_disk(small_root: Ketch, verb: tuple[str, str]) -> None:
     k = small_root
-    name = unique("fullstop")
+    name = unique("full" + verb[0])
     k.run("launch", "tiny", "--name", name, "--memory", "256M")
     filler = _fill(k, 0)
     try:
-        done = k.run("stop", "--force", name, check=False)
-        assert done.returncode == 0, done.stderr
-        assert name not in qemu_processes(k.root)
-    finally:
-        filler.unlink()
-        k.run("delete", "--purge", name, check=False)
-
-
-def test_purge_works_on_a_full_disk(small_root: Ketch) -> None:
-    k = small_root
-    name = unique("fullpurge")
-    k.run("launch", "tiny", "--name", name, "--memory", "256M")
-    filler = _fill(k, 0)
-    try:
-        done = k.run("delete", "--purge", name, check=False)
+        done = k.run(*verb, name, check=False)
         assert done.returncode == 0, done.stderr
         assert name not in qemu_processes(k.root)
     finally:
