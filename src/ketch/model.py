@@ -3,6 +3,12 @@
 Nothing here does I/O.  The store persists :class:`InstanceSpec` and
 :class:`Intent`; the runtime produces :class:`Observation`; the state
 derivation turns both into a :class:`State` plus :class:`Inconsistency` list.
+
+Every word ketch uses for a state, a QEMU run state, an inconsistency, an
+operation or a verb is an enum defined once here (a ``StrEnum``: on the wire
+and in the journal it is the same string as before); what each one means for
+ketch (which verbs a state accepts, what a run state means, what doctor does
+about a code) is in :mod:`ketch.vocabulary`.
 """
 
 from __future__ import annotations
@@ -23,6 +29,111 @@ class State(enum.StrEnum):
     DELAYED_SHUTDOWN = "Delayed Shutdown"
     DELETED = "Deleted"
     UNKNOWN = "Unknown"
+
+
+class RunState(enum.StrEnum):
+    """QEMU's run states (QMP ``query-status``), all of them, as QMP spells them."""
+
+    DEBUG = "debug"
+    INMIGRATE = "inmigrate"
+    INTERNAL_ERROR = "internal-error"
+    IO_ERROR = "io-error"
+    PAUSED = "paused"
+    POSTMIGRATE = "postmigrate"
+    PRELAUNCH = "prelaunch"
+    FINISH_MIGRATE = "finish-migrate"
+    RESTORE_VM = "restore-vm"
+    RUNNING = "running"
+    SAVE_VM = "save-vm"
+    SHUTDOWN = "shutdown"
+    SUSPENDED = "suspended"
+    WATCHDOG = "watchdog"
+    GUEST_PANICKED = "guest-panicked"
+    COLO = "colo"
+    PRECONFIG = "preconfig"
+
+
+class InconsistencyCode(enum.StrEnum):
+    """What state derivation can find wrong with an instance (``ketch info`` shows them)."""
+
+    QUARANTINED = "quarantined"
+    STALE_PID_FILE = "stale-pid-file"
+    FOREIGN_PID = "foreign-pid"
+    PID_FILE_MISMATCH = "pid-file-mismatch"
+    DISK_ONLY_SUSPEND_TAG = "disk-only-suspend-tag"
+    INTERRUPTED_OPERATION = "interrupted-operation"
+    MISSING_DISK = "missing-disk"
+    DELETED_BUT_RUNNING = "deleted-but-running"
+    STRAY_SUSPEND_TAG = "stray-suspend-tag"
+    QMP_UNRESPONSIVE = "qmp-unresponsive"
+    PAUSED = "paused"
+    PAUSED_IO_ERROR = "paused-io-error"
+    GUEST_HALTED = "guest-halted"
+    UNEXPECTED_QMP_STATUS = "unexpected-qmp-status"
+    UNREADABLE_TAGS = "unreadable-tags"
+    MISSING_SUSPEND_TAG = "missing-suspend-tag"
+    EXITED_UNEXPECTEDLY = "exited-unexpectedly"
+
+
+class FindingCode(enum.StrEnum):
+    """What ``ketch doctor`` finds beyond the inconsistencies (checks ``list`` cannot afford)."""
+
+    DISK_LEAKS = "disk-leaks"
+    DISK_CORRUPT = "disk-corrupt"
+    DISK_CHECK_FAILED = "disk-check-failed"
+    MISSING_BASE_IMAGE = "missing-base-image"
+    EFIVARS_DAMAGED = "efivars-damaged"
+    SNAPSHOT_WITHOUT_METADATA = "snapshot-without-metadata"
+    SNAPSHOT_WITHOUT_TAG = "snapshot-without-tag"
+    PORT_TAKEN = "port-taken"
+    LEFTOVER_SOCKET = "leftover-socket"
+    QUARANTINE_CLEARED = "quarantine-cleared"
+    STRAY_DIRECTORY = "stray-directory"
+    DIRECTORY_WITHOUT_RECORD = "directory-without-record"
+    ORPHAN_QEMU = "orphan-qemu"
+
+
+class OperationKind(enum.StrEnum):
+    """What ketchd runs under an instance's lock; the journal's ``op`` column."""
+
+    LAUNCH = "launch"
+    START = "start"
+    STOP = "stop"
+    FORCE_STOP = "force-stop"
+    SUSPEND = "suspend"
+    RESTART = "restart"
+    DELETE = "delete"
+    RECOVER = "recover"
+    PURGE = "purge"
+    SNAPSHOT = "snapshot"
+    RESTORE = "restore"
+    DELETE_SNAPSHOT = "delete-snapshot"
+    CLONE = "clone"
+    SET = "set"
+    DOCTOR = "doctor"
+    BUILD = "build"
+
+
+class Verb(enum.StrEnum):
+    """What a user can ask of one instance, spelled as the CLI spells it."""
+
+    INFO = "info"
+    DOCTOR = "doctor"
+    START = "start"
+    STOP = "stop"
+    FORCE_STOP = "stop --force"
+    DELAYED_STOP = "stop --time"
+    SUSPEND = "suspend"
+    RESTART = "restart"
+    DELETE = "delete"
+    PURGE = "delete --purge"
+    RECOVER = "recover"
+    SNAPSHOT = "snapshot"
+    RESTORE = "restore"
+    DELETE_SNAPSHOT = "delete NAME.SNAPSHOT"
+    CLONE = "clone"
+    SET = "set local.NAME.*"
+    CONNECT = "exec, shell, transfer"
 
 
 class Intent(enum.StrEnum):
@@ -107,7 +218,7 @@ class Observation:
 class Inconsistency:
     """A mismatch between what was recorded and what is there, and the way out."""
 
-    code: str  # stable, e.g. "missing-suspend-tag"
+    code: InconsistencyCode  # stable, e.g. "missing-suspend-tag"
     message: str  # what is wrong
     action: str  # what ketch does, or what the user can do
 

@@ -3,20 +3,18 @@
 This is the pure heart of "store intent, derive reality".  The full truth
 table is in docs/internals.md; every row has a unit test.  The function never
 raises: whatever it finds becomes a state plus a list of inconsistencies, each
-saying what ketch (or the user) does about it.
+saying what ketch (or the user) does about it.  What each QEMU run state
+means, and which state a live operation shows, are tables in
+:mod:`ketch.vocabulary`.
 """
 
 from __future__ import annotations
 
 from ketch.model import Derived, Inconsistency, Intent, Observation, PidStatus, State
+from ketch.model import InconsistencyCode as Code
+from ketch.vocabulary import OP_STATES, QUARANTINE_ALLOWS, Guest, guest, meaning, quoted
 
-# Live operation name -> the transitional state it shows.
-OP_STATES = {
-    "launch": State.STARTING,
-    "start": State.STARTING,
-    "restart": State.RESTARTING,
-    "suspend": State.SUSPENDING,
-}
+__all__ = ["OP_STATES", "derive"]
 
 
 def derive(
@@ -34,9 +32,9 @@ def derive(
     if quarantine:
         found.append(
             Inconsistency(
-                "quarantined",
+                Code.QUARANTINED,
                 f"quarantined: {quarantine}",
-                "only 'info', 'doctor', 'stop --force' and 'delete --purge' are allowed; "
+                f"only {quoted(QUARANTINE_ALLOWS)} are allowed; "
                 "'ketch doctor --fix' releases it once the cause is repaired",
             )
         )
@@ -45,7 +43,7 @@ def derive(
     if obs.pid_status is PidStatus.STALE:
         found.append(
             Inconsistency(
-                "stale-pid-file",
+                Code.STALE_PID_FILE,
                 f"the pid file names process {obs.pid}, which is not running",
                 "ketch removes the pid file at the next operation",
             )
@@ -53,7 +51,7 @@ def derive(
     elif obs.pid_status is PidStatus.FOREIGN:
         found.append(
             Inconsistency(
-                "foreign-pid",
+                Code.FOREIGN_PID,
                 f"the pid file names process {obs.pid} ({obs.pid_cmdline or '?'}), "
                 "which is not this instance's QEMU",
                 "ketch ignores that process (it is never signalled) and removes the pid file",
@@ -62,7 +60,7 @@ def derive(
     if obs.pid_file is not None and running:
         found.append(
             Inconsistency(
-                "pid-file-mismatch",
+                Code.PID_FILE_MISMATCH,
                 f"the pid file names process {obs.pid_file}, but this instance's QEMU is "
                 f"process {obs.pid}",
                 "ketch follows the real QEMU (found through /proc) and never signals the "
@@ -72,7 +70,7 @@ def derive(
     if obs.suspend_tag_disk_only:
         found.append(
             Inconsistency(
-                "disk-only-suspend-tag",
+                Code.DISK_ONLY_SUSPEND_TAG,
                 "the disk holds a 'suspend' tag without saved VM state "
                 "(a disk-only snapshot, e.g. made by hand)",
                 "it is never loaded: 'start' removes it and boots afresh; so does 'stop --force'",
@@ -81,7 +79,7 @@ def derive(
     if interrupted_op:
         found.append(
             Inconsistency(
-                "interrupted-operation",
+                Code.INTERRUPTED_OPERATION,
                 f"a '{interrupted_op}' operation did not finish (ketchd stopped during it, "
                 "or could not record its end)",
                 "the state below is what is there now; repeat the command, or 'stop --force'",
@@ -90,7 +88,7 @@ def derive(
     if not obs.disk_exists:
         found.append(
             Inconsistency(
-                "missing-disk",
+                Code.MISSING_DISK,
                 "the instance's disk is missing",
                 "the instance is kept for inspection; 'delete --purge' removes its record",
             )
@@ -100,7 +98,7 @@ def derive(
         if running:
             found.append(
                 Inconsistency(
-                    "deleted-but-running",
+                    Code.DELETED_BUT_RUNNING,
                     "the instance is deleted but its QEMU still runs",
                     "'stop --force' or 'purge' ends it",
                 )
@@ -124,7 +122,7 @@ def _derive_running(
     if obs.suspend_tag:
         found.append(
             Inconsistency(
-                "stray-suspend-tag",
+                Code.STRAY_SUSPEND_TAG,
                 "the disk holds a 'suspend' tag although the instance runs",
                 "the tag is stale and is never loaded; 'stop' or 'stop --force' removes it",
             )
@@ -136,49 +134,53 @@ def _derive_running(
     if obs.qmp_status is None:
         found.append(
             Inconsistency(
-                "qmp-unresponsive",
+                Code.QMP_UNRESPONSIVE,
                 f"QEMU runs but its monitor does not answer ({obs.qmp_error or 'no reply'})",
                 "'stop --force' ends the process",
             )
         )
         return Derived(State.UNKNOWN, tuple(found), True)
-    if obs.qmp_status in ("running", "debug"):
+    return _derive_qmp(obs.qmp_status, found, delayed)
+
+
+def _derive_qmp(status: str, found: list[Inconsistency], delayed: bool) -> Derived:
+    """QEMU runs and its monitor answered ``status``: the run-state table decides."""
+    kind = guest(status)
+    if kind is Guest.RUNNING:
         return Derived(State.DELAYED_SHUTDOWN if delayed else State.RUNNING, tuple(found), True)
-    if obs.qmp_status == "io-error":
+    if kind is Guest.PAUSED_IO_ERROR:
         found.append(
             Inconsistency(
-                "paused-io-error",
+                Code.PAUSED_IO_ERROR,
                 "QEMU paused the guest because a disk write failed "
                 "(is the storage root's filesystem full?)",
                 "free some space, then 'start' resumes the guest with nothing lost",
             )
         )
-        return Derived(State.UNKNOWN, tuple(found), True)
-    if obs.qmp_status in ("paused", "suspended", "prelaunch", "finish-migrate", "postmigrate"):
+    elif kind is Guest.PAUSED:
         found.append(
             Inconsistency(
-                "paused",
-                f"QEMU runs but the guest's vCPUs are stopped (status '{obs.qmp_status}')",
+                Code.PAUSED,
+                f"QEMU runs but the guest's vCPUs are stopped (status '{status}')",
                 "'start' resumes the guest; 'stop --force' ends it",
             )
         )
-        return Derived(State.UNKNOWN, tuple(found), True)
-    if obs.qmp_status in ("shutdown", "guest-panicked", "internal-error"):
+    elif kind is Guest.HALTED:
         found.append(
             Inconsistency(
-                "guest-halted",
-                f"QEMU runs but the guest is halted (status '{obs.qmp_status}')",
-                "'stop --force' ends QEMU; 'restart' boots the guest again",
+                Code.GUEST_HALTED,
+                f"QEMU runs but the guest is halted (status '{status}')",
+                "'stop --force' ends QEMU; 'start' then boots the guest afresh",
             )
         )
-        return Derived(State.UNKNOWN, tuple(found), True)
-    found.append(
-        Inconsistency(
-            "unexpected-qmp-status",
-            f"QEMU reports status '{obs.qmp_status}'",
-            "'stop --force' ends it",
+    else:
+        found.append(
+            Inconsistency(
+                Code.UNEXPECTED_QMP_STATUS,
+                f"QEMU reports status '{status}' ({meaning(status)})",
+                "'stop --force' ends it",
+            )
         )
-    )
     return Derived(State.UNKNOWN, tuple(found), True)
 
 
@@ -186,7 +188,7 @@ def _derive_stopped(intent: Intent, obs: Observation, found: list[Inconsistency]
     if obs.suspend_tag is None:
         found.append(
             Inconsistency(
-                "unreadable-tags",
+                Code.UNREADABLE_TAGS,
                 f"the disk's snapshot tags could not be read ({obs.tag_error or 'unknown error'})",
                 "'stop --force' and 'delete --purge' still work; 'ketch doctor' explains more",
             )
@@ -198,7 +200,7 @@ def _derive_stopped(intent: Intent, obs: Observation, found: list[Inconsistency]
             return Derived(State.SUSPENDED, tuple(found), False)
         found.append(
             Inconsistency(
-                "missing-suspend-tag",
+                Code.MISSING_SUSPEND_TAG,
                 "recorded as suspended, but the disk has no 'suspend' tag: "
                 "the saved memory state is gone",
                 "'start' boots the guest afresh from its disk; nothing on the disk is lost",
@@ -208,7 +210,7 @@ def _derive_stopped(intent: Intent, obs: Observation, found: list[Inconsistency]
     if obs.suspend_tag:
         found.append(
             Inconsistency(
-                "stray-suspend-tag",
+                Code.STRAY_SUSPEND_TAG,
                 "the disk holds a 'suspend' tag although the instance was not suspended",
                 "the tag is never loaded (its memory may be older than the disk): "
                 "'start' boots afresh and removes it; so does 'stop --force'",
@@ -217,7 +219,7 @@ def _derive_stopped(intent: Intent, obs: Observation, found: list[Inconsistency]
     if intent is Intent.RUN:
         found.append(
             Inconsistency(
-                "exited-unexpectedly",
+                Code.EXITED_UNEXPECTEDLY,
                 "the instance should be running but its QEMU is not "
                 "(it crashed, was killed, or the host rebooted)",
                 "'start' boots it again",

@@ -32,7 +32,7 @@ from typing import Any
 from ketch import cloudinit
 from ketch.errors import AlreadyExists, InvalidArgument, KetchError
 from ketch.host import qemu_img
-from ketch.model import Intent, PidStatus, State
+from ketch.model import Intent, PidStatus, State, Verb
 from ketch.progress import Reporter
 from ketch.service import guestlink, names
 from ketch.service.context import Context
@@ -70,7 +70,7 @@ async def clone(ctx: Context, source: str, name: str, reporter: Reporter) -> dic
             f"its memory state is saved in its disk: 'ketch start {source}' then "
             f"'ketch stop {source}', or 'ketch stop --force {source}'"
         )
-    require(v, "clone", {State.STOPPED}, hint=hint)
+    require(v, Verb.CLONE, hint=hint)
     if ctx.store.exists(name):
         raise AlreadyExists(f'instance "{name}" already exists')
     src_spec = v.record.spec

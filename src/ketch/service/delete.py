@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from ketch.errors import InvalidState
-from ketch.model import State
+from ketch.model import State, Verb
 from ketch.progress import Reporter
 from ketch.service import guestlink
 from ketch.service.context import Context
 from ketch.service.inspect import get, require
 from ketch.service.lifecycle import begin_quietly, finish_quietly, record_quietly
+from ketch.vocabulary import accepted_states
 
 
 async def delete(ctx: Context, name: str, reporter: Reporter, *, purge: bool) -> dict[str, Any]:
@@ -23,9 +24,9 @@ async def delete(ctx: Context, name: str, reporter: Reporter, *, purge: bool) ->
     if purge:
         await _purge_one(ctx, name, reporter)
         return {"name": name, "purged": True}
-    if v.state is State.DELETED:
+    if v.state is State.DELETED:  # nothing to do
         return {"name": name, "purged": False}
-    require(v, "delete", set(State), hint=f"use 'ketch delete --purge {name}'")
+    require(v, Verb.DELETE, hint=f"use 'ketch delete --purge {name}'")
     spec, idir = v.record.spec, ctx.root.instance(name)
     if v.derived.running:
         reporter.step(f"Stopping {name}")
@@ -60,11 +61,12 @@ async def _purge_one(ctx: Context, name: str, reporter: Reporter) -> None:
 
 async def recover(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
     v = await get(ctx, name)
-    if v.state is not State.DELETED:
+    accepted = accepted_states(Verb.RECOVER)
+    if v.state not in accepted:
         raise InvalidState(
             name,
             v.state.value,
-            ["Deleted"],
+            sorted(s.value for s in accepted),
             message=f'instance "{name}" is not deleted',
             hint="only deleted instances can be recovered",
         )

@@ -10,6 +10,7 @@ from ketch.layout import InstanceDir, Root
 from ketch.model import InstanceSpec, PidStatus, SshTarget
 from ketch.progress import Reporter
 from ketch.runtime.driver import Driver
+from ketch.vocabulary import blocks_readiness
 
 
 def client_public_key(root: Root) -> str:
@@ -52,7 +53,7 @@ async def wait_ready(
         obs = await driver.observe(spec, root.instance(spec.name), probe_qmp=True)
         if obs.pid_status is not PidStatus.OURS:
             return "its QEMU is no longer running (see its qemu.log and serial.log)"
-        if obs.qmp_status in BLOCKED:
+        if blocks_readiness(obs.qmp_status):
             return f"QEMU reports the guest as '{obs.qmp_status}'"
         return None
 
@@ -62,10 +63,6 @@ async def wait_ready(
         reporter=reporter,
         abort=abort if driver is not None else None,
     )
-
-
-# QMP run states in which a guest cannot get ready by itself.
-BLOCKED = ("paused", "shutdown", "guest-panicked", "internal-error", "io-error", "suspended")
 
 
 def port_free(port: int) -> bool:

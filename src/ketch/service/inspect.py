@@ -11,8 +11,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ketch.errors import Deleted, InvalidState, NotFound, Quarantined
-from ketch.model import Derived, Observation, State
+from ketch import vocabulary
+from ketch.errors import NotFound
+from ketch.model import Derived, Observation, State, Verb
 from ketch.runtime.derive import derive
 from ketch.service.context import Context
 from ketch.store.db import Record
@@ -82,31 +83,21 @@ async def all_views(ctx: Context) -> list[View]:
     return list(await asyncio.gather(*(view(ctx, r) for r in records)))
 
 
-def require(v: View, op: str, accepted: set[State], *, hint: str | None = None) -> None:
-    """Raise InvalidState unless the instance is in one of ``accepted`` states.
+def require(v: View, verb: Verb, *, hint: str | None = None, phrase: str | None = None) -> None:
+    """Raise unless the instance's state accepts ``verb`` (``vocabulary.ACCEPTS``).
 
-    A quarantined instance accepts no operation that goes through here: only
-    ``info``, ``doctor``, ``stop --force`` and ``delete --purge`` (which do not).
+    A quarantined instance accepts only ``info``, ``doctor``, ``stop --force``
+    and ``delete --purge`` (``vocabulary.QUARANTINE_ALLOWS``).
     """
-    if v.record.quarantine and not v.record.deleted:
-        raise Quarantined(
-            v.name,
-            "quarantined",
-            ["not quarantined"],
-            message=f'cannot {op} "{v.name}": it is quarantined ({v.record.quarantine})',
-            hint=f"see 'ketch doctor {v.name}'; 'ketch stop --force' and "
-            "'ketch delete --purge' still work",
-        )
-    if v.state is State.DELETED and State.DELETED not in accepted:
-        raise Deleted(v.name)
-    if v.state not in accepted:
-        raise InvalidState(
-            v.name,
-            v.state.value,
-            sorted(s.value for s in accepted),
-            message=f'cannot {op} "{v.name}": it is {v.state.value}',
-            hint=hint,
-        )
+    vocabulary.require(
+        v.name,
+        v.state,
+        verb,
+        quarantine=v.record.quarantine,
+        deleted=v.record.deleted,
+        hint=hint,
+        phrase=phrase,
+    )
 
 
 def inconsistencies(v: View) -> list[dict[str, str]]:

@@ -13,12 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ketch.errors import HostCommandError, KetchError, Timeout
-from ketch.model import Intent, State
+from ketch.model import InconsistencyCode, Intent, State, Verb
 from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG
 from ketch.service import accel, guestlink
 from ketch.service.context import Context
 from ketch.service.inspect import View, get, require
+from ketch.vocabulary import resumable
 
 RUNNING = {State.RUNNING, State.DELAYED_SHUTDOWN}
 
@@ -55,17 +56,12 @@ def finish_quietly(ctx: Context, entry: int | None, outcome: str) -> None:
 async def start(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
     """Boot a stopped instance, resume a suspended one; a running one is left alone."""
     v = await get(ctx, name)
-    require(
-        v,
-        "start",
-        RUNNING | {State.STOPPED, State.SUSPENDED, State.UNKNOWN},
-        hint=f"'ketch stop --force {name}' first",
-    )
+    require(v, Verb.START, hint=f"'ketch stop --force {name}' first")
     if v.state in RUNNING:
         return {"name": name, "resumed": False}
     spec, idir = v.record.spec, ctx.root.instance(name)
     if v.state is State.UNKNOWN:
-        if v.obs.qmp_status in ("paused", "suspended", "prelaunch", "postmigrate", "io-error"):
+        if resumable(v.obs.qmp_status):
             reporter.step("Resuming paused vCPUs")
             await ctx.driver.cont(spec, idir)
             ctx.store.set_intent(name, Intent.RUN)
@@ -139,8 +135,7 @@ async def stop(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
     v = await get(ctx, name)
     require(
         v,
-        "stop",
-        RUNNING | {State.STOPPED},
+        Verb.STOP,
         hint=f"use 'ketch stop --force {name}'"
         + (" (this discards the suspended state)" if v.state is State.SUSPENDED else ""),
     )
@@ -181,7 +176,7 @@ async def force_stop(ctx: Context, name: str, reporter: Reporter) -> dict[str, A
     except Exception as exc:  # the hallmark: force stop must not fail
         reporter.warn(f"ending QEMU failed: {exc}")
     for inc in v.derived.inconsistencies:
-        if inc.code in ("stale-pid-file", "foreign-pid"):
+        if inc.code in (InconsistencyCode.STALE_PID_FILE, InconsistencyCode.FOREIGN_PID):
             reporter.warn(f"{inc.message}; removed the pid file")
     obs = await ctx.driver.observe(spec, idir, probe_qmp=False)
     if v.record.intent is Intent.SUSPEND and obs.suspend_tag is False:
@@ -211,7 +206,7 @@ async def force_stop(ctx: Context, name: str, reporter: Reporter) -> dict[str, A
 
 async def delayed_stop(ctx: Context, name: str, minutes: float) -> dict[str, Any]:
     v = await get(ctx, name)
-    require(v, "schedule a shutdown of", RUNNING)
+    require(v, Verb.DELAYED_STOP)
     when = time.time() + minutes * 60
     ctx.store.set_shutdown_at(name, when)
     return {"name": name, "shutdown_at": when}
@@ -228,7 +223,7 @@ async def cancel_delayed_stop(ctx: Context, name: str) -> dict[str, Any]:
 async def suspend(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
     """Save the running VM into its disk as the suspend tag and end QEMU."""
     v = await get(ctx, name)
-    require(v, "suspend", RUNNING | {State.SUSPENDED}, hint=f"'ketch start {name}' first")
+    require(v, Verb.SUSPEND, hint=f"'ketch start {name}' first")
     if v.state is State.SUSPENDED:
         return {"name": name}
     entry = ctx.store.begin(name, "suspend")
@@ -269,7 +264,7 @@ def suspend_failed(ctx: Context, v: View, exc: KetchError) -> KetchError:
 
 async def restart(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
     v = await get(ctx, name)
-    require(v, "restart", RUNNING | {State.STOPPED}, hint=f"'ketch start {name}'")
+    require(v, Verb.RESTART, hint=f"'ketch start {name}'")
     if v.state in RUNNING:
         await stop(ctx, name, reporter)
     return await start(ctx, name, reporter)

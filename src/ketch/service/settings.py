@@ -13,7 +13,7 @@ from typing import Any
 
 from ketch.errors import InvalidArgument, KetchError, NotFound
 from ketch.host import qemu_img
-from ketch.model import InstanceSpec, PidStatus, State
+from ketch.model import InstanceSpec, PidStatus, State, Verb
 from ketch.progress import Reporter
 from ketch.service import accel, inspect, names
 from ketch.service.context import Context
@@ -145,7 +145,7 @@ async def set_instance(
     """Change a stopped instance's cpus, memory or disk; nothing changes if refused."""
     v = await inspect.get(ctx, name)
     inspect.require(
-        v, f"change the {prop} of", {State.STOPPED}, hint=_set_hint(name, prop, v.state)
+        v, Verb.SET, phrase=f"change the {prop} of", hint=_set_hint(name, prop, v.state)
     )
     spec, idir = v.record.spec, ctx.root.instance(name)
     disk_now = (await qemu_img.info(idir.disk, fmt="qcow2")).virtual_size if prop == "disk" else 0

@@ -28,7 +28,7 @@ from typing import Any
 
 from ketch.errors import AlreadyExists, KetchError
 from ketch.host import qemu_img
-from ketch.model import PidStatus, State
+from ketch.model import PidStatus, State, Verb
 from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG
 from ketch.service.context import Context
@@ -153,7 +153,7 @@ def info_doc(ctx: Context, refs: Sequence[str]) -> tuple[dict[str, dict[str, Any
 # -- acting --------------------------------------------------------------------------------
 
 
-def _require_stopped(v: View, op: str) -> None:
+def _require_stopped(v: View, verb: Verb) -> None:
     name = v.name
     if v.state is State.SUSPENDED:
         hint = (
@@ -164,7 +164,7 @@ def _require_stopped(v: View, op: str) -> None:
         hint = f"see 'ketch info {name}'; 'ketch stop --force {name}' ends it"
     else:
         hint = f"stop it first: 'ketch stop {name}'"
-    require(v, op, {State.STOPPED}, hint=hint)
+    require(v, verb, hint=hint)
 
 
 async def _drop_tag_quietly(disk: Path, tag: str, reporter: Reporter) -> None:
@@ -182,7 +182,7 @@ async def take(
 ) -> dict[str, Any]:
     """Snapshot a stopped instance's disk."""
     v = await get(ctx, name)
-    _require_stopped(v, "snapshot")
+    _require_stopped(v, Verb.SNAPSHOT)
     return {"name": name, "snapshot": await _take(ctx, v, snapshot, comment, reporter)}
 
 
@@ -239,7 +239,7 @@ async def restore(
     name, comment "Before restoring SNAP"), as Multipass offers.
     """
     v = await get(ctx, name)
-    _require_stopped(v, "restore")
+    _require_stopped(v, Verb.RESTORE)
     meta = ctx.store.get_snapshot(name, snapshot)
     idir = ctx.root.instance(name)
     if meta.tag not in await disk_tags(idir.disk):
@@ -269,16 +269,12 @@ def _record_restore(ctx: Context, meta: SnapshotRecord) -> None:
     ctx.store.set_snapshot_head(meta.instance, meta.name)
 
 
-DELETE_ACCEPTS = {State.STOPPED, State.SUSPENDED, State.RUNNING, State.DELAYED_SHUTDOWN}
-
-
 async def delete(ctx: Context, name: str, snapshot: str, reporter: Reporter) -> dict[str, Any]:
     """Remove a snapshot's tag (over QMP while the instance runs) and its record."""
     v = await get(ctx, name)
     require(
         v,
-        "delete a snapshot of",
-        DELETE_ACCEPTS,
+        Verb.DELETE_SNAPSHOT,
         hint=f"see 'ketch info {name}'; 'ketch stop --force {name}' first",
     )
     meta = ctx.store.get_snapshot(name, snapshot)
