@@ -19,10 +19,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ketch.codes import CODES
 from ketch.errors import KetchError
 from ketch.host import firmware, procs, qemu, qemu_img, ssh
 from ketch.layout import DISK, InstanceDir
-from ketch.model import BootSpec, InstanceSpec, Intent, State
+from ketch.model import BootSpec, Inconsistency, InstanceSpec, Intent, State
+from ketch.model import InconsistencyCode as IC
 from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG
 from ketch.service import guestlink, names, recovery
@@ -91,38 +93,10 @@ async def examine(ctx: Context, v: View) -> list[Finding]:
     out: list[Finding] = []
     add = out.append
     for inc in v.derived.inconsistencies:
-        code = inc.code
-        if code in ("stale-pid-file", "foreign-pid"):
-            add(Finding(v.name, code, inc.message, "remove the pid file and socket",
-                        _remove(idir.pidfile, idir.qmp_socket)))  # fmt: skip
-        elif code in ("missing-suspend-tag", "exited-unexpectedly"):
-            add(Finding(v.name, code, inc.message, "record the instance as stopped",
-                        _intent(ctx, v.name, Intent.STOP)))  # fmt: skip
-        elif code == "pid-file-mismatch" and v.obs.pid is not None:
-            add(Finding(v.name, code, inc.message, "rewrite the pid file with the real pid",
-                        _write_pid(idir, v.obs.pid)))  # fmt: skip
-        elif code == "paused-io-error":
-            add(Finding(v.name, code, inc.message, "resume the guest once there is space again",
-                        _cont_if_space(ctx, spec, idir)))  # fmt: skip
-        elif code in ("stray-suspend-tag", "disk-only-suspend-tag"):
-            add(Finding(v.name, code, inc.message, "remove the stale 'suspend' tag",
-                        _drop_tag(ctx, spec, idir)))  # fmt: skip
-        elif code == "interrupted-operation":
-            add(Finding(v.name, code, inc.message, "finish or roll back the operation",
-                        _recover(ctx, v.name, reporter=None)))  # fmt: skip
-        elif code == "paused":
-            add(Finding(v.name, code, inc.message, "resume the guest's vCPUs",
-                        _cont(ctx, spec, idir)))  # fmt: skip
-        elif code == "qmp-unresponsive":
-            add(Finding(v.name, code, inc.message,
-                        "ask the guest to power off over SSH (its disk is kept)",
-                        _poweroff(ctx, spec, idir)))  # fmt: skip
-        elif code in ("guest-halted", "deleted-but-running"):
-            add(Finding(v.name, code, inc.message, "end QEMU (the guest is not running)",
-                        _kill(ctx, spec, idir)))  # fmt: skip
-        elif code in ("unreadable-tags", "missing-disk") and not v.record.quarantine:
-            add(Finding(v.name, code, inc.message, "quarantine the instance",
-                        _quarantine(ctx, v.name, inc.message)))  # fmt: skip
+        rule = RULES[inc.code]
+        if rule.applies(v):
+            repair = rule.fix(ctx, v, inc) if rule.fix else None
+            add(Finding(v.name, inc.code, inc.message, CODES[inc.code].fix, repair))
     if not v.derived.running and idir.disk.exists():
         out += await _check_disk(ctx, v)
         out += await _check_backing(ctx, v)
@@ -145,7 +119,77 @@ async def examine(ctx: Context, v: View) -> list[Finding]:
 
 
 def _only_quarantine(v: View) -> bool:
-    return all(i.code == "quarantined" for i in v.derived.inconsistencies)
+    return all(i.code is IC.QUARANTINED for i in v.derived.inconsistencies)
+
+
+# -- what doctor does about each inconsistency ----------------------------------------
+
+
+Fixer = Callable[[Context, View, Inconsistency], Repair]
+
+
+def _always(v: View) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Doctor's handling of one inconsistency code (its words are in ``ketch.codes``)."""
+
+    fix: Fixer | None  # the repair ``--fix`` makes; None: reported, not repaired
+    applies: Callable[[View], bool] = _always  # False: not a finding (said elsewhere)
+
+
+def _idir(ctx: Context, v: View) -> InstanceDir:
+    return ctx.root.instance(v.name)
+
+
+def _not_quarantined(v: View) -> bool:
+    return not v.record.quarantine
+
+
+def _remove_pid(ctx: Context, v: View, _: Inconsistency) -> Repair:
+    return _remove(_idir(ctx, v).pidfile, _idir(ctx, v).qmp_socket)
+
+
+def _record_stopped(ctx: Context, v: View, _: Inconsistency) -> Repair:
+    return _intent(ctx, v.name, Intent.STOP)
+
+
+def _drop_stale_tag(ctx: Context, v: View, _: Inconsistency) -> Repair:
+    return _drop_tag(ctx, v.record.spec, _idir(ctx, v))
+
+
+def _end_qemu(ctx: Context, v: View, _: Inconsistency) -> Repair:
+    return _kill(ctx, v.record.spec, _idir(ctx, v))
+
+
+def _quarantine_for(ctx: Context, v: View, inc: Inconsistency) -> Repair:
+    return _quarantine(ctx, v.name, inc.message)
+
+
+RULES: dict[IC, Rule] = {
+    IC.QUARANTINED: Rule(None, applies=lambda v: False),  # quarantine-cleared below
+    IC.STALE_PID_FILE: Rule(_remove_pid),
+    IC.FOREIGN_PID: Rule(_remove_pid),
+    IC.PID_FILE_MISMATCH: Rule(
+        lambda ctx, v, _: _write_pid(_idir(ctx, v), v.obs.pid or 0),
+        applies=lambda v: v.obs.pid is not None,
+    ),
+    IC.DISK_ONLY_SUSPEND_TAG: Rule(_drop_stale_tag),
+    IC.STRAY_SUSPEND_TAG: Rule(_drop_stale_tag),
+    IC.INTERRUPTED_OPERATION: Rule(lambda ctx, v, _: _recover(ctx, v.name, reporter=None)),
+    IC.MISSING_DISK: Rule(_quarantine_for, applies=_not_quarantined),
+    IC.UNREADABLE_TAGS: Rule(_quarantine_for, applies=_not_quarantined),
+    IC.DELETED_BUT_RUNNING: Rule(_end_qemu),
+    IC.GUEST_HALTED: Rule(_end_qemu),
+    IC.QMP_UNRESPONSIVE: Rule(lambda ctx, v, _: _poweroff(ctx, v.record.spec, _idir(ctx, v))),
+    IC.PAUSED: Rule(lambda ctx, v, _: _cont(ctx, v.record.spec, _idir(ctx, v))),
+    IC.PAUSED_IO_ERROR: Rule(lambda ctx, v, _: _cont_if_space(ctx, v.record.spec, _idir(ctx, v))),
+    IC.UNEXPECTED_QMP_STATUS: Rule(None),
+    IC.MISSING_SUSPEND_TAG: Rule(_record_stopped),
+    IC.EXITED_UNEXPECTEDLY: Rule(_record_stopped),
+}
 
 
 async def _check_disk(ctx: Context, v: View) -> list[Finding]:
