@@ -251,7 +251,8 @@ NOTES: dict[tuple[State, Verb], str] = {
     (State.STOPPED, Verb.STOP): "nothing to do",
     (State.SUSPENDED, Verb.SUSPEND): "nothing to do",
     (State.SUSPENDED, Verb.START): "resumes the saved state",
-    (State.UNKNOWN, Verb.START): "only when QEMU's vCPUs are paused (resumes them)",
+    (State.DELAYED_SHUTDOWN, Verb.START): "nothing to do",
+    (State.UNKNOWN, Verb.START): "only when QEMU's vCPUs are paused: resumes them",
     (State.DELETED, Verb.DELETE): "nothing to do",
 }
 
