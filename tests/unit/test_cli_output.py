@@ -24,6 +24,7 @@ from ketch.model import (
     BootSpec,
     Derived,
     Inconsistency,
+    InconsistencyCode,
     InstanceSpec,
     Intent,
     Observation,
@@ -80,9 +81,13 @@ def view(
 
 
 STRAY = Inconsistency(
-    "stray-suspend-tag", "the disk holds a 'suspend' tag", "'start' boots afresh and removes it"
+    InconsistencyCode.STRAY_SUSPEND_TAG,
+    "the disk holds a 'suspend' tag",
+    "'start' boots afresh and removes it",
 )
-EXITED = Inconsistency("exited-unexpectedly", "its QEMU is not running", "'start' boots it again")
+EXITED = Inconsistency(
+    InconsistencyCode.EXITED_UNEXPECTEDLY, "its QEMU is not running", "'start' boots it again"
+)
 
 VIEWS = [
     view("alpha", State.RUNNING, running=True, ssh_port=42001),
