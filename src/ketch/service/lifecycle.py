@@ -1,8 +1,9 @@
 """Use cases: start, stop (graceful, forced, delayed), suspend, restart.
 
-Each operation declares the states it accepts; anything else raises
-InvalidState with a hint.  ``stop --force`` accepts every state and never
-fails: what goes wrong on its way becomes a warning.
+Each operation checks its verb against the states that accept it (one
+table, ``vocabulary.ACCEPTS``); anything else raises InvalidState with a
+hint.  ``stop --force`` accepts every state and never fails: what goes wrong
+on its way becomes a warning.
 """
 
 from __future__ import annotations
