@@ -5,6 +5,12 @@ are Ubuntu's).  ``ketch`` is the built-in remote: it offers only ``tiny``,
 which is built locally rather than downloaded.  Products files are kept in
 the vault and re-fetched with conditional requests (ETag / Last-Modified),
 so an unchanged catalogue costs one small round trip.
+
+What a remote is trusted with (issue 12): an index or products file is read
+up to :data:`MAX_CATALOG` bytes, never more; the products file named by the
+index and every redirect must stay on the remote's own scheme and host; the
+server of the built-in Ubuntu remotes is read over https only.  Items are
+checked by :mod:`ketch.images.simplestreams`.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import aiohttp
 
@@ -24,8 +30,10 @@ from ketch.images.simplestreams import (
     Catalog,
     CatalogImage,
     host_arch,
+    origin_problem,
     parse_products,
     products_path,
+    same_origin,
 )
 from ketch.images.vault import Vault, client_session, describe
 from ketch.model import ImageInfo
@@ -35,6 +43,8 @@ DEFAULT_REMOTES: Mapping[str, str] = {
     "daily": "https://cloud-images.ubuntu.com/daily/",
 }
 DEFAULT_REMOTE = "release"
+HTTPS_ONLY_HOSTS = frozenset({"cloud-images.ubuntu.com"})  # the built-in remotes' server
+MAX_CATALOG = 64 << 20  # bytes of one index or products file
 BUILTIN_REMOTE = "ketch"
 TINY = "tiny"
 DEBIAN = "debian-12"
@@ -58,13 +68,44 @@ def base_url(url: str) -> str:
     return url if url.endswith("/") else url + "/"
 
 
+def check_remote_url(remote: str, url: str) -> None:
+    """Refuse a remote URL ketch will not read catalogues from (see module doc)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ImageError(
+            f'remote "{remote}" has an unsupported URL {url!r}',
+            hint="a remote's URL starts with https:// (or http://)",
+        )
+    if parts.scheme != "https" and (parts.hostname or "").lower() in HTTPS_ONLY_HOSTS:
+        https = urlunsplit(("https", *parts[1:]))
+        raise ImageError(
+            f'remote "{remote}" reads {parts.hostname} over {parts.scheme}; '
+            "it is served over https only",
+            hint=f"ketch set local.remote.{remote}={https}",
+        )
+
+
 async def _get(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> Any:
+    """GET ``url``: None on 304, else (body, ETag, Last-Modified); the body is bounded."""
     async with session.get(url, headers=headers) as resp:
+        if not same_origin(str(resp.url), url):
+            raise ImageError(f"{url} redirected to {resp.url}, another server: refused")
         if resp.status == 304:
             return None
         if resp.status != 200:
             raise ImageError(f"{url}: HTTP {resp.status} {resp.reason or ''}".rstrip())
-        return await resp.read(), resp.headers.get("ETag"), resp.headers.get("Last-Modified")
+        too_big = ImageError(
+            f"{url} is larger than {MAX_CATALOG} bytes, the limit for a catalogue file",
+            hint="a remote's index and products files are JSON of a few megabytes",
+        )
+        if resp.content_length is not None and resp.content_length > MAX_CATALOG:
+            raise too_big
+        body = bytearray()
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            body += chunk
+            if len(body) > MAX_CATALOG:
+                raise too_big
+        return bytes(body), resp.headers.get("ETag"), resp.headers.get("Last-Modified")
 
 
 def _json(data: bytes, url: str) -> Any:
@@ -77,12 +118,18 @@ def _json(data: bytes, url: str) -> Any:
 async def load_catalog(remote: str, url: str, *, vault: Vault, arch: str | None = None) -> Catalog:
     """What ``remote`` (at ``url``) offers; ImageError when it cannot be read."""
     root = base_url(url)
+    check_remote_url(remote, root)
     index_url = urljoin(root, INDEX_PATH)
     try:
         async with client_session() as session:
             index = await _get(session, index_url, {})
+            if index is None:
+                raise ImageError(f"{index_url}: HTTP 304 to an unconditional request")
             products_url = urljoin(root, products_path(_json(index[0], index_url), remote=remote))
-            saved = vault.load_catalog(products_url)
+            problem = origin_problem(products_url, root, "the index's products file")
+            if problem is not None:
+                raise ImageError(f'remote "{remote}": {problem}: refused')
+            saved = vault.load_catalog(products_url, limit=MAX_CATALOG)
             headers = {}
             if saved is not None:
                 validators = saved[1]

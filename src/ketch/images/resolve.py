@@ -97,6 +97,17 @@ async def _from_remote(
     image = catalog.lookup(alias)
     if image is None:
         raise NotFound(f'no image "{alias}" on remote "{remote}"', hint=_offer(catalog, remote))
+    if image.problem is not None:
+        raise ImageError(
+            f'refused {image.description} ({image.version}) from remote "{remote}": '
+            f"{image.problem}",
+            hint="the remote's catalogue is unsafe to use; nothing was downloaded",
+        )
+    if urlsplit(url).scheme == "http":
+        reporter.warn(
+            f'remote "{remote}" is read over plain http ({url}): its catalogue '
+            "could be altered in transit"
+        )
     info = await _fetch(image, vault, reporter)
     record = _record(info)
     names = {alias, image.product, image.release, *image.aliases} - {""}

@@ -239,8 +239,15 @@ class Vault:
                         f"cannot download {url}: HTTP {resp.status} {resp.reason or ''}".rstrip()
                     )
                 expected = resp.content_length
+                if size is not None and expected is not None and expected != size:
+                    raise ImageError(
+                        f"download of {url} refused: the server announces {expected} bytes, "
+                        f"the catalogue {size}; nothing was kept"
+                    )
                 progress = _Progress(reporter, what, size or expected)
                 async for chunk in resp.content.iter_chunked(CHUNK):
+                    if size is not None and sink.done + len(chunk) > size:
+                        raise _oversize(url, size, sink.done + len(chunk))
                     sink.write(chunk)
                     progress(sink.done)
                 validators = (resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
@@ -251,6 +258,7 @@ class Vault:
                 f"{describe(exc)}; nothing was kept",
                 hint="check the network connection and try again",
             ) from exc
+        expected = size if size is not None else expected
         if expected is not None and sink.done != expected:
             raise ImageError(
                 f"download of {url} ended early: received {sink.done} of {expected} bytes; "
@@ -270,6 +278,8 @@ class Vault:
         with src:
             progress = _Progress(reporter, what, size or os.fstat(src.fileno()).st_size)
             while chunk := await asyncio.to_thread(src.read, CHUNK):
+                if size is not None and sink.done + len(chunk) > size:
+                    raise _oversize(url, size, sink.done + len(chunk))
                 sink.write(chunk)
                 progress(sink.done)
         return None
@@ -334,15 +344,21 @@ class Vault:
         digest = self._meta().get("urls", {}).get(url, {}).get("sha256")
         return digest if isinstance(digest, str) and self.has(digest) else None
 
-    def load_catalog(self, url: str) -> tuple[bytes, dict[str, str]] | None:
-        """The saved copy of a catalogue file and its HTTP validators."""
+    def load_catalog(
+        self, url: str, *, limit: int = 64 << 20
+    ) -> tuple[bytes, dict[str, str]] | None:
+        """The saved copy of a catalogue file (at most ``limit`` bytes) and its validators."""
         entry = self._meta().get("catalogs", {}).get(url)
-        if not entry:
+        if not entry or not isinstance(entry.get("file"), str):
             return None
+        path = self.root / entry["file"]
         try:
-            data = (self.root / entry["file"]).read_bytes()
+            with path.open("rb") as f:
+                data = f.read(limit + 1)
         except OSError:
             return None
+        if len(data) > limit:
+            return None  # not what store_catalog wrote: fetch it again
         return data, {k: entry[k] for k in ("etag", "last_modified") if entry.get(k)}
 
     def store_catalog(self, url: str, data: bytes, etag: str | None, modified: str | None) -> None:
@@ -418,6 +434,14 @@ class Vault:
             pid = part.name.split(".")[1] if part.name.count(".") >= 3 else ""
             if pid.isdigit() and not _alive(int(pid)):
                 part.unlink(missing_ok=True)
+
+
+def _oversize(url: str, size: int, received: int) -> ImageError:
+    return ImageError(
+        f"download of {url} stopped at {received} bytes: more than the {size} bytes "
+        "the catalogue announces; nothing was kept",
+        hint="the remote's catalogue or the file it names is wrong",
+    )
 
 
 class _Progress:
