@@ -10,21 +10,27 @@ What a remote is trusted with (issue 12): an index or products file is read
 up to :data:`MAX_CATALOG` bytes, never more; the products file named by the
 index and every redirect must stay on the remote's own scheme and host; the
 server of the built-in Ubuntu remotes is read over https only.  Items are
-checked by :mod:`ketch.images.simplestreams`.
+checked by :mod:`ketch.images.simplestreams`.  When there is a keyring for
+a remote (see :func:`keyring_for`) and ``gpgv`` is installed, the remote's
+clearsigned ``.sjson`` files are read instead and must verify; without one
+the catalogue is unsigned, and resolving from it says so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import aiohttp
 
 from ketch.errors import ImageError, NotFound
+from ketch.host import gpg
 from ketch.images.simplestreams import (
     INDEX_PATH,
     Catalog,
@@ -45,6 +51,7 @@ DEFAULT_REMOTES: Mapping[str, str] = {
 DEFAULT_REMOTE = "release"
 HTTPS_ONLY_HOSTS = frozenset({"cloud-images.ubuntu.com"})  # the built-in remotes' server
 MAX_CATALOG = 64 << 20  # bytes of one index or products file
+UBUNTU_KEYRING = Path("/usr/share/keyrings/ubuntu-cloudimage-keyring.gpg")
 BUILTIN_REMOTE = "ketch"
 TINY = "tiny"
 DEBIAN = "debian-12"
@@ -115,17 +122,55 @@ def _json(data: bytes, url: str) -> Any:
         raise ImageError(f"{url} is not valid JSON: {exc}") from exc
 
 
+def keyring_for(remote: str, url: str, vault: Vault) -> Path | None:
+    """The keyring that verifies ``remote``'s signed catalogue, if there is one.
+
+    ``<vault>/keyrings/<remote>.gpg`` when the user put one there; else, for
+    Ubuntu's image server, Ubuntu's cloud image keyring when it is installed.
+    """
+    mine = vault.keyring(remote)
+    if mine.is_file():
+        return mine
+    if (urlsplit(url).hostname or "").lower() in HTTPS_ONLY_HOSTS and UBUNTU_KEYRING.is_file():
+        return UBUNTU_KEYRING
+    return None
+
+
+def signed_path(path: str) -> str:
+    """The clearsigned twin of a simplestreams file: ``x.json`` → ``x.sjson``."""
+    return path[: -len(".json")] + ".sjson" if path.endswith(".json") else path
+
+
 async def load_catalog(remote: str, url: str, *, vault: Vault, arch: str | None = None) -> Catalog:
-    """What ``remote`` (at ``url``) offers; ImageError when it cannot be read."""
+    """What ``remote`` (at ``url``) offers; ImageError when it cannot be read.
+
+    With a keyring for the remote (:func:`keyring_for`) and ``gpgv``, the
+    signed index and products file are read and verified, and anything
+    unsigned or badly signed is refused; otherwise the catalogue is read
+    unsigned and :attr:`Catalog.signed_by` stays empty.
+    """
     root = base_url(url)
     check_remote_url(remote, root)
-    index_url = urljoin(root, INDEX_PATH)
+    keyring = keyring_for(remote, root, vault)
+    if keyring is not None and not gpg.available():
+        keyring = None
+    signed = keyring is not None
+
+    async def checked(data: bytes, what: str) -> tuple[bytes, str]:
+        if keyring is None:
+            return data, ""
+        done = await gpg.verify(data, keyring, what)
+        return done.text, done.fingerprint
+
+    index_url = urljoin(root, signed_path(INDEX_PATH) if signed else INDEX_PATH)
     try:
         async with client_session() as session:
             index = await _get(session, index_url, {})
             if index is None:
                 raise ImageError(f"{index_url}: HTTP 304 to an unconditional request")
-            products_url = urljoin(root, products_path(_json(index[0], index_url), remote=remote))
+            index_text, signer = await checked(index[0], index_url)
+            rel = products_path(_json(index_text, index_url), remote=remote)
+            products_url = urljoin(root, signed_path(rel) if signed else rel)
             problem = origin_problem(products_url, root, "the index's products file")
             if problem is not None:
                 raise ImageError(f'remote "{remote}": {problem}: refused')
@@ -146,12 +191,14 @@ async def load_catalog(remote: str, url: str, *, vault: Vault, arch: str | None 
     if got is None:
         if saved is None:
             raise ImageError(f"{products_url}: HTTP 304 to an unconditional request")
-        data = saved[0]
+        data = saved[0]  # saved only once verified
     else:
         data, etag, modified = got
+        data, _ = await checked(data, products_url)
         vault.store_catalog(products_url, data, etag, modified)
     products = await asyncio.to_thread(_json, data, products_url)  # megabytes for Ubuntu
-    return parse_products(products, remote=remote, base_url=root, arch=arch or host_arch())
+    found = parse_products(products, remote=remote, base_url=root, arch=arch or host_arch())
+    return dataclasses.replace(found, signed_by=signer)
 
 
 def tiny_row(tiny_info: ImageInfo | None) -> FindRow:

@@ -108,6 +108,11 @@ async def _from_remote(
             f'remote "{remote}" is read over plain http ({url}): its catalogue '
             "could be altered in transit"
         )
+    if not catalog.signed_by:
+        reporter.warn(
+            f'the catalogue of remote "{remote}" is not signature-checked '
+            f"(no keyring for it at {vault.keyring(remote)}, or gpgv is not installed)"
+        )
     info = await _fetch(image, vault, reporter)
     record = _record(info)
     names = {alias, image.product, image.release, *image.aliases} - {""}

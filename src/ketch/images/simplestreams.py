@@ -132,6 +132,7 @@ class Catalog:
     remote: str
     url: str
     images: tuple[CatalogImage, ...] = field(default_factory=tuple)
+    signed_by: str = ""  # fingerprint of the key that signed the catalogue; "" when unsigned
 
     def lookup(self, name: str) -> CatalogImage | None:
         """The image with alias or product id ``name``; then by release codename."""

@@ -8,7 +8,10 @@ Layout under the vault root (``<storage>/vault``)::
                            their process is gone
     locks/<key>.lock       flock(2) files serialising downloads of one digest
                            (or one URL when no digest is known) across processes
-    catalogs/<hash>.json   last copy of each remote's products file
+    catalogs/<hash>.json   last copy of each remote's products file (verified
+                           when the remote's catalogue is signed)
+    keyrings/<remote>.gpg  put there by the user: the OpenPGP keyring that
+                           verifies that remote's signed catalogue
     index.json             metadata, rewritten atomically (see below)
     index.lock             flock(2) file guarding index.json updates
 
@@ -50,6 +53,7 @@ BLOBS = "sha256"
 TMP = "tmp"
 LOCKS = "locks"
 CATALOGS = "catalogs"
+KEYRINGS = "keyrings"
 INDEX = "index.json"
 INDEX_LOCK = "index.lock"
 
@@ -115,6 +119,10 @@ class Vault:
         self.catalogs = root / CATALOGS
         self.index = root / INDEX
         self._swept = False
+
+    def keyring(self, remote: str) -> Path:
+        """Where the user's keyring for ``remote`` lives (whether or not it is there)."""
+        return self.root / KEYRINGS / f"{remote}.gpg"
 
     # -- blobs ------------------------------------------------------------
 
