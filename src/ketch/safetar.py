@@ -27,8 +27,8 @@ this module:
   files are never chowned to the guest's ids;
 * extended headers (long names, pax) are bounded by :data:`MAX_HEADER`,
   names by :data:`MAX_NAME`, the number of members by :data:`MAX_MEMBERS`,
-  and a file larger than the destination's free space is refused before a
-  byte of it is written.
+  and a file that would leave less than :data:`RESERVE` (or 5 % of the
+  filesystem) free is refused before a byte of it is written.
 
 A refused member raises :class:`~ketch.errors.GuestError` naming it (exit
 code 2).  When the top directory did not exist before, what was unpacked of
@@ -50,6 +50,7 @@ from ketch.errors import GuestError
 MAX_MEMBERS = 1 << 20
 MAX_HEADER = 1 << 20  # bytes of one long-name or pax header
 MAX_NAME = 16 << 10  # bytes of one member name or link target
+RESERVE = 1 << 30  # free bytes left on the destination (or 5 % of it, when smaller)
 _CHUNK = 1 << 16
 
 _EXTENDED = {
@@ -205,10 +206,12 @@ class _Writer:
         try:
             vfs = os.fstatvfs(parent)
             free = vfs.f_bavail * vfs.f_frsize
-            if member.size > free:
+            reserve = min(RESERVE, vfs.f_blocks * vfs.f_frsize // 20)
+            if member.size > free - reserve:
                 raise _refuse(
                     name,
-                    f"a file of {member.size} bytes; {self.shown_root} has only {free} bytes free",
+                    f"a file of {member.size} bytes; {self.shown_root} has {free} bytes free "
+                    f"and ketch leaves {reserve} of them",
                 )
             tmp = f".ketch-part-{secrets.token_hex(8)}"
             fd = os.open(tmp, _FILE_FLAGS, 0o600, dir_fd=parent)
@@ -348,4 +351,12 @@ def _one(
         raise _refuse(name, f"{kind} is not accepted")
 
 
-__all__ = ["MAX_HEADER", "MAX_MEMBERS", "MAX_NAME", "Refused", "extract_tree", "link_problem"]
+__all__ = [
+    "MAX_HEADER",
+    "MAX_MEMBERS",
+    "MAX_NAME",
+    "RESERVE",
+    "Refused",
+    "extract_tree",
+    "link_problem",
+]

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from hostile_tar import Member, archive, cve_2025_4517_chain
 
+from ketch import safetar
 from ketch.errors import GuestError
 from ketch.safetar import MAX_HEADER, Refused, extract_tree, link_problem
 
@@ -147,7 +148,7 @@ def test_a_file_larger_than_the_free_space_is_refused_before_writing(
     info.size = vfs.f_bavail * vfs.f_frsize + (1 << 30)
     head = archive(("dir", "./top", "")).getvalue()[: tarfile.BLOCKSIZE]
     stream = io.BytesIO(head + info.tobuf(format=tarfile.GNU_FORMAT) + b"\0" * 8192)
-    with pytest.raises(Refused, match="bytes free"):
+    with pytest.raises(Refused, match="bytes free and ketch leaves"):
         extract_tree(stream, dest, "top", "top")
     assert list(dest.iterdir()) == []
 
@@ -209,3 +210,20 @@ def test_modes_lose_setuid_setgid_and_sticky(dest: Path) -> None:
 )
 def test_link_problem(parts: list[str], target: str, ok: bool) -> None:
     assert (link_problem(parts, target) is None) == ok
+
+
+def test_the_member_count_is_bounded(dest: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(safetar, "MAX_MEMBERS", 3)
+    members: list[Member] = [("dir", "./top", ""), *[("file", f"./top/{i}", "") for i in range(5)]]
+    with pytest.raises(Refused, match="more than 3 members"):
+        extract_tree(archive(*members), dest, "top", "top")
+    assert list(dest.iterdir()) == []
+
+
+def test_a_sparse_member_is_refused(dest: Path) -> None:
+    info = tarfile.TarInfo("./top/sparse")
+    info.type = tarfile.GNUTYPE_SPARSE
+    head = archive(("dir", "./top", "")).getvalue()[: tarfile.BLOCKSIZE]
+    stream = io.BytesIO(head + info.tobuf(format=tarfile.GNU_FORMAT) + b"\0" * 4096)
+    with pytest.raises(Refused, match="sparse"):
+        extract_tree(stream, dest, "top", "top")
