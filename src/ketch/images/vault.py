@@ -240,6 +240,11 @@ class Vault:
                 client_session(decompress=False) as session,
                 session.get(url, headers=headers) as resp,
             ):
+                if _scheme(url) == "https" and resp.url.scheme != "https":
+                    raise ImageError(
+                        f"download of {url} refused: it was redirected to {resp.url}, "
+                        "which is not https; nothing was kept"
+                    )
                 if resp.status == 304 and known:
                     return str(known["sha256"])
                 if resp.status != 200:
@@ -442,6 +447,10 @@ class Vault:
             pid = part.name.split(".")[1] if part.name.count(".") >= 3 else ""
             if pid.isdigit() and not _alive(int(pid)):
                 part.unlink(missing_ok=True)
+
+
+def _scheme(url: str) -> str:
+    return urlsplit(url).scheme.lower()
 
 
 def _oversize(url: str, size: int, received: int) -> ImageError:
