@@ -10,7 +10,11 @@ Accepted references:
   a product of a simplestreams remote.  Unqualified aliases look at the
   built-in ``ketch`` remote first, then at ``release``.  Each resolution is
   remembered in the vault; when the remote is unreachable the newest cached
-  copy of that alias is used, with a warning.
+  copy of that alias is used, with a warning.  An image whose catalogue
+  entry is unsafe (an item on another origin or without a sha256, see
+  :mod:`ketch.images.simplestreams`) is refused before any download; a
+  remote read over plain http, or whose catalogue is not signature-checked,
+  gets a warning.
 * ``file:///abs/path.qcow2``: a local image, copied into the vault.
 * ``http(s)://host/path.img``: an image without a published digest: ketch
   says so, caches it by the digest of what it received, and re-checks the
