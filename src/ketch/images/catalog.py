@@ -169,7 +169,8 @@ async def load_catalog(remote: str, url: str, *, vault: Vault, arch: str | None 
             if index is None:
                 raise ImageError(f"{index_url}: HTTP 304 to an unconditional request")
             index_text, signer = await checked(index[0], index_url)
-            rel = products_path(_json(index_text, index_url), remote=remote)
+            index_doc = await asyncio.to_thread(_json, index_text, index_url)
+            rel = products_path(index_doc, remote=remote)
             products_url = urljoin(root, signed_path(rel) if signed else rel)
             problem = origin_problem(products_url, root, "the index's products file")
             if problem is not None:
