@@ -31,6 +31,7 @@ import aiohttp
 
 from ketch.errors import ImageError, NotFound
 from ketch.host import gpg
+from ketch.images.download import client_session, describe
 from ketch.images.simplestreams import (
     INDEX_PATH,
     Catalog,
@@ -41,7 +42,7 @@ from ketch.images.simplestreams import (
     products_path,
     same_origin,
 )
-from ketch.images.vault import Vault, client_session, describe
+from ketch.images.vault import Vault
 from ketch.model import ImageInfo
 
 DEFAULT_REMOTES: Mapping[str, str] = {
