@@ -227,3 +227,12 @@ def test_a_sparse_member_is_refused(dest: Path) -> None:
     stream = io.BytesIO(head + info.tobuf(format=tarfile.GNU_FORMAT) + b"\0" * 4096)
     with pytest.raises(Refused, match="sparse"):
         extract_tree(stream, dest, "top", "top")
+
+
+def test_a_top_that_is_a_symlink_is_not_written_through(tmp_path: Path, dest: Path) -> None:
+    (dest / "top").symlink_to(tmp_path)
+    members: list[Member] = [("dir", "./top", ""), ("file", "./top/outside.txt", "pwned")]
+    with pytest.raises(Refused, match="top is a symbolic link"):
+        extract_tree(archive(*members), dest, "top", "top")
+    assert (dest / "top").is_symlink()
+    outside_untouched(tmp_path)
