@@ -137,6 +137,16 @@ def keyring_for(remote: str, url: str, vault: Vault) -> Path | None:
     return None
 
 
+def unsigned_reason(remote: str, url: str, vault: Vault) -> str:
+    """Why ``remote``'s catalogue is read unsigned, and what would change that."""
+    if keyring_for(remote, url, vault) is not None:
+        return "gpgv is not installed"
+    where = str(vault.keyring(remote))
+    if (urlsplit(url).hostname or "").lower() in HTTPS_ONLY_HOSTS:
+        where += f" or {UBUNTU_KEYRING}"
+    return f"there is no keyring for it at {where}"
+
+
 def signed_path(path: str) -> str:
     """The clearsigned twin of a simplestreams file: ``x.json`` → ``x.sjson``."""
     return path[: -len(".json")] + ".sjson" if path.endswith(".json") else path

@@ -31,7 +31,14 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ketch.errors import DigestMismatch, ImageError, InvalidArgument, NotFound
-from ketch.images.catalog import BUILTIN_REMOTE, DEBIAN, DEFAULT_REMOTE, TINY, load_catalog
+from ketch.images.catalog import (
+    BUILTIN_REMOTE,
+    DEBIAN,
+    DEFAULT_REMOTE,
+    TINY,
+    load_catalog,
+    unsigned_reason,
+)
 from ketch.images.simplestreams import Catalog, CatalogImage, CatalogItem
 from ketch.images.vault import Vault
 from ketch.model import BootSpec, ImageInfo
@@ -114,8 +121,8 @@ async def _from_remote(
         )
     if not catalog.signed_by:
         reporter.warn(
-            f'the catalogue of remote "{remote}" is not signature-checked '
-            f"(no keyring for it at {vault.keyring(remote)}, or gpgv is not installed)"
+            f'the catalogue of remote "{remote}" is not signature-checked: '
+            + unsigned_reason(remote, url, vault)
         )
     info = await _fetch(image, vault, reporter)
     record = _record(info)
