@@ -28,9 +28,10 @@ line keep booting through firmware.
 What a catalogue may point at (issue 12): every item ketch uses (the disk,
 and the kernel and initrd of a directly booted version) must have a sha256,
 and its URL, after resolving the item's path against the remote, must have
-the remote's scheme and host: an ``http(s)`` remote cannot name ``file://``
-items or another server, and only a remote the user added as ``file://``
-reads local files.  A version breaking these rules is kept as the newest,
+the remote's scheme and host: a remote (``http(s)`` only, see
+:mod:`ketch.images.catalog`) cannot name ``file://`` items or another
+server; ``file://`` is only for an image the user names on the command
+line.  A version breaking these rules is kept as the newest,
 with :attr:`CatalogImage.problem` saying why, so that resolving it fails
 loudly instead of falling back to something else.
 
