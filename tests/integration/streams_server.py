@@ -3,8 +3,11 @@
 Tests use it as a simplestreams remote.  It can be told, per URL path, to
 close the connection after some bytes (``truncate``), to serve wrong bytes of
 the right length (``corrupt``), or to hold a response until released
-(``gate``); it counts GET requests per path; ``stop()`` takes it offline
-(connections are then refused).
+(``gate``), or to send more than the file (``oversend``: the file then that
+many extra bytes, with a Content-Length saying so when ``announce`` holds
+the path, else ending the body by closing); it counts GET requests per path
+and, for ``oversend`` paths, the body bytes it managed to send (``sent``);
+``stop()`` takes it offline (connections are then refused).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self._send_partial(path, owner.truncate[path])
         elif path in owner.corrupt:
             self._send_corrupt(path)
+        elif path in owner.oversend:
+            self._send_more(path, owner.oversend[path], path in owner.announce)
         else:
             super().do_GET()
 
@@ -51,6 +56,28 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self.wfile.flush()
         self.close_connection = True
         self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _send_more(self, path: str, extra: int, announce: bool) -> None:
+        body = self._body(path)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        if announce:
+            self.send_header("Content-Length", str(len(body) + extra))
+        self.end_headers()
+        self.close_connection = True
+        sent = 0
+        block = b"\0" * (1 << 16)
+        try:
+            self.wfile.write(body)
+            sent += len(body)
+            while sent < len(body) + extra:
+                piece = block[: len(body) + extra - sent]
+                self.wfile.write(piece)
+                sent += len(piece)
+        except OSError:
+            pass  # the client hung up: what it was spared is the point
+        finally:
+            self.server.owner._sent(path, sent)
 
     def _send_corrupt(self, path: str) -> None:
         body = bytes(b ^ 0x5A for b in self._body(path))
@@ -76,6 +103,9 @@ class StreamsServer:
         self.truncate: dict[str, int] = {}
         self.corrupt: set[str] = set()
         self.gates: dict[str, threading.Event] = {}
+        self.oversend: dict[str, int] = {}
+        self.announce: set[str] = set()
+        self.sent: dict[str, int] = {}
         self.counts: collections.Counter[str] = collections.Counter()
         self._cond = threading.Condition()
         handler = functools.partial(_Handler, directory=str(root))
@@ -97,6 +127,18 @@ class StreamsServer:
         with self._cond:
             self.counts[path] += 1
             self._cond.notify_all()
+
+    def _sent(self, path: str, count: int) -> None:
+        with self._cond:
+            self.sent[path] = count
+            self._cond.notify_all()
+
+    def wait_for_sent(self, path: str, timeout: float = 60) -> int:
+        """The body bytes sent for ``path`` once its response ended (an ``oversend`` path)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: path in self.sent, timeout):
+                raise AssertionError(f"the response for {path} did not end")
+            return self.sent.pop(path)
 
     def wait_for_request(self, path: str, count: int = 1, timeout: float = 60) -> None:
         """Block until ``path`` was requested ``count`` times (a safety net, not a check)."""

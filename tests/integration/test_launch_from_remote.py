@@ -6,6 +6,8 @@ server on 127.0.0.1; ketch downloads it, verifies its sha256 and boots it.
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,3 +59,36 @@ def test_find_and_launch_from_loopback_remote(ketch: Ketch, loopback: StreamsSer
     finally:
         ketch.run("delete", "--purge", name, name2, check=False)
         ketch.run("set", "local.remote.loop=", check=False)
+
+
+def test_a_remote_cannot_hand_ketchs_private_key_to_qemu(
+    ketch: Ketch, vm: str, loopback: StreamsServer, tmp_path: Path
+) -> None:
+    """Issue 12 item 2 as reproduced: a file:// initrd naming <root>/ssh/id_ed25519."""
+    key = ketch.root / "ssh" / "id_ed25519"
+    assert key.is_file()  # the vm fixture's launch made it
+    tree = tmp_path / "evil"
+    shutil.copytree(loopback.root, tree)
+    products = next((tree / "streams/v1").glob("*:download.json"))
+    doc = json.loads(products.read_text())
+    for product in doc["products"].values():
+        for version in product["versions"].values():
+            for item in version["items"].values():
+                if item["ftype"] == "boot-initrd":
+                    item["path"] = key.as_uri()
+                    del item["sha256"], item["size"]
+    products.write_text(json.dumps(doc))
+    name = unique("evil")
+    with StreamsServer(tree) as evil:
+        ketch.run("set", f"local.remote.evil={evil.url}")
+        try:
+            done = ketch.run("launch", "evil:skiff", "--name", name, check=False)
+        finally:
+            ketch.run("set", "local.remote.evil=", check=False)
+            ketch.run("delete", "--purge", name, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "item 'boot-initrd' points at file://" in done.stderr
+    secret = key.read_bytes()
+    vault = ketch.root / "vault"
+    assert not any(secret in p.read_bytes() for p in vault.rglob("*") if p.is_file())
+    assert all(evil.counts[p] == 0 for p in evil.counts if not p.startswith("/streams/"))

@@ -28,11 +28,11 @@ Transfer rules
   written by Python's :mod:`tarfile` (GNU format, owner root, which a
   non-root guest user cannot apply anyway) and unpacked by the guest's
   ``tar -x``; guest → host is packed by the guest's ``tar -c`` and unpacked
-  by :mod:`tarfile` with the ``data`` filter.  Every entry coming from the
-  guest must lie under the one top-level name asked for and contain no
-  ``..`` component, else the transfer is refused; absolute names, devices
-  and links leading outside the destination are refused by the filter,
-  except symbolic links pointing outside, which are skipped with a warning.
+  by :mod:`ketch.safetar`, which trusts neither the guest nor tarfile's
+  filters: an entry outside the one top-level name asked for, with a ``..``
+  component, a device, a symbolic link leading outside the copied tree or a
+  hard link to anything not in the stream refuses the transfer (exit 2), and
+  nothing is written through a link.
 * A host file received from the guest is written to a temporary file beside
   its destination and renamed into place once complete.
 """
@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 from ketch.errors import GuestError, HostKeyMismatch, InvalidArgument, KetchError
 from ketch.host.ssh import (
@@ -593,47 +593,10 @@ def _receive_file(stream: IO[bytes], final: Path) -> Path:
 
 
 def _receive_tree(stream: IO[bytes], root: Path, top: str, new_top: str) -> None:
-    """Unpack a guest tar stream of ``./top`` as ``root/new_top``."""
-    import tarfile
+    """Unpack a guest tar stream of ``./top`` as ``root/new_top`` (see :mod:`ketch.safetar`)."""
+    from ketch.safetar import extract_tree
 
-    if not hasattr(tarfile, "data_filter"):  # Python < 3.11.4
-        raise KetchError("copying directories from a guest needs Python 3.11.4 or later")
-
-    def rename(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-        name = _under_top(member.name, top, new_top)
-        changes: dict[str, Any] = {"name": name}
-        if member.islnk():
-            changes["linkname"] = _under_top(member.linkname, top, new_top)
-        member = member.replace(**changes, deep=False)
-        try:
-            return tarfile.data_filter(member, dest)
-        except (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError) as exc:
-            if member.issym():
-                _write_stderr(
-                    f"ketch: skipped symbolic link {name} -> {member.linkname}: "
-                    f"it points outside the copied tree ({exc.__class__.__name__})\n".encode()
-                )
-                return None
-            raise
-
-    try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            tar.extractall(str(root), filter=rename)
-    except tarfile.FilterError as exc:
-        raise GuestError(f"refused an entry from the guest's archive: {exc}") from exc
-    except tarfile.TarError as exc:
-        raise GuestError(f"the guest's archive could not be read: {exc}") from exc
-
-
-def _under_top(name: str, top: str, new_top: str) -> str:
-    """``./top/x`` → ``new_top/x``; anything not under ``top`` is refused."""
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if name.startswith("/") or not parts or parts[0] != top or ".." in parts:
-        raise GuestError(
-            f"refused an entry from the guest's archive: {name!r} is not inside {top!r}",
-            hint="the guest sent something other than what was asked for",
-        )
-    return "/".join([new_top, *parts[1:]])
+    extract_tree(stream, root, top, new_top)
 
 
 __all__ = [

@@ -5,29 +5,44 @@ are Ubuntu's).  ``ketch`` is the built-in remote: it offers only ``tiny``,
 which is built locally rather than downloaded.  Products files are kept in
 the vault and re-fetched with conditional requests (ETag / Last-Modified),
 so an unchanged catalogue costs one small round trip.
+
+What a remote is trusted with (issue 12): an index or products file is read
+up to :data:`MAX_CATALOG` bytes, never more; the products file named by the
+index and every redirect must stay on the remote's own scheme and host; the
+server of the built-in Ubuntu remotes is read over https only.  Items are
+checked by :mod:`ketch.images.simplestreams`.  When there is a keyring for
+a remote (see :func:`keyring_for`) and ``gpgv`` is installed, the remote's
+clearsigned ``.sjson`` files are read instead and must verify; without one
+the catalogue is unsigned, and resolving from it says so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import aiohttp
 
 from ketch.errors import ImageError, NotFound
+from ketch.host import gpg
+from ketch.images.download import client_session, describe
 from ketch.images.simplestreams import (
     INDEX_PATH,
     Catalog,
     CatalogImage,
     host_arch,
+    origin_problem,
     parse_products,
     products_path,
+    same_origin,
 )
-from ketch.images.vault import Vault, client_session, describe
+from ketch.images.vault import Vault
 from ketch.model import ImageInfo
 
 DEFAULT_REMOTES: Mapping[str, str] = {
@@ -35,6 +50,9 @@ DEFAULT_REMOTES: Mapping[str, str] = {
     "daily": "https://cloud-images.ubuntu.com/daily/",
 }
 DEFAULT_REMOTE = "release"
+HTTPS_ONLY_HOSTS = frozenset({"cloud-images.ubuntu.com"})  # the built-in remotes' server
+MAX_CATALOG = 64 << 20  # bytes of one index or products file
+UBUNTU_KEYRING = Path("/usr/share/keyrings/ubuntu-cloudimage-keyring.gpg")
 BUILTIN_REMOTE = "ketch"
 TINY = "tiny"
 DEBIAN = "debian-12"
@@ -58,13 +76,44 @@ def base_url(url: str) -> str:
     return url if url.endswith("/") else url + "/"
 
 
+def check_remote_url(remote: str, url: str) -> None:
+    """Refuse a remote URL ketch will not read catalogues from (see module doc)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ImageError(
+            f'remote "{remote}" has an unsupported URL {url!r}',
+            hint="a remote's URL starts with https:// (or http://)",
+        )
+    if parts.scheme != "https" and (parts.hostname or "").lower() in HTTPS_ONLY_HOSTS:
+        https = urlunsplit(("https", *parts[1:]))
+        raise ImageError(
+            f'remote "{remote}" reads {parts.hostname} over {parts.scheme}; '
+            "it is served over https only",
+            hint=f"ketch set local.remote.{remote}={https}",
+        )
+
+
 async def _get(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> Any:
+    """GET ``url``: None on 304, else (body, ETag, Last-Modified); the body is bounded."""
     async with session.get(url, headers=headers) as resp:
+        if not same_origin(str(resp.url), url):
+            raise ImageError(f"{url} redirected to {resp.url}, another server: refused")
         if resp.status == 304:
             return None
         if resp.status != 200:
             raise ImageError(f"{url}: HTTP {resp.status} {resp.reason or ''}".rstrip())
-        return await resp.read(), resp.headers.get("ETag"), resp.headers.get("Last-Modified")
+        too_big = ImageError(
+            f"{url} is larger than {MAX_CATALOG} bytes, the limit for a catalogue file",
+            hint="a remote's index and products files are JSON of a few megabytes",
+        )
+        if resp.content_length is not None and resp.content_length > MAX_CATALOG:
+            raise too_big
+        body = bytearray()
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            body += chunk
+            if len(body) > MAX_CATALOG:
+                raise too_big
+        return bytes(body), resp.headers.get("ETag"), resp.headers.get("Last-Modified")
 
 
 def _json(data: bytes, url: str) -> Any:
@@ -74,15 +123,70 @@ def _json(data: bytes, url: str) -> Any:
         raise ImageError(f"{url} is not valid JSON: {exc}") from exc
 
 
+def keyring_for(remote: str, url: str, vault: Vault) -> Path | None:
+    """The keyring that verifies ``remote``'s signed catalogue, if there is one.
+
+    ``<vault>/keyrings/<remote>.gpg`` when the user put one there; else, for
+    Ubuntu's image server, Ubuntu's cloud image keyring when it is installed.
+    """
+    mine = vault.keyring(remote)
+    if mine.is_file():
+        return mine
+    if (urlsplit(url).hostname or "").lower() in HTTPS_ONLY_HOSTS and UBUNTU_KEYRING.is_file():
+        return UBUNTU_KEYRING
+    return None
+
+
+def unsigned_reason(remote: str, url: str, vault: Vault) -> str:
+    """Why ``remote``'s catalogue is read unsigned, and what would change that."""
+    if keyring_for(remote, url, vault) is not None:
+        return "gpgv is not installed"
+    where = str(vault.keyring(remote))
+    if (urlsplit(url).hostname or "").lower() in HTTPS_ONLY_HOSTS:
+        where += f" or {UBUNTU_KEYRING}"
+    return f"there is no keyring for it at {where}"
+
+
+def signed_path(path: str) -> str:
+    """The clearsigned twin of a simplestreams file: ``x.json`` → ``x.sjson``."""
+    return path[: -len(".json")] + ".sjson" if path.endswith(".json") else path
+
+
 async def load_catalog(remote: str, url: str, *, vault: Vault, arch: str | None = None) -> Catalog:
-    """What ``remote`` (at ``url``) offers; ImageError when it cannot be read."""
+    """What ``remote`` (at ``url``) offers; ImageError when it cannot be read.
+
+    With a keyring for the remote (:func:`keyring_for`) and ``gpgv``, the
+    signed index and products file are read and verified, and anything
+    unsigned or badly signed is refused; otherwise the catalogue is read
+    unsigned and :attr:`Catalog.signed_by` stays empty.
+    """
     root = base_url(url)
-    index_url = urljoin(root, INDEX_PATH)
+    check_remote_url(remote, root)
+    keyring = keyring_for(remote, root, vault)
+    if keyring is not None and not gpg.available():
+        keyring = None
+    signed = keyring is not None
+
+    async def checked(data: bytes, what: str) -> tuple[bytes, str]:
+        if keyring is None:
+            return data, ""
+        done = await gpg.verify(data, keyring, what)
+        return done.text, done.fingerprint
+
+    index_url = urljoin(root, signed_path(INDEX_PATH) if signed else INDEX_PATH)
     try:
         async with client_session() as session:
             index = await _get(session, index_url, {})
-            products_url = urljoin(root, products_path(_json(index[0], index_url), remote=remote))
-            saved = vault.load_catalog(products_url)
+            if index is None:
+                raise ImageError(f"{index_url}: HTTP 304 to an unconditional request")
+            index_text, signer = await checked(index[0], index_url)
+            index_doc = await asyncio.to_thread(_json, index_text, index_url)
+            rel = products_path(index_doc, remote=remote)
+            products_url = urljoin(root, signed_path(rel) if signed else rel)
+            problem = origin_problem(products_url, root, "the index's products file")
+            if problem is not None:
+                raise ImageError(f'remote "{remote}": {problem}: refused')
+            saved = vault.load_catalog(products_url, limit=MAX_CATALOG)
             headers = {}
             if saved is not None:
                 validators = saved[1]
@@ -99,12 +203,14 @@ async def load_catalog(remote: str, url: str, *, vault: Vault, arch: str | None 
     if got is None:
         if saved is None:
             raise ImageError(f"{products_url}: HTTP 304 to an unconditional request")
-        data = saved[0]
+        data = saved[0]  # saved only once verified
     else:
         data, etag, modified = got
+        data, _ = await checked(data, products_url)
         vault.store_catalog(products_url, data, etag, modified)
     products = await asyncio.to_thread(_json, data, products_url)  # megabytes for Ubuntu
-    return parse_products(products, remote=remote, base_url=root, arch=arch or host_arch())
+    found = parse_products(products, remote=remote, base_url=root, arch=arch or host_arch())
+    return dataclasses.replace(found, signed_by=signer)
 
 
 def tiny_row(tiny_info: ImageInfo | None) -> FindRow:

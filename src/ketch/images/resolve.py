@@ -10,7 +10,11 @@ Accepted references:
   a product of a simplestreams remote.  Unqualified aliases look at the
   built-in ``ketch`` remote first, then at ``release``.  Each resolution is
   remembered in the vault; when the remote is unreachable the newest cached
-  copy of that alias is used, with a warning.
+  copy of that alias is used, with a warning.  An image whose catalogue
+  entry is unsafe (an item on another origin or without a sha256, see
+  :mod:`ketch.images.simplestreams`) is refused before any download; a
+  remote read over plain http, or whose catalogue is not signature-checked,
+  gets a warning.
 * ``file:///abs/path.qcow2``: a local image, copied into the vault.
 * ``http(s)://host/path.img``: an image without a published digest: ketch
   says so, caches it by the digest of what it received, and re-checks the
@@ -27,7 +31,14 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ketch.errors import DigestMismatch, ImageError, InvalidArgument, NotFound
-from ketch.images.catalog import BUILTIN_REMOTE, DEBIAN, DEFAULT_REMOTE, TINY, load_catalog
+from ketch.images.catalog import (
+    BUILTIN_REMOTE,
+    DEBIAN,
+    DEFAULT_REMOTE,
+    TINY,
+    load_catalog,
+    unsigned_reason,
+)
 from ketch.images.simplestreams import Catalog, CatalogImage, CatalogItem
 from ketch.images.vault import Vault
 from ketch.model import BootSpec, ImageInfo
@@ -97,6 +108,22 @@ async def _from_remote(
     image = catalog.lookup(alias)
     if image is None:
         raise NotFound(f'no image "{alias}" on remote "{remote}"', hint=_offer(catalog, remote))
+    if image.problem is not None:
+        raise ImageError(
+            f'refused {image.description} ({image.version}) from remote "{remote}": '
+            f"{image.problem}",
+            hint="the remote's catalogue is unsafe to use; nothing was downloaded",
+        )
+    if urlsplit(url).scheme == "http":
+        reporter.warn(
+            f'remote "{remote}" is read over plain http ({url}): its catalogue '
+            "could be altered in transit"
+        )
+    if not catalog.signed_by:
+        reporter.warn(
+            f'the catalogue of remote "{remote}" is not signature-checked: '
+            + unsigned_reason(remote, url, vault)
+        )
     info = await _fetch(image, vault, reporter)
     record = _record(info)
     names = {alias, image.product, image.release, *image.aliases} - {""}

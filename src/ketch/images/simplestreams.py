@@ -25,16 +25,27 @@ version is booted directly only when it has both a ``boot-kernel`` item and
 a ``kernel_cmdline``; MAAS-style streams that ship kernels without a command
 line keep booting through firmware.
 
+What a catalogue may point at (issue 12): every item ketch uses (the disk,
+and the kernel and initrd of a directly booted version) must have a sha256,
+and its URL, after resolving the item's path against the remote, must have
+the remote's scheme and host: a remote (``http(s)`` only, see
+:mod:`ketch.images.catalog`) cannot name ``file://`` items or another
+server; ``file://`` is only for an image the user names on the command
+line.  A version breaking these rules is kept as the newest,
+with :attr:`CatalogImage.problem` saying why, so that resolving it fails
+loudly instead of falling back to something else.
+
 This module does no I/O: it turns parsed JSON into :class:`CatalogImage`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 from ketch.errors import ImageError
 
@@ -78,6 +89,7 @@ class CatalogImage:
     supported: bool = True
     release_codename: str = ""
     arch: str = "amd64"
+    problem: str | None = None  # why the catalogue's entry is unsafe to use (see module doc)
 
     @property
     def disk(self) -> CatalogItem:
@@ -121,6 +133,7 @@ class Catalog:
     remote: str
     url: str
     images: tuple[CatalogImage, ...] = field(default_factory=tuple)
+    signed_by: str = ""  # fingerprint of the key that signed the catalogue; "" when unsigned
 
     def lookup(self, name: str) -> CatalogImage | None:
         """The image with alias or product id ``name``; then by release codename."""
@@ -155,6 +168,31 @@ def products_path(index: Any, *, remote: str = "") -> str:
         raise ImageError(f"index.json{where} has no image-downloads catalogue")
     found.sort(key=lambda kv: (not str(kv[0]).endswith(":download"), str(kv[0])))
     return str(found[0][1]["path"])
+
+
+def same_origin(url: str, base_url: str) -> bool:
+    """True when ``url`` has the scheme and host (and port) of ``base_url``."""
+    a, b = urlsplit(url), urlsplit(base_url)
+    return (a.scheme.lower(), a.netloc.lower()) == (b.scheme.lower(), b.netloc.lower())
+
+
+def origin_problem(url: str, base_url: str, what: str) -> str | None:
+    """Why ``url`` (named by the catalogue at ``base_url``) may not be fetched, or None."""
+    if same_origin(url, base_url):
+        return None
+    parts = urlsplit(url)
+    where = f"{parts.scheme}://{parts.netloc}" if parts.scheme else url
+    base = urlsplit(base_url)
+    return (
+        f"{what} points at {where} ({url}), not at the remote's own {base.scheme}://{base.netloc}"
+    )
+
+
+def item_problem(item: CatalogItem, base_url: str) -> str | None:
+    """Why a used item of a catalogue is unsafe: a foreign URL or no sha256."""
+    return origin_problem(item.url, base_url, f"item {item.ftype!r}") or (
+        None if item.sha256 else f"item {item.ftype!r} has no sha256"
+    )
 
 
 def _item(raw: Any, base_url: str) -> CatalogItem | None:
@@ -195,7 +233,7 @@ def _image(remote: str, base_url: str, name: str, product: dict[str, Any]) -> Ca
         aliases = [a.strip() for a in str(product.get("aliases", "")).split(",") if a.strip()]
         if "lts" in aliases and product.get("os", "ubuntu") == "ubuntu":
             aliases.append("ubuntu")  # as Multipass does
-        return CatalogImage(
+        image = CatalogImage(
             remote=remote,
             product=name,
             version=str(key),
@@ -209,6 +247,10 @@ def _image(remote: str, base_url: str, name: str, product: dict[str, Any]) -> Ca
             release_codename=str(product.get("release_codename", "")),
             arch=str(product.get("arch", "")),
         )
+        used = [image.disk, image.kernel, image.initrd]
+        problems = [item_problem(item, base_url) for item in used if item is not None]
+        problem = next((p for p in problems if p), None)
+        return image if problem is None else dataclasses.replace(image, problem=problem)
     return None
 
 

@@ -8,7 +8,10 @@ Layout under the vault root (``<storage>/vault``)::
                            their process is gone
     locks/<key>.lock       flock(2) files serialising downloads of one digest
                            (or one URL when no digest is known) across processes
-    catalogs/<hash>.json   last copy of each remote's products file
+    catalogs/<hash>.json   last copy of each remote's products file (verified
+                           when the remote's catalogue is signed)
+    keyrings/<remote>.gpg  put there by the user: the OpenPGP keyring that
+                           verifies that remote's signed catalogue
     index.json             metadata, rewritten atomically (see below)
     index.lock             flock(2) file guarding index.json updates
 
@@ -19,7 +22,8 @@ and ``resolutions`` {"remote:alias": {version: record}}: what each catalogue
 alias resolved to, so a later resolution can fall back to it when the remote
 is unreachable.
 
-A download streams into ``tmp/``, is hashed on the way, and is renamed into
+A download (:mod:`ketch.images.download`) streams into ``tmp/``, is hashed
+on the way, bounded by the catalogue's size, and is renamed into
 ``sha256/`` only when complete and matching; anything else deletes it.
 """
 
@@ -41,27 +45,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import aiohttp
-
 from ketch.errors import DigestMismatch, ImageError, InvalidArgument
+from ketch.images.download import Sink, copy_file, http_get
 from ketch.progress import Reporter
 
 BLOBS = "sha256"
 TMP = "tmp"
 LOCKS = "locks"
 CATALOGS = "catalogs"
+KEYRINGS = "keyrings"
 INDEX = "index.json"
 INDEX_LOCK = "index.lock"
 
-CHUNK = 1 << 20
-TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=20, sock_read=60)
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 _LOCKS: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
-
-
-def client_session(*, decompress: bool = True) -> aiohttp.ClientSession:
-    """An HTTP session with bounded connect/read timeouts, honouring proxy variables."""
-    return aiohttp.ClientSession(timeout=TIMEOUT, trust_env=True, auto_decompress=decompress)
 
 
 @dataclass(frozen=True)
@@ -77,33 +74,6 @@ class VaultEntry:
     owners: tuple[str, ...]  # image ids that use it
 
 
-class _Sink:
-    """A temporary file that hashes what is written to it (blocking I/O, small writes)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.file = path.open("wb")
-        self.hash = hashlib.sha256()
-        self.done = 0
-        self.validators: tuple[str | None, str | None] | None = None  # ETag, Last-Modified
-
-    def write(self, chunk: bytes) -> None:
-        self.file.write(chunk)
-        self.hash.update(chunk)
-        self.done += len(chunk)
-
-    def finish(self, target: Path) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.chmod(self.path, 0o444)
-        os.replace(self.path, target)
-
-    def discard(self) -> None:
-        self.file.close()
-        self.path.unlink(missing_ok=True)
-
-
 class Vault:
     """The image cache under ``root``."""
 
@@ -115,6 +85,10 @@ class Vault:
         self.catalogs = root / CATALOGS
         self.index = root / INDEX
         self._swept = False
+
+    def keyring(self, remote: str) -> Path:
+        """Where the user's keyring for ``remote`` lives (whether or not it is there)."""
+        return self.root / KEYRINGS / f"{remote}.gpg"
 
     # -- blobs ------------------------------------------------------------
 
@@ -187,11 +161,12 @@ class Vault:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.blobs.mkdir(parents=True, exist_ok=True)
         name = f"{sha256 or 'url'}.{os.getpid()}.{secrets.token_hex(4)}.part"
-        sink = _Sink(self.tmp / name)
+        sink = Sink(self.tmp / name)
         try:
             parts = urlsplit(url)
             if parts.scheme == "file":
-                cached = await self._copy_file(parts.path, url, sink, size, reporter, what)
+                await copy_file(Path(unquote(parts.path)), url, sink, size, reporter, what)
+                cached = None
             elif parts.scheme in ("http", "https"):
                 cached = await self._get(url, sha256, sink, size, reporter, what)
             else:
@@ -214,65 +189,30 @@ class Vault:
         self,
         url: str,
         sha256: str | None,
-        sink: _Sink,
+        sink: Sink,
         size: int | None,
         reporter: Reporter,
         what: str,
     ) -> str | None:
         headers = {"Accept-Encoding": "identity"}
-        expected: int | None = None
         known = self._meta().get("urls", {}).get(url, {}) if sha256 is None else {}
         if known and self.has(known.get("sha256", "")):
             if known.get("etag"):
                 headers["If-None-Match"] = known["etag"]
             if known.get("last_modified"):
                 headers["If-Modified-Since"] = known["last_modified"]
-        try:
-            async with (
-                client_session(decompress=False) as session,
-                session.get(url, headers=headers) as resp,
-            ):
-                if resp.status == 304 and known:
-                    return str(known["sha256"])
-                if resp.status != 200:
-                    raise ImageError(
-                        f"cannot download {url}: HTTP {resp.status} {resp.reason or ''}".rstrip()
-                    )
-                expected = resp.content_length
-                progress = _Progress(reporter, what, size or expected)
-                async for chunk in resp.content.iter_chunked(CHUNK):
-                    sink.write(chunk)
-                    progress(sink.done)
-                validators = (resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            of = "" if expected is None else f" of {expected}"
-            raise ImageError(
-                f"download of {url} failed after receiving {sink.done}{of} bytes: "
-                f"{describe(exc)}; nothing was kept",
-                hint="check the network connection and try again",
-            ) from exc
-        if expected is not None and sink.done != expected:
-            raise ImageError(
-                f"download of {url} ended early: received {sink.done} of {expected} bytes; "
-                "nothing was kept"
-            )
-        sink.validators = validators
-        return None
-
-    async def _copy_file(
-        self, raw_path: str, url: str, sink: _Sink, size: int | None, reporter: Reporter, what: str
-    ) -> str | None:
-        path = Path(unquote(raw_path))
-        try:
-            src = await asyncio.to_thread(path.open, "rb")
-        except OSError as exc:
-            raise ImageError(f"cannot read {url}: {exc.strerror or exc}") from exc
-        with src:
-            progress = _Progress(reporter, what, size or os.fstat(src.fileno()).st_size)
-            while chunk := await asyncio.to_thread(src.read, CHUNK):
-                sink.write(chunk)
-                progress(sink.done)
-        return None
+        else:
+            known = {}
+        unchanged = await http_get(
+            url,
+            headers=headers,
+            sink=sink,
+            size=size,
+            reporter=reporter,
+            what=what,
+            conditional=bool(known),
+        )
+        return str(known["sha256"]) if unchanged else None
 
     # -- metadata ---------------------------------------------------------
 
@@ -334,15 +274,21 @@ class Vault:
         digest = self._meta().get("urls", {}).get(url, {}).get("sha256")
         return digest if isinstance(digest, str) and self.has(digest) else None
 
-    def load_catalog(self, url: str) -> tuple[bytes, dict[str, str]] | None:
-        """The saved copy of a catalogue file and its HTTP validators."""
+    def load_catalog(
+        self, url: str, *, limit: int = 64 << 20
+    ) -> tuple[bytes, dict[str, str]] | None:
+        """The saved copy of a catalogue file (at most ``limit`` bytes) and its validators."""
         entry = self._meta().get("catalogs", {}).get(url)
-        if not entry:
+        if not entry or not isinstance(entry.get("file"), str):
             return None
+        path = self.root / entry["file"]
         try:
-            data = (self.root / entry["file"]).read_bytes()
+            with path.open("rb") as f:
+                data = f.read(limit + 1)
         except OSError:
             return None
+        if len(data) > limit:
+            return None  # not what store_catalog wrote: fetch it again
         return data, {k: entry[k] for k in ("etag", "last_modified") if entry.get(k)}
 
     def store_catalog(self, url: str, data: bytes, etag: str | None, modified: str | None) -> None:
@@ -420,21 +366,6 @@ class Vault:
                 part.unlink(missing_ok=True)
 
 
-class _Progress:
-    """Calls ``reporter.progress`` about every 1 % (at least every MiB), and at the end."""
-
-    def __init__(self, reporter: Reporter, label: str, total: int | None) -> None:
-        self.reporter, self.label, self.total = reporter, label, total
-        self.every = max((total or 0) // 100, CHUNK)
-        self.next = 0
-        reporter.progress(label, 0, total)
-
-    def __call__(self, done: int) -> None:
-        if done >= self.next or done == self.total:
-            self.reporter.progress(self.label, done, self.total)
-            self.next = done + self.every
-
-
 def _forget(meta: dict[str, Any], gone: set[str]) -> None:
     for digest in gone:
         meta.get("blobs", {}).pop(digest, None)
@@ -469,16 +400,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def describe(exc: BaseException) -> str:
-    """A short reason for a network failure, without aiohttp's internals."""
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "the server closed the connection before the end"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        err = exc.os_error
-        why = err.strerror or (os.strerror(err.errno) if err.errno else str(err))
-        return f"cannot connect to {exc.host}:{exc.port}: {why}"
-    return str(exc) or type(exc).__name__
