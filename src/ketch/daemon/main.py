@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from ketch.layout import Root, storage_root
+from ketch.layout import DIR_MODE, UMASK, Root, storage_root
 
 if TYPE_CHECKING:
     from ketch.daemon.ops import Operations, QueueReporter
@@ -158,13 +158,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.storage:
         os.environ["KETCH_STORAGE"] = args.storage
+    os.umask(UMASK)  # before anything is created: files 0600, directories 0700
     root = Root(storage_root())
-    root.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    root.path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from ketch.daemon.trust import UntrustedRoot, check_root
+
+    try:
+        for path in check_root(root):
+            log.info("tightened %s to owner-only", path)
+    except UntrustedRoot as exc:
+        print(f"ketchd: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"ketchd: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
     try:
         lock = _lock_pidfile(root.daemon_pid)
     except AlreadyRunning:
