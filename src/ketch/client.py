@@ -90,7 +90,7 @@ def request(
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        sock.connect(path)
+        connect(sock, path, timeout)
         check_peer(sock, path)
         head = f"{method} {target} HTTP/1.1\r\nHost: ketchd\r\nConnection: close\r\n"
         if body is not None:
@@ -100,6 +100,23 @@ def request(
     except BaseException:
         sock.close()
         raise
+
+
+def connect(sock: socket.socket, path: str, timeout: float | None) -> None:
+    """Connect, waiting while the socket's backlog is full (ketchd accepts as it can).
+
+    A Unix socket with a timeout reports a full backlog at once (EAGAIN)
+    instead of waiting; under a flood of connections that is retried.
+    """
+    deadline = time.monotonic() + (timeout if timeout is not None else START_TIMEOUT)
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 def check_peer(sock: socket.socket, path: str) -> None:
