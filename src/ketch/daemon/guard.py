@@ -245,8 +245,10 @@ class GuardedUnixSite(web.UnixSite):
         await web.BaseSite.start(self)
         server = self._runner.server
         assert server is not None
+        # What the runner was given for its handlers, then ours.
+        handler_args = {**getattr(server, "_kwargs", {}), **self._handler_args}
         self._server = await self._guard.loop.create_unix_server(
-            self._guard.factory(server, **self._handler_args), self._path, backlog=self._backlog
+            self._guard.factory(server, **handler_args), self._path, backlog=self._backlog
         )
 
 
