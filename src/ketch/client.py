@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode
 
-from ketch.errors import DaemonUnreachable, RemoteError
+from ketch.errors import DaemonUnreachable, KetchError, RemoteError
 from ketch.layout import Root
 
 START_TIMEOUT = 20.0
@@ -90,7 +90,8 @@ def request(
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        sock.connect(path)
+        connect(sock, path, timeout)
+        check_peer(sock, path)
         head = f"{method} {target} HTTP/1.1\r\nHost: ketchd\r\nConnection: close\r\n"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
@@ -99,6 +100,43 @@ def request(
     except BaseException:
         sock.close()
         raise
+
+
+def connect(sock: socket.socket, path: str, timeout: float | None) -> None:
+    """Connect, waiting while the socket's backlog is full (ketchd accepts as it can).
+
+    A Unix socket with a timeout reports a full backlog at once (EAGAIN)
+    instead of waiting; under a flood of connections that is retried.
+    """
+    deadline = time.monotonic() + (timeout if timeout is not None else START_TIMEOUT)
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
+def check_peer(sock: socket.socket, path: str) -> None:
+    """Refuse a daemon run by another user (SO_PEERCRED), before anything is sent.
+
+    Only our own uid, or root, may serve us: a request can carry cloud-init
+    with secrets, and another user's reply is not to be believed.
+    """
+    import struct
+
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _gid = struct.unpack("3i", creds)
+    me = os.geteuid()
+    if uid not in (me, 0):
+        raise DaemonUnreachable(
+            f"refusing to talk to {path}: it is served by uid {uid} (pid {pid}), not by you "
+            f"(uid {me}); nothing was sent",
+            hint="another user's ketchd serves this storage root: use a storage root of your "
+            "own (--storage or $KETCH_STORAGE), or stop that daemon",
+        )
 
 
 def _raise_error(err: dict[str, Any]) -> None:
@@ -196,9 +234,12 @@ class Client:
         import subprocess
 
         self.root.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        log = self.root.daemon_log.open("ab")
+        log = os.fdopen(
+            os.open(self.root.daemon_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab"
+        )
+        start = os.fstat(log.fileno()).st_size
         env = dict(os.environ, KETCH_STORAGE=str(self.root.path))
-        subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "ketch.daemon.main"],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -212,10 +253,23 @@ class Client:
         while time.monotonic() < deadline:
             if self.ping():
                 return
+            if proc.poll() == 2:  # refused to start (another daemon that won a race exits 1)
+                self._refused(start)
             time.sleep(0.05)
         raise DaemonUnreachable(
             f"started ketchd but it did not answer within {START_TIMEOUT:g} s",
             hint=f"see {self.root.daemon_log}",
+        )
+
+    def _refused(self, start: int) -> None:
+        """ketchd refused to start (exit 2): say what it said (its ``ketchd: ...`` lines)."""
+        with self.root.daemon_log.open("rb") as f:
+            f.seek(start)
+            said = f.read(8192).decode(errors="replace").splitlines()
+        lines = [line.removeprefix("ketchd: ") for line in said if line.startswith("ketchd: ")]
+        raise KetchError(
+            lines[0] if lines else "ketchd refused to start",
+            hint=" ".join(lines[1:]) or f"see {self.root.daemon_log}",
         )
 
     def ping(self) -> bool:

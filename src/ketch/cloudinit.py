@@ -18,18 +18,28 @@ Rules of :func:`merge_vendor` (what ketch adds to the user's ``#cloud-config``):
   make every later connection fail with a host-key mismatch.
 * ``hostname`` defaults to the instance name and ``preserve_hostname`` to
   false; the user may set either.
+
+Limits: :func:`parse_user_data` refuses, with exit 1 and the limit named, a
+file that is too large, has too many YAML nodes, expands too far through
+aliases, or whose ``write_files`` decode to too much (``ketch.cloudlimits``).
+The service layer calls it and the rendering through ``asyncio.to_thread``:
+with those bounds a worker thread's memory is bounded, and the event loop
+keeps serving while a large file is parsed (at most two at a time).
 """
 
 from __future__ import annotations
 
 import copy
+import threading
 from typing import Any
 
 import yaml
 
+from ketch.cloudlimits import MAX_USER_DATA, MiB, check_write_files, load
 from ketch.errors import InvalidArgument
 
 HEADER = "#cloud-config"
+_PARSERS = threading.BoundedSemaphore(2)  # concurrent parses (each bounded as above)
 
 _PINNED_KEYS = ("ed25519_private", "ed25519_public", "ed25519_certificate")
 
@@ -50,18 +60,15 @@ def parse_user_data(text: str) -> dict[str, Any]:
             hint=f"ketch accepts cloud-config user data only; add '{HEADER}' as the "
             "first line (shell scripts go under 'runcmd:')",
         )
-    try:
-        data = yaml.safe_load(body)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "invalid YAML"
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    size = len(body.encode("utf-8", "surrogatepass"))
+    if size > MAX_USER_DATA:
         raise InvalidArgument(
-            f"cloud-init file is not valid YAML: {where}{problem}",
-            hint="check the indentation and quoting around that spot",
-        ) from exc
-    except yaml.YAMLError as exc:
-        raise InvalidArgument(f"cloud-init file is not valid YAML: {exc}") from exc
+            f"cloud-init file is {size} bytes, over ketch's limit of {MAX_USER_DATA} bytes "
+            f"({MAX_USER_DATA // MiB} MiB) for user data",
+            hint="ship large files into the instance with 'ketch transfer' after launch",
+        )
+    with _PARSERS:
+        data = load(body)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -69,6 +76,7 @@ def parse_user_data(text: str) -> dict[str, Any]:
             f"cloud-init file must be a mapping of settings, not a {_yaml_kind(data)}",
             hint="top-level entries look like 'packages: [...]' or 'runcmd: [...]'",
         )
+    check_write_files(data)
     return data
 
 

@@ -13,6 +13,12 @@ from pathlib import Path
 
 STORAGE_ENV = "KETCH_STORAGE"
 
+# ketchd's umask: what it, QEMU and qemu-img create is 0600 (files) or 0700
+# (directories); the storage root itself must be 0700 (``daemon/trust.py``).
+UMASK = 0o077
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
 # Files directly under the storage root.
 SOCKET = "ketchd.sock"
 DAEMON_PID = "ketchd.pid"

@@ -237,7 +237,9 @@ def port_only_time_wait(port: int) -> bool:
 def mount_tmpfs(size: str = TMPFS_SIZE, prefix: str = "kchaos-") -> Path:
     """A fresh directory under /tmp (short: Unix sockets live in it) with a tmpfs on it."""
     root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(root)], check=True)
+    # mode=0700: a tmpfs root is 1777, which ketchd refuses as a storage root.
+    opts = f"size={size},mode=0700"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(root)], check=True)
     return root
 
 

@@ -58,7 +58,10 @@ def small_root(tiny_image: ImageInfo) -> Iterator[Ketch]:
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     root = Path(tempfile.mkdtemp(prefix="ketch-full-", dir="/tmp"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400M", "tmpfs", str(root)], check=True)
+    # mode=0700: a tmpfs root is 1777, which ketchd refuses as a storage root.
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=400M,mode=0700", "tmpfs", str(root)], check=True
+    )
     k = Ketch(root)
     try:
         _seed_vault(root, tiny_image)  # a copy: hard links cannot cross filesystems

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from ketch.layout import Root, storage_root
+from ketch.layout import DIR_MODE, UMASK, Root, storage_root
 
 if TYPE_CHECKING:
     from ketch.daemon.ops import Operations, QueueReporter
@@ -94,6 +94,7 @@ async def serve(root: Root) -> None:
     from aiohttp import web
 
     from ketch.daemon.api import Api
+    from ketch.daemon.guard import Guard, GuardedUnixSite, Limits, accept_errors
     from ketch.daemon.ops import Operations
     from ketch.runtime.qemu_driver import QemuDriver
     from ketch.service.context import Context
@@ -118,22 +119,40 @@ async def serve(root: Root) -> None:
     if held:
         ops.recovered.clear()
     recovering = asyncio.create_task(_recover(ops, held)) if held else None
-    api = Api(ops, images)
-    runner = web.AppRunner(api.app(), access_log=None)
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(accept_errors)
+    limits = Limits.from_env()
+    guard = Guard(limits, loop)
+    app = Api(ops, images).app()
+    app.middlewares.insert(0, guard.middleware)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     with contextlib.suppress(FileNotFoundError):
         root.socket.unlink()
     old = os.umask(0o177)
     try:
-        site = web.UnixSite(runner, str(root.socket))
+        site = GuardedUnixSite(
+            runner,
+            str(root.socket),
+            guard,
+            access_log=None,
+            keepalive_timeout=limits.idle_timeout,
+        )
         await site.start()
     finally:
         os.umask(old)
     os.chmod(root.socket, 0o600)
-    log.info("ketchd listening on %s", root.socket)
+    log.info(
+        "ketchd listening on %s (at most %d connections; timeouts: head %g s, idle %g s, "
+        "body %g s)",
+        root.socket,
+        limits.max_connections,
+        limits.head_timeout,
+        limits.idle_timeout,
+        limits.body_timeout,
+    )
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     scheduler = asyncio.create_task(_scheduler(ops))
@@ -158,13 +177,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.storage:
         os.environ["KETCH_STORAGE"] = args.storage
+    os.umask(UMASK)  # before anything is created: files 0600, directories 0700
     root = Root(storage_root())
-    root.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    root.path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from ketch.daemon.guard import RateLimit
+    from ketch.daemon.trust import UntrustedRoot, check_root
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RateLimit())  # a flood of one message cannot fill the disk
+
+    try:
+        for path in check_root(root):
+            log.info("tightened %s to owner-only", path)
+    except UntrustedRoot as exc:
+        print(f"ketchd: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"ketchd: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
     try:
         lock = _lock_pidfile(root.daemon_pid)
     except AlreadyRunning:

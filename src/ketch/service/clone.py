@@ -75,7 +75,11 @@ async def clone(ctx: Context, source: str, name: str, reporter: Reporter) -> dic
         raise AlreadyExists(f'instance "{name}" already exists')
     src_spec = v.record.spec
     src_disk, idir = ctx.root.instance(source).disk, ctx.root.instance(name)
-    user_cfg = cloudinit.parse_user_data(src_spec.cloud_init) if src_spec.cloud_init else None
+    user_cfg = (
+        await asyncio.to_thread(cloudinit.parse_user_data, src_spec.cloud_init)
+        if src_spec.cloud_init
+        else None
+    )
     disk_info = await qemu_img.info(src_disk, fmt="qcow2")
     backing = Path(disk_info.backing) if disk_info.backing else None
     if backing is not None and not backing.exists():
@@ -116,7 +120,7 @@ async def clone(ctx: Context, source: str, name: str, reporter: Reporter) -> dic
                 await asyncio.to_thread(shutil.copyfile, src_vars, idir.efi_vars)
             ctx.store.step(entry, "seed")
             reporter.step("Writing cloud-init seed")
-            write_seed(ctx, spec, user_cfg)
+            await asyncio.to_thread(write_seed, ctx, spec, user_cfg)
             undo.pop_all()
     except BaseException:
         ctx.store.finish(entry, "failed")

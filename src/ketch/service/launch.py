@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Collection
@@ -75,7 +76,12 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> dict[s
     if ctx.store.exists(name):
         raise AlreadyExists(f'instance "{name}" already exists')
     cpus, memory, disk = check_resources(req.cpus, req.memory, req.disk)
-    user_cfg = cloudinit.parse_user_data(req.cloud_init) if req.cloud_init else None
+    # Off the event loop: a large file takes seconds to parse (cloudinit's limits bound it).
+    user_cfg = (
+        await asyncio.to_thread(cloudinit.parse_user_data, req.cloud_init)
+        if req.cloud_init
+        else None
+    )
     if req.firmware is not None and req.firmware not in FIRMWARES:
         raise InvalidArgument(f"unknown firmware '{req.firmware}'", hint="use bios or uefi")
 
@@ -112,7 +118,7 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> dict[s
         )
 
         reporter.step("Writing cloud-init seed")
-        write_seed(ctx, spec, user_cfg)
+        await asyncio.to_thread(write_seed, ctx, spec, user_cfg)
 
         ctx.store.step(entry, "boot")
         choice = await accel.choose(ctx, Path(image.boot.kernel) if image.boot.kernel else None)
@@ -181,8 +187,20 @@ async def boot_for(image: ImageInfo, requested: str | None) -> BootSpec:
     return replace(image.boot, firmware=chosen)
 
 
+_SEEDING = threading.Lock()  # seeds are written in worker threads, one at a time
+
+
 def write_seed(ctx: Context, spec: InstanceSpec, user_cfg: dict[str, Any] | None) -> None:
-    """The NoCloud seed ISO: merged user data, meta data, the pinned host key."""
+    """The NoCloud seed ISO: merged user data, meta data, the pinned host key.
+
+    Blocking (YAML rendering, ssh-keygen, the ISO): called through
+    ``asyncio.to_thread``; one at a time, so the client key is made once.
+    """
+    with _SEEDING:
+        _write_seed(ctx, spec, user_cfg)
+
+
+def _write_seed(ctx: Context, spec: InstanceSpec, user_cfg: dict[str, Any] | None) -> None:
     idir = ctx.root.instance(spec.name)
     host_private, host_public = guestlink.make_host_key(idir, spec.name)
     cfg = cloudinit.merge_vendor(

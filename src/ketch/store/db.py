@@ -10,6 +10,7 @@ ketchd starts again.  Schema versions live in ``PRAGMA user_version`` and
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -124,11 +125,14 @@ class Store:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            # 0600 whatever the umask: it holds users' cloud-init; SQLite gives
+            # the -wal and -shm files the database's mode.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
             self._db = sqlite3.connect(str(path), timeout=10.0, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise KetchError(
                 f"cannot open the database {path}: {exc}",
                 hint="ketch doctor can inspect it; keep a copy before changing anything",
