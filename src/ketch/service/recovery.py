@@ -22,6 +22,7 @@ wrote to its disk:
 | stop | no QEMU | finished: intent stop |
 | force-stop | any | finished: QEMU ended, intent stop |
 | purge | any | finished: QEMU ended, directory and record removed |
+| delete, recover | any | nothing to do: the instance is as it was left (repeat the command) |
 | snapshot | its record written | finished |
 | snapshot | no record | rolled back: its tag is removed from the disk |
 | restore | - | finished: the tag applied again, the snapshot's resources recorded |
