@@ -36,8 +36,8 @@ async def start(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
     spec, idir = v.record.spec, ctx.root.instance(name)
     if v.state is State.UNKNOWN:
         if v.obs.qmp_status in ("paused", "suspended", "prelaunch", "postmigrate", "io-error"):
+            reporter.step("Resuming paused vCPUs")
             async with journal(ctx, name, "start", reporter=reporter):
-                reporter.step("Resuming paused vCPUs")
                 await ctx.driver.cont(spec, idir)
                 ctx.store.set_intent(name, Intent.RUN)
             return {"name": name, "resumed": True}
