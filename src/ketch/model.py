@@ -242,3 +242,41 @@ class SshTarget:
     user: str
     identity: str  # path of the client private key
     known_hosts: str  # path of the instance's pinned known_hosts file
+
+
+# -- disks (what a driver reports about an instance's disk) ---------------------------------
+
+
+@dataclass(frozen=True)
+class SnapshotEntry:
+    """One internal snapshot of a disk: its tag and how much VM state (RAM, devices) it holds."""
+
+    name: str
+    vm_state_size: int  # 0: a disk-only snapshot, which cannot be resumed
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    """What ketch uses of a disk image's description (``qemu-img info``)."""
+
+    format: str
+    virtual_size: int
+    actual_size: int
+    backing: str | None
+    snapshots: tuple[str, ...]
+    corrupt: bool = False
+    snapshot_states: tuple[SnapshotEntry, ...] = ()
+    backing_format: str | None = None
+
+
+@dataclass(frozen=True)
+class DiskCheck:
+    """A consistency check of a disk (``qemu-img check``)."""
+
+    leaks: int
+    corruptions: int
+    check_errors: int
+
+    @property
+    def clean(self) -> bool:
+        return not (self.leaks or self.corruptions or self.check_errors)

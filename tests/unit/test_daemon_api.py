@@ -3,19 +3,18 @@
 The aiohttp application from ``ketch.daemon.api`` and the operation table from
 ``ketch.daemon.ops`` run in a background thread with their own event loop,
 over a real :class:`~ketch.store.db.Store` file.  Only the hypervisor is
-fake: :class:`FakeDriver` implements the ``ketch.runtime.driver.Driver``
-protocol, keeps each instance's "process" in memory, and records every call
-in order.  Its long calls (``powerdown``, ``suspend``, ``kill``) can be held at
-a gate that the test opens, so ordering is asserted without any timing
-threshold.  The CLI's own :class:`~ketch.client.Client` (``autostart=False``)
-talks to the socket.
+fake: ``fakes.FakeDriver`` (``tests/fakes.py``) implements the
+``ketch.runtime.driver.Driver`` protocol, keeps each instance's "process" in
+memory, and records every call in order.  Its long calls (``powerdown``,
+``suspend``, ``kill``) can be held at a gate that the test opens, so ordering
+is asserted without any timing threshold.  The CLI's own
+:class:`~ketch.client.Client` (``autostart=False``) talks to the socket.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import shutil
 import tempfile
@@ -23,167 +22,26 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
+from fakes import GATE_POLLS, FakeDriver, FakeImages
 
 from ketch.client import Client, request
 from ketch.daemon.api import Api, openapi_document
 from ketch.daemon.ops import Operations
-from ketch.errors import ImageError, RemoteError
-from ketch.layout import InstanceDir, Root
-from ketch.model import BootSpec, ImageInfo, InstanceSpec, Intent, Observation, PidStatus
-from ketch.progress import Reporter
-from ketch.runtime.driver import SUSPEND_TAG, Driver
+from ketch.errors import RemoteError
+from ketch.layout import Root
+from ketch.model import BootSpec, InstanceSpec, Intent
+from ketch.runtime.driver import SUSPEND_TAG
 from ketch.service import guestlink
 from ketch.service.context import Context
 from ketch.store.db import Store
 
-GATE_POLLS = 2000  # how often a held call looks at its gate before giving up (bounded)
 WAIT = 20.0  # upper bound for a test thread waiting on the server; never a pass criterion
-
-
-# -- the fake hypervisor ---------------------------------------------------------------------
-
-
-@dataclass
-class FakeVm:
-    """One instance's pretend QEMU."""
-
-    running: bool = False
-    qmp: str = "running"
-    tags: set[str] = field(default_factory=set)
-    pid: int = 0
-
-
-@dataclass(frozen=True)
-class Call:
-    seq: int
-    at: float  # time.monotonic(), for the record only
-    name: str
-    what: str  # e.g. "powerdown:start", "powerdown:end", "kill"
-
-
-class FakeDriver:
-    """A Driver with in-memory processes; records calls; can hold calls at a gate."""
-
-    name = "fake"
-
-    def __init__(self) -> None:
-        self.vms: dict[str, FakeVm] = {}
-        self.calls: list[Call] = []
-        self._seq = itertools.count()
-        self._lock = threading.Lock()
-        self._pids = itertools.count(10_000)
-        self.gates: dict[str, threading.Event] = {}  # "name:what" -> gate (closed until set)
-        self.entered: dict[str, threading.Event] = {}  # "name:what" -> set when the call starts
-        self.powerdown_exits = True
-
-    # test-side helpers
-    def add(self, name: str, *, running: bool, qmp: str, tags: set[str]) -> None:
-        self.vms[name] = FakeVm(running, qmp, set(tags), next(self._pids) if running else 0)
-
-    def hold(self, name: str, what: str) -> threading.Event:
-        """Close the gate of ``what`` on ``name``; returns the event the test sets to open it."""
-        self.entered[f"{name}:{what}"] = threading.Event()
-        gate = self.gates[f"{name}:{what}"] = threading.Event()
-        return gate
-
-    def started(self, name: str, what: str) -> threading.Event:
-        return self.entered.setdefault(f"{name}:{what}", threading.Event())
-
-    def log(self, name: str, what: str) -> None:
-        with self._lock:
-            self.calls.append(Call(next(self._seq), time.monotonic(), name, what))
-
-    def seq(self, name: str, what: str) -> int:
-        (call,) = [c for c in self.calls if c.name == name and c.what == what]
-        return call.seq
-
-    async def _held(self, name: str, what: str) -> None:
-        self.log(name, f"{what}:start")
-        self.started(name, what).set()
-        gate = self.gates.get(f"{name}:{what}")
-        for _ in range(GATE_POLLS):
-            if gate is None or gate.is_set():
-                break
-            await asyncio.sleep(0.005)
-        else:
-            raise AssertionError(f"gate {name}:{what} never opened")
-        self.log(name, f"{what}:end")
-
-    # the Driver protocol
-    async def observe(
-        self, spec: InstanceSpec, idir: InstanceDir, *, probe_qmp: bool = True
-    ) -> Observation:
-        vm = self.vms[spec.name]
-        return Observation(
-            pid=vm.pid if vm.running else None,
-            pid_status=PidStatus.OURS if vm.running else PidStatus.NONE,
-            qmp_status=vm.qmp if vm.running and probe_qmp else None,
-            qmp_error=None,
-            suspend_tag=SUSPEND_TAG in vm.tags,
-            tag_error=None,
-            disk_exists=True,
-        )
-
-    async def start(
-        self, spec: InstanceSpec, idir: InstanceDir, *, accel: str, resume: bool
-    ) -> None:
-        self.log(spec.name, "start")
-        vm = self.vms[spec.name]
-        vm.running, vm.qmp, vm.pid = True, "running", next(self._pids)
-
-    async def powerdown(self, spec: InstanceSpec, idir: InstanceDir, *, timeout: float) -> bool:
-        await self._held(spec.name, "powerdown")
-        if self.powerdown_exits:
-            self.vms[spec.name].running = False
-        return self.powerdown_exits
-
-    async def kill(self, spec: InstanceSpec, idir: InstanceDir) -> bool:
-        await self._held(spec.name, "kill")
-        vm = self.vms[spec.name]
-        was, vm.running = vm.running, False
-        return was
-
-    async def suspend(
-        self, spec: InstanceSpec, idir: InstanceDir, *, reporter: Reporter, timeout: float
-    ) -> None:
-        reporter.step("Saving the guest's state into its disk")
-        await self._held(spec.name, "suspend")
-        vm = self.vms[spec.name]
-        vm.tags.add(SUSPEND_TAG)
-        vm.running = False
-
-    async def cont(self, spec: InstanceSpec, idir: InstanceDir) -> None:
-        self.log(spec.name, "cont")
-        self.vms[spec.name].qmp = "running"
-
-    async def delete_tag(self, spec: InstanceSpec, idir: InstanceDir, tag: str) -> None:
-        self.log(spec.name, f"delete_tag:{tag}")
-        self.vms[spec.name].tags.discard(tag)
-
-
-class FakeImages:
-    """The image provider: no images to resolve, a fixed ``find`` answer."""
-
-    async def resolve(self, ref: str, reporter: Reporter) -> ImageInfo:
-        raise ImageError(f"no image '{ref}' in this test")
-
-    def probe_kernel(self) -> Path | None:
-        return None
-
-    async def find(self, query: str | None) -> list[dict[str, Any]]:
-        return [{"remote": "ketch", "aliases": ["tiny"], "release": "ketch tiny", "error": None}]
-
-    def list_cached(self) -> list[dict[str, Any]]:
-        return []
-
-
-_CHECK: Driver = FakeDriver()  # the fake implements the real protocol (a type checker sees it)
 
 
 # -- the server in a thread ------------------------------------------------------------------

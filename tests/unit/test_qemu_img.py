@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 from ketch.errors import HostCommandError
 from ketch.host import qemu_img
 from ketch.host.qemu_img import (
-    DiskInfo,
     NotQcow2,
     create_overlay_argv,
     info_argv,
@@ -36,6 +35,7 @@ from ketch.host.qemu_img import (
     snapshot_create_argv,
     snapshot_delete_argv,
 )
+from ketch.model import DiskInfo
 
 DATA = Path(__file__).parent / "data"
 

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from fakes import FakeImages
 
 from ketch.errors import AlreadyExists, InvalidArgument, InvalidState, KetchError, NotFound
 from ketch.host import qemu_img
 from ketch.layout import Root
-from ketch.model import BootSpec, ImageInfo, InstanceSpec, Intent
-from ketch.progress import ListReporter, Reporter
+from ketch.model import BootSpec, InstanceSpec, Intent
+from ketch.progress import ListReporter
 from ketch.runtime.driver import SUSPEND_TAG
 from ketch.runtime.qemu_driver import QemuDriver
 from ketch.service import clone, guestlink, recovery, settings, snapshots
@@ -185,14 +186,6 @@ def test_show() -> None:
 # -- use cases on real qcow2 files ----------------------------------------------------------
 
 
-class NoImages:
-    async def resolve(self, ref: str, reporter: Reporter) -> ImageInfo:
-        raise AssertionError("no image is resolved in these tests")
-
-    def probe_kernel(self) -> Path | None:
-        return None
-
-
 def qi(*args: str) -> str:
     return subprocess.run(
         ["qemu-img", *args], check=True, capture_output=True, text=True, timeout=60
@@ -229,7 +222,7 @@ class World:
         self.root = Root(tmp / "root")
         self.root.path.mkdir()
         self.store = Store(self.root.database)
-        self.ctx = Context(self.root, self.store, QemuDriver(), NoImages())
+        self.ctx = Context(self.root, self.store, QemuDriver(), FakeImages())
         self.base = tmp / "base.qcow2"
         qi("create", "-q", "-f", "qcow2", str(self.base), "64M")
         write(self.base, 0xAA, "0", "1M")

@@ -1,5 +1,7 @@
 """qemu-img: build argv (pure), run, parse output (pure).
 
+The results are the disk types of :mod:`ketch.model` (a driver hands them on).
+
 Also a direct reader of the qcow2 snapshot table (:func:`read_snapshot_names`),
 used on the hot path of ``ketch list``: it reads a few hundred bytes of the
 file header instead of starting a qemu-img process per instance, and falls
@@ -11,28 +13,14 @@ from __future__ import annotations
 import json
 import re
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ketch.errors import HostCommandError
 from ketch.host.run import run
+from ketch.model import DiskCheck, DiskInfo, SnapshotEntry
 
 QEMU_IMG = "qemu-img"
-
-
-@dataclass(frozen=True)
-class DiskInfo:
-    """The parts of ``qemu-img info --output=json`` that ketch uses."""
-
-    format: str
-    virtual_size: int
-    actual_size: int
-    backing: str | None
-    snapshots: tuple[str, ...]
-    corrupt: bool = False
-    snapshot_states: tuple[SnapshotEntry, ...] = ()
-    backing_format: str | None = None
 
 
 # -- argv builders (pure) --------------------------------------------------
@@ -114,22 +102,9 @@ def convert_argv(
 # -- parsers (pure) ----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CheckResult:
-    """``qemu-img check``: exit 0 clean, 1 check failed, 2 corruptions, 3 leaks only."""
-
-    leaks: int
-    corruptions: int
-    check_errors: int
-
-    @property
-    def clean(self) -> bool:
-        return not (self.leaks or self.corruptions or self.check_errors)
-
-
-def parse_check(text: str) -> CheckResult:
+def parse_check(text: str) -> DiskCheck:
     doc: dict[str, Any] = json.loads(text)
-    return CheckResult(
+    return DiskCheck(
         leaks=int(doc.get("leaks", 0)),
         corruptions=int(doc.get("corruptions", 0)),
         check_errors=int(doc.get("check-errors", 0)),
@@ -184,14 +159,6 @@ class NotQcow2(ValueError):
 
 _HEADER = struct.Struct(">4sIQIIQIIQQIIQ")  # up to and including snapshots_offset
 _SNAPSHOT = struct.Struct(">QIHHIIQII")  # fixed part of one snapshot table entry
-
-
-@dataclass(frozen=True)
-class SnapshotEntry:
-    """One internal snapshot: its tag and how much VM state (RAM, devices) it holds."""
-
-    name: str
-    vm_state_size: int  # 0: a disk-only snapshot, which -loadvm cannot resume
 
 
 def parse_snapshot_entries(header: bytes, read_at: Any) -> tuple[SnapshotEntry, ...]:
@@ -271,7 +238,7 @@ async def snapshot_delete(path: Path, tag: str, *, timeout: float = 60.0) -> Non
     await run(snapshot_delete_argv(path, tag), timeout=timeout)
 
 
-async def check(path: Path, *, repair_leaks: bool = False, timeout: float = 300.0) -> CheckResult:
+async def check(path: Path, *, repair_leaks: bool = False, timeout: float = 300.0) -> DiskCheck:
     """Check (and optionally repair leaks of) a qcow2 that no QEMU holds."""
     done = await run(check_argv(path, repair_leaks=repair_leaks), timeout=timeout, check=False)
     if done.returncode in (0, 2, 3) and done.stdout.strip():

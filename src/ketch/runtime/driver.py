@@ -4,14 +4,20 @@ A driver knows how to start, observe, stop and suspend one instance given its
 spec and its directory.  It keeps no state of its own between calls: whatever
 it needs is in the instance directory (pid file, QMP socket, disk), so a
 restarted daemon takes running VMs back.  (Modelled on Lima's pkg/driver.)
+
+The driver also owns the instance's disk: making it, growing it, copying it
+for a clone, checking and repairing it, and its internal snapshot tags (the
+``suspend`` tag and snapshots).  Services never run a disk tool themselves,
+so another backend (libvirt) implements this one protocol and nothing else.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from ketch.layout import InstanceDir
-from ketch.model import InstanceSpec, Observation
+from ketch.model import DiskCheck, DiskInfo, InstanceSpec, Observation
 from ketch.progress import Reporter
 
 SUSPEND_TAG = "suspend"
@@ -61,4 +67,51 @@ class Driver(Protocol):
 
     async def delete_tag(self, spec: InstanceSpec, idir: InstanceDir, tag: str) -> None:
         """Remove an internal snapshot tag (through QMP while running, else qemu-img)."""
+        ...
+
+    # -- the disk (the instance is stopped unless said otherwise) ----------------------------
+
+    async def create_disk(
+        self, idir: InstanceDir, *, base: Path, base_format: str, size: int
+    ) -> None:
+        """Make the instance's disk: an overlay on the read-only image ``base``.
+
+        Its size is ``size`` bytes, or the base's own size when that is larger.
+        """
+        ...
+
+    async def disk_info(self, idir: InstanceDir) -> DiskInfo:
+        """Describe the instance's disk (also while its VM holds it)."""
+        ...
+
+    async def grow_disk(self, idir: InstanceDir, size: int) -> None:
+        """Grow the disk to ``size`` bytes."""
+        ...
+
+    async def copy_disk(self, src: InstanceDir, dst: InstanceDir) -> None:
+        """Make ``dst``'s disk an independent copy of ``src``'s current disk.
+
+        The copy shares only ``src``'s read-only base image (a disk without
+        one is copied in full); internal snapshot tags are not copied.
+        """
+        ...
+
+    async def check_disk(self, idir: InstanceDir, *, repair_leaks: bool = False) -> DiskCheck:
+        """Check the disk's consistency; with ``repair_leaks``, repair leaked clusters too."""
+        ...
+
+    async def rebase_disk(self, idir: InstanceDir, *, base: Path, base_format: str) -> None:
+        """Point the disk at another copy of the same base image (no data is copied)."""
+        ...
+
+    async def disk_tags(self, idir: InstanceDir) -> tuple[str, ...]:
+        """The disk's internal snapshot tags (also while its VM holds it)."""
+        ...
+
+    async def create_tag(self, idir: InstanceDir, tag: str) -> None:
+        """Take an internal snapshot of the disk under ``tag``."""
+        ...
+
+    async def apply_tag(self, idir: InstanceDir, tag: str) -> None:
+        """Bring the disk (its size included) back to the internal snapshot ``tag``."""
         ...

@@ -1,4 +1,9 @@
-"""The QEMU driver: detached QEMU processes found again through the instance dir."""
+"""The QEMU driver: detached QEMU processes found again through the instance dir.
+
+Its disks are qcow2 files (the methods of :class:`~ketch.runtime.qcow2.Qcow2Disks`,
+through ``qemu-img`` while no QEMU holds them); a tag of a running VM is
+deleted over QMP.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,10 @@ from typing import Any
 from ketch.errors import HostCommandError, KetchError, QMPError, Timeout
 from ketch.host import firmware, procs, qemu, qemu_img, qmp
 from ketch.layout import InstanceDir
-from ketch.model import InstanceSpec, Observation, PidStatus
+from ketch.model import InstanceSpec, Observation, PidStatus, SnapshotEntry
 from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG
+from ketch.runtime.qcow2 import Qcow2Disks
 
 QMP_PROBE_TIMEOUT = 2.0
 LOAD_TIMEOUT = 600.0  # loading a suspended VM's state over QMP (UEFI instances)
@@ -31,8 +37,8 @@ def _vm_state_job(job_id: str) -> dict[str, Any]:
     }
 
 
-class QemuDriver:
-    """Runs each instance as one detached ``qemu-system-x86_64``."""
+class QemuDriver(Qcow2Disks):
+    """Runs each instance as one detached ``qemu-system-x86_64``; its disk is a qcow2 file."""
 
     name = "qemu"
 
@@ -65,9 +71,7 @@ class QemuDriver:
                     return found, PidStatus.OURS, found_argv, pid
         return pid, status, argv, None
 
-    async def _tags(
-        self, disk: Path
-    ) -> tuple[tuple[qemu_img.SnapshotEntry, ...] | None, str | None]:
+    async def _tags(self, disk: Path) -> tuple[tuple[SnapshotEntry, ...] | None, str | None]:
         try:
             return qemu_img.read_snapshots(disk), None
         except (OSError, qemu_img.NotQcow2):
@@ -314,4 +318,4 @@ class QemuDriver:
                     timeout=120.0,
                 )
             return
-        await qemu_img.snapshot_delete(idir.disk, tag)
+        await self.remove_tag(idir, tag)

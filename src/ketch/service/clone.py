@@ -1,6 +1,7 @@
 """Use case: clone a stopped instance into a new, independent one.
 
-The clone's disk is ``qemu-img convert -B BASE`` of the source's disk: a new
+The clone's disk is the driver's copy (``Driver.copy_disk``; for QEMU
+``qemu-img convert -B BASE``) of the source's disk: a new
 qcow2 overlay on the same read-only base image in the vault, holding a copy
 of everything the source changed.  It shares no writable file with the
 source, so it survives the source's purge, and ``convert`` copies no
@@ -24,19 +25,18 @@ import shutil
 import time
 import uuid
 from collections.abc import Collection
-from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ketch import cloudinit
 from ketch.errors import AlreadyExists, InvalidArgument, KetchError
-from ketch.host import qemu_img
 from ketch.model import Intent, PidStatus, State, Verb
 from ketch.progress import Reporter
 from ketch.service import guestlink, names
 from ketch.service.context import Context
 from ketch.service.inspect import get, require
+from ketch.service.journal import journal
 from ketch.service.launch import write_seed
 from ketch.store.db import JournalEntry
 
@@ -74,13 +74,13 @@ async def clone(ctx: Context, source: str, name: str, reporter: Reporter) -> dic
     if ctx.store.exists(name):
         raise AlreadyExists(f'instance "{name}" already exists')
     src_spec = v.record.spec
-    src_disk, idir = ctx.root.instance(source).disk, ctx.root.instance(name)
+    src_dir, idir = ctx.root.instance(source), ctx.root.instance(name)
     user_cfg = (
         await asyncio.to_thread(cloudinit.parse_user_data, src_spec.cloud_init)
         if src_spec.cloud_init
         else None
     )
-    disk_info = await qemu_img.info(src_disk, fmt="qcow2")
+    disk_info = await ctx.driver.disk_info(src_dir)
     backing = Path(disk_info.backing) if disk_info.backing else None
     if backing is not None and not backing.exists():
         raise KetchError(
@@ -88,44 +88,35 @@ async def clone(ctx: Context, source: str, name: str, reporter: Reporter) -> dic
             hint="the image vault lost it; the source itself cannot start either",
         )
 
-    entry = ctx.store.begin(name, "clone", f"from {source}")
-    try:
-        async with AsyncExitStack() as undo:
-            try:
-                idir.path.mkdir(parents=True, exist_ok=False)
-            except FileExistsError as exc:
-                raise AlreadyExists(
-                    f"a directory for {name} is in the way: {idir.path}",
-                    hint="it belongs to no instance; remove it, or choose another name",
-                ) from exc
-            undo.callback(guestlink.remove_tree, idir.path)
-            spec = replace(
-                src_spec,
-                name=name,
-                ssh_port=guestlink.free_port(ctx.store.used_ports()),
-                mac=_random_mac(),
-                instance_id=f"i-{uuid.uuid4().hex[:16]}",
-                created=time.time(),
-            )
-            ctx.store.add(spec, Intent.STOP)
-            undo.callback(ctx.store.remove, name)
+    async with journal(ctx, name, "clone", step=f"from {source}", reporter=reporter) as j:
+        try:
+            idir.path.mkdir(parents=True, exist_ok=False)
+        except FileExistsError as exc:
+            raise AlreadyExists(
+                f"a directory for {name} is in the way: {idir.path}",
+                hint="it belongs to no instance; remove it, or choose another name",
+            ) from exc
+        j.undo(guestlink.remove_tree, idir.path)
+        spec = replace(
+            src_spec,
+            name=name,
+            ssh_port=guestlink.free_port(ctx.store.used_ports()),
+            mac=_random_mac(),
+            instance_id=f"i-{uuid.uuid4().hex[:16]}",
+            created=time.time(),
+        )
+        ctx.store.add(spec, Intent.STOP)
+        j.undo(ctx.store.remove, name)
 
-            ctx.store.step(entry, "copy-disk")
-            reporter.step(f"Copying the disk of {source}")
-            await qemu_img.convert(
-                src_disk, idir.disk, backing=backing, backing_format=disk_info.backing_format
-            )
-            src_vars = ctx.root.instance(source).efi_vars
-            if src_vars.exists():  # a UEFI instance: its firmware's variables come along
-                await asyncio.to_thread(shutil.copyfile, src_vars, idir.efi_vars)
-            ctx.store.step(entry, "seed")
-            reporter.step("Writing cloud-init seed")
-            await asyncio.to_thread(write_seed, ctx, spec, user_cfg)
-            undo.pop_all()
-    except BaseException:
-        ctx.store.finish(entry, "failed")
-        raise
-    ctx.store.finish(entry, "ok")
+        j.step("copy-disk")
+        reporter.step(f"Copying the disk of {source}")
+        await ctx.driver.copy_disk(src_dir, idir)
+        src_vars = src_dir.efi_vars
+        if src_vars.exists():  # a UEFI instance: its firmware's variables come along
+            await asyncio.to_thread(shutil.copyfile, src_vars, idir.efi_vars)
+        j.step("seed")
+        reporter.step("Writing cloud-init seed")
+        await asyncio.to_thread(write_seed, ctx, spec, user_cfg)
     return {"name": name, "source": source}
 
 

@@ -15,7 +15,7 @@ from ketch.progress import Reporter
 from ketch.service import guestlink
 from ketch.service.context import Context
 from ketch.service.inspect import get, require
-from ketch.service.lifecycle import begin_quietly, finish_quietly, record_quietly
+from ketch.service.journal import journal, record_quietly
 from ketch.vocabulary import accepted_states
 
 
@@ -28,34 +28,34 @@ async def delete(ctx: Context, name: str, reporter: Reporter, *, purge: bool) ->
         return {"name": name, "purged": False}
     require(v, Verb.DELETE, hint=f"use 'ketch delete --purge {name}'")
     spec, idir = v.record.spec, ctx.root.instance(name)
-    if v.derived.running:
-        reporter.step(f"Stopping {name}")
-        if not await ctx.driver.powerdown(spec, idir, timeout=min(ctx.stop_timeout, 30.0)):
-            reporter.warn("the guest did not power off in time; ending QEMU")
-        await ctx.driver.kill(spec, idir)
-    ctx.store.set_shutdown_at(name, None)
-    ctx.store.set_deleted(name, True)
+    async with journal(ctx, name, "delete", reporter=reporter):
+        if v.derived.running:
+            reporter.step(f"Stopping {name}")
+            if not await ctx.driver.powerdown(spec, idir, timeout=min(ctx.stop_timeout, 30.0)):
+                reporter.warn("the guest did not power off in time; ending QEMU")
+            await ctx.driver.kill(spec, idir)
+        ctx.store.set_shutdown_at(name, None)
+        ctx.store.set_deleted(name, True)
     return {"name": name, "purged": False}
 
 
 async def _purge_one(ctx: Context, name: str, reporter: Reporter) -> None:
     spec = ctx.store.get(name).spec
     idir = ctx.root.instance(name)
-    entry = begin_quietly(ctx, name, "purge", reporter)
-    try:
-        await ctx.driver.kill(spec, idir)
-    except Exception as exc:  # purge must not fail on a process it cannot end
-        reporter.warn(f"ending QEMU failed: {exc}")
-    error = guestlink.remove_tree(idir.path)
-    if error:
-        reporter.warn(f"could not remove {idir.path}: {error}; remove it by hand")
-    record_quietly(
-        reporter,
-        f"remove {name}'s record (its files are gone; 'ketch delete --purge {name}' "
-        "again once the database can be written)",
-        lambda: ctx.store.remove(name),
-    )
-    finish_quietly(ctx, entry, "ok")
+    async with journal(ctx, name, "purge", reporter=reporter, quiet=True):
+        try:
+            await ctx.driver.kill(spec, idir)
+        except Exception as exc:  # purge must not fail on a process it cannot end
+            reporter.warn(f"ending QEMU failed: {exc}")
+        error = guestlink.remove_tree(idir.path)
+        if error:
+            reporter.warn(f"could not remove {idir.path}: {error}; remove it by hand")
+        record_quietly(
+            reporter,
+            f"remove {name}'s record (its files are gone; 'ketch delete --purge {name}' "
+            "again once the database can be written)",
+            lambda: ctx.store.remove(name),
+        )
     reporter.step(f"Purged {name}")
 
 
@@ -70,7 +70,8 @@ async def recover(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]
             message=f'instance "{name}" is not deleted',
             hint="only deleted instances can be recovered",
         )
-    ctx.store.set_deleted(name, False)
+    async with journal(ctx, name, "recover", reporter=reporter):
+        ctx.store.set_deleted(name, False)
     return {"name": name}
 
 

@@ -21,13 +21,13 @@ from typing import Any
 
 from ketch.codes import CODES
 from ketch.errors import KetchError
-from ketch.host import firmware, procs, qemu, qemu_img, ssh
+from ketch.host import firmware, procs, qemu, ssh
 from ketch.layout import DISK, InstanceDir
 from ketch.model import BootSpec, Inconsistency, InstanceSpec, Intent, State
 from ketch.model import InconsistencyCode as IC
 from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG
-from ketch.service import guestlink, names, recovery
+from ketch.service import guestlink, journal, names, recovery
 from ketch.service.context import Context
 from ketch.service.inspect import View, view
 from ketch.store.db import SnapshotRecord
@@ -193,9 +193,9 @@ RULES: dict[IC, Rule] = {
 
 
 async def _check_disk(ctx: Context, v: View) -> list[Finding]:
-    disk = ctx.root.instance(v.name).disk
+    idir = ctx.root.instance(v.name)
     try:
-        result = await qemu_img.check(disk)
+        result = await ctx.driver.check_disk(idir)
     except KetchError as exc:
         return [] if v.record.quarantine else [
             Finding(v.name, "disk-check-failed", f"qemu-img check failed: {exc.message}",
@@ -213,7 +213,7 @@ async def _check_disk(ctx: Context, v: View) -> list[Finding]:
     if result.leaks:
 
         async def repair() -> str:
-            after = await qemu_img.check(disk, repair_leaks=True)
+            after = await ctx.driver.check_disk(idir, repair_leaks=True)
             if after.leaks:
                 raise KetchError(f"{after.leaks} leaked clusters remain")
             return f"repaired {result.leaks} leaked clusters"
@@ -274,8 +274,8 @@ async def _check_backing(ctx: Context, v: View) -> list[Finding]:
                 f"{message}; the catalogue now has {image.id}, not {spec.image_id}: quarantined"
             )
         if image.disk != spec.base_disk:
-            await qemu_img.rebase_unsafe(
-                ctx.root.instance(v.name).disk, Path(image.disk), image.disk_format
+            await ctx.driver.rebase_disk(
+                ctx.root.instance(v.name), base=Path(image.disk), base_format=image.disk_format
             )
             ctx.store.set_spec(replace(spec, base_disk=image.disk, boot=image.boot))
         return f"fetched {image.id} again"
@@ -289,7 +289,7 @@ async def _check_snapshots(ctx: Context, v: View) -> list[Finding]:
     from ketch.service import snapshots
 
     try:
-        tags = await snapshots.disk_tags(ctx.root.instance(v.name).disk)
+        tags = await ctx.driver.disk_tags(ctx.root.instance(v.name))
     except KetchError:
         return []  # unreadable tags are reported (and quarantined) above
     records = ctx.store.snapshots(v.name)
@@ -422,7 +422,7 @@ def _recover(ctx: Context, name: str, reporter: Reporter | None) -> Repair:
         for entry in ctx.store.unfinished():
             if entry.instance == name:
                 done.append(await recovery.recover(ctx, entry, reporter or NULL))
-                ctx.store.finish(entry.id, "recovered")
+                journal.close(ctx, entry.id, "recovered", reporter or NULL)
         return "; ".join(done) or "nothing left to recover"
 
     return repair
@@ -512,7 +512,7 @@ def _adopt(ctx: Context, d: Path) -> Repair:
             raise KetchError(f"cannot adopt {d}: {exc.message}") from exc
         info = None
         with contextlib.suppress(KetchError, ValueError):
-            info = await qemu_img.info(d / DISK, fmt="qcow2")
+            info = await ctx.driver.disk_info(ctx.root.instance(d.name))
         spec = InstanceSpec(
             name=d.name,
             image="unknown",

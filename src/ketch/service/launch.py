@@ -8,19 +8,18 @@ import threading
 import time
 import uuid
 from collections.abc import Collection
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ketch import cloudinit
 from ketch.errors import AlreadyExists, InvalidArgument, KetchError, Timeout
-from ketch.host import firmware, partitions, qemu_img, seed
+from ketch.host import firmware, partitions, seed
 from ketch.model import BootSpec, ImageInfo, InstanceSpec, Intent
 from ketch.progress import Reporter
 from ketch.service import accel, guestlink, names
 from ketch.service.context import Context
-from ketch.service.lifecycle import finish_quietly
+from ketch.service.journal import journal
 from ketch.service.units import parse_size
 
 DEFAULT_IMAGE = "tiny"
@@ -88,10 +87,9 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> dict[s
     image = await ctx.images.resolve(req.image, reporter)
     boot = await boot_for(image, req.firmware)
     idir = ctx.root.instance(name)
-    entry = ctx.store.begin(name, "launch", "prepare")
-    async with AsyncExitStack() as undo:
+    async with journal(ctx, name, "launch", step="prepare", reporter=reporter) as j:
         idir.path.mkdir(parents=True, exist_ok=False)
-        undo.callback(guestlink.remove_tree, idir.path)
+        j.undo(guestlink.remove_tree, idir.path)
         spec = InstanceSpec(
             name=name,
             image=req.image,
@@ -109,42 +107,36 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> dict[s
             created=time.time(),
         )
         ctx.store.add(spec, Intent.STOP)
-        undo.callback(ctx.store.remove, name)
+        j.undo(ctx.store.remove, name)
 
         reporter.step("Preparing disk")
-        base_size = (await qemu_img.info(Path(image.disk))).virtual_size
-        await qemu_img.create_overlay(
-            idir.disk, Path(image.disk), image.disk_format, max(disk, base_size)
+        await ctx.driver.create_disk(
+            idir, base=Path(image.disk), base_format=image.disk_format, size=disk
         )
 
         reporter.step("Writing cloud-init seed")
         await asyncio.to_thread(write_seed, ctx, spec, user_cfg)
 
-        ctx.store.step(entry, "boot")
+        j.step("boot")
         choice = await accel.choose(ctx, Path(image.boot.kernel) if image.boot.kernel else None)
         reporter.step(f"Starting {name} ({choice.accel})")
         await ctx.driver.start(spec, idir, accel=choice.accel, resume=False)
-        undo.push_async_callback(ctx.driver.kill, spec, idir)
+        j.undo(ctx.driver.kill, spec, idir)
         ctx.store.set_intent(name, Intent.RUN)
-        undo.pop_all()  # from here on the instance stays, even if it never gets ready
+        j.keep()  # from here on the instance stays, even if it never gets ready
 
-    reporter.step("Waiting for the instance to be ready")
-    timeout = req.timeout or ctx.boot_timeout
-    try:
-        await guestlink.wait_ready(
-            ctx.root, spec, timeout=timeout, reporter=reporter, driver=ctx.driver
-        )
-    except Timeout as exc:
-        finish_quietly(ctx, entry, "timeout")
-        raise Timeout(
-            f'timed out after {timeout:g} s waiting for "{name}" to be ready ({exc.message})',
-            hint=f"the instance is kept: see 'ketch info {name}' and its serial log "
-            f"{idir.serial_log}; 'ketch delete --purge {name}' removes it",
-        ) from exc
-    except BaseException:
-        finish_quietly(ctx, entry, "failed")
-        raise
-    ctx.store.finish(entry, "ok")
+        reporter.step("Waiting for the instance to be ready")
+        timeout = req.timeout or ctx.boot_timeout
+        try:
+            await guestlink.wait_ready(
+                ctx.root, spec, timeout=timeout, reporter=reporter, driver=ctx.driver
+            )
+        except Timeout as exc:
+            raise Timeout(
+                f'timed out after {timeout:g} s waiting for "{name}" to be ready ({exc.message})',
+                hint=f"the instance is kept: see 'ketch info {name}' and its serial log "
+                f"{idir.serial_log}; 'ketch delete --purge {name}' removes it",
+            ) from exc
     return {"name": name}
 
 

@@ -8,9 +8,7 @@ on its way becomes a warning.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable
 from typing import Any
 
 from ketch.errors import HostCommandError, KetchError, Timeout
@@ -20,38 +18,10 @@ from ketch.runtime.driver import SUSPEND_TAG
 from ketch.service import accel, guestlink
 from ketch.service.context import Context
 from ketch.service.inspect import View, get, require
+from ketch.service.journal import journal, record_quietly
 from ketch.vocabulary import resumable
 
 RUNNING = {State.RUNNING, State.DELAYED_SHUTDOWN}
-
-
-def begin_quietly(ctx: Context, name: str, op: str, reporter: Reporter) -> int | None:
-    """Journal an operation that must not fail (force stop, purge) if the journal can."""
-    try:
-        return ctx.store.begin(name, op)
-    except KetchError as exc:
-        reporter.warn(f"{exc.message}; carrying on without journaling this {op}")
-        return None
-
-
-def record_quietly(reporter: Reporter, what: str, write: Callable[[], object]) -> None:
-    """A store write that must not make a force stop or purge fail: a warning instead."""
-    try:
-        write()
-    except KetchError as exc:
-        reporter.warn(f"could not {what}: {exc.message}")
-
-
-def finish_quietly(ctx: Context, entry: int | None, outcome: str) -> None:
-    """Mark a failed operation's journal entry; never mask the failure itself.
-
-    If even that write fails (a full disk), the entry stays open and the
-    next daemon start recovers it.
-    """
-    if entry is None:
-        return
-    with contextlib.suppress(KetchError):
-        ctx.store.finish(entry, outcome)
 
 
 async def start(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
@@ -64,15 +34,15 @@ async def start(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
     if v.state is State.UNKNOWN:
         if resumable(v.obs.qmp_status):
             reporter.step("Resuming paused vCPUs")
-            await ctx.driver.cont(spec, idir)
-            ctx.store.set_intent(name, Intent.RUN)
+            async with journal(ctx, name, "start", reporter=reporter):
+                await ctx.driver.cont(spec, idir)
+                ctx.store.set_intent(name, Intent.RUN)
             return {"name": name, "resumed": True}
         raise KetchError(
             f'cannot start "{name}": its state is Unknown',
             hint=f"see 'ketch info {name}'; 'ketch stop --force {name}' then start again",
         )
-    entry = ctx.store.begin(name, "start")
-    try:
+    async with journal(ctx, name, "start", reporter=reporter):
         resume = v.state is State.SUSPENDED
         if not resume and (v.obs.suspend_tag or v.obs.suspend_tag_disk_only):
             reporter.warn("removing a stale 'suspend' tag (it is never loaded)")
@@ -101,13 +71,6 @@ async def start(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
         await guestlink.wait_ready(
             ctx.root, spec, timeout=ctx.boot_timeout, reporter=reporter, driver=ctx.driver
         )
-    except Timeout:
-        finish_quietly(ctx, entry, "timeout")
-        raise
-    except BaseException:
-        finish_quietly(ctx, entry, "failed")
-        raise
-    ctx.store.finish(entry, "ok")
     return {"name": name, "resumed": resume}
 
 
@@ -144,22 +107,19 @@ async def stop(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
     if v.state is State.STOPPED:
         ctx.store.set_intent(name, Intent.STOP)
         return {"name": name}
-    entry = ctx.store.begin(name, "stop")
-    reporter.step(f"Stopping {name}")
     spec, idir = v.record.spec, ctx.root.instance(name)
-    exited = await ctx.driver.powerdown(spec, idir, timeout=ctx.stop_timeout)
-    if not exited:
-        finish_quietly(ctx, entry, "timeout")
-        raise Timeout(
-            f'"{name}" did not power off within {ctx.stop_timeout:g} s',
-            hint=f"use 'ketch stop --force {name}' to end it at once",
-        )
-    await ctx.driver.kill(spec, idir)  # removes the pid file and socket
-    ctx.store.set_intent(name, Intent.STOP)
-    after = await get(ctx, name)
-    if after.obs.suspend_tag or after.obs.suspend_tag_disk_only:
-        await _drop_tag(ctx, after, reporter)
-    ctx.store.finish(entry, "ok")
+    async with journal(ctx, name, "stop", reporter=reporter):
+        reporter.step(f"Stopping {name}")
+        if not await ctx.driver.powerdown(spec, idir, timeout=ctx.stop_timeout):
+            raise Timeout(
+                f'"{name}" did not power off within {ctx.stop_timeout:g} s',
+                hint=f"use 'ketch stop --force {name}' to end it at once",
+            )
+        await ctx.driver.kill(spec, idir)  # removes the pid file and socket
+        ctx.store.set_intent(name, Intent.STOP)
+        after = await get(ctx, name)
+        if after.obs.suspend_tag or after.obs.suspend_tag_disk_only:
+            await _drop_tag(ctx, after, reporter)
     return {"name": name}
 
 
@@ -167,41 +127,40 @@ async def force_stop(ctx: Context, name: str, reporter: Reporter) -> dict[str, A
     """End the instance from any state; never fails for anything but "not found"."""
     v = await get(ctx, name)
     spec, idir = v.record.spec, ctx.root.instance(name)
-    entry = begin_quietly(ctx, name, "force-stop", reporter)
-    record_quietly(
-        reporter, "cancel a delayed shutdown", lambda: ctx.store.set_shutdown_at(name, None)
-    )
-    try:
-        if await ctx.driver.kill(spec, idir):
-            reporter.step(f"Ended {name}'s QEMU")
-    except Exception as exc:  # the hallmark: force stop must not fail
-        reporter.warn(f"ending QEMU failed: {exc}")
-    for inc in v.derived.inconsistencies:
-        if inc.code in (InconsistencyCode.STALE_PID_FILE, InconsistencyCode.FOREIGN_PID):
-            reporter.warn(f"{inc.message}; removed the pid file")
-    obs = await ctx.driver.observe(spec, idir, probe_qmp=False)
-    if v.record.intent is Intent.SUSPEND and obs.suspend_tag is False:
-        reporter.warn(
-            "the instance was recorded as suspended but its 'suspend' tag was missing; "
-            "it is now Stopped and the next start boots afresh"
+    async with journal(ctx, name, "force-stop", reporter=reporter, quiet=True):
+        record_quietly(
+            reporter, "cancel a delayed shutdown", lambda: ctx.store.set_shutdown_at(name, None)
         )
-    if obs.suspend_tag is None:
-        reporter.warn(f"could not read the disk's snapshot tags: {obs.tag_error}")
-    elif obs.suspend_tag or obs.suspend_tag_disk_only:
         try:
-            await ctx.driver.delete_tag(spec, idir, SUSPEND_TAG)
-            reporter.step("Discarded the suspended state")
-        except KetchError as exc:
+            if await ctx.driver.kill(spec, idir):
+                reporter.step(f"Ended {name}'s QEMU")
+        except Exception as exc:  # the hallmark: force stop must not fail
+            reporter.warn(f"ending QEMU failed: {exc}")
+        for inc in v.derived.inconsistencies:
+            if inc.code in (InconsistencyCode.STALE_PID_FILE, InconsistencyCode.FOREIGN_PID):
+                reporter.warn(f"{inc.message}; removed the pid file")
+        obs = await ctx.driver.observe(spec, idir, probe_qmp=False)
+        if v.record.intent is Intent.SUSPEND and obs.suspend_tag is False:
             reporter.warn(
-                f"could not remove the 'suspend' tag ({exc.message}); it is never loaded "
-                "into a stopped instance"
+                "the instance was recorded as suspended but its 'suspend' tag was missing; "
+                "it is now Stopped and the next start boots afresh"
             )
-    record_quietly(
-        reporter,
-        "record the instance as stopped (it is: its QEMU has ended)",
-        lambda: ctx.store.set_intent(name, Intent.STOP),
-    )
-    finish_quietly(ctx, entry, "ok")
+        if obs.suspend_tag is None:
+            reporter.warn(f"could not read the disk's snapshot tags: {obs.tag_error}")
+        elif obs.suspend_tag or obs.suspend_tag_disk_only:
+            try:
+                await ctx.driver.delete_tag(spec, idir, SUSPEND_TAG)
+                reporter.step("Discarded the suspended state")
+            except KetchError as exc:
+                reporter.warn(
+                    f"could not remove the 'suspend' tag ({exc.message}); it is never loaded "
+                    "into a stopped instance"
+                )
+        record_quietly(
+            reporter,
+            "record the instance as stopped (it is: its QEMU has ended)",
+            lambda: ctx.store.set_intent(name, Intent.STOP),
+        )
     return {"name": name}
 
 
@@ -227,20 +186,15 @@ async def suspend(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]
     require(v, Verb.SUSPEND, hint=f"'ketch start {name}' first")
     if v.state is State.SUSPENDED:
         return {"name": name}
-    entry = ctx.store.begin(name, "suspend")
-    ctx.store.set_shutdown_at(name, None)
-    try:
-        await ctx.driver.suspend(
-            v.record.spec, ctx.root.instance(name), reporter=reporter, timeout=300.0
-        )
-    except KetchError as exc:
-        finish_quietly(ctx, entry, "failed")
-        raise suspend_failed(ctx, v, exc) from exc
-    except BaseException:
-        finish_quietly(ctx, entry, "failed")
-        raise
-    ctx.store.set_intent(name, Intent.SUSPEND)
-    ctx.store.finish(entry, "ok")
+    async with journal(ctx, name, "suspend", reporter=reporter):
+        ctx.store.set_shutdown_at(name, None)
+        try:
+            await ctx.driver.suspend(
+                v.record.spec, ctx.root.instance(name), reporter=reporter, timeout=300.0
+            )
+        except KetchError as exc:
+            raise suspend_failed(ctx, v, exc) from exc
+        ctx.store.set_intent(name, Intent.SUSPEND)
     return {"name": name}
 
 

@@ -22,6 +22,7 @@ wrote to its disk:
 | stop | no QEMU | finished: intent stop |
 | force-stop | any | finished: QEMU ended, intent stop |
 | purge | any | finished: QEMU ended, directory and record removed |
+| delete, recover | any | nothing to do: the instance is as it was left (repeat the command) |
 | snapshot | its record written | finished |
 | snapshot | no record | rolled back: its tag is removed from the disk |
 | restore | - | finished: the tag applied again, the snapshot's resources recorded |
@@ -41,7 +42,7 @@ from ketch.errors import KetchError, NotFound
 from ketch.model import Intent, PidStatus
 from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG
-from ketch.service import clone, guestlink, settings, snapshots
+from ketch.service import clone, guestlink, journal, settings, snapshots
 from ketch.service.context import Context
 from ketch.store.db import JournalEntry
 
@@ -74,7 +75,7 @@ async def recover_all(
             what = f"could not recover: {exc.message}"
             reporter.warn(f"{entry.op} on {entry.instance}: {what}")
             continue
-        ctx.store.finish(entry.id, "recovered")
+        journal.close(ctx, entry.id, "recovered", reporter)
         done.append(f"{entry.op} on {entry.instance}: {what}")
         reporter.step(done[-1])
     return done

@@ -1,7 +1,7 @@
 """Use cases: ``ketch get`` / ``ketch set`` with Multipass's keys plus ketch's own.
 
 Instance settings ``local.<instance>.cpus|memory|disk`` change the instance's
-spec (the disk also grows with ``qemu-img resize``); they need the instance
+spec (the disk also grows, through the driver); they need the instance
 Stopped and are journaled as ``set`` operations.  :func:`plan_instance_change`
 checks a value and computes the new spec without touching anything.
 """
@@ -12,11 +12,11 @@ from dataclasses import replace
 from typing import Any
 
 from ketch.errors import InvalidArgument, KetchError, NotFound
-from ketch.host import qemu_img
 from ketch.model import InstanceSpec, PidStatus, State, Verb
 from ketch.progress import Reporter
 from ketch.service import accel, inspect, names
 from ketch.service.context import Context
+from ketch.service.journal import journal
 from ketch.service.units import human, parse_size
 from ketch.store.db import JournalEntry
 
@@ -148,26 +148,21 @@ async def set_instance(
         v, Verb.SET, phrase=f"change the {prop} of", hint=_set_hint(name, prop, v.state)
     )
     spec, idir = v.record.spec, ctx.root.instance(name)
-    disk_now = (await qemu_img.info(idir.disk, fmt="qcow2")).virtual_size if prop == "disk" else 0
+    disk_now = (await ctx.driver.disk_info(idir)).virtual_size if prop == "disk" else 0
     new = plan_instance_change(spec, prop, value, disk_now=disk_now)
     if new != spec:
         target = {"cpus": new.cpus, "memory": new.memory, "disk": new.disk}[prop]
-        entry = ctx.store.begin(name, "set", f"{prop} {target}")
-        try:
+        async with journal(ctx, name, "set", step=f"{prop} {target}", reporter=reporter):
             await _apply(ctx, name, prop, target, reporter)
-        except BaseException:
-            ctx.store.finish(entry, "failed")
-            raise
-        ctx.store.finish(entry, "ok")
     return {"key": f"local.{name}.{prop}", "value": show(new, prop), "changed": new != spec}
 
 
 async def _apply(ctx: Context, name: str, prop: str, target: int, reporter: Reporter) -> None:
     """Carry out ``prop = target`` (idempotent, so recovery can repeat it)."""
-    disk = ctx.root.instance(name).disk
-    if prop == "disk" and (await qemu_img.info(disk, fmt="qcow2")).virtual_size < target:
+    idir = ctx.root.instance(name)
+    if prop == "disk" and (await ctx.driver.disk_info(idir)).virtual_size < target:
         reporter.step(f"Growing the disk of {name} to {human(target)}")
-        await qemu_img.resize(disk, target)
+        await ctx.driver.grow_disk(idir, target)
     spec = ctx.store.get(name).spec
     if prop == "cpus":
         spec = replace(spec, cpus=target)

@@ -13,7 +13,8 @@ snapshot -a`` restores the disk's size itself).
 Each operation is journaled step by step; :func:`recover_take`,
 :func:`recover_restore` and :func:`recover_delete` (called by
 ``service/recovery.py``) finish (restore, delete) or roll back (take) what a
-crashed ketchd left half-done.
+crashed ketchd left half-done.  The disk's tags are the driver's
+(``Driver.create_tag``, ``apply_tag``, ``delete_tag``, ``disk_tags``).
 """
 
 from __future__ import annotations
@@ -21,18 +22,17 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Collection, Sequence
-from contextlib import AsyncExitStack
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from ketch.errors import AlreadyExists, KetchError
-from ketch.host import qemu_img
-from ketch.model import PidStatus, State, Verb
+from ketch.layout import InstanceDir
+from ketch.model import InstanceSpec, PidStatus, State, Verb
 from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG
 from ketch.service.context import Context
 from ketch.service.inspect import View, get, require
+from ketch.service.journal import journal
 from ketch.service.names import validate as validate_label
 from ketch.store.db import JournalEntry, SnapshotRecord
 
@@ -108,14 +108,6 @@ def info_entry(snap: SnapshotRecord, children: Sequence[str]) -> dict[str, Any]:
 # -- looking -------------------------------------------------------------------------------
 
 
-async def disk_tags(disk: Path) -> tuple[str, ...]:
-    """The disk's internal snapshot tags: from the qcow2 header, else ``qemu-img snapshot -l``."""
-    try:
-        return qemu_img.read_snapshot_names(disk)
-    except (OSError, qemu_img.NotQcow2):
-        return await qemu_img.snapshot_list(disk)
-
-
 def list_doc(ctx: Context, names: Sequence[str] = ()) -> dict[str, Any]:
     """``{"errors": [...], "info": {instance: {snapshot: {parent, comment}}}}``."""
     errors: list[str] = []
@@ -167,9 +159,9 @@ def _require_stopped(v: View, verb: Verb) -> None:
     require(v, verb, hint=hint)
 
 
-async def _drop_tag_quietly(disk: Path, tag: str, reporter: Reporter) -> None:
+async def _drop_tag_quietly(ctx: Context, v: View, tag: str, reporter: Reporter) -> None:
     try:
-        await qemu_img.snapshot_delete(disk, tag)
+        await ctx.driver.delete_tag(v.record.spec, ctx.root.instance(v.name), tag)
     except KetchError as exc:
         reporter.warn(
             f"could not remove the partial snapshot tag {tag}: {exc.message}; "
@@ -201,32 +193,25 @@ async def _take(
             hint="choose another name with --name, or delete it with "
             f"'ketch delete --purge {name}.{snap}'",
         )
-    disk, tag = ctx.root.instance(name).disk, new_tag()
-    entry = ctx.store.begin(name, "snapshot", f"create-tag {tag}")
-    try:
-        async with AsyncExitStack() as undo:
-            reporter.step(f"Taking snapshot {name}.{snap}")
-            await qemu_img.snapshot_create(disk, tag)
-            undo.push_async_callback(_drop_tag_quietly, disk, tag, reporter)
-            ctx.store.step(entry, f"record {tag}")
-            ctx.store.add_snapshot(
-                SnapshotRecord(
-                    instance=name,
-                    name=snap,
-                    tag=tag,
-                    comment=comment,
-                    parent=ctx.store.snapshot_head(name),
-                    created=time.time(),
-                    cpus=spec.cpus,
-                    memory=spec.memory,
-                    disk=spec.disk,
-                )
+    idir, tag = ctx.root.instance(name), new_tag()
+    async with journal(ctx, name, "snapshot", step=f"create-tag {tag}", reporter=reporter) as j:
+        reporter.step(f"Taking snapshot {name}.{snap}")
+        await ctx.driver.create_tag(idir, tag)
+        j.undo(_drop_tag_quietly, ctx, v, tag, reporter)
+        j.step(f"record {tag}")
+        ctx.store.add_snapshot(
+            SnapshotRecord(
+                instance=name,
+                name=snap,
+                tag=tag,
+                comment=comment,
+                parent=ctx.store.snapshot_head(name),
+                created=time.time(),
+                cpus=spec.cpus,
+                memory=spec.memory,
+                disk=spec.disk,
             )
-            undo.pop_all()
-    except BaseException:
-        ctx.store.finish(entry, "failed")
-        raise
-    ctx.store.finish(entry, "ok")
+        )
     return snap
 
 
@@ -242,7 +227,7 @@ async def restore(
     _require_stopped(v, Verb.RESTORE)
     meta = ctx.store.get_snapshot(name, snapshot)
     idir = ctx.root.instance(name)
-    if meta.tag not in await disk_tags(idir.disk):
+    if meta.tag not in await ctx.driver.disk_tags(idir):
         raise KetchError(
             f'cannot restore "{name}.{snapshot}": its data (tag {meta.tag}) is not in the disk',
             hint=f"'ketch delete --purge {name}.{snapshot}' removes the snapshot's record",
@@ -250,16 +235,11 @@ async def restore(
     saved = None
     if snapshot_first:
         saved = await _take(ctx, v, None, f"Before restoring {snapshot}", reporter)
-    entry = ctx.store.begin(name, "restore", f"apply {meta.tag}")
-    try:
+    async with journal(ctx, name, "restore", step=f"apply {meta.tag}", reporter=reporter) as j:
         reporter.step(f"Restoring {name} to {snapshot}")
-        await qemu_img.snapshot_apply(idir.disk, meta.tag)
-        ctx.store.step(entry, f"record {meta.tag}")
+        await ctx.driver.apply_tag(idir, meta.tag)
+        j.step(f"record {meta.tag}")
         _record_restore(ctx, meta)
-    except BaseException:
-        ctx.store.finish(entry, "failed")
-        raise
-    ctx.store.finish(entry, "ok")
     return {"name": name, "snapshot": snapshot, "saved": saved}
 
 
@@ -279,10 +259,10 @@ async def delete(ctx: Context, name: str, snapshot: str, reporter: Reporter) -> 
     )
     meta = ctx.store.get_snapshot(name, snapshot)
     spec, idir = v.record.spec, ctx.root.instance(name)
-    entry = ctx.store.begin(name, "delete-snapshot", f"delete-tag {meta.tag}")
-    try:
+    step = f"delete-tag {meta.tag}"
+    async with journal(ctx, name, "delete-snapshot", step=step, reporter=reporter) as j:
         try:
-            present = meta.tag in await disk_tags(idir.disk)
+            present = meta.tag in await ctx.driver.disk_tags(idir)
         except KetchError:
             present = True  # unknown: let the deletion itself say what is wrong
         if present:
@@ -290,24 +270,21 @@ async def delete(ctx: Context, name: str, snapshot: str, reporter: Reporter) -> 
             await ctx.driver.delete_tag(spec, idir, meta.tag)
         else:
             reporter.warn(f"the snapshot's tag {meta.tag} was already gone; removing its record")
-        ctx.store.step(entry, f"forget {meta.tag}")
+        j.step(f"forget {meta.tag}")
         ctx.store.remove_snapshot(name, snapshot)
-    except BaseException:
-        ctx.store.finish(entry, "failed")
-        raise
-    ctx.store.finish(entry, "ok")
     return {"name": name, "snapshot": snapshot}
 
 
 # -- after a crash (called by service/recovery.py) ---------------------------------------------
 
 
-async def _idle(ctx: Context, instance: str) -> None:
-    """qemu-img may change the disk only while no QEMU of ours holds it."""
-    spec = ctx.store.get(instance).spec
-    obs = await ctx.driver.observe(spec, ctx.root.instance(instance), probe_qmp=False)
+async def _idle(ctx: Context, instance: str) -> tuple[InstanceSpec, InstanceDir]:
+    """Recovery changes a disk only while no QEMU of ours holds it."""
+    spec, idir = ctx.store.get(instance).spec, ctx.root.instance(instance)
+    obs = await ctx.driver.observe(spec, idir, probe_qmp=False)
     if obs.pid_status is PidStatus.OURS:
         raise KetchError(f'"{instance}" runs: its disk is left as it is')
+    return spec, idir
 
 
 async def recover_take(ctx: Context, entry: JournalEntry, reporter: Reporter) -> str:
@@ -319,10 +296,9 @@ async def recover_take(ctx: Context, entry: JournalEntry, reporter: Reporter) ->
         return "snapshot finished: it was recorded"
     if not ctx.store.exists(entry.instance):
         return "the instance no longer exists"
-    await _idle(ctx, entry.instance)
-    disk = ctx.root.instance(entry.instance).disk
-    if disk.exists() and tag in await disk_tags(disk):
-        await qemu_img.snapshot_delete(disk, tag)
+    spec, idir = await _idle(ctx, entry.instance)
+    if idir.disk.exists() and tag in await ctx.driver.disk_tags(idir):
+        await ctx.driver.delete_tag(spec, idir, tag)
         return f"snapshot rolled back: its unrecorded tag {tag} was removed"
     return "snapshot rolled back: no tag had been made"
 
@@ -333,8 +309,8 @@ async def recover_restore(ctx: Context, entry: JournalEntry, reporter: Reporter)
     meta = ctx.store.snapshot_by_tag(tag) if tag else None
     if meta is None or not ctx.store.exists(entry.instance):
         return "restore cannot be finished: the snapshot no longer exists"
-    await _idle(ctx, entry.instance)
-    await qemu_img.snapshot_apply(ctx.root.instance(entry.instance).disk, meta.tag)
+    _, idir = await _idle(ctx, entry.instance)
+    await ctx.driver.apply_tag(idir, meta.tag)
     _record_restore(ctx, meta)
     return f"restore finished: the disk is at snapshot {meta.name}"
 
@@ -345,10 +321,9 @@ async def recover_delete(ctx: Context, entry: JournalEntry, reporter: Reporter) 
     if tag is None or not ctx.store.exists(entry.instance):
         return "nothing to do"
     meta = ctx.store.snapshot_by_tag(tag)
-    await _idle(ctx, entry.instance)
-    disk = ctx.root.instance(entry.instance).disk
-    if disk.exists() and tag in await disk_tags(disk):
-        await qemu_img.snapshot_delete(disk, tag)
+    spec, idir = await _idle(ctx, entry.instance)
+    if idir.disk.exists() and tag in await ctx.driver.disk_tags(idir):
+        await ctx.driver.delete_tag(spec, idir, tag)
     if meta is not None:
         ctx.store.remove_snapshot(meta.instance, meta.name)
     return "snapshot deletion finished"
