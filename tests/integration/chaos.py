@@ -91,12 +91,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ketch.model import InconsistencyCode
+
 DOCUMENTED_EXIT_CODES = frozenset({0, 1, 2, 3, 5})
 STABLE_STATES = frozenset({"Running", "Stopped", "Suspended", "Deleted"})
 MEMORY = "256M"  # the guest's RAM; a suspended tiny guest's state is about 95 MiB
 TMPFS_SIZE = "600M"
 CANARY = "/home/ubuntu/canary"
 COMMAND_TIMEOUT = 420.0  # a command still running after this long is a hang
+# What `info` says of a guest that cannot get ready by itself (a boot waiting for it is futile).
+NOT_RUNNING_GUEST = frozenset(
+    {InconsistencyCode.GUEST_HALTED, InconsistencyCode.PAUSED, InconsistencyCode.PAUSED_IO_ERROR}
+)
 
 # What `ketch doctor` may still report after `ketch doctor --fix`: findings
 # documented as not repairable automatically.  (A quarantined instance is
@@ -441,7 +447,7 @@ class Walk:
             info = self.cli("info", name, "--format", "json", kind="info")
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 for inc in json.loads(info.stdout)["info"][name]["inconsistencies"]:
-                    if inc["code"] in ("guest-halted", "paused"):
+                    if inc["code"] in NOT_RUNNING_GUEST:
                         why = f"its guest does not run ({inc['message']})"
         if why:
             # ketch waited the whole boot timeout for a guest that could not come,

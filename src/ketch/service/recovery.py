@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection
 
 from ketch.errors import KetchError, NotFound
-from ketch.model import Intent, PidStatus
+from ketch.model import Intent, PidStatus, RunState
 from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG
 from ketch.service import clone, guestlink, journal, settings, snapshots
@@ -125,14 +125,14 @@ async def recover(ctx: Context, entry: JournalEntry, reporter: Reporter) -> str:
             return "start finished: the instance runs"
         return "start did not happen: the instance is as it was"
     if entry.op == "suspend":
-        if running and obs.suspend_tag and obs.qmp_status != "running":
+        if running and obs.suspend_tag and obs.qmp_status != RunState.RUNNING:
             await ctx.driver.kill(spec, idir)  # QMP quit first: the state is saved
             ctx.store.set_intent(entry.instance, Intent.SUSPEND)
             return "suspend finished: the saved state is kept"
         if running:
             if obs.suspend_tag:
                 await ctx.driver.delete_tag(spec, idir, SUSPEND_TAG)
-            if obs.qmp_status != "running":
+            if obs.qmp_status != RunState.RUNNING:
                 await ctx.driver.cont(spec, idir)
             ctx.store.set_intent(entry.instance, Intent.RUN)
             return "suspend rolled back: the guest runs on"
