@@ -166,6 +166,9 @@ class FakeDriver:
         self.log(spec.name, f"delete_tag:{tag}")
         self.vms[spec.name].tags.discard(tag)
 
+    async def settle(self, spec: InstanceSpec, idir: InstanceDir, *, timeout: float) -> None:
+        self.log(spec.name, "settle")  # no block jobs in a fake QEMU
+
 
 class FakeImages:
     """The image provider: no images to resolve, a fixed ``find`` answer."""
