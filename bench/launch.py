@@ -30,6 +30,7 @@ import asyncio
 import itertools
 import subprocess
 import time
+from typing import Any
 
 from common import (
     KETCH,
@@ -154,7 +155,7 @@ def main() -> None:
         k: round(median([p[k] for p in phases if k in p]), 3)
         for k in ("disk", "qemu", "banner", "ready")
     }
-    image = {
+    image: dict[str, Any] = {
         "files": files,
         "total_bytes": sum(v for k, v in files.items() if k != "manifest.json"),
         "boot_to_ssh_median_s": round(median(boot), 3),

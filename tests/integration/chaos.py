@@ -637,7 +637,7 @@ class Walk:
         if res.rc != 0 or interrupted:
             return
         state = self.state_of(name)
-        expect = {
+        postconditions: dict[str, set[str | None]] = {
             "start": {"Running"},
             "restart": {"Running"},
             "stop": {"Stopped"},
@@ -646,7 +646,8 @@ class Walk:
             "stop --force": {"Stopped", "Deleted"},
             "recover": {"Running", "Stopped", "Suspended", "Unknown"},
             "delete --purge": {None},
-        }.get(op)
+        }
+        expect = postconditions.get(op)
         inst = self.instances.get(name)
         if inst is not None and inst.quarantine and op == "stop --force":
             expect = {"Unknown"}

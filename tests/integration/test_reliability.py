@@ -128,7 +128,12 @@ def test_daemon_crash_after_the_save_finishes_the_suspend(ketch: Ketch, vm: str)
     boot = ketch.boot_id(vm)
     ketch.kill_daemon()
     # What a daemon killed between "snapshot-save" and "quit" leaves behind:
-    save = {"job-id": "s", "tag": "suspend", "vmstate": "disk0", "devices": ["disk0"]}
+    save: dict[str, object] = {
+        "job-id": "s",
+        "tag": "suspend",
+        "vmstate": "disk0",
+        "devices": ["disk0"],
+    }
     _qmp(ketch, vm, ("stop", None), ("snapshot-save", save))
     _journal_unfinished(ketch, vm, "suspend")
     assert ketch.state(vm) == "Suspended"  # the new daemon finished the suspend

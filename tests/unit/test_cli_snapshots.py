@@ -19,7 +19,7 @@ import yaml
 from ketch.cli import main as cli
 from ketch.cli import output
 from ketch.cli.main import build_parser
-from ketch.errors import EXIT_USAGE
+from ketch.errors import EXIT_USAGE, InvalidArgument
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_restore_clone_list_flags() -> None:
 
 @pytest.mark.parametrize("ref", ["web", "web.", ".snap", ""])
 def test_bad_snapshot_references(ref: str) -> None:
-    with pytest.raises(cli.InvalidArgument, match="invalid snapshot") as err:
+    with pytest.raises(InvalidArgument, match="invalid snapshot") as err:
         cli._snapshot_ref(ref)
     assert err.value.hint is not None and "INSTANCE.SNAPSHOT" in err.value.hint
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import os
 import struct
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,9 @@ from ketch.cli import main as cli
 from ketch.errors import ImageError, InvalidArgument, NotFound
 from ketch.host import partitions
 from ketch.images import debian
+from ketch.images.built import file_sha256, recipe_source
 from ketch.images.debian import AptSource
+from ketch.images.debian import build as debian_build
 from ketch.images.resolve import resolve
 from ketch.model import BootSpec, ImageInfo
 from ketch.progress import ListReporter, Reporter
@@ -99,8 +103,10 @@ def test_cache_key_is_stable_and_sensitive() -> None:
     assert debian.cache_key(versions, SOURCES, "s") != key
 
 
-def test_recipe_digest_is_the_module() -> None:
-    assert debian.recipe_digest() == debian.recipe_digest(Path(debian.__file__).read_bytes())
+def test_recipe_digest_is_the_package() -> None:
+    assert debian.recipe_digest() == debian.recipe_digest(
+        recipe_source(Path(debian.__file__).parent)
+    )
     assert debian.recipe_digest(b"a") != debian.recipe_digest(b"b")
 
 
@@ -162,7 +168,7 @@ def test_image_info_refuses_other_manifests(tmp_path: Path) -> None:
 def _image_dir(path: Path, key: str = "0123456789abcdef", data: bytes = b"QFI") -> Path:
     path.mkdir(parents=True)
     (path / debian.DISK).write_bytes(data)
-    digest = debian._sha256(path / debian.DISK)
+    digest = file_sha256(path / debian.DISK)
     manifest = _manifest(key, {debian.DISK: (digest, len(data))})
     (path / debian.MANIFEST).write_text(json.dumps(manifest))
     return path
@@ -323,12 +329,12 @@ def test_remove_build_never_deletes_through_a_mount(
     build = tmp_path / ".build-x"
     (build / "root" / "dev").mkdir(parents=True)
     stuck = str(build / "root" / "dev")
-    monkeypatch.setattr(debian, "mounts_below", lambda path, mountinfo=None: [stuck])
-    monkeypatch.setattr(debian.subprocess, "run", lambda *a, **k: None)
-    debian._remove_build(build)
+    monkeypatch.setattr(debian_build, "mounts_below", lambda path, mountinfo=None: [stuck])
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: None)
+    debian_build._remove_build(build)
     assert build.is_dir()
-    monkeypatch.setattr(debian, "mounts_below", lambda path, mountinfo=None: [])
-    debian._remove_build(build)
+    monkeypatch.setattr(debian_build, "mounts_below", lambda path, mountinfo=None: [])
+    debian_build._remove_build(build)
     assert not build.exists()
 
 
@@ -387,7 +393,7 @@ class FakeBuild:
         image = build / "image"
         image.mkdir()
         (image / debian.DISK).write_bytes(b"QFI\xfb fake " + p.key.encode())
-        digest = debian._sha256(image / debian.DISK)
+        digest = file_sha256(image / debian.DISK)
         manifest = _manifest(p.key, {debian.DISK: (digest, (image / debian.DISK).stat().st_size)})
         (image / debian.MANIFEST).write_text(json.dumps(manifest))
 
@@ -400,9 +406,9 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeBuild:
     async def plan() -> debian.Plan:
         return debian.Plan(SOURCES, {"sudo": "1"}, "r", state["key"])
 
-    monkeypatch.setattr(debian, "plan", plan)
-    monkeypatch.setattr(debian, "_build", builder)
-    monkeypatch.setattr(debian.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(debian_build, "plan", plan)
+    monkeypatch.setattr(debian_build, "_build", builder)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     builder.state = state  # type: ignore[attr-defined]
     return builder
 
@@ -452,7 +458,7 @@ def test_a_new_key_builds_again_and_a_damaged_image_is_rebuilt(
 def test_fetch_failure_falls_back_to_an_earlier_image(tmp_path: Path, fake: FakeBuild) -> None:
     first = asyncio.run(debian.build_debian(tmp_path))
     fake.state["key"] = "cccccccccccccccc"  # type: ignore[attr-defined]
-    fake.fail = debian._FetchFailed("debootstrap failed: offline")
+    fake.fail = debian_build._FetchFailed("debootstrap failed: offline")
     reporter = ListReporter()
     assert asyncio.run(debian.build_debian(tmp_path, reporter)) == first
     assert "offline" in reporter.warnings[0]
@@ -485,9 +491,9 @@ def test_a_failed_build_keeps_its_log(tmp_path: Path, monkeypatch: pytest.Monkey
         log.write_text("E: Unable to locate package sudo\n")
         raise ImageError("installing packages (apt-get) failed (exit 100)")
 
-    monkeypatch.setattr(debian, "plan", plan)
-    monkeypatch.setattr(debian, "_steps", steps)
-    monkeypatch.setattr(debian.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(debian_build, "plan", plan)
+    monkeypatch.setattr(debian_build, "_steps", steps)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     with pytest.raises(ImageError) as err:
         asyncio.run(debian.build_debian(tmp_path))
     kept = tmp_path / "debian-12" / debian.FAILED_LOG
@@ -499,7 +505,7 @@ def test_a_failed_build_keeps_its_log(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_building_needs_root(
     tmp_path: Path, fake: FakeBuild, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(debian.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(ImageError, match="needs root"):
         asyncio.run(debian.build_debian(tmp_path))
     assert fake.builds == 0

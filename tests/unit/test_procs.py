@@ -7,6 +7,7 @@ child that ignores SIGTERM, a zombie, and a reaped (dead) pid.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from ketch.host.procs import alive, classify, cmdline, read_pidfile, remove_quietly, terminate
+from ketch.host.procs import (
+    alive,
+    classify,
+    cmdline,
+    open_pidfd,
+    read_pidfile,
+    remove_quietly,
+    terminate,
+    terminate_pidfd,
+)
 from ketch.model import PidStatus
 
 
@@ -246,3 +256,116 @@ def test_remove_quietly_removes_a_symlink_not_its_target(tmp_path: Path) -> None
     link.symlink_to(target)
     remove_quietly(link)
     assert not link.is_symlink() and target.read_text() == "keep"
+
+
+# -- pidfd: signals reach only the process that was checked ------------------------------------
+
+
+def test_open_pidfd_checks_the_argv(sleeper: subprocess.Popen[bytes]) -> None:
+    argv = cmdline(sleeper.pid)
+    assert argv == ["sleep", "60"]
+    assert open_pidfd(sleeper.pid, ["sleep", "61"]) is None
+    handle = open_pidfd(sleeper.pid, argv)
+    assert handle is not None
+    with handle:
+        assert handle.pid == sleeper.pid and not handle.exited()
+    assert handle.fd == -1  # closed
+    assert open_pidfd(dead_pid()) is None
+
+
+def test_open_pidfd_of_a_zombie_is_none() -> None:
+    proc = subprocess.Popen(["true"])
+    try:
+        wait_for(lambda: proc_state(proc.pid) == "Z")
+        assert open_pidfd(proc.pid) is None
+    finally:
+        proc.wait(timeout=10)
+
+
+def test_a_pidfd_sees_the_exit_and_then_refuses_to_signal() -> None:
+    first = start_sleep()
+    handle = open_pidfd(first.pid, ["sleep", "60"])
+    assert handle is not None
+    with handle:
+        first.kill()
+        assert first.wait(timeout=10) == -signal.SIGKILL  # exited and reaped
+        assert handle.wait(10.0) and handle.exited()
+        second = start_sleep()  # maybe on the same pid one day: the pidfd does not care
+        try:
+            with pytest.raises(ProcessLookupError):
+                handle.send_signal(signal.SIGTERM)
+            terminate_pidfd(handle, grace=0.1)  # quiet: nothing left to signal
+            assert second.poll() is None and alive(second.pid)
+        finally:
+            second.kill()
+            second.wait(timeout=10)
+
+
+def test_terminate_leaves_a_pid_that_runs_something_else_alone(
+    sleeper: subprocess.Popen[bytes],
+) -> None:
+    # What the caller verified was "sleep 61"; the pid now runs "sleep 60".
+    terminate(sleeper.pid, grace=0.1, expect=["sleep", "61"])
+    assert sleeper.poll() is None and alive(sleeper.pid)
+    terminate(sleeper.pid, grace=10.0, expect=["sleep", "60"])
+    assert sleeper.wait(timeout=10) == -signal.SIGTERM
+
+
+# The attack, with a pid really reused: in a new PID namespace (nothing else
+# forks there), the checked process is killed and reaped, ns_last_pid is set so
+# that the next process gets the same pid, and an old pidfd and terminate()
+# with the verified argv must both leave the newcomer alone -- where a plain
+# kill(pid) would have reached it.
+_REUSE = r"""
+import os, signal, subprocess, sys
+from ketch.host import procs
+
+def start(arg):
+    proc = subprocess.Popen(["sleep", arg])
+    for _ in range(4000):
+        if procs.cmdline(proc.pid) is not None:
+            return proc
+        os.sched_yield()
+    raise SystemExit("no cmdline")
+
+checked = start("60")
+argv = procs.cmdline(checked.pid)
+handle = procs.open_pidfd(checked.pid, argv)
+checked.kill()
+checked.wait()
+with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+    f.write(str(checked.pid - 1))
+newcomer = start("61")
+print("reused" if newcomer.pid == checked.pid else "not-reused", flush=True)
+try:
+    handle.send_signal(signal.SIGTERM)
+    print("pidfd-sent")
+except ProcessLookupError:
+    print("pidfd-refused")
+procs.terminate(checked.pid, grace=0.2, expect=argv)
+print("alive" if newcomer.poll() is None else "killed")
+os.kill(checked.pid, 0)  # the number alone would have reached the newcomer
+print("kill-by-number-reaches-it")
+newcomer.kill()
+newcomer.wait()
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="needs root and unshare for a PID namespace",
+)
+def test_a_reused_pid_never_gets_the_signal() -> None:
+    done = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", _REUSE],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().split() == [
+        "reused",
+        "pidfd-refused",
+        "alive",
+        "kill-by-number-reaches-it",
+    ]

@@ -34,25 +34,25 @@ def make_build(tiny_dir: Path, key: str, guest: str, mtime: float) -> Path:
 
 def test_a_build_newer_than_the_apt_lists_is_used(tmp_path: Path) -> None:
     make_build(tmp_path, "aaaa", "digest-1", mtime=2000.0)
-    info = tiny._fresh(tmp_path, "digest-1", lists_changed=1000.0)
+    info = tiny.fresh(tmp_path, "digest-1", lists_changed=1000.0)
     assert info is not None and info.id.endswith("@aaaa")
 
 
 def test_a_build_older_than_the_apt_lists_is_not_trusted(tmp_path: Path) -> None:
     make_build(tmp_path, "aaaa", "digest-1", mtime=1000.0)
-    assert tiny._fresh(tmp_path, "digest-1", lists_changed=2000.0) is None
+    assert tiny.fresh(tmp_path, "digest-1", lists_changed=2000.0) is None
 
 
 def test_other_guest_files_or_unknown_lists_mean_no_fast_path(tmp_path: Path) -> None:
     make_build(tmp_path, "aaaa", "digest-1", mtime=2000.0)
-    assert tiny._fresh(tmp_path, "digest-2", lists_changed=1000.0) is None
-    assert tiny._fresh(tmp_path, "digest-1", lists_changed=None) is None
+    assert tiny.fresh(tmp_path, "digest-2", lists_changed=1000.0) is None
+    assert tiny.fresh(tmp_path, "digest-1", lists_changed=None) is None
 
 
 def test_a_damaged_build_is_skipped(tmp_path: Path) -> None:
     d = make_build(tmp_path, "aaaa", "digest-1", mtime=2000.0)
     (d / tiny.DISK).write_bytes(b"tampered")
-    assert tiny._fresh(tmp_path, "digest-1", lists_changed=1000.0) is None
+    assert tiny.fresh(tmp_path, "digest-1", lists_changed=1000.0) is None
 
 
 def test_apt_lists_changed_reads_the_newest_file(tmp_path: Path) -> None:

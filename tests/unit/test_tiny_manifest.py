@@ -17,6 +17,7 @@ import pytest
 from ketch.errors import HostCommandError, ImageError
 from ketch.images import tiny
 from ketch.images.publish import from_image_dir
+from ketch.images.tiny import build as tiny_build
 from ketch.progress import ListReporter
 
 POLICY = """\
@@ -248,7 +249,7 @@ def test_offline_falls_back_to_an_earlier_build(
     async def no_apt() -> dict[str, str]:
         raise HostCommandError(["apt-cache", "policy"], None, "No such file or directory")
 
-    monkeypatch.setattr(tiny, "candidate_versions", no_apt)
+    monkeypatch.setattr(tiny_build, "candidate_versions", no_apt)
     with pytest.raises(HostCommandError):
         asyncio.run(tiny.build_tiny(tmp_path))
     fake_image(tmp_path / "tiny" / "0123456789abcdef")

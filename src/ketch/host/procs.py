@@ -1,12 +1,22 @@
-"""Processes: pid files checked for liveness and for being really ours."""
+"""Processes: pid files checked for liveness and for being really ours.
+
+Signals go through a pidfd (:class:`PidFd`, Linux 5.3+): it is opened first,
+then the process's cmdline is checked, so it refers to the very process that
+was checked.  A signal through it can only reach that process: once it has
+exited and been reaped, sending fails with ProcessLookupError, even if the
+kernel has since given its pid to another process.  Waiting for the exit polls
+the pidfd (readable once the process has exited).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
-import time
+from collections.abc import Sequence
 from pathlib import Path
+from types import TracebackType
 
 from ketch.model import PidStatus
 
@@ -56,16 +66,92 @@ def alive(pid: int) -> bool:
     return cmdline(pid) is not None
 
 
-def terminate(pid: int, *, grace: float = 3.0) -> None:
-    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; bounded."""
+class PidFd:
+    """A pidfd: a handle on one process that a recycled pid cannot redirect.
+
+    Make it with :func:`open_pidfd`; close it (or use it as a context
+    manager) when done.
+    """
+
+    def __init__(self, pid: int, fd: int) -> None:
+        self.pid = pid
+        self.fd = fd
+
+    def send_signal(self, sig: int) -> None:
+        """Signal the process; ProcessLookupError once it has exited and been reaped."""
+        signal.pidfd_send_signal(self.fd, sig)
+
+    def exited(self) -> bool:
+        """Has the process exited (a zombie counts)?  Never blocks."""
+        return self.wait(0.0)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the process to exit; True once it has."""
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        return bool(poller.poll(max(0, int(timeout * 1000 + 0.999))))  # PEP 475: EINTR retried
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> PidFd:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def open_pidfd(pid: int, expect: Sequence[str] | None = None) -> PidFd | None:
+    """A pidfd on ``pid`` if it is a live process (with argv ``expect``, if given).
+
+    The pidfd is opened before the cmdline is read, so the check is of the
+    process the pidfd refers to; a process that exits in between is seen as
+    exited.  None when there is no such process, it has exited, or its argv
+    is not ``expect``.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    handle = PidFd(pid, fd)
+    argv = cmdline(pid)
+    if argv is None or (expect is not None and argv != list(expect)) or handle.exited():
+        handle.close()
+        return None
+    return handle
+
+
+def terminate(pid: int, *, grace: float = 3.0, expect: Sequence[str] | None = None) -> None:
+    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; bounded.
+
+    Every signal goes through one pidfd opened (and checked, against
+    ``expect`` when given: the argv the caller verified) before the first:
+    no signal reaches another process, should the pid be reused meanwhile.
+    A pid that is gone, or no longer runs ``expect``, is left alone.
+    """
+    handle = open_pidfd(pid, expect)
+    if handle is None:
+        return
+    with handle:
+        terminate_pidfd(handle, grace=grace)
+
+
+def terminate_pidfd(handle: PidFd, *, grace: float = 3.0) -> None:
+    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL, all through ``handle``."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not alive(pid):
-                return
-            time.sleep(0.05)
+        try:
+            handle.send_signal(sig)
+        except ProcessLookupError:
+            return  # exited and reaped: nothing left to signal
+        if handle.wait(wait):
+            return
 
 
 def remove_quietly(*paths: Path) -> None:

@@ -1,4 +1,11 @@
-"""Run an external program with a deadline and translate its failure once."""
+"""Run an external program with a deadline and translate its failure once.
+
+:func:`run` is the one way ketch runs a program to completion.  :func:`tool`
+runs one of the host tools the image builds need (in the C locale): when the
+program is missing, its error names the Debian package to install
+(:data:`TOOL_PACKAGES`, the one table of them); when it fails, it carries the
+caller's hint.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from ketch.errors import HostCommandError, Timeout
 
@@ -65,30 +73,57 @@ async def run(
     return done
 
 
-def run_sync(
+#: The Debian package of each host tool ketch's image builds run, for the hint
+#: when one is missing.
+TOOL_PACKAGES: Mapping[str, str] = {
+    "apt-get": "apt",
+    "apt-cache": "apt",
+    "dpkg-deb": "dpkg",
+    "dpkg-query": "dpkg",
+    "debootstrap": "debootstrap",
+    "setpriv": "util-linux",
+    "unshare": "util-linux",
+    "mkfs.ext4": "e2fsprogs",
+    "debugfs": "e2fsprogs",
+    "mkfs.fat": "dosfstools",
+    "mmd": "mtools",
+    "mcopy": "mtools",
+    "qemu-img": "qemu-utils",
+}
+
+
+def missing_tool_hint(program: str) -> str | None:
+    """What to install when ``program`` (a name or path) is not there, if known."""
+    package = TOOL_PACKAGES.get(Path(program).name)
+    if package is None:
+        return None
+    return f"install the Debian package {package} (apt-get install {package})"
+
+
+async def tool(
     argv: Sequence[str],
     *,
-    timeout: float = 60.0,
-    check: bool = True,
-    input: bytes | None = None,
-    cwd: str | None = None,
+    timeout: float = 300,
+    cwd: Path | None = None,
+    hint: str | None = None,
 ) -> Completed:
-    """The blocking twin of :func:`run`, for code that runs in a worker thread."""
+    """Run a host tool in the C locale, checked.
+
+    A missing program's :class:`HostCommandError` gets a hint naming its
+    package (:func:`missing_tool_hint`); a failing one gets ``hint`` unless
+    it has one already.
+    """
     try:
-        proc = subprocess.run(
+        return await run(
             list(argv),
-            input=input,
-            stdin=None if input is not None else subprocess.DEVNULL,
-            capture_output=True,
             timeout=timeout,
-            cwd=cwd,
-            check=False,
+            cwd=None if cwd is None else str(cwd),
+            env={"LC_ALL": "C"},
         )
-    except subprocess.TimeoutExpired as exc:
-        raise Timeout(f"{argv[0]} did not finish within {timeout:g} s") from exc
-    except OSError as exc:
-        raise HostCommandError(list(argv), None, str(exc)) from exc
-    done = Completed(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
-    if check and done.returncode != 0:
-        raise HostCommandError(list(argv), done.returncode, proc.stderr.decode("utf-8", "replace"))
-    return done
+    except HostCommandError as exc:
+        missing = missing_tool_hint(argv[0]) if exc.returncode is None else None
+        if missing is not None:
+            exc.hint = missing
+        elif exc.hint is None:
+            exc.hint = hint
+        raise

@@ -15,8 +15,12 @@ not depend on how it is made:
   (:meth:`~BuiltImage.locked`), and remove what interrupted builds left
   (:meth:`~BuiltImage.clean_leftovers`).
 
+Beside it, what both recipes need: :func:`parse_policy` reads the candidate
+versions apt offers, :func:`recipe_source` gives the bytes of a recipe (its
+package's modules) that a build key hashes.
+
 What an image is made of, its key and its manifest's other fields stay in its
-own module (:mod:`ketch.images.tiny`, :mod:`ketch.images.debian`).
+own package (:mod:`ketch.images.tiny`, :mod:`ketch.images.debian`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,29 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def parse_policy(text: str) -> dict[str, str | None]:
+    """Candidate versions from ``apt-cache policy PKG...`` (None: no candidate)."""
+    out: dict[str, str | None] = {}
+    current: str | None = None
+    for line in text.splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith(":"):
+            current = line.rstrip()[:-1]
+            out[current] = None
+        elif current is not None and line.strip().startswith("Candidate:"):
+            value = line.split(":", 1)[1].strip()
+            out[current] = None if value in ("", "(none)") else value
+    return out
+
+
+def recipe_source(package_dir: Path) -> bytes:
+    """The build recipe of an image: its package's modules, names and contents, in order."""
+    out = bytearray()
+    for path in sorted(package_dir.glob("*.py")):
+        data = path.read_bytes()
+        out += f"{path.name}\0{len(data)}\0".encode() + data
+    return bytes(out)
 
 
 def _remove_tree(path: Path) -> None:

@@ -224,14 +224,14 @@ class QemuDriver(Qcow2Disks):
         return True
 
     async def kill(self, spec: InstanceSpec, idir: InstanceDir) -> bool:
-        pid, status, _, _ = self._pid(idir)
+        pid, status, argv, _ = self._pid(idir)
         ended = False
         if status is PidStatus.OURS and pid is not None:
             # Ask QEMU to quit first (clean qcow2 close), then signals.  Never wait
             # long for the monitor: a hung operation may hold it.
             await self._try_quit(idir)
             if not await self._wait_exit(pid, 3.0):
-                await asyncio.to_thread(procs.terminate, pid)
+                await asyncio.to_thread(procs.terminate, pid, expect=argv)
             ended = True
         procs.remove_quietly(idir.pidfile, idir.qmp_socket)
         return ended
@@ -253,7 +253,7 @@ class QemuDriver(Qcow2Disks):
     async def suspend(
         self, spec: InstanceSpec, idir: InstanceDir, *, reporter: Reporter, timeout: float
     ) -> None:
-        pid, status, _, _ = self._pid(idir)
+        pid, status, argv, _ = self._pid(idir)
         if status is not PidStatus.OURS or pid is None:
             raise KetchError(f'instance "{spec.name}" is not running')
         async with self._lock(idir), qmp.connect(idir.qmp_socket) as mon:
@@ -283,7 +283,7 @@ class QemuDriver(Qcow2Disks):
             with contextlib.suppress(QMPError):  # quit may close the socket before replying
                 await mon.execute("quit")
         if not await self._wait_exit(pid, 30.0):
-            await asyncio.to_thread(procs.terminate, pid)
+            await asyncio.to_thread(procs.terminate, pid, expect=argv)
         procs.remove_quietly(idir.pidfile, idir.qmp_socket)
 
     async def cont(self, spec: InstanceSpec, idir: InstanceDir) -> None:
