@@ -14,7 +14,10 @@ this module:
 * a symbolic link's target must be relative, may start with ``..``
   components but has none after a name (a link in the path could make
   ``a/..`` mean anything), and, resolved against the link's own directory,
-  must stay inside the copied tree;
+  must stay inside the copied tree; a link that does not is never made:
+  it is refused, or skipped with a warning when the caller passes
+  ``skipped`` (the CLI does: a tree with a ``bin/python -> /usr/bin/python3``
+  still copies, as it did before this module);
 * a hard link may only name a regular file written earlier from the same
   stream;
 * nothing is ever followed while writing: every path component is opened
@@ -43,6 +46,7 @@ import secrets
 import shutil
 import stat
 import tarfile
+from collections.abc import Callable
 from typing import IO, Any
 
 from ketch.errors import GuestError
@@ -149,9 +153,12 @@ def _umask() -> int:
 class _Writer:
     """Writes checked members under ``root_fd``, never following a link."""
 
-    def __init__(self, root_fd: int, shown_root: str) -> None:
+    def __init__(
+        self, root_fd: int, shown_root: str, skipped: Callable[[str, str], None] | None = None
+    ) -> None:
         self.root_fd = root_fd
         self.shown_root = shown_root
+        self.skipped = skipped  # called (name, why) for a link not made; None: refuse it
         self.umask = _umask()
         self.files: set[str] = set()  # regular files written from this stream
         self.made_dirs: set[str] = set()
@@ -235,7 +242,10 @@ class _Writer:
     def symlink(self, parts: list[str], target: str, name: str) -> None:
         why = link_problem(parts, target)
         if why is not None:
-            raise _refuse(name, why)
+            if self.skipped is None:
+                raise _refuse(name, why)
+            self.skipped(name, why)
+            return
         parent = self._dir(parts[:-1], name)
         try:
             tmp = f".ketch-part-{secrets.token_hex(8)}"
@@ -271,11 +281,20 @@ class _Writer:
             os.close(src_parent)
 
 
-def extract_tree(stream: IO[bytes], root: str | os.PathLike[str], top: str, new_top: str) -> None:
+def extract_tree(
+    stream: IO[bytes],
+    root: str | os.PathLike[str],
+    top: str,
+    new_top: str,
+    *,
+    skipped: Callable[[str, str], None] | None = None,
+) -> None:
     """Unpack a tar stream of ``./top`` from an untrusted sender as ``root/new_top``.
 
     Raises :class:`Refused` for an unsafe member and :class:`GuestError` for
-    an unreadable archive; see the module documentation for the rules.
+    an unreadable archive; see the module documentation for the rules.  With
+    ``skipped``, a symbolic link leading outside the tree is not made and
+    ``skipped(name, why)`` is called instead of refusing the stream.
     """
     shown = os.fspath(root)
     try:
@@ -285,7 +304,7 @@ def extract_tree(stream: IO[bytes], root: str | os.PathLike[str], top: str, new_
     try:
         existed = _lexists(root_fd, new_top)
         try:
-            _unpack(stream, _Writer(root_fd, shown), top, new_top)
+            _unpack(stream, _Writer(root_fd, shown, skipped), top, new_top)
         except BaseException:
             if not existed and _lexists(root_fd, new_top):
                 with contextlib.suppress(OSError):

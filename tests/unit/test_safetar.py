@@ -72,6 +72,25 @@ def test_hostile_member_is_refused(
     outside_untouched(tmp_path)
 
 
+def test_with_skipped_a_link_out_is_not_made_and_the_rest_is(tmp_path: Path, dest: Path) -> None:
+    seen: list[tuple[str, str]] = []
+    members: list[Member] = [
+        ("dir", "./top", ""),
+        ("sym", "./top/py", "/usr/bin/python3"),
+        ("sym", "./top/up", "../../outside.txt"),
+        ("sym", "./top/in", "f"),
+        ("file", "./top/f", "data"),
+        ("file", "./top/up/x", "y"),
+    ]
+    extract_tree(archive(*members), dest, "top", "top", skipped=lambda n, w: seen.append((n, w)))
+    assert [n for n, _ in seen] == ["./top/py", "./top/up"]
+    assert "absolute path" in seen[0][1] and "outside the copied tree" in seen[1][1]
+    assert os.readlink(dest / "top" / "in") == "f"
+    assert not (dest / "top" / "py").exists() and not (dest / "top" / "py").is_symlink()
+    assert (dest / "top" / "up" / "x").read_text() == "y"  # a plain directory, not the link
+    outside_untouched(tmp_path)
+
+
 def test_a_file_through_a_symlink_the_archive_made_is_refused(tmp_path: Path, dest: Path) -> None:
     # An in-tree link (allowed) then a file written through it (refused).
     members: list[Member] = [

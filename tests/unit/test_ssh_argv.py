@@ -624,12 +624,15 @@ def test_hostile_archive_is_refused(tmp_path: Path, members: list[tuple[str, str
     assert list(dest.rglob("evil")) == []
 
 
-def test_symlink_leading_outside_is_refused(tmp_path: Path) -> None:
-    # Skipped with a warning before ketch.safetar; refused now (issue 12 item 1).
+def test_symlink_leading_outside_is_skipped_with_a_warning(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     members = [("dir", "./top", ""), ("sym", "./top/ok", "f"), ("sym", "./top/abs", "/etc/passwd")]
-    with pytest.raises(GuestError, match="absolute path"):
-        guest._receive_tree(archive(*members), tmp_path, "top", "renamed")
-    assert not (tmp_path / "renamed").exists()
+    guest._receive_tree(archive(*members), tmp_path, "top", "renamed")
+    assert os.readlink(tmp_path / "renamed" / "ok") == "f"
+    assert not os.path.lexists(tmp_path / "renamed" / "abs")
+    err = capfd.readouterr().err
+    assert "ketch: skipped ./top/abs: a symbolic link to the absolute path '/etc/passwd'" in err
 
 
 def test_archive_top_is_renamed(tmp_path: Path) -> None:

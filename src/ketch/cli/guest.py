@@ -593,10 +593,17 @@ def _receive_file(stream: IO[bytes], final: Path) -> Path:
 
 
 def _receive_tree(stream: IO[bytes], root: Path, top: str, new_top: str) -> None:
-    """Unpack a guest tar stream of ``./top`` as ``root/new_top`` (see :mod:`ketch.safetar`)."""
+    """Unpack a guest tar stream of ``./top`` as ``root/new_top`` (see :mod:`ketch.safetar`).
+
+    A symbolic link that leads outside the copied tree is not made: it is
+    skipped with a warning, as before; everything else unsafe is refused.
+    """
     from ketch.safetar import extract_tree
 
-    extract_tree(stream, root, top, new_top)
+    def skipped(name: str, why: str) -> None:
+        _write_stderr(f"ketch: skipped {name}: {why}\n".encode())
+
+    extract_tree(stream, root, top, new_top, skipped=skipped)
 
 
 __all__ = [
