@@ -16,7 +16,7 @@ from typing import Any
 
 from ketch.errors import HostCommandError, KetchError, QMPError, Timeout
 from ketch.host import firmware, procs, qemu, qemu_img, qmp
-from ketch.layout import InstanceDir
+from ketch.layout import FILE_MODE, InstanceDir
 from ketch.model import InstanceSpec, Observation, PidStatus, SnapshotEntry
 from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG
@@ -158,7 +158,14 @@ class QemuDriver(Qcow2Disks):
         # A UEFI instance resumes through QMP (see _load_suspended), not -loadvm.
         by_qmp = resume and efi is not None
         cfg = self._config(spec, idir, accel, efi, loadvm=resume and not by_qmp, paused=by_qmp)
+        # QEMU -daemonize sets umask 027 for what it creates after forking: the serial
+        # log is made owner-only beforehand (QEMU appends to it) and the monitor's
+        # socket is tightened once it exists.
+        os.close(os.open(idir.serial_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE))
+        os.chmod(idir.serial_log, FILE_MODE)
         await qemu.start(cfg, log=idir.qemu_log)
+        with contextlib.suppress(OSError):  # gone again if QEMU already exited
+            os.chmod(idir.qmp_socket, FILE_MODE)
         if by_qmp:
             await self._load_suspended(spec, idir)
 
