@@ -12,7 +12,6 @@ Order matters: aiohttp takes the first route whose path matches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from ketch.api import models as m
@@ -23,18 +22,37 @@ R = TypeVar("R", bound=m.Reply)
 STREAM_TYPE = "application/x-ndjson"
 
 
-@dataclass(frozen=True)
 class Route(Generic[B, R]):
-    """One API route.  ``reply`` is the JSON answer, or the stream's result when ``streamed``."""
+    """One API route.  ``reply`` is the JSON answer, or the stream's result when ``streamed``.
 
-    name: str
-    method: str
-    path: str
-    summary: str
-    reply: type[R]
-    body: type[B] | None = None  # None: the route reads no body
-    query: type[m.Body] = m.NoQuery
-    streamed: bool = False
+    (A plain class, not a dataclass: ``dataclasses`` would cost ``ketch list`` a
+    millisecond and a half of import for nothing.)
+    """
+
+    __slots__ = ("body", "method", "name", "path", "query", "reply", "streamed", "summary")
+
+    def __init__(
+        self,
+        name: str,
+        method: str,
+        path: str,
+        summary: str,
+        reply: type[R],
+        body: type[B] | None = None,  # None: the route reads no body
+        query: type[m.Body] = m.NoQuery,
+        streamed: bool = False,
+    ) -> None:
+        self.name = name
+        self.method = method
+        self.path = path
+        self.summary = summary
+        self.reply = reply
+        self.body = body
+        self.query = query
+        self.streamed = streamed
+
+    def __repr__(self) -> str:
+        return f"Route({self.method} {self.path} -> {self.name})"
 
     def url(self, **params: str) -> str:
         """The path with its ``{params}`` filled in (each quoted as one segment)."""
