@@ -108,8 +108,8 @@ SUSPEND: Route[m.Empty, m.NameResult] = Route(
     "suspend", "POST", "/v1/instances/{name}/suspend", "suspend an instance", m.NameResult,
     body=m.Empty, streamed=True,
 )  # fmt: skip
-RESTART: Route[m.Empty, m.NameResult] = Route(
-    "restart", "POST", "/v1/instances/{name}/restart", "restart an instance", m.NameResult,
+RESTART: Route[m.Empty, m.StartResult] = Route(
+    "restart", "POST", "/v1/instances/{name}/restart", "restart an instance", m.StartResult,
     body=m.Empty, streamed=True,
 )  # fmt: skip
 DELETE: Route[m.DeleteBody, m.DeleteResult] = Route(
