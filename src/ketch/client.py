@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, BinaryIO, NoReturn, TypeVar
-from urllib.parse import quote, urlencode
 
 import msgspec
 
@@ -229,7 +228,7 @@ class Client:
         """A read (or a short write) along ``route``; its reply model."""
         path = route.url(**params)
         if query:
-            path += "?" + urlencode(query)
+            path += "?" + _urlencode(query)
         payload = None
         if route.body is not None:
             payload = msgspec.json.encode(body if body is not None else route.body())
@@ -251,7 +250,7 @@ class Client:
 
     def get(self, path: str, **query: str) -> dict[str, Any]:
         if query:
-            path += "?" + urlencode(query)
+            path += "?" + _urlencode(query)
         return self._exchange("GET", path, None, dict[str, Any], 120.0)
 
     def put(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -312,6 +311,14 @@ class Client:
         return resp.status == 200
 
 
+def _urlencode(query: Mapping[str, str]) -> str:
+    from urllib.parse import urlencode  # only when there is a query: 2 ms off 'ketch list'
+
+    return urlencode(query)
+
+
 def q(name: str) -> str:
     """Quote a path segment."""
+    from urllib.parse import quote
+
     return quote(name, safe="")

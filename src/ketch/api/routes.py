@@ -56,7 +56,9 @@ class Route(Generic[B, R]):
 
     def url(self, **params: str) -> str:
         """The path with its ``{params}`` filled in (each quoted as one segment)."""
-        from urllib.parse import quote
+        if not params:
+            return self.path
+        from urllib.parse import quote  # only when there are parameters: not for 'ketch list'
 
         return self.path.format(**{k: quote(v, safe="") for k, v in params.items()})
 
