@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -20,6 +19,8 @@ def plain(doc: Any) -> Any:
 
 
 def to_json(doc: Any) -> str:
+    import json  # only for --format json
+
     return json.dumps(doc, indent=4) + "\n"
 
 
