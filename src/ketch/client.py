@@ -204,9 +204,11 @@ class Client:
     ) -> T:
         return self._decode(self._request(method, path, body, timeout), f"{method} {path}", reply)
 
-    def _operate(self, path: str, body: bytes, result: type[T], on_event: OnEvent | None) -> T:
-        what = f"POST {path}"
-        resp = self._request("POST", path, body, None)
+    def _operate(
+        self, method: str, path: str, body: bytes | None, result: type[T], on_event: OnEvent | None
+    ) -> T:
+        what = f"{method} {path}"
+        resp = self._request(method, path, body, None)
         if resp.status != 200 or "ndjson" not in (resp.getheader("Content-Type") or ""):
             return self._decode(resp, what, result)
         doc = self._events(resp, what, on_event)
@@ -241,10 +243,14 @@ class Client:
         on_event: OnEvent | None = None,
         **params: str,
     ) -> R:
-        """An operation along ``route``: its events go to ``on_event``; its result model."""
-        assert route.body is not None, route.name
-        payload = msgspec.json.encode(body if body is not None else route.body())
-        return self._operate(route.url(**params), payload, route.reply, on_event)
+        """An operation along ``route``: its events go to ``on_event``; its result model.
+
+        (A route without a body, e.g. re-attaching to an operation's stream, sends none.)
+        """
+        payload = None
+        if route.body is not None:
+            payload = msgspec.json.encode(body if body is not None else route.body())
+        return self._operate(route.method, route.url(**params), payload, route.reply, on_event)
 
     # -- by path, JSON objects (tools and tests) ------------------------------------------
 
@@ -271,7 +277,8 @@ class Client:
             if on_event is not None:
                 on_event(msgspec.to_builtins(event))
 
-        return self._operate(path, msgspec.json.encode(body or {}), dict[str, Any], feed)
+        payload = msgspec.json.encode(body or {})
+        return self._operate("POST", path, payload, dict[str, Any], feed)
 
     # -- daemon ------------------------------------------------------------------
 

@@ -5,7 +5,12 @@ reply (for a read) or stream result (for an operation, whose 200 answer is
 NDJSON events ending in a ``result`` or ``error``).  The daemon binds each
 route to the handler method of the same ``name``; the client sends requests
 and decodes replies through the same route; the OpenAPI document is made
-from this table.  Adding a route is one :class:`Route` here and one handler.
+from this table.  Adding a route is one :class:`Route` here (listed in
+:data:`ROUTES`) and one handler method of the same name on
+:class:`ketch.daemon.api.Api`, which returns the reply (a model, or a dict
+the model checks), an ``Op`` (a new operation to stream) or ``Events`` (a
+stream it already has, e.g. re-attaching to an operation in flight); see
+:mod:`ketch.daemon.wire`.
 
 Order matters: aiohttp takes the first route whose path matches.
 """

@@ -56,7 +56,15 @@ class Op:
     run: Callable[[QueueReporter], Awaitable[dict[str, Any]]]
 
 
-Handler = Callable[[Call[Any]], Awaitable[m.Reply | dict[str, Any] | Op]]
+@dataclass(frozen=True)
+class Events:
+    """What a streamed route's handler returns to stream events it already has
+    (an operation in flight, re-attached to): they are sent as they come."""
+
+    events: AsyncIterator[Event | m.Event]
+
+
+Handler = Callable[[Call[Any]], Awaitable[m.Reply | dict[str, Any] | Op | Events]]
 
 
 def error_response(exc: KetchError, status: int | None = None) -> web.Response:
@@ -141,7 +149,9 @@ def typed_result(
     return checked
 
 
-async def stream(request: web.Request, events: AsyncIterator[Event]) -> web.StreamResponse:
+async def stream(
+    request: web.Request, events: AsyncIterator[Event] | AsyncIterator[Event | m.Event]
+) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": STREAM_TYPE})
     await resp.prepare(request)
     async for event in events:
@@ -165,6 +175,8 @@ def bind(route: Route[Any, Any], handler: Handler, ops: Operations) -> Any:
         if isinstance(answer, Op):
             events = ops.submit(answer.locks, answer.label, typed_result(route, answer.run))
             return await stream(request, events)
+        if isinstance(answer, Events):
+            return await stream(request, answer.events)
         if not isinstance(answer, route.reply):  # a service's dict: its shape is checked here
             answer = msgspec.convert(answer, route.reply)
         return web.Response(body=msgspec.json.encode(answer), content_type="application/json")
