@@ -224,3 +224,12 @@ def test_a_route_can_stream_events_it_already_has(tmp_path: Path) -> None:
         shutil.rmtree(short, ignore_errors=True)
     assert result == m.NameResult(name="web")
     assert seen == [m.OperationEvent(id="op-1"), m.StepEvent(message="still going")]
+
+
+def test_launch_body_defaults_are_the_services() -> None:
+    import msgspec
+
+    from ketch.service.launch import LaunchRequest
+
+    body = msgspec.structs.asdict(m.LaunchBody())
+    assert body == {k: getattr(LaunchRequest(), k) for k in body}
