@@ -15,7 +15,8 @@ from typing import Any
 from aiohttp import web
 
 from ketch import __version__
-from ketch.daemon.ops import Operations, QueueReporter, ndjson
+from ketch.daemon import operations
+from ketch.daemon.ops import Follow, Operations, QueueReporter
 from ketch.errors import InvalidArgument, KetchError, NotFound, RemoteError
 from ketch.model import State
 from ketch.service import clone as clone_uc
@@ -93,17 +94,11 @@ class Api:
         r.add_post("/v1/images/prune", self.image_prune)
         r.add_get("/v1/settings/{key}", self.get_setting)
         r.add_put("/v1/settings/{key}", self.set_setting)
+        operations.add_routes(r, self.ops)
         return app
 
-    async def stream(self, request: web.Request, events: Any) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": STREAM_TYPE})
-        await resp.prepare(request)
-        async for event in events:
-            try:
-                await resp.write(ndjson(event))
-            except (ConnectionError, asyncio.CancelledError):
-                break  # the client went away; the operation carries on
-        return resp
+    async def stream(self, request: web.Request, follow: Follow) -> web.StreamResponse:
+        return await operations.stream(request, follow)
 
     # -- reads -------------------------------------------------------------------
 
@@ -219,6 +214,7 @@ class Api:
             raise NotFound(f"unknown action '{action}'")
 
         label = "force-stop" if action == "stop" and body.get("force") else action
+        label = "purge" if action == "delete" and body.get("purge") else label
         return await self.stream(request, self.ops.submit([name], label, op))
 
     async def snapshot_take(self, request: web.Request) -> web.StreamResponse:
@@ -410,6 +406,11 @@ def openapi_document() -> dict[str, Any]:
             "/v1/images": {"get": op("cached images")},
             "/v1/images/build": {"post": op("build tiny or debian-12", streamed=True, body=True)},
             "/v1/images/prune": {"post": op("remove unused cached images", body=True)},
+            "/v1/operations": {"get": op("operations in flight and what each waits for")},
+            "/v1/operations/{id}": {
+                "get": op("re-attach to an operation's events (?replay=false)", streamed=True),
+                "delete": op("cancel an operation that waits (a lock, readiness); 409 if not"),
+            },
             "/v1/settings/{key}": {
                 "get": op("read a setting"),
                 "put": op("write a setting", body=True),
@@ -436,7 +437,15 @@ def openapi_document() -> dict[str, Any]:
                     "properties": {
                         "type": {
                             "type": "string",
-                            "enum": ["step", "progress", "warning", "waiting", "result", "error"],
+                            "enum": [
+                                "operation",
+                                "step",
+                                "progress",
+                                "warning",
+                                "waiting",
+                                "result",
+                                "error",
+                            ],
                         }
                     },
                 },

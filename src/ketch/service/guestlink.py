@@ -10,6 +10,7 @@ from ketch.layout import InstanceDir, Root
 from ketch.model import InstanceSpec, PidStatus, SshTarget
 from ketch.progress import Reporter
 from ketch.runtime.driver import Driver
+from ketch.service.waits import Wait
 
 
 def client_public_key(root: Root) -> str:
@@ -45,7 +46,11 @@ async def wait_ready(
     reporter: Reporter,
     driver: Driver | None = None,
 ) -> None:
-    """Wait for SSH and boot-finished; with ``driver``, stop early if QEMU dies or pauses."""
+    """Wait for SSH and boot-finished; with ``driver``, stop early if QEMU dies or pauses.
+
+    The daemon may cut this wait short (``service/waits.py``): then
+    :class:`~ketch.service.waits.WaitCancelled` is raised.
+    """
 
     async def abort() -> str | None:
         assert driver is not None
@@ -56,12 +61,13 @@ async def wait_ready(
             return f"QEMU reports the guest as '{obs.qmp_status}'"
         return None
 
-    await ssh.wait_ready(
-        target(root, spec),
-        timeout=timeout,
-        reporter=reporter,
-        abort=abort if driver is not None else None,
-    )
+    async with Wait(spec.name, "readiness"):
+        await ssh.wait_ready(
+            target(root, spec),
+            timeout=timeout,
+            reporter=reporter,
+            abort=abort if driver is not None else None,
+        )
 
 
 # QMP run states in which a guest cannot get ready by itself.

@@ -19,6 +19,7 @@ from ketch.runtime.driver import SUSPEND_TAG
 from ketch.service import accel, guestlink
 from ketch.service.context import Context
 from ketch.service.inspect import View, get, require
+from ketch.service.waits import Cancelled, WaitCancelled
 
 RUNNING = {State.RUNNING, State.DELAYED_SHUTDOWN}
 
@@ -107,6 +108,12 @@ async def start(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
     except Timeout:
         finish_quietly(ctx, entry, "timeout")
         raise
+    except WaitCancelled as exc:
+        finish_quietly(ctx, entry, "cancelled")
+        raise Cancelled(
+            f'stopped waiting for "{name}" to be ready: {exc.reason}; it was started and is kept',
+            hint=f"see 'ketch info {name}'",
+        ) from exc
     except BaseException:
         finish_quietly(ctx, entry, "failed")
         raise
