@@ -116,6 +116,7 @@ class Client:
     def __init__(self, root: Root, *, autostart: bool = True) -> None:
         self.root = root
         self.autostart = autostart
+        self.operation: str | None = None  # the id of the last streamed operation
 
     # -- transport -----------------------------------------------------------------
 
@@ -173,11 +174,14 @@ class Client:
         on_event: Callable[[Event], None] | None = None,
     ) -> dict[str, Any]:
         """POST an operation; feed its events to ``on_event``; return its result."""
+        self.operation = None
         resp = self._request("POST", path, body or {}, timeout=None)
         if resp.status != 200 or "ndjson" not in (resp.getheader("Content-Type") or ""):
             return dict(self._json(resp))
         for event in _events(resp):
             kind = event.get("type")
+            if kind == "operation":
+                self.operation = str(event.get("id"))
             if kind == "result":
                 return dict(event.get("result") or {})
             if kind == "error":
@@ -187,6 +191,16 @@ class Client:
         raise DaemonUnreachable(
             "ketchd closed the stream before the operation ended",
             hint=f"the operation may still be running; see 'ketch list' and {self.root.daemon_log}",
+        )
+
+    def cancel(self, operation: str) -> dict[str, Any]:
+        """Ask the daemon to cancel an operation (``DELETE /v1/operations/ID``).
+
+        Returns its answer (``cancelled``, ``message``); raises RemoteError
+        ``not-cancellable`` when the operation is past the point of no return.
+        """
+        return dict(
+            self._json(self._request("DELETE", f"/v1/operations/{q(operation)}", None, 60.0))
         )
 
     # -- daemon ------------------------------------------------------------------

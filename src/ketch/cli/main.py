@@ -69,10 +69,15 @@ def _client() -> Any:
 
 
 def _stream(path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    from ketch.cli.progress import renderer
+    from ketch.cli.progress import interrupted, renderer
 
-    with renderer() as show:
-        result: dict[str, Any] = _client().stream(path, body, show)
+    client = _client()
+    try:
+        with renderer() as show:
+            result: dict[str, Any] = client.stream(path, body, show)
+    except KeyboardInterrupt:
+        interrupted(client)  # says whether the daemon cancelled it or it goes on
+        raise
     return result
 
 

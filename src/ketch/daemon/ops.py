@@ -61,6 +61,12 @@ class NotCancellable(KetchError):
     code = "not-cancellable"
 
 
+class AlreadyEnded(NotCancellable):
+    """The operation has ended (it is kept a while, with its final event)."""
+
+    code = "operation-ended"
+
+
 class QueueReporter:
     """A Reporter that turns steps, progress and warnings into an operation's events."""
 
@@ -376,7 +382,7 @@ class Operations:
         """Cancel an operation that is waiting; NotCancellable when it is past that."""
         op = self.get(op_id)
         if op.final is not None and not cancel_reply(op)["cancelled"]:
-            raise NotCancellable(
+            raise AlreadyEnded(
                 f"{op.label()} cannot be cancelled: it has already ended ({op.outcome})",
                 hint=f"GET /v1/operations/{op.id} shows how it ended",
             )
