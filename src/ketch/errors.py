@@ -61,6 +61,12 @@ class InvalidArgument(UsageError):
     code = "invalid-argument"
 
 
+class TooLarge(InvalidArgument):
+    """A request (body) is larger than the limit that applies to it."""
+
+    code = "too-large"
+
+
 class NotFound(KetchError):
     """An instance, image, snapshot or setting does not exist."""
 

@@ -30,8 +30,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from ketch.api.openapi import document as openapi_document
 from ketch.client import Client, request
-from ketch.daemon.api import Api, openapi_document
+from ketch.daemon.api import Api
 from ketch.daemon.ops import Operations
 from ketch.errors import ImageError, RemoteError
 from ketch.layout import InstanceDir, Root
@@ -409,7 +410,7 @@ def test_openapi_lists_every_route(env: Env) -> None:
     for path_ops in doc["paths"].values():
         for op in path_ops.values():
             assert op["summary"] and "200" in op["responses"]
-    error = doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]
+    error = doc["components"]["schemas"]["ErrorDetail"]["properties"]
     assert set(error) == {"code", "message", "hint", "exit_code"}
 
 
@@ -552,7 +553,7 @@ def test_launch_with_an_invalid_name_is_refused_before_the_stream(env: Env) -> N
     assert err.value.code == "invalid-argument" and err.value.exit_code == 1
     with pytest.raises(RemoteError) as err:
         env.client.stream("/v1/instances", {"name": "ok", "colour": "blue"})
-    assert "unknown launch option(s): colour" in err.value.message
+    assert "unknown field colour" in err.value.message
     assert env.store.all() == []
 
 

@@ -1,71 +1,42 @@
-"""Routes of operations as a resource, and the NDJSON stream every operation answers with.
+"""Handlers of operations as a resource (routes ``OPERATIONS``, ``FOLLOW``, ``CANCEL``).
 
 * ``GET /v1/operations``: those in flight (id, kind, instances, started,
-  state ``waiting``/``running``, what each waits for).
+  state ``waiting``/``running``, what each waits for: a lock and the
+  operation holding it, or its guest's readiness).
 * ``GET /v1/operations/{id}``: re-attach to its stream.  By default the
-  events it kept so far are replayed first (at most ``ops.REPLAY``; its first
-  event says how many were replayed and how many fell out), then it follows;
-  ``?replay=false``: events from now on.  A finished operation answers with
-  what it kept and its final event, for ``ops.KEEP_DONE`` seconds.
+  events it kept are replayed first (at most ``ops.REPLAY``; its first event
+  says how many were replayed and how many fell out before), then it
+  follows; ``?replay=false``: events from now on.  A finished operation
+  answers with what it kept and its final event, for ``ops.KEEP_DONE`` s.
 * ``DELETE /v1/operations/{id}``: cancel one that waits (for a lock, or for
-  its guest's readiness); 409 ``not-cancellable`` when it is past that.
+  its guest's readiness; the instance is kept, as after a launch timeout);
+  409 ``not-cancellable`` when it runs past that, ``operation-ended`` when it
+  has ended.  The answer comes once the operation has ended (bounded).
 """
 
 from __future__ import annotations
 
-from aiohttp import web
+from typing import Any
 
-from ketch.daemon.ops import Follow, Operations, ndjson
-from ketch.errors import InvalidArgument
+import msgspec
 
-STREAM_TYPE = "application/x-ndjson"
-
-
-def add_routes(router: web.UrlDispatcher, ops: Operations) -> None:
-    routes = Routes(ops)
-    router.add_get("/v1/operations", routes.list)
-    router.add_get("/v1/operations/{id}", routes.follow)
-    router.add_delete("/v1/operations/{id}", routes.cancel)
+from ketch.api import operations as o
+from ketch.daemon.ops import Follow, Operations
+from ketch.daemon.wire import Call
 
 
-def _gone(request: web.Request) -> bool:
-    """Has the client closed its connection?"""
-    transport = request.transport
-    return transport is None or transport.is_closing()
+class OperationRoutes:
+    """Mixed into :class:`ketch.daemon.api.Api` (the route table binds by name)."""
 
+    ops: Operations
 
-async def stream(request: web.Request, follow: Follow) -> web.StreamResponse:
-    """Send an operation's events as NDJSON until it ends or the client goes.
+    async def operations(self, call: Call[None]) -> o.OperationsReply:
+        ops = [o_.describe() for o_ in self.ops.in_flight()]
+        return msgspec.convert({"operations": ops}, o.OperationsReply)
 
-    A client that goes before its operation began (it still waits for a
-    lock) leaves it unfollowed, and then it is dropped (``Operations.detach``).
-    """
-    resp = web.StreamResponse(headers={"Content-Type": STREAM_TYPE})
-    try:
-        await resp.prepare(request)
-        while (event := await follow.next(lambda: _gone(request))) is not None:
-            await resp.write(ndjson(event))
-    except ConnectionError:
-        pass  # the client went away
-    finally:
-        follow.close()
-    return resp
+    async def operation_follow(self, call: Call[None]) -> Follow:
+        query: o.FollowQuery = call.query
+        return self.ops.follow(call.params["id"], replay=query.replay)
 
-
-class Routes:
-    def __init__(self, ops: Operations) -> None:
-        self.ops = ops
-
-    async def list(self, request: web.Request) -> web.Response:
-        return web.json_response({"operations": [o.describe() for o in self.ops.in_flight()]})
-
-    async def follow(self, request: web.Request) -> web.StreamResponse:
-        replay = request.query.get("replay", "true")
-        if replay not in ("true", "false"):
-            raise InvalidArgument(f"replay must be true or false, not {replay!r}")
-        return await stream(
-            request, self.ops.follow(request.match_info["id"], replay=replay == "true")
-        )
-
-    async def cancel(self, request: web.Request) -> web.Response:
-        return web.json_response(await self.ops.cancel(request.match_info["id"]))
+    async def operation_cancel(self, call: Call[None]) -> dict[str, Any]:
+        return await self.ops.cancel(call.params["id"])

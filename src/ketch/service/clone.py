@@ -56,6 +56,25 @@ def default_name(source: str, taken: Collection[str]) -> str:
         ) from exc
 
 
+class NameReservations:
+    """Default clone names handed out but not yet made, so two clones never pick one name."""
+
+    def __init__(self) -> None:
+        self._held: set[str] = set()
+
+    def reserve(self, ctx: Context, source: str, name: str | None) -> str:
+        """``name`` (validated), or the next free ``SOURCE-cloneN``; held until released."""
+        if name:
+            new = names.validate(name)
+        else:
+            new = default_name(source, {r.spec.name for r in ctx.store.all()} | self._held)
+        self._held.add(new)
+        return new
+
+    def release(self, name: str) -> None:
+        self._held.discard(name)
+
+
 def _random_mac() -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
 

@@ -125,6 +125,13 @@ class Images:
         return removed
 
 
+def prune(images: Images, store: Store, days: float) -> list[dict[str, Any]]:
+    """Remove cached images unused for ``days``, keeping every one an instance is made from."""
+    records = store.all()
+    in_use = {r.spec.image_id for r in records} | {r.spec.base_disk for r in records}
+    return images.prune(days, in_use)
+
+
 BUILDABLE = ("tiny", "debian-12")
 
 

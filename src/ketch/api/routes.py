@@ -1,0 +1,159 @@
+"""The route table of ketchd's API: one declaration per route.
+
+A :class:`Route` names its method, path, request body, query parameters,
+reply (for a read) or stream result (for an operation, whose 200 answer is
+NDJSON events ending in a ``result`` or ``error``).  The daemon binds each
+route to the handler method of the same ``name``; the client sends requests
+and decodes replies through the same route; the OpenAPI document is made
+from this table.  Adding a route is one :class:`Route` here and one handler.
+
+Order matters: aiohttp takes the first route whose path matches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from ketch.api import models as m
+from ketch.api import operations as o
+
+B = TypeVar("B", bound=m.Body)
+R = TypeVar("R", bound=m.Reply)
+
+STREAM_TYPE = "application/x-ndjson"
+
+
+@dataclass(frozen=True)
+class Route(Generic[B, R]):
+    """One API route.  ``reply`` is the JSON answer, or the stream's result when ``streamed``."""
+
+    name: str
+    method: str
+    path: str
+    summary: str
+    reply: type[R]
+    body: type[B] | None = None  # None: the route reads no body
+    query: type[m.Body] = m.NoQuery
+    streamed: bool = False
+
+    def url(self, **params: str) -> str:
+        """The path with its ``{params}`` filled in (each quoted as one segment)."""
+        from urllib.parse import quote
+
+        return self.path.format(**{k: quote(v, safe="") for k, v in params.items()})
+
+
+VERSION: Route[m.Empty, m.VersionReply] = Route(
+    "version", "GET", "/v1/version", "daemon version", m.VersionReply
+)
+LIST: Route[m.Empty, m.ListReply] = Route(
+    "list", "GET", "/v1/instances", "list instances, as Multipass", m.ListReply
+)
+INFO: Route[m.Empty, m.InfoReply] = Route(
+    "info", "GET", "/v1/info", "instance and INSTANCE.SNAPSHOT details, as Multipass",
+    m.InfoReply, query=m.NamesQuery,
+)  # fmt: skip
+LAUNCH: Route[m.LaunchBody, m.NameResult] = Route(
+    "launch", "POST", "/v1/instances", "launch an instance", m.NameResult,
+    body=m.LaunchBody, streamed=True,
+)  # fmt: skip
+SNAPSHOT: Route[m.SnapshotBody, m.SnapshotResult] = Route(
+    "snapshot_take", "POST", "/v1/instances/{name}/snapshots", "snapshot a stopped instance",
+    m.SnapshotResult, body=m.SnapshotBody, streamed=True,
+)  # fmt: skip
+RESTORE: Route[m.RestoreBody, m.RestoreResult] = Route(
+    "snapshot_restore", "POST", "/v1/instances/{name}/snapshots/{snapshot}/restore",
+    "restore a snapshot (destructive, or snapshot_first)", m.RestoreResult,
+    body=m.RestoreBody, streamed=True,
+)  # fmt: skip
+SNAPSHOT_DELETE: Route[m.Empty, m.SnapshotResult] = Route(
+    "snapshot_delete", "POST", "/v1/instances/{name}/snapshots/{snapshot}/delete",
+    "delete a snapshot", m.SnapshotResult, body=m.Empty, streamed=True,
+)  # fmt: skip
+CLONE: Route[m.CloneBody, m.CloneResult] = Route(
+    "clone", "POST", "/v1/instances/{name}/clone", "clone a stopped instance", m.CloneResult,
+    body=m.CloneBody, streamed=True,
+)  # fmt: skip
+SNAPSHOTS: Route[m.Empty, m.SnapshotListReply] = Route(
+    "snapshot_list", "GET", "/v1/snapshots", "snapshots per instance, as Multipass's list",
+    m.SnapshotListReply, query=m.NamesQuery,
+)  # fmt: skip
+START: Route[m.Empty, m.StartResult] = Route(
+    "start", "POST", "/v1/instances/{name}/start", "start (or resume) an instance",
+    m.StartResult, body=m.Empty, streamed=True,
+)  # fmt: skip
+STOP: Route[m.StopBody, m.NameResult] = Route(
+    "stop", "POST", "/v1/instances/{name}/stop", "stop: graceful, --force, --time, --cancel",
+    m.NameResult, body=m.StopBody, streamed=True,
+)  # fmt: skip
+SUSPEND: Route[m.Empty, m.NameResult] = Route(
+    "suspend", "POST", "/v1/instances/{name}/suspend", "suspend an instance", m.NameResult,
+    body=m.Empty, streamed=True,
+)  # fmt: skip
+RESTART: Route[m.Empty, m.NameResult] = Route(
+    "restart", "POST", "/v1/instances/{name}/restart", "restart an instance", m.NameResult,
+    body=m.Empty, streamed=True,
+)  # fmt: skip
+DELETE: Route[m.DeleteBody, m.DeleteResult] = Route(
+    "delete", "POST", "/v1/instances/{name}/delete", "delete (or purge) an instance",
+    m.DeleteResult, body=m.DeleteBody, streamed=True,
+)  # fmt: skip
+RECOVER: Route[m.Empty, m.NameResult] = Route(
+    "recover", "POST", "/v1/instances/{name}/recover", "recover a deleted instance",
+    m.NameResult, body=m.Empty, streamed=True,
+)  # fmt: skip
+PURGE: Route[m.Empty, m.PurgeResult] = Route(
+    "purge", "POST", "/v1/purge", "purge deleted instances", m.PurgeResult, body=m.Empty,
+    streamed=True,
+)  # fmt: skip
+DOCTOR: Route[m.DoctorBody, m.DoctorResult] = Route(
+    "doctor", "POST", "/v1/doctor", "find and repair inconsistencies", m.DoctorResult,
+    body=m.DoctorBody, streamed=True,
+)  # fmt: skip
+SSH: Route[m.Empty, m.SshTargetReply] = Route(
+    "ssh", "GET", "/v1/instances/{name}/ssh", "SSH target with the pinned host key",
+    m.SshTargetReply,
+)  # fmt: skip
+FIND: Route[m.Empty, m.FindReply] = Route(
+    "find", "GET", "/v1/find", "images per remote", m.FindReply, query=m.FindQuery
+)
+IMAGES: Route[m.Empty, m.ImagesReply] = Route(
+    "image_list", "GET", "/v1/images", "cached images", m.ImagesReply
+)
+BUILD: Route[m.BuildBody, m.BuildResult] = Route(
+    "image_build", "POST", "/v1/images/build", "build tiny or debian-12", m.BuildResult,
+    body=m.BuildBody, streamed=True,
+)  # fmt: skip
+PRUNE: Route[m.PruneBody, m.PruneReply] = Route(
+    "image_prune", "POST", "/v1/images/prune", "remove unused cached images", m.PruneReply,
+    body=m.PruneBody,
+)  # fmt: skip
+GET_SETTING: Route[m.Empty, m.SettingReply] = Route(
+    "get_setting", "GET", "/v1/settings/{key}", "read a setting", m.SettingReply
+)
+SET_SETTING: Route[m.SettingBody, m.SetReply] = Route(
+    "set_setting", "PUT", "/v1/settings/{key}", "write a setting", m.SetReply,
+    body=m.SettingBody,
+)  # fmt: skip
+
+OPERATIONS: Route[m.Empty, o.OperationsReply] = Route(
+    "operations", "GET", "/v1/operations", "operations in flight and what each waits for",
+    o.OperationsReply,
+)  # fmt: skip
+FOLLOW: Route[m.Empty, o.OperationResult] = Route(
+    "operation_follow", "GET", "/v1/operations/{id}",
+    "re-attach to an operation's events: the kept ones replayed (bounded), then live; "
+    "replay=false: from now on", o.OperationResult, query=o.FollowQuery, streamed=True,
+)  # fmt: skip
+CANCEL: Route[m.Empty, o.CancelReply] = Route(
+    "operation_cancel", "DELETE", "/v1/operations/{id}",
+    "cancel an operation that waits (for a lock, or its guest's readiness); 409 when it "
+    "is past that", o.CancelReply,
+)  # fmt: skip
+
+ROUTES: tuple[Route[Any, Any], ...] = (
+    VERSION, LIST, INFO, LAUNCH, SNAPSHOT, RESTORE, SNAPSHOT_DELETE, CLONE, SNAPSHOTS,
+    START, STOP, SUSPEND, RESTART, DELETE, RECOVER, PURGE, DOCTOR, SSH, FIND, IMAGES,
+    BUILD, PRUNE, GET_SETTING, SET_SETTING, OPERATIONS, FOLLOW, CANCEL,
+)  # fmt: skip

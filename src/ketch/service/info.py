@@ -1,0 +1,65 @@
+"""Use case: ``ketch info`` and ``ketch list --snapshots``, assembled as Multipass shapes them.
+
+``info`` takes instance names and ``INSTANCE.SNAPSHOT`` references together;
+partial failures become entries of ``errors``, and only "nothing asked for
+exists" raises NotFound.  Running instances get guest statistics (over SSH,
+in parallel, each failure an error line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from ketch.errors import NotFound
+from ketch.model import State
+from ketch.service import guest_stats, guestlink
+from ketch.service import inspect as inspect_uc
+from ketch.service import snapshots as snapshots_uc
+from ketch.service.accel import choose
+from ketch.service.context import Context
+
+
+async def _stats(ctx: Context, v: inspect_uc.View) -> tuple[dict[str, Any], str | None]:
+    if v.state not in (State.RUNNING, State.DELAYED_SHUTDOWN):
+        return {}, None
+    return await guest_stats.collect_quietly(guestlink.target(ctx.root, v.record.spec))
+
+
+async def info(ctx: Context, asked: Sequence[str]) -> dict[str, Any]:
+    """``{"errors": [...], "info": {NAME: {...}}}`` for the names asked (all when none)."""
+    wanted = [n for n in asked if "." not in n]
+    snapshots, errors = snapshots_uc.info_doc(ctx, [n for n in asked if "." in n])
+    records = ctx.store.all()
+    known = {r.spec.name: r for r in records}
+    chosen = [] if asked else list(records)
+    for name in wanted:
+        if name in known:
+            chosen.append(known[name])
+        else:
+            errors.append(f'instance "{name}" does not exist')
+    if asked and not chosen and not snapshots:
+        raise NotFound(errors[0])
+    accel = (await choose(ctx)).accel if chosen else ""
+    views = await asyncio.gather(*(inspect_uc.view(ctx, r) for r in chosen))
+    stats = await asyncio.gather(*(_stats(ctx, v) for v in views))
+    counts = ctx.store.snapshot_counts()
+    entries: dict[str, dict[str, Any]] = {}
+    for v, (guest, error) in zip(views, stats, strict=True):
+        entries[v.name] = inspect_uc.info_entry(
+            v, accel=accel, guest=guest, snapshot_count=counts.get(v.name, 0)
+        )
+        if error:
+            errors.append(error)
+    for instance, snaps in snapshots.items():  # Multipass's shape: info[NAME]["snapshots"]
+        entries.setdefault(instance, {})["snapshots"] = snaps
+    return {"errors": errors, "info": entries}
+
+
+def snapshot_listing(ctx: Context, names: Sequence[str]) -> dict[str, Any]:
+    """``{"errors", "info"}`` of ``list --snapshots``; NotFound when none of ``names`` exists."""
+    doc = snapshots_uc.list_doc(ctx, names)
+    if names and doc["errors"] and not doc["info"]:
+        raise NotFound(doc["errors"][0])
+    return doc

@@ -1,0 +1,153 @@
+"""The typed wire contract, against the real daemon app on a Unix socket (fake driver only).
+
+Each bad input of issue 13 gets a 4xx naming the field, and changes nothing:
+no instance made, purged, started or stopped, no driver call.  Oversize
+bodies are a 413 ketch error; a legitimate 1.7 MB cloud-init gets through.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_daemon_api import Env, raw, serving
+
+from ketch.api import models as m
+from ketch.errors import RemoteError
+from ketch.model import Intent
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Any:
+    with serving(tmp_path) as running:
+        yield running
+
+
+def refused(env: Env, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    status, ctype, answer = raw(env, method, path, body)
+    assert "json" in ctype, answer
+    doc: dict[str, Any] = json.loads(answer)
+    err = doc["error"]
+    assert set(err) == {"code", "message", "hint", "exit_code"}
+    return status, err
+
+
+BAD = [
+    ("POST", "/v1/instances", {"name": 123}, "$.name: Expected str | null, got int"),
+    ("POST", "/v1/instances", {"timeout": "soon"}, "$.timeout: Expected float | null, got str"),
+    ("POST", "/v1/instances", {"timeout": 1e9}, "$.timeout: Expected float <= 3600.0"),
+    ("POST", "/v1/instances", {"timeout": 0}, "$.timeout: Expected float > 0"),
+    ("POST", "/v1/instances", {"cloud_init": ["a"]}, "$.cloud_init: Expected str | null"),
+    ("POST", "/v1/instances", {"image": {"a": 1}}, "$.image: Expected str, got object"),
+    ("POST", "/v1/instances", {"cpus": "2"}, "$.cpus: Expected int, got str"),
+    ("POST", "/v1/instances", {"cpus": 65}, "$.cpus: Expected int <= 64"),
+    ("POST", "/v1/instances", {"firmware": "coreboot"}, "$.firmware: Invalid enum value"),
+    ("POST", "/v1/instances/alpha/delete", {"purge": "false"}, "$.purge: Expected bool"),
+    ("POST", "/v1/instances/alpha/stop", {"force": 1}, "$.force: Expected bool, got int"),
+    ("POST", "/v1/instances/alpha/stop", {"time": "soon"}, "$.time: Expected float | null"),
+    ("POST", "/v1/instances/alpha/start", {"x": 1}, "unknown field x"),
+    ("POST", "/v1/images/prune", {"days": "abc"}, "$.days: Expected float, got str"),
+    ("POST", "/v1/images/prune", {"days": -1}, "$.days: Expected float >= 0"),
+    ("POST", "/v1/doctor", {"names": "alpha"}, "$.names: Expected array, got str"),
+    ("POST", "/v1/images/build", {"name": "windows"}, "$.name: Invalid enum value"),
+    ("PUT", "/v1/settings/client.primary-name", {"value": 5}, "$.value: Expected str"),
+    ("PUT", "/v1/settings/client.primary-name", {}, "missing required field value"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "says"), BAD)
+def test_bad_input_is_400_naming_the_field_and_changes_nothing(
+    env: Env, method: str, path: str, body: dict[str, Any], says: str
+) -> None:
+    env.add("alpha", Intent.STOP, running=False)
+    env.store.set_setting("client.primary-name", "primary")
+    status, err = refused(env, method, path, json.dumps(body).encode())
+    assert status == 400
+    assert err["code"] == "invalid-argument" and err["exit_code"] == 1
+    assert says in err["message"], err["message"]
+    assert err["message"].startswith("invalid request body: ")
+    # nothing happened: one instance, stopped, not deleted; no driver call; setting kept
+    assert [r.spec.name for r in env.store.all()] == ["alpha"]
+    assert not env.store.get("alpha").deleted and env.store.get("alpha").intent is Intent.STOP
+    assert env.driver.calls == []
+    assert env.store.history("alpha") == []
+    assert env.store.get_setting("client.primary-name") == "primary"
+
+
+def test_the_client_turns_a_refusal_into_exit_1_with_the_field(env: Env) -> None:
+    with pytest.raises(RemoteError) as err:
+        env.client.stream("/v1/instances", {"cpus": "two"})
+    assert err.value.exit_code == 1
+    assert err.value.message == "invalid request body: $.cpus: Expected int, got str"
+
+
+def test_purge_false_as_a_boolean_does_not_purge(env: Env) -> None:
+    env.add("alpha", Intent.STOP, running=False)
+    env.client.stream("/v1/instances/alpha/delete", {"purge": False})
+    assert env.store.get("alpha").deleted  # deleted, recoverable, not purged
+
+
+def test_bad_query_parameters_are_400(env: Env) -> None:
+    status, err = refused(env, "GET", "/v1/info?colour=blue", b"")
+    assert status == 400 and "unknown field colour" in err["message"]
+    assert err["message"].startswith("invalid query parameter")
+
+
+def test_unknown_routes_and_methods_are_ketch_errors(env: Env) -> None:
+    status, err = refused(env, "GET", "/v1/nothing-here", b"")
+    assert status == 404 and err["code"] == "not-found" and "/v1/nothing-here" in err["message"]
+    status, err = refused(env, "DELETE", "/v1/instances", b"")
+    assert status == 405 and err["code"] == "usage"
+
+
+def test_oversize_body_is_413_naming_the_limit(env: Env) -> None:
+    big = json.dumps({"name": "big", "cloud_init": "#cloud-config\n" + "x" * m.MAX_BODY})
+    status, err = refused(env, "POST", "/v1/instances", big.encode())
+    assert status == 413
+    assert err["code"] == "too-large" and err["exit_code"] == 1
+    assert "8 MiB" in err["message"]
+    assert env.store.all() == []
+    with pytest.raises(RemoteError) as remote:
+        env.client.stream("/v1/instances", json.loads(big))
+    assert remote.value.exit_code == 1 and "8 MiB" in remote.value.message
+
+
+def test_a_legitimate_large_cloud_init_gets_past_the_body_limit(env: Env) -> None:
+    user_data = "#cloud-config\nwrite_files:\n" + "".join(
+        f"  - path: /etc/ketch/f{i}\n    content: {'y' * 1000}\n" for i in range(1700)
+    )
+    assert len(user_data) > 1_700_000
+    with pytest.raises(RemoteError) as err:
+        env.client.stream("/v1/instances", {"name": "big", "cloud_init": user_data})
+    # past the body limit and the model: it failed where the (fake) image provider says so
+    assert err.value.code != "too-large" and "no image" in err.value.message
+
+
+def test_checked_in_openapi_is_the_generated_one() -> None:
+    from ketch.api.openapi import text
+
+    checked_in = Path(__file__).parents[2] / "docs" / "openapi.json"
+    assert checked_in.read_text() == text(), (
+        "docs/openapi.json is stale: .venv/bin/python -m ketch.api.openapi > docs/openapi.json"
+    )
+
+
+def test_openapi_describes_every_body_reply_and_event() -> None:
+    from ketch.api.openapi import document
+    from ketch.api.routes import ROUTES
+
+    doc = document()
+    schemas = doc["components"]["schemas"]
+    for route in ROUTES:
+        op = doc["paths"][route.path][route.method.lower()]
+        assert route.reply.__name__ in schemas
+        if route.body is not None:
+            ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+            assert ref.endswith("/" + route.body.__name__)
+    kinds = set(schemas["Event"]["discriminator"]["mapping"])
+    assert kinds == {"operation", "step", "progress", "warning", "waiting", "result", "error"}
+    launch = schemas["LaunchBody"]["properties"]
+    assert launch["cpus"]["maximum"] == 64
+    assert schemas["LaunchBody"]["additionalProperties"] is False
