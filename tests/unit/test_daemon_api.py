@@ -610,7 +610,7 @@ def test_two_operations_on_one_instance_are_serialized(env: Env) -> None:
     assert waiting == [
         {
             "type": "waiting",
-            "message": f'waiting for "suspend" (operation {suspend_id}) on "alpha" to finish',
+            "message": f'waiting for "suspend" on "alpha" to finish (operation {suspend_id})',
         }
     ]
     d = env.driver

@@ -149,7 +149,7 @@ def test_the_waiting_event_names_the_holder(tmp_path: Path) -> None:
         waiting = await second.next()
         assert waiting == {
             "type": "waiting",
-            "message": f'waiting for "launch" (operation {first.op.id}) on "a" to finish',
+            "message": f'waiting for "launch" on "a" to finish (operation {first.op.id})',
         }
         gate.set()
         await events(second)

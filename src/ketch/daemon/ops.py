@@ -283,7 +283,7 @@ class Operations:
                         }
                     if reporter is not None:
                         by = f" (operation {holder.id})" if holder else ""
-                        reporter.waiting(f'waiting for "{busy}"{by} on "{name}" to finish')
+                        reporter.waiting(f'waiting for "{busy}" on "{name}" to finish{by}')
                     if op is not None and holder is not None and op.preempts:
                         self.preempt(holder, op)
                 await lock.acquire()
