@@ -22,7 +22,7 @@ def test_bad_names_and_sizes_are_refused_before_anything_happens(ketch: Ketch) -
         (("launch", "--name", "bad_name"), "hostname rules"),
         (("launch", "--name", "ok", "--memory", "lots"), "invalid memory size"),
         (("launch", "--name", "ok", "--memory", "16M"), "below the minimum"),
-        (("launch", "--name", "ok", "--cpus", "0"), "invalid number of CPUs"),
+        (("launch", "--name", "ok", "--cpus", "0"), "$.cpus: Expected int >= 1"),
         (("launch", "--name", "ok", "--cloud-init", "/nonexistent.yaml"), "cannot read"),
         (("launch", "--name", "ok", "--firmware", "coreboot"), "invalid choice: 'coreboot'"),
         (("launch", "tiny", "--name", "ok", "--firmware", "uefi"), "boots its kernel directly"),

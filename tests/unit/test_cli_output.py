@@ -13,11 +13,13 @@ import csv
 import io
 import json
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 import pytest
 import yaml
 
+from ketch.api import models as m
 from ketch.cli import output
 from ketch.images.catalog import FindRow, tiny_row
 from ketch.model import (
@@ -34,6 +36,14 @@ from ketch.service import inspect
 from ketch.store.db import Record
 
 GiB = 1024**3
+
+
+T = TypeVar("T")
+
+
+def typed(model: type[T], doc: Any) -> T:
+    """A document as the client decodes it (through JSON into the reply model)."""
+    return msgspec.json.decode(json.dumps(doc), type=model)
 
 
 def spec(name: str, **kw: Any) -> InstanceSpec:
@@ -124,7 +134,7 @@ def csv_rows(text: str) -> list[list[str]]:
 
 
 def test_list_table() -> None:
-    out = output.list_output(list_doc(VIEWS), "table")
+    out = output.list_output(typed(m.ListReply, list_doc(VIEWS)), "table")
     lines = out.splitlines()
     assert lines[0].split() == ["Name", "State", "IPv4", "Image"]
     assert lines[1].split() == ["alpha", "Running", "10.0.2.15", "ketch", "tiny", "2026-11-26"]
@@ -138,13 +148,12 @@ def test_list_table() -> None:
 
 
 def test_list_table_empty_says_no_instances() -> None:
-    assert output.list_output({"list": []}, "table") == "No instances found.\n"
-    assert output.list_output({}, "table") == "No instances found.\n"
+    assert output.list_output(typed(m.ListReply, {"list": []}), "table") == "No instances found.\n"
 
 
 def test_list_json_is_multipass_shaped() -> None:
     doc = list_doc(VIEWS)
-    out = json.loads(output.list_output(doc, "json"))
+    out = json.loads(output.list_output(typed(m.ListReply, doc), "json"))
     assert list(out) == ["list"]
     assert out == doc
     first = out["list"][0]
@@ -154,11 +163,11 @@ def test_list_json_is_multipass_shaped() -> None:
 
 
 def test_list_json_empty() -> None:
-    assert json.loads(output.list_output({"list": []}, "json")) == {"list": []}
+    assert json.loads(output.list_output(typed(m.ListReply, {"list": []}), "json")) == {"list": []}
 
 
 def test_list_csv() -> None:
-    rows = csv_rows(output.list_output(list_doc(VIEWS), "csv"))
+    rows = csv_rows(output.list_output(typed(m.ListReply, list_doc(VIEWS)), "csv"))
     assert rows[0] == ["Name", "State", "IPv4", "IPv6", "Release", "AllIPv4", "SSH"]
     assert rows[1] == [
         "alpha", "Running", "10.0.2.15", "", "ketch tiny 2026-11-26", "10.0.2.15",
@@ -169,13 +178,13 @@ def test_list_csv() -> None:
 
 
 def test_list_csv_empty_is_header_only() -> None:
-    assert csv_rows(output.list_output({"list": []}, "csv")) == [
+    assert csv_rows(output.list_output(typed(m.ListReply, {"list": []}), "csv")) == [
         ["Name", "State", "IPv4", "IPv6", "Release", "AllIPv4", "SSH"]
     ]
 
 
 def test_list_yaml_is_keyed_by_name() -> None:
-    out = yaml.safe_load(output.list_output(list_doc(VIEWS), "yaml"))
+    out = yaml.safe_load(output.list_output(typed(m.ListReply, list_doc(VIEWS)), "yaml"))
     assert list(out) == ["alpha", "bravo", "charlie"]
     assert out["alpha"][0]["state"] == "Running"
     assert out["alpha"][0]["ipv4"] == ["10.0.2.15"]
@@ -185,7 +194,7 @@ def test_list_yaml_is_keyed_by_name() -> None:
 
 def test_list_yaml_of_names_that_look_like_other_types() -> None:
     doc = list_doc([view("yes", State.STOPPED), view("n1e5", State.STOPPED)])
-    out = yaml.safe_load(output.list_output(doc, "yaml"))
+    out = yaml.safe_load(output.list_output(typed(m.ListReply, doc), "yaml"))
     assert set(out) == {"yes", "n1e5"}
 
 
@@ -194,7 +203,7 @@ def test_list_yaml_of_names_that_look_like_other_types() -> None:
 
 def test_info_json_is_multipass_shaped() -> None:
     doc = info_doc(VIEWS[:2], errors=['instance "ghost" does not exist'])
-    out = json.loads(output.info_output(doc, "json"))
+    out = json.loads(output.info_output(typed(m.InfoReply, doc), "json"))
     assert list(out) == ["errors", "info"]
     assert out["errors"] == ['instance "ghost" does not exist']
     assert set(out["info"]) == {"alpha", "bravo"}
@@ -224,7 +233,9 @@ def table_fields(out: str) -> dict[str, str]:
 
 
 def test_info_table_fields_of_a_running_instance() -> None:
-    fields = table_fields(output.info_output(info_doc([VIEWS[0]], guest=GUEST), "table"))
+    fields = table_fields(
+        output.info_output(typed(m.InfoReply, info_doc([VIEWS[0]], guest=GUEST)), "table")
+    )
     assert fields["Name"] == "alpha"
     assert fields["State"] == "Running"
     assert fields["Snapshots"] == "0"
@@ -243,7 +254,7 @@ def test_info_table_fields_of_a_running_instance() -> None:
 
 
 def test_info_table_fields_of_a_stopped_instance() -> None:
-    fields = table_fields(output.info_output(info_doc([VIEWS[2]]), "table"))
+    fields = table_fields(output.info_output(typed(m.InfoReply, info_doc([VIEWS[2]])), "table"))
     assert fields["State"] == "Suspended"
     assert fields["IPv4"] == "--"
     assert fields["Release"] == "--"
@@ -254,13 +265,13 @@ def test_info_table_fields_of_a_stopped_instance() -> None:
 
 
 def test_info_table_values_line_up_at_column_16() -> None:
-    out = output.info_output(info_doc([VIEWS[0]]), "table")
+    out = output.info_output(typed(m.InfoReply, info_doc([VIEWS[0]])), "table")
     for line in out.splitlines():
         assert line[15] == " " and line[16] != " ", line
 
 
 def test_info_table_shows_inconsistencies_with_their_way_out() -> None:
-    out = output.info_output(info_doc([VIEWS[1]]), "table")
+    out = output.info_output(typed(m.InfoReply, info_doc([VIEWS[1]])), "table")
     lines = out.splitlines()
     i = next(n for n, line in enumerate(lines) if line.startswith("Inconsistency:"))
     assert STRAY.message in lines[i]
@@ -273,19 +284,19 @@ def test_info_table_shows_inconsistencies_with_their_way_out() -> None:
 def test_info_table_shows_delayed_shutdown_and_quarantine() -> None:
     v = view("d", State.DELAYED_SHUTDOWN, running=True, shutdown_at=1795670400.0,
              quarantine="disk is corrupt")  # fmt: skip
-    out = output.info_output(info_doc([v]), "table")
+    out = output.info_output(typed(m.InfoReply, info_doc([v])), "table")
     assert "Shutdown at:    2026-11-26T" in out
     assert "Quarantine:     disk is corrupt" in out
 
 
 def test_info_table_several_instances_are_blank_line_separated() -> None:
-    out = output.info_output(info_doc(VIEWS), "table")
+    out = output.info_output(typed(m.InfoReply, info_doc(VIEWS)), "table")
     blocks = out.rstrip("\n").split("\n\n")
     assert [b.splitlines()[0].split()[1] for b in blocks] == ["alpha", "bravo", "charlie"]
 
 
 def test_info_csv() -> None:
-    out = output.info_output(info_doc(VIEWS[:2], guest=GUEST), "csv")
+    out = output.info_output(typed(m.InfoReply, info_doc(VIEWS[:2], guest=GUEST)), "csv")
     rows = csv_rows(out)
     header = rows[0]
     assert header[:5] == ["Name", "State", "Ipv4", "Ipv6", "Release"]
@@ -305,7 +316,9 @@ def test_info_csv() -> None:
 
 
 def test_info_yaml() -> None:
-    out = yaml.safe_load(output.info_output(info_doc([VIEWS[0]], errors=["x"]), "yaml"))
+    out = yaml.safe_load(
+        output.info_output(typed(m.InfoReply, info_doc([VIEWS[0]], errors=["x"])), "yaml")
+    )
     assert out["errors"] == ["x"]
     assert out["alpha"]["state"] == "Running"
     assert out["alpha"]["ssh"] == {"host": "127.0.0.1", "port": 42001, "user": "ubuntu"}
@@ -342,7 +355,7 @@ def find_doc() -> dict[str, Any]:
 
 
 def test_find_table() -> None:
-    out = output.find_output(find_doc(), "table")
+    out = output.find_output(typed(m.FindReply, find_doc()), "table")
     lines = out.splitlines()
     assert lines[0].split() == ["Image", "Aliases", "Version", "Description"]
     assert lines[1].split()[0] == "tiny"
@@ -355,13 +368,13 @@ def test_find_table() -> None:
 
 def test_find_table_only_errors_is_empty_and_errors_are_listed_apart() -> None:
     doc = wire({"images": [asdict(FindRow(remote="broken", error="offline"))]})
-    assert output.find_output(doc, "table") == ""
-    assert output.find_errors(doc) == ["offline"]
-    assert output.find_errors(find_doc()) == ["HTTP 404 Not Found"]
+    assert output.find_output(typed(m.FindReply, doc), "table") == ""
+    assert output.find_errors(typed(m.FindReply, doc)) == ["offline"]
+    assert output.find_errors(typed(m.FindReply, find_doc())) == ["HTTP 404 Not Found"]
 
 
 def test_find_csv_skips_error_rows() -> None:
-    rows = csv_rows(output.find_output(find_doc(), "csv"))
+    rows = csv_rows(output.find_output(typed(m.FindReply, find_doc()), "csv"))
     assert rows[0] == ["Image", "Remote", "Aliases", "OS", "Release", "Version"]
     assert rows[2] == ["noble", "release", "noble,24.04,lts", "Ubuntu", "24.04 LTS", "20261120"]
     assert [r[1] for r in rows[1:]] == ["ketch", "release", "mirror"]
@@ -370,7 +383,7 @@ def test_find_csv_skips_error_rows() -> None:
 @pytest.mark.parametrize("fmt", ["json", "yaml"])
 def test_find_json_and_yaml_keep_the_document(fmt: str) -> None:
     doc = find_doc()
-    text = output.find_output(doc, fmt)
+    text = output.find_output(typed(m.FindReply, doc), fmt)
     assert (json.loads(text) if fmt == "json" else yaml.safe_load(text)) == doc
 
 
@@ -403,3 +416,20 @@ def test_table_pads_to_the_widest_cell() -> None:
 
 def test_to_csv_quotes_commas() -> None:
     assert output.to_csv(["a"], [["x,y"]]) == 'a\n"x,y"\n'
+
+
+def test_json_and_yaml_output_are_byte_for_byte_the_daemons_document() -> None:
+    """Through the typed models and back: same keys, same order, same value types."""
+    docs: list[tuple[Any, type[Any], Any]] = [
+        (list_doc(VIEWS), m.ListReply, output.list_output),
+        (info_doc(VIEWS, errors=["e"], guest=GUEST), m.InfoReply, output.info_output),
+        (info_doc(VIEWS[1:]), m.InfoReply, output.info_output),
+        (find_doc(), m.FindReply, output.find_output),
+    ]
+    for doc, model, show in docs:
+        assert show(typed(model, doc), "json") == json.dumps(doc, indent=4) + "\n"
+    info = info_doc(VIEWS, guest=GUEST)
+    expected = yaml.safe_dump(
+        {"errors": [], **info["info"]}, sort_keys=False, default_flow_style=False
+    )
+    assert output.info_output(typed(m.InfoReply, info), "yaml") == expected

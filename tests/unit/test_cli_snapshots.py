@@ -11,15 +11,24 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 import pytest
 import yaml
 
+from ketch.api import models as m
 from ketch.cli import main as cli
 from ketch.cli import output
 from ketch.cli.main import build_parser
-from ketch.errors import EXIT_USAGE
+from ketch.errors import EXIT_USAGE, InvalidArgument
+
+T = TypeVar("T")
+
+
+def typed(model: type[T], doc: Any) -> T:
+    """A document as the client decodes it (through JSON into the reply model)."""
+    return msgspec.json.decode(json.dumps(doc), type=model)
 
 
 @pytest.fixture
@@ -61,7 +70,7 @@ def test_restore_clone_list_flags() -> None:
 
 @pytest.mark.parametrize("ref", ["web", "web.", ".snap", ""])
 def test_bad_snapshot_references(ref: str) -> None:
-    with pytest.raises(cli.InvalidArgument, match="invalid snapshot") as err:
+    with pytest.raises(InvalidArgument, match="invalid snapshot") as err:
         cli._snapshot_ref(ref)
     assert err.value.hint is not None and "INSTANCE.SNAPSHOT" in err.value.hint
 
@@ -117,7 +126,7 @@ LIST_DOC: dict[str, Any] = {
 
 
 def test_snapshot_list_table() -> None:
-    text = output.snapshot_list_output(LIST_DOC, "table")
+    text = output.snapshot_list_output(typed(m.SnapshotListReply, LIST_DOC), "table")
     lines = text.splitlines()
     assert lines[0].split() == ["Instance", "Snapshot", "Parent", "Comment"]
     assert lines[1].split() == ["web", "snapshot1", "--", "--"]
@@ -128,20 +137,30 @@ def test_snapshot_list_table() -> None:
 
 
 def test_snapshot_list_empty() -> None:
-    assert output.snapshot_list_output({"errors": [], "info": {}}, "table") == (
-        "No snapshots found.\n"
-    )
-    assert output.snapshot_list_output({"errors": [], "info": {}}, "csv") == (
-        "Instance,Snapshot,Parent,Comment\n"
-    )
+    assert output.snapshot_list_output(
+        typed(m.SnapshotListReply, {"errors": [], "info": {}}), "table"
+    ) == ("No snapshots found.\n")
+    assert output.snapshot_list_output(
+        typed(m.SnapshotListReply, {"errors": [], "info": {}}), "csv"
+    ) == ("Instance,Snapshot,Parent,Comment\n")
 
 
 def test_snapshot_list_csv_json_yaml() -> None:
-    rows = list(csv.reader(io.StringIO(output.snapshot_list_output(LIST_DOC, "csv"))))
+    rows = list(
+        csv.reader(
+            io.StringIO(output.snapshot_list_output(typed(m.SnapshotListReply, LIST_DOC), "csv"))
+        )
+    )
     assert rows[0] == ["Instance", "Snapshot", "Parent", "Comment"]
     assert rows[2] == ["web", "snapshot2", "snapshot1", "before the upgrade\nsecond line"]
-    assert json.loads(output.snapshot_list_output(LIST_DOC, "json")) == LIST_DOC
-    assert yaml.safe_load(output.snapshot_list_output(LIST_DOC, "yaml")) == LIST_DOC
+    assert (
+        json.loads(output.snapshot_list_output(typed(m.SnapshotListReply, LIST_DOC), "json"))
+        == LIST_DOC
+    )
+    assert (
+        yaml.safe_load(output.snapshot_list_output(typed(m.SnapshotListReply, LIST_DOC), "yaml"))
+        == LIST_DOC
+    )
 
 
 SNAP = {
@@ -159,7 +178,7 @@ SNAP = {
 
 def test_snapshot_info_table() -> None:
     doc = {"errors": [], "info": {"web": {"snapshots": {"snapshot1": SNAP}}}}
-    text = output.info_output(doc, "table")
+    text = output.info_output(typed(m.InfoReply, doc), "table")
     pairs = dict(line.split(":", 1) for line in text.splitlines())
     assert {k: v.strip() for k, v in pairs.items()} == {
         "Snapshot": "snapshot1",
@@ -177,7 +196,7 @@ def test_snapshot_info_table() -> None:
 
 def test_snapshot_info_csv() -> None:
     doc = {"errors": [], "info": {"web": {"snapshots": {"snapshot1": SNAP}}}}
-    rows = list(csv.reader(io.StringIO(output.info_output(doc, "csv"))))
+    rows = list(csv.reader(io.StringIO(output.info_output(typed(m.InfoReply, doc), "csv"))))
     assert rows[0][:2] == ["Snapshot", "Instance"]
     assert rows[1][:3] == ["snapshot1", "web", "2"] and rows[1][-2:] == [
         "snapshot2;snapshot3",
@@ -186,17 +205,30 @@ def test_snapshot_info_csv() -> None:
 
 
 def test_instance_and_snapshot_info_together() -> None:
-    instance = {
+    instance: dict[str, Any] = {
         "state": "Stopped",
-        "snapshot_count": "1",
-        "ipv4": [],
+        "image_release": "ketch tiny",
+        "image_hash": "ketch:tiny@1",
+        "release": "",
         "cpu_count": "1",
         "memory": {"total": 1024**3},
         "disks": {"vda1": {"total": str(5 * 1024**3)}},
-        "ssh": {"user": "ubuntu", "port": 42001},
+        "load": [],
+        "ipv4": [],
+        "mounts": {},
+        "snapshot_count": "1",
+        "created": "2026-11-26T00:00:00Z",
+        "ssh": {"host": "127.0.0.1", "user": "ubuntu", "port": 42001},
+        "accel": "",
+        "image": "tiny",
+        "pid": None,
+        "quarantine": None,
+        "inconsistencies": [],
         "snapshots": {"snapshot1": SNAP},
     }
-    text = output.info_output({"errors": [], "info": {"web": instance}}, "table")
+    text = output.info_output(
+        typed(m.InfoReply, {"errors": [], "info": {"web": instance}}), "table"
+    )
     first, second = text.split("\n\n")
     assert "Name:           web" in first and "Snapshots:      1" in first
     assert second.startswith("Snapshot:       snapshot1")

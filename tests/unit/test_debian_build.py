@@ -15,9 +15,12 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import yaml
 
+from ketch.api.models import BuildBody, BuildResult
+from ketch.api.routes import Route
 from ketch.cli import main as cli
 from ketch.errors import ImageError, InvalidArgument, NotFound
 from ketch.host import partitions
@@ -581,14 +584,14 @@ def test_service_build_routes_by_name() -> None:
 def test_cli_image_build_sends_the_name(monkeypatch: pytest.MonkeyPatch) -> None:
     sent: list[tuple[str, dict[str, Any]]] = []
 
-    def stream(path: str, body: dict[str, Any]) -> dict[str, Any]:
-        sent.append((path, body))
-        return {"id": INFO.id, "disk": INFO.disk, "release": INFO.release}
+    def stream(route: Route[BuildBody, BuildResult], body: BuildBody) -> BuildResult:
+        sent.append((route.path, msgspec.to_builtins(body)))
+        return BuildResult(id=INFO.id, disk=INFO.disk, release=INFO.release)
 
     monkeypatch.setattr(cli, "_stream", stream)
     args = cli.build_parser().parse_args(["image", "build", "debian-12", "--force"])
     assert cli.cmd_image(args) == 0
-    assert sent == [("/v1/images/build", {"force": True, "name": "debian-12"})]
+    assert sent == [("/v1/images/build", {"name": "debian-12", "force": True})]
     args = cli.build_parser().parse_args(["image", "build", "debian-11"])
     with pytest.raises(InvalidArgument, match="unknown image") as err:
         cli.cmd_image(args)

@@ -7,6 +7,8 @@ Multipass has one (``list``, ``info``, ``find``), so ``--format json``
 prints exactly what the daemon sent.
 """
 
+from __future__ import annotations
+
 import builtins
 from typing import Annotated, Any, Literal
 

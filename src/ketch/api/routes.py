@@ -5,14 +5,18 @@ reply (for a read) or stream result (for an operation, whose 200 answer is
 NDJSON events ending in a ``result`` or ``error``).  The daemon binds each
 route to the handler method of the same ``name``; the client sends requests
 and decodes replies through the same route; the OpenAPI document is made
-from this table.  Adding a route is one :class:`Route` here and one handler.
+from this table.  Adding a route is one :class:`Route` here (listed in
+:data:`ROUTES`) and one handler method of the same name on
+:class:`ketch.daemon.api.Api`, which returns the reply (a model, or a dict
+the model checks), an ``Op`` (a new operation to stream) or ``Events`` (a
+stream it already has, e.g. re-attaching to an operation in flight); see
+:mod:`ketch.daemon.wire`.
 
 Order matters: aiohttp takes the first route whose path matches.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from ketch.api import models as m
@@ -24,22 +28,43 @@ R = TypeVar("R", bound=m.Reply)
 STREAM_TYPE = "application/x-ndjson"
 
 
-@dataclass(frozen=True)
 class Route(Generic[B, R]):
-    """One API route.  ``reply`` is the JSON answer, or the stream's result when ``streamed``."""
+    """One API route.  ``reply`` is the JSON answer, or the stream's result when ``streamed``.
 
-    name: str
-    method: str
-    path: str
-    summary: str
-    reply: type[R]
-    body: type[B] | None = None  # None: the route reads no body
-    query: type[m.Body] = m.NoQuery
-    streamed: bool = False
+    (A plain class, not a dataclass: ``dataclasses`` would cost ``ketch list`` a
+    millisecond and a half of import for nothing.)
+    """
+
+    __slots__ = ("body", "method", "name", "path", "query", "reply", "streamed", "summary")
+
+    def __init__(
+        self,
+        name: str,
+        method: str,
+        path: str,
+        summary: str,
+        reply: type[R],
+        body: type[B] | None = None,  # None: the route reads no body
+        query: type[m.Body] = m.NoQuery,
+        streamed: bool = False,
+    ) -> None:
+        self.name = name
+        self.method = method
+        self.path = path
+        self.summary = summary
+        self.reply = reply
+        self.body = body
+        self.query = query
+        self.streamed = streamed
+
+    def __repr__(self) -> str:
+        return f"Route({self.method} {self.path} -> {self.name})"
 
     def url(self, **params: str) -> str:
         """The path with its ``{params}`` filled in (each quoted as one segment)."""
-        from urllib.parse import quote
+        if not params:
+            return self.path
+        from urllib.parse import quote  # only when there are parameters: not for 'ketch list'
 
         return self.path.format(**{k: quote(v, safe="") for k, v in params.items()})
 
@@ -91,8 +116,8 @@ SUSPEND: Route[m.Empty, m.NameResult] = Route(
     "suspend", "POST", "/v1/instances/{name}/suspend", "suspend an instance", m.NameResult,
     body=m.Empty, streamed=True,
 )  # fmt: skip
-RESTART: Route[m.Empty, m.NameResult] = Route(
-    "restart", "POST", "/v1/instances/{name}/restart", "restart an instance", m.NameResult,
+RESTART: Route[m.Empty, m.StartResult] = Route(
+    "restart", "POST", "/v1/instances/{name}/restart", "restart an instance", m.StartResult,
     body=m.Empty, streamed=True,
 )  # fmt: skip
 DELETE: Route[m.DeleteBody, m.DeleteResult] = Route(

@@ -9,11 +9,21 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ketch import __version__
+from ketch.api import models as m
+from ketch.api import routes
 from ketch.cli import output
+from ketch.cli.parser import Parser
 from ketch.errors import EXIT_FAILED, EXIT_USAGE, InvalidArgument, KetchError
+
+if TYPE_CHECKING:
+    from ketch.client import Client
+    from ketch.model import SshTarget
+
+B = TypeVar("B", bound=m.Body)
+R = TypeVar("R", bound=m.Reply)
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -52,39 +62,24 @@ HELP = {
 VERBS = (set(HELP) | {"ls", "sh", "connect", "copy-files"}) - {"help", "completion"}
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse that exits 1 on bad usage, as Multipass does."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-
-
-def _client() -> Any:
+def _client() -> Client:
     from ketch.client import Client
     from ketch.layout import Root, storage_root
 
     return Client(Root(storage_root()))
 
 
-def _stream(path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+def _stream(route: routes.Route[B, R], body: B | None = None, **params: str) -> R:
+    """Run an operation, showing its events; its result.  Ctrl-C asks ketchd to cancel it."""
     from ketch.cli.progress import interrupted, renderer
 
     client = _client()
     try:
         with renderer() as show:
-            result: dict[str, Any] = client.stream(path, body, show)
+            return client.run(route, body, show, **params)
     except KeyboardInterrupt:
         interrupted(client)  # says whether the daemon cancelled it or it goes on
         raise
-    return result
-
-
-def _q(name: str) -> str:
-    from urllib.parse import quote
-
-    return quote(name, safe="")
 
 
 def _names(args: argparse.Namespace, *, deleted_ok: bool = False) -> list[str]:
@@ -92,16 +87,15 @@ def _names(args: argparse.Namespace, *, deleted_ok: bool = False) -> list[str]:
     if getattr(args, "all", False):
         if args.names:
             raise InvalidArgument("give instance names or --all, not both")
-        doc = _client().get("/v1/instances")
-        return [i["name"] for i in doc["list"] if deleted_ok or i["state"] != "Deleted"]
+        doc = _client().call(routes.LIST)
+        return [i.name for i in doc.list if deleted_ok or i.state != "Deleted"]
     if args.names:
         return list(args.names)
     return [_primary_name()]
 
 
 def _primary_name() -> str:
-    doc = _client().get("/v1/settings/client.primary-name")
-    name = str(doc.get("value") or "")
+    name = _client().call(routes.GET_SETTING, key="client.primary-name").value
     if not name:
         raise InvalidArgument("no instance name given and the primary instance is disabled")
     return name
@@ -111,7 +105,7 @@ def _primary_name() -> str:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {
+    given: dict[str, Any] = {
         "image": args.image,
         "name": args.name,
         "cpus": args.cpus,
@@ -121,9 +115,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
         "firmware": args.firmware,
     }
     if args.cloud_init:
-        body["cloud_init"] = _read_text(args.cloud_init, "cloud-init")
-    result = _stream("/v1/instances", {k: v for k, v in body.items() if v is not None})
-    print(f"Launched: {result['name']}")
+        given["cloud_init"] = _read_text(args.cloud_init, "cloud-init")
+    body = m.LaunchBody(**{k: v for k, v in given.items() if v is not None})
+    result = _stream(routes.LAUNCH, body)
+    print(f"Launched: {result.name}")
     return 0
 
 
@@ -139,10 +134,10 @@ def _read_text(path: str, what: str) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     if args.snapshots:
-        doc = _client().get("/v1/snapshots")
-        sys.stdout.write(output.snapshot_list_output(doc, args.format))
+        listing = _client().call(routes.SNAPSHOTS)
+        sys.stdout.write(output.snapshot_list_output(listing, args.format))
         return 0
-    doc = _client().get("/v1/instances")
+    doc = _client().call(routes.LIST)
     sys.stdout.write(output.list_output(doc, args.format))
     return 0
 
@@ -154,29 +149,34 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.snapshots:  # every snapshot of the named instances (all with --all), in detail
         if any("." in n for n in names):
             raise InvalidArgument("--snapshots takes instance names, not INSTANCE.SNAPSHOT")
-        listing = _client().get("/v1/snapshots", names=",".join(names))
-        names = [f"{i}.{s}" for i, snaps in listing.get("info", {}).items() for s in snaps]
+        listing = _client().call(routes.SNAPSHOTS, query={"names": ",".join(names)})
+        names = [f"{i}.{s}" for i, snaps in listing.info.items() for s in snaps]
         if not names:
-            for err in listing.get("errors", []):
+            for err in listing.errors:
                 print(f"info failed: {err}", file=sys.stderr)
-            if listing.get("errors"):
+            if listing.errors:
                 return 2
             print("No snapshots found.", file=sys.stderr)
             return 0
-    doc = _client().get("/v1/info", names=",".join(names))
+    doc = _client().call(routes.INFO, query={"names": ",".join(names)})
     sys.stdout.write(output.info_output(doc, args.format))
-    for err in doc.get("errors", []):
+    for err in doc.errors:
         print(f"info failed: {err}", file=sys.stderr)
-    return 2 if doc.get("errors") else 0
+    return 2 if doc.errors else 0
 
 
 def _each(
-    verb: str, args: argparse.Namespace, body: dict[str, Any], *, deleted_ok: bool = False
+    route: routes.Route[B, Any],
+    args: argparse.Namespace,
+    body: B | None = None,
+    *,
+    deleted_ok: bool = False,
 ) -> int:
+    verb = route.name
     failed = 0
     for name in _names(args, deleted_ok=deleted_ok):
         try:
-            _stream(f"/v1/instances/{_q(name)}/{verb}", body)
+            _stream(route, body, name=name)
         except KetchError as exc:
             failed = failed or exc.exit_code
             _report(verb, exc)
@@ -184,29 +184,29 @@ def _each(
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    return _each("start", args, {})
+    return _each(routes.START, args)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
     if args.force and (args.time or args.cancel):
         raise InvalidArgument("--force cannot be combined with --time or --cancel")
-    body: dict[str, Any] = {"force": args.force, "cancel": args.cancel}
+    minutes = None
     if args.time:
         try:
-            body["time"] = float(args.time.lstrip("+"))
+            minutes = float(args.time.lstrip("+"))
         except ValueError as exc:
             raise InvalidArgument(
                 f"invalid time '{args.time}'", hint="give minutes, e.g. 5"
             ) from exc
-    return _each("stop", args, body)
+    return _each(routes.STOP, args, m.StopBody(force=args.force, cancel=args.cancel, time=minutes))
 
 
 def cmd_suspend(args: argparse.Namespace) -> int:
-    return _each("suspend", args, {})
+    return _each(routes.SUSPEND, args)
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
-    return _each("restart", args, {})
+    return _each(routes.RESTART, args)
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
@@ -235,13 +235,14 @@ def cmd_delete(args: argparse.Namespace) -> int:
     failed = 0
     for instance, snapshot in refs:  # first: deleting an instance may take its snapshots
         try:
-            _stream(f"/v1/instances/{_q(instance)}/snapshots/{_q(snapshot)}/delete", {})
+            _stream(routes.SNAPSHOT_DELETE, name=instance, snapshot=snapshot)
         except KetchError as exc:
             failed = failed or exc.exit_code
             _report("delete", exc)
     args.names = [n for n in args.names if "." not in n]
     if args.names or args.all:
-        failed = _each("delete", args, {"purge": args.purge}, deleted_ok=args.purge) or failed
+        body = m.DeleteBody(purge=args.purge)
+        failed = _each(routes.DELETE, args, body, deleted_ok=args.purge) or failed
     return failed
 
 
@@ -277,15 +278,15 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
             f"invalid instance name '{args.instance}'",
             hint="give the instance name only; name the snapshot with --name",
         )
-    body = {"name": args.name, "comment": args.comment}
-    result = _stream(f"/v1/instances/{_q(args.instance)}/snapshots", body)
-    print(f"Snapshot taken: {args.instance}.{result['snapshot']}")
+    body = m.SnapshotBody(name=args.name, comment=args.comment)
+    result = _stream(routes.SNAPSHOT, body, name=args.instance)
+    print(f"Snapshot taken: {args.instance}.{result.snapshot}")
     return 0
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
     instance, snapshot = _snapshot_ref(args.snapshot)
-    body: dict[str, Any] = {"destructive": True}
+    body = m.RestoreBody(destructive=True)
     if not args.destructive:
         answer = _ask(
             f"Do you want to take a snapshot of {instance} before discarding its current "
@@ -297,45 +298,51 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 "to ask whether to snapshot it first",
                 hint=f"add --destructive to discard it, or run 'ketch snapshot {instance}' first",
             )
-        body = {"snapshot_first": True} if answer else {"destructive": True}
-    result = _stream(f"/v1/instances/{_q(instance)}/snapshots/{_q(snapshot)}/restore", body)
-    if result.get("saved"):
-        print(f"Snapshot taken: {instance}.{result['saved']}")
+        body = m.RestoreBody(snapshot_first=True) if answer else m.RestoreBody(destructive=True)
+    result = _stream(routes.RESTORE, body, name=instance, snapshot=snapshot)
+    if result.saved:
+        print(f"Snapshot taken: {instance}.{result.saved}")
     print(f"Snapshot restored: {instance}.{snapshot}")
     return 0
 
 
 def cmd_clone(args: argparse.Namespace) -> int:
-    body = {"name": args.name} if args.name else {}
-    result = _stream(f"/v1/instances/{_q(args.source)}/clone", body)
-    print(f"Cloned from {args.source} to {result['name']}.")
+    result = _stream(routes.CLONE, m.CloneBody(name=args.name or None), name=args.source)
+    print(f"Cloned from {args.source} to {result.name}.")
     return 0
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
     if not args.names and not args.all:
         raise InvalidArgument("give instance names or --all")
-    return _each("recover", args, {}, deleted_ok=True)
+    return _each(routes.RECOVER, args, deleted_ok=True)
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    _stream("/v1/purge")
+    _stream(routes.PURGE)
     return 0
 
 
-def _target(name: str) -> Any:
+def _target(name: str) -> SshTarget:
     from ketch.errors import RemoteError
     from ketch.model import SshTarget
 
     client = _client()
     try:
-        doc = client.get(f"/v1/instances/{_q(name)}/ssh")
+        doc = client.call(routes.SSH, name=name)
     except RemoteError as exc:
         if exc.code != "invalid-state":
             raise
-        _stream(f"/v1/instances/{_q(name)}/start")  # as Multipass: start it first
-        doc = client.get(f"/v1/instances/{_q(name)}/ssh")
-    return SshTarget(**doc)
+        _stream(routes.START, name=name)  # as Multipass: start it first
+        doc = client.call(routes.SSH, name=name)
+    return SshTarget(
+        name=doc.name,
+        host=doc.host,
+        port=doc.port,
+        user=doc.user,
+        identity=doc.identity,
+        known_hosts=doc.known_hosts,
+    )
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
@@ -369,12 +376,12 @@ def cmd_shell(args: argparse.Namespace) -> int:
     name = args.name or _primary_name()
     if not args.name:
         try:
-            _client().get("/v1/info", names=name)
+            _client().call(routes.INFO, query={"names": name})
         except RemoteError as exc:
             if exc.code != "not-found":
                 raise
             print(f"Launching {name}", file=sys.stderr)
-            _stream("/v1/instances", {"name": name})
+            _stream(routes.LAUNCH, m.LaunchBody(name=name))
     return guest.shell(_target(name))
 
 
@@ -394,8 +401,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
 
 def cmd_find(args: argparse.Namespace) -> int:
-    query = {"query": args.query} if args.query else {}
-    doc = _client().get("/v1/find", **query)
+    doc = _client().call(routes.FIND, query={"query": args.query} if args.query else None)
     sys.stdout.write(output.find_output(doc, args.format))
     for error in output.find_errors(doc):
         print(f"warning: {error}", file=sys.stderr)
@@ -403,8 +409,7 @@ def cmd_find(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    doc = _client().get(f"/v1/settings/{_q(args.key)}")
-    print(doc["value"])
+    print(_client().call(routes.GET_SETTING, key=args.key).value)
     return 0
 
 
@@ -412,7 +417,7 @@ def cmd_set(args: argparse.Namespace) -> int:
     key, sep, value = args.assignment.partition("=")
     if not sep or not key:
         raise InvalidArgument(f"invalid setting '{args.assignment}'", hint="use KEY=VALUE")
-    _client().put(f"/v1/settings/{_q(key)}", {"value": value})
+    _client().call(routes.SET_SETTING, m.SettingBody(value=value), key=key)
     return 0
 
 
@@ -422,40 +427,40 @@ def cmd_image(args: argparse.Namespace) -> int:
             raise InvalidArgument(
                 f"unknown image '{args.name}'", hint="ketch can build: " + ", ".join(BUILDABLE)
             )
-        result = _stream("/v1/images/build", {"force": args.force, "name": args.name})
-        print(f"Built: {result['id']} ({result['disk']})")
+        result = _stream(routes.BUILD, m.BuildBody(name=args.name, force=args.force))
+        print(f"Built: {result.id} ({result.disk})")
         return 0
     if args.image_command == "prune":
-        doc = _client().post("/v1/images/prune", {"days": args.days})
-        for e in doc["removed"]:
-            print(f"Removed {e['digest'][:12]} ({output.human(e['size'])})")
+        pruned = _client().call(routes.PRUNE, m.PruneBody(days=args.days))
+        for e in pruned.removed:
+            print(f"Removed {e.digest[:12]} ({output.human(e.size)})")
         return 0
-    doc = _client().get("/v1/images")
+    doc = _client().call(routes.IMAGES)
     if args.format != "table":
         fmt = output.to_json if args.format == "json" else output.to_yaml
-        sys.stdout.write(fmt(doc))
+        sys.stdout.write(fmt(output.plain(doc)))
         return 0
     rows = [
         [
-            e["digest"] if e["source"] == "built" else e["digest"][:12],
-            output.human(e["size"]),
-            ",".join(e["owners"]) or "--",
-            e["source"] or "--",
+            e.digest if e.source == "built" else e.digest[:12],
+            output.human(e.size),
+            ",".join(e.owners) or "--",
+            e.source or "--",
         ]
-        for e in doc["images"]
+        for e in doc.images
     ]
     sys.stdout.write(output.table(["Image", "Size", "Used by", "Source"], rows))
     return 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    result = _stream("/v1/doctor", {"names": list(args.names), "fix": args.fix})
-    findings = result.get("findings", [])
+    result = _stream(routes.DOCTOR, m.DoctorBody(names=list(args.names), fix=args.fix))
+    findings = result.findings
     if args.format == "json":
-        sys.stdout.write(output.to_json(result))
+        sys.stdout.write(output.to_json(output.plain(result)))
     else:
         sys.stdout.write(output.doctor_output(findings, fixed=args.fix))
-    unresolved = [f for f in findings if not f.get("fixed")]
+    unresolved = [f for f in findings if not f.fixed]
     return 2 if unresolved else 0
 
 
@@ -463,7 +468,7 @@ def cmd_version(args: argparse.Namespace) -> int:
     from ketch.errors import DaemonUnreachable
 
     try:
-        daemon = _client().get("/v1/version").get("ketchd", "")
+        daemon = _client().call(routes.VERSION).ketchd
     except DaemonUnreachable:
         daemon = ""
     if args.format == "json":

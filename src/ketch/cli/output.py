@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from ketch.api import models as m
 
 FORMATS = ("table", "json", "csv", "yaml")
 
 
+def plain(doc: Any) -> Any:
+    """A reply model as the JSON document it came as (field order and all)."""
+    return msgspec.to_builtins(doc)
+
+
 def to_json(doc: Any) -> str:
+    import json  # only for --format json
+
     return json.dumps(doc, indent=4) + "\n"
 
 
@@ -22,6 +31,9 @@ def to_yaml(doc: Any) -> str:
 
 
 def to_csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    import csv  # only for --format csv
+    import io
+
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
@@ -52,24 +64,25 @@ def human(n: int | str | None) -> str:
     return str(n)
 
 
-def list_output(doc: dict[str, Any], fmt: str) -> str:
-    items = doc.get("list", [])
+def list_output(doc: m.ListReply, fmt: str) -> str:
+    items = doc.list
     if fmt == "json":
-        return to_json(doc)
+        return to_json(plain(doc))
     if fmt == "yaml":
-        return to_yaml({i["name"]: [{k: v for k, v in i.items() if k != "name"}] for i in items})
+        entries = [plain(i) for i in items]
+        return to_yaml({e["name"]: [{k: v for k, v in e.items() if k != "name"}] for e in entries})
     if fmt == "csv":
         return to_csv(
             ["Name", "State", "IPv4", "IPv6", "Release", "AllIPv4", "SSH"],
             [
                 [
-                    i["name"],
-                    i["state"],
-                    (i["ipv4"] or [""])[0],
+                    i.name,
+                    i.state,
+                    (i.ipv4 or [""])[0],
                     "",
-                    i["release"],
-                    ",".join(i["ipv4"]),
-                    f"127.0.0.1:{i['ssh_port']}",
+                    i.release,
+                    ",".join(i.ipv4),
+                    f"127.0.0.1:{i.ssh_port}",
                 ]
                 for i in items
             ],
@@ -78,28 +91,25 @@ def list_output(doc: dict[str, Any], fmt: str) -> str:
         return "No instances found.\n"
     rows = [
         [
-            i["name"],
-            i["state"] + (" (!)" if i.get("inconsistencies") else ""),
-            (i["ipv4"] or ["--"])[0],
-            i["release"] or "--",
+            i.name,
+            i.state + (" (!)" if i.inconsistencies else ""),
+            (i.ipv4 or ["--"])[0],
+            i.release or "--",
         ]
         for i in items
     ]
     return table(["Name", "State", "IPv4", "Image"], rows)
 
 
-def info_output(doc: dict[str, Any], fmt: str) -> str:
-    everything: dict[str, Any] = doc.get("info", {})
+def info_output(doc: m.InfoReply, fmt: str) -> str:
     if fmt == "json":
-        return to_json(doc)
+        return to_json(plain(doc))
     if fmt == "yaml":
-        return to_yaml({"errors": doc.get("errors", []), **everything})
+        return to_yaml({"errors": doc.errors, **plain(doc.info)})
     # Instances, and snapshots asked for as INSTANCE.SNAPSHOT (under "snapshots").
-    info = {name: i for name, i in everything.items() if "state" in i}
+    info = {name: i for name, i in doc.info.items() if i.is_instance}
     snaps = [
-        (name, snap, s)
-        for name, i in everything.items()
-        for snap, s in i.get("snapshots", {}).items()
+        (name, snap, s) for name, i in doc.info.items() for snap, s in (i.snapshots or {}).items()
     ]
     if not info:
         return snapshot_info_output(snaps, fmt)
@@ -108,7 +118,20 @@ def info_output(doc: dict[str, Any], fmt: str) -> str:
     return _instance_info(info, fmt)
 
 
-def _instance_info(info: dict[str, Any], fmt: str) -> str:
+T = TypeVar("T")
+
+
+def _present(value: T | UnsetType) -> T:
+    """A field every instance entry has (``InfoEntry`` checks that on decoding)."""
+    assert not isinstance(value, UnsetType)
+    return value
+
+
+def _disk(i: m.InfoEntry) -> m.Disk | None:
+    return next(iter(_present(i.disks).values()), None)
+
+
+def _instance_info(info: dict[str, m.InfoEntry], fmt: str) -> str:
     if fmt == "csv":
         header = [
             "Name", "State", "Ipv4", "Ipv6", "Release", "Image hash", "Image release",
@@ -117,64 +140,63 @@ def _instance_info(info: dict[str, Any], fmt: str) -> str:
         ]  # fmt: skip
         rows = []
         for name, i in info.items():
-            disk: dict[str, Any] = next(iter(i.get("disks", {}).values()), {})
+            disk, mem, ipv4 = _disk(i), _present(i.memory), _present(i.ipv4)
             rows.append(
                 [
                     name,
-                    i["state"],
-                    (i["ipv4"] or [""])[0],
+                    i.state,
+                    (ipv4 or [""])[0],
                     "",
-                    i.get("release", ""),
-                    i.get("image_hash", ""),
-                    i.get("image_release", ""),
-                    " ".join(str(x) for x in i.get("load", [])),
-                    disk.get("used", ""),
-                    disk.get("total", ""),
-                    i["memory"].get("used", ""),
-                    i["memory"]["total"],
+                    i.release,
+                    i.image_hash,
+                    i.image_release,
+                    " ".join(str(x) for x in _present(i.load)),
+                    (disk.used or "") if disk else "",
+                    disk.total if disk else "",
+                    mem.used if mem.used is not UNSET else "",
+                    mem.total,
                     "",
-                    ",".join(i["ipv4"]),
-                    i["cpu_count"],
-                    i.get("snapshot_count", "0"),
-                    i["ssh"]["port"],
-                    i.get("accel", ""),
-                    len(i.get("inconsistencies", [])),
+                    ",".join(ipv4),
+                    i.cpu_count,
+                    i.snapshot_count,
+                    _present(i.ssh).port,
+                    i.accel,
+                    len(_present(i.inconsistencies)),
                 ]
             )
         return to_csv(header, rows)
     blocks = []
     for name, i in info.items():
-        disk = next(iter(i.get("disks", {}).values()), {})
-        mem = i.get("memory", {})
+        disk, mem, ssh = _disk(i), _present(i.memory), _present(i.ssh)
+        used = None if mem.used is UNSET else mem.used
         pairs = [
             ("Name", name),
-            ("State", i["state"]),
-            ("Snapshots", i.get("snapshot_count", "0")),
-            ("IPv4", (i["ipv4"] or ["--"])[0]),
-            ("Release", i.get("release") or "--"),
-            ("Image hash", i.get("image_hash") or "--"),
-            ("Image release", i.get("image_release") or "--"),
-            ("CPU(s)", i.get("cpu_count", "--")),
-            ("Load", " ".join(str(x) for x in i.get("load", [])) or "--"),
-            ("Disk usage", _usage(disk.get("used"), disk.get("total"))),
-            ("Memory usage", _usage(mem.get("used"), mem.get("total"))),
+            ("State", i.state),
+            ("Snapshots", i.snapshot_count),
+            ("IPv4", (_present(i.ipv4) or ["--"])[0]),
+            ("Release", i.release or "--"),
+            ("Image hash", i.image_hash or "--"),
+            ("Image release", i.image_release or "--"),
+            ("CPU(s)", i.cpu_count),
+            ("Load", " ".join(str(x) for x in _present(i.load)) or "--"),
+            ("Disk usage", _usage(disk.used or None, disk.total) if disk else "--"),
+            ("Memory usage", _usage(used, mem.total)),
             ("Mounts", "--"),
-            ("SSH", f"{i['ssh']['user']}@127.0.0.1:{i['ssh']['port']}"),
-            ("Accel", i.get("accel") or "--"),
+            ("SSH", f"{ssh.user}@127.0.0.1:{ssh.port}"),
+            ("Accel", i.accel or "--"),
         ]
-        if i.get("shutdown_at"):
-            pairs.append(("Shutdown at", i["shutdown_at"]))
-        if i.get("quarantine"):
-            pairs.append(("Quarantine", i["quarantine"]))
-        incs = i.get("inconsistencies", [])
-        for n, inc in enumerate(incs):
-            pairs.append(("Inconsistency" if n == 0 else "", f"{inc['message']}"))
-            pairs.append(("", f"  -> {inc['action']}"))
+        if i.shutdown_at:
+            pairs.append(("Shutdown at", i.shutdown_at))
+        if i.quarantine:
+            pairs.append(("Quarantine", i.quarantine))
+        for n, inc in enumerate(_present(i.inconsistencies)):
+            pairs.append(("Inconsistency" if n == 0 else "", f"{inc.message}"))
+            pairs.append(("", f"  -> {inc.action}"))
         blocks.append("\n".join(f"{(k + ':') if k else '':<16}{v}" for k, v in pairs))
     return "\n\n".join(blocks) + "\n"
 
 
-def snapshot_info_output(snaps: Sequence[tuple[str, str, dict[str, Any]]], fmt: str) -> str:
+def snapshot_info_output(snaps: Sequence[tuple[str, str, m.SnapshotInfo]], fmt: str) -> str:
     """Snapshot details as Multipass's ``info INSTANCE.SNAPSHOT`` shows them."""
     if fmt == "csv":
         header = [
@@ -183,41 +205,39 @@ def snapshot_info_output(snaps: Sequence[tuple[str, str, dict[str, Any]]], fmt: 
         ]  # fmt: skip
         rows = [
             [
-                snap, name, s.get("cpu_count", ""), s.get("disk_space", ""),
-                s.get("memory_size", ""), "", s.get("created", ""), s.get("parent", ""),
-                ";".join(s.get("children", [])), s.get("comment", ""),
+                snap, name, s.cpu_count, s.disk_space, s.memory_size, "", s.created, s.parent,
+                ";".join(s.children), s.comment,
             ]
             for name, snap, s in snaps
         ]  # fmt: skip
         return to_csv(header, rows)
     blocks = []
     for name, snap, s in snaps:
-        comment = str(s.get("comment") or "")
         pairs = [
             ("Snapshot", snap),
             ("Instance", name),
-            ("CPU(s)", s.get("cpu_count") or "--"),
-            ("Disk space", human(s.get("disk_space"))),
-            ("Memory size", human(s.get("memory_size"))),
+            ("CPU(s)", s.cpu_count or "--"),
+            ("Disk space", human(s.disk_space)),
+            ("Memory size", human(s.memory_size)),
             ("Mounts", "--"),
-            ("Created", s.get("created") or "--"),
-            ("Parent", s.get("parent") or "--"),
-            ("Children", ", ".join(s.get("children", [])) or "--"),
-            ("Comment", comment.replace("\n", "\n" + " " * 16) or "--"),
+            ("Created", s.created or "--"),
+            ("Parent", s.parent or "--"),
+            ("Children", ", ".join(s.children) or "--"),
+            ("Comment", s.comment.replace("\n", "\n" + " " * 16) or "--"),
         ]
         blocks.append("\n".join(f"{k + ':':<16}{v}" for k, v in pairs))
     return "\n\n".join(blocks) + "\n"
 
 
-def snapshot_list_output(doc: dict[str, Any], fmt: str) -> str:
+def snapshot_list_output(doc: m.SnapshotListReply, fmt: str) -> str:
     """``ketch list --snapshots``: Multipass's columns Instance, Snapshot, Parent, Comment."""
     if fmt == "json":
-        return to_json(doc)
+        return to_json(plain(doc))
     if fmt == "yaml":
-        return to_yaml(doc)
+        return to_yaml(plain(doc))
     rows = [
-        [name, snap, s.get("parent") or "", s.get("comment") or ""]
-        for name, snaps in doc.get("info", {}).items()
+        [name, snap, s.parent, s.comment]
+        for name, snaps in doc.info.items()
         for snap, s in snaps.items()
     ]
     if fmt == "csv":
@@ -243,55 +263,53 @@ def _usage(used: Any, total: Any) -> str:
     return f"{human(used)} out of {human(total)}"
 
 
-def find_output(doc: dict[str, Any], fmt: str) -> str:
-    rows = doc.get("images", [])
+def find_output(doc: m.FindReply, fmt: str) -> str:
+    rows = doc.images
     if fmt == "json":
-        return to_json(doc)
+        return to_json(plain(doc))
     if fmt == "yaml":
-        return to_yaml(doc)
+        return to_yaml(plain(doc))
     if fmt == "csv":
         return to_csv(
             ["Image", "Remote", "Aliases", "OS", "Release", "Version"],
             [
                 [
-                    (r["aliases"] or [r["product"]])[0],
-                    r["remote"],
-                    ",".join(r["aliases"]),
-                    r["os"],
-                    r["release"],
-                    r["version"],
+                    (r.aliases or [r.product])[0],
+                    r.remote,
+                    ",".join(r.aliases),
+                    r.os,
+                    r.release,
+                    r.version,
                 ]
                 for r in rows
-                if not r.get("error")
+                if not r.error
             ],
         )
     table_rows = []
     for r in rows:
-        if r.get("error"):
+        if r.error:
             continue
-        first = (r["aliases"] or [r["product"]])[0]
-        image = first if r["remote"] in ("ketch", "release") else f"{r['remote']}:{first}"
-        table_rows.append(
-            [image, ",".join(r["aliases"][1:]), r["version"], r["description"] or r["release"]]
-        )
+        first = (r.aliases or [r.product])[0]
+        image = first if r.remote in ("ketch", "release") else f"{r.remote}:{first}"
+        table_rows.append([image, ",".join(r.aliases[1:]), r.version, r.description or r.release])
     return table(["Image", "Aliases", "Version", "Description"], table_rows) if table_rows else ""
 
 
-def find_errors(doc: dict[str, Any]) -> list[str]:
+def find_errors(doc: m.FindReply) -> list[str]:
     """Remotes that could not be read, for stderr."""
-    return [r["error"] for r in doc.get("images", []) if r.get("error")]
+    return [r.error for r in doc.images if r.error]
 
 
-def doctor_output(findings: list[dict[str, Any]], *, fixed: bool) -> str:
+def doctor_output(findings: list[m.Finding], *, fixed: bool) -> str:
     if not findings:
         return "No problems found.\n"
     lines = []
     for f in findings:
-        where = f["instance"] or "storage"
-        lines.append(f"{where}: {f['message']}")
+        where = f.instance or "storage"
+        lines.append(f"{where}: {f.message}")
         if fixed:
-            mark = "fixed" if f.get("fixed") else "NOT fixed"
-            lines.append(f"  {mark}: {f.get('outcome') or ''}")
+            mark = "fixed" if f.fixed else "NOT fixed"
+            lines.append(f"  {mark}: {f.outcome or ''}")
         else:
-            lines.append(f"  --fix would: {f['fix']}")
+            lines.append(f"  --fix would: {f.fix}")
     return "\n".join(lines) + "\n"

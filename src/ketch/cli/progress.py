@@ -9,6 +9,8 @@ import sys
 from types import TracebackType
 from typing import Any
 
+from ketch.api import models as m
+
 
 class Plain:
     """One line per step and warning; byte progress at 10 % steps."""
@@ -22,15 +24,14 @@ class Plain:
     def __exit__(self, *exc: object) -> None:
         pass
 
-    def __call__(self, event: dict[str, Any]) -> None:
-        kind = event.get("type")
-        if kind == "step":
-            print(f"{event['message']}", file=sys.stderr, flush=True)
-        elif kind in ("warning", "waiting"):
-            prefix = "warning: " if kind == "warning" else ""
-            print(f"{prefix}{event['message']}", file=sys.stderr, flush=True)
-        elif kind == "progress":
-            total, done, label = event.get("total"), int(event.get("done", 0)), event["label"]
+    def __call__(self, event: m.AnyEvent) -> None:
+        if isinstance(event, m.StepEvent):
+            print(f"{event.message}", file=sys.stderr, flush=True)
+        elif isinstance(event, m.WarningEvent | m.WaitingEvent):
+            prefix = "warning: " if isinstance(event, m.WarningEvent) else ""
+            print(f"{prefix}{event.message}", file=sys.stderr, flush=True)
+        elif isinstance(event, m.ProgressEvent):
+            total, done, label = event.total, event.done, event.label
             if total:
                 tenth = done * 10 // int(total)
                 if self._last.get(label) != tenth:
@@ -76,21 +77,18 @@ class Rich:
     ) -> None:
         self.progress.__exit__(t, e, tb)
 
-    def __call__(self, event: dict[str, Any]) -> None:
-        kind = event.get("type")
-        if kind == "step":
-            self.console.print(f"[bold]{event['message']}[/]")
-        elif kind == "warning":
-            self.console.print(f"[yellow]warning:[/] {event['message']}")
-        elif kind == "waiting":
-            self.console.print(f"[cyan]{event['message']}[/]")
-        elif kind == "progress":
-            label = event["label"]
+    def __call__(self, event: m.AnyEvent) -> None:
+        if isinstance(event, m.StepEvent):
+            self.console.print(f"[bold]{event.message}[/]")
+        elif isinstance(event, m.WarningEvent):
+            self.console.print(f"[yellow]warning:[/] {event.message}")
+        elif isinstance(event, m.WaitingEvent):
+            self.console.print(f"[cyan]{event.message}[/]")
+        elif isinstance(event, m.ProgressEvent):
+            label = event.label
             if label not in self.tasks:
-                self.tasks[label] = self.progress.add_task(label, total=event.get("total"))
-            self.progress.update(
-                self.tasks[label], completed=event.get("done", 0), total=event.get("total")
-            )
+                self.tasks[label] = self.progress.add_task(label, total=event.total)
+            self.progress.update(self.tasks[label], completed=event.done, total=event.total)
 
 
 def renderer() -> Plain | Rich:

@@ -12,7 +12,7 @@ the models too, so the daemon cannot send what the contract does not say.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -55,7 +55,15 @@ class Op:
     run: Callable[[QueueReporter], Awaitable[dict[str, Any]]]
 
 
-Handler = Callable[[Call[Any]], Awaitable[m.Reply | dict[str, Any] | Op | Follow]]
+@dataclass(frozen=True)
+class Events:
+    """What a streamed route's handler returns to stream events it already has
+    (an operation in flight, re-attached to): they are sent as they come."""
+
+    events: AsyncIterator[Event | m.Event]
+
+
+Handler = Callable[[Call[Any]], Awaitable[m.Reply | dict[str, Any] | Op | Events | Follow]]
 
 
 def error_response(exc: KetchError, status: int | None = None) -> web.Response:
@@ -146,21 +154,30 @@ def _gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-async def stream(request: web.Request, follow: Follow) -> web.StreamResponse:
+async def stream(
+    request: web.Request,
+    follow: Follow | AsyncIterator[Event] | AsyncIterator[Event | m.Event],
+) -> web.StreamResponse:
     """Send an operation's events until it ends or the client goes (it carries on then).
 
     A client that goes before its operation began (it still waits for a lock)
     leaves it unfollowed, and then it is dropped (``Operations.detach``).
+    Other events (``Events``) are sent as they come.
     """
     resp = web.StreamResponse(headers={"Content-Type": STREAM_TYPE})
     try:
         await resp.prepare(request)
-        while (event := await follow.next(lambda: _gone(request))) is not None:
-            await resp.write(encode_event(event))
+        if isinstance(follow, Follow):
+            while (event := await follow.next(lambda: _gone(request))) is not None:
+                await resp.write(encode_event(event))
+        else:
+            async for other in follow:
+                await resp.write(encode_event(other))
     except ConnectionError:
         pass  # the client went away
     finally:
-        follow.close()
+        if isinstance(follow, Follow):
+            follow.close()
     return resp
 
 
@@ -179,6 +196,8 @@ def bind(route: Route[Any, Any], handler: Handler, ops: Operations) -> Any:
             return await stream(request, follow)
         if isinstance(answer, Follow):  # re-attached to an operation already going
             return await stream(request, answer)
+        if isinstance(answer, Events):
+            return await stream(request, answer.events)
         if not isinstance(answer, route.reply):  # a service's dict: its shape is checked here
             answer = msgspec.convert(answer, route.reply)
         return web.Response(body=msgspec.json.encode(answer), content_type="application/json")
