@@ -164,6 +164,7 @@ class Client:
     def __init__(self, root: Root, *, autostart: bool = True) -> None:
         self.root = root
         self.autostart = autostart
+        self.operation: str | None = None  # the id of the last streamed operation
 
     # -- transport -----------------------------------------------------------------
 
@@ -220,6 +221,8 @@ class Client:
                 if not line.strip():
                     continue
                 event = m.decode_event(line)
+                if isinstance(event, m.OperationEvent):
+                    self.operation = event.id  # what Ctrl-C asks the daemon to cancel
                 if isinstance(event, m.ResultEvent):
                     return event.result
                 if isinstance(event, m.ErrorEvent):
@@ -246,6 +249,7 @@ class Client:
         self, method: str, path: str, body: bytes | None, result: type[T], on_event: OnEvent | None
     ) -> T:
         what = f"{method} {path}"
+        self.operation = None
         resp = self._request(method, path, body, None)
         if resp.status != 200 or "ndjson" not in (resp.getheader("Content-Type") or ""):
             return self._decode(resp, what, result)
@@ -317,6 +321,16 @@ class Client:
 
         payload = msgspec.json.encode(body or {})
         return self._operate("POST", path, payload, dict[str, Any], feed)
+
+    def cancel(self, operation: str) -> dict[str, Any]:
+        """Ask the daemon to cancel an operation (``DELETE /v1/operations/ID``).
+
+        Returns its answer (``cancelled``, ``message``); raises RemoteError
+        ``not-cancellable`` when the operation is past the point of no return.
+        """
+        return self._exchange(
+            "DELETE", f"/v1/operations/{q(operation)}", None, dict[str, Any], 60.0
+        )
 
     # -- daemon ------------------------------------------------------------------
 

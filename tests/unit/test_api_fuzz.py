@@ -211,7 +211,7 @@ def test_valid_bodies_for_instances_that_do_not_exist(live: Live, data: st.DataO
 @given(data=st.data())
 def test_reads_with_query_parameters_from_their_schemas(live: Live, data: st.DataObject) -> None:
     route = data.draw(st.sampled_from(READS))
-    params = {p: data.draw(SEGMENT) for p in ("name", "key") if f"{{{p}}}" in route.path}
+    params = {p: data.draw(SEGMENT) for p in ("name", "key", "id") if f"{{{p}}}" in route.path}
     query = data.draw(
         st.one_of(
             object_of(route.query.__name__),

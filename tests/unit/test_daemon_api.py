@@ -329,8 +329,10 @@ def test_stream_is_ndjson_ending_in_a_result(env: Env) -> None:
     status, ctype, body = raw(env, "POST", "/v1/instances/alpha/stop", b'{"force": true}')
     assert status == 200 and ctype.startswith("application/x-ndjson")
     events = [json.loads(line) for line in body.splitlines() if line.strip()]
+    assert events[0]["type"] == "operation" and len(events[0]["id"]) == 8
+    assert set(events[0]) == {"type", "id"}
     assert events[-1] == {"type": "result", "result": {"name": "alpha"}}
-    assert all(e["type"] in {"step", "progress", "warning", "waiting"} for e in events[:-1])
+    assert all(e["type"] in {"step", "progress", "warning", "waiting"} for e in events[1:-1])
 
 
 def test_graceful_stop(env: Env) -> None:
@@ -434,7 +436,10 @@ def wait(event: threading.Event, what: str) -> None:
 def test_two_operations_on_one_instance_are_serialized(env: Env) -> None:
     env.add("alpha")
     gate = env.driver.hold("alpha", "suspend")
-    first = env.in_background(lambda: env.client.stream("/v1/instances/alpha/suspend", {}))
+    first_events: list[dict[str, Any]] = []
+    first = env.in_background(
+        lambda: env.client.stream("/v1/instances/alpha/suspend", {}, first_events.append)
+    )
     wait(env.driver.started("alpha", "suspend"), "suspend started")
 
     second_events: list[dict[str, Any]] = []
@@ -457,7 +462,15 @@ def test_two_operations_on_one_instance_are_serialized(env: Env) -> None:
     assert second.result(WAIT) == {"name": "alpha"}
 
     waiting = [e for e in second_events if e["type"] == "waiting"]
-    assert waiting == [{"type": "waiting", "message": 'waiting for "suspend" on "alpha" to finish'}]
+    suspend_id = first_events[0]["id"]
+    assert first_events[0] == {"type": "operation", "id": suspend_id}
+    assert second_events[0]["type"] == "operation" and second_events[0]["id"] != suspend_id
+    assert waiting == [
+        {
+            "type": "waiting",
+            "message": f'waiting for "suspend" on "alpha" to finish (operation {suspend_id})',
+        }
+    ]
     d = env.driver
     assert (
         d.seq("alpha", "suspend:start")

@@ -369,10 +369,16 @@ class Event(Struct, tag_field="type", kw_only=True):
     """Base of the stream events: ``type`` says which."""
 
 
-class OperationEvent(Event, tag="operation"):
-    """First event of a stream: the operation's id (``/v1/operations/{id}``)."""
+class OperationEvent(Event, tag="operation", omit_defaults=True):
+    """First event of a stream: the operation's id (``/v1/operations/{id}``).
+
+    A re-attached stream also says how many kept events it replays and how many
+    fell out of the bounded buffer before (both 0 with ``replay=false``).
+    """
 
     id: str
+    replayed: int | None = None
+    dropped: int | None = None
 
 
 class StepEvent(Event, tag="step"):

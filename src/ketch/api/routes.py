@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any, Generic, TypeVar
 
 from ketch.api import models as m
+from ketch.api import operations as o
 
 B = TypeVar("B", bound=m.Body)
 R = TypeVar("R", bound=m.Reply)
@@ -161,8 +162,23 @@ SET_SETTING: Route[m.SettingBody, m.SetReply] = Route(
     body=m.SettingBody,
 )  # fmt: skip
 
+OPERATIONS: Route[m.Empty, o.OperationsReply] = Route(
+    "operations", "GET", "/v1/operations", "operations in flight and what each waits for",
+    o.OperationsReply,
+)  # fmt: skip
+FOLLOW: Route[m.Empty, o.OperationResult] = Route(
+    "operation_follow", "GET", "/v1/operations/{id}",
+    "re-attach to an operation's events: the kept ones replayed (bounded), then live; "
+    "replay=false: from now on", o.OperationResult, query=o.FollowQuery, streamed=True,
+)  # fmt: skip
+CANCEL: Route[m.Empty, o.CancelReply] = Route(
+    "operation_cancel", "DELETE", "/v1/operations/{id}",
+    "cancel an operation that waits (for a lock, or its guest's readiness); 409 when it "
+    "is past that", o.CancelReply,
+)  # fmt: skip
+
 ROUTES: tuple[Route[Any, Any], ...] = (
     VERSION, LIST, INFO, LAUNCH, SNAPSHOT, RESTORE, SNAPSHOT_DELETE, CLONE, SNAPSHOTS,
     START, STOP, SUSPEND, RESTART, DELETE, RECOVER, PURGE, DOCTOR, SSH, FIND, IMAGES,
-    BUILD, PRUNE, GET_SETTING, SET_SETTING,
+    BUILD, PRUNE, GET_SETTING, SET_SETTING, OPERATIONS, FOLLOW, CANCEL,
 )  # fmt: skip

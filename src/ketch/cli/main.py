@@ -70,11 +70,16 @@ def _client() -> Client:
 
 
 def _stream(route: routes.Route[B, R], body: B | None = None, **params: str) -> R:
-    """Run an operation, showing its events; its result."""
-    from ketch.cli.progress import renderer
+    """Run an operation, showing its events; its result.  Ctrl-C asks ketchd to cancel it."""
+    from ketch.cli.progress import interrupted, renderer
 
-    with renderer() as show:
-        return _client().run(route, body, show, **params)
+    client = _client()
+    try:
+        with renderer() as show:
+            return client.run(route, body, show, **params)
+    except KeyboardInterrupt:
+        interrupted(client)  # says whether the daemon cancelled it or it goes on
+        raise
 
 
 def _names(args: argparse.Namespace, *, deleted_ok: bool = False) -> list[str]:

@@ -93,3 +93,39 @@ class Rich:
 
 def renderer() -> Plain | Rich:
     return Rich() if sys.stderr.isatty() else Plain()
+
+
+def interrupted(client: Any) -> None:
+    """After Ctrl-C during a streamed verb: ask the daemon to cancel, say what came of it.
+
+    ``client`` is a :class:`ketch.client.Client` (not imported here: kept light).
+    The caller exits 130 in every case.
+    """
+    from ketch.errors import KetchError
+
+    op = client.operation
+    if op is None:
+        print(
+            "interrupted before ketchd answered; an operation it had begun goes on in the "
+            "daemon (one still waiting for its turn is dropped); see 'ketch list'",
+            file=sys.stderr,
+        )
+        return
+    try:
+        reply = client.cancel(op)
+    except KeyboardInterrupt:
+        reply = {"cancelled": False}
+    except KetchError as exc:
+        if exc.code == "operation-ended":
+            print(f"interrupted: {exc.message}", file=sys.stderr)
+            return
+        if exc.code != "not-cancellable":
+            print(f"could not cancel operation {op}: {exc.message}", file=sys.stderr)
+        reply = {"cancelled": False}
+    if reply.get("cancelled"):
+        print(f"cancelled: {reply.get('message')}", file=sys.stderr)
+    else:
+        print(
+            f"interrupted: the operation goes on in the daemon (operation {op}); see 'ketch list'",
+            file=sys.stderr,
+        )

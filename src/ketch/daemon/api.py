@@ -21,6 +21,7 @@ from ketch import __version__
 from ketch.api import models as m
 from ketch.api.openapi import document
 from ketch.api.routes import ROUTES
+from ketch.daemon.operations import OperationRoutes
 from ketch.daemon.ops import Operations, QueueReporter
 from ketch.daemon.wire import Call, Op, bind, errors
 from ketch.errors import InvalidArgument, RemoteError
@@ -44,8 +45,8 @@ def _names(text: str) -> list[str]:
     return [n for n in text.split(",") if n]
 
 
-class Api:
-    """Route handlers bound to the daemon's context."""
+class Api(OperationRoutes):
+    """Route handlers bound to the daemon's context (``/v1/operations``: the mixin's)."""
 
     def __init__(self, ops: Operations, images: Images) -> None:
         self.ops = ops
@@ -149,7 +150,8 @@ class Api:
 
     async def delete(self, call: Call[m.DeleteBody]) -> Op:
         name, purge = self._instance(call), call.body.purge
-        return Op([name], "delete", lambda rep: delete_uc.delete(self.ctx, name, rep, purge=purge))
+        label = "purge" if purge else "delete"  # a purge pre-empts a readiness wait
+        return Op([name], label, lambda rep: delete_uc.delete(self.ctx, name, rep, purge=purge))
 
     async def recover(self, call: Call[m.Empty]) -> Op:
         name = self._instance(call)

@@ -11,7 +11,6 @@ the models too, so the daemon cannot send what the contract does not say.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from aiohttp import web
 
 from ketch.api import models as m
 from ketch.api.routes import STREAM_TYPE, Route
-from ketch.daemon.ops import Event, Operations, QueueReporter
+from ketch.daemon.ops import Event, Follow, Operations, QueueReporter
 from ketch.errors import InvalidArgument, KetchError, NotFound, TooLarge, UsageError
 
 B = TypeVar("B")
@@ -64,7 +63,7 @@ class Events:
     events: AsyncIterator[Event | m.Event]
 
 
-Handler = Callable[[Call[Any]], Awaitable[m.Reply | dict[str, Any] | Op | Events]]
+Handler = Callable[[Call[Any]], Awaitable[m.Reply | dict[str, Any] | Op | Events | Follow]]
 
 
 def error_response(exc: KetchError, status: int | None = None) -> web.Response:
@@ -149,16 +148,36 @@ def typed_result(
     return checked
 
 
+def _gone(request: web.Request) -> bool:
+    """Has the client closed its connection?"""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 async def stream(
-    request: web.Request, events: AsyncIterator[Event] | AsyncIterator[Event | m.Event]
+    request: web.Request,
+    follow: Follow | AsyncIterator[Event] | AsyncIterator[Event | m.Event],
 ) -> web.StreamResponse:
+    """Send an operation's events until it ends or the client goes (it carries on then).
+
+    A client that goes before its operation began (it still waits for a lock)
+    leaves it unfollowed, and then it is dropped (``Operations.detach``).
+    Other events (``Events``) are sent as they come.
+    """
     resp = web.StreamResponse(headers={"Content-Type": STREAM_TYPE})
-    await resp.prepare(request)
-    async for event in events:
-        try:
-            await resp.write(encode_event(event))
-        except (ConnectionError, asyncio.CancelledError):
-            break  # the client went away; the operation carries on
+    try:
+        await resp.prepare(request)
+        if isinstance(follow, Follow):
+            while (event := await follow.next(lambda: _gone(request))) is not None:
+                await resp.write(encode_event(event))
+        else:
+            async for other in follow:
+                await resp.write(encode_event(other))
+    except ConnectionError:
+        pass  # the client went away
+    finally:
+        if isinstance(follow, Follow):
+            follow.close()
     return resp
 
 
@@ -173,8 +192,10 @@ def bind(route: Route[Any, Any], handler: Handler, ops: Operations) -> Any:
             body = decode_body(data, route.body)
         answer = await handler(Call(request, body, query, request.match_info))
         if isinstance(answer, Op):
-            events = ops.submit(answer.locks, answer.label, typed_result(route, answer.run))
-            return await stream(request, events)
+            follow = ops.submit(answer.locks, answer.label, typed_result(route, answer.run))
+            return await stream(request, follow)
+        if isinstance(answer, Follow):  # re-attached to an operation already going
+            return await stream(request, answer)
         if isinstance(answer, Events):
             return await stream(request, answer.events)
         if not isinstance(answer, route.reply):  # a service's dict: its shape is checked here

@@ -10,6 +10,7 @@ from ketch.layout import InstanceDir, Root
 from ketch.model import InstanceSpec, PidStatus, SshTarget
 from ketch.progress import Reporter
 from ketch.runtime.driver import Driver
+from ketch.service.waits import Wait
 from ketch.vocabulary import blocks_readiness
 
 
@@ -46,7 +47,11 @@ async def wait_ready(
     reporter: Reporter,
     driver: Driver | None = None,
 ) -> None:
-    """Wait for SSH and boot-finished; with ``driver``, stop early if QEMU dies or pauses."""
+    """Wait for SSH and boot-finished; with ``driver``, stop early if QEMU dies or pauses.
+
+    The daemon may cut this wait short (``service/waits.py``): then
+    :class:`~ketch.service.waits.WaitCancelled` is raised.
+    """
 
     async def abort() -> str | None:
         assert driver is not None
@@ -57,12 +62,13 @@ async def wait_ready(
             return f"QEMU reports the guest as '{obs.qmp_status}'"
         return None
 
-    await ssh.wait_ready(
-        target(root, spec),
-        timeout=timeout,
-        reporter=reporter,
-        abort=abort if driver is not None else None,
-    )
+    async with Wait(spec.name, "readiness"):
+        await ssh.wait_ready(
+            target(root, spec),
+            timeout=timeout,
+            reporter=reporter,
+            abort=abort if driver is not None else None,
+        )
 
 
 def port_free(port: int) -> bool:

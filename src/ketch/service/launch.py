@@ -21,6 +21,7 @@ from ketch.service import accel, guestlink, names
 from ketch.service.context import Context
 from ketch.service.journal import journal
 from ketch.service.units import parse_size
+from ketch.service.waits import Cancelled, WaitCancelled
 
 DEFAULT_IMAGE = "tiny"
 DEFAULT_CPUS = 1
@@ -136,6 +137,11 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> dict[s
                 f'timed out after {timeout:g} s waiting for "{name}" to be ready ({exc.message})',
                 hint=f"the instance is kept: see 'ketch info {name}' and its serial log "
                 f"{idir.serial_log}; 'ketch delete --purge {name}' removes it",
+            ) from exc
+        except WaitCancelled as exc:
+            raise Cancelled(
+                f'stopped waiting for "{name}" to be ready: {exc.reason}; the instance is kept',
+                hint=f"see 'ketch info {name}'; 'ketch delete --purge {name}' removes it",
             ) from exc
     return {"name": name}
 

@@ -19,6 +19,7 @@ from ketch.service import accel, guestlink
 from ketch.service.context import Context
 from ketch.service.inspect import View, get, require
 from ketch.service.journal import journal, record_quietly
+from ketch.service.waits import Cancelled, WaitCancelled
 from ketch.vocabulary import resumable
 
 RUNNING = {State.RUNNING, State.DELAYED_SHUTDOWN}
@@ -68,9 +69,16 @@ async def start(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
             except KetchError as exc:
                 reporter.warn(f"could not remove the 'suspend' tag after resuming: {exc.message}")
         reporter.step("Waiting for the instance to be ready")
-        await guestlink.wait_ready(
-            ctx.root, spec, timeout=ctx.boot_timeout, reporter=reporter, driver=ctx.driver
-        )
+        try:
+            await guestlink.wait_ready(
+                ctx.root, spec, timeout=ctx.boot_timeout, reporter=reporter, driver=ctx.driver
+            )
+        except WaitCancelled as exc:
+            raise Cancelled(
+                f'stopped waiting for "{name}" to be ready: {exc.reason}; '
+                "it was started and is kept",
+                hint=f"see 'ketch info {name}'",
+            ) from exc
     return {"name": name, "resumed": resume}
 
 
