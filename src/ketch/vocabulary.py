@@ -188,8 +188,8 @@ OPERATIONS: dict[OperationKind, Operation] = {
     OperationKind.RESTART: Operation(
         False, State.RESTARTING, "restart (journals its stop and start)"
     ),
-    OperationKind.DELETE: Operation(False, None, "delete"),
-    OperationKind.RECOVER: Operation(False, None, "recover"),
+    OperationKind.DELETE: Operation(True, None, "delete"),
+    OperationKind.RECOVER: Operation(True, None, "recover"),
     OperationKind.PURGE: Operation(True, None, "delete --purge, purge"),
     OperationKind.SNAPSHOT: Operation(True, None, "snapshot"),
     OperationKind.RESTORE: Operation(True, None, "restore"),

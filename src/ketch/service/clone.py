@@ -31,7 +31,7 @@ from typing import Any
 
 from ketch import cloudinit
 from ketch.errors import AlreadyExists, InvalidArgument, KetchError
-from ketch.model import Intent, PidStatus, State, Verb
+from ketch.model import Intent, OperationKind, PidStatus, State, Verb
 from ketch.progress import Reporter
 from ketch.service import guestlink, names
 from ketch.service.context import Context
@@ -107,7 +107,9 @@ async def clone(ctx: Context, source: str, name: str, reporter: Reporter) -> dic
             hint="the image vault lost it; the source itself cannot start either",
         )
 
-    async with journal(ctx, name, "clone", step=f"from {source}", reporter=reporter) as j:
+    async with journal(
+        ctx, name, OperationKind.CLONE, step=f"from {source}", reporter=reporter
+    ) as j:
         try:
             idir.path.mkdir(parents=True, exist_ok=False)
         except FileExistsError as exc:

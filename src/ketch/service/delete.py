@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ketch.errors import InvalidState
-from ketch.model import State, Verb
+from ketch.model import OperationKind, State, Verb
 from ketch.progress import Reporter
 from ketch.service import guestlink
 from ketch.service.context import Context
@@ -28,7 +28,7 @@ async def delete(ctx: Context, name: str, reporter: Reporter, *, purge: bool) ->
         return {"name": name, "purged": False}
     require(v, Verb.DELETE, hint=f"use 'ketch delete --purge {name}'")
     spec, idir = v.record.spec, ctx.root.instance(name)
-    async with journal(ctx, name, "delete", reporter=reporter):
+    async with journal(ctx, name, OperationKind.DELETE, reporter=reporter):
         if v.derived.running:
             reporter.step(f"Stopping {name}")
             if not await ctx.driver.powerdown(spec, idir, timeout=min(ctx.stop_timeout, 30.0)):
@@ -42,7 +42,7 @@ async def delete(ctx: Context, name: str, reporter: Reporter, *, purge: bool) ->
 async def _purge_one(ctx: Context, name: str, reporter: Reporter) -> None:
     spec = ctx.store.get(name).spec
     idir = ctx.root.instance(name)
-    async with journal(ctx, name, "purge", reporter=reporter, quiet=True):
+    async with journal(ctx, name, OperationKind.PURGE, reporter=reporter, quiet=True):
         try:
             await ctx.driver.kill(spec, idir)
         except Exception as exc:  # purge must not fail on a process it cannot end
@@ -70,7 +70,7 @@ async def recover(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]
             message=f'instance "{name}" is not deleted',
             hint="only deleted instances can be recovered",
         )
-    async with journal(ctx, name, "recover", reporter=reporter):
+    async with journal(ctx, name, OperationKind.RECOVER, reporter=reporter):
         ctx.store.set_deleted(name, False)
     return {"name": name}
 

@@ -2,7 +2,7 @@
 
 ::
 
-    async with journal(ctx, name, "snapshot", step=f"create-tag {tag}", reporter=rep) as j:
+    async with journal(ctx, name, OperationKind.SNAPSHOT, step=f"create-tag {tag}") as j:
         await ctx.driver.create_tag(idir, tag)
         j.undo(drop_tag, tag)          # run, in reverse, only if what follows fails
         j.step(f"record {tag}")
@@ -34,17 +34,21 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from ketch.errors import KetchError, Timeout
+from ketch.model import OperationKind
 from ketch.progress import NULL, Reporter
 from ketch.service.context import Context
+from ketch.service.waits import Cancelled
 
 log = logging.getLogger(__name__)
 
-OK, FAILED, TIMEOUT = "ok", "failed", "timeout"
+OK, FAILED, TIMEOUT, CANCELLED = "ok", "failed", "timeout", "cancelled"
 
 
 def outcome_of(exc: BaseException) -> str:
     """The journal outcome of an operation that raised ``exc``."""
-    return TIMEOUT if isinstance(exc, Timeout) else FAILED
+    if isinstance(exc, Timeout):
+        return TIMEOUT
+    return CANCELLED if isinstance(exc, Cancelled) else FAILED
 
 
 def _message(exc: BaseException) -> str:
@@ -55,7 +59,13 @@ class Journal:
     """One open journal entry, as the body of :func:`journal` sees it."""
 
     def __init__(
-        self, ctx: Context, name: str, op: str, entry: int | None, reporter: Reporter, quiet: bool
+        self,
+        ctx: Context,
+        name: str,
+        op: OperationKind,
+        entry: int | None,
+        reporter: Reporter,
+        quiet: bool,
     ) -> None:
         self._ctx, self.name, self.op, self.entry = ctx, name, op, entry
         self._reporter, self._quiet = reporter, quiet
@@ -113,7 +123,7 @@ class Journal:
 async def journal(
     ctx: Context,
     name: str,
-    op: str,
+    op: OperationKind,
     *,
     step: str = "",
     reporter: Reporter = NULL,

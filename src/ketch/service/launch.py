@@ -15,7 +15,7 @@ from typing import Any
 from ketch import cloudinit
 from ketch.errors import AlreadyExists, InvalidArgument, KetchError, Timeout
 from ketch.host import firmware, partitions, seed
-from ketch.model import BootSpec, ImageInfo, InstanceSpec, Intent
+from ketch.model import BootSpec, ImageInfo, InstanceSpec, Intent, OperationKind
 from ketch.progress import Reporter
 from ketch.service import accel, guestlink, names
 from ketch.service.context import Context
@@ -88,7 +88,7 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> dict[s
     image = await ctx.images.resolve(req.image, reporter)
     boot = await boot_for(image, req.firmware)
     idir = ctx.root.instance(name)
-    async with journal(ctx, name, "launch", step="prepare", reporter=reporter) as j:
+    async with journal(ctx, name, OperationKind.LAUNCH, step="prepare", reporter=reporter) as j:
         idir.path.mkdir(parents=True, exist_ok=False)
         j.undo(guestlink.remove_tree, idir.path)
         spec = InstanceSpec(

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from ketch.errors import HostCommandError, KetchError, Timeout
-from ketch.model import InconsistencyCode, Intent, State, Verb
+from ketch.model import InconsistencyCode, Intent, OperationKind, State, Verb
 from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG
 from ketch.service import accel, guestlink
@@ -35,7 +35,7 @@ async def start(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
     if v.state is State.UNKNOWN:
         if resumable(v.obs.qmp_status):
             reporter.step("Resuming paused vCPUs")
-            async with journal(ctx, name, "start", reporter=reporter):
+            async with journal(ctx, name, OperationKind.START, reporter=reporter):
                 await ctx.driver.cont(spec, idir)
                 ctx.store.set_intent(name, Intent.RUN)
             return {"name": name, "resumed": True}
@@ -43,7 +43,7 @@ async def start(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
             f'cannot start "{name}": its state is Unknown',
             hint=f"see 'ketch info {name}'; 'ketch stop --force {name}' then start again",
         )
-    async with journal(ctx, name, "start", reporter=reporter):
+    async with journal(ctx, name, OperationKind.START, reporter=reporter):
         resume = v.state is State.SUSPENDED
         if not resume and (v.obs.suspend_tag or v.obs.suspend_tag_disk_only):
             reporter.warn("removing a stale 'suspend' tag (it is never loaded)")
@@ -116,7 +116,7 @@ async def stop(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
         ctx.store.set_intent(name, Intent.STOP)
         return {"name": name}
     spec, idir = v.record.spec, ctx.root.instance(name)
-    async with journal(ctx, name, "stop", reporter=reporter):
+    async with journal(ctx, name, OperationKind.STOP, reporter=reporter):
         reporter.step(f"Stopping {name}")
         if not await ctx.driver.powerdown(spec, idir, timeout=ctx.stop_timeout):
             raise Timeout(
@@ -135,7 +135,7 @@ async def force_stop(ctx: Context, name: str, reporter: Reporter) -> dict[str, A
     """End the instance from any state; never fails for anything but "not found"."""
     v = await get(ctx, name)
     spec, idir = v.record.spec, ctx.root.instance(name)
-    async with journal(ctx, name, "force-stop", reporter=reporter, quiet=True):
+    async with journal(ctx, name, OperationKind.FORCE_STOP, reporter=reporter, quiet=True):
         record_quietly(
             reporter, "cancel a delayed shutdown", lambda: ctx.store.set_shutdown_at(name, None)
         )
@@ -194,7 +194,7 @@ async def suspend(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]
     require(v, Verb.SUSPEND, hint=f"'ketch start {name}' first")
     if v.state is State.SUSPENDED:
         return {"name": name}
-    async with journal(ctx, name, "suspend", reporter=reporter):
+    async with journal(ctx, name, OperationKind.SUSPEND, reporter=reporter):
         ctx.store.set_shutdown_at(name, None)
         try:
             await ctx.driver.suspend(

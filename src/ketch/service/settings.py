@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from ketch.errors import InvalidArgument, KetchError, NotFound
-from ketch.model import InstanceSpec, PidStatus, State, Verb
+from ketch.model import InstanceSpec, OperationKind, PidStatus, State, Verb
 from ketch.progress import Reporter
 from ketch.service import accel, inspect, names
 from ketch.service.context import Context
@@ -152,7 +152,9 @@ async def set_instance(
     new = plan_instance_change(spec, prop, value, disk_now=disk_now)
     if new != spec:
         target = {"cpus": new.cpus, "memory": new.memory, "disk": new.disk}[prop]
-        async with journal(ctx, name, "set", step=f"{prop} {target}", reporter=reporter):
+        async with journal(
+            ctx, name, OperationKind.SET, step=f"{prop} {target}", reporter=reporter
+        ):
             await _apply(ctx, name, prop, target, reporter)
     return {"key": f"local.{name}.{prop}", "value": show(new, prop), "changed": new != spec}
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from ketch.errors import AlreadyExists, KetchError
 from ketch.layout import InstanceDir
-from ketch.model import InstanceSpec, PidStatus, State, Verb
+from ketch.model import InstanceSpec, OperationKind, PidStatus, State, Verb
 from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG
 from ketch.service.context import Context
@@ -194,7 +194,9 @@ async def _take(
             f"'ketch delete --purge {name}.{snap}'",
         )
     idir, tag = ctx.root.instance(name), new_tag()
-    async with journal(ctx, name, "snapshot", step=f"create-tag {tag}", reporter=reporter) as j:
+    async with journal(
+        ctx, name, OperationKind.SNAPSHOT, step=f"create-tag {tag}", reporter=reporter
+    ) as j:
         reporter.step(f"Taking snapshot {name}.{snap}")
         await ctx.driver.create_tag(idir, tag)
         j.undo(_drop_tag_quietly, ctx, v, tag, reporter)
@@ -235,7 +237,9 @@ async def restore(
     saved = None
     if snapshot_first:
         saved = await _take(ctx, v, None, f"Before restoring {snapshot}", reporter)
-    async with journal(ctx, name, "restore", step=f"apply {meta.tag}", reporter=reporter) as j:
+    async with journal(
+        ctx, name, OperationKind.RESTORE, step=f"apply {meta.tag}", reporter=reporter
+    ) as j:
         reporter.step(f"Restoring {name} to {snapshot}")
         await ctx.driver.apply_tag(idir, meta.tag)
         j.step(f"record {meta.tag}")
@@ -260,7 +264,7 @@ async def delete(ctx: Context, name: str, snapshot: str, reporter: Reporter) -> 
     meta = ctx.store.get_snapshot(name, snapshot)
     spec, idir = v.record.spec, ctx.root.instance(name)
     step = f"delete-tag {meta.tag}"
-    async with journal(ctx, name, "delete-snapshot", step=step, reporter=reporter) as j:
+    async with journal(ctx, name, OperationKind.DELETE_SNAPSHOT, step=step, reporter=reporter) as j:
         try:
             present = meta.tag in await ctx.driver.disk_tags(idir)
         except KetchError:
