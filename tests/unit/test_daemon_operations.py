@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_daemon_api import GATE_POLLS, WAIT, Env, raw, serving, wait
+from fakes import GATE_POLLS
+from test_daemon_api import WAIT, Env, raw, serving, wait
 
 from ketch.cli.progress import interrupted
 from ketch.client import request

@@ -32,7 +32,7 @@ from fakes import FakeDriver, FakeImages, Faults, FaultyDriver, FaultyReporter, 
 from ketch.errors import KetchError, Timeout
 from ketch.host import qemu_img
 from ketch.layout import Root
-from ketch.model import BootSpec, ImageInfo, InstanceSpec, Intent
+from ketch.model import BootSpec, ImageInfo, InstanceSpec, Intent, OperationKind
 from ketch.progress import NULL, ListReporter, Reporter
 from ketch.runtime.driver import SUSPEND_TAG
 from ketch.service import clone, delete, guestlink, lifecycle, recovery, settings, snapshots
@@ -352,15 +352,15 @@ def test_the_guard_marks_ok_failed_and_timeout(tmp_path: Path, base: Path) -> No
     ctx, rep = w.quiet, ListReporter()
 
     async def go() -> None:
-        async with journal(ctx, "vm", "start", step="one", reporter=rep) as j:
+        async with journal(ctx, "vm", OperationKind.START, step="one", reporter=rep) as j:
             assert [e.step for e in w.store.unfinished()] == ["one"]
             j.step("two")
             assert [e.step for e in w.store.unfinished()] == ["two"]
         with pytest.raises(Boom):
-            async with journal(ctx, "vm", "stop", reporter=rep):
+            async with journal(ctx, "vm", OperationKind.STOP, reporter=rep):
                 raise Boom
         with pytest.raises(Timeout):
-            async with journal(ctx, "vm", "stop", reporter=rep):
+            async with journal(ctx, "vm", OperationKind.STOP, reporter=rep):
                 raise Timeout("slow")
 
     asyncio.run(go())
@@ -387,7 +387,7 @@ def test_undo_steps_run_newest_first_once_each_and_one_failing_is_a_warning(
         raise OSError("no such file")
 
     async def go() -> None:
-        async with journal(w.quiet, "vm", "clone", reporter=rep) as j:
+        async with journal(w.quiet, "vm", OperationKind.CLONE, reporter=rep) as j:
             j.undo(ran.append, "first")
             j.undo(undo_broken)
             j.undo(undo_async, "third")
@@ -400,7 +400,7 @@ def test_undo_steps_run_newest_first_once_each_and_one_failing_is_a_warning(
     assert w.store.history("vm")[0].outcome == "failed"
 
     async def kept() -> None:
-        async with journal(w.quiet, "vm", "launch", reporter=rep) as j:
+        async with journal(w.quiet, "vm", OperationKind.LAUNCH, reporter=rep) as j:
             j.undo(ran.append, "never")
             j.keep()
             raise Boom
@@ -419,7 +419,7 @@ def test_the_original_error_is_raised_when_the_journal_cannot_be_written(
     rep = ListReporter()
 
     async def go() -> None:
-        async with journal(w.quiet, "vm", "suspend", reporter=rep) as j:
+        async with journal(w.quiet, "vm", OperationKind.SUSPEND, reporter=rep) as j:
             j.undo(w.store.remove, "vm")  # fails too: a warning, not the error
             w.unwritable()
             raise Boom("the operation's own failure")
@@ -443,7 +443,7 @@ def test_a_finished_operation_whose_ok_cannot_be_written_is_a_warning(
     rep = ListReporter()
 
     async def go() -> None:
-        async with journal(w.quiet, "vm", "stop", reporter=rep):
+        async with journal(w.quiet, "vm", OperationKind.STOP, reporter=rep):
             w.unwritable()
 
     asyncio.run(go())
@@ -461,7 +461,7 @@ def test_an_unwritable_journal_stops_an_operation_before_it_starts_unless_quiet(
     body: list[str] = []
 
     async def go(quiet: bool) -> None:
-        async with journal(w.quiet, "vm", "force-stop", reporter=rep, quiet=quiet) as j:
+        async with journal(w.quiet, "vm", OperationKind.FORCE_STOP, reporter=rep, quiet=quiet) as j:
             j.step("ending QEMU")
             body.append("ran")
 

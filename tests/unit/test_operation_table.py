@@ -20,6 +20,7 @@ from ketch.daemon import ops as ops_mod
 from ketch.daemon.ops import AlreadyEnded, Follow, NotCancellable, Operations, QueueReporter
 from ketch.errors import NotFound
 from ketch.layout import Root
+from ketch.model import OperationKind
 from ketch.service.context import Context
 from ketch.service.waits import WATCHER, Cancelled, Wait, WaitCancelled
 
@@ -97,7 +98,10 @@ def test_every_operation_has_an_id_sent_as_its_first_event(tmp_path: Path) -> No
         log: list[str] = []
         gate = asyncio.Event()
         gate.set()
-        got = [await events(ops.submit(["a"], "start", held(gate, log, "w"))) for _ in range(20)]
+        got = [
+            await events(ops.submit(["a"], OperationKind.START, held(gate, log, "w")))
+            for _ in range(20)
+        ]
         ids = [e[0]["id"] for e in got]
         assert all(e[0] == {"type": "operation", "id": i} for e, i in zip(got, ids, strict=True))
         assert len(set(ids)) == 20 and all(len(i) == 8 and int(i, 16) >= 0 for i in ids)
@@ -116,8 +120,8 @@ def test_a_queued_operation_says_which_operation_holds_its_lock(tmp_path: Path) 
         ops = table(tmp_path)
         log: list[str] = []
         gate = asyncio.Event()
-        first = ops.submit(["a"], "suspend", held(gate, log, "first"))
-        second = ops.submit(["b", "a"], "stop", held(gate, log, "second"))
+        first = ops.submit(["a"], OperationKind.SUSPEND, held(gate, log, "first"))
+        second = ops.submit(["b", "a"], OperationKind.STOP, held(gate, log, "second"))
         await settle()
         one, two = first.op, second.op
         listed = [o.describe() for o in ops.in_flight()]
@@ -143,8 +147,8 @@ def test_the_waiting_event_names_the_holder(tmp_path: Path) -> None:
     async def main() -> None:
         ops = table(tmp_path)
         gate = asyncio.Event()
-        first = ops.submit(["a"], "launch", held(gate, [], "first"))
-        second = ops.submit(["a"], "start", held(gate, [], "second"))
+        first = ops.submit(["a"], OperationKind.LAUNCH, held(gate, [], "first"))
+        second = ops.submit(["a"], OperationKind.START, held(gate, [], "second"))
         assert (await second.next())["type"] == "operation"  # type: ignore[index]
         waiting = await second.next()
         assert waiting == {
@@ -166,8 +170,8 @@ def test_cancelling_an_operation_waiting_for_a_lock_means_it_never_runs(tmp_path
         ops = table(tmp_path)
         log: list[str] = []
         gate = asyncio.Event()
-        first = ops.submit(["a"], "stop", held(gate, log, "first"))
-        second = ops.submit(["a"], "purge", held(gate, log, "second"))
+        first = ops.submit(["a"], OperationKind.STOP, held(gate, log, "first"))
+        second = ops.submit(["a"], OperationKind.PURGE, held(gate, log, "second"))
         await settle()
         reply = await ops.cancel(second.op.id)
         assert reply["cancelled"] is True and reply["outcome"] == "cancelled"
@@ -181,7 +185,7 @@ def test_cancelling_an_operation_waiting_for_a_lock_means_it_never_runs(tmp_path
         assert [o.id for o in ops.in_flight()] == [first.op.id]
         gate.set()
         await events(first)
-        third = await events(ops.submit(["a"], "start", held(gate, log, "third")))
+        third = await events(ops.submit(["a"], OperationKind.START, held(gate, log, "third")))
         assert third[-1]["type"] == "result"  # the lock was left free
         assert log == ["first:start", "first:end", "third:start", "third:end"]
         again = await ops.cancel(second.op.id)  # asking again says the same
@@ -194,7 +198,7 @@ def test_a_running_operation_is_not_cancellable_and_an_ended_one_says_so(tmp_pat
     async def main() -> None:
         ops = table(tmp_path)
         gate = asyncio.Event()
-        first = ops.submit(["a"], "snapshot", held(gate, [], "first"))
+        first = ops.submit(["a"], OperationKind.SNAPSHOT, held(gate, [], "first"))
         await settle()
         with pytest.raises(NotCancellable) as err:
             await ops.cancel(first.op.id)
@@ -221,7 +225,7 @@ def test_cancelling_a_readiness_wait_ends_it_and_keeps_what_was_made(tmp_path: P
     async def main() -> None:
         ops = table(tmp_path)
         log: list[str] = []
-        launch = ops.submit(["a"], "launch", ready_wait("a", log, "launch"))
+        launch = ops.submit(["a"], OperationKind.LAUNCH, ready_wait("a", log, "launch"))
         await settle()
         (listed,) = [o.describe() for o in ops.in_flight()]
         assert listed["state"] == "waiting"
@@ -249,7 +253,11 @@ def test_cancelling_a_readiness_wait_ends_it_and_keeps_what_was_made(tmp_path: P
 
 def test_force_stop_and_purge_pre_empt_a_readiness_wait(tmp_path: Path) -> None:
     async def main() -> None:
-        for kind, preemptor in (("launch", "force-stop"), ("start", "purge"), ("restart", "purge")):
+        for kind, preemptor in (
+            (OperationKind.LAUNCH, OperationKind.FORCE_STOP),
+            (OperationKind.START, OperationKind.PURGE),
+            (OperationKind.RESTART, OperationKind.PURGE),
+        ):
             ops = table(tmp_path)
             log: list[str] = []
             waiting = ops.submit(["a"], kind, ready_wait("a", log, kind))
@@ -279,11 +287,13 @@ def test_a_pre_emptor_queued_early_cuts_the_wait_as_soon_as_it_begins(tmp_path: 
         ops = table(tmp_path)
         log: list[str] = []
         booting = asyncio.Event()
-        launch = ops.submit(["a"], "launch", ready_wait("a", log, "launch", before=booting))
+        launch = ops.submit(
+            ["a"], OperationKind.LAUNCH, ready_wait("a", log, "launch", before=booting)
+        )
         await settle()
         go = asyncio.Event()
         go.set()
-        forced = ops.submit(["a"], "force-stop", held(go, log, "force"))
+        forced = ops.submit(["a"], OperationKind.FORCE_STOP, held(go, log, "force"))
         await settle()
         assert log == ["launch:start"]  # still preparing: not pre-emptible yet, the stop waits
         booting.set()  # the launch reaches its readiness wait, and is cut at once
@@ -298,11 +308,11 @@ def test_a_graceful_stop_does_not_pre_empt(tmp_path: Path) -> None:
     async def main() -> None:
         ops = table(tmp_path)
         log: list[str] = []
-        launch = ops.submit(["a"], "launch", ready_wait("a", log, "launch"))
+        launch = ops.submit(["a"], OperationKind.LAUNCH, ready_wait("a", log, "launch"))
         await settle()
         go = asyncio.Event()
         go.set()
-        stop = ops.submit(["a"], "stop", held(go, log, "stop"))
+        stop = ops.submit(["a"], OperationKind.STOP, held(go, log, "stop"))
         await settle()
         assert launch.op.wait is not None and launch.op.wait.reason is None
         assert stop.op.waits_for and stop.op.waits_for["type"] == "lock"
@@ -321,8 +331,8 @@ def test_an_operation_whose_client_goes_before_it_began_is_dropped(tmp_path: Pat
         ops = table(tmp_path)
         log: list[str] = []
         gate = asyncio.Event()
-        first = ops.submit(["a"], "launch", held(gate, log, "launch"))
-        purge = ops.submit(["a"], "purge", held(gate, log, "purge"))
+        first = ops.submit(["a"], OperationKind.LAUNCH, held(gate, log, "launch"))
+        purge = ops.submit(["a"], OperationKind.PURGE, held(gate, log, "purge"))
         await settle()
         purge.close()  # its client was killed while it waited for the lock
         await settle()
@@ -348,8 +358,8 @@ def test_an_operation_someone_re_attached_to_is_not_dropped(tmp_path: Path) -> N
         ops = table(tmp_path)
         log: list[str] = []
         gate = asyncio.Event()
-        first = ops.submit(["a"], "stop", held(gate, log, "stop"))
-        second = ops.submit(["a"], "start", held(gate, log, "start"))
+        first = ops.submit(["a"], OperationKind.STOP, held(gate, log, "stop"))
+        second = ops.submit(["a"], OperationKind.START, held(gate, log, "start"))
         await settle()
         other = ops.follow(second.op.id, replay=True)
         second.close()
@@ -370,7 +380,7 @@ def test_internal_callers_run_to_the_end(tmp_path: Path) -> None:
         ops = table(tmp_path)
         gate = asyncio.Event()
         gate.set()
-        assert await ops.run(["a"], "stop", held(gate, [], "x")) == {
+        assert await ops.run(["a"], OperationKind.STOP, held(gate, [], "x")) == {
             "type": "result",
             "result": {"done": "x"},
         }
@@ -396,7 +406,7 @@ def test_re_attaching_replays_a_bounded_history_then_follows(tmp_path: Path) -> 
             await gate.wait()
             return {}
 
-        mine = ops.submit(["a"], "build", chatty)
+        mine = ops.submit(["a"], OperationKind.BUILD, chatty)
         await settle()
         late = ops.follow(mine.op.id, replay=True)
         live = ops.follow(mine.op.id, replay=False)
@@ -427,7 +437,7 @@ def test_a_finished_operation_is_kept_a_while_with_its_final_event(tmp_path: Pat
         ops = table(tmp_path)
         gate = asyncio.Event()
         gate.set()
-        mine = ops.submit(["a"], "start", held(gate, [], "x"))
+        mine = ops.submit(["a"], OperationKind.START, held(gate, [], "x"))
         await events(mine)
         got = await events(ops.follow(mine.op.id, replay=False))
         assert got[-1] == {"type": "result", "result": {"done": "x"}}
@@ -457,7 +467,7 @@ def test_a_wait_without_a_watcher_changes_nothing() -> None:
 def test_a_cancellation_from_elsewhere_is_not_turned_into_wait_cancelled(tmp_path: Path) -> None:
     async def main() -> None:
         ops = table(tmp_path)
-        mine = ops.submit(["a"], "launch", ready_wait("a", [], "launch"))
+        mine = ops.submit(["a"], OperationKind.LAUNCH, ready_wait("a", [], "launch"))
         await settle()
         task = mine.op.task
         assert task is not None

@@ -25,6 +25,7 @@ from ketch.daemon.operations import OperationRoutes
 from ketch.daemon.ops import Operations, QueueReporter
 from ketch.daemon.wire import Call, Op, bind, errors
 from ketch.errors import InvalidArgument, RemoteError
+from ketch.model import OperationKind
 from ketch.service import clone as clone_uc
 from ketch.service import delete as delete_uc
 from ketch.service import doctor as doctor_uc
@@ -115,7 +116,7 @@ class Api(OperationRoutes):
             timeout=body.timeout,
             firmware=body.firmware,
         )
-        return Op([name], "launch", lambda rep: launch_uc.launch(self.ctx, req, rep))
+        return Op([name], OperationKind.LAUNCH, lambda rep: launch_uc.launch(self.ctx, req, rep))
 
     def _instance(self, call: Call[Any]) -> str:
         name = call.params["name"]
@@ -124,7 +125,7 @@ class Api(OperationRoutes):
 
     async def start(self, call: Call[m.Empty]) -> Op:
         name = self._instance(call)
-        return Op([name], "start", lambda rep: lifecycle.start(self.ctx, name, rep))
+        return Op([name], OperationKind.START, lambda rep: lifecycle.start(self.ctx, name, rep))
 
     async def stop(self, call: Call[m.StopBody]) -> Op:
         name, body, ctx = self._instance(call), call.body, self.ctx
@@ -138,24 +139,27 @@ class Api(OperationRoutes):
                 return await lifecycle.delayed_stop(ctx, name, body.time)
             return await lifecycle.stop(ctx, name, rep)
 
-        return Op([name], "force-stop" if body.force else "stop", op)
+        kind = OperationKind.FORCE_STOP if body.force else OperationKind.STOP
+        return Op([name], kind, op)
 
     async def suspend(self, call: Call[m.Empty]) -> Op:
         name = self._instance(call)
-        return Op([name], "suspend", lambda rep: lifecycle.suspend(self.ctx, name, rep))
+        return Op([name], OperationKind.SUSPEND, lambda rep: lifecycle.suspend(self.ctx, name, rep))
 
     async def restart(self, call: Call[m.Empty]) -> Op:
         name = self._instance(call)
-        return Op([name], "restart", lambda rep: lifecycle.restart(self.ctx, name, rep))
+        return Op([name], OperationKind.RESTART, lambda rep: lifecycle.restart(self.ctx, name, rep))
 
     async def delete(self, call: Call[m.DeleteBody]) -> Op:
         name, purge = self._instance(call), call.body.purge
-        label = "purge" if purge else "delete"  # a purge pre-empts a readiness wait
+        label = (
+            OperationKind.PURGE if purge else OperationKind.DELETE
+        )  # a purge pre-empts a readiness wait
         return Op([name], label, lambda rep: delete_uc.delete(self.ctx, name, rep, purge=purge))
 
     async def recover(self, call: Call[m.Empty]) -> Op:
         name = self._instance(call)
-        return Op([name], "recover", lambda rep: delete_uc.recover(self.ctx, name, rep))
+        return Op([name], OperationKind.RECOVER, lambda rep: delete_uc.recover(self.ctx, name, rep))
 
     async def snapshot_take(self, call: Call[m.SnapshotBody]) -> Op:
         name, body = self._instance(call), call.body
@@ -166,7 +170,7 @@ class Api(OperationRoutes):
         def op(rep: QueueReporter) -> Any:
             return snapshots_uc.take(self.ctx, name, snapshot, body.comment, rep)
 
-        return Op([name], "snapshot", op)
+        return Op([name], OperationKind.SNAPSHOT, op)
 
     async def snapshot_restore(self, call: Call[m.RestoreBody]) -> Op:
         name, snapshot, body = call.params["name"], call.params["snapshot"], call.body
@@ -183,14 +187,14 @@ class Api(OperationRoutes):
                 self.ctx, name, snapshot, snapshot_first=first, reporter=rep
             )
 
-        return Op([name], "restore", op)
+        return Op([name], OperationKind.RESTORE, op)
 
     async def snapshot_delete(self, call: Call[m.Empty]) -> Op:
         name, snapshot = call.params["name"], call.params["snapshot"]
         self.ctx.store.get_snapshot(name, snapshot)
         return Op(
             [name],
-            "delete-snapshot",
+            OperationKind.DELETE_SNAPSHOT,
             lambda rep: snapshots_uc.delete(self.ctx, name, snapshot, rep),
         )
 
@@ -204,11 +208,11 @@ class Api(OperationRoutes):
             finally:
                 self.clone_names.release(new)
 
-        return Op([source, new], "clone", op)
+        return Op([source, new], OperationKind.CLONE, op)
 
     async def purge(self, call: Call[m.Empty]) -> Op:
         deleted = [r.spec.name for r in self.ctx.store.all() if r.deleted]
-        return Op(deleted, "purge", lambda rep: delete_uc.purge(self.ctx, rep))
+        return Op(deleted, OperationKind.PURGE, lambda rep: delete_uc.purge(self.ctx, rep))
 
     async def doctor(self, call: Call[m.DoctorBody]) -> Op:
         wanted, fix = list(call.body.names), call.body.fix
@@ -219,7 +223,7 @@ class Api(OperationRoutes):
         def op(rep: QueueReporter) -> Any:
             return doctor_uc.run(self.ctx, wanted, fix=fix, reporter=rep)
 
-        return Op(locks, "doctor", op)
+        return Op(locks, OperationKind.DOCTOR, op)
 
     async def image_build(self, call: Call[m.BuildBody]) -> Op:
         name, force = call.body.name, call.body.force
@@ -228,7 +232,7 @@ class Api(OperationRoutes):
             info = await images_uc.build(self.images, rep, force=force, name=name)
             return {"id": info.id, "release": info.release, "disk": info.disk}
 
-        return Op([f"image:{name}"], "build", op)
+        return Op([f"image:{name}"], OperationKind.BUILD, op)
 
     async def image_prune(self, call: Call[m.PruneBody]) -> Result:
         return {"removed": images_uc.prune(self.images, self.ctx.store, call.body.days)}
@@ -244,7 +248,7 @@ class Api(OperationRoutes):
         def op(rep: QueueReporter) -> Any:
             return settings_uc.set_instance(self.ctx, name, prop, value, rep)
 
-        event = await self.ops.run([name], "set", op)  # under the instance's lock
+        event = await self.ops.run([name], OperationKind.SET, op)  # under the instance's lock
         if event.get("type") == "error":
             err = event["error"]
             raise RemoteError(err["code"], err["message"], err.get("hint"), err["exit_code"])

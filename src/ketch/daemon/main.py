@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from ketch.layout import DIR_MODE, UMASK, Root, storage_root
+from ketch.model import OperationKind
 
 if TYPE_CHECKING:
     from ketch.daemon.ops import Operations, QueueReporter
@@ -69,7 +70,7 @@ async def _scheduler(ops: Operations) -> None:
             async def stop(rep: QueueReporter, name: str = name) -> dict[str, Any]:
                 return await lifecycle.stop(ops.ctx, name, NULL)
 
-            event = await ops.run([name], "stop", stop)
+            event = await ops.run([name], OperationKind.STOP, stop)
             if event.get("type") == "error":
                 log.warning("delayed shutdown of %s failed: %s", name, event.get("error"))
                 ops.ctx.store.set_shutdown_at(name, None)
@@ -115,7 +116,7 @@ async def serve(root: Root) -> None:
         )
     # The locks are taken before the socket opens: requests on these instances
     # wait until recovery is done.
-    held = await ops.acquire({e.instance for e in interrupted}, "recover")
+    held = await ops.acquire({e.instance for e in interrupted}, OperationKind.RECOVER)
     if held:
         ops.recovered.clear()
     recovering = asyncio.create_task(_recover(ops, held)) if held else None

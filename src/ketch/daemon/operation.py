@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ketch.errors import KetchError
+from ketch.model import OperationKind
 from ketch.service import waits
 
 Event = dict[str, Any]
@@ -20,8 +21,9 @@ Listener = asyncio.Queue[Event | None]
 
 REPLAY = 200  # events an operation keeps for a client that re-attaches
 GONE_POLL = 0.25  # how often a stream with nothing to send looks whether its client left
-PREEMPTIBLE = frozenset({"launch", "start", "restart"})  # while waiting for readiness
-PREEMPTORS = frozenset({"force-stop", "purge"})
+# while waiting for readiness
+PREEMPTIBLE = frozenset({OperationKind.LAUNCH, OperationKind.START, OperationKind.RESTART})
+PREEMPTORS = frozenset({OperationKind.FORCE_STOP, OperationKind.PURGE})
 
 
 class NotCancellable(KetchError):
@@ -63,7 +65,7 @@ class Operation:
     """One request's operation: what it is, where it stands, its events and listeners."""
 
     id: str
-    kind: str
+    kind: OperationKind
     instances: list[str]
     started: float = field(default_factory=time.time)
     state: str = "waiting"  # waiting (a lock, or readiness) | running | done

@@ -51,6 +51,7 @@ from ketch.daemon.operation import (
     cancel_reply,
 )
 from ketch.errors import KetchError, NotFound
+from ketch.model import OperationKind
 from ketch.service import waits
 from ketch.service.context import Context
 
@@ -170,7 +171,7 @@ class Operations:
     async def acquire(
         self,
         names: Iterable[str],
-        kind: str,
+        kind: OperationKind,
         reporter: QueueReporter | None = None,
         op: Operation | None = None,
     ) -> list[str]:
@@ -225,7 +226,9 @@ class Operations:
 
     # -- running -----------------------------------------------------------------
 
-    def begin(self, names: Iterable[str], kind: str, work: Work) -> tuple[Operation, Listener]:
+    def begin(
+        self, names: Iterable[str], kind: OperationKind, work: Work
+    ) -> tuple[Operation, Listener]:
         """Start an operation; returns it and a listener attached before it runs."""
         self._prune()
         op = Operation(self._new_id(), kind, list(dict.fromkeys(names)))
@@ -309,7 +312,7 @@ class Operations:
             await asyncio.wait([op.task], timeout=CANCEL_WAIT)
         return cancel_reply(op)
 
-    async def run(self, names: Iterable[str], kind: str, work: Work) -> Event:
+    async def run(self, names: Iterable[str], kind: OperationKind, work: Work) -> Event:
         """Run an operation to its end; returns its final event (no stream)."""
         _, listener = self.begin(names, kind, work)
         last: Event = {}
@@ -317,7 +320,7 @@ class Operations:
             last = event
         return last
 
-    def submit(self, names: Iterable[str], kind: str, work: Work) -> Follow:
+    def submit(self, names: Iterable[str], kind: OperationKind, work: Work) -> Follow:
         """Start an operation; its requester's stream (the operation event first)."""
         op, listener = self.begin(names, kind, work)
         return Follow(op, listener, op.intro(), lambda: self.detach(op, listener))

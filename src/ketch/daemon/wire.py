@@ -23,6 +23,7 @@ from ketch.api import models as m
 from ketch.api.routes import STREAM_TYPE, Route
 from ketch.daemon.ops import Event, Follow, Operations, QueueReporter
 from ketch.errors import InvalidArgument, KetchError, NotFound, TooLarge, UsageError
+from ketch.model import OperationKind
 
 B = TypeVar("B")
 
@@ -51,7 +52,7 @@ class Op:
     """What a streamed route's handler returns: the operation to run under ``locks``."""
 
     locks: Iterable[str]
-    label: str
+    label: OperationKind
     run: Callable[[QueueReporter], Awaitable[dict[str, Any]]]
 
 
