@@ -14,20 +14,20 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, BinaryIO, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeVar
 
-import msgspec
-
-from ketch.api import models as m
-from ketch.api.routes import Route
 from ketch.errors import DaemonUnreachable, KetchError, RemoteError
 from ketch.layout import Root
 
+if TYPE_CHECKING:
+    from ketch.api import models as m
+    from ketch.api.routes import Route
+
 START_TIMEOUT = 20.0
 T = TypeVar("T")
-B = TypeVar("B", bound=m.Body)
-R = TypeVar("R", bound=m.Reply)
-OnEvent = Callable[[m.AnyEvent], None]
+B = TypeVar("B", bound="m.Body")
+R = TypeVar("R", bound="m.Reply")
+OnEvent = Callable[["m.AnyEvent"], None]
 
 
 class Response:
@@ -89,9 +89,20 @@ class Response:
 
 
 def request(
-    path: str, method: str, target: str, body: bytes | None, timeout: float | None
+    path: str,
+    method: str,
+    target: str,
+    body: bytes | None,
+    timeout: float | None,
+    *,
+    meanwhile: Callable[[], object] | None = None,
 ) -> Response:
-    """Send one request on a new connection to the Unix socket ``path``."""
+    """Send one request on a new connection to the Unix socket ``path``.
+
+    ``meanwhile`` runs once the request is sent, before the answer is read:
+    the client imports the reply's model (and msgspec) there, while ketchd
+    works on the answer, instead of before sending.
+    """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -101,6 +112,8 @@ def request(
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         sock.sendall(head.encode("latin-1") + b"\r\n" + (body or b""))
+        if meanwhile is not None:
+            meanwhile()
         return Response(sock.makefile("rb"), sock)
     except BaseException:
         sock.close()
@@ -169,11 +182,18 @@ class Client:
     # -- transport -----------------------------------------------------------------
 
     def _request(
-        self, method: str, path: str, body: bytes | None, timeout: float | None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        timeout: float | None,
+        meanwhile: Callable[[], object] | None = None,
     ) -> Response:
         for attempt in range(2):
             try:
-                return request(str(self.root.socket), method, path, body, timeout)
+                return request(
+                    str(self.root.socket), method, path, body, timeout, meanwhile=meanwhile
+                )
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 if attempt == 0 and self.autostart:
                     self.start_daemon()
@@ -206,6 +226,11 @@ class Client:
 
     def _decode(self, resp: Response, what: str, reply: type[T]) -> T:
         """The whole body as ``reply``; an error answer (4xx, 5xx) raised as RemoteError."""
+        from ketch.api import models as m  # first: it imports msgspec lightly
+
+        # isort: split
+        import msgspec
+
         data = self._read(resp)
         try:
             if resp.status >= 400:
@@ -216,6 +241,11 @@ class Client:
 
     def _events(self, resp: Response, what: str, on_event: OnEvent | None) -> dict[str, Any]:
         """Feed a stream's events to ``on_event``; the result event's ``result``."""
+        from ketch.api import models as m  # first: it imports msgspec lightly
+
+        # isort: split
+        import msgspec
+
         try:
             for line in resp.lines():
                 if not line.strip():
@@ -241,21 +271,38 @@ class Client:
         )
 
     def _exchange(
-        self, method: str, path: str, body: bytes | None, reply: type[T], timeout: float | None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        reply: Callable[[], type[T]],
+        timeout: float | None,
     ) -> T:
-        return self._decode(self._request(method, path, body, timeout), f"{method} {path}", reply)
+        """Send, then ``reply()`` (the model: imported while ketchd answers), then decode."""
+        models: list[type[T]] = []
+        resp = self._request(method, path, body, timeout, lambda: models.append(reply()))
+        return self._decode(resp, f"{method} {path}", models[0])
 
     def _operate(
-        self, method: str, path: str, body: bytes | None, result: type[T], on_event: OnEvent | None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        result: Callable[[], type[T]],
+        on_event: OnEvent | None,
     ) -> T:
         what = f"{method} {path}"
         self.operation = None
-        resp = self._request(method, path, body, None)
+        models: list[type[T]] = []
+        resp = self._request(method, path, body, None, lambda: models.append(result()))
         if resp.status != 200 or "ndjson" not in (resp.getheader("Content-Type") or ""):
-            return self._decode(resp, what, result)
+            return self._decode(resp, what, models[0])
         doc = self._events(resp, what, on_event)
+        result_model = models[0]
+        import msgspec  # imported lightly by then: the result model is loaded
+
         try:
-            return msgspec.convert(doc, result)
+            return msgspec.convert(doc, result_model)
         except msgspec.ValidationError as exc:
             raise self._malformed(f"{what} (its result)", exc) from exc
 
@@ -273,10 +320,7 @@ class Client:
         path = route.url(**params)
         if query:
             path += "?" + _urlencode(query)
-        payload = None
-        if route.body is not None:
-            payload = msgspec.json.encode(body if body is not None else route.body())
-        return self._exchange(route.method, path, payload, route.reply, 120.0)
+        return self._exchange(route.method, path, _payload(route, body), lambda: route.reply, 120.0)
 
     def run(
         self,
@@ -289,23 +333,22 @@ class Client:
 
         (A route without a body, e.g. re-attaching to an operation's stream, sends none.)
         """
-        payload = None
-        if route.body is not None:
-            payload = msgspec.json.encode(body if body is not None else route.body())
-        return self._operate(route.method, route.url(**params), payload, route.reply, on_event)
+        return self._operate(
+            route.method, route.url(**params), _payload(route, body), lambda: route.reply, on_event
+        )
 
     # -- by path, JSON objects (tools and tests) ------------------------------------------
 
     def get(self, path: str, **query: str) -> dict[str, Any]:
         if query:
             path += "?" + _urlencode(query)
-        return self._exchange("GET", path, None, dict[str, Any], 120.0)
+        return self._exchange("GET", path, None, _as_dict, 120.0)
 
     def put(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self._exchange("PUT", path, msgspec.json.encode(body), dict[str, Any], 120.0)
+        return self._exchange("PUT", path, _encode(body), _as_dict, 120.0)
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self._exchange("POST", path, msgspec.json.encode(body or {}), dict[str, Any], 120.0)
+        return self._exchange("POST", path, _encode(body or {}), _as_dict, 120.0)
 
     def stream(
         self,
@@ -315,12 +358,13 @@ class Client:
     ) -> dict[str, Any]:
         """POST an operation; feed its events (as dicts) to ``on_event``; return its result."""
 
+        import msgspec
+
         def feed(event: m.AnyEvent) -> None:
             if on_event is not None:
                 on_event(msgspec.to_builtins(event))
 
-        payload = msgspec.json.encode(body or {})
-        return self._operate("POST", path, payload, dict[str, Any], feed)
+        return self._operate("POST", path, _encode(body or {}), _as_dict, feed)
 
     def cancel(self, operation: str) -> dict[str, Any]:
         """Ask the daemon to cancel an operation (``DELETE /v1/operations/ID``).
@@ -328,9 +372,7 @@ class Client:
         Returns its answer (``cancelled``, ``message``); raises RemoteError
         ``not-cancellable`` when the operation is past the point of no return.
         """
-        return self._exchange(
-            "DELETE", f"/v1/operations/{q(operation)}", None, dict[str, Any], 60.0
-        )
+        return self._exchange("DELETE", f"/v1/operations/{q(operation)}", None, _as_dict, 60.0)
 
     # -- daemon ------------------------------------------------------------------
 
@@ -384,6 +426,27 @@ class Client:
             return False
         resp.close()
         return resp.status == 200
+
+
+def _as_dict() -> type[dict[str, Any]]:
+    return dict
+
+
+def _encode(doc: object) -> bytes:
+    from ketch.api import models  # noqa: F401  # first: it imports msgspec lightly
+
+    # isort: split
+    import msgspec
+
+    return msgspec.json.encode(doc)
+
+
+def _payload(route: Route[B, R], body: B | None) -> bytes | None:
+    """The request body of ``route`` (its model's defaults when not given); None: no body."""
+    model = route.body
+    if model is None:
+        return None
+    return _encode(body if body is not None else model())
 
 
 def _urlencode(query: Mapping[str, str]) -> str:

@@ -123,7 +123,7 @@ _JOURNALED = re.compile(r"journal\(\s*ctx,\s*name,\s*OperationKind\.([A-Z_]+)")
 def test_the_journaled_kinds_are_the_ones_the_services_journal() -> None:
     begun = {
         OperationKind[m.group(1)]
-        for p in (SRC / "service").glob("*.py")
+        for p in (SRC / "service").rglob("*.py")
         for m in _JOURNALED.finditer(p.read_text())
     }
     assert {OperationKind.LAUNCH, OperationKind.FORCE_STOP, OperationKind.CLONE} <= begun

@@ -5,15 +5,32 @@ value (``msgspec.Meta``); replies accept unknown fields (a newer daemon may
 add some) but not missing or mistyped ones.  Shapes are Multipass's where
 Multipass has one (``list``, ``info``, ``find``), so ``--format json``
 prints exactly what the daemon sent.
+
+msgspec imports ``typing_extensions`` when it is installed, only for
+``get_type_hints`` (and TypedDict's ``Required``), which Python 3.11's own
+:mod:`typing` has; that import (with :mod:`inspect`, :mod:`ast`, :mod:`dis`
+behind it) costs ``ketch list`` about 8 ms, a sixth of its budget.  So msgspec
+is first imported here with ``typing_extensions`` hidden, and falls back to
+:mod:`typing` as it is written to; the module stays importable for everyone
+else afterwards.
 """
 
 from __future__ import annotations
 
-import builtins
-from typing import Annotated, Any, Literal
+import sys
 
-import msgspec
-from msgspec import UNSET, Meta, Struct, UnsetType
+if "msgspec" not in sys.modules and "typing_extensions" not in sys.modules:
+    sys.modules["typing_extensions"] = None  # type: ignore[assignment]  # "not installed"
+    try:
+        import msgspec
+    finally:
+        del sys.modules["typing_extensions"]
+
+import builtins  # noqa: E402  (after msgspec's first import, above)
+from typing import Annotated, Any, Literal  # noqa: E402
+
+import msgspec  # noqa: E402
+from msgspec import UNSET, Meta, Struct, UnsetType  # noqa: E402
 
 # -- limits ----------------------------------------------------------------------------
 

@@ -17,13 +17,15 @@ Order matters: aiohttp takes the first route whose path matches.
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+import sys
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ketch.api import models as m
-from ketch.api import operations as o
+if TYPE_CHECKING:
+    from ketch.api import models as m
+    from ketch.api import operations as o
 
-B = TypeVar("B", bound=m.Body)
-R = TypeVar("R", bound=m.Reply)
+B = TypeVar("B", bound="m.Body")
+R = TypeVar("R", bound="m.Reply")
 
 STREAM_TYPE = "application/x-ndjson"
 
@@ -32,10 +34,13 @@ class Route(Generic[B, R]):
     """One API route.  ``reply`` is the JSON answer, or the stream's result when ``streamed``.
 
     (A plain class, not a dataclass: ``dataclasses`` would cost ``ketch list`` a
-    millisecond and a half of import for nothing.)
+    millisecond and a half of import for nothing.)  The models are named here
+    (``"m.ListReply"``: :mod:`ketch.api.models`, ``"o.…"``: :mod:`ketch.api.operations`)
+    and imported when first asked for, so the CLI can send its request before it
+    pays for msgspec and the models, and import them while the daemon answers.
     """
 
-    __slots__ = ("body", "method", "name", "path", "query", "reply", "streamed", "summary")
+    __slots__ = ("_body", "_query", "_reply", "method", "name", "path", "streamed", "summary")
 
     def __init__(
         self,
@@ -43,19 +48,37 @@ class Route(Generic[B, R]):
         method: str,
         path: str,
         summary: str,
-        reply: type[R],
-        body: type[B] | None = None,  # None: the route reads no body
-        query: type[m.Body] = m.NoQuery,
+        reply: str,
+        body: str | None = None,  # None: the route reads no body
+        query: str = "m.NoQuery",
         streamed: bool = False,
     ) -> None:
         self.name = name
         self.method = method
         self.path = path
         self.summary = summary
-        self.reply = reply
-        self.body = body
-        self.query = query
+        self._reply = reply
+        self._body = body
+        self._query = query
         self.streamed = streamed
+
+    @property
+    def reply(self) -> type[R]:
+        """The reply (or stream result) model, imported on first use."""
+        model: type[R] = _model(self._reply)
+        return model
+
+    @property
+    def body(self) -> type[B] | None:
+        """The request body model (None: no body), imported on first use."""
+        model: type[B] | None = None if self._body is None else _model(self._body)
+        return model
+
+    @property
+    def query(self) -> type[m.Body]:
+        """The query parameters' model, imported on first use."""
+        model: type[m.Body] = _model(self._query)
+        return model
 
     def __repr__(self) -> str:
         return f"Route({self.method} {self.path} -> {self.name})"
@@ -70,111 +93,111 @@ class Route(Generic[B, R]):
 
 
 VERSION: Route[m.Empty, m.VersionReply] = Route(
-    "version", "GET", "/v1/version", "daemon version", m.VersionReply
+    "version", "GET", "/v1/version", "daemon version", "m.VersionReply"
 )
 LIST: Route[m.Empty, m.ListReply] = Route(
-    "list", "GET", "/v1/instances", "list instances, as Multipass", m.ListReply
+    "list", "GET", "/v1/instances", "list instances, as Multipass", "m.ListReply"
 )
 INFO: Route[m.Empty, m.InfoReply] = Route(
     "info", "GET", "/v1/info", "instance and INSTANCE.SNAPSHOT details, as Multipass",
-    m.InfoReply, query=m.NamesQuery,
+    "m.InfoReply", query="m.NamesQuery",
 )  # fmt: skip
 LAUNCH: Route[m.LaunchBody, m.NameResult] = Route(
-    "launch", "POST", "/v1/instances", "launch an instance", m.NameResult,
-    body=m.LaunchBody, streamed=True,
+    "launch", "POST", "/v1/instances", "launch an instance", "m.NameResult",
+    body="m.LaunchBody", streamed=True,
 )  # fmt: skip
 SNAPSHOT: Route[m.SnapshotBody, m.SnapshotResult] = Route(
     "snapshot_take", "POST", "/v1/instances/{name}/snapshots", "snapshot a stopped instance",
-    m.SnapshotResult, body=m.SnapshotBody, streamed=True,
+    "m.SnapshotResult", body="m.SnapshotBody", streamed=True,
 )  # fmt: skip
 RESTORE: Route[m.RestoreBody, m.RestoreResult] = Route(
     "snapshot_restore", "POST", "/v1/instances/{name}/snapshots/{snapshot}/restore",
-    "restore a snapshot (destructive, or snapshot_first)", m.RestoreResult,
-    body=m.RestoreBody, streamed=True,
+    "restore a snapshot (destructive, or snapshot_first)", "m.RestoreResult",
+    body="m.RestoreBody", streamed=True,
 )  # fmt: skip
 SNAPSHOT_DELETE: Route[m.Empty, m.SnapshotResult] = Route(
     "snapshot_delete", "POST", "/v1/instances/{name}/snapshots/{snapshot}/delete",
-    "delete a snapshot", m.SnapshotResult, body=m.Empty, streamed=True,
+    "delete a snapshot", "m.SnapshotResult", body="m.Empty", streamed=True,
 )  # fmt: skip
 CLONE: Route[m.CloneBody, m.CloneResult] = Route(
-    "clone", "POST", "/v1/instances/{name}/clone", "clone a stopped instance", m.CloneResult,
-    body=m.CloneBody, streamed=True,
+    "clone", "POST", "/v1/instances/{name}/clone", "clone a stopped instance", "m.CloneResult",
+    body="m.CloneBody", streamed=True,
 )  # fmt: skip
 SNAPSHOTS: Route[m.Empty, m.SnapshotListReply] = Route(
     "snapshot_list", "GET", "/v1/snapshots", "snapshots per instance, as Multipass's list",
-    m.SnapshotListReply, query=m.NamesQuery,
+    "m.SnapshotListReply", query="m.NamesQuery",
 )  # fmt: skip
 START: Route[m.Empty, m.StartResult] = Route(
     "start", "POST", "/v1/instances/{name}/start", "start (or resume) an instance",
-    m.StartResult, body=m.Empty, streamed=True,
+    "m.StartResult", body="m.Empty", streamed=True,
 )  # fmt: skip
 STOP: Route[m.StopBody, m.NameResult] = Route(
     "stop", "POST", "/v1/instances/{name}/stop", "stop: graceful, --force, --time, --cancel",
-    m.NameResult, body=m.StopBody, streamed=True,
+    "m.NameResult", body="m.StopBody", streamed=True,
 )  # fmt: skip
 SUSPEND: Route[m.Empty, m.NameResult] = Route(
-    "suspend", "POST", "/v1/instances/{name}/suspend", "suspend an instance", m.NameResult,
-    body=m.Empty, streamed=True,
+    "suspend", "POST", "/v1/instances/{name}/suspend", "suspend an instance", "m.NameResult",
+    body="m.Empty", streamed=True,
 )  # fmt: skip
 RESTART: Route[m.Empty, m.StartResult] = Route(
-    "restart", "POST", "/v1/instances/{name}/restart", "restart an instance", m.StartResult,
-    body=m.Empty, streamed=True,
+    "restart", "POST", "/v1/instances/{name}/restart", "restart an instance", "m.StartResult",
+    body="m.Empty", streamed=True,
 )  # fmt: skip
 DELETE: Route[m.DeleteBody, m.DeleteResult] = Route(
     "delete", "POST", "/v1/instances/{name}/delete", "delete (or purge) an instance",
-    m.DeleteResult, body=m.DeleteBody, streamed=True,
+    "m.DeleteResult", body="m.DeleteBody", streamed=True,
 )  # fmt: skip
 RECOVER: Route[m.Empty, m.NameResult] = Route(
     "recover", "POST", "/v1/instances/{name}/recover", "recover a deleted instance",
-    m.NameResult, body=m.Empty, streamed=True,
+    "m.NameResult", body="m.Empty", streamed=True,
 )  # fmt: skip
 PURGE: Route[m.Empty, m.PurgeResult] = Route(
-    "purge", "POST", "/v1/purge", "purge deleted instances", m.PurgeResult, body=m.Empty,
+    "purge", "POST", "/v1/purge", "purge deleted instances", "m.PurgeResult", body="m.Empty",
     streamed=True,
 )  # fmt: skip
 DOCTOR: Route[m.DoctorBody, m.DoctorResult] = Route(
-    "doctor", "POST", "/v1/doctor", "find and repair inconsistencies", m.DoctorResult,
-    body=m.DoctorBody, streamed=True,
+    "doctor", "POST", "/v1/doctor", "find and repair inconsistencies", "m.DoctorResult",
+    body="m.DoctorBody", streamed=True,
 )  # fmt: skip
 SSH: Route[m.Empty, m.SshTargetReply] = Route(
     "ssh", "GET", "/v1/instances/{name}/ssh", "SSH target with the pinned host key",
-    m.SshTargetReply,
+    "m.SshTargetReply",
 )  # fmt: skip
 FIND: Route[m.Empty, m.FindReply] = Route(
-    "find", "GET", "/v1/find", "images per remote", m.FindReply, query=m.FindQuery
+    "find", "GET", "/v1/find", "images per remote", "m.FindReply", query="m.FindQuery"
 )
 IMAGES: Route[m.Empty, m.ImagesReply] = Route(
-    "image_list", "GET", "/v1/images", "cached images", m.ImagesReply
+    "image_list", "GET", "/v1/images", "cached images", "m.ImagesReply"
 )
 BUILD: Route[m.BuildBody, m.BuildResult] = Route(
-    "image_build", "POST", "/v1/images/build", "build tiny or debian-12", m.BuildResult,
-    body=m.BuildBody, streamed=True,
+    "image_build", "POST", "/v1/images/build", "build tiny or debian-12", "m.BuildResult",
+    body="m.BuildBody", streamed=True,
 )  # fmt: skip
 PRUNE: Route[m.PruneBody, m.PruneReply] = Route(
-    "image_prune", "POST", "/v1/images/prune", "remove unused cached images", m.PruneReply,
-    body=m.PruneBody,
+    "image_prune", "POST", "/v1/images/prune", "remove unused cached images", "m.PruneReply",
+    body="m.PruneBody",
 )  # fmt: skip
 GET_SETTING: Route[m.Empty, m.SettingReply] = Route(
-    "get_setting", "GET", "/v1/settings/{key}", "read a setting", m.SettingReply
+    "get_setting", "GET", "/v1/settings/{key}", "read a setting", "m.SettingReply"
 )
 SET_SETTING: Route[m.SettingBody, m.SetReply] = Route(
-    "set_setting", "PUT", "/v1/settings/{key}", "write a setting", m.SetReply,
-    body=m.SettingBody,
+    "set_setting", "PUT", "/v1/settings/{key}", "write a setting", "m.SetReply",
+    body="m.SettingBody",
 )  # fmt: skip
 
 OPERATIONS: Route[m.Empty, o.OperationsReply] = Route(
     "operations", "GET", "/v1/operations", "operations in flight and what each waits for",
-    o.OperationsReply,
+    "o.OperationsReply",
 )  # fmt: skip
 FOLLOW: Route[m.Empty, o.OperationResult] = Route(
     "operation_follow", "GET", "/v1/operations/{id}",
     "re-attach to an operation's events: the kept ones replayed (bounded), then live; "
-    "replay=false: from now on", o.OperationResult, query=o.FollowQuery, streamed=True,
+    "replay=false: from now on", "o.OperationResult", query="o.FollowQuery", streamed=True,
 )  # fmt: skip
 CANCEL: Route[m.Empty, o.CancelReply] = Route(
     "operation_cancel", "DELETE", "/v1/operations/{id}",
     "cancel an operation that waits (for a lock, or its guest's readiness); 409 when it "
-    "is past that", o.CancelReply,
+    "is past that", "o.CancelReply",
 )  # fmt: skip
 
 ROUTES: tuple[Route[Any, Any], ...] = (
@@ -182,3 +205,12 @@ ROUTES: tuple[Route[Any, Any], ...] = (
     START, STOP, SUSPEND, RESTART, DELETE, RECOVER, PURGE, DOCTOR, SSH, FIND, IMAGES,
     BUILD, PRUNE, GET_SETTING, SET_SETTING, OPERATIONS, FOLLOW, CANCEL,
 )  # fmt: skip
+
+
+def _model(ref: str) -> Any:
+    """``"m.Name"`` or ``"o.Name"``: that class of the models or the operations module."""
+    prefix, _, name = ref.partition(".")
+    module = "ketch.api.models" if prefix == "m" else "ketch.api.operations"
+    if module not in sys.modules:
+        __import__(module)
+    return getattr(sys.modules[module], name)

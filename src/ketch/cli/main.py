@@ -1,7 +1,9 @@
 """``ketch``: the command line.  Verbs, flags, messages and exit codes follow Multipass.
 
-Kept light on purpose: argparse, json and http.client only on the paths of
-``list``, ``info`` and ``exec``; rich and yaml are imported when used.
+Kept light on purpose: argparse only on the paths of ``list``, ``info`` and
+``exec``; the API's models (msgspec) and the output formats are imported in the
+verbs that use them, after the request is sent (see :mod:`ketch.client`); rich
+and yaml are imported when used.
 """
 
 from __future__ import annotations
@@ -12,18 +14,17 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ketch import __version__
-from ketch.api import models as m
 from ketch.api import routes
-from ketch.cli import output
-from ketch.cli.parser import Parser
+from ketch.cli.parser import FORMATS, Parser
 from ketch.errors import EXIT_FAILED, EXIT_USAGE, InvalidArgument, KetchError
 
 if TYPE_CHECKING:
+    from ketch.api import models as m
     from ketch.client import Client
     from ketch.model import SshTarget
 
-B = TypeVar("B", bound=m.Body)
-R = TypeVar("R", bound=m.Reply)
+B = TypeVar("B", bound="m.Body")
+R = TypeVar("R", bound="m.Reply")
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -105,6 +106,8 @@ def _primary_name() -> str:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
+    from ketch.api import models as m
+
     given: dict[str, Any] = {
         "image": args.image,
         "name": args.name,
@@ -133,11 +136,17 @@ def _read_text(path: str, what: str) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    # The output module (msgspec with it) is imported after the call: the client
+    # imports the models while ketchd answers (the hot path of 'ketch list').
     if args.snapshots:
         listing = _client().call(routes.SNAPSHOTS)
+        from ketch.cli import output
+
         sys.stdout.write(output.snapshot_list_output(listing, args.format))
         return 0
     doc = _client().call(routes.LIST)
+    from ketch.cli import output
+
     sys.stdout.write(output.list_output(doc, args.format))
     return 0
 
@@ -159,6 +168,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             print("No snapshots found.", file=sys.stderr)
             return 0
     doc = _client().call(routes.INFO, query={"names": ",".join(names)})
+    from ketch.cli import output  # after the call, as in cmd_list
+
     sys.stdout.write(output.info_output(doc, args.format))
     for err in doc.errors:
         print(f"info failed: {err}", file=sys.stderr)
@@ -188,6 +199,8 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
+    from ketch.api import models as m
+
     if args.force and (args.time or args.cancel):
         raise InvalidArgument("--force cannot be combined with --time or --cancel")
     minutes = None
@@ -210,6 +223,8 @@ def cmd_restart(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
+    from ketch.api import models as m
+
     if not args.names and not args.all:
         raise InvalidArgument("give instance names or --all")
     if args.names and args.all:
@@ -273,6 +288,8 @@ def _ask(question: str) -> bool | None:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
+    from ketch.api import models as m
+
     if "." in args.instance:
         raise InvalidArgument(
             f"invalid instance name '{args.instance}'",
@@ -285,6 +302,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from ketch.api import models as m
+
     instance, snapshot = _snapshot_ref(args.snapshot)
     body = m.RestoreBody(destructive=True)
     if not args.destructive:
@@ -307,6 +326,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_clone(args: argparse.Namespace) -> int:
+    from ketch.api import models as m
+
     result = _stream(routes.CLONE, m.CloneBody(name=args.name or None), name=args.source)
     print(f"Cloned from {args.source} to {result.name}.")
     return 0
@@ -370,6 +391,7 @@ def _exec_options(argv: list[str], workdir: str | None) -> tuple[str | None, lis
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
+    from ketch.api import models as m
     from ketch.cli import guest
     from ketch.errors import RemoteError
 
@@ -401,6 +423,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
 
 def cmd_find(args: argparse.Namespace) -> int:
+    from ketch.cli import output
+
     doc = _client().call(routes.FIND, query={"query": args.query} if args.query else None)
     sys.stdout.write(output.find_output(doc, args.format))
     for error in output.find_errors(doc):
@@ -414,6 +438,8 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_set(args: argparse.Namespace) -> int:
+    from ketch.api import models as m
+
     key, sep, value = args.assignment.partition("=")
     if not sep or not key:
         raise InvalidArgument(f"invalid setting '{args.assignment}'", hint="use KEY=VALUE")
@@ -422,6 +448,9 @@ def cmd_set(args: argparse.Namespace) -> int:
 
 
 def cmd_image(args: argparse.Namespace) -> int:
+    from ketch.api import models as m
+    from ketch.cli import output
+
     if args.image_command == "build":
         if args.name not in BUILDABLE:
             raise InvalidArgument(
@@ -454,6 +483,9 @@ def cmd_image(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from ketch.api import models as m
+    from ketch.cli import output
+
     result = _stream(routes.DOCTOR, m.DoctorBody(names=list(args.names), fix=args.fix))
     findings = result.findings
     if args.format == "json":
@@ -465,6 +497,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_version(args: argparse.Namespace) -> int:
+    from ketch.cli import output
     from ketch.errors import DaemonUnreachable
 
     try:
@@ -518,7 +551,7 @@ def build_parser(only: str | None = None) -> Parser:
         return sp
 
     def fmt(sp: Parser) -> None:
-        sp.add_argument("--format", choices=output.FORMATS, default="table", help="output format")
+        sp.add_argument("--format", choices=FORMATS, default="table", help="output format")
 
     def names(sp: Parser, *, all_: bool = True) -> None:
         sp.add_argument("names", nargs="*", metavar="NAME", help="instance names")

@@ -10,8 +10,6 @@ from msgspec import UNSET, UnsetType
 
 from ketch.api import models as m
 
-FORMATS = ("table", "json", "csv", "yaml")
-
 
 def plain(doc: Any) -> Any:
     """A reply model as the JSON document it came as (field order and all)."""

@@ -8,6 +8,8 @@ from typing import Any, NoReturn
 
 from ketch.errors import EXIT_USAGE
 
+FORMATS = ("table", "json", "csv", "yaml")  # --format of list, info, find, ...
+
 
 def _columns() -> int:
     """The terminal's width as ``shutil.get_terminal_size`` says it, without importing shutil.
