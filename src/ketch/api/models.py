@@ -26,11 +26,12 @@ if "msgspec" not in sys.modules and "typing_extensions" not in sys.modules:
     finally:
         del sys.modules["typing_extensions"]
 
-import builtins  # noqa: E402  (after msgspec's first import, above)
-from typing import Annotated, Any, Literal  # noqa: E402
+# (after msgspec's first import, above)
+import builtins
+from typing import Annotated, Any, Literal
 
-import msgspec  # noqa: E402
-from msgspec import UNSET, Meta, Struct, UnsetType  # noqa: E402
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 # -- limits ----------------------------------------------------------------------------
 
