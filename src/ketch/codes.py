@@ -2,7 +2,7 @@
 
 State derivation (``runtime/derive.py``) produces the
 :class:`~ketch.model.InconsistencyCode` s, ``ketch doctor`` adds the
-:class:`~ketch.model.FindingCode` s; ``service/doctor.py`` dispatches on them
+:class:`~ketch.model.FindingCode` s; ``service/doctor/`` dispatches on them
 through a table whose every entry this one explains (a unit test holds the
 two together), and ``ketch.docgen`` writes the documents' tables from it.  Pure.
 """
