@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ketchcli import Ketch
@@ -58,6 +59,10 @@ class Daemon:
     def get(self, path: str) -> tuple[int, bytes]:
         resp = request(self.socket, "GET", path, None, WAIT)
         return resp.status, resp.read()
+
+    def get_json(self, path: str) -> tuple[int, Any]:
+        status, body = self.get(path)
+        return status, json.loads(body)
 
 
 def _limit_fds() -> None:
@@ -234,7 +239,7 @@ def test_an_idle_connection_and_an_unfinished_body_are_dropped(
         s.close()
     _size, text = _log_facts(daemon.log)
     assert "Traceback" not in text
-    assert daemon.get("/v1/instances") == (200, b'{"list": []}')
+    assert daemon.get_json("/v1/instances") == (200, {"list": []})
 
 
 def test_when_every_connection_is_busy_a_new_one_gets_a_clean_503(
@@ -256,7 +261,7 @@ def test_when_every_connection_is_busy_a_new_one_gets_a_clean_503(
     finally:
         for s in busy:
             s.close()
-    assert daemon.get("/v1/instances") == (200, b'{"list": []}')
+    assert daemon.get_json("/v1/instances") == (200, {"list": []})
 
 
 # -- item 4 ---------------------------------------------------------------------------------
@@ -280,7 +285,7 @@ def test_the_alias_bomb_is_refused_and_ketchd_memory_stays_bounded(
     assert done.returncode == 1, done.stderr
     assert "write_files contents decode to more than 16777216 bytes" in done.stderr
     assert after - before < 100 * 1024, (before, after)  # KiB; unbounded it was +600 MB
-    assert daemon.get("/v1/instances") == (200, b'{"list": []}')
+    assert daemon.get_json("/v1/instances") == (200, {"list": []})
 
 
 def test_a_large_cloud_init_being_parsed_does_not_block_other_clients(
