@@ -6,6 +6,15 @@ add some) but not missing or mistyped ones.  Shapes are Multipass's where
 Multipass has one (``list``, ``info``, ``find``), so ``--format json``
 prints exactly what the daemon sent.
 
+The models live by area: :mod:`~ketch.api.common` (limits, bounded value
+types, the ``Body`` and ``Reply`` bases, the error reply),
+:mod:`~ketch.api.instances`, :mod:`~ketch.api.snapshots`,
+:mod:`~ketch.api.system` (version, images, settings, doctor) and
+:mod:`~ketch.api.events` (the stream events).  This module re-exports every
+one of them, and is the one to import (``from ketch.api import models as m``;
+the route table's ``"m.ListReply"`` names resolve here), because of what
+follows.
+
 msgspec imports ``typing_extensions`` when it is installed, only for
 ``get_type_hints`` (and TypedDict's ``Required``), which Python 3.11's own
 :mod:`typing` has; that import (with :mod:`inspect`, :mod:`ast`, :mod:`dis`
