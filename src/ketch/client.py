@@ -1,160 +1,36 @@
-"""The CLI's side of the API: HTTP/1.1 over the daemon's Unix socket.
+"""The CLI's side of the API: typed calls to ketchd, and starting it when none answers.
 
-Hand-rolled on a plain socket on purpose: ``http.client`` would import
-``email`` and ``ssl`` (about 20 ms) on the path of ``ketch list`` and
-``ketch exec`` for nothing.  It speaks only what ketchd answers: one request
-per connection, ``Content-Length`` or ``chunked`` bodies.  If no daemon
-answers, one is started in the background and the call retried.
+:class:`Client` sends a request along a route of :mod:`ketch.api.routes` (or
+by path, for tools and tests) and decodes the reply into the route's model;
+if no daemon answers, one is started in the background and the call retried.
+The bytes go over :mod:`ketch.transport` (HTTP/1.1 on the Unix socket, hand
+rolled to stay light); its names are re-exported here (``request``,
+``Response``, ``connect``, ``check_peer``).
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from ketch.errors import DaemonUnreachable, KetchError, RemoteError
 from ketch.layout import Root
+from ketch.transport import Response, check_peer, connect, request
 
 if TYPE_CHECKING:
     from ketch.api import models as m
     from ketch.api.routes import Route
+
+__all__ = ["START_TIMEOUT", "Client", "Response", "check_peer", "connect", "q", "request"]
 
 START_TIMEOUT = 20.0
 T = TypeVar("T")
 B = TypeVar("B", bound="m.Body")
 R = TypeVar("R", bound="m.Reply")
 OnEvent = Callable[["m.AnyEvent"], None]
-
-
-class Response:
-    """A response read from a socket file: status, headers, body (whole or by lines)."""
-
-    def __init__(self, f: BinaryIO, sock: socket.socket) -> None:
-        self._f = f
-        self._sock = sock
-        status_line = f.readline().decode("latin-1")
-        parts = status_line.split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-            raise OSError(f"bad status line from ketchd: {status_line.strip()!r}")
-        self.status = int(parts[1])
-        self.headers: dict[str, str] = {}
-        while (line := f.readline()) not in (b"\r\n", b"\n", b""):
-            key, _, value = line.decode("latin-1").partition(":")
-            self.headers[key.strip().lower()] = value.strip()
-
-    def getheader(self, name: str) -> str | None:
-        return self.headers.get(name.lower())
-
-    def _chunks(self) -> Iterator[bytes]:
-        if self.headers.get("transfer-encoding", "").lower() == "chunked":
-            while True:
-                size = int(self._f.readline().split(b";", 1)[0].strip() or b"0", 16)
-                if size == 0:
-                    self._f.readline()
-                    return
-                data = self._f.read(size)
-                self._f.readline()
-                yield data
-        elif "content-length" in self.headers:
-            yield self._f.read(int(self.headers["content-length"]))
-        else:
-            yield self._f.read()
-
-    def read(self) -> bytes:
-        try:
-            return b"".join(self._chunks())
-        finally:
-            self.close()
-
-    def lines(self) -> Iterator[bytes]:
-        """The body split into lines as it arrives (for NDJSON streams)."""
-        pending = b""
-        try:
-            for chunk in self._chunks():
-                pending += chunk
-                *complete, pending = pending.split(b"\n")
-                yield from complete
-            if pending:
-                yield pending
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        self._f.close()
-        self._sock.close()
-
-
-def request(
-    path: str,
-    method: str,
-    target: str,
-    body: bytes | None,
-    timeout: float | None,
-    *,
-    meanwhile: Callable[[], object] | None = None,
-) -> Response:
-    """Send one request on a new connection to the Unix socket ``path``.
-
-    ``meanwhile`` runs once the request is sent, before the answer is read:
-    the client imports the reply's model (and msgspec) there, while ketchd
-    works on the answer, instead of before sending.
-    """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        connect(sock, path, timeout)
-        check_peer(sock, path)
-        head = f"{method} {target} HTTP/1.1\r\nHost: ketchd\r\nConnection: close\r\n"
-        if body is not None:
-            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        sock.sendall(head.encode("latin-1") + b"\r\n" + (body or b""))
-        if meanwhile is not None:
-            meanwhile()
-        return Response(sock.makefile("rb"), sock)
-    except BaseException:
-        sock.close()
-        raise
-
-
-def connect(sock: socket.socket, path: str, timeout: float | None) -> None:
-    """Connect, waiting while the socket's backlog is full (ketchd accepts as it can).
-
-    A Unix socket with a timeout reports a full backlog at once (EAGAIN)
-    instead of waiting; under a flood of connections that is retried.
-    """
-    deadline = time.monotonic() + (timeout if timeout is not None else START_TIMEOUT)
-    while True:
-        try:
-            sock.connect(path)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.02)
-
-
-def check_peer(sock: socket.socket, path: str) -> None:
-    """Refuse a daemon run by another user (SO_PEERCRED), before anything is sent.
-
-    Only our own uid, or root, may serve us: a request can carry cloud-init
-    with secrets, and another user's reply is not to be believed.
-    """
-    import struct
-
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, _gid = struct.unpack("3i", creds)
-    me = os.geteuid()
-    if uid not in (me, 0):
-        raise DaemonUnreachable(
-            f"refusing to talk to {path}: it is served by uid {uid} (pid {pid}), not by you "
-            f"(uid {me}); nothing was sent",
-            hint="another user's ketchd serves this storage root: use a storage root of your "
-            "own (--storage or $KETCH_STORAGE), or stop that daemon",
-        )
 
 
 def _raise_error(err: m.ErrorDetail) -> NoReturn:

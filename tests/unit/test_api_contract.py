@@ -174,6 +174,23 @@ def test_the_cli_path_imports_msgspec_without_typing_extensions() -> None:
     assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
 
 
+def test_models_re_exports_every_model_of_its_parts() -> None:
+    """A model added to a part (common, instances, ...) is reachable as ``m.X``, the same object."""
+    import importlib
+
+    parts = ["common", "instances", "snapshots", "system", "events"]
+    for part in parts:
+        module = importlib.import_module(f"ketch.api.{part}")
+        public = [n for n, v in vars(module).items() if not n.startswith("_")]
+        mine = [
+            n for n in public if getattr(vars(module)[n], "__module__", None) == module.__name__
+        ]
+        assert mine, part
+        for name in mine:
+            assert name in m.__all__ and getattr(m, name) is getattr(module, name), (part, name)
+    assert len(m.__all__) == len(set(m.__all__))
+
+
 def test_a_route_can_stream_events_it_already_has(tmp_path: Path) -> None:
     """wire.Events: a bodiless GET streamed route (as re-attaching to an operation will be)."""
     import asyncio

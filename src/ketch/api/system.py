@@ -1,0 +1,104 @@
+"""The API's models for the storage root as a whole: version, images, settings, doctor.
+
+Part of :mod:`ketch.api.models`, which re-exports every name here; import
+them from there (it imports msgspec first, lightly: see its docstring).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from msgspec import UNSET, Meta, UnsetType
+
+from ketch.api.common import MAX_DAYS, Body, Name, Reply, Text
+
+
+class DoctorBody(Body):
+    names: Annotated[list[Name], Meta(max_length=10_000)] = []  # noqa: RUF012  (a Struct: msgspec copies it)
+    fix: bool = False
+
+
+class BuildBody(Body):
+    name: Literal["tiny", "debian-12"] = "tiny"
+    force: bool = False
+
+
+class PruneBody(Body):
+    days: Annotated[float, Meta(ge=0, le=MAX_DAYS)] = 14.0
+
+
+class SettingBody(Body):
+    value: Text
+
+
+class FindQuery(Body):
+    query: Annotated[str, Meta(max_length=1024)] = ""
+
+
+class VersionReply(Reply):
+    ketchd: str
+    started: float
+
+
+class FindRow(Reply):
+    remote: str
+    aliases: list[str] = []  # noqa: RUF012  (a Struct: msgspec copies it)
+    release: str = ""
+    version: str = ""
+    description: str = ""
+    os: str = ""
+    product: str = ""
+    error: str | None = None
+
+
+class FindReply(Reply):
+    images: list[FindRow]
+
+
+class CachedImage(Reply):
+    digest: str
+    path: str
+    size: int
+    source: str
+    added: float
+    last_used: float
+    owners: list[str]
+
+
+class ImagesReply(Reply):
+    images: list[CachedImage]
+
+
+class PruneReply(Reply):
+    removed: list[CachedImage]
+
+
+class SettingReply(Reply):
+    key: str
+    value: str
+
+
+class SetReply(Reply, omit_defaults=True):
+    key: str
+    value: str | UnsetType = UNSET
+    changed: bool | UnsetType = UNSET
+
+
+class Finding(Reply):
+    instance: str
+    code: str
+    message: str
+    fix: str
+    fixed: bool | None
+    outcome: str | None
+
+
+class DoctorResult(Reply):
+    findings: list[Finding]
+    fixed: bool
+
+
+class BuildResult(Reply):
+    id: str
+    release: str
+    disk: str
