@@ -15,7 +15,9 @@ The package is laid out so that a verb loads only its own code:
   :mod:`~ketch.cli.verbs_system` (get, set, doctor, version, daemon, help,
   completion);
 * guest access, run by the CLI itself: :mod:`~ketch.cli.guest` (exec,
-  shell), :mod:`~ketch.cli.transfer` and :mod:`~ketch.cli.locations`;
+  shell, running ssh), :mod:`~ketch.cli.transfer` (files and trees), its
+  guest-side scripts :mod:`~ketch.cli.transfer_scripts` and its ``NAME:PATH``
+  arguments :mod:`~ketch.cli.locations`;
 * :mod:`~ketch.cli.output`, :mod:`~ketch.cli.progress` and
   :mod:`~ketch.cli.completion`, imported by the verbs that use them.
 

@@ -84,11 +84,11 @@ def cmd_shell(args: argparse.Namespace) -> int:
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
-    from ketch.cli import guest
+    from ketch.cli import transfer
 
     if len(args.paths) < 2:
         raise InvalidArgument("give at least one source and a destination")
-    guest.transfer(
+    transfer.transfer(
         args.paths[:-1],
         args.paths[-1],
         resolve=_target,
