@@ -334,6 +334,33 @@ def test_a_daemon_contact_would_show_as_exit_3(
     assert not no_daemon.exists()
 
 
+@pytest.mark.parametrize(
+    ("argv", "own", "models"),
+    [
+        (["list"], {"verbs_instances"}, False),
+        (["info", "vm"], {"verbs_instances"}, False),
+        (["exec", "vm", "--", "true"], {"verbs_guest", "guest"}, False),
+        (["snapshot", "vm"], {"verbs_snapshots", "progress"}, True),  # a body, then a stream
+    ],
+)
+def test_a_verb_imports_its_own_handler_module_only(
+    no_daemon: Path, argv: list[str], own: set[str], models: bool
+) -> None:
+    """The hot path stays light: the parser names handlers; only the verb's module is imported."""
+    code = (
+        "import sys\n"
+        "from ketch.cli.main import main\n"
+        f"code = main({argv!r})\n"
+        "loaded = sorted(m[10:] for m in sys.modules if m.startswith('ketch.cli.'))\n"
+        "print(code, 'msgspec' in sys.modules, ' '.join(loaded))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    code_, msgspec, *loaded = done.stdout.split()
+    assert code_ == "3", done.stderr  # the daemon is unreachable: the request was the next step
+    assert set(loaded) == {"main", "parser"} | own
+    assert msgspec == str(models)  # list, info, exec: sent (and failed) before the models
+
+
 # -- the real program as a subprocess ---------------------------------------------------------
 
 
