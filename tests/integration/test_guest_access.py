@@ -28,7 +28,8 @@ import pexpect
 import pytest
 
 import ketch
-from ketch.cli.guest import exec_command, transfer
+from ketch.cli.guest import exec_command
+from ketch.cli.transfer import transfer
 from ketch.cloudinit import merge_vendor, meta_data, parse_user_data, render_user_data
 from ketch.errors import GuestError, HostKeyMismatch
 from ketch.host.seed import GUEST_CONFIG_FILE, build_seed_iso, render_guest_config
@@ -61,7 +62,7 @@ DRIVER = """\
 import json, sys
 from ketch.errors import KetchError
 from ketch.model import SshTarget
-from ketch.cli import guest
+from ketch.cli import guest, transfer
 target = SshTarget(**json.loads(sys.argv[1]))
 what, args = sys.argv[2], sys.argv[3:]
 try:
@@ -72,7 +73,7 @@ try:
     if what == "shell":
         sys.exit(guest.shell(target))
     if what == "transfer":
-        guest.transfer(args[:-1], args[-1], resolve=lambda name: target,
+        transfer.transfer(args[:-1], args[-1], resolve=lambda name: target,
                        recursive=True, parents=True)
         sys.exit(0)
 except KetchError as exc:

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.vm
 EVIL = "/var/tmp/ketch-evil.tar"
 EVIL_SH = "/usr/local/bin/ketch-evil-sh"
 # sshd runs the login shell as: SHELL -c COMMAND.  The marker is a line of
-# ketch's guest-side script for guest -> host copies (cli/guest.py: _GET).
+# ketch's guest-side script for guest -> host copies (cli/transfer_scripts.py: GET).
 EVIL_SHELL = f"""#!/bin/sh
 case "$2" in
   *'exec tar -c -f - "./$2"'*) printf D; exec cat {EVIL} ;;

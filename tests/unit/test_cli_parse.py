@@ -15,12 +15,14 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from ketch import __version__
 from ketch.cli import main as cli
+from ketch.cli import verbs_guest, verbs_instances, verbs_system
 from ketch.cli.main import HELP, build_parser
 from ketch.errors import EXIT_USAGE
 
@@ -30,6 +32,12 @@ ALIASES = {"ls": "list", "sh": "shell", "connect": "shell", "copy-files": "trans
 
 def parse(*argv: str) -> argparse.Namespace:
     return build_parser().parse_args(list(argv))
+
+
+def handler(ns: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
+    """The function a parsed command line runs (the parser names it; this imports it)."""
+    fn: Callable[[argparse.Namespace], int] = ns.func.resolve()
+    return fn
 
 
 def ketch(tmp_path: Path, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -65,7 +73,7 @@ def test_launch_with_multipass_flags() -> None:
     )  # fmt: skip
     assert (ns.image, ns.name, ns.cpus, ns.memory, ns.disk) == ("noble", "web", 2, "2G", "10G")
     assert ns.cloud_init == "ci.yaml" and ns.timeout == 600.0
-    assert ns.func is cli.cmd_launch
+    assert handler(ns) is verbs_instances.cmd_launch
 
 
 def test_launch_long_flags_and_defaults() -> None:
@@ -82,7 +90,7 @@ def test_instance_verbs_take_names_and_all(verb: str) -> None:
     assert ns.names == ["a", "b"] and ns.all is False
     ns = parse(verb, "--all")
     assert ns.names == [] and ns.all is True
-    assert ns.func is getattr(cli, f"cmd_{verb}")
+    assert handler(ns) is getattr(verbs_instances, f"cmd_{verb}")
 
 
 def test_stop_flags() -> None:
@@ -105,13 +113,13 @@ def test_delete_purge() -> None:
 
 
 def test_purge_takes_nothing() -> None:
-    assert parse("purge").func is cli.cmd_purge
+    assert handler(parse("purge")) is verbs_instances.cmd_purge
 
 
 def exec_of(*argv: str) -> tuple[str, str | None, list[str]]:
     """(instance, working directory, guest command) as ``ketch exec`` would use them."""
     ns = cli.parse_args(build_parser(), ["exec", *argv])
-    workdir, command = cli.exec_request(ns)
+    workdir, command = verbs_guest.exec_request(ns)
     return ns.name, workdir, command
 
 
@@ -198,7 +206,7 @@ def test_find_query() -> None:
 @pytest.mark.parametrize(("alias", "verb"), sorted(ALIASES.items()))
 def test_aliases(alias: str, verb: str) -> None:
     argv = {"ls": [], "sh": ["vm"], "connect": ["vm"], "copy-files": ["a", "vm:b"]}[alias]
-    assert parse(alias, *argv).func is getattr(cli, f"cmd_{verb}")
+    assert handler(parse(alias, *argv)).__name__ == f"cmd_{verb}"
 
 
 def test_shell_name_is_optional() -> None:
@@ -215,7 +223,7 @@ def test_get_set_image_version_completion() -> None:
     assert parse("image", "list", "--format", "json").format == "json"
     assert parse("version", "--format", "json").format == "json"
     assert parse("completion", "zsh").shell == "zsh"
-    assert parse("daemon").func is cli.cmd_daemon
+    assert handler(parse("daemon")) is verbs_system.cmd_daemon
 
 
 def test_every_verb_has_a_handler() -> None:
@@ -227,7 +235,8 @@ def test_every_verb_has_a_handler() -> None:
     }  # fmt: skip
     for verb in VERBS:
         ns = parser.parse_args([verb, *minimal.get(verb, [])])
-        assert ns.func is getattr(cli, f"cmd_{verb}"), verb
+        fn = handler(ns)
+        assert fn.__name__ == f"cmd_{verb}" and fn.__module__.startswith("ketch.cli.verbs_"), verb
 
 
 # -- usage errors in-process: exit 1, before any daemon contact ------------------------------
@@ -323,6 +332,33 @@ def test_a_daemon_contact_would_show_as_exit_3(
     assert cli.main(["list"]) == 3
     assert "ketchd" in capsys.readouterr().err
     assert not no_daemon.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "own", "models"),
+    [
+        (["list"], {"verbs_instances"}, False),
+        (["info", "vm"], {"verbs_instances"}, False),
+        (["exec", "vm", "--", "true"], {"verbs_guest", "guest"}, False),
+        (["snapshot", "vm"], {"verbs_snapshots", "progress"}, True),  # a body, then a stream
+    ],
+)
+def test_a_verb_imports_its_own_handler_module_only(
+    no_daemon: Path, argv: list[str], own: set[str], models: bool
+) -> None:
+    """The hot path stays light: the parser names handlers; only the verb's module is imported."""
+    code = (
+        "import sys\n"
+        "from ketch.cli.main import main\n"
+        f"code = main({argv!r})\n"
+        "loaded = sorted(m[10:] for m in sys.modules if m.startswith('ketch.cli.'))\n"
+        "print(code, 'msgspec' in sys.modules, ' '.join(loaded))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    code_, msgspec, *loaded = done.stdout.split()
+    assert code_ == "3", done.stderr  # the daemon is unreachable: the request was the next step
+    assert set(loaded) == {"main", "parser"} | own
+    assert msgspec == str(models)  # list, info, exec: sent (and failed) before the models
 
 
 # -- the real program as a subprocess ---------------------------------------------------------

@@ -19,7 +19,7 @@ import yaml
 
 from ketch.api import models as m
 from ketch.cli import main as cli
-from ketch.cli import output
+from ketch.cli import output, snapshot_ref, verbs_snapshots
 from ketch.cli.main import build_parser
 from ketch.errors import EXIT_USAGE, InvalidArgument
 
@@ -44,8 +44,8 @@ def no_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_snapshot_flags() -> None:
     ns = build_parser().parse_args(["snapshot", "web", "-n", "pre", "-c", "before upgrade"])
-    assert (ns.instance, ns.name, ns.comment, ns.func) == (
-        "web", "pre", "before upgrade", cli.cmd_snapshot,
+    assert (ns.instance, ns.name, ns.comment, ns.func.resolve()) == (
+        "web", "pre", "before upgrade", verbs_snapshots.cmd_snapshot,
     )  # fmt: skip
     ns = build_parser().parse_args(["snapshot", "--name", "x", "--comment", "c", "web"])
     assert (ns.name, ns.comment) == ("x", "c")
@@ -57,11 +57,15 @@ def test_snapshot_flags() -> None:
 def test_restore_clone_list_flags() -> None:
     p = build_parser()
     ns = p.parse_args(["restore", "web.snapshot1", "--destructive"])
-    assert (ns.snapshot, ns.destructive, ns.func) == ("web.snapshot1", True, cli.cmd_restore)
+    assert (ns.snapshot, ns.destructive, ns.func.resolve()) == (
+        "web.snapshot1",
+        True,
+        verbs_snapshots.cmd_restore,
+    )
     assert p.parse_args(["restore", "-d", "web.s"]).destructive is True
     assert p.parse_args(["restore", "web.s"]).destructive is False
     ns = p.parse_args(["clone", "web", "-n", "web2"])
-    assert (ns.source, ns.name, ns.func) == ("web", "web2", cli.cmd_clone)
+    assert (ns.source, ns.name, ns.func.resolve()) == ("web", "web2", verbs_snapshots.cmd_clone)
     assert p.parse_args(["clone", "web"]).name is None
     assert p.parse_args(["list", "--snapshots", "--format", "csv"]).snapshots is True
     assert p.parse_args(["list"]).snapshots is False
@@ -71,13 +75,13 @@ def test_restore_clone_list_flags() -> None:
 @pytest.mark.parametrize("ref", ["web", "web.", ".snap", ""])
 def test_bad_snapshot_references(ref: str) -> None:
     with pytest.raises(InvalidArgument, match="invalid snapshot") as err:
-        cli._snapshot_ref(ref)
+        snapshot_ref(ref)
     assert err.value.hint is not None and "INSTANCE.SNAPSHOT" in err.value.hint
 
 
 def test_snapshot_reference_splits_at_the_first_dot() -> None:
-    assert cli._snapshot_ref("web.snapshot1") == ("web", "snapshot1")
-    assert cli._snapshot_ref("web.a.b") == ("web", "a.b")  # the daemon then finds no "a.b"
+    assert snapshot_ref("web.snapshot1") == ("web", "snapshot1")
+    assert snapshot_ref("web.a.b") == ("web", "a.b")  # the daemon then finds no "a.b"
 
 
 # -- refusals before any daemon contact ---------------------------------------------------------

@@ -23,7 +23,8 @@ import yaml
 
 from ketch.api.models import BuildBody, BuildResult
 from ketch.api.routes import Route
-from ketch.cli import main as cli
+from ketch.cli import verbs_images
+from ketch.cli.parser import build_parser
 from ketch.errors import ImageError, InvalidArgument, NotFound
 from ketch.host import partitions
 from ketch.images import debian
@@ -594,11 +595,11 @@ def test_cli_image_build_sends_the_name(monkeypatch: pytest.MonkeyPatch) -> None
         sent.append((route.path, msgspec.to_builtins(body)))
         return BuildResult(id=INFO.id, disk=INFO.disk, release=INFO.release)
 
-    monkeypatch.setattr(cli, "_stream", stream)
-    args = cli.build_parser().parse_args(["image", "build", "debian-12", "--force"])
-    assert cli.cmd_image(args) == 0
+    monkeypatch.setattr(verbs_images, "stream", stream)
+    args = build_parser().parse_args(["image", "build", "debian-12", "--force"])
+    assert verbs_images.cmd_image(args) == 0
     assert sent == [("/v1/images/build", {"name": "debian-12", "force": True})]
-    args = cli.build_parser().parse_args(["image", "build", "debian-11"])
+    args = build_parser().parse_args(["image", "build", "debian-11"])
     with pytest.raises(InvalidArgument, match="unknown image") as err:
-        cli.cmd_image(args)
+        verbs_images.cmd_image(args)
     assert err.value.hint == "ketch can build: tiny, debian-12"

@@ -19,8 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from ketch.cli import guest
-from ketch.cli.guest import GuestPath, exec_command, parse_location, transfer
+from ketch.cli import transfer as transfer_cli
+from ketch.cli import transfer_scripts
+from ketch.cli.guest import exec_command
+from ketch.cli.locations import GuestPath, parse_location
+from ketch.cli.transfer import transfer
 from ketch.errors import GuestError, HostKeyMismatch, InvalidArgument
 from ketch.host import ssh
 from ketch.host.ssh import (
@@ -619,7 +622,7 @@ def test_hostile_archive_is_refused(tmp_path: Path, members: list[tuple[str, str
     dest = tmp_path / "dest"
     dest.mkdir()
     with pytest.raises(GuestError):
-        guest._receive_tree(archive(*members), dest, "top", "top")
+        transfer_cli._receive_tree(archive(*members), dest, "top", "top")
     assert not (tmp_path / "evil").exists()
     assert list(dest.rglob("evil")) == []
 
@@ -628,7 +631,7 @@ def test_symlink_leading_outside_is_skipped_with_a_warning(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     members = [("dir", "./top", ""), ("sym", "./top/ok", "f"), ("sym", "./top/abs", "/etc/passwd")]
-    guest._receive_tree(archive(*members), tmp_path, "top", "renamed")
+    transfer_cli._receive_tree(archive(*members), tmp_path, "top", "renamed")
     assert os.readlink(tmp_path / "renamed" / "ok") == "f"
     assert not os.path.lexists(tmp_path / "renamed" / "abs")
     err = capfd.readouterr().err
@@ -637,15 +640,17 @@ def test_symlink_leading_outside_is_skipped_with_a_warning(
 
 def test_archive_top_is_renamed(tmp_path: Path) -> None:
     members = [("dir", "./top", ""), ("file", "./top/a", "1"), ("hard", "./top/b", "./top/a")]
-    guest._receive_tree(archive(*members), tmp_path, "top", "new")
+    transfer_cli._receive_tree(archive(*members), tmp_path, "top", "new")
     assert (tmp_path / "new/a").read_text() == "1"
     assert (tmp_path / "new/b").read_text() == "1"
 
 
 def test_quote_helper_is_posix() -> None:
     # The guest-side scripts are passed as one quoted argument to sh -c.
-    argv = shlex.split(remote_command(["sh", "-c", guest._GET, "ketch", "d", "n", "0", "1"]))
-    assert argv[2] == guest._GET
+    argv = shlex.split(
+        remote_command(["sh", "-c", transfer_scripts.GET, "ketch", "d", "n", "0", "1"])
+    )
+    assert argv[2] == transfer_scripts.GET
     assert ssh.BOOT_FINISHED == "/var/lib/cloud/instance/boot-finished"
 
 

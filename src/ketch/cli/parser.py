@@ -1,14 +1,55 @@
-"""The command line's argparse: exit 1 on bad usage, and no ``shutil`` on the hot path."""
+"""The command line's argparse: the verbs' parsers, exit 1 on bad usage, no ``shutil``.
+
+Each verb's handler is named (:class:`Command`: module and function) and its
+module imported only when the verb runs, and ``build_parser(only=VERB)``
+builds that verb's sub-parser alone: ``ketch list`` loads neither the other
+verbs' code nor their parsers.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
+from ketch import __version__
 from ketch.errors import EXIT_USAGE
 
+Handler = Callable[[argparse.Namespace], int]
+
 FORMATS = ("table", "json", "csv", "yaml")  # --format of list, info, find, ...
+
+HELP = {
+    "launch": "Create and start an instance",
+    "list": "List all available instances",
+    "info": "Display information about instances",
+    "start": "Start instances (a suspended instance resumes)",
+    "stop": "Stop running instances",
+    "suspend": "Suspend running instances",
+    "restart": "Restart instances",
+    "delete": "Delete instances",
+    "recover": "Recover deleted instances",
+    "purge": "Purge all deleted instances permanently",
+    "snapshot": "Take a snapshot of a stopped instance",
+    "restore": "Restore an instance from a snapshot",
+    "clone": "Create an independent copy of a stopped instance",
+    "exec": "Run a command on an instance",
+    "shell": "Open a shell on a running instance",
+    "transfer": "Transfer files between the host and instances",
+    "find": "Display available images to create instances from",
+    "get": "Get a configuration setting",
+    "set": "Set a configuration setting",
+    "image": "Build, list and prune cached images",
+    "version": "Show version details",
+    "help": "Display help about a command",
+    "daemon": "Run ketchd in the foreground",
+    "completion": "Print a shell completion script (bash or zsh)",
+    "doctor": "Find, explain and (with --fix) repair inconsistent instances",
+}
+
+# Verbs (and aliases) whose sub-parser can be built alone.
+VERBS = (set(HELP) | {"ls", "sh", "connect", "copy-files"}) - {"help", "completion"}
 
 
 def _columns() -> int:
@@ -58,3 +99,175 @@ class Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+
+
+class Command:
+    """A verb's handler by name: ``ketch.cli.<module>.<function>``, imported when it runs.
+
+    (Importing every verb's module to build the parser would put all of them
+    on the hot path of ``ketch list``.)
+    """
+
+    __slots__ = ("function", "module")
+
+    def __init__(self, module: str, function: str) -> None:
+        self.module = module
+        self.function = function
+
+    def resolve(self) -> Handler:
+        """The handler itself (its module imported)."""
+        module = __import__(f"ketch.cli.{self.module}", fromlist=[self.function])
+        handler: Handler = getattr(module, self.function)
+        return handler
+
+    def __call__(self, args: argparse.Namespace) -> int:
+        return self.resolve()(args)
+
+    def __repr__(self) -> str:
+        return f"Command({self.module!r}, {self.function!r})"
+
+
+class _Skip:
+    """Stands in for the sub-parsers a run does not need (they cost ~0.5 ms each)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: self
+
+
+def build_parser(only: str | None = None) -> Parser:
+    """The full parser; with ``only``, just that verb's sub-parser (the hot path)."""
+    p = Parser(prog="ketch", description="ketch: fresh Linux VMs from cloud images, on QEMU.")
+    p.add_argument("-V", "--version", action="version", version=f"ketch {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    def cmd(name: str, module: str, *aliases: str) -> Parser:
+        """The verb's sub-parser; its handler is ``cmd_<name>`` in ``ketch.cli.<module>``."""
+        if only is not None and only != name and only not in aliases:
+            return _Skip()  # type: ignore[return-value]
+        sp: Parser = sub.add_parser(
+            name, help=HELP[name], description=HELP[name], aliases=list(aliases)
+        )
+        sp.set_defaults(func=Command(module, "cmd_" + name))
+        return sp
+
+    def fmt(sp: Parser) -> None:
+        sp.add_argument("--format", choices=FORMATS, default="table", help="output format")
+
+    def names(sp: Parser, *, all_: bool = True) -> None:
+        sp.add_argument("names", nargs="*", metavar="NAME", help="instance names")
+        if all_:
+            sp.add_argument("--all", action="store_true", help="every instance")
+
+    sp = cmd("launch", "verbs_instances")
+    sp.add_argument(
+        "image",
+        nargs="?",
+        default=None,
+        help="tiny, debian-12, ALIAS, REMOTE:ALIAS, file:// or http(s):// URL",
+    )
+    sp.add_argument("-n", "--name", help="instance name (default: a random one)")
+    sp.add_argument("-c", "--cpus", type=int, help="number of CPUs (default 1)")
+    sp.add_argument("-m", "--memory", "--mem", dest="memory", help="memory, e.g. 1G (default 1G)")
+    sp.add_argument("-d", "--disk", help="disk size, e.g. 5G (default 5G)")
+    sp.add_argument("--cloud-init", metavar="FILE", help="#cloud-config user data, or - for stdin")
+    sp.add_argument("--timeout", type=float, help="seconds to wait for the instance to be ready")
+    sp.add_argument(
+        "--firmware",
+        choices=("bios", "uefi"),
+        help="boot the image through SeaBIOS or UEFI (OVMF); default: what the image needs",
+    )
+
+    sp = cmd("list", "verbs_instances", "ls")
+    fmt(sp)
+    sp.add_argument("--snapshots", action="store_true", help="list snapshots instead")
+    sp = cmd("info", "verbs_instances")
+    sp.add_argument("names", nargs="*", metavar="NAME", help="instances, or INSTANCE.SNAPSHOT")
+    sp.add_argument("--all", action="store_true", help="every instance")
+    sp.add_argument(
+        "--snapshots", action="store_true", help="details of every snapshot of the instances"
+    )
+    fmt(sp)
+    for verb in ("start", "suspend", "restart"):
+        names(cmd(verb, "verbs_instances"))
+    sp = cmd("stop", "verbs_instances")
+    names(sp)
+    sp.add_argument(
+        "-f", "--force", action="store_true", help="end the instance at once, from any state"
+    )
+    sp.add_argument("-t", "--time", help="shut down after this many minutes")
+    sp.add_argument("-c", "--cancel", action="store_true", help="cancel a delayed shutdown")
+    sp = cmd("delete", "verbs_instances")
+    sp.add_argument("names", nargs="*", metavar="NAME", help="instances, or INSTANCE.SNAPSHOT")
+    sp.add_argument("--all", action="store_true", help="every instance")
+    sp.add_argument(
+        "-p", "--purge", action="store_true", help="remove at once; cannot be recovered"
+    )
+    names(cmd("recover", "verbs_instances"))
+    cmd("purge", "verbs_instances")
+
+    sp = cmd("snapshot", "verbs_snapshots")
+    sp.add_argument("instance", metavar="NAME", help="a stopped instance")
+    sp.add_argument("-n", "--name", help="snapshot name (default: snapshotN)")
+    sp.add_argument(
+        "-c", "--comment", "-m", "--message", dest="comment", default="", help="a comment"
+    )
+    sp = cmd("restore", "verbs_snapshots")
+    sp.add_argument("snapshot", metavar="NAME.SNAPSHOT", help="the snapshot to restore")
+    sp.add_argument(
+        "-d",
+        "--destructive",
+        action="store_true",
+        help="discard the current state without asking whether to snapshot it first",
+    )
+    sp = cmd("clone", "verbs_snapshots")
+    sp.add_argument("source", metavar="NAME", help="a stopped instance")
+    sp.add_argument("-n", "--name", help="name of the clone (default: NAME-cloneN)")
+
+    sp = cmd("exec", "verbs_guest")
+    sp.add_argument("name", metavar="NAME")
+    sp.add_argument(
+        "-d", "--working-directory", "--cd", dest="working_directory", help="directory to run in"
+    )
+    sp.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    sp = cmd("shell", "verbs_guest", "sh", "connect")
+    sp.add_argument("name", nargs="?", metavar="NAME", help="instance (default: the primary)")
+    sp = cmd("transfer", "verbs_guest", "copy-files")
+    sp.add_argument(
+        "paths", nargs="+", metavar="SRC... DST", help="NAME:PATH on the guest side, - for stdio"
+    )
+    sp.add_argument("-r", "--recursive", action="store_true", help="copy directories")
+    sp.add_argument("-p", "--parents", action="store_true", help="make missing parent directories")
+
+    sp = cmd("find", "verbs_images")
+    sp.add_argument("query", nargs="?", help="[REMOTE:]TEXT")
+    fmt(sp)
+    sp = cmd("get", "verbs_system")
+    sp.add_argument("key", metavar="KEY")
+    sp = cmd("set", "verbs_system")
+    sp.add_argument("assignment", metavar="KEY=VALUE")
+
+    sp = cmd("image", "verbs_images")
+    isub = sp.add_subparsers(
+        dest="image_command", metavar="ACTION", parser_class=Parser, required=True
+    )
+    b = isub.add_parser("build", help="build an image (tiny, debian-12)")
+    b.add_argument("name", metavar="NAME", help="tiny or debian-12")
+    b.add_argument("--force", action="store_true", help="rebuild even if cached")
+    ls = isub.add_parser("list", help="list cached images")
+    fmt(ls)
+    pr = isub.add_parser("prune", help="remove cached images unused for DAYS")
+    pr.add_argument("--days", type=float, default=14.0)
+
+    sp = cmd("doctor", "verbs_system")
+    names(sp, all_=False)
+    sp.add_argument("--fix", action="store_true", help="repair what can be repaired safely")
+    sp.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+
+    sp = cmd("version", "verbs_system")
+    fmt(sp)
+    sp = cmd("help", "verbs_system")
+    sp.add_argument("topic", nargs="?", metavar="COMMAND")
+    cmd("daemon", "verbs_system")
+    sp = cmd("completion", "verbs_system")
+    sp.add_argument("shell", choices=("bash", "zsh"))
+    return p
