@@ -34,7 +34,7 @@ def odd_root(request: pytest.FixtureRequest, tiny_image: ImageInfo) -> Iterator[
     """A storage root named ``request.param`` (short: Unix sockets live in it)."""
     base = Path(tempfile.mkdtemp(prefix="ketch-", dir="/tmp"))
     root = base / str(request.param)
-    root.mkdir()
+    root.mkdir(mode=0o700)  # ketchd refuses a root other users can open
     _seed_vault(root, tiny_image)
     k = Ketch(root)
     try:
