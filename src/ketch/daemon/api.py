@@ -130,7 +130,7 @@ class Api(OperationRoutes):
     async def stop(self, call: Call[m.StopBody]) -> Op:
         name, body, ctx = self._instance(call), call.body, self.ctx
 
-        async def op(rep: QueueReporter) -> Result:
+        async def op(rep: QueueReporter) -> m.NameResult:
             if body.cancel:
                 return await lifecycle.cancel_delayed_stop(ctx, name)
             if body.force:

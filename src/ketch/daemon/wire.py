@@ -53,7 +53,7 @@ class Op:
 
     locks: Iterable[str]
     label: OperationKind
-    run: Callable[[QueueReporter], Awaitable[dict[str, Any]]]
+    run: Callable[[QueueReporter], Awaitable[m.Reply | dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -138,12 +138,19 @@ def encode_event(event: Event | m.Event) -> bytes:
 
 
 def typed_result(
-    route: Route[Any, Any], run: Callable[[QueueReporter], Awaitable[dict[str, Any]]]
+    route: Route[Any, Any], run: Callable[[QueueReporter], Awaitable[m.Reply | dict[str, Any]]]
 ) -> Callable[[QueueReporter], Awaitable[dict[str, Any]]]:
-    """``run`` whose result goes through the route's result model (its shape is checked)."""
+    """``run`` whose result goes through the route's result model (its shape is checked).
+
+    A service's model must be the route's; a dict (what is not typed yet) is converted.
+    The operation table keeps events as builtins, so the result is stored as one.
+    """
 
     async def checked(rep: QueueReporter) -> dict[str, Any]:
-        result: dict[str, Any] = msgspec.to_builtins(msgspec.convert(await run(rep), route.reply))
+        answer = await run(rep)
+        if not isinstance(answer, route.reply):
+            answer = msgspec.convert(answer, route.reply)  # a dict, or the wrong model: refused
+        result: dict[str, Any] = msgspec.to_builtins(answer)
         return result
 
     return checked
