@@ -15,15 +15,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from ketch import __version__
 from ketch.api import models as m
 from ketch.api.openapi import document
-from ketch.api.routes import ROUTES
+from ketch.api.routes import ROUTES, SET_SETTING
 from ketch.daemon.operations import OperationRoutes
 from ketch.daemon.ops import Operations, QueueReporter
-from ketch.daemon.wire import Call, Op, bind, errors
+from ketch.daemon.wire import Call, Op, bind, errors, typed_result
 from ketch.errors import InvalidArgument, RemoteError
 from ketch.model import OperationKind
 from ketch.service import clone as clone_uc
@@ -202,7 +203,7 @@ class Api(OperationRoutes):
         source = self._instance(call)
         new = self.clone_names.reserve(self.ctx, source, call.body.name)
 
-        async def op(rep: QueueReporter) -> Result:
+        async def op(rep: QueueReporter) -> m.CloneResult:
             try:
                 return await clone_uc.clone(self.ctx, source, new, rep)
             finally:
@@ -228,29 +229,29 @@ class Api(OperationRoutes):
     async def image_build(self, call: Call[m.BuildBody]) -> Op:
         name, force = call.body.name, call.body.force
 
-        async def op(rep: QueueReporter) -> Result:
+        async def op(rep: QueueReporter) -> m.BuildResult:
             info = await images_uc.build(self.images, rep, force=force, name=name)
-            return {"id": info.id, "release": info.release, "disk": info.disk}
+            return m.BuildResult(id=info.id, release=info.release, disk=info.disk)
 
         return Op([f"image:{name}"], OperationKind.BUILD, op)
 
     async def image_prune(self, call: Call[m.PruneBody]) -> Result:
         return {"removed": images_uc.prune(self.images, self.ctx.store, call.body.days)}
 
-    async def set_setting(self, call: Call[m.SettingBody]) -> Result:
+    async def set_setting(self, call: Call[m.SettingBody]) -> m.SetReply:
         key, value = call.params["key"], call.body.value
         target = settings_uc.instance_target(self.ctx, key)
         if target is None:
             await settings_uc.set_(self.ctx, key, value)
-            return {"key": key}
+            return m.SetReply(key=key)
         name, prop = target
 
-        def op(rep: QueueReporter) -> Any:
-            return settings_uc.set_instance(self.ctx, name, prop, value, rep)
+        async def op(rep: QueueReporter) -> m.SetReply:
+            return await settings_uc.set_instance(self.ctx, name, prop, value, rep)
 
-        event = await self.ops.run([name], OperationKind.SET, op)  # under the instance's lock
+        # under the instance's lock; the operation table keeps the result as builtins
+        event = await self.ops.run([name], OperationKind.SET, typed_result(SET_SETTING, op))
         if event.get("type") == "error":
             err = event["error"]
             raise RemoteError(err["code"], err["message"], err.get("hint"), err["exit_code"])
-        result: Result = event.get("result", {"key": key})
-        return result
+        return msgspec.convert(event.get("result", {"key": key}), m.SetReply)

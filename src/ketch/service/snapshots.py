@@ -25,6 +25,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import replace
 from typing import Any
 
+from ketch.api.models import RestoreResult, SnapshotResult
 from ketch.errors import AlreadyExists, KetchError
 from ketch.layout import InstanceDir
 from ketch.model import InstanceSpec, OperationKind, PidStatus, State, Verb
@@ -171,11 +172,11 @@ async def _drop_tag_quietly(ctx: Context, v: View, tag: str, reporter: Reporter)
 
 async def take(
     ctx: Context, name: str, snapshot: str | None, comment: str, reporter: Reporter
-) -> dict[str, Any]:
+) -> SnapshotResult:
     """Snapshot a stopped instance's disk."""
     v = await get(ctx, name)
     _require_stopped(v, Verb.SNAPSHOT)
-    return {"name": name, "snapshot": await _take(ctx, v, snapshot, comment, reporter)}
+    return SnapshotResult(name=name, snapshot=await _take(ctx, v, snapshot, comment, reporter))
 
 
 async def _take(
@@ -219,7 +220,7 @@ async def _take(
 
 async def restore(
     ctx: Context, name: str, snapshot: str, *, snapshot_first: bool, reporter: Reporter
-) -> dict[str, Any]:
+) -> RestoreResult:
     """Bring a stopped instance's disk and resources back to a snapshot.
 
     With ``snapshot_first`` the current state is snapshotted first (default
@@ -244,7 +245,7 @@ async def restore(
         await ctx.driver.apply_tag(idir, meta.tag)
         j.step(f"record {meta.tag}")
         _record_restore(ctx, meta)
-    return {"name": name, "snapshot": snapshot, "saved": saved}
+    return RestoreResult(name=name, snapshot=snapshot, saved=saved)
 
 
 def _record_restore(ctx: Context, meta: SnapshotRecord) -> None:
@@ -253,7 +254,7 @@ def _record_restore(ctx: Context, meta: SnapshotRecord) -> None:
     ctx.store.set_snapshot_head(meta.instance, meta.name)
 
 
-async def delete(ctx: Context, name: str, snapshot: str, reporter: Reporter) -> dict[str, Any]:
+async def delete(ctx: Context, name: str, snapshot: str, reporter: Reporter) -> SnapshotResult:
     """Remove a snapshot's tag (over QMP while the instance runs) and its record."""
     v = await get(ctx, name)
     require(
@@ -276,7 +277,7 @@ async def delete(ctx: Context, name: str, snapshot: str, reporter: Reporter) -> 
             reporter.warn(f"the snapshot's tag {meta.tag} was already gone; removing its record")
         j.step(f"forget {meta.tag}")
         ctx.store.remove_snapshot(name, snapshot)
-    return {"name": name, "snapshot": snapshot}
+    return SnapshotResult(name=name, snapshot=snapshot)
 
 
 # -- after a crash (called by service/recovery.py) ---------------------------------------------
