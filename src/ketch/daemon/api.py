@@ -168,8 +168,8 @@ class Api(OperationRoutes):
         if snapshot is not None:
             snapshots_uc.validate_name(snapshot)
 
-        def op(rep: QueueReporter) -> Any:
-            return snapshots_uc.take(self.ctx, name, snapshot, body.comment, rep)
+        async def op(rep: QueueReporter) -> m.SnapshotResult:
+            return await snapshots_uc.take(self.ctx, name, snapshot, body.comment, rep)
 
         return Op([name], OperationKind.SNAPSHOT, op)
 
@@ -183,8 +183,8 @@ class Api(OperationRoutes):
             )
         first = body.snapshot_first
 
-        def op(rep: QueueReporter) -> Any:
-            return snapshots_uc.restore(
+        async def op(rep: QueueReporter) -> m.RestoreResult:
+            return await snapshots_uc.restore(
                 self.ctx, name, snapshot, snapshot_first=first, reporter=rep
             )
 
@@ -221,8 +221,8 @@ class Api(OperationRoutes):
             self.ctx.store.get(name)  # "not found" before the stream starts
         locks = wanted or [r.spec.name for r in self.ctx.store.all()] + ["storage:doctor"]
 
-        def op(rep: QueueReporter) -> Any:
-            return doctor_uc.run(self.ctx, wanted, fix=fix, reporter=rep)
+        async def op(rep: QueueReporter) -> m.DoctorResult:
+            return await doctor_uc.run(self.ctx, wanted, fix=fix, reporter=rep)
 
         return Op(locks, OperationKind.DOCTOR, op)
 
