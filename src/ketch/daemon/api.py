@@ -90,11 +90,11 @@ class Api(OperationRoutes):
     async def ssh(self, call: Call[None]) -> Result:
         return await guest_uc.ssh_info(self.ctx, call.params["name"])
 
-    async def find(self, call: Call[None]) -> Result:
-        return {"images": await self.images.find(call.query.query or None)}
+    async def find(self, call: Call[None]) -> m.FindReply:
+        return m.FindReply(images=await self.images.find(call.query.query or None))
 
-    async def image_list(self, call: Call[None]) -> Result:
-        return {"images": self.images.list_cached()}
+    async def image_list(self, call: Call[None]) -> m.ImagesReply:
+        return m.ImagesReply(images=self.images.list_cached())
 
     async def get_setting(self, call: Call[None]) -> Result:
         key = call.params["key"]
@@ -235,8 +235,8 @@ class Api(OperationRoutes):
 
         return Op([f"image:{name}"], OperationKind.BUILD, op)
 
-    async def image_prune(self, call: Call[m.PruneBody]) -> Result:
-        return {"removed": images_uc.prune(self.images, self.ctx.store, call.body.days)}
+    async def image_prune(self, call: Call[m.PruneBody]) -> m.PruneReply:
+        return m.PruneReply(removed=images_uc.prune(self.images, self.ctx.store, call.body.days))
 
     async def set_setting(self, call: Call[m.SettingBody]) -> m.SetReply:
         key, value = call.params["key"], call.body.value
