@@ -96,9 +96,9 @@ class Api(OperationRoutes):
     async def image_list(self, call: Call[None]) -> m.ImagesReply:
         return m.ImagesReply(images=self.images.list_cached())
 
-    async def get_setting(self, call: Call[None]) -> Result:
+    async def get_setting(self, call: Call[None]) -> m.SettingReply:
         key = call.params["key"]
-        return {"key": key, "value": await settings_uc.get(self.ctx, key)}
+        return m.SettingReply(key=key, value=await settings_uc.get(self.ctx, key))
 
     # -- operations -----------------------------------------------------------------
 

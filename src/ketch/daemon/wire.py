@@ -53,7 +53,7 @@ class Op:
 
     locks: Iterable[str]
     label: OperationKind
-    run: Callable[[QueueReporter], Awaitable[m.Reply | dict[str, Any]]]
+    run: Callable[[QueueReporter], Awaitable[m.Reply]]  # the route's result model
 
 
 @dataclass(frozen=True)
@@ -138,18 +138,17 @@ def encode_event(event: Event | m.Event) -> bytes:
 
 
 def typed_result(
-    route: Route[Any, Any], run: Callable[[QueueReporter], Awaitable[m.Reply | dict[str, Any]]]
+    route: Route[Any, Any], run: Callable[[QueueReporter], Awaitable[m.Reply]]
 ) -> Callable[[QueueReporter], Awaitable[dict[str, Any]]]:
-    """``run`` whose result goes through the route's result model (its shape is checked).
-
-    A service's model must be the route's; a dict (what is not typed yet) is converted.
-    The operation table keeps events as builtins, so the result is stored as one.
+    """``run`` whose result must be the route's result model (mypy checks it where it is
+    made; this checks the route's pairing).  The operation table keeps events as builtins
+    (they are replayed and described as JSON), so the result is stored as one.
     """
 
     async def checked(rep: QueueReporter) -> dict[str, Any]:
         answer = await run(rep)
         if not isinstance(answer, route.reply):
-            answer = msgspec.convert(answer, route.reply)  # a dict, or the wrong model: refused
+            raise TypeError(f"{route.name}: {type(answer).__name__} is not {route.reply.__name__}")
         result: dict[str, Any] = msgspec.to_builtins(answer)
         return result
 
