@@ -74,10 +74,10 @@ class Api(OperationRoutes):
     async def version(self, call: Call[None]) -> m.VersionReply:
         return m.VersionReply(ketchd=__version__, started=self.started)
 
-    async def list(self, call: Call[None]) -> Result:
+    async def list(self, call: Call[None]) -> m.ListReply:
         await self.ops.settled()
         views = await inspect_uc.all_views(self.ctx)
-        return {"list": [inspect_uc.list_entry(v) for v in views]}
+        return m.ListReply(list=[inspect_uc.list_entry(v) for v in views])
 
     async def info(self, call: Call[None]) -> Result:
         await self.ops.settled()
@@ -87,7 +87,7 @@ class Api(OperationRoutes):
         await self.ops.settled()
         return info_uc.snapshot_listing(self.ctx, _names(call.query.names))
 
-    async def ssh(self, call: Call[None]) -> Result:
+    async def ssh(self, call: Call[None]) -> m.SshTargetReply:
         return await guest_uc.ssh_info(self.ctx, call.params["name"])
 
     async def find(self, call: Call[None]) -> m.FindReply:
