@@ -83,7 +83,7 @@ class Api(OperationRoutes):
         await self.ops.settled()
         return await info_uc.info(self.ctx, _names(call.query.names))
 
-    async def snapshot_list(self, call: Call[None]) -> Result:
+    async def snapshot_list(self, call: Call[None]) -> m.SnapshotListReply:
         await self.ops.settled()
         return info_uc.snapshot_listing(self.ctx, _names(call.query.names))
 

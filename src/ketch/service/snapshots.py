@@ -25,7 +25,12 @@ from collections.abc import Collection, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ketch.api.models import RestoreResult, SnapshotResult
+from ketch.api.models import (
+    RestoreResult,
+    SnapshotListEntry,
+    SnapshotListReply,
+    SnapshotResult,
+)
 from ketch.errors import AlreadyExists, KetchError
 from ketch.layout import InstanceDir
 from ketch.model import InstanceSpec, OperationKind, PidStatus, State, Verb
@@ -86,9 +91,9 @@ def _stamp(when: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
-def list_entry(snap: SnapshotRecord) -> dict[str, Any]:
+def list_entry(snap: SnapshotRecord) -> SnapshotListEntry:
     """One snapshot in ``ketch list --snapshots --format json`` (Multipass's keys)."""
-    return {"parent": snap.parent or "", "comment": snap.comment}
+    return SnapshotListEntry(parent=snap.parent or "", comment=snap.comment)
 
 
 def info_entry(snap: SnapshotRecord, children: Sequence[str]) -> dict[str, Any]:
@@ -109,19 +114,19 @@ def info_entry(snap: SnapshotRecord, children: Sequence[str]) -> dict[str, Any]:
 # -- looking -------------------------------------------------------------------------------
 
 
-def list_doc(ctx: Context, names: Sequence[str] = ()) -> dict[str, Any]:
+def list_doc(ctx: Context, names: Sequence[str] = ()) -> SnapshotListReply:
     """``{"errors": [...], "info": {instance: {snapshot: {parent, comment}}}}``."""
     errors: list[str] = []
     wanted = list(dict.fromkeys(names))
     for name in wanted:
         if not ctx.store.exists(name):
             errors.append(f'instance "{name}" does not exist')
-    info: dict[str, dict[str, Any]] = {}
+    info: dict[str, dict[str, SnapshotListEntry]] = {}
     for snap in ctx.store.snapshots():
         if wanted and snap.instance not in wanted:
             continue
         info.setdefault(snap.instance, {})[snap.name] = list_entry(snap)
-    return {"errors": errors, "info": info}
+    return SnapshotListReply(errors=errors, info=info)
 
 
 def info_doc(ctx: Context, refs: Sequence[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
