@@ -40,7 +40,7 @@ from ketch.service import settings as settings_uc
 from ketch.service import snapshots as snapshots_uc
 from ketch.service.images import Images
 
-Result = dict[str, Any]
+Result = dict[str, Any]  # info's reply only: not typed yet, converted by wire.bind
 
 
 def _names(text: str) -> list[str]:

@@ -205,7 +205,7 @@ def bind(route: Route[Any, Any], handler: Handler, ops: Operations) -> Any:
             return await stream(request, answer)
         if isinstance(answer, Events):
             return await stream(request, answer.events)
-        if not isinstance(answer, route.reply):  # a service's dict: its shape is checked here
+        if not isinstance(answer, route.reply):  # a dict (info's, not typed yet): checked here
             answer = msgspec.convert(answer, route.reply)
         return web.Response(body=msgspec.json.encode(answer), content_type="application/json")
 
