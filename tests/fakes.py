@@ -25,8 +25,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from ketch.api import models as m
 from ketch.errors import HostCommandError, ImageError
 from ketch.layout import InstanceDir
 from ketch.model import DiskCheck, DiskInfo, ImageInfo, InstanceSpec, Observation, PidStatus
@@ -319,10 +319,10 @@ class FakeImages:
     def probe_kernel(self) -> Path | None:
         return None
 
-    async def find(self, query: str | None) -> list[dict[str, Any]]:
-        return [{"remote": "ketch", "aliases": ["tiny"], "release": "ketch tiny", "error": None}]
+    async def find(self, query: str | None) -> list[m.FindRow]:
+        return [m.FindRow(remote="ketch", aliases=["tiny"], release="ketch tiny", error=None)]
 
-    def list_cached(self) -> list[dict[str, Any]]:
+    def list_cached(self) -> list[m.CachedImage]:
         return []
 
 

@@ -108,7 +108,7 @@ VIEWS = [
 
 def wire(doc: Any) -> Any:
     """What the client gets: the document after a trip through JSON."""
-    return json.loads(json.dumps(doc))
+    return json.loads(msgspec.json.encode(doc))
 
 
 def list_doc(views: list[inspect.View]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import pytest
 from fakes import FakeImages
 
+from ketch.api import models as m
 from ketch.errors import AlreadyExists, InvalidArgument, InvalidState, KetchError, NotFound
 from ketch.host import qemu_img
 from ketch.layout import Root
@@ -252,7 +253,7 @@ def test_take_and_restore_bring_back_data_size_and_resources(world: World) -> No
     write(disk, 0x11)
     rep = ListReporter()
     got = world.run(snapshots.take(world.ctx, "vm", None, "first", rep))
-    assert got == {"name": "vm", "snapshot": "snapshot1"}
+    assert got == m.SnapshotResult(name="vm", snapshot="snapshot1")
     (meta,) = world.store.snapshots("vm")
     assert meta.tag.startswith("ketch-snap-") and meta.comment == "first" and meta.parent is None
     assert qemu_img.read_snapshot_names(disk) == (meta.tag,)
@@ -264,13 +265,13 @@ def test_take_and_restore_bring_back_data_size_and_resources(world: World) -> No
     world.run(settings.set_instance(world.ctx, "vm", "memory", "1G", rep))
     assert vsize(disk) == 96 * MiB
     second = world.run(snapshots.take(world.ctx, "vm", "later", "", rep))
-    assert second == {"name": "vm", "snapshot": "later"}
+    assert second == m.SnapshotResult(name="vm", snapshot="later")
     assert world.store.get_snapshot("vm", "later").parent == "snapshot1"
 
     back = world.run(
         snapshots.restore(world.ctx, "vm", "snapshot1", snapshot_first=False, reporter=rep)
     )
-    assert back == {"name": "vm", "snapshot": "snapshot1", "saved": None}
+    assert back == m.RestoreResult(name="vm", snapshot="snapshot1", saved=None)
     assert holds(disk, 0x11) and not holds(disk, 0x22)
     assert vsize(disk) == 64 * MiB
     restored = world.store.get("vm").spec
@@ -289,7 +290,7 @@ def test_restore_can_snapshot_the_current_state_first(world: World) -> None:
     got = world.run(
         snapshots.restore(world.ctx, "vm", "snapshot1", snapshot_first=True, reporter=rep)
     )
-    assert got["saved"] == "snapshot2"
+    assert got.saved == "snapshot2"
     saved = world.store.get_snapshot("vm", "snapshot2")
     assert saved.comment == "Before restoring snapshot1" and saved.parent == "snapshot1"
     assert not holds(disk, 0x33)
@@ -447,7 +448,7 @@ def test_clone_is_independent_has_new_identity_and_no_tags(world: World) -> None
     world.run(snapshots.take(world.ctx, "src", None, "", ListReporter()))
     qi("snapshot", "-c", SUSPEND_TAG, str(src))  # a stray tag: never copied either
     got = world.run(clone.clone(world.ctx, "src", "src-clone1", ListReporter()))
-    assert got == {"name": "src-clone1", "source": "src"}
+    assert got == m.CloneResult(name="src-clone1", source="src")
     a, b = world.store.get("src").spec, world.store.get("src-clone1").spec
     assert b.instance_id != a.instance_id and b.mac != a.mac and b.ssh_port != a.ssh_port
     assert (b.cpus, b.memory, b.disk, b.image_id, b.cloud_init) == (

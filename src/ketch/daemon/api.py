@@ -15,15 +15,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from ketch import __version__
 from ketch.api import models as m
 from ketch.api.openapi import document
-from ketch.api.routes import ROUTES
+from ketch.api.routes import ROUTES, SET_SETTING
 from ketch.daemon.operations import OperationRoutes
 from ketch.daemon.ops import Operations, QueueReporter
-from ketch.daemon.wire import Call, Op, bind, errors
+from ketch.daemon.wire import Call, Op, bind, errors, typed_result
 from ketch.errors import InvalidArgument, RemoteError
 from ketch.model import OperationKind
 from ketch.service import clone as clone_uc
@@ -39,7 +40,7 @@ from ketch.service import settings as settings_uc
 from ketch.service import snapshots as snapshots_uc
 from ketch.service.images import Images
 
-Result = dict[str, Any]
+Result = dict[str, Any]  # info's reply only: not typed yet, converted by wire.bind
 
 
 def _names(text: str) -> list[str]:
@@ -73,31 +74,31 @@ class Api(OperationRoutes):
     async def version(self, call: Call[None]) -> m.VersionReply:
         return m.VersionReply(ketchd=__version__, started=self.started)
 
-    async def list(self, call: Call[None]) -> Result:
+    async def list(self, call: Call[None]) -> m.ListReply:
         await self.ops.settled()
         views = await inspect_uc.all_views(self.ctx)
-        return {"list": [inspect_uc.list_entry(v) for v in views]}
+        return m.ListReply(list=[inspect_uc.list_entry(v) for v in views])
 
     async def info(self, call: Call[None]) -> Result:
         await self.ops.settled()
         return await info_uc.info(self.ctx, _names(call.query.names))
 
-    async def snapshot_list(self, call: Call[None]) -> Result:
+    async def snapshot_list(self, call: Call[None]) -> m.SnapshotListReply:
         await self.ops.settled()
         return info_uc.snapshot_listing(self.ctx, _names(call.query.names))
 
-    async def ssh(self, call: Call[None]) -> Result:
+    async def ssh(self, call: Call[None]) -> m.SshTargetReply:
         return await guest_uc.ssh_info(self.ctx, call.params["name"])
 
-    async def find(self, call: Call[None]) -> Result:
-        return {"images": await self.images.find(call.query.query or None)}
+    async def find(self, call: Call[None]) -> m.FindReply:
+        return m.FindReply(images=await self.images.find(call.query.query or None))
 
-    async def image_list(self, call: Call[None]) -> Result:
-        return {"images": self.images.list_cached()}
+    async def image_list(self, call: Call[None]) -> m.ImagesReply:
+        return m.ImagesReply(images=self.images.list_cached())
 
-    async def get_setting(self, call: Call[None]) -> Result:
+    async def get_setting(self, call: Call[None]) -> m.SettingReply:
         key = call.params["key"]
-        return {"key": key, "value": await settings_uc.get(self.ctx, key)}
+        return m.SettingReply(key=key, value=await settings_uc.get(self.ctx, key))
 
     # -- operations -----------------------------------------------------------------
 
@@ -130,7 +131,7 @@ class Api(OperationRoutes):
     async def stop(self, call: Call[m.StopBody]) -> Op:
         name, body, ctx = self._instance(call), call.body, self.ctx
 
-        async def op(rep: QueueReporter) -> Result:
+        async def op(rep: QueueReporter) -> m.NameResult:
             if body.cancel:
                 return await lifecycle.cancel_delayed_stop(ctx, name)
             if body.force:
@@ -167,8 +168,8 @@ class Api(OperationRoutes):
         if snapshot is not None:
             snapshots_uc.validate_name(snapshot)
 
-        def op(rep: QueueReporter) -> Any:
-            return snapshots_uc.take(self.ctx, name, snapshot, body.comment, rep)
+        async def op(rep: QueueReporter) -> m.SnapshotResult:
+            return await snapshots_uc.take(self.ctx, name, snapshot, body.comment, rep)
 
         return Op([name], OperationKind.SNAPSHOT, op)
 
@@ -182,8 +183,8 @@ class Api(OperationRoutes):
             )
         first = body.snapshot_first
 
-        def op(rep: QueueReporter) -> Any:
-            return snapshots_uc.restore(
+        async def op(rep: QueueReporter) -> m.RestoreResult:
+            return await snapshots_uc.restore(
                 self.ctx, name, snapshot, snapshot_first=first, reporter=rep
             )
 
@@ -202,7 +203,7 @@ class Api(OperationRoutes):
         source = self._instance(call)
         new = self.clone_names.reserve(self.ctx, source, call.body.name)
 
-        async def op(rep: QueueReporter) -> Result:
+        async def op(rep: QueueReporter) -> m.CloneResult:
             try:
                 return await clone_uc.clone(self.ctx, source, new, rep)
             finally:
@@ -220,37 +221,37 @@ class Api(OperationRoutes):
             self.ctx.store.get(name)  # "not found" before the stream starts
         locks = wanted or [r.spec.name for r in self.ctx.store.all()] + ["storage:doctor"]
 
-        def op(rep: QueueReporter) -> Any:
-            return doctor_uc.run(self.ctx, wanted, fix=fix, reporter=rep)
+        async def op(rep: QueueReporter) -> m.DoctorResult:
+            return await doctor_uc.run(self.ctx, wanted, fix=fix, reporter=rep)
 
         return Op(locks, OperationKind.DOCTOR, op)
 
     async def image_build(self, call: Call[m.BuildBody]) -> Op:
         name, force = call.body.name, call.body.force
 
-        async def op(rep: QueueReporter) -> Result:
+        async def op(rep: QueueReporter) -> m.BuildResult:
             info = await images_uc.build(self.images, rep, force=force, name=name)
-            return {"id": info.id, "release": info.release, "disk": info.disk}
+            return m.BuildResult(id=info.id, release=info.release, disk=info.disk)
 
         return Op([f"image:{name}"], OperationKind.BUILD, op)
 
-    async def image_prune(self, call: Call[m.PruneBody]) -> Result:
-        return {"removed": images_uc.prune(self.images, self.ctx.store, call.body.days)}
+    async def image_prune(self, call: Call[m.PruneBody]) -> m.PruneReply:
+        return m.PruneReply(removed=images_uc.prune(self.images, self.ctx.store, call.body.days))
 
-    async def set_setting(self, call: Call[m.SettingBody]) -> Result:
+    async def set_setting(self, call: Call[m.SettingBody]) -> m.SetReply:
         key, value = call.params["key"], call.body.value
         target = settings_uc.instance_target(self.ctx, key)
         if target is None:
             await settings_uc.set_(self.ctx, key, value)
-            return {"key": key}
+            return m.SetReply(key=key)
         name, prop = target
 
-        def op(rep: QueueReporter) -> Any:
-            return settings_uc.set_instance(self.ctx, name, prop, value, rep)
+        async def op(rep: QueueReporter) -> m.SetReply:
+            return await settings_uc.set_instance(self.ctx, name, prop, value, rep)
 
-        event = await self.ops.run([name], OperationKind.SET, op)  # under the instance's lock
+        # under the instance's lock; the operation table keeps the result as builtins
+        event = await self.ops.run([name], OperationKind.SET, typed_result(SET_SETTING, op))
         if event.get("type") == "error":
             err = event["error"]
             raise RemoteError(err["code"], err["message"], err.get("hint"), err["exit_code"])
-        result: Result = event.get("result", {"key": key})
-        return result
+        return msgspec.convert(event.get("result", {"key": key}), m.SetReply)

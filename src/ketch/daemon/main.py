@@ -52,6 +52,8 @@ def _lock_pidfile(path: Path) -> IO[str]:
 
 async def _scheduler(ops: Operations) -> None:
     """Carry out delayed shutdowns when they fall due."""
+    import msgspec
+
     from ketch.progress import NULL
     from ketch.service import lifecycle
 
@@ -68,7 +70,10 @@ async def _scheduler(ops: Operations) -> None:
             log.info("delayed shutdown of %s is due", name)
 
             async def stop(rep: QueueReporter, name: str = name) -> dict[str, Any]:
-                return await lifecycle.stop(ops.ctx, name, NULL)
+                result: dict[str, Any] = msgspec.to_builtins(
+                    await lifecycle.stop(ops.ctx, name, NULL)
+                )
+                return result
 
             event = await ops.run([name], OperationKind.STOP, stop)
             if event.get("type") == "error":

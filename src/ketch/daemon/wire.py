@@ -53,7 +53,7 @@ class Op:
 
     locks: Iterable[str]
     label: OperationKind
-    run: Callable[[QueueReporter], Awaitable[dict[str, Any]]]
+    run: Callable[[QueueReporter], Awaitable[m.Reply]]  # the route's result model
 
 
 @dataclass(frozen=True)
@@ -138,12 +138,18 @@ def encode_event(event: Event | m.Event) -> bytes:
 
 
 def typed_result(
-    route: Route[Any, Any], run: Callable[[QueueReporter], Awaitable[dict[str, Any]]]
+    route: Route[Any, Any], run: Callable[[QueueReporter], Awaitable[m.Reply]]
 ) -> Callable[[QueueReporter], Awaitable[dict[str, Any]]]:
-    """``run`` whose result goes through the route's result model (its shape is checked)."""
+    """``run`` whose result must be the route's result model (mypy checks it where it is
+    made; this checks the route's pairing).  The operation table keeps events as builtins
+    (they are replayed and described as JSON), so the result is stored as one.
+    """
 
     async def checked(rep: QueueReporter) -> dict[str, Any]:
-        result: dict[str, Any] = msgspec.to_builtins(msgspec.convert(await run(rep), route.reply))
+        answer = await run(rep)
+        if not isinstance(answer, route.reply):
+            raise TypeError(f"{route.name}: {type(answer).__name__} is not {route.reply.__name__}")
+        result: dict[str, Any] = msgspec.to_builtins(answer)
         return result
 
     return checked
@@ -199,7 +205,7 @@ def bind(route: Route[Any, Any], handler: Handler, ops: Operations) -> Any:
             return await stream(request, answer)
         if isinstance(answer, Events):
             return await stream(request, answer.events)
-        if not isinstance(answer, route.reply):  # a service's dict: its shape is checked here
+        if not isinstance(answer, route.reply):  # a dict (info's, not typed yet): checked here
             answer = msgspec.convert(answer, route.reply)
         return web.Response(body=msgspec.json.encode(answer), content_type="application/json")
 

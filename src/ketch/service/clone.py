@@ -27,9 +27,9 @@ import uuid
 from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from ketch import cloudinit
+from ketch.api.models import CloneResult
 from ketch.errors import AlreadyExists, InvalidArgument, KetchError
 from ketch.model import Intent, OperationKind, PidStatus, State, Verb
 from ketch.progress import Reporter
@@ -79,7 +79,7 @@ def _random_mac() -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
 
 
-async def clone(ctx: Context, source: str, name: str, reporter: Reporter) -> dict[str, Any]:
+async def clone(ctx: Context, source: str, name: str, reporter: Reporter) -> CloneResult:
     """Make ``name`` a stopped copy of the stopped instance ``source``."""
     names.validate(name)
     v = await get(ctx, source)
@@ -138,7 +138,7 @@ async def clone(ctx: Context, source: str, name: str, reporter: Reporter) -> dic
         j.step("seed")
         reporter.step("Writing cloud-init seed")
         await asyncio.to_thread(write_seed, ctx, spec, user_cfg)
-    return {"name": name, "source": source}
+    return CloneResult(name=name, source=source)
 
 
 async def recover(ctx: Context, entry: JournalEntry, reporter: Reporter) -> str:

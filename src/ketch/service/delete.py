@@ -7,8 +7,7 @@ warnings.  Nothing else in ketch removes an instance.
 
 from __future__ import annotations
 
-from typing import Any
-
+from ketch.api.models import DeleteResult, NameResult, PurgeResult
 from ketch.errors import InvalidState
 from ketch.model import OperationKind, State, Verb
 from ketch.progress import Reporter
@@ -19,13 +18,13 @@ from ketch.service.journal import journal, record_quietly
 from ketch.vocabulary import accepted_states
 
 
-async def delete(ctx: Context, name: str, reporter: Reporter, *, purge: bool) -> dict[str, Any]:
+async def delete(ctx: Context, name: str, reporter: Reporter, *, purge: bool) -> DeleteResult:
     v = await get(ctx, name)
     if purge:
         await _purge_one(ctx, name, reporter)
-        return {"name": name, "purged": True}
+        return DeleteResult(name=name, purged=True)
     if v.state is State.DELETED:  # nothing to do
-        return {"name": name, "purged": False}
+        return DeleteResult(name=name, purged=False)
     require(v, Verb.DELETE, hint=f"use 'ketch delete --purge {name}'")
     spec, idir = v.record.spec, ctx.root.instance(name)
     async with journal(ctx, name, OperationKind.DELETE, reporter=reporter):
@@ -36,7 +35,7 @@ async def delete(ctx: Context, name: str, reporter: Reporter, *, purge: bool) ->
             await ctx.driver.kill(spec, idir)
         ctx.store.set_shutdown_at(name, None)
         ctx.store.set_deleted(name, True)
-    return {"name": name, "purged": False}
+    return DeleteResult(name=name, purged=False)
 
 
 async def _purge_one(ctx: Context, name: str, reporter: Reporter) -> None:
@@ -59,7 +58,7 @@ async def _purge_one(ctx: Context, name: str, reporter: Reporter) -> None:
     reporter.step(f"Purged {name}")
 
 
-async def recover(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
+async def recover(ctx: Context, name: str, reporter: Reporter) -> NameResult:
     v = await get(ctx, name)
     accepted = accepted_states(Verb.RECOVER)
     if v.state not in accepted:
@@ -72,13 +71,13 @@ async def recover(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]
         )
     async with journal(ctx, name, OperationKind.RECOVER, reporter=reporter):
         ctx.store.set_deleted(name, False)
-    return {"name": name}
+    return NameResult(name=name)
 
 
-async def purge(ctx: Context, reporter: Reporter) -> dict[str, Any]:
+async def purge(ctx: Context, reporter: Reporter) -> PurgeResult:
     purged = []
     for record in ctx.store.all():
         if record.deleted:
             await _purge_one(ctx, record.spec.name, reporter)
             purged.append(record.spec.name)
-    return {"purged": purged}
+    return PurgeResult(purged=purged)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
+import msgspec
+
+from ketch.api import models as m
 from ketch.errors import InvalidArgument
 from ketch.images import catalog
 from ketch.images import resolve as resolver
-from ketch.images.vault import Vault
+from ketch.images.vault import Vault, VaultEntry
 from ketch.layout import Root
 from ketch.model import ImageInfo
 from ketch.progress import NULL, Reporter
@@ -72,33 +74,33 @@ class Images:
         info = self.tiny_info()
         return Path(info.boot.kernel) if info and info.boot.kernel else None
 
-    async def find(self, query: str | None) -> list[dict[str, Any]]:
+    async def find(self, query: str | None) -> list[m.FindRow]:
         rows = await catalog.find(
             query, remotes=self.remotes(), vault=self.vault, tiny_info=self.tiny_info()
         )
-        return [asdict(r) for r in rows]
+        return [msgspec.convert(asdict(r), m.FindRow) for r in rows]
 
-    def list_cached(self) -> list[dict[str, Any]]:
+    def list_cached(self) -> list[m.CachedImage]:
         """Downloaded blobs, then built images (with the instances each one backs)."""
-        rows = [{**asdict(e), "path": str(e.path)} for e in self.vault.list()]
+        rows = [_cached(e) for e in self.vault.list()]
         records = self.store.all()
         for manifest in sorted(self.built_dir.glob("*/*/manifest.json")):
             d = manifest.parent
             stat = manifest.stat()
             rows.append(
-                {
-                    "digest": f"{d.parent.name}@{d.name}",
-                    "path": str(d),
-                    "size": sum(f.stat().st_size for f in d.iterdir() if f.is_file()),
-                    "source": "built",
-                    "added": stat.st_mtime,
-                    "last_used": stat.st_mtime,
-                    "owners": [r.spec.name for r in records if Path(r.spec.base_disk).parent == d],
-                }
+                m.CachedImage(
+                    digest=f"{d.parent.name}@{d.name}",
+                    path=str(d),
+                    size=sum(f.stat().st_size for f in d.iterdir() if f.is_file()),
+                    source="built",
+                    added=stat.st_mtime,
+                    last_used=stat.st_mtime,
+                    owners=[r.spec.name for r in records if Path(r.spec.base_disk).parent == d],
+                )
             )
         return rows
 
-    def prune(self, days: float, in_use: set[str]) -> list[dict[str, Any]]:
+    def prune(self, days: float, in_use: set[str]) -> list[m.CachedImage]:
         """Remove downloads and built images unused for ``days``.
 
         A built image is kept while any instance's disk is backed by it, and
@@ -107,29 +109,42 @@ class Images:
         import shutil
         import time
 
-        removed = [{**asdict(e), "path": str(e.path)} for e in self.vault.prune(days, in_use)]
+        removed = [_cached(e) for e in self.vault.prune(days, in_use)]
         cutoff = time.time() - days * 86400
-        built = [r for r in self.list_cached() if r["source"] == "built"]
+        built = [r for r in self.list_cached() if r.source == "built"]
         newest: dict[str, float] = {}
         for row in built:
-            kind = row["digest"].split("@", 1)[0]
-            newest[kind] = max(newest.get(kind, 0.0), row["added"])
+            kind = row.digest.split("@", 1)[0]
+            newest[kind] = max(newest.get(kind, 0.0), row.added)
         for row in built:
-            kind = row["digest"].split("@", 1)[0]
-            if row["owners"] or row["added"] >= newest[kind] or row["added"] > cutoff:
+            kind = row.digest.split("@", 1)[0]
+            if row.owners or row.added >= newest[kind] or row.added > cutoff:
                 continue
-            if any(str(p).startswith(row["path"] + "/") for p in in_use):
+            if any(str(p).startswith(row.path + "/") for p in in_use):
                 continue
-            shutil.rmtree(row["path"], ignore_errors=True)
+            shutil.rmtree(row.path, ignore_errors=True)
             removed.append(row)
         return removed
 
 
-def prune(images: Images, store: Store, days: float) -> list[dict[str, Any]]:
+def prune(images: Images, store: Store, days: float) -> list[m.CachedImage]:
     """Remove cached images unused for ``days``, keeping every one an instance is made from."""
     records = store.all()
     in_use = {r.spec.image_id for r in records} | {r.spec.base_disk for r in records}
     return images.prune(days, in_use)
+
+
+def _cached(entry: VaultEntry) -> m.CachedImage:
+    """A downloaded blob as the wire's cached-image row."""
+    return m.CachedImage(
+        digest=entry.digest,
+        path=str(entry.path),
+        size=entry.size,
+        source=entry.source,
+        added=entry.added,
+        last_used=entry.last_used,
+        owners=list(entry.owners),
+    )
 
 
 BUILDABLE = ("tiny", "debian-12")

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from ketch.api.models import SnapshotListReply
 from ketch.errors import NotFound
 from ketch.model import State
 from ketch.service import guest_stats, guestlink
@@ -57,9 +58,9 @@ async def info(ctx: Context, asked: Sequence[str]) -> dict[str, Any]:
     return {"errors": errors, "info": entries}
 
 
-def snapshot_listing(ctx: Context, names: Sequence[str]) -> dict[str, Any]:
+def snapshot_listing(ctx: Context, names: Sequence[str]) -> SnapshotListReply:
     """``{"errors", "info"}`` of ``list --snapshots``; NotFound when none of ``names`` exists."""
     doc = snapshots_uc.list_doc(ctx, names)
-    if names and doc["errors"] and not doc["info"]:
-        raise NotFound(doc["errors"][0])
+    if names and doc.errors and not doc.info:
+        raise NotFound(doc.errors[0])
     return doc

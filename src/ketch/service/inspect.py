@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ketch import vocabulary
+from ketch.api.models import ListEntry
 from ketch.errors import NotFound
 from ketch.model import Derived, Observation, State, Verb
 from ketch.runtime.derive import derive
@@ -107,17 +108,17 @@ def inconsistencies(v: View) -> list[dict[str, str]]:
     ]
 
 
-def list_entry(v: View) -> dict[str, Any]:
+def list_entry(v: View) -> ListEntry:
     """One element of ``ketch list --format json`` (Multipass's shape plus ketch keys)."""
     spec = v.record.spec
-    return {
-        "name": spec.name,
-        "state": v.state.value,
-        "ipv4": [GUEST_IPV4] if v.derived.running else [],
-        "release": spec.release,
-        "ssh_port": spec.ssh_port,
-        "inconsistencies": len(v.derived.inconsistencies),
-    }
+    return ListEntry(
+        name=spec.name,
+        state=v.state.value,
+        ipv4=[GUEST_IPV4] if v.derived.running else [],
+        release=spec.release,
+        ssh_port=spec.ssh_port,
+        inconsistencies=len(v.derived.inconsistencies),
+    )
 
 
 def info_entry(

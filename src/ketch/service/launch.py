@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ketch import cloudinit
+from ketch.api.models import NameResult
 from ketch.errors import AlreadyExists, InvalidArgument, KetchError, Timeout
 from ketch.host import firmware, partitions, seed
 from ketch.model import BootSpec, ImageInfo, InstanceSpec, Intent, OperationKind
@@ -66,7 +67,7 @@ def check_resources(cpus: int, memory: str, disk: str) -> tuple[int, int, int]:
     return cpus, mem, size
 
 
-async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> dict[str, Any]:
+async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameResult:
     """Create, boot and wait for an instance; on timeout keep it and raise Timeout."""
     name = (
         names.validate(req.name)
@@ -143,7 +144,7 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> dict[s
                 f'stopped waiting for "{name}" to be ready: {exc.reason}; the instance is kept',
                 hint=f"see 'ketch info {name}'; 'ketch delete --purge {name}' removes it",
             ) from exc
-    return {"name": name}
+    return NameResult(name=name)
 
 
 def pick_firmware(requested: str | None, default: str, support: Collection[str], what: str) -> str:

@@ -9,8 +9,8 @@ on its way becomes a warning.
 from __future__ import annotations
 
 import time
-from typing import Any
 
+from ketch.api.models import NameResult, StartResult
 from ketch.errors import HostCommandError, KetchError, Timeout
 from ketch.model import InconsistencyCode, Intent, OperationKind, State, Verb
 from ketch.progress import Reporter
@@ -25,12 +25,12 @@ from ketch.vocabulary import resumable
 RUNNING = {State.RUNNING, State.DELAYED_SHUTDOWN}
 
 
-async def start(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
+async def start(ctx: Context, name: str, reporter: Reporter) -> StartResult:
     """Boot a stopped instance, resume a suspended one; a running one is left alone."""
     v = await get(ctx, name)
     require(v, Verb.START, hint=f"'ketch stop --force {name}' first")
     if v.state in RUNNING:
-        return {"name": name, "resumed": False}
+        return StartResult(name=name, resumed=False)
     spec, idir = v.record.spec, ctx.root.instance(name)
     if v.state is State.UNKNOWN:
         if resumable(v.obs.qmp_status):
@@ -38,7 +38,7 @@ async def start(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
             async with journal(ctx, name, OperationKind.START, reporter=reporter):
                 await ctx.driver.cont(spec, idir)
                 ctx.store.set_intent(name, Intent.RUN)
-            return {"name": name, "resumed": True}
+            return StartResult(name=name, resumed=True)
         raise KetchError(
             f'cannot start "{name}": its state is Unknown',
             hint=f"see 'ketch info {name}'; 'ketch stop --force {name}' then start again",
@@ -79,7 +79,7 @@ async def start(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
                 "it was started and is kept",
                 hint=f"see 'ketch info {name}'",
             ) from exc
-    return {"name": name, "resumed": resume}
+    return StartResult(name=name, resumed=resume)
 
 
 async def _free_port(ctx: Context, v: View, reporter: Reporter) -> None:
@@ -102,7 +102,7 @@ async def _drop_tag(ctx: Context, v: View, reporter: Reporter) -> None:
         reporter.warn(f"could not remove the 'suspend' tag: {exc.message}")
 
 
-async def stop(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
+async def stop(ctx: Context, name: str, reporter: Reporter) -> NameResult:
     """Graceful stop: ACPI power-off, bounded wait, else a clear error."""
     v = await get(ctx, name)
     require(
@@ -114,7 +114,7 @@ async def stop(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
     ctx.store.set_shutdown_at(name, None)
     if v.state is State.STOPPED:
         ctx.store.set_intent(name, Intent.STOP)
-        return {"name": name}
+        return NameResult(name=name)
     spec, idir = v.record.spec, ctx.root.instance(name)
     async with journal(ctx, name, OperationKind.STOP, reporter=reporter):
         reporter.step(f"Stopping {name}")
@@ -128,10 +128,10 @@ async def stop(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
         after = await get(ctx, name)
         if after.obs.suspend_tag or after.obs.suspend_tag_disk_only:
             await _drop_tag(ctx, after, reporter)
-    return {"name": name}
+    return NameResult(name=name)
 
 
-async def force_stop(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
+async def force_stop(ctx: Context, name: str, reporter: Reporter) -> NameResult:
     """End the instance from any state; never fails for anything but "not found"."""
     v = await get(ctx, name)
     spec, idir = v.record.spec, ctx.root.instance(name)
@@ -169,31 +169,31 @@ async def force_stop(ctx: Context, name: str, reporter: Reporter) -> dict[str, A
             "record the instance as stopped (it is: its QEMU has ended)",
             lambda: ctx.store.set_intent(name, Intent.STOP),
         )
-    return {"name": name}
+    return NameResult(name=name)
 
 
-async def delayed_stop(ctx: Context, name: str, minutes: float) -> dict[str, Any]:
+async def delayed_stop(ctx: Context, name: str, minutes: float) -> NameResult:
     v = await get(ctx, name)
     require(v, Verb.DELAYED_STOP)
     when = time.time() + minutes * 60
     ctx.store.set_shutdown_at(name, when)
-    return {"name": name, "shutdown_at": when}
+    return NameResult(name=name, shutdown_at=when)
 
 
-async def cancel_delayed_stop(ctx: Context, name: str) -> dict[str, Any]:
+async def cancel_delayed_stop(ctx: Context, name: str) -> NameResult:
     v = await get(ctx, name)
     if v.record.shutdown_at is None:
         raise KetchError(f'no delayed shutdown is scheduled for "{name}"')
     ctx.store.set_shutdown_at(name, None)
-    return {"name": name}
+    return NameResult(name=name)
 
 
-async def suspend(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
+async def suspend(ctx: Context, name: str, reporter: Reporter) -> NameResult:
     """Save the running VM into its disk as the suspend tag and end QEMU."""
     v = await get(ctx, name)
     require(v, Verb.SUSPEND, hint=f"'ketch start {name}' first")
     if v.state is State.SUSPENDED:
-        return {"name": name}
+        return NameResult(name=name)
     async with journal(ctx, name, OperationKind.SUSPEND, reporter=reporter):
         ctx.store.set_shutdown_at(name, None)
         try:
@@ -203,7 +203,7 @@ async def suspend(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]
         except KetchError as exc:
             raise suspend_failed(ctx, v, exc) from exc
         ctx.store.set_intent(name, Intent.SUSPEND)
-    return {"name": name}
+    return NameResult(name=name)
 
 
 def suspend_failed(ctx: Context, v: View, exc: KetchError) -> KetchError:
@@ -225,7 +225,7 @@ def suspend_failed(ctx: Context, v: View, exc: KetchError) -> KetchError:
     return KetchError(message, hint=f"see 'ketch info {v.name}' and its qemu.log")
 
 
-async def restart(ctx: Context, name: str, reporter: Reporter) -> dict[str, Any]:
+async def restart(ctx: Context, name: str, reporter: Reporter) -> StartResult:
     v = await get(ctx, name)
     require(v, Verb.RESTART, hint=f"'ketch start {name}'")
     if v.state in RUNNING:

@@ -9,8 +9,8 @@ checks a value and computes the new spec without touching anything.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
+from ketch.api.models import SetReply
 from ketch.errors import InvalidArgument, KetchError, NotFound
 from ketch.model import InstanceSpec, OperationKind, PidStatus, State, Verb
 from ketch.progress import Reporter
@@ -141,7 +141,7 @@ def _set_hint(name: str, prop: str, state: State) -> str:
 
 async def set_instance(
     ctx: Context, name: str, prop: str, value: str, reporter: Reporter
-) -> dict[str, Any]:
+) -> SetReply:
     """Change a stopped instance's cpus, memory or disk; nothing changes if refused."""
     v = await inspect.get(ctx, name)
     inspect.require(
@@ -156,7 +156,7 @@ async def set_instance(
             ctx, name, OperationKind.SET, step=f"{prop} {target}", reporter=reporter
         ):
             await _apply(ctx, name, prop, target, reporter)
-    return {"key": f"local.{name}.{prop}", "value": show(new, prop), "changed": new != spec}
+    return SetReply(key=f"local.{name}.{prop}", value=show(new, prop), changed=new != spec)
 
 
 async def _apply(ctx: Context, name: str, prop: str, target: int, reporter: Reporter) -> None:

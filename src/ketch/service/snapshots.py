@@ -25,6 +25,12 @@ from collections.abc import Collection, Sequence
 from dataclasses import replace
 from typing import Any
 
+from ketch.api.models import (
+    RestoreResult,
+    SnapshotListEntry,
+    SnapshotListReply,
+    SnapshotResult,
+)
 from ketch.errors import AlreadyExists, KetchError
 from ketch.layout import InstanceDir
 from ketch.model import InstanceSpec, OperationKind, PidStatus, State, Verb
@@ -85,9 +91,9 @@ def _stamp(when: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
-def list_entry(snap: SnapshotRecord) -> dict[str, Any]:
+def list_entry(snap: SnapshotRecord) -> SnapshotListEntry:
     """One snapshot in ``ketch list --snapshots --format json`` (Multipass's keys)."""
-    return {"parent": snap.parent or "", "comment": snap.comment}
+    return SnapshotListEntry(parent=snap.parent or "", comment=snap.comment)
 
 
 def info_entry(snap: SnapshotRecord, children: Sequence[str]) -> dict[str, Any]:
@@ -108,19 +114,19 @@ def info_entry(snap: SnapshotRecord, children: Sequence[str]) -> dict[str, Any]:
 # -- looking -------------------------------------------------------------------------------
 
 
-def list_doc(ctx: Context, names: Sequence[str] = ()) -> dict[str, Any]:
+def list_doc(ctx: Context, names: Sequence[str] = ()) -> SnapshotListReply:
     """``{"errors": [...], "info": {instance: {snapshot: {parent, comment}}}}``."""
     errors: list[str] = []
     wanted = list(dict.fromkeys(names))
     for name in wanted:
         if not ctx.store.exists(name):
             errors.append(f'instance "{name}" does not exist')
-    info: dict[str, dict[str, Any]] = {}
+    info: dict[str, dict[str, SnapshotListEntry]] = {}
     for snap in ctx.store.snapshots():
         if wanted and snap.instance not in wanted:
             continue
         info.setdefault(snap.instance, {})[snap.name] = list_entry(snap)
-    return {"errors": errors, "info": info}
+    return SnapshotListReply(errors=errors, info=info)
 
 
 def info_doc(ctx: Context, refs: Sequence[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
@@ -171,11 +177,11 @@ async def _drop_tag_quietly(ctx: Context, v: View, tag: str, reporter: Reporter)
 
 async def take(
     ctx: Context, name: str, snapshot: str | None, comment: str, reporter: Reporter
-) -> dict[str, Any]:
+) -> SnapshotResult:
     """Snapshot a stopped instance's disk."""
     v = await get(ctx, name)
     _require_stopped(v, Verb.SNAPSHOT)
-    return {"name": name, "snapshot": await _take(ctx, v, snapshot, comment, reporter)}
+    return SnapshotResult(name=name, snapshot=await _take(ctx, v, snapshot, comment, reporter))
 
 
 async def _take(
@@ -219,7 +225,7 @@ async def _take(
 
 async def restore(
     ctx: Context, name: str, snapshot: str, *, snapshot_first: bool, reporter: Reporter
-) -> dict[str, Any]:
+) -> RestoreResult:
     """Bring a stopped instance's disk and resources back to a snapshot.
 
     With ``snapshot_first`` the current state is snapshotted first (default
@@ -244,7 +250,7 @@ async def restore(
         await ctx.driver.apply_tag(idir, meta.tag)
         j.step(f"record {meta.tag}")
         _record_restore(ctx, meta)
-    return {"name": name, "snapshot": snapshot, "saved": saved}
+    return RestoreResult(name=name, snapshot=snapshot, saved=saved)
 
 
 def _record_restore(ctx: Context, meta: SnapshotRecord) -> None:
@@ -253,7 +259,7 @@ def _record_restore(ctx: Context, meta: SnapshotRecord) -> None:
     ctx.store.set_snapshot_head(meta.instance, meta.name)
 
 
-async def delete(ctx: Context, name: str, snapshot: str, reporter: Reporter) -> dict[str, Any]:
+async def delete(ctx: Context, name: str, snapshot: str, reporter: Reporter) -> SnapshotResult:
     """Remove a snapshot's tag (over QMP while the instance runs) and its record."""
     v = await get(ctx, name)
     require(
@@ -276,7 +282,7 @@ async def delete(ctx: Context, name: str, snapshot: str, reporter: Reporter) -> 
             reporter.warn(f"the snapshot's tag {meta.tag} was already gone; removing its record")
         j.step(f"forget {meta.tag}")
         ctx.store.remove_snapshot(name, snapshot)
-    return {"name": name, "snapshot": snapshot}
+    return SnapshotResult(name=name, snapshot=snapshot)
 
 
 # -- after a crash (called by service/recovery.py) ---------------------------------------------

@@ -18,8 +18,7 @@ This module holds :func:`run` (examine, then repair); the rest of the package:
 
 from __future__ import annotations
 
-from typing import Any
-
+from ketch.api.models import DoctorResult
 from ketch.errors import KetchError
 from ketch.progress import Reporter
 from ketch.service.context import Context
@@ -45,7 +44,7 @@ __all__ = [
 ]
 
 
-async def run(ctx: Context, wanted: list[str], *, fix: bool, reporter: Reporter) -> dict[str, Any]:
+async def run(ctx: Context, wanted: list[str], *, fix: bool, reporter: Reporter) -> DoctorResult:
     """Examine the named instances (all, and the storage root, when none is named)."""
     records = [ctx.store.get(n) for n in wanted] if wanted else ctx.store.all()
     findings: list[Finding] = []
@@ -68,4 +67,4 @@ async def run(ctx: Context, wanted: list[str], *, fix: bool, reporter: Reporter)
                 reporter.warn(
                     f"{f.instance or 'storage'}: could not repair {f.code}: {exc.message}"
                 )
-    return {"findings": [f.to_dict() for f in findings], "fixed": fix}
+    return DoctorResult(findings=[f.to_reply() for f in findings], fixed=fix)

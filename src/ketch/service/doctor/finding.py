@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+
+from ketch.api import models as m
 
 Repair = Callable[[], Awaitable[str]]
 
@@ -21,12 +22,13 @@ class Finding:
     outcome: str | None = None  # after --fix: what was done, or why not
     fixed: bool | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "instance": self.instance,
-            "code": self.code,
-            "message": self.message,
-            "fix": self.fix,
-            "fixed": self.fixed,
-            "outcome": self.outcome,
-        }
+    def to_reply(self) -> m.Finding:
+        """The finding as the doctor result's model (the wire contract)."""
+        return m.Finding(
+            instance=self.instance,
+            code=self.code,
+            message=self.message,
+            fix=self.fix,
+            fixed=self.fixed,
+            outcome=self.outcome,
+        )
