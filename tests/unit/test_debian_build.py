@@ -14,6 +14,7 @@ import json
 import os
 import struct
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -386,12 +387,20 @@ class FakeBuild:
         self.builds = 0
         self.fail = fail
         self.started = asyncio.Event()
+        # A build holds its lock until this is true (bounded), e.g. until a second
+        # build says it waits: without it, a loaded machine may let the first build
+        # end before the second one reaches the lock.
+        self.hold_until: Callable[[], bool] | None = None
 
     async def __call__(self, build: Path, p: debian.Plan, reporter: Reporter) -> None:
         self.builds += 1
         reporter.step("Bootstrapping (fake)")
         self.started.set()
         await asyncio.sleep(0)
+        for _ in range(2000):  # bounded: at most ~10 s, never a pass criterion
+            if self.hold_until is None or self.hold_until():
+                break
+            await asyncio.sleep(0.005)
         if self.fail is not None:
             raise self.fail
         image = build / "image"
@@ -433,6 +442,9 @@ def test_concurrent_builds_share_one_build_and_force_rebuilds(
     tmp_path: Path, fake: FakeBuild
 ) -> None:
     reporters = [ListReporter(), ListReporter()]
+    fake.hold_until = lambda: any(
+        "Waiting for another build" in s for r in reporters for s in r.steps
+    )
 
     async def both() -> list[ImageInfo]:
         return list(await asyncio.gather(*(debian.build_debian(tmp_path, r) for r in reporters)))
@@ -440,6 +452,7 @@ def test_concurrent_builds_share_one_build_and_force_rebuilds(
     first, second = asyncio.run(both())
     assert first == second and fake.builds == 1
     assert any("Waiting for another build" in s for r in reporters for s in r.steps)
+    fake.hold_until = None
     asyncio.run(debian.build_debian(tmp_path, force=True))
     assert fake.builds == 2
     assert [p.name for p in (tmp_path / "debian-12").iterdir() if p.name != ".lock"] == [
