@@ -238,3 +238,34 @@ def test_the_lock_is_free_at_once_when_nobody_holds_it(tmp_path: Path) -> None:
     asyncio.run(main())
     assert reporter.steps == []
     assert (tmp_path / ".lock").exists()
+
+
+def test_a_child_build_sends_back_the_image_info_whole() -> None:
+    from dataclasses import asdict
+
+    from ketch.images.buildproc import info_from_json
+    from ketch.model import BootSpec, ImageInfo
+
+    info = ImageInfo(
+        id="ketch:tiny@0123456789abcdef",
+        release="ketch tiny 2026-12-01",
+        disk="/v/disk.qcow2",
+        disk_format="qcow2",
+        boot=BootSpec(kernel="/v/vmlinuz", initrd="/v/initrd.img", cmdline="console=ttyS0"),
+        aliases=("tiny",),
+        remote="ketch",
+        version="20261201",
+    )
+    assert info_from_json(json.loads(json.dumps(asdict(info)))) == info
+
+
+def test_the_build_child_refuses_what_it_does_not_build(capsys: pytest.CaptureFixture[str]) -> None:
+    from ketch.images import buildproc
+
+    before = os.umask(0o077)
+    try:
+        assert buildproc.main(["ubuntu", "/tmp"]) == 2
+        assert os.umask(before) == buildproc.BUILD_UMASK  # the child's first act
+    finally:
+        os.umask(before)
+    assert "usage" in capsys.readouterr().err

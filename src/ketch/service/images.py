@@ -16,6 +16,7 @@ from ketch.api import models as m
 from ketch.errors import InvalidArgument
 from ketch.images import catalog
 from ketch.images import resolve as resolver
+from ketch.images.buildproc import build_in_child
 from ketch.images.vault import Vault, VaultEntry
 from ketch.layout import Root
 from ketch.model import ImageInfo
@@ -45,14 +46,11 @@ class Images:
         return found
 
     async def build_tiny(self, reporter: Reporter, *, force: bool = False) -> ImageInfo:
-        from ketch.images import tiny
-
-        return await tiny.build_tiny(self.built_dir, reporter, force=force)
+        # In a child process with the build's own umask, never ketchd's 077 (see buildproc).
+        return await build_in_child("tiny", self.built_dir, reporter, force=force)
 
     async def build_debian(self, reporter: Reporter, *, force: bool = False) -> ImageInfo:
-        from ketch.images import debian
-
-        return await debian.build_debian(self.built_dir, reporter, force=force)
+        return await build_in_child("debian-12", self.built_dir, reporter, force=force)
 
     async def resolve(self, ref: str, reporter: Reporter) -> ImageInfo:
         return await resolver.resolve(
