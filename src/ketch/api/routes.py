@@ -17,7 +17,7 @@ Order matters: aiohttp takes the first route whose path matches.
 
 from __future__ import annotations
 
-import sys
+import importlib
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
@@ -211,6 +211,4 @@ def _model(ref: str) -> Any:
     """``"m.Name"`` or ``"o.Name"``: that class of the models or the operations module."""
     prefix, _, name = ref.partition(".")
     module = "ketch.api.models" if prefix == "m" else "ketch.api.operations"
-    if module not in sys.modules:
-        __import__(module)
-    return getattr(sys.modules[module], name)
+    return getattr(importlib.import_module(module), name)

@@ -41,18 +41,18 @@ NAMES = ("tiny", "debian-12")
 class _LineReporter:
     """The child's reporter: one JSON event a line on stdout."""
 
-    def _emit(self, event: dict[str, Any]) -> None:
+    def emit(self, event: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(event) + "\n")
         sys.stdout.flush()
 
     def step(self, message: str) -> None:
-        self._emit({"type": "step", "message": message})
+        self.emit({"type": "step", "message": message})
 
     def progress(self, label: str, done: int, total: int | None) -> None:
-        self._emit({"type": "progress", "label": label, "done": done, "total": total})
+        self.emit({"type": "progress", "label": label, "done": done, "total": total})
 
     def warn(self, message: str) -> None:
-        self._emit({"type": "warning", "message": message})
+        self.emit({"type": "warning", "message": message})
 
 
 def _builder(name: str) -> Callable[..., Coroutine[Any, Any, ImageInfo]]:
@@ -83,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         info: ImageInfo = asyncio.run(build(Path(args[1]), reporter, force=args[2:] == ["--force"]))
     except KetchError as exc:
-        reporter._emit({"type": "error", "error": exc.to_dict()})
+        reporter.emit({"type": "error", "error": exc.to_dict()})
         return 1
-    reporter._emit({"type": "result", "info": asdict(info)})
+    reporter.emit({"type": "result", "info": asdict(info)})
     return 0
 
 
