@@ -177,6 +177,49 @@ class ImageInfo:
     version: str = ""
 
 
+class MountType(enum.StrEnum):
+    """How a host directory reaches the guest (Multipass's ``mount --type``)."""
+
+    CLASSIC = "classic"  # reverse SSHFS: guest sshfs, ketch's confined SFTP server on the host
+    NATIVE = "native"  # virtiofs: QEMU's virtiofsd on the host, a vhost-user-fs device in the guest
+
+
+class Protocol(enum.StrEnum):
+    """A forwarded port's transport."""
+
+    TCP = "tcp"
+    UDP = "udp"
+
+
+@dataclass(frozen=True)
+class IdMap:
+    """One ``HOST:GUEST`` id mapping of a mount; ``guest`` None is the guest's default user."""
+
+    host: int
+    guest: int | None = None
+
+
+@dataclass(frozen=True)
+class MountSpec:
+    """One host directory mounted into an instance: part of the instance's spec."""
+
+    source: str  # absolute host path, resolved when the mount was added
+    target: str  # absolute guest path
+    type: MountType = MountType.CLASSIC
+    uid_maps: tuple[IdMap, ...] = ()
+    gid_maps: tuple[IdMap, ...] = ()
+
+
+@dataclass(frozen=True)
+class ForwardSpec:
+    """An explicit port forward the user asked for (automatic ones are derived, not stored)."""
+
+    host_ip: str
+    host_port: int
+    guest_port: int
+    protocol: Protocol = Protocol.TCP
+
+
 @dataclass(frozen=True)
 class InstanceSpec:
     """What the user asked for when launching (and later via ``set``)."""
@@ -196,6 +239,8 @@ class InstanceSpec:
     user: str = "ubuntu"
     cloud_init: str | None = None  # the user's #cloud-config, as given
     created: float = 0.0
+    mounts: tuple[MountSpec, ...] = ()
+    forwards: tuple[ForwardSpec, ...] = ()
 
 
 @dataclass(frozen=True)

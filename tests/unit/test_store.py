@@ -14,7 +14,16 @@ from pathlib import Path
 import pytest
 
 from ketch.errors import AlreadyExists, KetchError, NotFound
-from ketch.model import BootSpec, InstanceSpec, Intent
+from ketch.model import (
+    BootSpec,
+    ForwardSpec,
+    IdMap,
+    InstanceSpec,
+    Intent,
+    MountSpec,
+    MountType,
+    Protocol,
+)
 from ketch.store.db import MIGRATIONS, Store, spec_from_json, spec_to_json
 
 
@@ -132,6 +141,22 @@ def test_spec_json_ignores_unknown_keys_and_defaults_boot() -> None:
     got = spec_from_json(json.dumps(doc))
     assert got.boot == BootSpec()
     assert got.name == "vm1"
+
+
+def test_spec_round_trip_mounts_and_forwards(store: Store) -> None:
+    mounts = (
+        MountSpec("/home/u/src", "/src", MountType.NATIVE, (IdMap(1000, None),), (IdMap(0, 0),)),
+        MountSpec("/data", "/data"),
+    )
+    forwards = (ForwardSpec("127.0.0.1", 8080, 80), ForwardSpec("0.0.0.0", 53, 53, Protocol.UDP))
+    store.add(make_spec("m", mounts=mounts, forwards=forwards), Intent.STOP)
+    got = store.get("m").spec
+    assert got.mounts == mounts
+    assert got.forwards == forwards
+    # a spec written before mounts and forwards existed reads back with none
+    doc = json.loads(spec_to_json(make_spec()))
+    del doc["mounts"], doc["forwards"]
+    assert spec_from_json(json.dumps(doc)) == make_spec()
 
 
 def test_spec_json_is_stable() -> None:

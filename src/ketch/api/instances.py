@@ -8,7 +8,7 @@ Shapes are Multipass's where Multipass has one (``list``, ``info``).
 from __future__ import annotations
 
 import builtins
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from msgspec import UNSET, Meta, UnsetType
 
@@ -80,6 +80,19 @@ class SshAddress(Reply):
     user: str
 
 
+class MountInfo(Reply):
+    """One mount in ``info``, keyed by its guest path: Multipass's three keys, then ketch's.
+
+    A mapping reads ``HOST:GUEST``, ``GUEST`` being ``default`` for the guest's default user.
+    """
+
+    source_path: str
+    uid_mappings: list[str]
+    gid_mappings: list[str]
+    type: str  # "classic" or "native"
+    active: bool | None  # in place in the guest now; None when it cannot be known (not running)
+
+
 _INSTANCE_FIELDS = (
     "state", "image_release", "image_hash", "release", "cpu_count", "memory", "disks",
     "load", "ipv4", "mounts", "snapshot_count", "created", "ssh", "accel", "image", "pid",
@@ -103,7 +116,7 @@ class InfoEntry(Reply, omit_defaults=True):
     disks: dict[str, Disk] | UnsetType = UNSET
     load: list[float] | UnsetType = UNSET
     ipv4: list[str] | UnsetType = UNSET
-    mounts: dict[str, Any] | UnsetType = UNSET
+    mounts: dict[str, MountInfo] | UnsetType = UNSET
     snapshot_count: str | UnsetType = UNSET
     created: str | UnsetType = UNSET
     ssh: SshAddress | UnsetType = UNSET

@@ -14,7 +14,7 @@ from typing import Any
 from ketch import vocabulary
 from ketch.api.models import ListEntry
 from ketch.errors import NotFound
-from ketch.model import Derived, Observation, State, Verb
+from ketch.model import Derived, IdMap, InstanceSpec, Observation, State, Verb
 from ketch.runtime.derive import derive
 from ketch.service.context import Context
 from ketch.store.db import Record
@@ -121,6 +121,25 @@ def list_entry(v: View) -> ListEntry:
     )
 
 
+def id_mapping(m: IdMap) -> str:
+    """``HOST:GUEST`` as Multipass prints it (``default``: the guest's default user)."""
+    return f"{m.host}:{'default' if m.guest is None else m.guest}"
+
+
+def mount_entries(spec: InstanceSpec) -> dict[str, dict[str, Any]]:
+    """``info``'s ``mounts``: each of the spec's mounts by guest path (``active`` unknown here)."""
+    return {
+        m.target: {
+            "source_path": m.source,
+            "uid_mappings": [id_mapping(x) for x in m.uid_maps],
+            "gid_mappings": [id_mapping(x) for x in m.gid_maps],
+            "type": m.type.value,
+            "active": None,
+        }
+        for m in spec.mounts
+    }
+
+
 def info_entry(
     v: View, *, accel: str, guest: dict[str, Any] | None = None, snapshot_count: int = 0
 ) -> dict[str, Any]:
@@ -145,7 +164,7 @@ def info_entry(
         },
         "load": guest.get("load", []),
         "ipv4": [GUEST_IPV4] if v.derived.running else [],
-        "mounts": {},
+        "mounts": mount_entries(spec),
         "snapshot_count": str(snapshot_count),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(spec.created)),
         # ketch's own keys

@@ -6,7 +6,16 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ketch.model import BootSpec, InstanceSpec, Intent
+from ketch.model import (
+    BootSpec,
+    ForwardSpec,
+    IdMap,
+    InstanceSpec,
+    Intent,
+    MountSpec,
+    MountType,
+    Protocol,
+)
 
 
 @dataclass(frozen=True)
@@ -50,8 +59,29 @@ def spec_to_json(spec: InstanceSpec) -> str:
     return json.dumps(asdict(spec), sort_keys=True)
 
 
+def _mount_from_json(data: dict[str, Any]) -> MountSpec:
+    return MountSpec(
+        source=data["source"],
+        target=data["target"],
+        type=MountType(data.get("type", MountType.CLASSIC)),
+        uid_maps=tuple(IdMap(**m) for m in data.get("uid_maps", ())),
+        gid_maps=tuple(IdMap(**m) for m in data.get("gid_maps", ())),
+    )
+
+
+def _forward_from_json(data: dict[str, Any]) -> ForwardSpec:
+    return ForwardSpec(
+        host_ip=data["host_ip"],
+        host_port=data["host_port"],
+        guest_port=data["guest_port"],
+        protocol=Protocol(data.get("protocol", Protocol.TCP)),
+    )
+
+
 def spec_from_json(text: str) -> InstanceSpec:
     data: dict[str, Any] = json.loads(text)
     data["boot"] = BootSpec(**data.get("boot", {}))
+    data["mounts"] = tuple(_mount_from_json(m) for m in data.get("mounts", ()))
+    data["forwards"] = tuple(_forward_from_json(f) for f in data.get("forwards", ()))
     fields = set(InstanceSpec.__dataclass_fields__)
     return InstanceSpec(**{k: v for k, v in data.items() if k in fields})
