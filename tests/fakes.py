@@ -11,6 +11,8 @@
   show what an exception at any step leaves behind.
 - :class:`FakeImages`: an :class:`~ketch.service.context.ImageProvider` with
   at most one image, a real qcow2 base file when one is given.
+- :class:`FakeClock`: a :class:`~ketch.clock.Clock` that moves only when the
+  test moves it (``Context(..., clock=FakeClock())``).
 
 The ``CHECK_*`` assignments at the end make mypy check each fake against its
 protocol (``mypy tests``).
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ketch.api import models as m
+from ketch.clock import Clock
 from ketch.errors import HostCommandError, ImageError
 from ketch.layout import InstanceDir
 from ketch.model import DiskCheck, DiskInfo, ImageInfo, InstanceSpec, Observation, PidStatus
@@ -326,7 +329,29 @@ class FakeImages:
         return []
 
 
+# -- time -----------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    """Wall and monotonic time that stand still until :meth:`advance` moves both."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:  # 2027-01-15, a fixed "now"
+        self.now = start
+        self.mono = 1000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.mono += seconds
+
+
 # mypy checks each fake against the protocol it stands in for
 CHECK_DRIVER: Driver = FakeDriver()
 CHECK_FAULTY: Driver = FaultyDriver(CHECK_DRIVER, Faults())
 CHECK_IMAGES: ImageProvider = FakeImages()
+CHECK_CLOCK: Clock = FakeClock()

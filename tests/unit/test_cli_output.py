@@ -34,6 +34,7 @@ from ketch.model import (
     State,
 )
 from ketch.service import inspect
+from ketch.service.guest_stats import NONE, GuestStats
 from ketch.store.db import Record
 
 GiB = 1024**3
@@ -117,13 +118,13 @@ def list_doc(views: list[inspect.View]) -> dict[str, Any]:
 
 
 def info_doc(
-    views: list[inspect.View], errors: list[str] | None = None, guest: dict[str, Any] | None = None
+    views: list[inspect.View], errors: list[str] | None = None, guest: GuestStats = NONE
 ) -> dict[str, Any]:
     doc = {
         "errors": errors or [],
         # as the daemon does: guest statistics only for running instances
         "info": {
-            v.name: inspect.info_entry(v, accel="tcg", guest=guest if v.derived.running else None)
+            v.name: inspect.info_entry(v, accel="tcg", guest=guest if v.derived.running else NONE)
             for v in views
         },
     }
@@ -221,14 +222,14 @@ def test_info_json_is_multipass_shaped() -> None:
 
 
 # What guest_stats.parse makes of a running guest's answer.
-GUEST = {
-    "load": [0.08, 0.03, 0.01],
-    "mem_used": GiB // 4,
-    "mem_total": GiB - 64 * 1024**2,
-    "disk_total": 5 * GiB,
-    "disk_used": GiB,
-    "release": "Debian GNU/Linux 12 (bookworm)",
-}
+GUEST = GuestStats(
+    load=(0.08, 0.03, 0.01),
+    mem_used=GiB // 4,
+    mem_total=GiB - 64 * 1024**2,
+    disk_total=5 * GiB,
+    disk_used=GiB,
+    release="Debian GNU/Linux 12 (bookworm)",
+)
 
 
 def table_fields(out: str) -> dict[str, str]:
@@ -310,8 +311,8 @@ def test_info_csv() -> None:
     bravo = dict(zip(header, rows[2], strict=True))
     assert alpha["Name"] == "alpha" and alpha["State"] == "Running"
     assert alpha["Ipv4"] == "10.0.2.15" and alpha["CPU(s)"] == "2"
-    assert alpha["Memory total"] == str(GUEST["mem_total"])
-    assert alpha["Memory usage"] == str(GUEST["mem_used"])
+    assert alpha["Memory total"] == str(GUEST.mem_total)
+    assert alpha["Memory usage"] == str(GUEST.mem_used)
     assert alpha["Disk total"] == str(5 * GiB) and alpha["Disk usage"] == str(GiB)
     assert alpha["Load"] == "0.08 0.03 0.01"
     assert alpha["Release"] == "Debian GNU/Linux 12 (bookworm)"

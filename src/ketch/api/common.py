@@ -60,3 +60,16 @@ class Empty(Body):
 
 class NoQuery(Body):
     """A route that takes no query parameters."""
+
+
+class MountInfo(Reply):
+    """One mount in ``info``, keyed by its guest path: Multipass's three keys, then ketch's.
+
+    A mapping reads ``HOST:GUEST``, ``GUEST`` being ``default`` for the guest's default user.
+    """
+
+    source_path: str
+    uid_mappings: list[str]
+    gid_mappings: list[str]
+    type: str  # "classic" or "native"
+    active: bool | None  # in place in the guest now; None when it cannot be known (not running)

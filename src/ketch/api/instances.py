@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from msgspec import UNSET, Meta, UnsetType
 
-from ketch.api.common import MAX_DELAY, MAX_TEXT, Body, Name, Reply, Size, Timeout
+from ketch.api.common import MAX_DELAY, MAX_TEXT, Body, MountInfo, Name, Reply, Size, Timeout
 from ketch.api.snapshots import SnapshotInfo
 
 
@@ -78,19 +78,6 @@ class SshAddress(Reply):
     host: str
     port: int
     user: str
-
-
-class MountInfo(Reply):
-    """One mount in ``info``, keyed by its guest path: Multipass's three keys, then ketch's.
-
-    A mapping reads ``HOST:GUEST``, ``GUEST`` being ``default`` for the guest's default user.
-    """
-
-    source_path: str
-    uid_mappings: list[str]
-    gid_mappings: list[str]
-    type: str  # "classic" or "native"
-    active: bool | None  # in place in the guest now; None when it cannot be known (not running)
 
 
 _INSTANCE_FIELDS = (

@@ -6,9 +6,7 @@ them from there (it imports msgspec first, lightly: see its docstring).
 
 from __future__ import annotations
 
-from typing import Any
-
-from ketch.api.common import Body, Reply, SnapshotName, Text
+from ketch.api.common import Body, MountInfo, Reply, SnapshotName, Text
 
 
 class SnapshotBody(Body):
@@ -25,7 +23,7 @@ class SnapshotInfo(Reply):
     cpu_count: str
     disk_space: str
     memory_size: str
-    mounts: dict[str, Any]
+    mounts: dict[str, MountInfo]  # snapshots keep no mounts: always empty
     created: str
     parent: str
     children: list[str]

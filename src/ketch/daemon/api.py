@@ -40,8 +40,6 @@ from ketch.service import settings as settings_uc
 from ketch.service import snapshots as snapshots_uc
 from ketch.service.images import Images
 
-Result = dict[str, Any]  # info's reply only: not typed yet, converted by wire.bind
-
 
 def _names(text: str) -> list[str]:
     return [n for n in text.split(",") if n]
@@ -79,7 +77,7 @@ class Api(OperationRoutes):
         views = await inspect_uc.all_views(self.ctx)
         return m.ListReply(list=[inspect_uc.list_entry(v) for v in views])
 
-    async def info(self, call: Call[None]) -> Result:
+    async def info(self, call: Call[None]) -> m.InfoReply:
         await self.ops.settled()
         return await info_uc.info(self.ctx, _names(call.query.names))
 

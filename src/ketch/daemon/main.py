@@ -16,7 +16,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -59,12 +58,7 @@ async def _scheduler(ops: Operations) -> None:
 
     while True:
         await asyncio.sleep(SCHEDULER_PERIOD)
-        now = time.time()
-        for record in ops.ctx.store.all():
-            due = record.shutdown_at
-            if due is None or due > now or record.deleted:
-                continue
-            name = record.spec.name
+        for name in lifecycle.due_shutdowns(ops.ctx):
             if ops.lock(name).locked():
                 continue
             log.info("delayed shutdown of %s is due", name)

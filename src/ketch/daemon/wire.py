@@ -64,7 +64,7 @@ class Events:
     events: AsyncIterator[Event | m.Event]
 
 
-Handler = Callable[[Call[Any]], Awaitable[m.Reply | dict[str, Any] | Op | Events | Follow]]
+Handler = Callable[[Call[Any]], Awaitable[m.Reply | Op | Events | Follow]]
 
 
 def error_response(exc: KetchError, status: int | None = None) -> web.Response:
@@ -205,8 +205,6 @@ def bind(route: Route[Any, Any], handler: Handler, ops: Operations) -> Any:
             return await stream(request, answer)
         if isinstance(answer, Events):
             return await stream(request, answer.events)
-        if not isinstance(answer, route.reply):  # a dict (info's, not typed yet): checked here
-            answer = msgspec.convert(answer, route.reply)
         return web.Response(body=msgspec.json.encode(answer), content_type="application/json")
 
     serve.__name__ = route.name

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
-import time
 import uuid
 from collections.abc import Collection
 from dataclasses import replace
@@ -124,7 +123,7 @@ async def clone(ctx: Context, source: str, name: str, reporter: Reporter) -> Clo
             ssh_port=guestlink.free_port(ctx.store.used_ports()),
             mac=_random_mac(),
             instance_id=f"i-{uuid.uuid4().hex[:16]}",
-            created=time.time(),
+            created=ctx.clock.time(),
         )
         ctx.store.add(spec, Intent.STOP)
         j.undo(ctx.store.remove, name)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from ketch.clock import SYSTEM, Clock
 from ketch.layout import Root
 from ketch.model import ImageInfo
 from ketch.progress import Reporter
@@ -35,5 +36,6 @@ class Context:
     images: ImageProvider
     # instance name -> the operation running on it now (kept by the daemon)
     active: dict[str, str] = field(default_factory=dict)
+    clock: Clock = SYSTEM
     boot_timeout: float = 300.0
     stop_timeout: float = 60.0

@@ -7,7 +7,7 @@ answer gets an entry in ``errors`` instead of these fields.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from dataclasses import dataclass
 
 from ketch.errors import KetchError
 from ketch.host import ssh
@@ -22,31 +22,54 @@ SCRIPT = (
 TIMEOUT = 10.0
 
 
-def parse(text: str) -> dict[str, Any]:
-    """Parse SCRIPT's output (pure).  Missing parts are left out."""
-    out: dict[str, Any] = {}
+@dataclass(frozen=True)
+class GuestStats:
+    """What SCRIPT found; a part the guest did not give is empty (``None``, ``()``, ``""``)."""
+
+    release: str = ""
+    load: tuple[float, ...] = ()
+    mem_total: int | None = None  # bytes
+    mem_used: int | None = None
+    disk_total: int | None = None
+    disk_used: int | None = None
+
+
+NONE = GuestStats()
+
+
+def parse(text: str) -> GuestStats:
+    """Parse SCRIPT's output (pure).  Missing parts are left empty."""
+    release = ""
+    load: tuple[float, ...] = ()
+    disk: tuple[int, int] | None = None
     mem: dict[str, int] = {}
     for line in text.splitlines():
         fields = line.split()
         if not fields:
             continue
         if line.startswith("PRETTY_NAME="):
-            out["release"] = line.partition("=")[2].strip()
+            release = line.partition("=")[2].strip()
         elif fields[0] in ("MemTotal:", "MemAvailable:") and len(fields) >= 2:
-            mem[fields[0][:-1]] = int(fields[1]) * 1024
-        elif "load" not in out and len(fields) >= 5 and "/" in fields[3]:
             with contextlib.suppress(ValueError):
-                out["load"] = [float(x) for x in fields[:3]]
+                mem[fields[0][:-1]] = int(fields[1]) * 1024
+        elif not load and len(fields) >= 5 and "/" in fields[3]:
+            with contextlib.suppress(ValueError):
+                load = tuple(float(x) for x in fields[:3])
         elif len(fields) >= 6 and fields[-1] == "/" and fields[1].isdigit():
-            out["disk_total"] = int(fields[1]) * 1024
-            out["disk_used"] = int(fields[2]) * 1024
-    if "MemTotal" in mem and "MemAvailable" in mem:
-        out["mem_used"] = mem["MemTotal"] - mem["MemAvailable"]
-        out["mem_total"] = mem["MemTotal"]
-    return out
+            with contextlib.suppress(ValueError):
+                disk = int(fields[1]) * 1024, int(fields[2]) * 1024
+    both = "MemTotal" in mem and "MemAvailable" in mem
+    return GuestStats(
+        release=release,
+        load=load,
+        mem_total=mem["MemTotal"] if both else None,
+        mem_used=mem["MemTotal"] - mem["MemAvailable"] if both else None,
+        disk_total=disk[0] if disk else None,
+        disk_used=disk[1] if disk else None,
+    )
 
 
-async def collect(target: SshTarget) -> dict[str, Any]:
+async def collect(target: SshTarget) -> GuestStats:
     """Run SCRIPT in the guest; raises KetchError when it cannot."""
     done = await ssh.run_in_guest(target, ["sh", "-c", SCRIPT], timeout=TIMEOUT)
     if done.returncode != 0 and not done.stdout:
@@ -56,8 +79,8 @@ async def collect(target: SshTarget) -> dict[str, Any]:
     return parse(done.text)
 
 
-async def collect_quietly(target: SshTarget) -> tuple[dict[str, Any], str | None]:
+async def collect_quietly(target: SshTarget) -> tuple[GuestStats, str | None]:
     try:
         return await collect(target), None
     except KetchError as exc:
-        return {}, exc.message
+        return NONE, exc.message

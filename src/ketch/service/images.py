@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 
 from ketch.api import models as m
+from ketch.clock import SYSTEM, Clock
 from ketch.errors import InvalidArgument
 from ketch.images import catalog
 from ketch.images import resolve as resolver
@@ -29,9 +30,10 @@ REMOTE_PREFIX = "local.remote."
 class Images:
     """The daemon's image provider (implements service.context.ImageProvider)."""
 
-    def __init__(self, root: Root, store: Store) -> None:
+    def __init__(self, root: Root, store: Store, clock: Clock = SYSTEM) -> None:
         self.root = root
         self.store = store
+        self.clock = clock
         self.vault = Vault(root.vault)
 
     @property
@@ -105,10 +107,10 @@ class Images:
         the newest build of each name is always kept.
         """
         import shutil
-        import time
 
-        removed = [_cached(e) for e in self.vault.prune(days, in_use)]
-        cutoff = time.time() - days * 86400
+        now = self.clock.time()
+        removed = [_cached(e) for e in self.vault.prune(days, in_use, now=now)]
+        cutoff = now - days * 86400
         built = [r for r in self.list_cached() if r.source == "built"]
         newest: dict[str, float] = {}
         for row in built:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
 
-from ketch.api.models import SnapshotListReply
+import msgspec
+
+from ketch.api.models import InfoEntry, InfoReply, SnapshotListReply
 from ketch.errors import NotFound
 from ketch.model import State
 from ketch.service import guest_stats, guestlink
@@ -22,13 +23,13 @@ from ketch.service.accel import choose
 from ketch.service.context import Context
 
 
-async def _stats(ctx: Context, v: inspect_uc.View) -> tuple[dict[str, Any], str | None]:
+async def _stats(ctx: Context, v: inspect_uc.View) -> tuple[guest_stats.GuestStats, str | None]:
     if v.state not in (State.RUNNING, State.DELAYED_SHUTDOWN):
-        return {}, None
+        return guest_stats.NONE, None
     return await guest_stats.collect_quietly(guestlink.target(ctx.root, v.record.spec))
 
 
-async def info(ctx: Context, asked: Sequence[str]) -> dict[str, Any]:
+async def info(ctx: Context, asked: Sequence[str]) -> InfoReply:
     """``{"errors": [...], "info": {NAME: {...}}}`` for the names asked (all when none)."""
     wanted = [n for n in asked if "." not in n]
     snapshots, errors = snapshots_uc.info_doc(ctx, [n for n in asked if "." in n])
@@ -46,7 +47,7 @@ async def info(ctx: Context, asked: Sequence[str]) -> dict[str, Any]:
     views = await asyncio.gather(*(inspect_uc.view(ctx, r) for r in chosen))
     stats = await asyncio.gather(*(_stats(ctx, v) for v in views))
     counts = ctx.store.snapshot_counts()
-    entries: dict[str, dict[str, Any]] = {}
+    entries: dict[str, InfoEntry] = {}
     for v, (guest, error) in zip(views, stats, strict=True):
         entries[v.name] = inspect_uc.info_entry(
             v, accel=accel, guest=guest, snapshot_count=counts.get(v.name, 0)
@@ -54,8 +55,13 @@ async def info(ctx: Context, asked: Sequence[str]) -> dict[str, Any]:
         if error:
             errors.append(error)
     for instance, snaps in snapshots.items():  # Multipass's shape: info[NAME]["snapshots"]
-        entries.setdefault(instance, {})["snapshots"] = snaps
-    return {"errors": errors, "info": entries}
+        entry = entries.get(instance)
+        entries[instance] = (
+            InfoEntry(snapshots=snaps)
+            if entry is None
+            else msgspec.structs.replace(entry, snapshots=snaps)
+        )
+    return InfoReply(errors=errors, info=entries)
 
 
 def snapshot_listing(ctx: Context, names: Sequence[str]) -> SnapshotListReply:

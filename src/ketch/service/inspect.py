@@ -9,14 +9,25 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+
+from msgspec import UNSET
 
 from ketch import vocabulary
-from ketch.api.models import ListEntry
+from ketch.api.models import (
+    Disk,
+    Inconsistency,
+    InfoEntry,
+    ListEntry,
+    Memory,
+    MountInfo,
+    SshAddress,
+)
 from ketch.errors import NotFound
 from ketch.model import Derived, IdMap, InstanceSpec, Observation, State, Verb
 from ketch.runtime.derive import derive
 from ketch.service.context import Context
+from ketch.service.guest_stats import NONE as NO_STATS
+from ketch.service.guest_stats import GuestStats
 from ketch.store.db import Record
 
 GUEST_IPV4 = "10.0.2.15"  # the guest's address on QEMU user-mode networking
@@ -101,9 +112,9 @@ def require(v: View, verb: Verb, *, hint: str | None = None, phrase: str | None 
     )
 
 
-def inconsistencies(v: View) -> list[dict[str, str]]:
+def inconsistencies(v: View) -> list[Inconsistency]:
     return [
-        {"code": i.code, "message": i.message, "action": i.action}
+        Inconsistency(code=i.code, message=i.message, action=i.action)
         for i in v.derived.inconsistencies
     ]
 
@@ -126,60 +137,54 @@ def id_mapping(m: IdMap) -> str:
     return f"{m.host}:{'default' if m.guest is None else m.guest}"
 
 
-def mount_entries(spec: InstanceSpec) -> dict[str, dict[str, Any]]:
+def mount_entries(spec: InstanceSpec) -> dict[str, MountInfo]:
     """``info``'s ``mounts``: each of the spec's mounts by guest path (``active`` unknown here)."""
     return {
-        m.target: {
-            "source_path": m.source,
-            "uid_mappings": [id_mapping(x) for x in m.uid_maps],
-            "gid_mappings": [id_mapping(x) for x in m.gid_maps],
-            "type": m.type.value,
-            "active": None,
-        }
+        m.target: MountInfo(
+            source_path=m.source,
+            uid_mappings=[id_mapping(x) for x in m.uid_maps],
+            gid_mappings=[id_mapping(x) for x in m.gid_maps],
+            type=m.type.value,
+            active=None,
+        )
         for m in spec.mounts
     }
 
 
+def _stamp(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+
+
 def info_entry(
-    v: View, *, accel: str, guest: dict[str, Any] | None = None, snapshot_count: int = 0
-) -> dict[str, Any]:
+    v: View, *, accel: str, guest: GuestStats = NO_STATS, snapshot_count: int = 0
+) -> InfoEntry:
     """One value of ``ketch info --format json``'s "info" map."""
     spec = v.record.spec
-    guest = guest or {}
-    entry: dict[str, Any] = {
-        "state": v.state.value,
-        "image_release": spec.release,
-        "image_hash": spec.image_id,
-        "release": guest.get("release", ""),
-        "cpu_count": str(spec.cpus),
-        "memory": {
-            "total": guest.get("mem_total", spec.memory),
-            **({"used": guest["mem_used"]} if "mem_used" in guest else {}),
-        },
-        "disks": {
-            "vda1": {
-                "total": str(guest.get("disk_total", spec.disk)),
-                **({"used": str(guest["disk_used"])} if "disk_used" in guest else {}),
-            }
-        },
-        "load": guest.get("load", []),
-        "ipv4": [GUEST_IPV4] if v.derived.running else [],
-        "mounts": mount_entries(spec),
-        "snapshot_count": str(snapshot_count),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(spec.created)),
+    mem_total = spec.memory if guest.mem_total is None else guest.mem_total
+    disk_total = spec.disk if guest.disk_total is None else guest.disk_total
+    disk_used = UNSET if guest.disk_used is None else str(guest.disk_used)
+    return InfoEntry(
+        state=v.state.value,
+        image_release=spec.release,
+        image_hash=spec.image_id,
+        release=guest.release,
+        cpu_count=str(spec.cpus),
+        memory=Memory(total=mem_total, used=UNSET if guest.mem_used is None else guest.mem_used),
+        disks={"vda1": Disk(total=str(disk_total), used=disk_used)},
+        load=list(guest.load),
+        ipv4=[GUEST_IPV4] if v.derived.running else [],
+        mounts=mount_entries(spec),
+        snapshot_count=str(snapshot_count),
+        created=_stamp(spec.created),
         # ketch's own keys
-        "ssh": {"host": "127.0.0.1", "port": spec.ssh_port, "user": spec.user},
-        "accel": accel if v.derived.running else "",
-        "image": spec.image,
-        "pid": v.obs.pid if v.derived.running else None,
-        "quarantine": v.record.quarantine,
-        "inconsistencies": inconsistencies(v),
-    }
-    if v.record.shutdown_at is not None:
-        entry["shutdown_at"] = time.strftime(
-            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(v.record.shutdown_at)
-        )
-    return entry
+        ssh=SshAddress(host="127.0.0.1", port=spec.ssh_port, user=spec.user),
+        accel=accel if v.derived.running else "",
+        image=spec.image,
+        pid=v.obs.pid if v.derived.running else None,
+        quarantine=v.record.quarantine,
+        inconsistencies=inconsistencies(v),
+        shutdown_at=UNSET if v.record.shutdown_at is None else _stamp(v.record.shutdown_at),
+    )
 
 
 def not_found(name: str) -> NotFound:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
-import time
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, replace
@@ -106,7 +105,7 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
             mac=_random_mac(),
             instance_id=f"i-{uuid.uuid4().hex[:16]}",
             cloud_init=req.cloud_init,
-            created=time.time(),
+            created=ctx.clock.time(),
         )
         ctx.store.add(spec, Intent.STOP)
         j.undo(ctx.store.remove, name)

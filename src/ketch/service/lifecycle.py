@@ -8,8 +8,6 @@ on its way becomes a warning.
 
 from __future__ import annotations
 
-import time
-
 from ketch.api.models import NameResult, StartResult
 from ketch.errors import HostCommandError, KetchError, Timeout
 from ketch.model import InconsistencyCode, Intent, OperationKind, State, Verb
@@ -172,10 +170,20 @@ async def force_stop(ctx: Context, name: str, reporter: Reporter) -> NameResult:
     return NameResult(name=name)
 
 
+def due_shutdowns(ctx: Context) -> list[str]:
+    """The instances whose delayed shutdown has fallen due (by ``ctx.clock``)."""
+    now = ctx.clock.time()
+    return [
+        r.spec.name
+        for r in ctx.store.all()
+        if r.shutdown_at is not None and r.shutdown_at <= now and not r.deleted
+    ]
+
+
 async def delayed_stop(ctx: Context, name: str, minutes: float) -> NameResult:
     v = await get(ctx, name)
     require(v, Verb.DELAYED_STOP)
-    when = time.time() + minutes * 60
+    when = ctx.clock.time() + minutes * 60
     ctx.store.set_shutdown_at(name, when)
     return NameResult(name=name, shutdown_at=when)
 

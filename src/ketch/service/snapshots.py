@@ -23,10 +23,10 @@ import time
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import replace
-from typing import Any
 
 from ketch.api.models import (
     RestoreResult,
+    SnapshotInfo,
     SnapshotListEntry,
     SnapshotListReply,
     SnapshotResult,
@@ -96,19 +96,19 @@ def list_entry(snap: SnapshotRecord) -> SnapshotListEntry:
     return SnapshotListEntry(parent=snap.parent or "", comment=snap.comment)
 
 
-def info_entry(snap: SnapshotRecord, children: Sequence[str]) -> dict[str, Any]:
+def info_entry(snap: SnapshotRecord, children: Sequence[str]) -> SnapshotInfo:
     """One snapshot in ``ketch info NAME.SNAP --format json``."""
-    return {
-        "cpu_count": str(snap.cpus),
-        "disk_space": str(snap.disk),
-        "memory_size": str(snap.memory),
-        "mounts": {},
-        "created": _stamp(snap.created),
-        "parent": snap.parent or "",
-        "children": list(children),
-        "comment": snap.comment,
-        "tag": snap.tag,
-    }
+    return SnapshotInfo(
+        cpu_count=str(snap.cpus),
+        disk_space=str(snap.disk),
+        memory_size=str(snap.memory),
+        mounts={},
+        created=_stamp(snap.created),
+        parent=snap.parent or "",
+        children=list(children),
+        comment=snap.comment,
+        tag=snap.tag,
+    )
 
 
 # -- looking -------------------------------------------------------------------------------
@@ -129,9 +129,11 @@ def list_doc(ctx: Context, names: Sequence[str] = ()) -> SnapshotListReply:
     return SnapshotListReply(errors=errors, info=info)
 
 
-def info_doc(ctx: Context, refs: Sequence[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+def info_doc(
+    ctx: Context, refs: Sequence[str]
+) -> tuple[dict[str, dict[str, SnapshotInfo]], list[str]]:
     """Details of ``INSTANCE.SNAPSHOT`` references: ``({instance: {snap: …}}, errors)``."""
-    found: dict[str, dict[str, Any]] = {}
+    found: dict[str, dict[str, SnapshotInfo]] = {}
     errors: list[str] = []
     for ref in dict.fromkeys(refs):
         instance, _, name = ref.partition(".")
@@ -214,7 +216,7 @@ async def _take(
                 tag=tag,
                 comment=comment,
                 parent=ctx.store.snapshot_head(name),
-                created=time.time(),
+                created=ctx.clock.time(),
                 cpus=spec.cpus,
                 memory=spec.memory,
                 disk=spec.disk,

@@ -177,7 +177,7 @@ async def _check_snapshots(ctx: Context, v: View) -> list[Finding]:
             spec = ctx.store.get(v.name).spec
             ctx.store.add_snapshot(
                 SnapshotRecord(v.name, name, tag, f"recovered by ketch doctor (tag {tag})",
-                               None, time.time(), spec.cpus, spec.memory, spec.disk)
+                               None, ctx.clock.time(), spec.cpus, spec.memory, spec.disk)
             )  # fmt: skip
             return f"recorded tag {tag} as snapshot {name}"
 
