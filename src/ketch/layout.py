@@ -9,7 +9,10 @@ directory.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 STORAGE_ENV = "KETCH_STORAGE"
 
@@ -43,14 +46,30 @@ HOST_KEY = "ssh_host_ed25519_key"  # private; the .pub beside it
 KNOWN_HOSTS = "known_hosts"
 
 
-def storage_root() -> Path:
-    """The storage root in force for this process."""
+def storage_dir() -> str:
+    """The storage root in force for this process, as a string (``pathlib`` not needed).
+
+    ``$KETCH_STORAGE``, made absolute with symlinks resolved; else ``ketch`` in
+    the XDG data directory (``$XDG_DATA_HOME`` when it is an absolute path,
+    else ``~/.local/share``, as the XDG base directory specification says).
+    """
     env = os.environ.get(STORAGE_ENV)
     if env:
-        return Path(env).expanduser().resolve()
-    from platformdirs import user_data_path
+        return os.path.realpath(os.path.expanduser(env))
+    return os.path.join(xdg_data_home(), "ketch")
 
-    return user_data_path("ketch", appauthor=False)
+
+def xdg_data_home() -> str:
+    """``$XDG_DATA_HOME`` when it is an absolute path, else ``~/.local/share`` (the XDG spec)."""
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    return xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".local", "share")
+
+
+def storage_root() -> Path:
+    """The storage root in force for this process."""
+    from pathlib import Path
+
+    return Path(storage_dir())
 
 
 class _Paths:
@@ -59,7 +78,9 @@ class _Paths:
 
     __slots__ = ("path",)
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | str) -> None:
+        from pathlib import Path  # here, not at the top: the CLI's hot path never makes one
+
         self.path = Path(path)
 
     def __eq__(self, other: object) -> bool:

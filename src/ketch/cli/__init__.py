@@ -48,9 +48,9 @@ R = TypeVar("R", bound="m.Reply")
 def client() -> Client:
     """A client of this storage root's ketchd."""
     from ketch.client import Client
-    from ketch.layout import Root, storage_root
+    from ketch.layout import storage_dir
 
-    return Client(Root(storage_root()))
+    return Client(storage_dir())
 
 
 def stream(route: routes.Route[B, R], body: B | None = None, **params: str) -> R:
