@@ -92,8 +92,12 @@ def each(
     body: B | None = None,
     *,
     deleted_ok: bool = False,
+    done: list[str] | None = None,
 ) -> int:
-    """Run ``route`` on every named instance, reporting each failure; the first exit code."""
+    """Run ``route`` on every named instance, reporting each failure; the first exit code.
+
+    The names it succeeded on are appended to ``done`` when given.
+    """
     verb = route.name
     failed = 0
     for name in instance_names(args, deleted_ok=deleted_ok):
@@ -102,6 +106,9 @@ def each(
         except KetchError as exc:
             failed = failed or exc.exit_code
             report(verb, exc)
+        else:
+            if done is not None:
+                done.append(name)
     return failed
 
 
