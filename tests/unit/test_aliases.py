@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from ketch.cli import alias_scripts as scripts
 from ketch.cli import alias_store as store
 from ketch.cli import main as cli
 from ketch.cli import verbs_aliases
@@ -241,11 +242,11 @@ def test_script_runs_ketch_exec_with_every_word_quoted(tmp_path: Path) -> None:
     fake.chmod(0o755)
     d = AliasDefinition("vm", "echo 'hi'; rm -rf /", "default")
     script = tmp_path / "s"
-    store.write_script(script, store.script_text(d, [str(fake)]))
+    scripts.write_script(script, scripts.script_text(d, [str(fake)]))
     assert stat.S_IMODE(script.stat().st_mode) == 0o755
     done = subprocess.run([str(script), "a b", "$HOME", "--"], capture_output=True, text=True)
     assert done.stdout == "[exec][-n][vm][--][echo 'hi'; rm -rf /][a b][$HOME][--]"
-    mapped = store.script_text(AliasDefinition("vm", "ls"), [str(fake)])
+    mapped = scripts.script_text(AliasDefinition("vm", "ls"), [str(fake)])
     assert " -n " not in mapped
 
 
@@ -256,15 +257,15 @@ def test_ketch_argv_is_absolute(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     exe.chmod(0o755)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["bin/ketch", "alias"])
-    assert store.ketch_argv() == [str(exe)]
+    assert scripts.ketch_argv() == [str(exe)]
     monkeypatch.setattr(sys, "argv", ["/somewhere/ketch/cli/main.py", "alias"])
-    assert store.ketch_argv() == [os.path.abspath(sys.executable), "-m", "ketch.cli.main"]
+    assert scripts.ketch_argv() == [os.path.abspath(sys.executable), "-m", "ketch.cli.main"]
 
 
 def test_sync_writes_qualified_and_bare_names_and_follows_prefer(home: Path) -> None:
     d = docker_context()
     d.add_alias("docker", AliasDefinition("vm", "docker"))
-    assert store.sync_scripts(d, home) == []
+    assert scripts.sync_scripts(d, home) == []
     names = sorted(p.name for p in store.bin_dir(home).iterdir())
     # create_alias.cpp: CONTEXT.ALIAS always; ALIAS for the one a bare name means
     assert names == ["default.docker", "docker", "docker-compose", "docker.docker",
@@ -272,35 +273,35 @@ def test_sync_writes_qualified_and_bare_names_and_follows_prefer(home: Path) -> 
     bare = store.bin_dir(home) / "docker"
     assert "exec vm --" in bare.read_text()
     d.set_active_context("docker")  # prefer docker
-    store.sync_scripts(d, home)
+    scripts.sync_scripts(d, home)
     assert "exec docker --" in bare.read_text()
     d.set_active_context("third")  # two contexts have "docker", neither active: no bare one
-    store.sync_scripts(d, home)
+    scripts.sync_scripts(d, home)
     assert not bare.exists()
 
 
 def test_sync_removes_stale_scripts_but_never_a_foreign_file(home: Path) -> None:
     d = two_in_default()
-    store.sync_scripts(d, home)
+    scripts.sync_scripts(d, home)
     foreign = store.bin_dir(home) / "mine"
     foreign.write_text("#!/bin/sh\necho the user's own\n")
     d.remove_alias("default", "llp")
-    store.sync_scripts(d, home)
+    scripts.sync_scripts(d, home)
     names = sorted(p.name for p in store.bin_dir(home).iterdir())
     assert names == ["default.lsp", "lsp", "mine"]
-    with pytest.raises(store.NotOurs):
-        store.write_script(foreign, "#!/bin/sh\n")
+    with pytest.raises(scripts.NotOurs):
+        scripts.write_script(foreign, "#!/bin/sh\n")
     assert "own" in foreign.read_text()
 
 
 def test_path_hint(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     where = store.bin_dir()
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    hint = store.path_hint()
+    hint = scripts.path_hint()
     assert hint is not None
     assert hint.endswith(f'\n\nPATH="$PATH:{where}"\n')
     monkeypatch.setenv("PATH", f"/usr/bin:{where}/")
-    assert store.path_hint() is None
+    assert scripts.path_hint() is None
 
 
 # -- the verbs without a daemon -----------------------------------------------------------

@@ -18,6 +18,7 @@ import posixpath
 import sys
 from collections.abc import Iterable
 
+from ketch.cli import alias_scripts as scripts
 from ketch.cli import alias_store as store
 from ketch.cli.parser import HELP, VERBS
 from ketch.errors import InvalidArgument, KetchError
@@ -54,7 +55,7 @@ def cmd_alias(args: argparse.Namespace) -> int:
         _refuse_foreign(f"{aliases.active}.{name}", name)
         empty_before = aliases.empty()
         aliases.add_alias(name, definition)
-    hint = store.path_hint() if empty_before else None
+    hint = scripts.path_hint() if empty_before else None
     if hint:
         sys.stdout.write(hint)  # create_alias.cpp: on the first alias, if not on PATH
     return 0
@@ -64,7 +65,7 @@ def _refuse_foreign(*names: str) -> None:
     where = store.bin_dir()
     for n in names:
         path = where / n
-        if (path.exists() or path.is_symlink()) and not store.is_ours(path):
+        if (path.exists() or path.is_symlink()) and not scripts.is_ours(path):
             raise InvalidArgument(
                 f"Error when creating script for alias: {path} exists and was not made by ketch",
                 hint=f"move {path} away, or give the alias another NAME",
@@ -77,7 +78,7 @@ def cmd_aliases(args: argparse.Namespace) -> int:
     if args.format == "table" and not aliases.empty():
         where = store.bin_dir()
         note = f"The aliases' scripts are in {where}"
-        hint = store.path_hint()
+        hint = scripts.path_hint()
         print(note + (" (not on your PATH)." if hint else "."), file=sys.stderr)
         if hint:
             sys.stderr.write(hint)
