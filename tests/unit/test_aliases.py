@@ -376,3 +376,16 @@ def test_forget_instances_removes_theirs(home: Path) -> None:
     verbs_aliases.forget_instances(["gone"])
     assert sorted(store.load(home).active_context()) == ["b"]
     assert sorted(p.name for p in store.bin_dir(home).iterdir()) == ["b", "default.b"]
+
+
+def test_a_fresh_alias_home_is_a_storage_root_ketchd_accepts(home: Path) -> None:
+    """By default the aliases' home is the default storage root: it must not become 0755."""
+    from ketch.daemon.trust import check_root
+    from ketch.layout import Root
+
+    with store.changing(home) as d:
+        d.add_alias("ls", AliasDefinition("vm", "ls"))
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert stat.S_IMODE((home / "aliases.json").stat().st_mode) == 0o600
+    assert check_root(Root(home)) == []  # refused not, and nothing to tighten
+    assert os.access(store.bin_dir(home) / "ls", os.X_OK)

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ketch.cli.alias_store import AliasDefinition, AliasDict, bin_dir
+from ketch.cli.alias_store import DIR_MODE, AliasDefinition, AliasDict, bin_dir
 
 MARKER = "# ketch alias script: made by 'ketch alias', removed by 'ketch unalias'"
 SCRIPT_MODE = 0o755
@@ -75,7 +75,8 @@ def sync_scripts(aliases: AliasDict, home: Path | None = None) -> list[str]:
         return warnings
     ketch = ketch_argv()
     try:
-        where.mkdir(parents=True, exist_ok=True)
+        where.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        where.mkdir(exist_ok=True, mode=DIR_MODE)
         present = sorted(p for p in where.iterdir() if p.name not in wanted and is_ours(p))
     except OSError as exc:
         return [f"cannot use the alias scripts' directory {where}: {exc.strerror}"]

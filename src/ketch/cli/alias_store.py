@@ -36,6 +36,8 @@ ALIASES_FILE = "aliases.json"
 BIN_DIR = "bin"
 LOCK_FILE = ".aliases.lock"
 WORKING_DIRECTORIES = ("map", "default")
+DIR_MODE = 0o700  # the home and its bin directory: the user's alone (see make_home)
+FILE_MODE = 0o600
 
 
 class AliasFileError(KetchError):
@@ -49,6 +51,16 @@ def alias_home() -> Path:
     from platformdirs import user_data_path
 
     return user_data_path("ketch", appauthor=False)
+
+
+def make_home(home: Path) -> None:
+    """Create the aliases' home 0700 (and its files 0600, :data:`FILE_MODE`).
+
+    By default it is also the default storage root (``$XDG_DATA_HOME/ketch``),
+    which ketchd refuses when others may open it (``daemon/trust.py``): an
+    alias made before the first daemon start must not make the root 0755.
+    """
+    home.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
 
 
 def bin_dir(home: Path | None = None) -> Path:
@@ -236,14 +248,14 @@ def save(aliases: AliasDict, home: Path | None = None) -> None:
     aliases.sanitize()
     path = home / ALIASES_FILE
     try:
-        home.mkdir(parents=True, exist_ok=True)
+        make_home(home)
         fd, tmp = tempfile.mkstemp(prefix=".aliases-", suffix=".tmp", dir=home)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(qt_json(aliases.to_json()) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, FILE_MODE)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -260,7 +272,7 @@ def changing(home: Path | None = None) -> Iterator[AliasDict]:
 
     home = home or alias_home()
     try:
-        home.mkdir(parents=True, exist_ok=True)
+        make_home(home)
         lock = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise AliasFileError(f"cannot lock the aliases in {home}: {exc.strerror}") from exc
