@@ -294,10 +294,14 @@ class Bench:
 
     def ssh_target(self, name: str) -> Any:
         """The SshTarget the daemon hands out for ``name`` (what ketch exec uses)."""
+        import dataclasses
+
         from ketch.client import q
         from ketch.model import SshTarget
 
-        return SshTarget(**self.client().get(f"/v1/instances/{q(name)}/ssh"))
+        doc = self.client().get(f"/v1/instances/{q(name)}/ssh")
+        keys = {f.name for f in dataclasses.fields(SshTarget)}  # the reply also lists mounts
+        return SshTarget(**{k: v for k, v in doc.items() if k in keys})
 
     # -- the daemon ----------------------------------------------------------------
 

@@ -119,7 +119,7 @@ def test_purge_takes_nothing() -> None:
 def exec_of(*argv: str) -> tuple[str, str | None, list[str]]:
     """(instance, working directory, guest command) as ``ketch exec`` would use them."""
     ns = cli.parse_args(build_parser(), ["exec", *argv])
-    workdir, command = verbs_guest.exec_request(ns)
+    workdir, _no_map, command = verbs_guest.exec_request(ns)
     return ns.name, workdir, command
 
 
@@ -232,6 +232,7 @@ def test_every_verb_has_a_handler() -> None:
         "exec": ["vm"], "get": ["k"], "set": ["k=v"], "transfer": ["a", "b"],
         "image": ["list"], "completion": ["bash"],
         "snapshot": ["vm"], "restore": ["vm.snapshot1"], "clone": ["vm"],
+        "alias": ["vm:ls"], "prefer": ["ctx"],
     }  # fmt: skip
     for verb in VERBS:
         ns = parser.parse_args([verb, *minimal.get(verb, [])])

@@ -131,8 +131,19 @@ class InfoReply(Reply):
     info: dict[str, InfoEntry]
 
 
+class MountPath(Reply):
+    """One of an instance's mounts as ``exec`` maps the working directory: host and guest path."""
+
+    source: str  # absolute host path
+    target: str  # absolute guest path
+
+
 class SshTargetReply(Reply):
-    """What ``exec``, ``shell`` and ``transfer`` need to reach a guest (host key pinned)."""
+    """What ``exec``, ``shell`` and ``transfer`` need to reach a guest (host key pinned).
+
+    ``mounts`` rides along so that ``exec`` can map the host's working
+    directory into the guest without a second request.
+    """
 
     name: str
     host: str
@@ -140,6 +151,7 @@ class SshTargetReply(Reply):
     user: str
     identity: str
     known_hosts: str
+    mounts: list[MountPath]
 
 
 class NameResult(Reply, omit_defaults=True):

@@ -11,9 +11,11 @@ The package is laid out so that a verb loads only its own code:
   (launch, list, info, the lifecycle, delete, recover, purge),
   :mod:`~ketch.cli.verbs_snapshots` (snapshot, restore, clone),
   :mod:`~ketch.cli.verbs_guest` (exec, shell, transfer),
-  :mod:`~ketch.cli.verbs_images` (find, image) and
+  :mod:`~ketch.cli.verbs_images` (find, image),
   :mod:`~ketch.cli.verbs_system` (get, set, doctor, version, daemon, help,
-  completion);
+  completion) and :mod:`~ketch.cli.verbs_aliases` (alias, aliases, unalias,
+  prefer; the aliases' file and scripts are :mod:`~ketch.cli.alias_store`
+  and :mod:`~ketch.cli.alias_scripts`);
 * guest access, run by the CLI itself: :mod:`~ketch.cli.guest` (exec,
   shell, running ssh), :mod:`~ketch.cli.transfer` (files and trees), its
   guest-side scripts :mod:`~ketch.cli.transfer_scripts` and its ``NAME:PATH``
@@ -92,8 +94,12 @@ def each(
     body: B | None = None,
     *,
     deleted_ok: bool = False,
+    done: list[str] | None = None,
 ) -> int:
-    """Run ``route`` on every named instance, reporting each failure; the first exit code."""
+    """Run ``route`` on every named instance, reporting each failure; the first exit code.
+
+    The names it succeeded on are appended to ``done`` when given.
+    """
     verb = route.name
     failed = 0
     for name in instance_names(args, deleted_ok=deleted_ok):
@@ -102,6 +108,9 @@ def each(
         except KetchError as exc:
             failed = failed or exc.exit_code
             report(verb, exc)
+        else:
+            if done is not None:
+                done.append(name)
     return failed
 
 

@@ -37,9 +37,42 @@ def parse_args(parser: Parser, args_list: list[str]) -> argparse.Namespace:
     return args
 
 
+def alias_command(args_list: list[str]) -> list[str] | None:
+    """``ketch ALIAS [--] ARGS...`` as the ``exec`` it stands for; None if ALIAS is none.
+
+    As Multipass's argparser.cpp (``prepare_alias_execution``): a first word
+    that is no verb is looked up among the aliases (the active context's,
+    else the only one of that name, else ``CONTEXT.ALIAS``).  Only then is
+    the alias file read: the verbs' own paths never load it.
+    """
+    from ketch.cli import alias_store
+
+    word = args_list[0]
+    aliases = alias_store.load()
+    definition = aliases.resolve(word)
+    if definition is None:
+        where = aliases.get_context_and_alias(word)
+        if where is None:
+            return None
+        definition = aliases.contexts[where[0]][where[1]]
+    rest = args_list[1:]
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    no_map = ["-n"] if definition.working_directory == "default" else []
+    return ["exec", *no_map, definition.instance, "--", definition.command, *rest]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     verb = args_list[0] if args_list else None
+    if verb and verb not in VERBS and verb not in HELP and not verb.startswith("-"):
+        try:
+            expanded = alias_command(args_list)
+        except KetchError as exc:
+            report(verb, exc)
+            return exc.exit_code
+        if expanded is not None:
+            args_list, verb = expanded, "exec"
     parser = build_parser(verb if verb in VERBS else None)
     args = parse_args(parser, args_list)
     if not getattr(args, "func", None):

@@ -46,6 +46,10 @@ HELP = {
     "daemon": "Run ketchd in the foreground",
     "completion": "Print a shell completion script (bash or zsh)",
     "doctor": "Find, explain and (with --fix) repair inconsistent instances",
+    "alias": "Create an alias",
+    "aliases": "List available aliases",
+    "unalias": "Remove aliases",
+    "prefer": "Switch the current alias context",
 }
 
 # Verbs (and aliases) whose sub-parser can be built alone.
@@ -228,6 +232,13 @@ def build_parser(only: str | None = None) -> Parser:
     sp.add_argument(
         "-d", "--working-directory", "--cd", dest="working_directory", help="directory to run in"
     )
+    sp.add_argument(
+        "-n",
+        "--no-map-working-directory",
+        dest="no_map",
+        action="store_true",
+        help="do not map the host's working directory to a mounted path",
+    )
     sp.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
     sp = cmd("shell", "verbs_guest", "sh", "connect")
     sp.add_argument("name", nargs="?", metavar="NAME", help="instance (default: the primary)")
@@ -262,6 +273,24 @@ def build_parser(only: str | None = None) -> Parser:
     names(sp, all_=False)
     sp.add_argument("--fix", action="store_true", help="repair what can be repaired safely")
     sp.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+
+    sp = cmd("alias", "verbs_aliases")
+    sp.add_argument("definition", metavar="INSTANCE:COMMAND", help="the command to run there")
+    sp.add_argument("name", nargs="?", metavar="NAME", help="alias name (default: COMMAND's)")
+    sp.add_argument(
+        "-n",
+        "--no-map-working-directory",
+        dest="no_map",
+        action="store_true",
+        help="do not map the host's working directory to a mounted path",
+    )
+    sp = cmd("aliases", "verbs_aliases")
+    fmt(sp)
+    sp = cmd("unalias", "verbs_aliases")
+    sp.add_argument("names", nargs="*", metavar="NAME", help="aliases (or CONTEXT.ALIAS)")
+    sp.add_argument("--all", action="store_true", help="every alias of the current context")
+    sp = cmd("prefer", "verbs_aliases")
+    sp.add_argument("context", metavar="CONTEXT", help="the alias context to switch to")
 
     sp = cmd("version", "verbs_system")
     fmt(sp)

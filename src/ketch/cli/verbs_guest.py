@@ -3,7 +3,10 @@
 The daemon gives an instance's :class:`~ketch.model.SshTarget` (starting the
 instance first when it is stopped, as Multipass does); :mod:`ketch.cli.guest`
 and :mod:`ketch.cli.transfer` then run the system ``ssh`` themselves, so the
-bytes never pass through the daemon.
+bytes never pass through the daemon.  The same reply lists the instance's
+mounts, through which ``exec`` maps the host's working directory into the
+guest (Multipass's semantics: ``-d DIR`` sets it, ``-n`` turns mapping off,
+and the two clash).
 """
 
 from __future__ import annotations
@@ -17,21 +20,30 @@ from ketch.cli import client, primary_name, stream
 from ketch.errors import InvalidArgument
 
 if TYPE_CHECKING:
+    from ketch.api import models as m
     from ketch.model import SshTarget
 
 
-def _target(name: str) -> SshTarget:
+def _reply(name: str) -> m.SshTargetReply:
     from ketch.errors import RemoteError
-    from ketch.model import SshTarget
 
     daemon = client()
     try:
-        doc = daemon.call(routes.SSH, name=name)
+        return daemon.call(routes.SSH, name=name)
     except RemoteError as exc:
         if exc.code != "invalid-state":
             raise
         stream(routes.START, name=name)  # as Multipass: start it first
-        doc = daemon.call(routes.SSH, name=name)
+        return daemon.call(routes.SSH, name=name)
+
+
+def _target(name: str) -> SshTarget:
+    return _target_of(_reply(name))
+
+
+def _target_of(doc: m.SshTargetReply) -> SshTarget:
+    from ketch.model import SshTarget
+
     return SshTarget(
         name=doc.name,
         host=doc.host,
@@ -42,28 +54,47 @@ def _target(name: str) -> SshTarget:
     )
 
 
+# Multipass's exec.cpp: "Options --working-directory and --no-map-working-directory clash".
+CLASH = "Options --working-directory and --no-map-working-directory clash"
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
+    """Run a command; in the guest directory the host's is mounted as, unless -d or -n says."""
     from ketch.cli import guest
 
-    workdir, command = exec_request(args)
+    workdir, no_map, command = exec_request(args)
     if not command:
         raise InvalidArgument("no command given", hint="ketch exec NAME -- COMMAND [ARGS...]")
-    return guest.exec_command(_target(args.name), command, workdir=workdir)
+    if workdir is not None and no_map:
+        raise InvalidArgument(CLASH, hint="give one of -d DIR and -n")
+    doc = _reply(args.name)
+    if workdir is None and not no_map and doc.mounts:
+        workdir = guest.mapped_workdir([(p.source, p.target) for p in doc.mounts])
+    return guest.exec_command(_target_of(doc), command, workdir=workdir)
 
 
-def _exec_options(argv: list[str], workdir: str | None) -> tuple[str | None, list[str]]:
+_WORKDIR = ("-d", "--working-directory", "--cd")
+_NO_MAP = ("-n", "--no-map-working-directory")
+
+
+def _exec_options(
+    argv: list[str], workdir: str | None, no_map: bool
+) -> tuple[str | None, bool, list[str]]:
     """Options may also follow the name, as Multipass allows (up to the command)."""
     while argv and argv[0].startswith("-"):
         opt = argv.pop(0)
         key, eq, value = opt.partition("=")
-        if key not in ("-d", "--working-directory", "--cd"):
+        if key in _NO_MAP and not eq:
+            no_map = True
+            continue
+        if key not in _WORKDIR:
             raise InvalidArgument(f"unknown exec option '{opt}'", hint="put the command after '--'")
         if not eq:
             if not argv:
                 raise InvalidArgument(f"{key} needs a directory")
             value = argv.pop(0)
         workdir = value
-    return workdir, argv
+    return workdir, no_map, argv
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
@@ -98,7 +129,9 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     return 0
 
 
-def exec_request(args: argparse.Namespace) -> tuple[str | None, list[str]]:
-    """The working directory and the guest command of a parsed ``exec``."""
-    workdir, command = _exec_options(list(args.argv), args.working_directory)
-    return workdir, command + list(getattr(args, "literal", []))
+def exec_request(args: argparse.Namespace) -> tuple[str | None, bool, list[str]]:
+    """The working directory, whether mapping is off (-n), and the guest command of ``exec``."""
+    workdir, no_map, command = _exec_options(
+        list(args.argv), args.working_directory, bool(getattr(args, "no_map", False))
+    )
+    return workdir, no_map, command + list(getattr(args, "literal", []))

@@ -151,8 +151,19 @@ def cmd_delete(args: argparse.Namespace) -> int:
     args.names = [n for n in args.names if "." not in n]
     if args.names or args.all:
         body = m.DeleteBody(purge=args.purge)
-        failed = each(routes.DELETE, args, body, deleted_ok=args.purge) or failed
+        purged: list[str] = []
+        failed = each(routes.DELETE, args, body, deleted_ok=args.purge, done=purged) or failed
+        if args.purge:
+            _forget_aliases(purged)
     return failed
+
+
+def _forget_aliases(names: list[str]) -> None:
+    """A purged instance's aliases go too (Multipass's delete and purge do the same)."""
+    if names:
+        from ketch.cli.verbs_aliases import forget_instances
+
+        forget_instances(names)
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
@@ -162,5 +173,6 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    stream(routes.PURGE)
+    result = stream(routes.PURGE)
+    _forget_aliases(list(result.purged))
     return 0

@@ -1,8 +1,12 @@
-"""Use case: hand a client what it needs to reach a running instance over SSH."""
+"""Use case: hand a client what it needs to reach a running instance over SSH.
+
+The reply carries the instance's mounts (host and guest path) too: ``exec``
+maps the host's working directory through them without a second request.
+"""
 
 from __future__ import annotations
 
-from ketch.api.models import SshTargetReply
+from ketch.api.models import MountPath, SshTargetReply
 from ketch.model import Verb
 from ketch.service import guestlink
 from ketch.service.context import Context
@@ -12,7 +16,8 @@ from ketch.service.inspect import get, require
 async def ssh_info(ctx: Context, name: str) -> SshTargetReply:
     v = await get(ctx, name)
     require(v, Verb.CONNECT, hint=f"'ketch start {name}' first")
-    t = guestlink.target(ctx.root, v.record.spec)
+    spec = v.record.spec
+    t = guestlink.target(ctx.root, spec)
     return SshTargetReply(
         name=t.name,
         host=t.host,
@@ -20,4 +25,5 @@ async def ssh_info(ctx: Context, name: str) -> SshTargetReply:
         user=t.user,
         identity=t.identity,
         known_hosts=t.known_hosts,
+        mounts=[MountPath(source=m.source, target=m.target) for m in spec.mounts],
     )
