@@ -46,6 +46,8 @@ HELP = {
     "daemon": "Run ketchd in the foreground",
     "completion": "Print a shell completion script (bash or zsh)",
     "doctor": "Find, explain and (with --fix) repair inconsistent instances",
+    "forward": "Add (or --remove) an explicit port forward to an instance",
+    "forwards": "List the port forwards of instances, automatic and explicit",
 }
 
 # Verbs (and aliases) whose sub-parser can be built alone.
@@ -176,6 +178,13 @@ def build_parser(only: str | None = None) -> Parser:
         choices=("bios", "uefi"),
         help="boot the image through SeaBIOS or UEFI (OVMF); default: what the image needs",
     )
+    sp.add_argument(
+        "--forward",
+        action="append",
+        default=[],
+        metavar="[HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp]",
+        help="forward a host port to the guest (repeatable); HOSTIP defaults to 127.0.0.1",
+    )
 
     sp = cmd("list", "verbs_instances", "ls")
     fmt(sp)
@@ -262,6 +271,16 @@ def build_parser(only: str | None = None) -> Parser:
     names(sp, all_=False)
     sp.add_argument("--fix", action="store_true", help="repair what can be repaired safely")
     sp.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+
+    sp = cmd("forward", "verbs_forwards")
+    sp.add_argument("name", metavar="NAME", help="the instance")
+    sp.add_argument(
+        "rules", nargs="+", metavar="[HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp]", help="the forwards"
+    )
+    sp.add_argument("--remove", action="store_true", help="remove these explicit forwards")
+    sp = cmd("forwards", "verbs_forwards")
+    sp.add_argument("names", nargs="*", metavar="NAME", help="instances (default: all)")
+    fmt(sp)
 
     sp = cmd("version", "verbs_system")
     fmt(sp)

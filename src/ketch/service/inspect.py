@@ -108,8 +108,12 @@ def inconsistencies(v: View) -> list[dict[str, str]]:
     ]
 
 
-def list_entry(v: View) -> ListEntry:
+def list_entry(v: View, forwards: list[dict[str, Any]] | None = None) -> ListEntry:
     """One element of ``ketch list --format json`` (Multipass's shape plus ketch keys)."""
+    import msgspec
+
+    from ketch.api.models import ForwardInfo
+
     spec = v.record.spec
     return ListEntry(
         name=spec.name,
@@ -118,6 +122,7 @@ def list_entry(v: View) -> ListEntry:
         release=spec.release,
         ssh_port=spec.ssh_port,
         inconsistencies=len(v.derived.inconsistencies),
+        forwards=msgspec.convert(forwards or [], list[ForwardInfo]),
     )
 
 
@@ -141,7 +146,12 @@ def mount_entries(spec: InstanceSpec) -> dict[str, dict[str, Any]]:
 
 
 def info_entry(
-    v: View, *, accel: str, guest: dict[str, Any] | None = None, snapshot_count: int = 0
+    v: View,
+    *,
+    accel: str,
+    guest: dict[str, Any] | None = None,
+    snapshot_count: int = 0,
+    forwards: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """One value of ``ketch info --format json``'s "info" map."""
     spec = v.record.spec
@@ -174,6 +184,7 @@ def info_entry(
         "pid": v.obs.pid if v.derived.running else None,
         "quarantine": v.record.quarantine,
         "inconsistencies": inconsistencies(v),
+        "forwards": forwards or [],
     }
     if v.record.shutdown_at is not None:
         entry["shutdown_at"] = time.strftime(

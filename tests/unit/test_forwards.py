@@ -1,0 +1,307 @@
+"""Port forwarding's pure parts: rules, /proc/net, HMP's replies, the watcher's output, ports."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from ketch.cli import main as cli
+from ketch.errors import EXIT_USAGE, InvalidArgument
+from ketch.forward_rules import format_rule, parse_rule
+from ketch.host import hostfwd
+from ketch.host.hostfwd import HostFwd
+from ketch.model import ForwardSpec, Protocol
+from ketch.runtime import listeners as ls
+from ketch.runtime.listeners import Listener, SnapshotReader
+from ketch.service import forward_watch as fw
+
+DATA = Path(__file__).parent / "data"
+TCP, UDP = Protocol.TCP, Protocol.UDP
+
+# -- rules ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("8080:80", ForwardSpec("127.0.0.1", 8080, 80, TCP)),
+        ("8080:80/tcp", ForwardSpec("127.0.0.1", 8080, 80, TCP)),
+        ("5353:53/udp", ForwardSpec("127.0.0.1", 5353, 53, UDP)),
+        ("5353:53/UDP", ForwardSpec("127.0.0.1", 5353, 53, UDP)),
+        ("0.0.0.0:8080:80", ForwardSpec("0.0.0.0", 8080, 80, TCP)),
+        ("192.168.1.10:1:65535/udp", ForwardSpec("192.168.1.10", 1, 65535, UDP)),
+    ],
+)
+def test_rules_parse(text: str, want: ForwardSpec) -> None:
+    assert parse_rule(text) == want
+    assert parse_rule(format_rule(want)) == want
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("", "invalid port forward"),
+        ("8080", "expected HOSTPORT:GUESTPORT"),
+        ("1:2:3:4", "expected HOSTPORT:GUESTPORT"),
+        ("0:80", "the host port '0' is not a number from 1 to 65535"),
+        ("8080:65536", "the guest port '65536'"),
+        ("8080:http", "the guest port 'http'"),
+        ("８０:80", "the host port '８０'"),  # fullwidth digits are digits to str.isdigit
+        ("8080:80/sctp", "unknown protocol 'sctp'"),
+        ("localhost:8080:80", "'localhost' is not an IPv4 address"),
+        ("256.0.0.1:8080:80", "'256.0.0.1' is not an IPv4 address"),
+        ("01.2.3.4:8080:80", "'01.2.3.4' is not an IPv4 address"),
+        ("[::1]:8080:80", "expected HOSTPORT:GUESTPORT"),
+        ("8080:\n80", "invalid port forward"),
+        ("1" * 100 + ":80", "invalid port forward"),
+    ],
+)
+def test_bad_rules_say_what_is_wrong(text: str, words: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        parse_rule(text)
+    assert words in err.value.message
+    assert err.value.exit_code == EXIT_USAGE
+    assert err.value.hint
+
+
+@pytest.fixture
+def no_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("KETCH_STORAGE", str(blocker / "storage"))
+    return blocker
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["forward", "vm", "99999:80"], "the host port '99999'"),
+        (["forward", "--remove", "vm", "80"], "expected HOSTPORT:GUESTPORT"),
+        (["launch", "--forward", "8080:80", "--forward", "x:80"], "the host port 'x'"),
+    ],
+)
+def test_cli_refuses_bad_rules_with_exit_1(
+    no_daemon: Path, capsys: pytest.CaptureFixture[str], argv: list[str], words: str
+) -> None:
+    assert cli.main(argv) == EXIT_USAGE  # before any daemon contact (that would be exit 3)
+    err = capsys.readouterr().err
+    assert f"{argv[0]} failed: invalid port forward" in err
+    assert words in err
+    assert "hint: write [HOSTIP:]HOSTPORT:GUESTPORT" in err
+
+
+# -- /proc/net ------------------------------------------------------------------------------
+
+
+def test_addresses_decode_as_an_x86_guest_writes_them() -> None:
+    assert ls.decode_address("0100007F") == "127.0.0.1"
+    assert ls.decode_address("0F02000A") == "10.0.2.15"
+    assert ls.decode_address("00000000") == "0.0.0.0"
+    assert ls.decode_address("00000000000000000000000001000000") == "::1"
+    assert ls.decode_address("00000000000000000000000000000000") == "::"
+    mapped = ls.decode_address("0000000000000000FFFF00000100007F")
+    assert mapped is not None and Listener(TCP, 1, mapped).scope == "loopback"
+    assert ls.decode_address("0100007") is None
+    assert ls.decode_address("zz00007F") is None
+    assert ls.decode_address("0100007F01") is None
+
+
+def _sections(text: str) -> dict[str, str]:
+    out: dict[str, list[str]] = {}
+    name = ""
+    for line in text.splitlines():
+        if line.startswith("# "):
+            name = line[2:]
+            out[name] = []
+        else:
+            out[name].append(line)
+    return {k: "\n".join(v) for k, v in out.items()}
+
+
+def test_recorded_proc_net_of_the_tiny_guest() -> None:
+    """Recorded in a tiny guest running dropbear (22), busybox httpd on 8080, 8090, 8095
+    (all addresses) and on 127.0.0.1:8081, and udhcpd (UDP 67); established SSH sessions
+    are not listeners."""
+    files = _sections((DATA / "proc-net-tiny.txt").read_text())
+    assert ls.parse_proc_net(files["tcp"], "tcp") == {
+        Listener(TCP, 22, "0.0.0.0"),
+        Listener(TCP, 8081, "127.0.0.1"),
+    }
+    assert ls.parse_proc_net(files["tcp6"], "tcp6") == {
+        Listener(TCP, p, "::") for p in (22, 8080, 8090, 8095)
+    }
+    assert ls.parse_proc_net(files["udp"], "udp") == {Listener(UDP, 67, "0.0.0.0")}
+    assert ls.parse_proc_net(files["udp6"], "udp6") == set()
+
+
+UDP6_LINES = """\
+  sl  local_address                         remote_address                        st tx_queue
+  1: 00000000000000000000000001000000:14E9 00000000000000000000000000000000:0000 07 00000000:00
+  2: 00000000000000000000000000000000:0035 00000000000000000000000000000000:0000 07 00000000:00
+  3: 00000000000000000000000000000000:1F40 20010DB8000000000000000000000001:0035 01 00000000:00
+  4: 0F02000A:0035 00000000:0000 07 00000000:00
+"""
+
+
+def test_udp_bound_unconnected_only_and_families_checked() -> None:
+    assert ls.parse_proc_net(UDP6_LINES, "udp6") == {
+        Listener(UDP, 5353, "::1"),  # bound to the guest's loopback: listed, not forwarded
+        Listener(UDP, 53, "::"),
+    }  # the connected socket (01) and the IPv4 line in an IPv6 file are not
+
+
+def test_scopes_decide_what_is_forwarded() -> None:
+    assert fw.not_forwarded(Listener(TCP, 80, "0.0.0.0")) is None
+    assert fw.not_forwarded(Listener(TCP, 80, "::")) is None
+    assert fw.not_forwarded(Listener(TCP, 80, "10.0.2.15")) is None
+    assert fw.not_forwarded(Listener(TCP, 80, "::ffff:10.0.2.15")) is None
+    assert "127.0.0.1 only" in (fw.not_forwarded(Listener(TCP, 5432, "127.0.0.1")) or "")
+    assert "::1 only" in (fw.not_forwarded(Listener(UDP, 53, "::1")) or "")
+    assert "not an address" in (fw.not_forwarded(Listener(TCP, 80, "192.168.7.2")) or "")
+    assert fw.not_forwarded(Listener(TCP, 22, "0.0.0.0")) == "ketch's own SSH port"
+    assert fw.not_forwarded(Listener(UDP, 22, "0.0.0.0")) is None
+    assert fw.not_forwarded(Listener(UDP, 68, "0.0.0.0")) == "a DHCP client's port"
+
+
+def test_one_listener_per_port_the_most_reachable() -> None:
+    both = frozenset({Listener(TCP, 80, "127.0.0.1"), Listener(TCP, 80, "::")})
+    assert ls.reachable(both) == {(TCP, 80): Listener(TCP, 80, "::")}
+    tcp_and_udp = frozenset({Listener(TCP, 53, "0.0.0.0"), Listener(UDP, 53, "0.0.0.0")})
+    assert set(ls.reachable(tcp_and_udp)) == {(TCP, 53), (UDP, 53)}
+
+
+# -- the watcher's output (the guest is hostile) -----------------------------------------------
+
+
+def _feed(reader: SnapshotReader, text: bytes) -> list[ls.Snapshot]:
+    return [s for line in text.split(b"\n") if (s := reader.feed(line)) is not None]
+
+
+def test_snapshots_are_framed_and_partial_ones_ignored() -> None:
+    recorded = (DATA / "proc-net-tiny.txt").read_bytes()
+    stream = b"garbage before\n@ketch-listeners\n" + recorded + b"@ketch-end\n"
+    stream += b"@ketch-listeners\n# tcp\n   0: 00000000:0050 00000000:0000 0A x\n"  # cut off
+    snaps = _feed(SnapshotReader(), stream)
+    assert len(snaps) == 1 and not snaps[0].truncated
+    assert Listener(UDP, 67, "0.0.0.0") in snaps[0].listeners
+    assert Listener(TCP, 80, "0.0.0.0") not in snaps[0].listeners
+
+
+def test_a_new_begin_restarts_the_snapshot() -> None:
+    stream = (
+        b"@ketch-listeners\n# tcp\n   0: 00000000:0050 00000000:0000 0A x\n"
+        b"@ketch-listeners\n# tcp\n   0: 00000000:0051 00000000:0000 0A x\n@ketch-end\n"
+    )
+    (snap,) = _feed(SnapshotReader(), stream)
+    assert snap.listeners == {Listener(TCP, 81, "0.0.0.0")}
+
+
+def test_hostile_output_is_bounded() -> None:
+    line = b"   0: 00000000:%04X 00000000:0000 0A x"
+    many = b"\n".join(line % p for p in range(1, 5000))
+    stream = b"@ketch-listeners\n# tcp\n" + many + b"\n@ketch-end\n"
+    (snap,) = _feed(SnapshotReader(), stream)
+    assert snap.truncated and len(snap.listeners) <= ls.MAX_LISTENERS
+    long = b"@ketch-listeners\n# tcp\n" + b"A" * 100_000 + b"\n@ketch-end\n"
+    (snap,) = _feed(SnapshotReader(), long)
+    assert snap.truncated and not snap.listeners
+    junk = (
+        b"@ketch-listeners\n# tcp\n\xff\xfe 0: zz:zz 0A\n# /etc/shadow\n   0: 00000000:0050 0 0A\n"
+    )
+    (snap,) = _feed(SnapshotReader(), junk + b"@ketch-end\n")
+    assert snap.listeners == frozenset()  # an unknown section name: its lines are skipped
+
+
+def test_the_watch_script_is_one_posix_sh_loop() -> None:
+    script = ls.WATCH_SCRIPT
+    assert script.startswith("while :; do echo @ketch-listeners;")
+    for name in ls.FILES:
+        assert name in script
+    assert "|| exit 0" in script  # the loop ends when ssh goes away
+
+
+# -- HMP (replies recorded from QEMU 7.2) ---------------------------------------------------------
+
+
+def test_hmp_commands() -> None:
+    fwd = HostFwd(TCP, "127.0.0.1", 18080, 80)
+    assert hostfwd.add_command(fwd) == "hostfwd_add net0 tcp:127.0.0.1:18080-:80"
+    assert hostfwd.remove_command(fwd) == "hostfwd_remove net0 tcp:127.0.0.1:18080"
+    assert (
+        hostfwd.add_command(HostFwd(UDP, "0.0.0.0", 5353, 53))
+        == "hostfwd_add net0 udp:0.0.0.0:5353-:53"
+    )
+
+
+def test_hmp_replies() -> None:
+    assert hostfwd.add_error("") is None
+    taken = "Could not set up host forwarding rule 'tcp:127.0.0.1:18080-:80'\r\n"
+    assert hostfwd.add_error(taken) == taken.strip()
+    assert hostfwd.add_error("unrecognized netdev id 'nope'\r\n") == "unrecognized netdev id 'nope'"
+    assert hostfwd.removed("host forwarding rule for tcp:127.0.0.1:18080 removed\r\n")
+    assert not hostfwd.removed("host forwarding rule for tcp:127.0.0.1:18080 not found\r\n")
+
+
+def test_info_usernet_recorded() -> None:
+    got = hostfwd.parse_usernet((DATA / "qemu-7.2-info-usernet.txt").read_text())
+    assert sorted(got) == sorted(
+        [
+            HostFwd(TCP, "127.0.0.1", 39497, 8095),
+            HostFwd(TCP, "127.0.0.1", 8090, 8090),
+            HostFwd(TCP, "127.0.0.1", 8080, 8080),
+            HostFwd(TCP, "127.0.0.1", 36529, 22),
+            HostFwd(UDP, "127.0.0.1", 67, 67),
+        ]
+    )  # established and TIME_WAIT connections are not forwards
+
+
+def test_info_usernet_any_address_and_garbage() -> None:
+    text = (
+        "Hub -1 (net0):\r\n  Protocol[State]    FD  Source Address  Port   Dest. Address  Port\r\n"
+        "  TCP[HOST_FORWARD]  18               * 18082       10.0.2.15    82     0     0\r\n"
+        "  TCP[HOST_FORWARD]  18               * port       10.0.2.15    82     0     0\r\n"
+        "  SCTP[HOST_FORWARD]  1       127.0.0.1    9       10.0.2.15    9     0     0\r\n"
+        "  TCP[HOST_FORWARD]\r\n"
+    )
+    assert hostfwd.parse_usernet(text) == [HostFwd(TCP, "0.0.0.0", 18082, 82)]
+
+
+# -- choosing a host port ------------------------------------------------------------------------
+
+
+def _choose(
+    port: int, *, taken: tuple[int, ...] = (), root: bool = True, free: bool = True
+) -> tuple[int, str]:
+    return fw.choose_port(
+        port, taken=set(taken), privileged_ok=root, is_free=lambda p: free, pick=lambda: 40001
+    )
+
+
+def test_the_same_port_when_it_can_be_had() -> None:
+    assert _choose(8080) == (8080, "")
+    assert _choose(80, root=True) == (80, "")
+
+
+def test_another_port_says_why() -> None:
+    port, why = _choose(80, root=False)
+    assert port == 40001 and "privileged" in why and "forwarded from 40001 instead" in why
+    port, why = _choose(8080, taken=(8080,))
+    assert port == 40001 and "already forwarded" in why
+    port, why = _choose(8080, free=False)
+    assert port == 40001 and "taken by another program" in why
+
+
+def test_port_free_sees_a_listener_and_a_bound_udp_socket() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert not fw.port_free(TCP, "127.0.0.1", port)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        u.bind(("127.0.0.1", 0))
+        port = u.getsockname()[1]
+        assert not fw.port_free(UDP, "127.0.0.1", port)
+    taken = {fw.any_free_port(TCP, set())}
+    assert fw.any_free_port(TCP, taken) not in taken
