@@ -430,12 +430,11 @@ class Forwarder:
         """The instance's forwards: active ones, then those that could not be made."""
         st = self.status.get(spec.name)
         if not running or st is None or st.pid is None:
-            note = "made when the instance runs" if not running else "not applied yet"
+            note = "made when the instance runs" if not running else "not made yet"
             return [
-                Row(f.protocol, f.host_ip, None, f.guest_port, EXPLICIT, "", False,
-                    note + f" (host {f.host_ip}:{f.host_port})")
+                Row(f.protocol, f.host_ip, f.host_port, f.guest_port, EXPLICIT, "", False, note)
                 for f in spec.forwards
-            ]  # fmt: skip
+            ]
         rows = sorted(st.active.values(), key=lambda r: (r.guest_port, r.protocol))
         rows += sorted(st.refused.values(), key=lambda r: (r.guest_port, r.protocol))
         return rows
