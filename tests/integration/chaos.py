@@ -29,6 +29,8 @@ tag-add             ``qemu-img snapshot -c suspend`` on a disk no QEMU holds
 foreign-pid         the pid file of an instance whose QEMU is not running names a live
                     ``sleep`` the walk started (a pid reused after a crash)
 qmp-socket          the QMP socket of a running instance is deleted
+kill-forward-      ``kill -9`` of the ``ssh`` of one instance's port-forward watcher
+watcher             (the daemon starts another; the forwards stay in QEMU)
 disk-full           the tmpfs is filled with a file leaving 0, 2 or 8 MiB; the next step
                     runs against the full disk (a suspend when something runs, 60 %;
                     never a boot unless ``boot_on_full_disk``: see :data:`BOOTING`)
@@ -199,6 +201,28 @@ def qemu_processes(root: Path) -> dict[str, list[int]]:
     return dict(found)
 
 
+def forward_watchers(root: Path) -> dict[str, int]:
+    """Instance name -> pid of the ``ssh`` its port-forward watcher runs (this root's only)."""
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not argv or Path(argv[0].decode(errors="replace")).name != "ssh":
+            continue
+        if not any(b"@ketch-listeners" in a for a in argv):
+            continue
+        for a in argv:
+            text = a.decode(errors="replace")
+            prefix = f"UserKnownHostsFile={root}/instances/"
+            if text.startswith(prefix):
+                found[text[len(prefix) :].split("/")[0]] = int(entry.name)
+    return found
+
+
 def read_pid(path: Path) -> int | None:
     try:
         text = path.read_text().strip()
@@ -320,8 +344,9 @@ FAULTS = (
     "foreign-pid",
     "qmp-socket",
     "disk-full",
+    "kill-forward-watcher",
 )
-FAULT_WEIGHTS = (12, 6, 10, 8, 8, 8, 8, 6)
+FAULT_WEIGHTS = (12, 6, 10, 8, 8, 8, 8, 6, 6)
 
 
 class Walk:
@@ -820,6 +845,14 @@ class Walk:
             name = self.rng.choice(socks)
             (self.idir(name) / "qmp.sock").unlink()
             self.log(f"FAULT deleted the QMP socket of running {name}")
+            return True
+        if fault == "kill-forward-watcher":
+            watchers = forward_watchers(self.root)
+            if not watchers:
+                return False
+            name = self.rng.choice(sorted(watchers))
+            os.kill(watchers[name], signal.SIGKILL)
+            self.log(f"FAULT kill -9 the forward watcher of {name} (pid {watchers[name]})")
             return True
         if fault == "disk-full":
             if self.filler is not None:

@@ -77,15 +77,18 @@ def auto(ketch: Ketch, name: str, guest_port: int, proto: str = "tcp") -> dict[s
     return None
 
 
-def serve(ketch: Ketch, name: str, port: int) -> None:
-    ketch.exec(name, "sh", "-c", f"busybox httpd -p {port} -h /tmp")
+def serve(ketch: Ketch, name: str, port: int, address: str = "") -> None:
+    """busybox httpd on ``[address:]port`` in the guest (its pid in /tmp/httpd.PORT)."""
+    where = f"{address}:{port}" if address else str(port)
+    ketch.exec(
+        name, "sh", "-c",
+        f"busybox httpd -f -p {where} -h /tmp </dev/null >/dev/null 2>&1 & "
+        f"echo $! > /tmp/httpd.{port}",
+    )  # fmt: skip
 
 
 def unserve(ketch: Ketch, name: str, port: int) -> None:
-    ketch.exec(
-        name, "sh", "-c", f"for p in $(pidof httpd); do grep -q -- '-p.{port}' "
-        f"/proc/$p/cmdline && kill $p; done; true",
-    )  # fmt: skip
+    ketch.exec(name, "sh", "-c", f"kill $(cat /tmp/httpd.{port})")
 
 
 EXPLICIT_HOST = free_port()
@@ -139,7 +142,7 @@ def test_a_taken_host_port_gets_another_and_info_says_which(ketch: Ketch, fvm: s
 
 def test_loopback_only_listeners_are_shown_not_forwarded(ketch: Ketch, fvm: str) -> None:
     port = free_port()
-    ketch.exec(fvm, "sh", "-c", f"busybox httpd -p 127.0.0.1:{port} -h /tmp")
+    serve(ketch, fvm, port, "127.0.0.1")
     wait_for("the listener in info", lambda: auto(ketch, fvm, port) is not None)
     f = auto(ketch, fvm, port)
     assert f is not None and f["host_port"] is None and not f["active"]
@@ -152,7 +155,8 @@ def test_udp(ketch: Ketch, fvm: str) -> None:
     ketch.exec(
         fvm, "sh", "-c",
         "printf 'interface eth0\\nlease_file /tmp/leases\\n' > /tmp/u.conf; touch /tmp/leases; "
-        "sudo -n sh -c 'busybox udhcpd -f /tmp/u.conf > /tmp/udhcpd.log 2>&1 &'",
+        "sudo -n sh -c 'busybox udhcpd -f /tmp/u.conf > /tmp/udhcpd.log 2>&1 & "
+        "echo $! > /tmp/udhcpd.pid'",
     )  # fmt: skip
     wait_for("the UDP forward", lambda: auto(ketch, fvm, 67, "udp") is not None)
     f = auto(ketch, fvm, 67, "udp")
@@ -164,7 +168,7 @@ def test_udp(ketch: Ketch, fvm: str) -> None:
         return "bad magic" in ketch.exec(fvm, "cat", "/tmp/udhcpd.log")
 
     wait_for("a datagram through the forward", delivered)
-    ketch.exec(fvm, "sudo", "-n", "sh", "-c", "kill $(pidof udhcpd)")
+    ketch.exec(fvm, "sudo", "-n", "sh", "-c", "kill $(cat /tmp/udhcpd.pid)")
     wait_for("the UDP forward's removal", lambda: auto(ketch, fvm, 67, "udp") is None)
 
 

@@ -44,6 +44,7 @@ AUTOMATIC = "automatic"
 EXPLICIT = "explicit"
 SUPERVISE_PERIOD = 0.5  # seconds between two looks at the store
 RETRY = 1.0  # seconds before a watcher tries again (no QEMU, no SSH yet, session ended)
+MAX_RETRY = 8.0  # ... doubling, up to this, while it keeps failing
 MAX_AUTO = 64  # automatic forwards per instance (the guest decides how many it listens on)
 SSH_GUEST_PORT = 22
 #: Client ports of DHCP: bound, but nobody connects to them.
@@ -213,6 +214,7 @@ class Forwarder:
 
     async def _watch(self, name: str) -> None:
         st = self.status.setdefault(name, Status())
+        delay = RETRY
         while True:
             try:
                 spec = self.ctx.store.get(name).spec
@@ -227,13 +229,21 @@ class Forwarder:
             try:
                 async with self.lock(name):
                     await self.sync(name, spec, pid=obs.pid)
-                if self.auto_enabled(name):
-                    await self._session(name, spec)
+                if name in self.ctx.active:
+                    pass  # booting (launch, start): the session waits until the guest is ready
+                elif self.auto_enabled(name):
+                    if await self._session(name, spec):
+                        delay = RETRY
+                    else:  # ssh failed before the guest printed anything
+                        await asyncio.sleep(delay - RETRY)
+                        delay = min(delay * 2, MAX_RETRY)
                 else:
                     async with self.lock(name):
                         await self._reconcile(name, spec, frozenset(), enabled=False)
             except KetchError as exc:
-                log.info("forwards of %s: %s", name, exc.message)
+                log.info("forwards of %s: %s (again in %g s)", name, exc.message, delay)
+                await asyncio.sleep(delay - RETRY)
+                delay = min(delay * 2, MAX_RETRY)  # a monitor or guest that keeps failing
             st.watching = False
             await asyncio.sleep(RETRY)
 
@@ -242,10 +252,12 @@ class Forwarder:
 
         return auto_forward(self.ctx, name)
 
-    async def _session(self, name: str, spec: InstanceSpec) -> None:
+    async def _session(self, name: str, spec: InstanceSpec) -> bool:
+        """Follow the guest's listeners until the session ends; True if it showed any."""
         from ketch.service.guestlink import target
 
         st = self.status.setdefault(name, Status())
+        seen = False
         reader = ls.SnapshotReader()
         out = session.lines(target(self.ctx.root, spec), ls.WATCH_SCRIPT, max_line=ls.MAX_LINE)
         async with contextlib.aclosing(out):  # the ssh process ends with the session
@@ -253,13 +265,14 @@ class Forwarder:
                 snap = reader.feed(line)
                 if snap is None:
                     continue
-                st.watching = True
+                st.watching = seen = True
                 spec = self.ctx.store.get(name).spec
                 enabled = self.auto_enabled(name)
                 async with self.lock(name):
                     await self._reconcile(name, spec, snap.listeners, enabled=enabled)
                 if not enabled:
-                    return
+                    break
+        return seen
 
     async def sync(self, name: str, spec: InstanceSpec, *, pid: int | None) -> None:
         """Read the VM's forwards back from QEMU; add the spec's explicit ones it lacks.

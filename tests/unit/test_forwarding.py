@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from pathlib import Path
 
 import pytest
+from fakes import FakeDriver, FakeImages
 
 from ketch.cli import main as cli
-from ketch.errors import EXIT_USAGE, InvalidArgument
+from ketch.errors import EXIT_USAGE, HostCommandError, InvalidArgument
 from ketch.forward_rules import format_rule, parse_rule
 from ketch.host import hostfwd
 from ketch.host.hostfwd import HostFwd
-from ketch.model import ForwardSpec, Protocol
+from ketch.layout import InstanceDir, Root
+from ketch.model import BootSpec, ForwardSpec, InstanceSpec, Intent, Protocol
 from ketch.runtime import listeners as ls
 from ketch.runtime.listeners import Listener, SnapshotReader
 from ketch.service import forward_watch as fw
+from ketch.service.context import Context
+from ketch.store.db import Store
 
 DATA = Path(__file__).parent / "data"
 TCP, UDP = Protocol.TCP, Protocol.UDP
@@ -305,3 +310,93 @@ def test_port_free_sees_a_listener_and_a_bound_udp_socket() -> None:
         assert not fw.port_free(UDP, "127.0.0.1", port)
     taken = {fw.any_free_port(TCP, set())}
     assert fw.any_free_port(TCP, taken) not in taken
+
+
+# -- the forwarder's bookkeeping, over a fake QEMU that keeps forwards as slirp does --------------
+
+
+class SlirpFake(FakeDriver):
+    """A FakeDriver whose VMs keep host forwards (a HostForwarding), in memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fwds: dict[str, list[HostFwd]] = {}
+        self.refuse: set[int] = set()  # host ports "another program" holds
+
+    async def forwards(self, spec: InstanceSpec, idir: InstanceDir) -> list[HostFwd]:
+        return list(self.fwds.setdefault(spec.name, []))
+
+    async def add_forward(self, spec: InstanceSpec, idir: InstanceDir, fwd: HostFwd) -> None:
+        have = self.fwds.setdefault(spec.name, [])
+        if fwd.host_port in self.refuse or any(f.key == fwd.key for f in have):
+            raise HostCommandError(["hmp"], None, "Could not set up host forwarding rule")
+        have.append(fwd)
+
+    async def remove_forward(self, spec: InstanceSpec, idir: InstanceDir, fwd: HostFwd) -> bool:
+        have = self.fwds.setdefault(spec.name, [])
+        kept = [f for f in have if f.key != fwd.key]
+        self.fwds[spec.name] = kept
+        return len(kept) != len(have)
+
+
+def a_spec(name: str, forwards: tuple[ForwardSpec, ...] = ()) -> InstanceSpec:
+    return InstanceSpec(
+        name=name, image="tiny", image_id="ketch:tiny@1", release="ketch tiny", cpus=1,
+        memory=512 * 1024**2, disk=1024**3, boot=BootSpec(kernel="/vault/vmlinuz"),
+        base_disk="/vault/tiny.qcow2", ssh_port=fw.any_free_port(TCP, set()),
+        mac="52:54:00:00:00:01", instance_id=f"i-{name}", created=1.0, forwards=forwards,
+    )  # fmt: skip
+
+
+def test_forwarder_adds_removes_and_reads_back(tmp_path: Path) -> None:
+    explicit_host = fw.any_free_port(TCP, set())
+    guest = fw.any_free_port(TCP, {explicit_host})
+    taken = fw.any_free_port(TCP, {explicit_host, guest})
+    rule = ForwardSpec("127.0.0.1", explicit_host, 80, TCP)
+    driver = SlirpFake()
+
+    async def scenario() -> None:
+        store = Store(tmp_path / "ketch.db")
+        ctx = Context(Root(tmp_path), store, driver, FakeImages())
+        spec = a_spec("web", (rule,))
+        store.add(spec, Intent.RUN)
+        driver.add("web", running=True, tags=set())
+        driver.fwds["web"] = [HostFwd(TCP, "127.0.0.1", spec.ssh_port, 22)]  # QEMU's argv
+        one = fw.Forwarder(ctx)
+        await one.sync("web", spec, pid=1)
+        seen = frozenset({
+            Listener(TCP, 22, "0.0.0.0"), Listener(TCP, guest, "::"),
+            Listener(TCP, 5432, "127.0.0.1"), Listener(TCP, 80, "0.0.0.0"),
+            Listener(TCP, taken, "0.0.0.0"),
+        })  # fmt: skip
+        driver.refuse = {taken}
+        await one._reconcile("web", spec, seen, enabled=True)
+        rows = {(r.guest_port, r.kind): r for r in one.rows(spec, running=True)}
+        assert rows[(80, "explicit")].host_port == explicit_host  # the rule covers port 80
+        assert (80, "automatic") not in rows
+        assert rows[(guest, "automatic")].host_port == guest
+        moved = rows[(taken, "automatic")]
+        assert moved.host_port not in (None, taken) and moved.active
+        assert "forwarded from" in moved.note
+        assert rows[(5432, "automatic")].host_port is None
+        assert "127.0.0.1 only" in rows[(5432, "automatic")].note
+        assert (22, "automatic") not in rows
+        ports = {f.host_port for f in driver.fwds["web"]}
+        assert ports == {spec.ssh_port, explicit_host, guest, moved.host_port}
+
+        # a new daemon: nothing in memory, the forwards read back from QEMU
+        two = fw.Forwarder(ctx)
+        await two.sync("web", spec, pid=1)
+        back = {(r.host_port, r.kind) for r in two.rows(spec, running=True)}
+        assert back == {
+            (explicit_host, "explicit"), (guest, "automatic"), (moved.host_port, "automatic"),
+        }  # fmt: skip
+        # the guest stops listening on one port: its forward goes, from QEMU too
+        await two._reconcile("web", spec, seen - {Listener(TCP, guest, "::")}, enabled=True)
+        assert guest not in {f.host_port for f in driver.fwds["web"]}
+        # auto-forward off: every automatic forward goes, the rule stays
+        await two._reconcile("web", spec, seen, enabled=False)
+        assert {f.host_port for f in driver.fwds["web"]} == {spec.ssh_port, explicit_host}
+        store.close()
+
+    asyncio.run(scenario())
