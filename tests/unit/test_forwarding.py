@@ -400,3 +400,26 @@ def test_forwarder_adds_removes_and_reads_back(tmp_path: Path) -> None:
         store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_guest_listening_everywhere_gets_at_most_max_auto_forwards(tmp_path: Path) -> None:
+    """The attack: a hostile guest listens on 200 ports to make ketchd bind 200 host ports."""
+    driver = SlirpFake()
+
+    async def scenario() -> None:
+        store = Store(tmp_path / "ketch.db")
+        ctx = Context(Root(tmp_path), store, driver, FakeImages())
+        spec = a_spec("hostile")
+        store.add(spec, Intent.RUN)
+        driver.add("hostile", running=True, tags=set())
+        one = fw.Forwarder(ctx)
+        await one.sync("hostile", spec, pid=1)
+        many = frozenset(Listener(TCP, p, "0.0.0.0") for p in range(40000, 40200))
+        await one._reconcile("hostile", spec, many, enabled=True)
+        assert len(driver.fwds["hostile"]) == fw.MAX_AUTO
+        refused = [r for r in one.rows(spec, running=True) if not r.active]
+        assert len(refused) == 200 - fw.MAX_AUTO
+        assert all(f"more than {fw.MAX_AUTO} ports" in r.note for r in refused)
+        store.close()
+
+    asyncio.run(scenario())
