@@ -423,3 +423,28 @@ def test_a_guest_listening_everywhere_gets_at_most_max_auto_forwards(tmp_path: P
         store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_refused_rule_is_noted_and_made_when_its_port_is_free(tmp_path: Path) -> None:
+    host = fw.any_free_port(TCP, set())
+    driver = SlirpFake()
+
+    async def scenario() -> None:
+        store = Store(tmp_path / "ketch.db")
+        ctx = Context(Root(tmp_path), store, driver, FakeImages())
+        spec = a_spec("db", (ForwardSpec("127.0.0.1", host, 5432, TCP),))
+        store.add(spec, Intent.RUN)
+        driver.add("db", running=True, tags=set())
+        driver.refuse = {host}
+        one = fw.Forwarder(ctx)
+        await one.sync("db", spec, pid=1)  # does not raise: automatic forwards go on
+        (row,) = one.rows(spec, running=True)
+        assert row.kind == "explicit" and not row.active and row.host_port is None
+        assert f"127.0.0.1:{host} could not be bound" in row.note
+        driver.refuse = set()
+        await one.sync("db", spec, pid=1)
+        (row,) = one.rows(spec, running=True)
+        assert row.active and row.host_port == host and row.note == ""
+        store.close()
+
+    asyncio.run(scenario())

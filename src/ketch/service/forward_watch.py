@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from ketch.errors import KetchError, NotFound
+from ketch.errors import HostCommandError, KetchError, NotFound
 from ketch.host.hostfwd import HostFwd
 from ketch.host.ssh import session
 from ketch.model import ForwardSpec, InstanceSpec, Intent, PidStatus, Protocol
@@ -45,6 +45,7 @@ EXPLICIT = "explicit"
 SUPERVISE_PERIOD = 0.5  # seconds between two looks at the store
 RETRY = 1.0  # seconds before a watcher tries again (no QEMU, no SSH yet, session ended)
 MAX_RETRY = 8.0  # ... doubling, up to this, while it keeps failing
+RESYNC_EVERY = 20  # snapshots (about 10 s) between two reads of QEMU's forwards in a session
 MAX_AUTO = 64  # automatic forwards per instance (the guest decides how many it listens on)
 SSH_GUEST_PORT = 22
 #: Client ports of DHCP: bound, but nobody connects to them.
@@ -257,7 +258,7 @@ class Forwarder:
         from ketch.service.guestlink import target
 
         st = self.status.setdefault(name, Status())
-        seen = False
+        seen, count = False, 0
         reader = ls.SnapshotReader()
         out = session.lines(target(self.ctx.root, spec), ls.WATCH_SCRIPT, max_line=ls.MAX_LINE)
         async with contextlib.aclosing(out):  # the ssh process ends with the session
@@ -268,7 +269,10 @@ class Forwarder:
                 st.watching = seen = True
                 spec = self.ctx.store.get(name).spec
                 enabled = self.auto_enabled(name)
+                count += 1
                 async with self.lock(name):
+                    if count % RESYNC_EVERY == 0:  # retry refused rules; see hand-made changes
+                        await self.sync(name, spec, pid=st.pid)
                     await self._reconcile(name, spec, snap.listeners, enabled=enabled)
                 if not enabled:
                     break
@@ -300,7 +304,9 @@ class Forwarder:
                 before.guest_address if before else "", True, note,
             )  # fmt: skip
         for f in spec.forwards:
-            await self.apply_explicit(name, spec, f)
+            # QEMU refused (a host port taken): noted in st.refused, tried again at the next sync
+            with contextlib.suppress(HostCommandError):
+                await self.apply_explicit(name, spec, f)
 
     async def apply_explicit(self, name: str, spec: InstanceSpec, f: ForwardSpec) -> None:
         """Make the explicit forward ``f`` in the running VM (lock held); a failure is noted."""
