@@ -18,6 +18,7 @@ from ketch.layout import InstanceDir, Root
 from ketch.model import BootSpec, ForwardSpec, InstanceSpec, Intent, Protocol
 from ketch.runtime import listeners as ls
 from ketch.runtime.listeners import Listener, SnapshotReader
+from ketch.service import forward_table as ft
 from ketch.service import forward_watch as fw
 from ketch.service.context import Context
 from ketch.store.db import Store
@@ -158,16 +159,16 @@ def test_udp_bound_unconnected_only_and_families_checked() -> None:
 
 
 def test_scopes_decide_what_is_forwarded() -> None:
-    assert fw.not_forwarded(Listener(TCP, 80, "0.0.0.0")) is None
-    assert fw.not_forwarded(Listener(TCP, 80, "::")) is None
-    assert fw.not_forwarded(Listener(TCP, 80, "10.0.2.15")) is None
-    assert fw.not_forwarded(Listener(TCP, 80, "::ffff:10.0.2.15")) is None
-    assert "127.0.0.1 only" in (fw.not_forwarded(Listener(TCP, 5432, "127.0.0.1")) or "")
-    assert "::1 only" in (fw.not_forwarded(Listener(UDP, 53, "::1")) or "")
-    assert "not an address" in (fw.not_forwarded(Listener(TCP, 80, "192.168.7.2")) or "")
-    assert fw.not_forwarded(Listener(TCP, 22, "0.0.0.0")) == "ketch's own SSH port"
-    assert fw.not_forwarded(Listener(UDP, 22, "0.0.0.0")) is None
-    assert fw.not_forwarded(Listener(UDP, 68, "0.0.0.0")) == "a DHCP client's port"
+    assert ft.not_forwarded(Listener(TCP, 80, "0.0.0.0")) is None
+    assert ft.not_forwarded(Listener(TCP, 80, "::")) is None
+    assert ft.not_forwarded(Listener(TCP, 80, "10.0.2.15")) is None
+    assert ft.not_forwarded(Listener(TCP, 80, "::ffff:10.0.2.15")) is None
+    assert "127.0.0.1 only" in (ft.not_forwarded(Listener(TCP, 5432, "127.0.0.1")) or "")
+    assert "::1 only" in (ft.not_forwarded(Listener(UDP, 53, "::1")) or "")
+    assert "not an address" in (ft.not_forwarded(Listener(TCP, 80, "192.168.7.2")) or "")
+    assert ft.not_forwarded(Listener(TCP, 22, "0.0.0.0")) == "ketch's own SSH port"
+    assert ft.not_forwarded(Listener(UDP, 22, "0.0.0.0")) is None
+    assert ft.not_forwarded(Listener(UDP, 68, "0.0.0.0")) == "a DHCP client's port"
 
 
 def test_one_listener_per_port_the_most_reachable() -> None:
@@ -279,7 +280,7 @@ def test_info_usernet_any_address_and_garbage() -> None:
 def _choose(
     port: int, *, taken: tuple[int, ...] = (), root: bool = True, free: bool = True
 ) -> tuple[int, str]:
-    return fw.choose_port(
+    return ft.choose_port(
         port, taken=set(taken), privileged_ok=root, is_free=lambda p: free, pick=lambda: 40001
     )
 
@@ -303,13 +304,13 @@ def test_port_free_sees_a_listener_and_a_bound_udp_socket() -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        assert not fw.port_free(TCP, "127.0.0.1", port)
+        assert not ft.port_free(TCP, "127.0.0.1", port)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
         u.bind(("127.0.0.1", 0))
         port = u.getsockname()[1]
-        assert not fw.port_free(UDP, "127.0.0.1", port)
-    taken = {fw.any_free_port(TCP, set())}
-    assert fw.any_free_port(TCP, taken) not in taken
+        assert not ft.port_free(UDP, "127.0.0.1", port)
+    taken = {ft.any_free_port(TCP, set())}
+    assert ft.any_free_port(TCP, taken) not in taken
 
 
 # -- the forwarder's bookkeeping, over a fake QEMU that keeps forwards as slirp does --------------
@@ -343,15 +344,15 @@ def a_spec(name: str, forwards: tuple[ForwardSpec, ...] = ()) -> InstanceSpec:
     return InstanceSpec(
         name=name, image="tiny", image_id="ketch:tiny@1", release="ketch tiny", cpus=1,
         memory=512 * 1024**2, disk=1024**3, boot=BootSpec(kernel="/vault/vmlinuz"),
-        base_disk="/vault/tiny.qcow2", ssh_port=fw.any_free_port(TCP, set()),
+        base_disk="/vault/tiny.qcow2", ssh_port=ft.any_free_port(TCP, set()),
         mac="52:54:00:00:00:01", instance_id=f"i-{name}", created=1.0, forwards=forwards,
     )  # fmt: skip
 
 
 def test_forwarder_adds_removes_and_reads_back(tmp_path: Path) -> None:
-    explicit_host = fw.any_free_port(TCP, set())
-    guest = fw.any_free_port(TCP, {explicit_host})
-    taken = fw.any_free_port(TCP, {explicit_host, guest})
+    explicit_host = ft.any_free_port(TCP, set())
+    guest = ft.any_free_port(TCP, {explicit_host})
+    taken = ft.any_free_port(TCP, {explicit_host, guest})
     rule = ForwardSpec("127.0.0.1", explicit_host, 80, TCP)
     driver = SlirpFake()
 
@@ -426,7 +427,7 @@ def test_a_guest_listening_everywhere_gets_at_most_max_auto_forwards(tmp_path: P
 
 
 def test_a_refused_rule_is_noted_and_made_when_its_port_is_free(tmp_path: Path) -> None:
-    host = fw.any_free_port(TCP, set())
+    host = ft.any_free_port(TCP, set())
     driver = SlirpFake()
 
     async def scenario() -> None:

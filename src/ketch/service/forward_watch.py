@@ -23,9 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ketch.errors import HostCommandError, KetchError, NotFound
@@ -34,125 +32,30 @@ from ketch.host.ssh import session
 from ketch.model import ForwardSpec, InstanceSpec, Intent, PidStatus, Protocol
 from ketch.runtime import listeners as ls
 from ketch.runtime.driver import HostForwarding
+from ketch.service.forward_table import (
+    AUTOMATIC,
+    EXPLICIT,
+    SSH_GUEST_PORT,
+    Row,
+    Status,
+    any_free_port,
+    as_hostfwd,
+    choose_port,
+    matches,
+    not_forwarded,
+    port_free,
+)
 
 if TYPE_CHECKING:
     from ketch.service.context import Context
 
 log = logging.getLogger("ketchd.forward")
 
-AUTOMATIC = "automatic"
-EXPLICIT = "explicit"
 SUPERVISE_PERIOD = 0.5  # seconds between two looks at the store
 RETRY = 1.0  # seconds before a watcher tries again (no QEMU, no SSH yet, session ended)
 MAX_RETRY = 8.0  # ... doubling, up to this, while it keeps failing
 RESYNC_EVERY = 20  # snapshots (about 10 s) between two reads of QEMU's forwards in a session
 MAX_AUTO = 64  # automatic forwards per instance (the guest decides how many it listens on)
-SSH_GUEST_PORT = 22
-#: Client ports of DHCP: bound, but nobody connects to them.
-IGNORED_UDP = frozenset({68, 546})
-
-
-@dataclass(frozen=True)
-class Row:
-    """One forward of an instance as ``info`` shows it (``host_port`` None: not forwarded)."""
-
-    protocol: Protocol
-    host_ip: str
-    host_port: int | None
-    guest_port: int
-    kind: str  # AUTOMATIC or EXPLICIT
-    guest_address: str  # what the guest listens on ("" for an explicit forward)
-    active: bool
-    note: str = ""
-
-
-@dataclass
-class Status:
-    """What one watcher knows of its instance (read back from QEMU at every session)."""
-
-    pid: int | None = None
-    active: dict[tuple[Protocol, str, int], Row] = field(default_factory=dict)
-    refused: dict[tuple[str, Protocol, int], Row] = field(default_factory=dict)
-    watching: bool = False
-
-
-def port_free(protocol: Protocol, host_ip: str, port: int) -> bool:
-    """Can a socket of ``protocol`` bind ``host_ip:port`` now (SO_REUSEADDR, as QEMU)?"""
-    kind = socket.SOCK_STREAM if protocol is Protocol.TCP else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host_ip, port))
-        except OSError:
-            return False
-    return True
-
-
-def any_free_port(protocol: Protocol, taken: set[int]) -> int:
-    """A loopback port of ``protocol`` nothing holds and no instance uses."""
-    kind = socket.SOCK_STREAM if protocol is Protocol.TCP else socket.SOCK_DGRAM
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in taken:
-            return port
-    raise OSError("no free loopback port")
-
-
-def choose_port(
-    guest_port: int,
-    *,
-    taken: set[int],
-    privileged_ok: bool,
-    is_free: Callable[[int], bool],
-    pick: Callable[[], int],
-) -> tuple[int, str]:
-    """The host port for an automatic forward of ``guest_port``, and why it is another one.
-
-    The same port when it can be had; otherwise ``pick()``'s, with the reason:
-    privileged without root, already forwarded (another instance, an SSH port,
-    an explicit forward), or taken by another program.
-    """
-    if guest_port < 1024 and not privileged_ok:
-        why = f"port {guest_port} is privileged and ketchd does not run as root"
-    elif guest_port in taken:
-        why = f"host port {guest_port} is already forwarded (another instance or rule)"
-    elif not is_free(guest_port):
-        why = f"host port {guest_port} is taken by another program"
-    else:
-        return guest_port, ""
-    port = pick()
-    return port, f"{why}; forwarded from {port} instead"
-
-
-def not_forwarded(listener: ls.Listener) -> str | None:
-    """Why a guest listener gets no automatic forward (None: it gets one)."""
-    if listener.protocol is Protocol.TCP and listener.port == SSH_GUEST_PORT:
-        return "ketch's own SSH port"
-    if listener.protocol is Protocol.UDP and listener.port in IGNORED_UDP:
-        return "a DHCP client's port"
-    if listener.scope == "loopback":
-        return (
-            f"bound to the guest's {listener.address} only: QEMU's user networking "
-            "delivers to 10.0.2.15; bind 0.0.0.0 in the guest to have it forwarded"
-        )
-    if listener.scope == "other":
-        return f"bound to {listener.address}, not an address QEMU's user networking reaches"
-    return None
-
-
-def matches(spec_fwd: ForwardSpec, fwd: HostFwd) -> bool:
-    return (
-        spec_fwd.protocol is fwd.protocol
-        and spec_fwd.host_ip == fwd.host_ip
-        and spec_fwd.host_port == fwd.host_port
-        and spec_fwd.guest_port == fwd.guest_port
-    )
-
-
-def as_hostfwd(f: ForwardSpec) -> HostFwd:
-    return HostFwd(f.protocol, f.host_ip, f.host_port, f.guest_port)
 
 
 class Forwarder:

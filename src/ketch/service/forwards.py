@@ -18,7 +18,7 @@ from ketch.errors import AlreadyExists, InvalidArgument, KetchError, NotFound
 from ketch.forward_rules import format_rule, parse_rule
 from ketch.model import ForwardSpec, InstanceSpec
 from ketch.service.context import Context
-from ketch.service.forward_watch import EXPLICIT, Row
+from ketch.service.forward_table import EXPLICIT, Row
 from ketch.service.inspect import View
 
 AUTO_KEY = "local.auto-forward"
