@@ -148,6 +148,10 @@ class Forwarder:
                 log.info("forwards of %s: %s (again in %g s)", name, exc.message, delay)
                 await asyncio.sleep(delay - RETRY)
                 delay = min(delay * 2, MAX_RETRY)  # a monitor or guest that keeps failing
+            except Exception:  # a bug must not spin: the same back-off (never CancelledError)
+                log.exception("forward watcher of %s", name)
+                await asyncio.sleep(delay - RETRY)
+                delay = min(delay * 2, MAX_RETRY)
             st.watching = False
             await asyncio.sleep(RETRY)
 
