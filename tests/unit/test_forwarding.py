@@ -449,3 +449,39 @@ def test_a_refused_rule_is_noted_and_made_when_its_port_is_free(tmp_path: Path) 
         store.close()
 
     asyncio.run(scenario())
+
+
+def test_forwards_output_formats() -> None:
+    import msgspec
+
+    from ketch.api import models as m
+    from ketch.cli.output import forward_line
+    from ketch.cli.verbs_forwards import forwards_output
+
+    doc = msgspec.convert(
+        {
+            "errors": [],
+            "forwards": {
+                "web": [
+                    {"host_address": "127.0.0.1", "host_port": 40001, "guest_port": 8080,
+                     "protocol": "tcp", "type": "automatic", "guest_address": "::",
+                     "active": True, "note": "host port 8080 is taken by another program; "
+                     "forwarded from 40001 instead"},
+                    {"host_address": "", "host_port": None, "guest_port": 5432,
+                     "protocol": "tcp", "type": "automatic", "guest_address": "127.0.0.1",
+                     "active": False, "note": "not forwarded: bound to the guest's 127.0.0.1"},
+                ]
+            },
+        },
+        m.ForwardsReply,
+    )  # fmt: skip
+    table = forwards_output(doc, "table").splitlines()
+    assert table[0].split() == ["Name", "Host", "Guest", "Protocol", "Type", "Active", "Note"]
+    assert table[1].split()[:6] == ["web", "127.0.0.1:40001", ":::8080", "tcp", "automatic", "yes"]
+    assert table[2].split()[:6] == ["web", "--", "127.0.0.1:5432", "tcp", "automatic", "no"]
+    csv = forwards_output(doc, "csv").splitlines()
+    assert csv[0] == "Name,Host,Guest,Protocol,Type,Active,Note" and len(csv) == 3
+    assert '"forwards"' in forwards_output(doc, "json")
+    assert forward_line(doc.forwards["web"][1]).startswith("-- -> 5432/tcp (automatic): not ")
+    empty = msgspec.convert({"errors": [], "forwards": {"web": []}}, m.ForwardsReply)
+    assert forwards_output(empty, "table") == "No forwards.\n"
