@@ -29,6 +29,8 @@ tag-add             ``qemu-img snapshot -c suspend`` on a disk no QEMU holds
 foreign-pid         the pid file of an instance whose QEMU is not running names a live
                     ``sleep`` the walk started (a pid reused after a crash)
 qmp-socket          the QMP socket of a running instance is deleted
+kill-forward-      ``kill -9`` of the ``ssh`` of one instance's port-forward watcher; a new
+watcher             one must follow within 60 s (the forwards stay in QEMU meanwhile)
 disk-full           the tmpfs is filled with a file leaving 0, 2 or 8 MiB; the next step
                     runs against the full disk (a suspend when something runs, 60 %;
                     never a boot unless ``boot_on_full_disk``: see :data:`BOOTING`)
@@ -99,6 +101,7 @@ MEMORY = "256M"  # the guest's RAM; a suspended tiny guest's state is about 95 M
 TMPFS_SIZE = "600M"
 CANARY = "/home/ubuntu/canary"
 COMMAND_TIMEOUT = 420.0  # a command still running after this long is a hang
+WATCHER_BACK = 60  # seconds ketchd may take to start a killed forward watcher again
 # What `info` says of a guest that cannot get ready by itself (a boot waiting for it is futile).
 NOT_RUNNING_GUEST = frozenset(
     {InconsistencyCode.GUEST_HALTED, InconsistencyCode.PAUSED, InconsistencyCode.PAUSED_IO_ERROR}
@@ -197,6 +200,32 @@ def qemu_processes(root: Path) -> dict[str, list[int]]:
                 found[name].append(int(entry.name))
                 break
     return dict(found)
+
+
+def forward_watchers(root: Path, parent: int | None = None) -> dict[str, int]:
+    """Instance name -> pid of the ``ssh`` its port-forward watcher runs (this root's only;
+    with ``parent``, only that ketchd's children)."""
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent is not None and ppid != parent:
+            continue
+        if not argv or Path(argv[0].decode(errors="replace")).name != "ssh":
+            continue
+        if not any(b"@ketch-listeners" in a for a in argv):
+            continue
+        for a in argv:
+            text = a.decode(errors="replace")
+            prefix = f"UserKnownHostsFile={root}/instances/"
+            if text.startswith(prefix):
+                found[text[len(prefix) :].split("/")[0]] = int(entry.name)
+    return found
 
 
 def read_pid(path: Path) -> int | None:
@@ -320,8 +349,9 @@ FAULTS = (
     "foreign-pid",
     "qmp-socket",
     "disk-full",
+    "kill-forward-watcher",
 )
-FAULT_WEIGHTS = (12, 6, 10, 8, 8, 8, 8, 6)
+FAULT_WEIGHTS = (12, 6, 10, 8, 8, 8, 8, 6, 6)
 
 
 class Walk:
@@ -820,6 +850,26 @@ class Walk:
             name = self.rng.choice(socks)
             (self.idir(name) / "qmp.sock").unlink()
             self.log(f"FAULT deleted the QMP socket of running {name}")
+            return True
+        if fault == "kill-forward-watcher":
+            daemon = self.daemon_pid()
+            watchers = forward_watchers(self.root, parent=daemon) if daemon else {}
+            if not watchers:
+                return False
+            name = self.rng.choice(sorted(watchers))
+            os.kill(watchers[name], signal.SIGKILL)
+            self.log(f"FAULT kill -9 the forward watcher of {name} (pid {watchers[name]})")
+            deadline = time.monotonic() + WATCHER_BACK
+            while time.monotonic() < deadline:
+                again = forward_watchers(self.root, parent=daemon).get(name)
+                if again is not None and again != watchers[name]:
+                    return True
+                if not self.qemu_running(name):
+                    return True  # its QEMU ended meanwhile: no watcher is due
+                time.sleep(0.2)
+            self.violate(
+                "forward-watcher", f"no new forward watcher for {name} in {WATCHER_BACK} s"
+            )
             return True
         if fault == "disk-full":
             if self.filler is not None:

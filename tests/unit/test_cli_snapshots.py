@@ -228,6 +228,7 @@ def test_instance_and_snapshot_info_together() -> None:
         "pid": None,
         "quarantine": None,
         "inconsistencies": [],
+        "forwards": [],
         "snapshots": {"snapshot1": SNAP},
     }
     text = output.info_output(

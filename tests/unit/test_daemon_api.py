@@ -195,6 +195,7 @@ def test_list_shape(env: Env) -> None:
         "release": "ketch tiny 2026-11-26",
         "ssh_port": 42001,
         "inconsistencies": 0,
+        "forwards": [],
     }
     assert by_name["bravo"]["state"] == "Stopped" and by_name["bravo"]["ipv4"] == []
     assert by_name["charlie"]["state"] == "Suspended"

@@ -10,9 +10,10 @@ from __future__ import annotations
 import builtins
 from typing import Annotated, Literal
 
-from msgspec import UNSET, Meta, UnsetType
+from msgspec import UNSET, Meta, UnsetType, field
 
 from ketch.api.common import MAX_DELAY, MAX_TEXT, Body, MountInfo, Name, Reply, Size, Timeout
+from ketch.api.forwards import MAX_RULES, ForwardInfo, Rule
 from ketch.api.snapshots import SnapshotInfo
 
 
@@ -25,6 +26,7 @@ class LaunchBody(Body):
     cloud_init: str | None = None
     timeout: Timeout | None = None
     firmware: Literal["bios", "uefi"] | None = None
+    forwards: Annotated[list[Rule], Meta(max_length=MAX_RULES)] = field(default_factory=list)
 
 
 class StopBody(Body):
@@ -52,6 +54,7 @@ class ListEntry(Reply):
     release: str
     ssh_port: int
     inconsistencies: int
+    forwards: builtins.list[ForwardInfo] = field(default_factory=builtins.list)
 
 
 class ListReply(Reply):
@@ -83,7 +86,7 @@ class SshAddress(Reply):
 _INSTANCE_FIELDS = (
     "state", "image_release", "image_hash", "release", "cpu_count", "memory", "disks",
     "load", "ipv4", "mounts", "snapshot_count", "created", "ssh", "accel", "image", "pid",
-    "quarantine", "inconsistencies",
+    "quarantine", "inconsistencies", "forwards",
 )  # fmt: skip
 
 
@@ -112,6 +115,7 @@ class InfoEntry(Reply, omit_defaults=True):
     pid: int | UnsetType | None = UNSET
     quarantine: str | UnsetType | None = UNSET
     inconsistencies: list[Inconsistency] | UnsetType = UNSET
+    forwards: list[ForwardInfo] | UnsetType = UNSET
     shutdown_at: str | UnsetType = UNSET
     snapshots: dict[str, SnapshotInfo] | UnsetType = UNSET
 

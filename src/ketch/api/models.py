@@ -8,7 +8,7 @@ prints exactly what the daemon sent.
 
 The models live by area: :mod:`~ketch.api.common` (limits, bounded value
 types, the ``Body`` and ``Reply`` bases, the error reply),
-:mod:`~ketch.api.instances`, :mod:`~ketch.api.snapshots`,
+:mod:`~ketch.api.instances`, :mod:`~ketch.api.forwards`, :mod:`~ketch.api.snapshots`,
 :mod:`~ketch.api.system` (version, images, settings, doctor) and
 :mod:`~ketch.api.events` (the stream events).  This module re-exports every
 one of them, and is the one to import (``from ketch.api import models as m``;
@@ -66,6 +66,13 @@ from ketch.api.events import (
     WaitingEvent,
     WarningEvent,
     decode_event,
+)
+from ketch.api.forwards import (
+    ForwardBody,
+    ForwardInfo,
+    ForwardResult,
+    ForwardsQuery,
+    ForwardsReply,
 )
 from ketch.api.instances import (
     CloneBody,
@@ -144,6 +151,11 @@ __all__ = [
     "FindReply",
     "FindRow",
     "Finding",
+    "ForwardBody",
+    "ForwardInfo",
+    "ForwardResult",
+    "ForwardsQuery",
+    "ForwardsReply",
     "ImagesReply",
     "Inconsistency",
     "InfoEntry",

@@ -184,6 +184,19 @@ SET_SETTING: Route[m.SettingBody, m.SetReply] = Route(
     "set_setting", "PUT", "/v1/settings/{key}", "write a setting", "m.SetReply",
     body="m.SettingBody",
 )  # fmt: skip
+FORWARD_ADD: Route[m.ForwardBody, m.ForwardResult] = Route(
+    "forward_add", "POST", "/v1/instances/{name}/forwards",
+    "add an explicit port forward (made at once when the instance runs)", "m.ForwardResult",
+    body="m.ForwardBody",
+)  # fmt: skip
+FORWARD_REMOVE: Route[m.ForwardBody, m.ForwardResult] = Route(
+    "forward_remove", "POST", "/v1/instances/{name}/forwards/remove",
+    "remove an explicit port forward", "m.ForwardResult", body="m.ForwardBody",
+)  # fmt: skip
+FORWARDS: Route[m.Empty, m.ForwardsReply] = Route(
+    "forward_list", "GET", "/v1/forwards", "port forwards per instance, automatic and explicit",
+    "m.ForwardsReply", query="m.ForwardsQuery",
+)  # fmt: skip
 
 OPERATIONS: Route[m.Empty, o.OperationsReply] = Route(
     "operations", "GET", "/v1/operations", "operations in flight and what each waits for",
@@ -204,6 +217,7 @@ ROUTES: tuple[Route[Any, Any], ...] = (
     VERSION, LIST, INFO, LAUNCH, SNAPSHOT, RESTORE, SNAPSHOT_DELETE, CLONE, SNAPSHOTS,
     START, STOP, SUSPEND, RESTART, DELETE, RECOVER, PURGE, DOCTOR, SSH, FIND, IMAGES,
     BUILD, PRUNE, GET_SETTING, SET_SETTING, OPERATIONS, FOLLOW, CANCEL,
+    FORWARD_ADD, FORWARD_REMOVE, FORWARDS,
 )  # fmt: skip
 
 

@@ -183,6 +183,8 @@ def _instance_info(info: dict[str, m.InfoEntry], fmt: str) -> str:
             ("SSH", f"{ssh.user}@127.0.0.1:{ssh.port}"),
             ("Accel", i.accel or "--"),
         ]
+        for n, fwd in enumerate(i.forwards or ()):
+            pairs.append(("Forwards" if n == 0 else "", forward_line(fwd)))
         if i.shutdown_at:
             pairs.append(("Shutdown at", i.shutdown_at))
         if i.quarantine:
@@ -192,6 +194,13 @@ def _instance_info(info: dict[str, m.InfoEntry], fmt: str) -> str:
             pairs.append(("", f"  -> {inc.action}"))
         blocks.append("\n".join(f"{(k + ':') if k else '':<16}{v}" for k, v in pairs))
     return "\n\n".join(blocks) + "\n"
+
+
+def forward_line(f: m.ForwardInfo) -> str:
+    """``127.0.0.1:8080 -> 8080/tcp (automatic)``, and the note when there is one."""
+    host = f"{f.host_address}:{f.host_port}" if f.host_port is not None else "--"
+    line = f"{host} -> {f.guest_port}/{f.protocol} ({f.type})"
+    return line + (f": {f.note}" if f.note else "")
 
 
 def snapshot_info_output(snaps: Sequence[tuple[str, str, m.SnapshotInfo]], fmt: str) -> str:

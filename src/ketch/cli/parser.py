@@ -50,6 +50,8 @@ HELP = {
     "aliases": "List available aliases",
     "unalias": "Remove aliases",
     "prefer": "Switch the current alias context",
+    "forward": "Add (or --remove) an explicit port forward to an instance",
+    "forwards": "List the port forwards of instances, automatic and explicit",
 }
 
 # Verbs (and aliases) whose sub-parser can be built alone.
@@ -180,6 +182,13 @@ def build_parser(only: str | None = None) -> Parser:
         choices=("bios", "uefi"),
         help="boot the image through SeaBIOS or UEFI (OVMF); default: what the image needs",
     )
+    sp.add_argument(
+        "--forward",
+        action="append",
+        default=[],
+        metavar="[HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp]",
+        help="forward a host port to the guest (repeatable); HOSTIP defaults to 127.0.0.1",
+    )
 
     sp = cmd("list", "verbs_instances", "ls")
     fmt(sp)
@@ -291,6 +300,15 @@ def build_parser(only: str | None = None) -> Parser:
     sp.add_argument("--all", action="store_true", help="every alias of the current context")
     sp = cmd("prefer", "verbs_aliases")
     sp.add_argument("context", metavar="CONTEXT", help="the alias context to switch to")
+    sp = cmd("forward", "verbs_forwards")
+    sp.add_argument("name", metavar="NAME", help="the instance")
+    sp.add_argument(
+        "rules", nargs="+", metavar="[HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp]", help="the forwards"
+    )
+    sp.add_argument("--remove", action="store_true", help="remove these explicit forwards")
+    sp = cmd("forwards", "verbs_forwards")
+    sp.add_argument("names", nargs="*", metavar="NAME", help="instances (default: all)")
+    fmt(sp)
 
     sp = cmd("version", "verbs_system")
     fmt(sp)

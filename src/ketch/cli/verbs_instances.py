@@ -31,6 +31,12 @@ def cmd_launch(args: argparse.Namespace) -> int:
     }
     if args.cloud_init:
         given["cloud_init"] = _read_text(args.cloud_init, "cloud-init")
+    if args.forward:
+        from ketch.forward_rules import parse_rule
+
+        for rule in args.forward:
+            parse_rule(rule)  # a bad rule: exit 1 before anything is sent
+        given["forwards"] = list(args.forward)
     body = m.LaunchBody(**{k: v for k, v in given.items() if v is not None})
     result = stream(routes.LAUNCH, body)
     print(f"Launched: {result.name}")

@@ -21,7 +21,7 @@ from aiohttp import web
 from ketch import __version__
 from ketch.api import models as m
 from ketch.api.openapi import document
-from ketch.api.routes import ROUTES, SET_SETTING
+from ketch.api.routes import FORWARD_ADD, FORWARD_REMOVE, ROUTES, SET_SETTING
 from ketch.daemon.operations import OperationRoutes
 from ketch.daemon.ops import Operations, QueueReporter
 from ketch.daemon.wire import Call, Op, bind, errors, typed_result
@@ -30,6 +30,7 @@ from ketch.model import OperationKind
 from ketch.service import clone as clone_uc
 from ketch.service import delete as delete_uc
 from ketch.service import doctor as doctor_uc
+from ketch.service import forwards as forwards_uc
 from ketch.service import guest as guest_uc
 from ketch.service import images as images_uc
 from ketch.service import info as info_uc
@@ -75,7 +76,9 @@ class Api(OperationRoutes):
     async def list(self, call: Call[None]) -> m.ListReply:
         await self.ops.settled()
         views = await inspect_uc.all_views(self.ctx)
-        return m.ListReply(list=[inspect_uc.list_entry(v) for v in views])
+        return m.ListReply(
+            list=[inspect_uc.list_entry(v, forwards_uc.rows(self.ctx, v)) for v in views]
+        )
 
     async def info(self, call: Call[None]) -> m.InfoReply:
         await self.ops.settled()
@@ -114,6 +117,7 @@ class Api(OperationRoutes):
             cloud_init=body.cloud_init,
             timeout=body.timeout,
             firmware=body.firmware,
+            forwards=body.forwards,
         )
         return Op([name], OperationKind.LAUNCH, lambda rep: launch_uc.launch(self.ctx, req, rep))
 
@@ -253,3 +257,29 @@ class Api(OperationRoutes):
             err = event["error"]
             raise RemoteError(err["code"], err["message"], err.get("hint"), err["exit_code"])
         return msgspec.convert(event.get("result", {"key": key}), m.SetReply)
+
+    # -- port forwards ----------------------------------------------------------------
+
+    async def forward_list(self, call: Call[None]) -> m.ForwardsReply:
+        return await forwards_uc.listing(self.ctx, _names(call.query.names))
+
+    async def _forward(self, call: Call[m.ForwardBody], remove: bool) -> m.ForwardResult:
+        name, rule = self._instance(call), call.body.rule
+        route = FORWARD_REMOVE if remove else FORWARD_ADD
+
+        async def op(rep: QueueReporter) -> m.ForwardResult:
+            change = forwards_uc.remove if remove else forwards_uc.add
+            return await change(self.ctx, name, rule)
+
+        # under the instance's lock: a forward changes the spec, as a setting does
+        event = await self.ops.run([name], OperationKind.SET, typed_result(route, op))
+        if event.get("type") == "error":
+            err = event["error"]
+            raise RemoteError(err["code"], err["message"], err.get("hint"), err["exit_code"])
+        return msgspec.convert(event["result"], m.ForwardResult)
+
+    async def forward_add(self, call: Call[m.ForwardBody]) -> m.ForwardResult:
+        return await self._forward(call, remove=False)
+
+    async def forward_remove(self, call: Call[m.ForwardBody]) -> m.ForwardResult:
+        return await self._forward(call, remove=True)

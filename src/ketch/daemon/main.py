@@ -107,6 +107,9 @@ async def serve(root: Root) -> None:
     boot_timeout = os.environ.get("KETCH_BOOT_TIMEOUT")
     if boot_timeout:
         ctx.boot_timeout = float(boot_timeout)
+    from ketch.service.forward_watch import Forwarder
+
+    ctx.forwarder = Forwarder(ctx)
     ops = Operations(ctx)
     interrupted = store.unfinished()
     for entry in interrupted:
@@ -156,10 +159,12 @@ async def serve(root: Root) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     scheduler = asyncio.create_task(_scheduler(ops))
+    forwarding = asyncio.create_task(ctx.forwarder.run())  # QEMU keeps the forwards it has
     try:
         await stop.wait()
     finally:
         scheduler.cancel()
+        forwarding.cancel()
         if recovering is not None and not recovering.done():
             await asyncio.wait([recovering], timeout=30)
         log.info("ketchd stopping; running instances keep running")

@@ -14,8 +14,9 @@ so another backend (libvirt) implements this one protocol and nothing else.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from ketch.host.hostfwd import HostFwd
 from ketch.layout import InstanceDir
 from ketch.model import DiskCheck, DiskInfo, InstanceSpec, Observation
 from ketch.progress import Reporter
@@ -114,4 +115,25 @@ class Driver(Protocol):
 
     async def apply_tag(self, idir: InstanceDir, tag: str) -> None:
         """Bring the disk (its size included) back to the internal snapshot ``tag``."""
+        ...
+
+
+@runtime_checkable
+class HostForwarding(Protocol):
+    """A driver whose running VMs forward host ports into the guest (QEMU's user networking).
+
+    Kept apart from :class:`Driver`: a backend without it (or a test's fake) has no
+    automatic or explicit port forwards, and says so in ``info``.
+    """
+
+    async def forwards(self, spec: InstanceSpec, idir: InstanceDir) -> list[HostFwd]:
+        """The forwards the running VM has now, read from the VM itself."""
+        ...
+
+    async def add_forward(self, spec: InstanceSpec, idir: InstanceDir, fwd: HostFwd) -> None:
+        """Add a forward; HostCommandError with the hypervisor's words when it cannot."""
+        ...
+
+    async def remove_forward(self, spec: InstanceSpec, idir: InstanceDir, fwd: HostFwd) -> bool:
+        """Remove a forward; False when the VM had no such forward."""
         ...

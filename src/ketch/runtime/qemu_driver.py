@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ketch.errors import HostCommandError, KetchError, QMPError, Timeout
-from ketch.host import firmware, procs, qemu, qemu_img, qmp
+from ketch.host import firmware, hostfwd, procs, qemu, qemu_img, qmp
 from ketch.layout import FILE_MODE, InstanceDir
 from ketch.model import InstanceSpec, Observation, PidStatus, SnapshotEntry
 from ketch.progress import Reporter
@@ -23,6 +23,7 @@ from ketch.runtime.driver import SUSPEND_TAG
 from ketch.runtime.qcow2 import Qcow2Disks
 
 QMP_PROBE_TIMEOUT = 2.0
+HMP_LOCK_TIMEOUT = 3.0  # a forward waits this long for a monitor another operation holds
 LOAD_TIMEOUT = 600.0  # loading a suspended VM's state over QMP (UEFI instances)
 
 
@@ -326,3 +327,36 @@ class QemuDriver(Qcow2Disks):
                 )
             return
         await self.remove_tag(idir, tag)
+
+    # -- host forwards (user networking), through HMP --------------------------------
+
+    async def _hmp(self, idir: InstanceDir, command: str) -> str:
+        lock = self._lock(idir)
+        try:
+            await asyncio.wait_for(lock.acquire(), HMP_LOCK_TIMEOUT)
+        except TimeoutError as exc:
+            raise QMPError("the monitor is busy with another operation") from exc
+        try:
+            async with qmp.connect(idir.qmp_socket, timeout=QMP_PROBE_TIMEOUT) as mon:
+                reply = await mon.execute(
+                    "human-monitor-command", {"command-line": command}, timeout=5.0
+                )
+                return str(reply)
+        finally:
+            lock.release()
+
+    async def forwards(self, spec: InstanceSpec, idir: InstanceDir) -> list[hostfwd.HostFwd]:
+        return hostfwd.parse_usernet(await self._hmp(idir, "info usernet"))
+
+    async def add_forward(
+        self, spec: InstanceSpec, idir: InstanceDir, fwd: hostfwd.HostFwd
+    ) -> None:
+        command = hostfwd.add_command(fwd)
+        error = hostfwd.add_error(await self._hmp(idir, command))
+        if error is not None:
+            raise HostCommandError(["hmp", *command.split()], None, error)
+
+    async def remove_forward(
+        self, spec: InstanceSpec, idir: InstanceDir, fwd: hostfwd.HostFwd
+    ) -> bool:
+        return hostfwd.removed(await self._hmp(idir, hostfwd.remove_command(fwd)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ketch.clock import SYSTEM, Clock
 from ketch.layout import Root
@@ -12,6 +12,9 @@ from ketch.model import ImageInfo
 from ketch.progress import Reporter
 from ketch.runtime.driver import Driver
 from ketch.store.db import Store
+
+if TYPE_CHECKING:
+    from ketch.service.forward_watch import Forwarder
 
 
 class ImageProvider(Protocol):
@@ -39,3 +42,4 @@ class Context:
     clock: Clock = SYSTEM
     boot_timeout: float = 300.0
     stop_timeout: float = 60.0
+    forwarder: Forwarder | None = None  # the daemon's port forwarder (service/forward_watch.py)

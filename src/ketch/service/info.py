@@ -16,6 +16,7 @@ import msgspec
 from ketch.api.models import InfoEntry, InfoReply, SnapshotListReply
 from ketch.errors import NotFound
 from ketch.model import State
+from ketch.service import forwards as forwards_uc
 from ketch.service import guest_stats, guestlink
 from ketch.service import inspect as inspect_uc
 from ketch.service import snapshots as snapshots_uc
@@ -50,7 +51,11 @@ async def info(ctx: Context, asked: Sequence[str]) -> InfoReply:
     entries: dict[str, InfoEntry] = {}
     for v, (guest, error) in zip(views, stats, strict=True):
         entries[v.name] = inspect_uc.info_entry(
-            v, accel=accel, guest=guest, snapshot_count=counts.get(v.name, 0)
+            v,
+            accel=accel,
+            guest=guest,
+            snapshot_count=counts.get(v.name, 0),
+            forwards=forwards_uc.rows(ctx, v),
         )
         if error:
             errors.append(error)

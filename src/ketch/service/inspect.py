@@ -15,6 +15,7 @@ from msgspec import UNSET
 from ketch import vocabulary
 from ketch.api.models import (
     Disk,
+    ForwardInfo,
     Inconsistency,
     InfoEntry,
     ListEntry,
@@ -119,7 +120,7 @@ def inconsistencies(v: View) -> list[Inconsistency]:
     ]
 
 
-def list_entry(v: View) -> ListEntry:
+def list_entry(v: View, forwards: list[ForwardInfo] | None = None) -> ListEntry:
     """One element of ``ketch list --format json`` (Multipass's shape plus ketch keys)."""
     spec = v.record.spec
     return ListEntry(
@@ -129,6 +130,7 @@ def list_entry(v: View) -> ListEntry:
         release=spec.release,
         ssh_port=spec.ssh_port,
         inconsistencies=len(v.derived.inconsistencies),
+        forwards=forwards or [],
     )
 
 
@@ -156,7 +158,12 @@ def _stamp(when: float) -> str:
 
 
 def info_entry(
-    v: View, *, accel: str, guest: GuestStats = NO_STATS, snapshot_count: int = 0
+    v: View,
+    *,
+    accel: str,
+    guest: GuestStats = NO_STATS,
+    snapshot_count: int = 0,
+    forwards: list[ForwardInfo] | None = None,
 ) -> InfoEntry:
     """One value of ``ketch info --format json``'s "info" map."""
     spec = v.record.spec
@@ -183,6 +190,7 @@ def info_entry(
         pid=v.obs.pid if v.derived.running else None,
         quarantine=v.record.quarantine,
         inconsistencies=inconsistencies(v),
+        forwards=forwards or [],
         shutdown_at=UNSET if v.record.shutdown_at is None else _stamp(v.record.shutdown_at),
     )
 

@@ -7,7 +7,7 @@ import secrets
 import threading
 import uuid
 from collections.abc import Collection
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class LaunchRequest:
     cloud_init: str | None = None
     timeout: float | None = None
     firmware: str | None = None  # "bios", "uefi"; None: what the image needs
+    forwards: list[str] = field(default_factory=list)  # explicit port forwards, as written
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LaunchRequest:
@@ -84,6 +85,9 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
     )
     if req.firmware is not None and req.firmware not in FIRMWARES:
         raise InvalidArgument(f"unknown firmware '{req.firmware}'", hint="use bios or uefi")
+    from ketch.service.forwards import launch_forwards
+
+    forwards = launch_forwards(ctx, name, req.forwards)
 
     image = await ctx.images.resolve(req.image, reporter)
     boot = await boot_for(image, req.firmware)
@@ -106,6 +110,7 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
             instance_id=f"i-{uuid.uuid4().hex[:16]}",
             cloud_init=req.cloud_init,
             created=ctx.clock.time(),
+            forwards=forwards,
         )
         ctx.store.add(spec, Intent.STOP)
         j.undo(ctx.store.remove, name)

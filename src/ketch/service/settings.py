@@ -24,7 +24,9 @@ DEFAULTS = {
     "local.driver": "qemu",
     "local.accel": "auto",
     "client.primary-name": "primary",
+    "local.auto-forward": "true",
 }
+AUTO_FORWARD = ".auto-forward"  # local.NAME.auto-forward: the instance's own (service/forwards.py)
 REMOTE_PREFIX = "local.remote."
 INSTANCE_PROPS = ("cpus", "memory", "disk")
 MIN_MEMORY = 512 * 1024**2  # Multipass's minimum for ``set``
@@ -42,6 +44,10 @@ def _check(key: str, value: str) -> str:
     elif key == "client.primary-name":
         if value:
             names.validate(value)
+    elif key.endswith(AUTO_FORWARD):
+        from ketch.service.forwards import parse_bool
+
+        value = parse_bool(key, value)
     elif key.startswith(REMOTE_PREFIX) and not value.startswith(("http://", "https://", "file://")):
         raise InvalidArgument(
             f"invalid remote URL '{value}'", hint="give an http(s):// or file:// URL"
@@ -50,7 +56,9 @@ def _check(key: str, value: str) -> str:
 
 
 def known(key: str) -> bool:
-    return key in DEFAULTS or key.startswith(REMOTE_PREFIX)
+    parts = key.split(".")
+    per_instance = len(parts) == 3 and parts[0] == "local" and parts[2] == AUTO_FORWARD[1:]
+    return key in DEFAULTS or key.startswith(REMOTE_PREFIX) or per_instance
 
 
 # -- instance settings ---------------------------------------------------------------------
@@ -202,6 +210,8 @@ async def get(ctx: Context, key: str) -> str:
         choice = await accel.choose(ctx)
         return f"{choice.accel} ({choice.reason})"
     if value is None:
+        if key.endswith(AUTO_FORWARD) and key != "local.auto-forward":
+            return await get(ctx, "local.auto-forward")
         if key in DEFAULTS:
             return DEFAULTS[key]
         raise NotFound(f"setting '{key}' is not set")
