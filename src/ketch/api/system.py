@@ -33,6 +33,8 @@ class SettingBody(Body):
 
 class FindQuery(Body):
     query: Annotated[str, Meta(max_length=1024)] = ""
+    show_unsupported: bool = False  # also images the remote marks unsupported
+    force_update: bool = False  # read every catalogue afresh, not conditionally
 
 
 class VersionReply(Reply):

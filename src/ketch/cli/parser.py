@@ -241,6 +241,15 @@ def build_parser(only: str | None = None) -> Parser:
     sp = cmd("find", "verbs_images")
     sp.add_argument("query", nargs="?", help="[REMOTE:]TEXT")
     fmt(sp)
+    sp.add_argument(
+        "--show-unsupported", action="store_true", help="also images the remote marks unsupported"
+    )
+    sp.add_argument("--force-update", action="store_true", help="read the image catalogues afresh")
+    sp.add_argument(
+        "--only-images",
+        action="store_true",
+        help="show only images (ketch has no blueprints: every result is an image)",
+    )
     sp = cmd("get", "verbs_system")
     sp.add_argument("key", metavar="KEY")
     sp = cmd("set", "verbs_system")

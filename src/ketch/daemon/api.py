@@ -89,7 +89,11 @@ class Api(OperationRoutes):
         return await guest_uc.ssh_info(self.ctx, call.params["name"])
 
     async def find(self, call: Call[None]) -> m.FindReply:
-        return m.FindReply(images=await self.images.find(call.query.query or None))
+        q = call.query
+        rows = await self.images.find(
+            q.query or None, show_unsupported=q.show_unsupported, force_update=q.force_update
+        )
+        return m.FindReply(images=rows)
 
     async def image_list(self, call: Call[None]) -> m.ImagesReply:
         return m.ImagesReply(images=self.images.list_cached())

@@ -1,0 +1,101 @@
+"""Multipass parity on the details (issue 17): sentences, JSON shapes, flags, a real daemon.
+
+Each Multipass sentence asserted here is quoted from the Multipass (1.16) source
+file named in the comment beside it; where ketch says more, its words come after.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from ketchcli import Ketch
+
+# include/multipass/exceptions/invalid_memory_size_exception.h
+NOT_A_SIZE = (
+    "is not a valid memory size - need a non-negative integer (in base 10) "
+    "or a decimal followed by K, M, or G (e.g. 1234B, 42MiB, 0.5G)"
+)
+
+
+def test_bad_name_memory_and_disk_in_multipass_words(ketch: Ketch) -> None:
+    # src/client/cli/cmd/launch.cpp: "Invalid instance name supplied: {}"
+    done = ketch.run("launch", "--name", "bad_name", check=False)
+    assert done.returncode == 1
+    assert "Invalid instance name supplied: bad_name" in done.stderr
+    assert "hint: names follow hostname rules" in done.stderr
+    for flag in ("--memory", "--disk"):
+        done = ketch.run("launch", "--name", "ok-size", flag, "1CiG", check=False)
+        assert done.returncode == 1, done.stderr
+        assert f"launch failed: 1CiG {NOT_A_SIZE}\n" in done.stderr
+        assert f"hint: that was the {flag[2:]} size" in done.stderr
+    # src/client/cli/cmd/launch.cpp (INVALID_MEM_SIZE): "Invalid memory size value supplied: {}."
+    done = ketch.run("launch", "--name", "ok-size", "--memory", "16M", check=False)
+    assert done.returncode == 1
+    assert "Invalid memory size value supplied: 16M." in done.stderr
+    assert "ok-size" not in {i["name"] for i in ketch.json("list")["list"]}
+
+
+def test_info_reports_every_missing_name(ketch: Ketch) -> None:
+    done = ketch.run("info", "ghost-a", "ghost-b", check=False)
+    assert done.returncode == 2
+    assert 'instance "ghost-a" does not exist' in done.stderr
+    assert 'instance "ghost-b" does not exist' in done.stderr
+
+
+def test_restore_of_a_missing_instance_is_refused_before_any_question(ketch: Ketch) -> None:
+    done = ketch.run("restore", "ghost-r.snapshot1", check=False)
+    assert done.returncode == 2
+    assert 'instance "ghost-r" does not exist' in done.stderr
+    assert "no terminal" not in done.stderr
+
+
+@pytest.mark.vm
+def test_running_instance_refusals_then_snapshot_names(ketch: Ketch, vm: str) -> None:
+    ketch.ensure_running(vm)
+    # src/daemon/daemon.cpp (clone): "Multipass can only clone stopped instances."
+    done = ketch.run("clone", vm, check=False)
+    assert done.returncode == 2
+    assert f'clone failed: Multipass can only clone stopped instances. cannot clone "{vm}"' in (
+        done.stderr
+    )
+    assert f"hint: stop it first: 'ketch stop {vm}'" in done.stderr
+    # restore of a running instance: refused with the daemon's sentence, never a question
+    done = ketch.run("restore", f"{vm}.snapshot1", check=False)
+    assert done.returncode == 2
+    assert f'restore failed: cannot restore "{vm}": it is Running' in done.stderr
+    assert "no terminal" not in done.stderr and "Do you want" not in done.stdout
+    ketch.run("stop", vm)
+    ketch.run("snapshot", vm, "--name", "dup")
+    # include/multipass/exceptions/snapshot_exceptions.h: "Snapshot already exists: {}.{}"
+    done = ketch.run("snapshot", vm, "--name", "dup", check=False)
+    assert done.returncode == 2
+    assert f"snapshot failed: Snapshot already exists: {vm}.dup\n" in done.stderr
+    # a snapshot that does not exist: said before any question
+    done = ketch.run("restore", f"{vm}.nope", check=False)
+    assert done.returncode == 2 and "does not exist" in done.stderr
+    assert "no terminal" not in done.stderr
+    # everything checked: only now the question, which a script cannot answer
+    done = ketch.run("restore", f"{vm}.dup", check=False)
+    assert done.returncode == 1 and "no terminal to ask" in done.stderr
+    assert "--destructive" in done.stderr and f"ketch snapshot {vm}" in done.stderr
+    ketch.run("restore", "--destructive", f"{vm}.dup")
+
+
+def test_find_machine_output_is_multipass_shaped_and_warnings_go_to_stderr_once(
+    ketch: Ketch,
+) -> None:
+    # src/client/cli/formatter/json_formatter.cpp: "images" keyed by image name
+    done = ketch.run("find", "--format", "json", "--force-update", "--only-images")
+    doc = json.loads(done.stdout)
+    assert list(doc) == ["errors", "images"] and doc["errors"] == []
+    assert list(doc["images"]["tiny"]) == ["aliases", "os", "release", "remote", "version"]
+    assert doc["images"]["debian-12"]["os"] == "debian"
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == len(set(warnings))  # each unreachable remote once
+    assert "unreachable" not in done.stdout
+    again = ketch.run("find", "--format", "yaml", "--show-unsupported")
+    assert set(yaml.safe_load(again.stdout)["images"]) >= {"tiny", "debian-12"}
+    csv = ketch.run("find", "--format", "csv").stdout.splitlines()
+    assert csv[0] == "Image,Remote,Aliases,OS,Release,Version,Type"
