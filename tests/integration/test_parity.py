@@ -99,3 +99,18 @@ def test_find_machine_output_is_multipass_shaped_and_warnings_go_to_stderr_once(
     assert set(yaml.safe_load(again.stdout)["images"]) >= {"tiny", "debian-12"}
     csv = ketch.run("find", "--format", "csv").stdout.splitlines()
     assert csv[0] == "Image,Remote,Aliases,OS,Release,Version,Type"
+
+
+def test_get_keys_raw_and_empty_values(ketch: Ketch) -> None:
+    # src/client/cli/cmd/get.cpp: --keys, --raw, "<empty>"
+    keys = ketch.run("get", "--keys").stdout.splitlines()
+    assert {"client.primary-name", "local.accel", "local.driver"} <= set(keys)
+    assert keys == sorted(keys)
+    try:
+        ketch.run("set", "client.primary-name=")
+        assert ketch.run("get", "client.primary-name").stdout == "<empty>\n"
+        assert ketch.run("get", "--raw", "client.primary-name").stdout == "\n"
+    finally:
+        ketch.run("set", "client.primary-name=primary")
+    done = ketch.run("set", "client.primary-name", check=False)  # no terminal to ask
+    assert done.returncode == 1 and "client.primary-name=VALUE" in done.stderr

@@ -112,6 +112,7 @@ from ketch.api.system import (
     PruneReply,
     SetReply,
     SettingBody,
+    SettingKeysReply,
     SettingReply,
     VersionReply,
 )
@@ -167,6 +168,7 @@ __all__ = [
     "ResultEvent",
     "SetReply",
     "SettingBody",
+    "SettingKeysReply",
     "SettingReply",
     "Size",
     "SnapshotBody",

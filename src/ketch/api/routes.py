@@ -177,6 +177,9 @@ PRUNE: Route[m.PruneBody, m.PruneReply] = Route(
     "image_prune", "POST", "/v1/images/prune", "remove unused cached images", "m.PruneReply",
     body="m.PruneBody",
 )  # fmt: skip
+SETTING_KEYS: Route[m.Empty, m.SettingKeysReply] = Route(
+    "setting_keys", "GET", "/v1/settings", "every settable key", "m.SettingKeysReply"
+)
 GET_SETTING: Route[m.Empty, m.SettingReply] = Route(
     "get_setting", "GET", "/v1/settings/{key}", "read a setting", "m.SettingReply"
 )
@@ -203,7 +206,7 @@ CANCEL: Route[m.Empty, o.CancelReply] = Route(
 ROUTES: tuple[Route[Any, Any], ...] = (
     VERSION, LIST, INFO, LAUNCH, SNAPSHOT, RESTORE, SNAPSHOT_DELETE, CLONE, SNAPSHOTS,
     START, STOP, SUSPEND, RESTART, DELETE, RECOVER, PURGE, DOCTOR, SSH, FIND, IMAGES,
-    BUILD, PRUNE, GET_SETTING, SET_SETTING, OPERATIONS, FOLLOW, CANCEL,
+    BUILD, PRUNE, SETTING_KEYS, GET_SETTING, SET_SETTING, OPERATIONS, FOLLOW, CANCEL,
 )  # fmt: skip
 
 

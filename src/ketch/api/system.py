@@ -80,6 +80,10 @@ class SettingReply(Reply):
     value: str
 
 
+class SettingKeysReply(Reply):
+    keys: list[str]  # every key that can be set today, as ``get --keys`` lists them
+
+
 class SetReply(Reply, omit_defaults=True):
     key: str
     value: str | UnsetType = UNSET

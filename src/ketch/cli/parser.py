@@ -251,9 +251,11 @@ def build_parser(only: str | None = None) -> Parser:
         help="show only images (ketch has no blueprints: every result is an image)",
     )
     sp = cmd("get", "verbs_system")
-    sp.add_argument("key", metavar="KEY")
+    sp.add_argument("key", nargs="?", metavar="KEY")
+    sp.add_argument("--keys", action="store_true", help="list the settable keys (or check KEY)")
+    sp.add_argument("--raw", action="store_true", help='an empty value as "", not <empty>')
     sp = cmd("set", "verbs_system")
-    sp.add_argument("assignment", metavar="KEY=VALUE")
+    sp.add_argument("assignment", metavar="KEY[=VALUE]", help="with no value, it is asked for")
 
     sp = cmd("image", "verbs_images")
     isub = sp.add_subparsers(

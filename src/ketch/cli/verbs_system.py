@@ -9,22 +9,58 @@ from ketch import __version__
 from ketch.api import routes
 from ketch.cli import client, stream
 from ketch.cli.parser import build_parser
-from ketch.errors import InvalidArgument
+from ketch.errors import InvalidArgument, NotFound
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    print(client().call(routes.GET_SETTING, key=args.key).value)
+    # Multipass's behaviour and sentences: src/client/cli/cmd/get.cpp
+    if args.keys:
+        keys = client().call(routes.SETTING_KEYS).keys
+        if args.key is None:
+            sys.stdout.write("".join(f"{k}\n" for k in keys))
+        elif args.key in keys:
+            print(args.key)
+        else:
+            raise NotFound(
+                f"Unrecognized settings key: '{args.key}'",
+                hint="'ketch get --keys' lists every key",
+            )
+        return 0
+    if args.key is None:
+        raise InvalidArgument(
+            "Multiple settings not implemented yet. Please try again with either a single key "
+            "or just the `--keys` flag for now."
+        )
+    value = client().call(routes.GET_SETTING, key=args.key).value
+    print(value if value or args.raw else "<empty>")
     return 0
 
 
 def cmd_set(args: argparse.Namespace) -> int:
     from ketch.api import models as m
 
+    # Multipass's behaviour and sentences: src/client/cli/cmd/set.cpp
     key, sep, value = args.assignment.partition("=")
-    if not sep or not key:
-        raise InvalidArgument(f"invalid setting '{args.assignment}'", hint="use KEY=VALUE")
+    if not key:
+        raise InvalidArgument("Bad key-value format.", hint="use KEY=VALUE, or KEY to be asked")
+    if not sep:
+        value = _prompt(key)
     client().call(routes.SET_SETTING, m.SettingBody(value=value), key=key)
     return 0
+
+
+def _prompt(key: str) -> str:
+    """The value of ``key``, asked on the terminal (Multipass's plain prompter: ``KEY: ``)."""
+    if not sys.stdin.isatty():
+        raise InvalidArgument(
+            f"no value given for '{key}', and there is no terminal to ask for it",
+            hint=f"give it as {key}=VALUE",
+        )
+    try:
+        return input(f"{key}: ")
+    except EOFError as exc:
+        hint = f"give it as {key}=VALUE"
+        raise InvalidArgument(f"no value given for '{key}'", hint=hint) from exc
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -98,6 +98,9 @@ class Api(OperationRoutes):
     async def image_list(self, call: Call[None]) -> m.ImagesReply:
         return m.ImagesReply(images=self.images.list_cached())
 
+    async def setting_keys(self, call: Call[None]) -> m.SettingKeysReply:
+        return m.SettingKeysReply(keys=settings_uc.keys(self.ctx))
+
     async def get_setting(self, call: Call[None]) -> m.SettingReply:
         key = call.params["key"]
         return m.SettingReply(key=key, value=await settings_uc.get(self.ctx, key))

@@ -20,11 +20,14 @@ from ketch.service.journal import journal
 from ketch.service.units import human, parse_size
 from ketch.store.db import JournalEntry
 
+# The one table of global keys: each does something today, and ``get --keys`` lists them
+# (with ``local.<instance>.cpus|memory|disk`` of every instance and the remotes set).
 DEFAULTS = {
     "local.driver": "qemu",
     "local.accel": "auto",
     "client.primary-name": "primary",
 }
+EMPTY_MEANS_EMPTY = ("client.primary-name",)  # ``set KEY=`` stores "" (disables the primary)
 REMOTE_PREFIX = "local.remote."
 INSTANCE_PROPS = ("cpus", "memory", "disk")
 MIN_MEMORY = 512 * 1024**2  # Multipass's minimum for ``set``
@@ -47,6 +50,16 @@ def _check(key: str, value: str) -> str:
             f"invalid remote URL '{value}'", hint="give an http(s):// or file:// URL"
         )
     return value
+
+
+def keys(ctx: Context) -> list[str]:
+    """Every key that can be set today, sorted as Multipass lists them."""
+    found = set(DEFAULTS)
+    found.update(key for key, _ in ctx.store.settings(REMOTE_PREFIX))
+    for record in ctx.store.all():
+        if not record.deleted:
+            found.update(f"local.{record.spec.name}.{prop}" for prop in INSTANCE_PROPS)
+    return sorted(found)
 
 
 def known(key: str) -> bool:
@@ -211,4 +224,7 @@ async def get(ctx: Context, key: str) -> str:
 async def set_(ctx: Context, key: str, value: str) -> None:
     if not known(key):
         raise NotFound(f"unknown setting '{key}'", hint="see 'ketch help set' for the keys")
+    if not value and key in EMPTY_MEANS_EMPTY:
+        ctx.store.set_setting(key, "")
+        return
     ctx.store.set_setting(key, _check(key, value) if value else None)  # empty: unset

@@ -1,0 +1,124 @@
+"""Multipass parity (issue 17): the CLI's sentences and shapes against a real ketchd.
+
+The daemon is ``test_daemon_api``'s (real aiohttp app, operations table and
+store; fake hypervisor) with real qcow2 disks, and the CLI's ``main()`` talks
+to it through ``$KETCH_STORAGE``.  Multipass's sentences are quoted from the
+source file named beside each.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_daemon_api import Env, serving
+
+from ketch.cli import main as cli
+from ketch.errors import EXIT_FAILED, EXIT_USAGE
+from ketch.model import Intent
+
+pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img not installed")
+
+
+@pytest.fixture
+def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+    with serving(tmp_path) as running:
+        monkeypatch.setenv("KETCH_STORAGE", str(running.root.path))
+        yield running
+
+
+def add(api: Env, name: str, *, running: bool = False, port: int = 42001) -> None:
+    api.add(name, Intent.RUN if running else Intent.STOP, running=running, port=port)
+    disk = api.root.instance(name).disk
+    disk.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# -- get / set ---------------------------------------------------------------------------------
+
+
+def test_get_keys_lists_every_key_that_does_something(
+    api: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    add(api, "web")
+    code, out, _ = run(capsys, "get", "--keys")
+    assert code == 0
+    assert out.splitlines() == [
+        "client.primary-name",
+        "local.accel",
+        "local.driver",
+        "local.web.cpus",
+        "local.web.disk",
+        "local.web.memory",
+    ]
+    assert run(capsys, "get", "--keys", "local.web.cpus")[1] == "local.web.cpus\n"
+    code, _, err = run(capsys, "get", "--keys", "local.nope")
+    # src/client/cli/cmd/get.cpp (UnrecognizedSettingException)
+    assert code == 2 and "Unrecognized settings key: 'local.nope'" in err
+
+
+def test_an_empty_value_is_shown_as_empty_unless_raw(
+    api: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "get", "client.primary-name")[1] == "primary\n"
+    assert run(capsys, "set", "client.primary-name=")[0] == 0
+    # src/client/cli/cmd/get.cpp: an empty value prints "<empty>", with --raw nothing
+    assert run(capsys, "get", "client.primary-name")[1] == "<empty>\n"
+    assert run(capsys, "get", "--raw", "client.primary-name")[1] == "\n"
+    code, _, err = run(capsys, "shell")  # the primary is disabled now
+    assert code == EXIT_USAGE and "primary instance is disabled" in err
+
+
+def test_set_with_only_a_key_asks_for_the_value(
+    api: Env, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[str] = []
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+
+    def answer(prompt: str) -> str:
+        asked.append(prompt)
+        return "dev"
+
+    monkeypatch.setattr("builtins.input", answer)
+    assert run(capsys, "set", "client.primary-name")[0] == 0
+    assert asked == ["client.primary-name: "]  # Multipass's plain prompter: "KEY: "
+    assert run(capsys, "get", "client.primary-name")[1] == "dev\n"
+
+
+# -- restore: everything checked before the question ------------------------------------------
+
+
+def test_restore_refuses_what_cannot_happen_before_it_asks(
+    api: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    add(api, "up", running=True, port=42001)
+    add(api, "down", port=42002)
+    api.client.stream("/v1/instances/down/snapshots", {"name": "s1"})
+    code, _, err = run(capsys, "restore", "ghost.s1")
+    assert code == EXIT_FAILED and 'instance "ghost" does not exist' in err
+    code, _, err = run(capsys, "restore", "up.s1")
+    assert code == EXIT_FAILED and 'cannot restore "up": it is Running' in err
+    assert "hint: stop it first: 'ketch stop up'" in err
+    code, _, err = run(capsys, "restore", "down.nope")
+    assert code == EXIT_FAILED and 'snapshot "down.nope" does not exist' in err
+    assert "no terminal" not in err
+    code, _, err = run(capsys, "restore", "down.s1")  # only now: the question
+    assert code == EXIT_USAGE and "no terminal to ask" in err
+    assert run(capsys, "restore", "--destructive", "down.s1")[0] == 0
+
+
+def test_info_of_several_missing_names_reports_each(
+    api: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "info", "ghost-a", "ghost-b")
+    assert code == EXIT_FAILED
+    assert 'instance "ghost-a" does not exist\ninstance "ghost-b" does not exist' in err
