@@ -236,7 +236,9 @@ def test_every_verb_has_a_handler() -> None:
     for verb in VERBS:
         ns = parser.parse_args([verb, *minimal.get(verb, [])])
         fn = handler(ns)
-        assert fn.__name__ == f"cmd_{verb}" and fn.__module__.startswith("ketch.cli.verbs_"), verb
+        assert fn.__name__ == "cmd_" + verb.replace("-", "_") and fn.__module__.startswith(
+            "ketch.cli.verbs_"
+        ), verb
 
 
 # -- usage errors in-process: exit 1, before any daemon contact ------------------------------

@@ -17,8 +17,9 @@ import pytest
 from test_daemon_api import Env, serving
 
 from ketch.cli import main as cli
-from ketch.errors import EXIT_FAILED, EXIT_USAGE
+from ketch.errors import EXIT_FAILED, EXIT_TIMEOUT, EXIT_USAGE
 from ketch.model import Intent
+from ketch.service import guestlink
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img not installed")
 
@@ -122,3 +123,48 @@ def test_info_of_several_missing_names_reports_each(
     code, _, err = run(capsys, "info", "ghost-a", "ghost-b")
     assert code == EXIT_FAILED
     assert 'instance "ghost-a" does not exist\ninstance "ghost-b" does not exist' in err
+
+
+# -- timeouts --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("verb", ["start", "restart", "shell", "wait-ready"])
+@pytest.mark.parametrize("bad", ["0", "-5", "soon", "1.5"])
+def test_timeout_must_be_a_positive_whole_number(
+    capsys: pytest.CaptureFixture[str], verb: str, bad: str
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli.main([verb, f"--timeout={bad}", "vm"])
+    assert done.value.code == EXIT_USAGE
+    assert "--timeout value has to be a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("verb", "sentence"),
+    [
+        # src/client/cli/cmd/start.cpp, restart.cpp (their timers' messages)
+        ("start", "Timed out waiting for instance to start."),
+        ("restart", "Timed out waiting for instance to restart."),
+    ],
+)
+def test_start_and_restart_timeout_keep_the_instance_and_exit_5(
+    api: Env, capsys: pytest.CaptureFixture[str], verb: str, sentence: str
+) -> None:
+    """The fake QEMU runs but no SSH answers: readiness never comes within the timeout."""
+    api.add("slow", Intent.STOP, running=False, port=guestlink.free_port(set()))
+    code, _, err = run(capsys, verb, "--timeout", "1", "slow")
+    assert code == EXIT_TIMEOUT
+    assert f"{verb} failed: {sentence} " in err
+    assert "it was started and is kept" in err
+    assert api.states()["slow"] == "Running"
+
+
+def test_wait_ready(api: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    add(api, "up", running=True, port=42001)
+    add(api, "down", port=42002)
+    assert run(capsys, "wait-ready")[0] == 0  # the daemon answers
+    assert run(capsys, "wait-ready", "up", "--timeout", "5")[0] == 0
+    code, _, err = run(capsys, "wait-ready", "down")
+    assert code == EXIT_FAILED and "'ketch start down' starts it" in err
+    code, _, err = run(capsys, "wait-ready", "ghost")
+    assert code == EXIT_FAILED and 'instance "ghost" does not exist' in err

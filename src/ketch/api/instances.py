@@ -27,6 +27,10 @@ class LaunchBody(Body):
     firmware: Literal["bios", "uefi"] | None = None
 
 
+class StartBody(Body):
+    timeout: Timeout | None = None  # seconds to wait for readiness (default: ketchd's)
+
+
 class StopBody(Body):
     force: bool = False
     cancel: bool = False

@@ -85,6 +85,7 @@ from ketch.api.instances import (
     PurgeResult,
     SshAddress,
     SshTargetReply,
+    StartBody,
     StartResult,
     StopBody,
 )
@@ -179,6 +180,7 @@ __all__ = [
     "SnapshotResult",
     "SshAddress",
     "SshTargetReply",
+    "StartBody",
     "StartResult",
     "StepEvent",
     "StopBody",

@@ -127,9 +127,9 @@ SNAPSHOTS: Route[m.Empty, m.SnapshotListReply] = Route(
     "snapshot_list", "GET", "/v1/snapshots", "snapshots per instance, as Multipass's list",
     "m.SnapshotListReply", query="m.NamesQuery",
 )  # fmt: skip
-START: Route[m.Empty, m.StartResult] = Route(
+START: Route[m.StartBody, m.StartResult] = Route(
     "start", "POST", "/v1/instances/{name}/start", "start (or resume) an instance",
-    "m.StartResult", body="m.Empty", streamed=True,
+    "m.StartResult", body="m.StartBody", streamed=True,
 )  # fmt: skip
 STOP: Route[m.StopBody, m.NameResult] = Route(
     "stop", "POST", "/v1/instances/{name}/stop", "stop: graceful, --force, --time, --cancel",
@@ -139,9 +139,9 @@ SUSPEND: Route[m.Empty, m.NameResult] = Route(
     "suspend", "POST", "/v1/instances/{name}/suspend", "suspend an instance", "m.NameResult",
     body="m.Empty", streamed=True,
 )  # fmt: skip
-RESTART: Route[m.Empty, m.StartResult] = Route(
+RESTART: Route[m.StartBody, m.StartResult] = Route(
     "restart", "POST", "/v1/instances/{name}/restart", "restart an instance", "m.StartResult",
-    body="m.Empty", streamed=True,
+    body="m.StartBody", streamed=True,
 )  # fmt: skip
 DELETE: Route[m.DeleteBody, m.DeleteResult] = Route(
     "delete", "POST", "/v1/instances/{name}/delete", "delete (or purge) an instance",

@@ -46,6 +46,7 @@ HELP = {
     "daemon": "Run ketchd in the foreground",
     "completion": "Print a shell completion script (bash or zsh)",
     "doctor": "Find, explain and (with --fix) repair inconsistent instances",
+    "wait-ready": "Wait for ketchd (or an instance) to be ready",
 }
 
 # Verbs (and aliases) whose sub-parser can be built alone.
@@ -127,6 +128,13 @@ class Command:
         return f"Command({self.module!r}, {self.function!r})"
 
 
+def positive_seconds(text: str) -> int:
+    """A ``--timeout`` value: a positive whole number of seconds, as Multipass takes it."""
+    if not text.strip().isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError("--timeout value has to be a positive integer")
+    return int(text)
+
+
 class _Skip:
     """Stands in for the sub-parsers a run does not need (they cost ~0.5 ms each)."""
 
@@ -147,11 +155,19 @@ def build_parser(only: str | None = None) -> Parser:
         sp: Parser = sub.add_parser(
             name, help=HELP[name], description=HELP[name], aliases=list(aliases)
         )
-        sp.set_defaults(func=Command(module, "cmd_" + name))
+        sp.set_defaults(func=Command(module, "cmd_" + name.replace("-", "_")))
         return sp
 
     def fmt(sp: Parser) -> None:
         sp.add_argument("--format", choices=FORMATS, default="table", help="output format")
+
+    def timeout(sp: Parser) -> None:
+        sp.add_argument(
+            "--timeout",
+            type=positive_seconds,
+            metavar="SECONDS",
+            help="maximum time to wait for the instance to be ready",
+        )
 
     def names(sp: Parser, *, all_: bool = True) -> None:
         sp.add_argument("names", nargs="*", metavar="NAME", help="instance names")
@@ -188,7 +204,10 @@ def build_parser(only: str | None = None) -> Parser:
     )
     fmt(sp)
     for verb in ("start", "suspend", "restart"):
-        names(cmd(verb, "verbs_instances"))
+        sp = cmd(verb, "verbs_instances")
+        names(sp)
+        if verb != "suspend":
+            timeout(sp)
     sp = cmd("stop", "verbs_instances")
     names(sp)
     sp.add_argument(
@@ -231,6 +250,7 @@ def build_parser(only: str | None = None) -> Parser:
     sp.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
     sp = cmd("shell", "verbs_guest", "sh", "connect")
     sp.add_argument("name", nargs="?", metavar="NAME", help="instance (default: the primary)")
+    timeout(sp)
     sp = cmd("transfer", "verbs_guest", "copy-files")
     sp.add_argument(
         "paths", nargs="+", metavar="SRC... DST", help="NAME:PATH on the guest side, - for stdio"
@@ -278,6 +298,9 @@ def build_parser(only: str | None = None) -> Parser:
     fmt(sp)
     sp = cmd("help", "verbs_system")
     sp.add_argument("topic", nargs="?", metavar="COMMAND")
+    sp = cmd("wait-ready", "verbs_wait")
+    sp.add_argument("name", nargs="?", metavar="NAME", help="an instance (default: only ketchd)")
+    timeout(sp)
     cmd("daemon", "verbs_system")
     sp = cmd("completion", "verbs_system")
     sp.add_argument("shell", choices=("bash", "zsh"))

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ketch.model import SshTarget
 
 
-def _target(name: str) -> SshTarget:
+def _target(name: str, timeout: int | None = None) -> SshTarget:
     from ketch.errors import RemoteError
     from ketch.model import SshTarget
 
@@ -30,7 +30,9 @@ def _target(name: str) -> SshTarget:
     except RemoteError as exc:
         if exc.code != "invalid-state":
             raise
-        stream(routes.START, name=name)  # as Multipass: start it first
+        from ketch.api import models as m  # here: 'exec' on a running instance needs no body
+
+        stream(routes.START, m.StartBody(timeout=timeout), name=name)  # as Multipass: start it
         doc = daemon.call(routes.SSH, name=name)
     return SshTarget(
         name=doc.name,
@@ -79,8 +81,8 @@ def cmd_shell(args: argparse.Namespace) -> int:
             if exc.code != "not-found":
                 raise
             print(f"Launching {name}", file=sys.stderr)
-            stream(routes.LAUNCH, m.LaunchBody(name=name))
-    return guest.shell(_target(name))
+            stream(routes.LAUNCH, m.LaunchBody(name=name, timeout=args.timeout))
+    return guest.shell(_target(name, args.timeout))
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:

@@ -89,7 +89,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    return each(routes.START, args)
+    from ketch.api import models as m
+
+    return each(routes.START, args, m.StartBody(timeout=args.timeout))
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -113,7 +115,9 @@ def cmd_suspend(args: argparse.Namespace) -> int:
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
-    return each(routes.RESTART, args)
+    from ketch.api import models as m
+
+    return each(routes.RESTART, args, m.StartBody(timeout=args.timeout))
 
 
 def cmd_delete(args: argparse.Namespace) -> int:

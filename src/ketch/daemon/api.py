@@ -129,9 +129,13 @@ class Api(OperationRoutes):
         self.ctx.store.get(name)  # "not found" before any stream starts
         return name
 
-    async def start(self, call: Call[m.Empty]) -> Op:
-        name = self._instance(call)
-        return Op([name], OperationKind.START, lambda rep: lifecycle.start(self.ctx, name, rep))
+    async def start(self, call: Call[m.StartBody]) -> Op:
+        name, timeout = self._instance(call), call.body.timeout
+        return Op(
+            [name],
+            OperationKind.START,
+            lambda rep: lifecycle.start(self.ctx, name, rep, timeout=timeout),
+        )
 
     async def stop(self, call: Call[m.StopBody]) -> Op:
         name, body, ctx = self._instance(call), call.body, self.ctx
@@ -152,9 +156,13 @@ class Api(OperationRoutes):
         name = self._instance(call)
         return Op([name], OperationKind.SUSPEND, lambda rep: lifecycle.suspend(self.ctx, name, rep))
 
-    async def restart(self, call: Call[m.Empty]) -> Op:
-        name = self._instance(call)
-        return Op([name], OperationKind.RESTART, lambda rep: lifecycle.restart(self.ctx, name, rep))
+    async def restart(self, call: Call[m.StartBody]) -> Op:
+        name, timeout = self._instance(call), call.body.timeout
+        return Op(
+            [name],
+            OperationKind.RESTART,
+            lambda rep: lifecycle.restart(self.ctx, name, rep, timeout=timeout),
+        )
 
     async def delete(self, call: Call[m.DeleteBody]) -> Op:
         name, purge = self._instance(call), call.body.purge
