@@ -8,14 +8,17 @@ source file named beside each.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from test_daemon_api import Env, serving
 
+from ketch import __version__
 from ketch.cli import main as cli
 from ketch.errors import EXIT_FAILED, EXIT_TIMEOUT, EXIT_USAGE
 from ketch.model import Intent
@@ -168,3 +171,29 @@ def test_wait_ready(api: Env, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == EXIT_FAILED and "'ketch start down' starts it" in err
     code, _, err = run(capsys, "wait-ready", "ghost")
     assert code == EXIT_FAILED and 'instance "ghost" does not exist' in err
+
+
+# -- version -------------------------------------------------------------------------------
+
+
+def test_version_without_a_daemon_prints_the_client_only_and_starts_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "root"
+    monkeypatch.setenv("KETCH_STORAGE", str(root))
+    code, out, err = run(capsys, "version")
+    # src/client/cli/formatter/table_formatter.cpp: "{:<12}{}" per line, no daemon line
+    assert code == 0 and out == f"{'ketch':<12}{__version__}\n"
+    assert "ketchd is not available" in err
+    assert not root.exists()  # no daemon was started (it would have made the root)
+    assert json.loads(run(capsys, "version", "--format", "json")[1]) == {"ketch": __version__}
+    assert yaml.safe_load(run(capsys, "version", "--format", "yaml")[1]) == {"ketch": __version__}
+    assert run(capsys, "version", "--format", "csv")[1] == f"Ketch\n{__version__}\n"
+
+
+def test_version_with_a_daemon(api: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "version")
+    assert code == 0 and err == ""
+    assert out.splitlines()[1].split()[0] == "ketchd"
+    doc = json.loads(run(capsys, "version", "--format", "json")[1])
+    assert list(doc) == ["ketch", "ketchd"] and doc["ketchd"]

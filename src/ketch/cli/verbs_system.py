@@ -78,18 +78,30 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_version(args: argparse.Namespace) -> int:
-    from ketch.cli import output
-    from ketch.errors import DaemonUnreachable
+    """The client's version, and ketchd's when one answers: never starts a daemon.
 
+    As Multipass (src/client/cli/cmd/version.cpp, formatter/*_formatter.cpp): with no
+    daemon, only the client line (or key) is printed, and it still exits 0.
+    """
+    from ketch.cli import output
+    from ketch.client import Client
+    from ketch.errors import DaemonUnreachable
+    from ketch.layout import storage_dir
+
+    daemon = ""
     try:
-        daemon = client().call(routes.VERSION).ketchd
-    except DaemonUnreachable:
-        daemon = ""
+        daemon = Client(storage_dir(), autostart=False).call(routes.VERSION).ketchd
+    except DaemonUnreachable as exc:
+        print(f"ketchd is not available: {exc.message}", file=sys.stderr)
+    doc = {"ketch": __version__, **({"ketchd": daemon} if daemon else {})}
     if args.format == "json":
-        sys.stdout.write(output.to_json({"ketch": __version__, "ketchd": daemon}))
+        sys.stdout.write(output.to_json(doc))
+    elif args.format == "yaml":
+        sys.stdout.write(output.to_yaml(doc))
+    elif args.format == "csv":
+        sys.stdout.write(output.to_csv([k.capitalize() for k in doc], [list(doc.values())]))
     else:
-        print(f"ketch   {__version__}")
-        print(f"ketchd  {daemon or '--'}")
+        sys.stdout.write("".join(f"{k:<12}{v}\n" for k, v in doc.items()))
     return 0
 
 
