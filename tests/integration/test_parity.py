@@ -114,3 +114,10 @@ def test_get_keys_raw_and_empty_values(ketch: Ketch) -> None:
         ketch.run("set", "client.primary-name=primary")
     done = ketch.run("set", "client.primary-name", check=False)  # no terminal to ask
     assert done.returncode == 1 and "client.primary-name=VALUE" in done.stderr
+
+
+def test_find_knows_debians_names_offline(ketch: Ketch) -> None:
+    for name in ("debian", "bookworm", "12"):
+        doc = json.loads(ketch.run("find", name, "--format", "json").stdout)
+        assert "debian-12" in doc["images"], name
+        assert doc["images"]["debian-12"]["aliases"] == ["debian", "bookworm", "12"]

@@ -56,6 +56,11 @@ UBUNTU_KEYRING = Path("/usr/share/keyrings/ubuntu-cloudimage-keyring.gpg")
 BUILTIN_REMOTE = "ketch"
 TINY = "tiny"
 DEBIAN = "debian-12"
+# Debian's names for it, resolved as Multipass 1.16 resolves "debian": the release, its
+# codename and its number all name the one Debian image ketch builds (or, with a remote
+# called "debian" configured, that remote's image of that name).
+DEBIAN_ALIASES = ("debian", "bookworm", "12")
+DEBIAN_REMOTE = "debian"
 
 
 @dataclass(frozen=True)
@@ -233,7 +238,7 @@ def debian_row() -> FindRow:
     """The ``ketch find`` line of the Debian 12 cloud image ketch builds on first use."""
     return FindRow(
         remote=BUILTIN_REMOTE,
-        aliases=(DEBIAN,),
+        aliases=(DEBIAN, *DEBIAN_ALIASES),
         release="12",
         version="",
         description="Debian 12 cloud image (built from Debian packages on first use)",
