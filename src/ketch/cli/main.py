@@ -39,6 +39,11 @@ def parse_args(parser: Parser, args_list: list[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list in (["-h"], ["--help"]):  # as 'ketch help', laid out as 'multipass help'
+        from ketch.cli.helptext import general_help
+
+        sys.stdout.write(general_help(HELP))
+        return 0
     verb = args_list[0] if args_list else None
     parser = build_parser(verb if verb in VERBS else None)
     args = parse_args(parser, args_list)

@@ -119,9 +119,12 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
 
 def cmd_help(args: argparse.Namespace) -> int:
-    parser = build_parser()
+    from ketch.cli.helptext import general_help
+    from ketch.cli.parser import HELP
+
     if not args.topic:
-        parser.print_help()
+        sys.stdout.write(general_help(HELP))
         return 0
+    parser = build_parser()
     parser.parse_args([args.topic, "--help"])
     return 0
