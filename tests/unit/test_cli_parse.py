@@ -281,7 +281,6 @@ def test_parse_errors_exit_1(
             id="stop-force-and-cancel",
         ),
         pytest.param(["stop", "--time", "soon", "vm"], "invalid time 'soon'", id="stop-bad-time"),
-        pytest.param(["info"], "give instance names or --all", id="info-nothing"),
         pytest.param(["delete"], "give instance names or --all", id="delete-nothing"),
         pytest.param(["recover"], "give instance names or --all", id="recover-nothing"),
         pytest.param(["exec", "vm"], "no command given", id="exec-no-command"),

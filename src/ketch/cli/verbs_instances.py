@@ -64,9 +64,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    if not args.all and not args.names:
-        raise InvalidArgument("give instance names or --all")
-    names = args.names
+    names = args.names  # none: every instance, as Multipass (src/client/cli/cmd/info.cpp)
     if args.snapshots:  # every snapshot of the named instances (all with --all), in detail
         if any("." in n for n in names):
             raise InvalidArgument("--snapshots takes instance names, not INSTANCE.SNAPSHOT")
