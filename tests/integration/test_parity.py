@@ -7,10 +7,13 @@ file named in the comment beside it; where ketch says more, its words come after
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 from ketchcli import Ketch
+
+from ketch import __version__
 
 # include/multipass/exceptions/invalid_memory_size_exception.h
 NOT_A_SIZE = (
@@ -121,3 +124,53 @@ def test_find_knows_debians_names_offline(ketch: Ketch) -> None:
         doc = json.loads(ketch.run("find", name, "--format", "json").stdout)
         assert "debian-12" in doc["images"], name
         assert doc["images"]["debian-12"]["aliases"] == ["debian", "bookworm", "12"]
+
+
+def test_version_never_starts_a_daemon(ketch: Ketch, tmp_path: Path) -> None:
+    # src/client/cli/formatter/table_formatter.cpp: "{:<12}{}", the daemon line only if one answers
+    fresh = Ketch(tmp_path / "never-started")
+    done = fresh.run("version")
+    assert done.stdout == f"{'ketch':<12}{__version__}\n"
+    assert "ketchd is not available" in done.stderr
+    assert json.loads(fresh.run("version", "--format", "json").stdout) == {"ketch": __version__}
+    assert not (tmp_path / "never-started").exists()
+    ketch.run("list")  # the session's daemon runs
+    doc = json.loads(ketch.run("version", "--format", "json").stdout)
+    assert list(doc) == ["ketch", "ketchd"] and doc["ketchd"]
+    assert [line.split()[0] for line in ketch.run("version").stdout.splitlines()] == [
+        "ketch",
+        "ketchd",
+    ]
+
+
+def test_help_reads_like_multipass_help(ketch: Ketch) -> None:
+    # src/client/cli/argparser.cpp: generalHelpText, format_short_help_for
+    text = ketch.run("help").stdout
+    assert text.startswith("Usage: ketch [options] <command>\n")
+    section = text.split("\nAvailable commands:\n", 1)[1].splitlines()
+    names = [line.split()[0] for line in section]
+    assert names == sorted(names) and {"launch", "image", "doctor", "wait-ready"} <= set(names)
+    assert ketch.run("--help").stdout == text
+
+
+def test_wait_ready_and_timeout_usage(ketch: Ketch) -> None:
+    assert ketch.run("wait-ready", "--timeout", "60").returncode == 0
+    done = ketch.run("wait-ready", "ghost-w", check=False)
+    assert done.returncode == 2 and 'instance "ghost-w" does not exist' in done.stderr
+    for verb in ("start", "restart", "shell", "wait-ready"):
+        done = ketch.run(verb, "--timeout", "0", "x", check=False)
+        assert done.returncode == 1
+        assert "--timeout value has to be a positive integer" in done.stderr
+
+
+@pytest.mark.vm
+def test_start_restart_with_a_timeout_and_wait_ready(ketch: Ketch, vm: str) -> None:
+    ketch.run("stop", "--force", vm)
+    ketch.run("start", "--timeout", "600", vm)
+    assert ketch.state(vm) == "Running"
+    ketch.run("wait-ready", vm, "--timeout", "600")
+    ketch.run("restart", "--timeout", "600", vm)
+    assert ketch.state(vm) == "Running"
+    ketch.run("stop", vm)
+    done = ketch.run("wait-ready", vm, check=False)
+    assert done.returncode == 2 and f"'ketch start {vm}' starts it" in done.stderr

@@ -197,3 +197,31 @@ def test_version_with_a_daemon(api: Env, capsys: pytest.CaptureFixture[str]) -> 
     assert out.splitlines()[1].split()[0] == "ketchd"
     doc = json.loads(run(capsys, "version", "--format", "json")[1])
     assert list(doc) == ["ketch", "ketchd"] and doc["ketchd"]
+
+
+# -- snapshot settings ---------------------------------------------------------------------
+
+
+def test_snapshot_name_and_comment_are_settings(
+    api: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Multipass's keys local.<instance>.<snapshot>.name|comment (its snapshot settings)."""
+    add(api, "vm")
+    api.client.stream("/v1/instances/vm/snapshots", {"name": "one", "comment": "first"})
+    api.client.stream("/v1/instances/vm/snapshots", {"name": "two"})
+    keys = run(capsys, "get", "--keys")[1].splitlines()
+    assert {"local.vm.one.name", "local.vm.one.comment", "local.vm.two.name"} <= set(keys)
+    assert run(capsys, "get", "local.vm.one.comment")[1] == "first\n"
+    assert run(capsys, "set", "local.vm.one.comment=known good")[0] == 0
+    assert run(capsys, "set", "local.vm.one.name=base")[0] == 0
+    assert run(capsys, "get", "local.vm.base.comment")[1] == "known good\n"
+    listing = api.client.get("/v1/snapshots")["info"]["vm"]
+    assert listing["base"] == {"parent": "", "comment": "known good"}
+    assert listing["two"]["parent"] == "base"  # the child follows the rename
+    assert api.store.snapshot_head("vm") == "two"
+    code, _, err = run(capsys, "set", "local.vm.base.name=two")
+    assert code == EXIT_FAILED and "Snapshot already exists: vm.two" in err
+    code, _, err = run(capsys, "set", "local.vm.base.name=has.dot")
+    assert code == EXIT_USAGE and "invalid snapshot name" in err
+    code, _, err = run(capsys, "get", "local.vm.nope.name")
+    assert code == EXIT_FAILED and 'snapshot "vm.nope" does not exist' in err
