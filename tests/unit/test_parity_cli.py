@@ -225,3 +225,14 @@ def test_snapshot_name_and_comment_are_settings(
     assert code == EXIT_USAGE and "invalid snapshot name" in err
     code, _, err = run(capsys, "get", "local.vm.nope.name")
     assert code == EXIT_FAILED and 'snapshot "vm.nope" does not exist' in err
+
+
+def test_info_with_no_name_shows_every_instance(
+    api: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """src/client/cli/cmd/info.cpp: no instance argument means all of them (--all is kept)."""
+    add(api, "one", port=42001)
+    add(api, "two", port=42002)
+    code, out, _ = run(capsys, "info", "--format", "json")
+    assert code == 0 and set(json.loads(out)["info"]) == {"one", "two"}
+    assert json.loads(run(capsys, "info", "--all", "--format", "json")[1]) == json.loads(out)

@@ -83,3 +83,8 @@ def test_help_of_a_verb_is_that_verbs_usage(capsys: pytest.CaptureFixture[str]) 
         cli.main(["help", "restore"])
     assert done.value.code == 0
     assert "usage: ketch restore" in capsys.readouterr().out
+
+
+def test_no_verb_prints_the_general_help_and_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 1
+    assert capsys.readouterr().err == general_help(HELP)

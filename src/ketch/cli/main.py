@@ -47,8 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     verb = args_list[0] if args_list else None
     parser = build_parser(verb if verb in VERBS else None)
     args = parse_args(parser, args_list)
-    if not getattr(args, "func", None):
-        parser.print_help(sys.stderr)
+    if not getattr(args, "func", None):  # no verb: the general help, as Multipass
+        from ketch.cli.helptext import general_help
+
+        sys.stderr.write(general_help(HELP))
         return EXIT_USAGE
     try:
         code: int = args.func(args)
