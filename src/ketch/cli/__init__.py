@@ -13,7 +13,8 @@ The package is laid out so that a verb loads only its own code:
   :mod:`~ketch.cli.verbs_guest` (exec, shell, transfer),
   :mod:`~ketch.cli.verbs_images` (find, image) and
   :mod:`~ketch.cli.verbs_system` (get, set, doctor, version, daemon, help,
-  completion);
+  completion), :mod:`~ketch.cli.verbs_wait` (wait-ready); ``ketch help`` is
+  laid out by :mod:`~ketch.cli.helptext`;
 * guest access, run by the CLI itself: :mod:`~ketch.cli.guest` (exec,
   shell, running ssh), :mod:`~ketch.cli.transfer` (files and trees), its
   guest-side scripts :mod:`~ketch.cli.transfer_scripts` and its ``NAME:PATH``
