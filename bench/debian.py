@@ -94,7 +94,7 @@ def main() -> None:
         log(f"forced build: {build_s:.1f} s")
     with fresh_bench("kbd-") as b:
         accel = b.prime_accel()
-        b.ketch("version")  # starts the daemon
+        b.ketch("wait-ready")  # starts the daemon (version never does)
         image = debian_image(b)
         n = itertools.count()
         got = interleave(

@@ -128,7 +128,7 @@ def main() -> None:
     args = arg_parser(__doc__, runs=5).parse_args()
     with fresh_bench("kbl-") as b:
         accel = b.prime_accel()
-        b.ketch("version")  # starts the daemon
+        b.ketch("wait-ready")  # starts the daemon (version never does)
         n = itertools.count()
         phases: list[dict[str, float]] = []
         boot: list[float] = []

@@ -322,7 +322,9 @@ class FakeImages:
     def probe_kernel(self) -> Path | None:
         return None
 
-    async def find(self, query: str | None) -> list[m.FindRow]:
+    async def find(
+        self, query: str | None, *, show_unsupported: bool = False, force_update: bool = False
+    ) -> list[m.FindRow]:
         return [m.FindRow(remote="ketch", aliases=["tiny"], release="ketch tiny", error=None)]
 
     def list_cached(self) -> list[m.CachedImage]:

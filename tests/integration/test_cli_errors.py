@@ -20,7 +20,7 @@ def test_bad_names_and_sizes_are_refused_before_anything_happens(ketch: Ketch) -
     for args, words in (
         (("launch", "--name", "9lives"), "hostname rules"),
         (("launch", "--name", "bad_name"), "hostname rules"),
-        (("launch", "--name", "ok", "--memory", "lots"), "invalid memory size"),
+        (("launch", "--name", "ok", "--memory", "lots"), "lots is not a valid memory size"),
         (("launch", "--name", "ok", "--memory", "16M"), "below the minimum"),
         (("launch", "--name", "ok", "--cpus", "0"), "$.cpus: Expected int >= 1"),
         (("launch", "--name", "ok", "--cloud-init", "/nonexistent.yaml"), "cannot read"),

@@ -43,7 +43,7 @@ def until(what: str, check: Callable[[], Any]) -> Any:
 
 
 def client(ketch: Ketch) -> Client:
-    ketch.run("version")  # the daemon is up
+    ketch.run("wait-ready")  # the daemon is up ('version' never starts one)
     return Client(Root(ketch.root), autostart=False)
 
 

@@ -92,9 +92,9 @@ def test_running_instances_refuse_changes_with_a_hint(ketch: Ketch, setvm: str) 
         ("cpus=0", "invalid number of CPUs '0'"),
         ("cpus=many", "invalid number of CPUs 'many'"),
         ("memory=256M", "below the minimum of 512M"),
-        ("memory=lots", "invalid memory size 'lots'"),
+        ("memory=lots", "lots is not a valid memory size - need"),
         ("disk=1G", "can only grow"),
-        ("disk=huge", "invalid disk size 'huge'"),
+        ("disk=huge", "huge is not a valid memory size - need"),
     ],
 )
 def test_invalid_values_are_refused_and_change_nothing(

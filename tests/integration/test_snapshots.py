@@ -125,7 +125,7 @@ def test_duplicate_and_invalid_names_are_refused(ketch: Ketch, snapvm: str) -> N
     take(ketch, snapvm, "-n", "dup")
     count = len(ketch.tags(snapvm))
     done = ketch.run("snapshot", snapvm, "-n", "dup", check=False)
-    assert done.returncode == 2 and f'"{snapvm}.dup" already exists' in done.stderr
+    assert done.returncode == 2 and f"Snapshot already exists: {snapvm}.dup" in done.stderr
     done = ketch.run("snapshot", snapvm, "-n", "has.dot", check=False)
     assert done.returncode == 1 and "invalid snapshot name" in done.stderr
     assert len(ketch.tags(snapvm)) == count

@@ -380,17 +380,35 @@ def test_find_table_only_errors_is_empty_and_errors_are_listed_apart() -> None:
 
 
 def test_find_csv_skips_error_rows() -> None:
+    # Multipass's columns (src/client/cli/formatter/csv_formatter.cpp): other aliases by ";"
     rows = csv_rows(output.find_output(typed(m.FindReply, find_doc()), "csv"))
-    assert rows[0] == ["Image", "Remote", "Aliases", "OS", "Release", "Version"]
-    assert rows[2] == ["noble", "release", "noble,24.04,lts", "Ubuntu", "24.04 LTS", "20261120"]
+    assert rows[0] == ["Image", "Remote", "Aliases", "OS", "Release", "Version", "Type"]
+    assert rows[2] == [
+        "noble", "release", "24.04;lts", "Ubuntu", "24.04 LTS", "20261120", "Cloud Image"
+    ]  # fmt: skip
     assert [r[1] for r in rows[1:]] == ["ketch", "release", "mirror"]
 
 
+FIND_IMAGES = {
+    "tiny": {"aliases": [], "os": "ketch", "release": "ketch tiny", "remote": "ketch",
+             "version": ""},
+    "noble": {"aliases": ["24.04", "lts"], "os": "Ubuntu", "release": "24.04 LTS",
+              "remote": "release", "version": "20261120"},
+    "mirror:com.ubuntu.cloud:server:22.04:amd64": {"aliases": [], "os": "Ubuntu",
+        "release": "22.04 LTS", "remote": "mirror", "version": "20261101"},
+}  # fmt: skip
+
+
 @pytest.mark.parametrize("fmt", ["json", "yaml"])
-def test_find_json_and_yaml_keep_the_document(fmt: str) -> None:
-    doc = find_doc()
-    text = output.find_output(typed(m.FindReply, doc), fmt)
-    assert (json.loads(text) if fmt == "json" else yaml.safe_load(text)) == doc
+def test_find_json_and_yaml_are_multipass_objects_keyed_by_image(fmt: str) -> None:
+    """Multipass's shape (src/client/cli/formatter/json_formatter.cpp): ``images`` is an
+    object keyed by image name; the unreachable remote is not in it (it goes to stderr)."""
+    text = output.find_output(typed(m.FindReply, find_doc()), fmt)
+    doc = json.loads(text) if fmt == "json" else yaml.safe_load(text)
+    assert doc == {"errors": [], "images": FIND_IMAGES}
+    assert list(doc) == ["errors", "images"]
+    assert list(doc["images"]["noble"]) == ["aliases", "os", "release", "remote", "version"]
+    assert "HTTP 404" not in text
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -430,7 +448,6 @@ def test_json_and_yaml_output_are_byte_for_byte_the_daemons_document() -> None:
         (list_doc(VIEWS), m.ListReply, output.list_output),
         (info_doc(VIEWS, errors=["e"], guest=GUEST), m.InfoReply, output.info_output),
         (info_doc(VIEWS[1:]), m.InfoReply, output.info_output),
-        (find_doc(), m.FindReply, output.find_output),
     ]
     for doc, model, show in docs:
         assert show(typed(model, doc), "json") == json.dumps(doc, indent=4) + "\n"

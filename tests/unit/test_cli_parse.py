@@ -237,7 +237,9 @@ def test_every_verb_has_a_handler() -> None:
     for verb in VERBS:
         ns = parser.parse_args([verb, *minimal.get(verb, [])])
         fn = handler(ns)
-        assert fn.__name__ == f"cmd_{verb}" and fn.__module__.startswith("ketch.cli.verbs_"), verb
+        assert fn.__name__ == "cmd_" + verb.replace("-", "_") and fn.__module__.startswith(
+            "ketch.cli.verbs_"
+        ), verb
 
 
 # -- usage errors in-process: exit 1, before any daemon contact ------------------------------
@@ -280,7 +282,6 @@ def test_parse_errors_exit_1(
             id="stop-force-and-cancel",
         ),
         pytest.param(["stop", "--time", "soon", "vm"], "invalid time 'soon'", id="stop-bad-time"),
-        pytest.param(["info"], "give instance names or --all", id="info-nothing"),
         pytest.param(["delete"], "give instance names or --all", id="delete-nothing"),
         pytest.param(["recover"], "give instance names or --all", id="recover-nothing"),
         pytest.param(["exec", "vm"], "no command given", id="exec-no-command"),
@@ -294,8 +295,13 @@ def test_parse_errors_exit_1(
             id="exec-unknown-option-after-name",
         ),
         pytest.param(["exec", "vm", "-d"], "-d needs a directory", id="exec-dir-missing"),
-        pytest.param(["set", "novalue"], "invalid setting 'novalue'", id="set-no-equals"),
-        pytest.param(["set", "=x"], "invalid setting '=x'", id="set-no-key"),
+        pytest.param(
+            ["set", "novalue"], "there is no terminal to ask for it", id="set-no-value-no-tty"
+        ),
+        # src/client/cli/cmd/set.cpp: "Bad key-value format."
+        pytest.param(["set", "=x"], "Bad key-value format.", id="set-no-key"),
+        # src/client/cli/cmd/get.cpp
+        pytest.param(["get"], "Multiple settings not implemented yet.", id="get-no-key"),
         pytest.param(["image", "build", "jammy"], "unknown image 'jammy'", id="image-build-other"),
         pytest.param(["transfer", "only-one"], "at least one source", id="transfer-one-path"),
         pytest.param(
@@ -376,7 +382,7 @@ def test_bogus_flag_exits_1_and_says_why(tmp_path: Path) -> None:
 def test_no_verb_prints_help_and_exits_1(tmp_path: Path) -> None:
     done = ketch(tmp_path)
     assert done.returncode == 1
-    assert "usage: ketch" in done.stderr
+    assert done.stderr.startswith("Usage: ketch [options] <command>\n")  # as multipass
     for verb in ("launch", "list", "exec"):
         assert verb in done.stderr
 

@@ -90,7 +90,6 @@ def test_snapshot_reference_splits_at_the_first_dot() -> None:
 @pytest.mark.parametrize(
     ("argv", "words"),
     [
-        pytest.param(["restore", "web.s1"], "no terminal to ask", id="restore-non-interactive"),
         pytest.param(["restore", "web"], "invalid snapshot 'web'", id="restore-no-snapshot"),
         pytest.param(["delete", "web.s1"], "can only be purged", id="delete-snapshot-no-purge"),
         pytest.param(["delete", "web.", "--purge"], "invalid snapshot", id="delete-bad-ref"),
@@ -107,12 +106,14 @@ def test_refusals_exit_1_before_the_daemon(
     assert "hint: " in err
 
 
-def test_restore_refusal_names_both_ways_out(
+def test_restore_asks_the_daemon_before_it_asks_the_user(
     no_daemon: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cli.main(["restore", "web.s1"])
+    """Existence and state are checked first (here: no daemon, exit 3), the question last;
+    the refusal without a terminal is in tests/integration/test_parity.py."""
+    assert cli.main(["restore", "web.s1"]) == 3
     err = capsys.readouterr().err
-    assert "--destructive" in err and "ketch snapshot web" in err
+    assert "ketchd" in err and "Do you want" not in err
 
 
 # -- output -------------------------------------------------------------------------------------

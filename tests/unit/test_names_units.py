@@ -50,16 +50,21 @@ def test_valid_names(name: str) -> None:
 def test_invalid_names_follow_hostname_rules(name: str) -> None:
     with pytest.raises(InvalidArgument) as err:
         validate(name)
-    assert "hostname rules" in err.value.message
-    assert err.value.hint and "start with a letter" in err.value.hint
+    # Multipass's sentence (src/client/cli/cmd/launch.cpp: "Invalid instance name supplied: {}")
+    assert err.value.message == f"Invalid instance name supplied: {name}"
+    assert err.value.hint and "hostname rules" in err.value.hint
+    assert "must start with a letter" in err.value.hint
     assert err.value.exit_code == EXIT_USAGE
 
 
 @pytest.mark.parametrize("name", ["vm.1", "a.b.c", ".", "../etc"])
 def test_dot_is_reserved_for_snapshots(name: str) -> None:
-    with pytest.raises(InvalidArgument, match="separates an instance from a snapshot") as err:
+    with pytest.raises(InvalidArgument) as err:
         validate(name)
-    assert err.value.hint
+    assert err.value.message == f"Invalid instance name supplied: {name}"
+    assert err.value.hint and "separates an instance from a snapshot" in err.value.hint
+    with pytest.raises(InvalidArgument, match="separates an instance from a snapshot"):
+        validate(name, "snapshot")
 
 
 def test_trailing_newline_is_not_a_valid_name() -> None:
@@ -143,7 +148,11 @@ def test_parse_size(text: str, size: int) -> None:
 def test_bad_size_is_invalid_argument_with_a_hint(text: str) -> None:
     with pytest.raises(InvalidArgument) as err:
         parse_size(text, "memory")
-    assert err.value.message == f"invalid memory size '{text}'"
+    # Multipass's sentence (include/multipass/exceptions/invalid_memory_size_exception.h)
+    assert err.value.message == (
+        f"{text} is not a valid memory size - need a non-negative integer (in base 10) "
+        "or a decimal followed by K, M, or G (e.g. 1234B, 42MiB, 0.5G)"
+    )
     assert err.value.hint and "512M" in err.value.hint
     assert err.value.code == "invalid-argument"
     assert err.value.exit_code == EXIT_USAGE

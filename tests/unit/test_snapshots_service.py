@@ -161,10 +161,10 @@ def test_plan_what_get_shows_sets_back_as_no_change() -> None:
         ("cpus", "1.5", "invalid number of CPUs '1.5'"),
         ("cpus", "-1", "invalid number of CPUs '-1'"),
         ("memory", "511M", "below the minimum of 512M"),
-        ("memory", "lots", "invalid memory size 'lots'"),
+        ("memory", "lots", "lots is not a valid memory size - need"),
         ("disk", "32M", "smaller than the current 64.0MiB"),
         ("disk", "63M", "smaller than the current"),
-        ("disk", "big", "invalid disk size 'big'"),
+        ("disk", "big", "big is not a valid memory size - need"),
     ],
 )
 def test_plan_refuses(prop: str, value: str, words: str) -> None:
@@ -311,7 +311,7 @@ def test_a_user_may_name_a_snapshot_suspend(world: World) -> None:
 def test_take_refuses_duplicates_and_bad_names_and_leaves_no_tag(world: World) -> None:
     disk = world.add("vm")
     world.run(snapshots.take(world.ctx, "vm", "one", "", ListReporter()))
-    with pytest.raises(AlreadyExists, match=r'"vm\.one" already exists'):
+    with pytest.raises(AlreadyExists, match=r"Snapshot already exists: vm\.one"):
         world.run(snapshots.take(world.ctx, "vm", "one", "", ListReporter()))
     with pytest.raises(InvalidArgument):
         world.run(snapshots.take(world.ctx, "vm", "a.b", "", ListReporter()))

@@ -29,6 +29,10 @@ class LaunchBody(Body):
     forwards: Annotated[list[Rule], Meta(max_length=MAX_RULES)] = field(default_factory=list)
 
 
+class StartBody(Body):
+    timeout: Timeout | None = None  # seconds to wait for readiness (default: ketchd's)
+
+
 class StopBody(Body):
     force: bool = False
     cancel: bool = False

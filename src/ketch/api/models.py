@@ -93,6 +93,7 @@ from ketch.api.instances import (
     PurgeResult,
     SshAddress,
     SshTargetReply,
+    StartBody,
     StartResult,
     StopBody,
 )
@@ -120,6 +121,7 @@ from ketch.api.system import (
     PruneReply,
     SetReply,
     SettingBody,
+    SettingKeysReply,
     SettingReply,
     VersionReply,
 )
@@ -181,6 +183,7 @@ __all__ = [
     "ResultEvent",
     "SetReply",
     "SettingBody",
+    "SettingKeysReply",
     "SettingReply",
     "Size",
     "SnapshotBody",
@@ -191,6 +194,7 @@ __all__ = [
     "SnapshotResult",
     "SshAddress",
     "SshTargetReply",
+    "StartBody",
     "StartResult",
     "StepEvent",
     "StopBody",

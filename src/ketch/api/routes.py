@@ -127,9 +127,9 @@ SNAPSHOTS: Route[m.Empty, m.SnapshotListReply] = Route(
     "snapshot_list", "GET", "/v1/snapshots", "snapshots per instance, as Multipass's list",
     "m.SnapshotListReply", query="m.NamesQuery",
 )  # fmt: skip
-START: Route[m.Empty, m.StartResult] = Route(
+START: Route[m.StartBody, m.StartResult] = Route(
     "start", "POST", "/v1/instances/{name}/start", "start (or resume) an instance",
-    "m.StartResult", body="m.Empty", streamed=True,
+    "m.StartResult", body="m.StartBody", streamed=True,
 )  # fmt: skip
 STOP: Route[m.StopBody, m.NameResult] = Route(
     "stop", "POST", "/v1/instances/{name}/stop", "stop: graceful, --force, --time, --cancel",
@@ -139,9 +139,9 @@ SUSPEND: Route[m.Empty, m.NameResult] = Route(
     "suspend", "POST", "/v1/instances/{name}/suspend", "suspend an instance", "m.NameResult",
     body="m.Empty", streamed=True,
 )  # fmt: skip
-RESTART: Route[m.Empty, m.StartResult] = Route(
+RESTART: Route[m.StartBody, m.StartResult] = Route(
     "restart", "POST", "/v1/instances/{name}/restart", "restart an instance", "m.StartResult",
-    body="m.Empty", streamed=True,
+    body="m.StartBody", streamed=True,
 )  # fmt: skip
 DELETE: Route[m.DeleteBody, m.DeleteResult] = Route(
     "delete", "POST", "/v1/instances/{name}/delete", "delete (or purge) an instance",
@@ -177,6 +177,9 @@ PRUNE: Route[m.PruneBody, m.PruneReply] = Route(
     "image_prune", "POST", "/v1/images/prune", "remove unused cached images", "m.PruneReply",
     body="m.PruneBody",
 )  # fmt: skip
+SETTING_KEYS: Route[m.Empty, m.SettingKeysReply] = Route(
+    "setting_keys", "GET", "/v1/settings", "every settable key", "m.SettingKeysReply"
+)
 GET_SETTING: Route[m.Empty, m.SettingReply] = Route(
     "get_setting", "GET", "/v1/settings/{key}", "read a setting", "m.SettingReply"
 )
@@ -216,7 +219,7 @@ CANCEL: Route[m.Empty, o.CancelReply] = Route(
 ROUTES: tuple[Route[Any, Any], ...] = (
     VERSION, LIST, INFO, LAUNCH, SNAPSHOT, RESTORE, SNAPSHOT_DELETE, CLONE, SNAPSHOTS,
     START, STOP, SUSPEND, RESTART, DELETE, RECOVER, PURGE, DOCTOR, SSH, FIND, IMAGES,
-    BUILD, PRUNE, GET_SETTING, SET_SETTING, OPERATIONS, FOLLOW, CANCEL,
+    BUILD, PRUNE, SETTING_KEYS, GET_SETTING, SET_SETTING, OPERATIONS, FOLLOW, CANCEL,
     FORWARD_ADD, FORWARD_REMOVE, FORWARDS,
 )  # fmt: skip
 

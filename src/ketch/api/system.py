@@ -33,6 +33,8 @@ class SettingBody(Body):
 
 class FindQuery(Body):
     query: Annotated[str, Meta(max_length=1024)] = ""
+    show_unsupported: bool = False  # also images the remote marks unsupported
+    force_update: bool = False  # read every catalogue afresh, not conditionally
 
 
 class VersionReply(Reply):
@@ -76,6 +78,10 @@ class PruneReply(Reply):
 class SettingReply(Reply):
     key: str
     value: str
+
+
+class SettingKeysReply(Reply):
+    keys: list[str]  # every key that can be set today, as ``get --keys`` lists them
 
 
 class SetReply(Reply, omit_defaults=True):

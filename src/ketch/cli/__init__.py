@@ -13,9 +13,10 @@ The package is laid out so that a verb loads only its own code:
   :mod:`~ketch.cli.verbs_guest` (exec, shell, transfer),
   :mod:`~ketch.cli.verbs_images` (find, image),
   :mod:`~ketch.cli.verbs_system` (get, set, doctor, version, daemon, help,
-  completion) and :mod:`~ketch.cli.verbs_aliases` (alias, aliases, unalias,
+  completion), :mod:`~ketch.cli.verbs_aliases` (alias, aliases, unalias,
   prefer; the aliases' file and scripts are :mod:`~ketch.cli.alias_store`
-  and :mod:`~ketch.cli.alias_scripts`);
+  and :mod:`~ketch.cli.alias_scripts`), :mod:`~ketch.cli.verbs_wait`
+  (wait-ready); ``ketch help`` is laid out by :mod:`~ketch.cli.helptext`;
 * guest access, run by the CLI itself: :mod:`~ketch.cli.guest` (exec,
   shell, running ssh), :mod:`~ketch.cli.transfer` (files and trees), its
   guest-side scripts :mod:`~ketch.cli.transfer_scripts` and its ``NAME:PATH``

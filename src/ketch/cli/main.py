@@ -64,6 +64,11 @@ def alias_command(args_list: list[str]) -> list[str] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list in (["-h"], ["--help"]):  # as 'ketch help', laid out as 'multipass help'
+        from ketch.cli.helptext import general_help
+
+        sys.stdout.write(general_help(HELP))
+        return 0
     verb = args_list[0] if args_list else None
     if verb and verb not in VERBS and verb not in HELP and not verb.startswith("-"):
         try:
@@ -75,8 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args_list, verb = expanded, "exec"
     parser = build_parser(verb if verb in VERBS else None)
     args = parse_args(parser, args_list)
-    if not getattr(args, "func", None):
-        parser.print_help(sys.stderr)
+    if not getattr(args, "func", None):  # no verb: the general help, as Multipass
+        from ketch.cli.helptext import general_help
+
+        sys.stderr.write(general_help(HELP))
         return EXIT_USAGE
     try:
         code: int = args.func(args)

@@ -270,35 +270,54 @@ def _usage(used: Any, total: Any) -> str:
     return f"{human(used)} out of {human(total)}"
 
 
+def _image_name(r: m.FindRow) -> str:
+    """An image's name as ``find`` shows it: ``REMOTE:`` spelled out unless a default remote."""
+    first = (r.aliases or [r.product])[0]
+    return first if r.remote in ("ketch", "release") else f"{r.remote}:{first}"
+
+
+def find_images(doc: m.FindReply) -> dict[str, dict[str, Any]]:
+    """Multipass's ``images`` object: keyed by image name, ``aliases`` (the other names),
+    ``os``, ``release``, ``remote``, ``version`` (src/client/cli/formatter/json_formatter.cpp)."""
+    return {
+        _image_name(r): {
+            "aliases": list(r.aliases[1:]),
+            "os": r.os,
+            "release": r.release,
+            "remote": r.remote,
+            "version": r.version,
+        }
+        for r in doc.images
+        if not r.error
+    }
+
+
 def find_output(doc: m.FindReply, fmt: str) -> str:
-    rows = doc.images
-    if fmt == "json":
-        return to_json(plain(doc))
-    if fmt == "yaml":
-        return to_yaml(plain(doc))
+    """``find`` as Multipass prints it; remotes that could not be read are not in it (stderr)."""
+    rows = [r for r in doc.images if not r.error]
+    if fmt in ("json", "yaml"):
+        found = {"errors": [], "images": find_images(doc)}  # ketch has no blueprints
+        return to_json(found) if fmt == "json" else to_yaml(found)
     if fmt == "csv":
         return to_csv(
-            ["Image", "Remote", "Aliases", "OS", "Release", "Version"],
+            ["Image", "Remote", "Aliases", "OS", "Release", "Version", "Type"],
             [
                 [
-                    (r.aliases or [r.product])[0],
+                    _image_name(r),
                     r.remote,
-                    ",".join(r.aliases),
+                    ";".join(r.aliases[1:]),
                     r.os,
                     r.release,
                     r.version,
+                    "Cloud Image",
                 ]
                 for r in rows
-                if not r.error
             ],
         )
-    table_rows = []
-    for r in rows:
-        if r.error:
-            continue
-        first = (r.aliases or [r.product])[0]
-        image = first if r.remote in ("ketch", "release") else f"{r.remote}:{first}"
-        table_rows.append([image, ",".join(r.aliases[1:]), r.version, r.description or r.release])
+    table_rows = [
+        [_image_name(r), ",".join(r.aliases[1:]), r.version, r.description or r.release]
+        for r in rows
+    ]
     return table(["Image", "Aliases", "Version", "Description"], table_rows) if table_rows else ""
 
 

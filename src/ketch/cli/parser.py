@@ -22,18 +22,18 @@ FORMATS = ("table", "json", "csv", "yaml")  # --format of list, info, find, ...
 
 HELP = {
     "launch": "Create and start an instance",
-    "list": "List all available instances",
-    "info": "Display information about instances",
-    "start": "Start instances (a suspended instance resumes)",
+    "list": "List all available instances or snapshots",
+    "info": "Display information about instances or snapshots",
+    "start": "Start instances",
     "stop": "Stop running instances",
     "suspend": "Suspend running instances",
     "restart": "Restart instances",
-    "delete": "Delete instances",
+    "delete": "Delete instances and snapshots",
     "recover": "Recover deleted instances",
     "purge": "Purge all deleted instances permanently",
-    "snapshot": "Take a snapshot of a stopped instance",
+    "snapshot": "Take a snapshot of an instance",
     "restore": "Restore an instance from a snapshot",
-    "clone": "Create an independent copy of a stopped instance",
+    "clone": "Clone an instance",
     "exec": "Run a command on an instance",
     "shell": "Open a shell on a running instance",
     "transfer": "Transfer files between the host and instances",
@@ -52,6 +52,7 @@ HELP = {
     "prefer": "Switch the current alias context",
     "forward": "Add (or --remove) an explicit port forward to an instance",
     "forwards": "List the port forwards of instances, automatic and explicit",
+    "wait-ready": "Wait for ketchd (or an instance) to be ready",
 }
 
 # Verbs (and aliases) whose sub-parser can be built alone.
@@ -133,6 +134,13 @@ class Command:
         return f"Command({self.module!r}, {self.function!r})"
 
 
+def positive_seconds(text: str) -> int:
+    """A ``--timeout`` value: a positive whole number of seconds, as Multipass takes it."""
+    if not text.strip().isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError("--timeout value has to be a positive integer")
+    return int(text)
+
+
 class _Skip:
     """Stands in for the sub-parsers a run does not need (they cost ~0.5 ms each)."""
 
@@ -153,11 +161,19 @@ def build_parser(only: str | None = None) -> Parser:
         sp: Parser = sub.add_parser(
             name, help=HELP[name], description=HELP[name], aliases=list(aliases)
         )
-        sp.set_defaults(func=Command(module, "cmd_" + name))
+        sp.set_defaults(func=Command(module, "cmd_" + name.replace("-", "_")))
         return sp
 
     def fmt(sp: Parser) -> None:
         sp.add_argument("--format", choices=FORMATS, default="table", help="output format")
+
+    def timeout(sp: Parser) -> None:
+        sp.add_argument(
+            "--timeout",
+            type=positive_seconds,
+            metavar="SECONDS",
+            help="maximum time to wait for the instance to be ready",
+        )
 
     def names(sp: Parser, *, all_: bool = True) -> None:
         sp.add_argument("names", nargs="*", metavar="NAME", help="instance names")
@@ -201,7 +217,10 @@ def build_parser(only: str | None = None) -> Parser:
     )
     fmt(sp)
     for verb in ("start", "suspend", "restart"):
-        names(cmd(verb, "verbs_instances"))
+        sp = cmd(verb, "verbs_instances")
+        names(sp)
+        if verb != "suspend":
+            timeout(sp)
     sp = cmd("stop", "verbs_instances")
     names(sp)
     sp.add_argument(
@@ -251,6 +270,7 @@ def build_parser(only: str | None = None) -> Parser:
     sp.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
     sp = cmd("shell", "verbs_guest", "sh", "connect")
     sp.add_argument("name", nargs="?", metavar="NAME", help="instance (default: the primary)")
+    timeout(sp)
     sp = cmd("transfer", "verbs_guest", "copy-files")
     sp.add_argument(
         "paths", nargs="+", metavar="SRC... DST", help="NAME:PATH on the guest side, - for stdio"
@@ -261,10 +281,21 @@ def build_parser(only: str | None = None) -> Parser:
     sp = cmd("find", "verbs_images")
     sp.add_argument("query", nargs="?", help="[REMOTE:]TEXT")
     fmt(sp)
+    sp.add_argument(
+        "--show-unsupported", action="store_true", help="also images the remote marks unsupported"
+    )
+    sp.add_argument("--force-update", action="store_true", help="read the image catalogues afresh")
+    sp.add_argument(
+        "--only-images",
+        action="store_true",
+        help="show only images (ketch has no blueprints: every result is an image)",
+    )
     sp = cmd("get", "verbs_system")
-    sp.add_argument("key", metavar="KEY")
+    sp.add_argument("key", nargs="?", metavar="KEY")
+    sp.add_argument("--keys", action="store_true", help="list the settable keys (or check KEY)")
+    sp.add_argument("--raw", action="store_true", help='an empty value as "", not <empty>')
     sp = cmd("set", "verbs_system")
-    sp.add_argument("assignment", metavar="KEY=VALUE")
+    sp.add_argument("assignment", metavar="KEY[=VALUE]", help="with no value, it is asked for")
 
     sp = cmd("image", "verbs_images")
     isub = sp.add_subparsers(
@@ -314,6 +345,9 @@ def build_parser(only: str | None = None) -> Parser:
     fmt(sp)
     sp = cmd("help", "verbs_system")
     sp.add_argument("topic", nargs="?", metavar="COMMAND")
+    sp = cmd("wait-ready", "verbs_wait")
+    sp.add_argument("name", nargs="?", metavar="NAME", help="an instance (default: only ketchd)")
+    timeout(sp)
     cmd("daemon", "verbs_system")
     sp = cmd("completion", "verbs_system")
     sp.add_argument("shell", choices=("bash", "zsh"))

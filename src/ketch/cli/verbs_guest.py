@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ketch.model import SshTarget
 
 
-def _reply(name: str) -> m.SshTargetReply:
+def _reply(name: str, timeout: int | None = None) -> m.SshTargetReply:
     from ketch.errors import RemoteError
 
     daemon = client()
@@ -33,12 +33,14 @@ def _reply(name: str) -> m.SshTargetReply:
     except RemoteError as exc:
         if exc.code != "invalid-state":
             raise
-        stream(routes.START, name=name)  # as Multipass: start it first
+        from ketch.api import models as m  # here: 'exec' on a running instance needs no body
+
+        stream(routes.START, m.StartBody(timeout=timeout), name=name)  # as Multipass: start it
         return daemon.call(routes.SSH, name=name)
 
 
-def _target(name: str) -> SshTarget:
-    return _target_of(_reply(name))
+def _target(name: str, timeout: int | None = None) -> SshTarget:
+    return _target_of(_reply(name, timeout))
 
 
 def _target_of(doc: m.SshTargetReply) -> SshTarget:
@@ -110,8 +112,8 @@ def cmd_shell(args: argparse.Namespace) -> int:
             if exc.code != "not-found":
                 raise
             print(f"Launching {name}", file=sys.stderr)
-            stream(routes.LAUNCH, m.LaunchBody(name=name))
-    return guest.shell(_target(name))
+            stream(routes.LAUNCH, m.LaunchBody(name=name, timeout=args.timeout))
+    return guest.shell(_target(name, args.timeout))
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:

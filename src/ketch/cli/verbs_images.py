@@ -15,9 +15,15 @@ BUILDABLE = ("tiny", "debian-12")  # images 'ketch image build' makes
 def cmd_find(args: argparse.Namespace) -> int:
     from ketch.cli import output
 
-    doc = client().call(routes.FIND, query={"query": args.query} if args.query else None)
+    query = {"query": args.query} if args.query else {}
+    if args.show_unsupported:
+        query["show_unsupported"] = "true"
+    if args.force_update:
+        query["force_update"] = "true"
+    # --only-images changes nothing: ketch has no blueprints, every result is an image.
+    doc = client().call(routes.FIND, query=query or None)
     sys.stdout.write(output.find_output(doc, args.format))
-    for error in output.find_errors(doc):
+    for error in dict.fromkeys(output.find_errors(doc)):  # each warning once, on stderr
         print(f"warning: {error}", file=sys.stderr)
     return 0
 

@@ -70,9 +70,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    if not args.all and not args.names:
-        raise InvalidArgument("give instance names or --all")
-    names = args.names
+    names = args.names  # none: every instance, as Multipass (src/client/cli/cmd/info.cpp)
     if args.snapshots:  # every snapshot of the named instances (all with --all), in detail
         if any("." in n for n in names):
             raise InvalidArgument("--snapshots takes instance names, not INSTANCE.SNAPSHOT")
@@ -95,7 +93,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    return each(routes.START, args)
+    from ketch.api import models as m
+
+    return each(routes.START, args, m.StartBody(timeout=args.timeout))
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -119,7 +119,9 @@ def cmd_suspend(args: argparse.Namespace) -> int:
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
-    return each(routes.RESTART, args)
+    from ketch.api import models as m
+
+    return each(routes.RESTART, args, m.StartBody(timeout=args.timeout))
 
 
 def cmd_delete(args: argparse.Namespace) -> int:

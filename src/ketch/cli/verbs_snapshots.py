@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ketch.api import routes
-from ketch.cli import ask, snapshot_ref, stream
+from ketch.cli import ask, client, snapshot_ref, stream
 from ketch.errors import InvalidArgument
 
 
@@ -29,6 +29,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     instance, snapshot = snapshot_ref(args.snapshot)
     body = m.RestoreBody(destructive=True)
     if not args.destructive:
+        _check_restorable(instance, snapshot)  # first: a script answering nothing never waits
         answer = ask(
             f"Do you want to take a snapshot of {instance} before discarding its current "
             "state? (Yes/no): "
@@ -45,6 +46,37 @@ def cmd_restore(args: argparse.Namespace) -> int:
         print(f"Snapshot taken: {instance}.{result.saved}")
     print(f"Snapshot restored: {instance}.{snapshot}")
     return 0
+
+
+def _check_restorable(instance: str, snapshot: str) -> None:
+    """Refuse now, before the question, what ketchd would refuse: a missing instance or
+    snapshot, or an instance not Stopped (the daemon's own sentence and hint)."""
+    from ketch.errors import NotFound
+    from ketch.model import State, Verb
+    from ketch.vocabulary import require
+
+    doc = client().call(routes.INFO, query={"names": f"{instance},{instance}.{snapshot}"})
+    entry = doc.info.get(instance)
+    if entry is None or not entry.is_instance:
+        raise NotFound("\n".join(doc.errors) or f'instance "{instance}" does not exist')
+    state = State(entry.state) if isinstance(entry.state, str) else State.UNKNOWN
+    hint = f"stop it first: 'ketch stop {instance}'"
+    if state is State.SUSPENDED:
+        hint = (
+            f"its memory state is saved in its disk: 'ketch start {instance}' then "
+            f"'ketch stop {instance}', or 'ketch stop --force {instance}' "
+            "(discards the suspended state)"
+        )
+    require(
+        instance,
+        state,
+        Verb.RESTORE,
+        quarantine=entry.quarantine if isinstance(entry.quarantine, str) else None,
+        deleted=state is State.DELETED,
+        hint=hint,
+    )
+    if doc.errors:  # the snapshot does not exist
+        raise NotFound("\n".join(doc.errors))
 
 
 def cmd_clone(args: argparse.Namespace) -> int:

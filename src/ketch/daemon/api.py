@@ -92,10 +92,17 @@ class Api(OperationRoutes):
         return await guest_uc.ssh_info(self.ctx, call.params["name"])
 
     async def find(self, call: Call[None]) -> m.FindReply:
-        return m.FindReply(images=await self.images.find(call.query.query or None))
+        q = call.query
+        rows = await self.images.find(
+            q.query or None, show_unsupported=q.show_unsupported, force_update=q.force_update
+        )
+        return m.FindReply(images=rows)
 
     async def image_list(self, call: Call[None]) -> m.ImagesReply:
         return m.ImagesReply(images=self.images.list_cached())
+
+    async def setting_keys(self, call: Call[None]) -> m.SettingKeysReply:
+        return m.SettingKeysReply(keys=settings_uc.keys(self.ctx))
 
     async def get_setting(self, call: Call[None]) -> m.SettingReply:
         key = call.params["key"]
@@ -126,9 +133,13 @@ class Api(OperationRoutes):
         self.ctx.store.get(name)  # "not found" before any stream starts
         return name
 
-    async def start(self, call: Call[m.Empty]) -> Op:
-        name = self._instance(call)
-        return Op([name], OperationKind.START, lambda rep: lifecycle.start(self.ctx, name, rep))
+    async def start(self, call: Call[m.StartBody]) -> Op:
+        name, timeout = self._instance(call), call.body.timeout
+        return Op(
+            [name],
+            OperationKind.START,
+            lambda rep: lifecycle.start(self.ctx, name, rep, timeout=timeout),
+        )
 
     async def stop(self, call: Call[m.StopBody]) -> Op:
         name, body, ctx = self._instance(call), call.body, self.ctx
@@ -149,9 +160,13 @@ class Api(OperationRoutes):
         name = self._instance(call)
         return Op([name], OperationKind.SUSPEND, lambda rep: lifecycle.suspend(self.ctx, name, rep))
 
-    async def restart(self, call: Call[m.Empty]) -> Op:
-        name = self._instance(call)
-        return Op([name], OperationKind.RESTART, lambda rep: lifecycle.restart(self.ctx, name, rep))
+    async def restart(self, call: Call[m.StartBody]) -> Op:
+        name, timeout = self._instance(call), call.body.timeout
+        return Op(
+            [name],
+            OperationKind.RESTART,
+            lambda rep: lifecycle.restart(self.ctx, name, rep, timeout=timeout),
+        )
 
     async def delete(self, call: Call[m.DeleteBody]) -> Op:
         name, purge = self._instance(call), call.body.purge

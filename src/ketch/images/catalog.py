@@ -56,6 +56,11 @@ UBUNTU_KEYRING = Path("/usr/share/keyrings/ubuntu-cloudimage-keyring.gpg")
 BUILTIN_REMOTE = "ketch"
 TINY = "tiny"
 DEBIAN = "debian-12"
+# Debian's names for it, resolved as Multipass 1.16 resolves "debian": the release, its
+# codename and its number all name the one Debian image ketch builds (or, with a remote
+# called "debian" configured, that remote's image of that name).
+DEBIAN_ALIASES = ("debian", "bookworm", "12")
+DEBIAN_REMOTE = "debian"
 
 
 @dataclass(frozen=True)
@@ -152,7 +157,9 @@ def signed_path(path: str) -> str:
     return path[: -len(".json")] + ".sjson" if path.endswith(".json") else path
 
 
-async def load_catalog(remote: str, url: str, *, vault: Vault, arch: str | None = None) -> Catalog:
+async def load_catalog(
+    remote: str, url: str, *, vault: Vault, arch: str | None = None, force: bool = False
+) -> Catalog:
     """What ``remote`` (at ``url``) offers; ImageError when it cannot be read.
 
     With a keyring for the remote (:func:`keyring_for`) and ``gpgv``, the
@@ -188,7 +195,7 @@ async def load_catalog(remote: str, url: str, *, vault: Vault, arch: str | None 
                 raise ImageError(f'remote "{remote}": {problem}: refused')
             saved = vault.load_catalog(products_url, limit=MAX_CATALOG)
             headers = {}
-            if saved is not None:
+            if saved is not None and not force:  # force: an unconditional request
                 validators = saved[1]
                 if "etag" in validators:
                     headers["If-None-Match"] = validators["etag"]
@@ -231,7 +238,7 @@ def debian_row() -> FindRow:
     """The ``ketch find`` line of the Debian 12 cloud image ketch builds on first use."""
     return FindRow(
         remote=BUILTIN_REMOTE,
-        aliases=(DEBIAN,),
+        aliases=(DEBIAN, *DEBIAN_ALIASES),
         release="12",
         version="",
         description="Debian 12 cloud image (built from Debian packages on first use)",
@@ -283,6 +290,7 @@ async def find(
     vault: Vault,
     tiny_info: ImageInfo | None,
     show_unsupported: bool = False,
+    force_update: bool = False,
 ) -> list[FindRow]:
     """The images ``ketch find [QUERY]`` lists; a failing remote becomes an error row."""
     names, text = split_query(query, remotes)
@@ -291,7 +299,7 @@ async def find(
         if remote == BUILTIN_REMOTE:
             return [tiny_row(tiny_info), debian_row()]
         try:
-            catalog = await load_catalog(remote, remotes[remote], vault=vault)
+            catalog = await load_catalog(remote, remotes[remote], vault=vault, force=force_update)
         except ImageError as exc:
             return [FindRow(remote=remote, error=exc.message)]
         return [image_row(image) for image in catalog.images if image.supported or show_unsupported]

@@ -5,7 +5,10 @@ Accepted references:
 * ``tiny`` / ``ketch:tiny``: the built-in image, built by the injected
   ``build_tiny`` (ketch's own ``images/tiny.py``).
 * ``debian-12`` / ``ketch:debian-12``: the built-in Debian 12 cloud image,
-  built by the injected ``build_debian`` (``images/debian.py``).
+  built by the injected ``build_debian`` (``images/debian.py``); Debian's own
+  names ``debian``, ``bookworm`` and ``12`` name it too (as Multipass resolves
+  ``debian``), unless a remote called ``debian`` is configured: then they are
+  that remote's.
 * ``ALIAS`` / ``REMOTE:ALIAS`` (``noble``, ``release:24.04``, ``daily:lts``):
   a product of a simplestreams remote.  Unqualified aliases look at the
   built-in ``ketch`` remote first, then at ``release``.  Each resolution is
@@ -34,6 +37,8 @@ from ketch.errors import DigestMismatch, ImageError, InvalidArgument, NotFound
 from ketch.images.catalog import (
     BUILTIN_REMOTE,
     DEBIAN,
+    DEBIAN_ALIASES,
+    DEBIAN_REMOTE,
     DEFAULT_REMOTE,
     TINY,
     load_catalog,
@@ -82,6 +87,10 @@ async def resolve(
         )
     if remote in (None, BUILTIN_REMOTE) and alias == TINY:
         return await build_tiny(reporter)
+    if remote is None and alias.lower() in DEBIAN_ALIASES and DEBIAN_REMOTE in remotes:
+        remote = DEBIAN_REMOTE  # Debian's own cloud image, from the Debian remote configured
+    elif remote in (None, BUILTIN_REMOTE) and alias.lower() in DEBIAN_ALIASES:
+        alias = DEBIAN  # as Multipass resolves "debian": the Debian 12 image
     if remote in (None, BUILTIN_REMOTE) and alias == DEBIAN and build_debian is not None:
         return await build_debian(reporter)
     if remote == BUILTIN_REMOTE:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ketch import cloudinit
 from ketch.api.models import CloneResult
-from ketch.errors import AlreadyExists, InvalidArgument, KetchError
+from ketch.errors import AlreadyExists, InvalidArgument, InvalidState, KetchError
 from ketch.model import Intent, OperationKind, PidStatus, State, Verb
 from ketch.progress import Reporter
 from ketch.service import guestlink, names
@@ -88,7 +88,19 @@ async def clone(ctx: Context, source: str, name: str, reporter: Reporter) -> Clo
             f"its memory state is saved in its disk: 'ketch start {source}' then "
             f"'ketch stop {source}', or 'ketch stop --force {source}'"
         )
-    require(v, Verb.CLONE, hint=hint)
+    try:
+        require(v, Verb.CLONE, hint=hint)
+    except InvalidState as exc:
+        if type(exc) is not InvalidState:  # deleted, quarantined: their own sentences
+            raise
+        # Multipass's sentence first (src/daemon/daemon.cpp, clone), then ketch's.
+        raise InvalidState(
+            exc.name,
+            exc.current,
+            exc.accepted,
+            message=f"Multipass can only clone stopped instances. {exc.message}",
+            hint=exc.hint,
+        ) from None
     if ctx.store.exists(name):
         raise AlreadyExists(f'instance "{name}" already exists')
     src_spec = v.record.spec

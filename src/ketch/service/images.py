@@ -74,9 +74,16 @@ class Images:
         info = self.tiny_info()
         return Path(info.boot.kernel) if info and info.boot.kernel else None
 
-    async def find(self, query: str | None) -> list[m.FindRow]:
+    async def find(
+        self, query: str | None, *, show_unsupported: bool = False, force_update: bool = False
+    ) -> list[m.FindRow]:
         rows = await catalog.find(
-            query, remotes=self.remotes(), vault=self.vault, tiny_info=self.tiny_info()
+            query,
+            remotes=self.remotes(),
+            vault=self.vault,
+            tiny_info=self.tiny_info(),
+            show_unsupported=show_unsupported,
+            force_update=force_update,
         )
         return [msgspec.convert(asdict(r), m.FindRow) for r in rows]
 

@@ -43,7 +43,8 @@ async def info(ctx: Context, asked: Sequence[str]) -> InfoReply:
         else:
             errors.append(f'instance "{name}" does not exist')
     if asked and not chosen and not snapshots:
-        raise NotFound(errors[0])
+        # Every name that does not exist, one a line, as Multipass's daemon reports them.
+        raise NotFound("\n".join(errors))
     accel = (await choose(ctx)).accel if chosen else ""
     views = await asyncio.gather(*(inspect_uc.view(ctx, r) for r in chosen))
     stats = await asyncio.gather(*(_stats(ctx, v) for v in views))
@@ -73,5 +74,5 @@ def snapshot_listing(ctx: Context, names: Sequence[str]) -> SnapshotListReply:
     """``{"errors", "info"}`` of ``list --snapshots``; NotFound when none of ``names`` exists."""
     doc = snapshots_uc.list_doc(ctx, names)
     if names and doc.errors and not doc.info:
-        raise NotFound(doc.errors[0])
+        raise NotFound("\n".join(doc.errors))
     return doc

@@ -62,7 +62,11 @@ def check_resources(cpus: int, memory: str, disk: str) -> tuple[int, int, int]:
         raise InvalidArgument(f"invalid number of CPUs '{cpus}'", hint="use a number from 1 to 64")
     mem = parse_size(memory, "memory")
     if mem < MIN_MEMORY:
-        raise InvalidArgument(f"memory '{memory}' is below the minimum 128M")
+        # Multipass's sentence (src/client/cli/cmd/launch.cpp, INVALID_MEM_SIZE)
+        raise InvalidArgument(
+            f"Invalid memory size value supplied: {memory}.",
+            hint="it is below the minimum 128M: use 128M or more, e.g. 1G",
+        )
     size = parse_size(disk, "disk")
     return cpus, mem, size
 

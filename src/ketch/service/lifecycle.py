@@ -23,8 +23,20 @@ from ketch.vocabulary import resumable
 RUNNING = {State.RUNNING, State.DELAYED_SHUTDOWN}
 
 
-async def start(ctx: Context, name: str, reporter: Reporter) -> StartResult:
-    """Boot a stopped instance, resume a suspended one; a running one is left alone."""
+async def start(
+    ctx: Context,
+    name: str,
+    reporter: Reporter,
+    *,
+    timeout: float | None = None,
+    waiting_to: str = "start",
+) -> StartResult:
+    """Boot a stopped instance, resume a suspended one; a running one is left alone.
+
+    ``timeout`` bounds the wait for readiness (default: the context's boot
+    timeout); when it passes, the instance is kept running and Timeout is raised
+    with Multipass's sentence ("Timed out waiting for instance to start.").
+    """
     v = await get(ctx, name)
     require(v, Verb.START, hint=f"'ketch stop --force {name}' first")
     if v.state in RUNNING:
@@ -67,10 +79,19 @@ async def start(ctx: Context, name: str, reporter: Reporter) -> StartResult:
             except KetchError as exc:
                 reporter.warn(f"could not remove the 'suspend' tag after resuming: {exc.message}")
         reporter.step("Waiting for the instance to be ready")
+        wait = timeout or ctx.boot_timeout
         try:
             await guestlink.wait_ready(
-                ctx.root, spec, timeout=ctx.boot_timeout, reporter=reporter, driver=ctx.driver
+                ctx.root, spec, timeout=wait, reporter=reporter, driver=ctx.driver
             )
+        except Timeout as exc:
+            # Multipass's sentence first (src/client/cli/cmd/start.cpp, restart.cpp)
+            raise Timeout(
+                f"Timed out waiting for instance to {waiting_to}. "
+                f'"{name}" was not ready after {wait:g} s ({exc.message})',
+                hint=f"it was started and is kept: see 'ketch info {name}' and its serial "
+                f"log {idir.serial_log}",
+            ) from exc
         except WaitCancelled as exc:
             raise Cancelled(
                 f'stopped waiting for "{name}" to be ready: {exc.reason}; '
@@ -233,9 +254,11 @@ def suspend_failed(ctx: Context, v: View, exc: KetchError) -> KetchError:
     return KetchError(message, hint=f"see 'ketch info {v.name}' and its qemu.log")
 
 
-async def restart(ctx: Context, name: str, reporter: Reporter) -> StartResult:
+async def restart(
+    ctx: Context, name: str, reporter: Reporter, *, timeout: float | None = None
+) -> StartResult:
     v = await get(ctx, name)
     require(v, Verb.RESTART, hint=f"'ketch start {name}'")
     if v.state in RUNNING:
         await stop(ctx, name, reporter)
-    return await start(ctx, name, reporter)
+    return await start(ctx, name, reporter, timeout=timeout, waiting_to="restart")

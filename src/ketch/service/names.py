@@ -23,8 +23,29 @@ _NOUNS = (
 )  # fmt: skip
 
 
+# Multipass's sentences: the daemon's launch reply (src/client/cli/cmd/launch.cpp,
+# "Invalid instance name supplied: {}") and the rule its --name help states.
+VALID_NAMES = (
+    "Valid names must consist of letters, numbers, or hyphens, must start with a letter, "
+    "and must end with an alphanumeric character."
+)
+
+
 def validate(name: str, what: str = "instance") -> str:
-    """Accept a hostname-shaped instance (or snapshot) name or raise InvalidArgument."""
+    """Accept a hostname-shaped instance (or snapshot) name or raise InvalidArgument.
+
+    An instance name is refused with Multipass's sentence first, ketch's reason after.
+    """
+    if what == "instance" and (("." in name) or not _NAME.fullmatch(name)):
+        why = (
+            '"." separates an instance from a snapshot'
+            if "." in name
+            else "names follow hostname rules"
+        )
+        raise InvalidArgument(
+            f"Invalid instance name supplied: {name}",
+            hint=f"{why}: {VALID_NAMES} At most 63 characters.",
+        )
     if "." in name:
         raise InvalidArgument(
             f'invalid {what} name "{name}": "." separates an instance from a snapshot',

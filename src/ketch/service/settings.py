@@ -20,6 +20,8 @@ from ketch.service.journal import journal
 from ketch.service.units import human, parse_size
 from ketch.store.db import JournalEntry
 
+# The one table of global keys: each does something today, and ``get --keys`` lists them
+# (with ``local.<instance>.cpus|memory|disk`` of every instance and the remotes set).
 DEFAULTS = {
     "local.driver": "qemu",
     "local.accel": "auto",
@@ -27,8 +29,10 @@ DEFAULTS = {
     "local.auto-forward": "true",
 }
 AUTO_FORWARD = ".auto-forward"  # local.NAME.auto-forward: the instance's own (service/forwards.py)
+EMPTY_MEANS_EMPTY = ("client.primary-name",)  # ``set KEY=`` stores "" (disables the primary)
 REMOTE_PREFIX = "local.remote."
 INSTANCE_PROPS = ("cpus", "memory", "disk")
+SNAPSHOT_PROPS = ("name", "comment")  # local.<instance>.<snapshot>.name|comment, as Multipass
 MIN_MEMORY = 512 * 1024**2  # Multipass's minimum for ``set``
 MAX_CPUS = 64
 
@@ -55,6 +59,20 @@ def _check(key: str, value: str) -> str:
     return value
 
 
+def keys(ctx: Context) -> list[str]:
+    """Every key that can be set today, sorted as Multipass lists them."""
+    found = set(DEFAULTS)
+    found.update(key for key, _ in ctx.store.settings(REMOTE_PREFIX))
+    live = {r.spec.name for r in ctx.store.all() if not r.deleted}
+    for name in live:
+        found.update(f"local.{name}.{prop}" for prop in INSTANCE_PROPS)
+        found.add(f"local.{name}{AUTO_FORWARD}")
+    for snap in ctx.store.snapshots():
+        if snap.instance in live:
+            found.update(f"local.{snap.instance}.{snap.name}.{p}" for p in SNAPSHOT_PROPS)
+    return sorted(found)
+
+
 def known(key: str) -> bool:
     parts = key.split(".")
     per_instance = len(parts) == 3 and parts[0] == "local" and parts[2] == AUTO_FORWARD[1:]
@@ -65,10 +83,13 @@ def known(key: str) -> bool:
 
 
 def instance_key(key: str) -> tuple[str, str] | None:
-    """``(instance, property)`` for ``local.<instance>.cpus|memory|disk``, else None.  Pure."""
+    """``(instance, property)`` for ``local.<instance>.cpus|memory|disk``, and
+    ``(instance, "<snapshot>.name|comment")`` for a snapshot's; else None.  Pure."""
     parts = key.split(".")
     if len(parts) == 3 and parts[0] == "local" and parts[1] and parts[2] in INSTANCE_PROPS:
         return parts[1], parts[2]
+    if len(parts) == 4 and parts[0] == "local" and all(parts[1:3]) and parts[3] in SNAPSHOT_PROPS:
+        return parts[1], f"{parts[2]}.{parts[3]}"
     return None
 
 
@@ -147,10 +168,37 @@ def _set_hint(name: str, prop: str, state: State) -> str:
     return f"stop it first: 'ketch stop {name}'; the new value applies at the next start"
 
 
+def set_snapshot(ctx: Context, name: str, prop: str, value: str) -> SetReply:
+    """Rename a snapshot or change its comment (``prop``: ``SNAPSHOT.name|comment``), in any
+    state of the instance, as Multipass allows; one transaction, nothing to recover."""
+    from ketch.service.snapshots import validate_name
+
+    snap, _, what = prop.partition(".")
+    ctx.store.get(name)  # NotFound for an unknown instance
+    record = ctx.store.get_snapshot(name, snap)
+    key = f"local.{name}.{prop}"
+    if what == "comment":
+        ctx.store.set_snapshot_comment(name, snap, value)
+        return SetReply(key=key, value=value, changed=value != record.comment)
+    new = validate_name(value)
+    if new != snap:
+        ctx.store.rename_snapshot(name, snap, new)
+    return SetReply(key=key, value=new, changed=new != snap)
+
+
+def snapshot_value(ctx: Context, name: str, prop: str) -> str:
+    snap, _, what = prop.partition(".")
+    ctx.store.get(name)
+    record = ctx.store.get_snapshot(name, snap)
+    return record.name if what == "name" else record.comment
+
+
 async def set_instance(
     ctx: Context, name: str, prop: str, value: str, reporter: Reporter
 ) -> SetReply:
     """Change a stopped instance's cpus, memory or disk; nothing changes if refused."""
+    if "." in prop:  # a snapshot's name or comment
+        return set_snapshot(ctx, name, prop, value)
     v = await inspect.get(ctx, name)
     inspect.require(
         v, Verb.SET, phrase=f"change the {prop} of", hint=_set_hint(name, prop, v.state)
@@ -202,6 +250,8 @@ async def recover(ctx: Context, entry: JournalEntry, reporter: Reporter) -> str:
 async def get(ctx: Context, key: str) -> str:
     target = instance_target(ctx, key)
     if target is not None:
+        if "." in target[1]:
+            return snapshot_value(ctx, *target)
         return show(ctx.store.get(target[0]).spec, target[1])
     if not known(key):
         raise NotFound(f"unknown setting '{key}'", hint="see 'ketch help get' for the keys")
@@ -221,4 +271,7 @@ async def get(ctx: Context, key: str) -> str:
 async def set_(ctx: Context, key: str, value: str) -> None:
     if not known(key):
         raise NotFound(f"unknown setting '{key}'", hint="see 'ketch help set' for the keys")
+    if not value and key in EMPTY_MEANS_EMPTY:
+        ctx.store.set_setting(key, "")
+        return
     ctx.store.set_setting(key, _check(key, value) if value else None)  # empty: unset

@@ -196,8 +196,9 @@ async def _take(
     else:
         snap = default_name(ctx.store.snapshots_taken(name), existing)
     if snap in existing:
+        # Multipass's sentence first (include/multipass/exceptions/snapshot_exceptions.h)
         raise AlreadyExists(
-            f'snapshot "{name}.{snap}" already exists',
+            f"Snapshot already exists: {name}.{snap}",
             hint="choose another name with --name, or delete it with "
             f"'ketch delete --purge {name}.{snap}'",
         )

@@ -117,6 +117,36 @@ class SnapshotTable(Tables):
         ).fetchone()
         return 0 if row is None else int(row[0])
 
+    def rename_snapshot(self, instance: str, name: str, new: str) -> None:
+        """Rename a snapshot (its children's parent and the head follow); its tag stays."""
+        try:
+            with self._tx() as db:
+                done = db.execute(
+                    "UPDATE snapshots SET name = ? WHERE instance = ? AND name = ?",
+                    (new, instance, name),
+                )
+                if done.rowcount == 0:
+                    raise NotFound(f'snapshot "{instance}.{name}" does not exist')
+                db.execute(
+                    "UPDATE snapshots SET parent = ? WHERE instance = ? AND parent = ?",
+                    (new, instance, name),
+                )
+                db.execute(
+                    "UPDATE snapshot_heads SET head = ? WHERE instance = ? AND head = ?",
+                    (new, instance, name),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise AlreadyExists(f"Snapshot already exists: {instance}.{new}") from exc
+
+    def set_snapshot_comment(self, instance: str, name: str, comment: str) -> None:
+        with self._tx() as db:
+            done = db.execute(
+                "UPDATE snapshots SET comment = ? WHERE instance = ? AND name = ?",
+                (comment, instance, name),
+            )
+            if done.rowcount == 0:
+                raise NotFound(f'snapshot "{instance}.{name}" does not exist')
+
     def snapshot_counts(self) -> dict[str, int]:
         rows = self._db.execute("SELECT instance, count(*) FROM snapshots GROUP BY instance")
         return {str(i): int(n) for i, n in rows.fetchall()}
