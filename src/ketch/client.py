@@ -37,6 +37,12 @@ def _raise_error(err: m.ErrorDetail) -> NoReturn:
     raise RemoteError(err.code, err.message, err.hint, err.exit_code)
 
 
+def daemon_argv() -> list[str]:
+    """How the CLI starts ketchd: ``-P`` keeps the working directory off ``sys.path``, so a
+    ``ketch/`` planted where the user runs ``ketch`` is never imported (ketchd may be root)."""
+    return [sys.executable, "-P", "-m", "ketch.daemon.main"]
+
+
 class Client:
     """A connection factory for one storage root's daemon.
 
@@ -264,7 +270,7 @@ class Client:
         start = os.fstat(log.fileno()).st_size
         env = dict(os.environ, KETCH_STORAGE=self.storage)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ketch.daemon.main"],
+            daemon_argv(),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

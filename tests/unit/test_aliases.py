@@ -259,7 +259,7 @@ def test_ketch_argv_is_absolute(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     monkeypatch.setattr(sys, "argv", ["bin/ketch", "alias"])
     assert scripts.ketch_argv() == [str(exe)]
     monkeypatch.setattr(sys, "argv", ["/somewhere/ketch/cli/main.py", "alias"])
-    assert scripts.ketch_argv() == [os.path.abspath(sys.executable), "-m", "ketch.cli.main"]
+    assert scripts.ketch_argv() == [os.path.abspath(sys.executable), "-P", "-m", "ketch.cli.main"]
 
 
 def test_sync_writes_qualified_and_bare_names_and_follows_prefer(home: Path) -> None:

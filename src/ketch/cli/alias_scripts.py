@@ -32,7 +32,8 @@ def ketch_argv() -> list[str]:
     exe = sys.argv[0] if sys.argv else ""
     if os.path.basename(exe) == "ketch" and os.path.isfile(exe) and os.access(exe, os.X_OK):
         return [os.path.abspath(exe)]
-    return [os.path.abspath(sys.executable), "-m", "ketch.cli.main"]
+    # -P: the directory the alias runs in (a project's) is not on sys.path
+    return [os.path.abspath(sys.executable), "-P", "-m", "ketch.cli.main"]
 
 
 def script_text(definition: AliasDefinition, ketch: list[str]) -> str:

@@ -89,11 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def child_argv(name: str, images_dir: Path) -> list[str]:
+    """The build child's command (``-P``: the daemon's working directory is not on its path)."""
+    return [sys.executable, "-P", "-m", "ketch.images.buildproc", name, str(images_dir)]
+
+
 async def build_in_child(
     name: str, images_dir: Path, reporter: Reporter, *, force: bool = False
 ) -> ImageInfo:
     """Build ``name`` below ``images_dir`` in a child process (see the module)."""
-    argv = [sys.executable, "-m", "ketch.images.buildproc", name, str(images_dir)]
+    argv = child_argv(name, images_dir)
     proc = await asyncio.create_subprocess_exec(
         *argv + (["--force"] if force else []),
         stdin=asyncio.subprocess.DEVNULL,
