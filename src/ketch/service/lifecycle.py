@@ -8,11 +8,12 @@ on its way becomes a warning.
 
 from __future__ import annotations
 
+import os
 import time
 
 from ketch.api.models import NameResult, StartResult
-from ketch.errors import HostCommandError, KetchError, Timeout
-from ketch.model import InconsistencyCode, Intent, OperationKind, State, Verb
+from ketch.errors import HostCommandError, InvalidState, KetchError, Timeout
+from ketch.model import InconsistencyCode, Intent, MountType, OperationKind, State, Verb
 from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG
 from ketch.service import accel, guestlink
@@ -50,6 +51,10 @@ async def start(ctx: Context, name: str, reporter: Reporter) -> StartResult:
             await _drop_tag(ctx, v, reporter)
         await _free_port(ctx, v, reporter)
         spec = ctx.store.get(name).spec
+        if not resume:
+            for m in spec.mounts:
+                if m.type is MountType.NATIVE and not os.path.isdir(m.source):
+                    reporter.warn(f"{m.source} is missing: its native mount is skipped")
         choice = await accel.choose(ctx)
         reporter.step(f"{'Resuming' if resume else 'Starting'} {name}")
         try:
@@ -194,6 +199,17 @@ async def suspend(ctx: Context, name: str, reporter: Reporter) -> NameResult:
     require(v, Verb.SUSPEND, hint=f"'ketch start {name}' first")
     if v.state is State.SUSPENDED:
         return NameResult(name=name)
+    native = [m.target for m in v.record.spec.mounts if m.type is MountType.NATIVE]
+    if native:
+        # QEMU cannot save a guest with a vhost-user-fs device (a migration blocker).
+        raise InvalidState(
+            name,
+            v.state.value,
+            [],
+            message=f'cannot suspend "{name}": it has a native mount ({", ".join(native)}), '
+            "and QEMU cannot save the state of a guest with a virtiofs device; it keeps running",
+            hint=f"'ketch umount {name}:{native[0]}' and restart it, or 'ketch stop {name}'",
+        )
     async with journal(ctx, name, OperationKind.SUSPEND, reporter=reporter):
         ctx.store.set_shutdown_at(name, None)
         try:
