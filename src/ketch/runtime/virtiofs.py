@@ -36,9 +36,11 @@ VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 TAG_PREFIX = "ketch-"
 TAG_MAX = 36  # bytes: the virtio-fs config space's tag field
 SOCKET_WAIT = 10.0  # seconds for virtiofsd to create its socket
-# sh: background virtiofsd (its stdio to the log), write its pid, exit at once:
-# virtiofsd is reparented away from ketchd, which never has to reap it.
-DETACH_SCRIPT = 'p=$1; l=$2; shift 2; "$@" </dev/null >>"$l" 2>&1 & echo $! >"$p"'
+# sh: background virtiofsd in a session of its own (setsid execs it: a background
+# job of a non-interactive sh leads no process group), its stdio to the log; write
+# its pid and exit at once: virtiofsd is reparented away from ketchd, which never
+# has to reap it, and no signal to ketchd's group or terminal reaches it.
+DETACH_SCRIPT = 'p=$1; l=$2; shift 2; setsid "$@" </dev/null >>"$l" 2>&1 & echo $! >"$p"'
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,239 @@
+"""Native mounts' host side: virtiofsd's argv, the tag, QEMU's devices, ID maps,
+the suspend refusal, and the real virtiofsd started, found again and ended
+(no QEMU: virtiofsd waits for one on its socket)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from fakes import FakeDriver, FakeImages
+
+from ketch.errors import HostCommandError, InvalidArgument, InvalidState
+from ketch.host import procs
+from ketch.host.qemu import QemuConfig, build_argv
+from ketch.layout import InstanceDir, Root
+from ketch.model import BootSpec, IdMap, InstanceSpec, Intent, MountSpec, MountType
+from ketch.progress import ListReporter
+from ketch.runtime import virtiofs
+from ketch.service import lifecycle
+from ketch.service.context import Context
+from ketch.store.db import Store
+
+NATIVE = MountSpec(source="/srv/project", target="/project", type=MountType.NATIVE)
+SOCK = Path("/st/instances/vm/virtiofs-ketch-0123456789abcdef.sock")
+
+
+# -- the tag ---------------------------------------------------------------------------------
+
+
+def test_tag_is_stable_short_and_differs_per_target() -> None:
+    tag = virtiofs.mount_tag(NATIVE)
+    assert tag == virtiofs.mount_tag(replace(NATIVE, source="/elsewhere"))  # target decides
+    assert tag != virtiofs.mount_tag(replace(NATIVE, target="/project2"))
+    assert tag.startswith("ketch-") and len(tag.encode()) <= 36
+    long = replace(NATIVE, target="/" + "é" * 300)
+    assert len(virtiofs.mount_tag(long).encode()) <= 36
+    assert virtiofs.mount_tag(NATIVE).isascii()
+
+
+# -- virtiofsd's argv ------------------------------------------------------------------------
+
+
+def test_argv_serves_only_the_source_in_a_sandbox() -> None:
+    argv = virtiofs.build_argv("/srv/project", SOCK)
+    assert argv[0] == virtiofs.VIRTIOFSD
+    assert f"--socket-path={SOCK}" in argv
+    opts = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-o"]
+    assert "source=/srv/project" in opts
+    assert "sandbox=namespace" in opts
+    assert "no_xattr" in opts
+    assert "-f" in argv  # foreground: ketch detaches it itself
+    assert "--daemonize" not in argv
+    assert argv == virtiofs.build_argv("/srv/project", SOCK)  # pure
+
+
+def test_argv_escapes_commas_and_backslashes_in_the_source() -> None:
+    argv = virtiofs.build_argv("/a,b\\c", SOCK)
+    assert "source=/a\\,b\\\\c" in argv
+
+
+def test_detach_argv_passes_every_word_literally() -> None:
+    inner = ["virtiofsd", "-o", "source=/x; rm -rf /", "$(touch /pwned)"]
+    argv = virtiofs.detach_argv(inner, pidfile=Path("/d/p.pid"), log=Path("/d/l.log"))
+    assert argv[:3] == ["sh", "-c", virtiofs.DETACH_SCRIPT]
+    assert argv[3:] == ["sh", "/d/p.pid", "/d/l.log", *inner]
+
+
+def test_argv_matches_only_this_socket() -> None:
+    argv = virtiofs.build_argv("/srv", SOCK)
+    assert virtiofs.argv_matches(argv, SOCK)
+    assert virtiofs.argv_matches(["/usr/libexec/virtiofsd", *argv[1:]], SOCK)
+    assert not virtiofs.argv_matches(argv, SOCK.with_name("virtiofs-other.sock"))
+    assert not virtiofs.argv_matches(["sleep", *argv[1:]], SOCK)
+    assert not virtiofs.argv_matches([], SOCK)
+    other_root = virtiofs.build_argv("/srv", Path("/other") / SOCK.relative_to("/"))
+    assert not virtiofs.argv_matches(other_root, SOCK)
+
+
+# -- ID maps ---------------------------------------------------------------------------------
+
+
+def test_identity_maps_are_accepted() -> None:
+    virtiofs.check_maps(NATIVE)
+    virtiofs.check_maps(replace(NATIVE, uid_maps=(IdMap(1000, 1000),), gid_maps=(IdMap(5, 5),)))
+
+
+@pytest.mark.parametrize(
+    "mount",
+    [
+        replace(NATIVE, uid_maps=(IdMap(1000, 0),)),
+        replace(NATIVE, uid_maps=(IdMap(1000, None),)),
+        replace(NATIVE, gid_maps=(IdMap(1000, 1001),)),
+    ],
+)
+def test_other_maps_are_refused_with_what_to_do(mount: MountSpec) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        virtiofs.check_maps(mount)
+    assert caught.value.exit_code == 1
+    assert "maps no ids" in caught.value.message
+    assert caught.value.hint is not None and "classic" in caught.value.hint
+
+
+# -- QEMU's devices --------------------------------------------------------------------------
+
+CFG = QemuConfig(
+    name="vm",
+    cpus=1,
+    memory=512 * 1024**2,
+    accel="tcg",
+    disk=Path("/st/instances/vm/disk.qcow2"),
+    seed_iso=None,
+    boot=BootSpec(kernel="/vault/vmlinuz"),
+    pidfile=Path("/st/instances/vm/qemu.pid"),
+    qmp_socket=Path("/st/instances/vm/qmp.sock"),
+    serial_log=Path("/st/instances/vm/serial.log"),
+    ssh_port=42000,
+    mac="52:54:00:00:00:01",
+)
+
+
+def test_no_shares_no_shared_memory() -> None:
+    argv = build_argv(CFG)
+    assert not any("memory-backend" in a or "vhost-user" in a for a in argv)
+
+
+def test_shares_give_shared_memory_and_a_device_each() -> None:
+    cfg = replace(CFG, shares=(("ketch-a", SOCK), ("ketch-b", Path("/st/b,c.sock"))))
+    argv = build_argv(cfg)
+    machine = argv[argv.index("-machine") + 1]
+    assert machine == "q35,memory-backend=mem"
+    obj = argv[argv.index("-object") + 1]
+    assert obj == "memory-backend-memfd,id=mem,size=512M,share=on"
+    assert argv[argv.index("-m") + 1] == "512M"  # the same size as the backend
+    chardevs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-chardev"]
+    assert f"socket,id=vfs0,path={SOCK}" in chardevs
+    assert "socket,id=vfs1,path=/st/b,,c.sock" in chardevs  # commas doubled
+    devices = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-device"]
+    assert "vhost-user-fs-pci,chardev=vfs0,tag=ketch-a,queue-size=1024" in devices
+    assert "vhost-user-fs-pci,chardev=vfs1,tag=ketch-b,queue-size=1024" in devices
+
+
+# -- the real virtiofsd ----------------------------------------------------------------------
+
+needs_virtiofsd = pytest.mark.skipif(
+    not os.access(virtiofs.VIRTIOFSD, os.X_OK) or os.geteuid() != 0,
+    reason="virtiofsd (QEMU's) not installed, or not root",
+)
+
+
+@needs_virtiofsd
+def test_started_detached_found_again_and_ended(tmp_path: Path) -> None:
+    idir = InstanceDir(tmp_path.resolve() / "vm")
+    idir.path.mkdir()
+    source = tmp_path / "src"
+    source.mkdir()
+    mount = replace(NATIVE, source=str(source))
+    share = asyncio.run(virtiofs.start(idir, mount))
+    tag = virtiofs.mount_tag(mount)
+    assert share.tag == tag and share.socket == idir.virtiofs_socket(tag)
+    assert stat.S_IMODE(share.socket.stat().st_mode) == 0o600
+    pid = procs.read_pidfile(idir.virtiofs_pidfile(tag))
+    assert pid is not None and procs.alive(pid)
+    ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert ppid != os.getpid()  # detached: not ketchd's child, never its zombie
+    assert os.getsid(pid) != os.getsid(0)
+    assert virtiofs.find(idir, tag) == (pid, procs.cmdline(pid))
+    assert virtiofs.running(idir, mount)
+    # A daemon that lost the pid file still finds it (through /proc).
+    idir.virtiofs_pidfile(tag).unlink()
+    found = virtiofs.find(idir, tag)
+    assert found is not None and found[0] == pid
+    assert virtiofs.tags_in(idir) == {tag}
+    asyncio.run(virtiofs.stop_all(idir))
+    assert not procs.alive(pid)
+    assert not share.socket.exists()
+    assert virtiofs.find(idir, tag) is None
+    assert "$ " in idir.virtiofs_log(tag).read_text()  # the command line is logged
+
+
+@needs_virtiofsd
+def test_a_source_that_cannot_be_served_raises_with_virtiofsds_words(tmp_path: Path) -> None:
+    idir = InstanceDir(tmp_path / "vm")
+    idir.path.mkdir()
+    mount = replace(NATIVE, source=str(tmp_path / "gone"))
+    with pytest.raises(HostCommandError) as caught:
+        asyncio.run(virtiofs.start(idir, mount))
+    assert "No such file or directory" in caught.value.message
+    assert virtiofs.find(idir, virtiofs.mount_tag(mount)) is None
+    assert not idir.virtiofs_pidfile(virtiofs.mount_tag(mount)).exists()
+
+
+def test_a_foreign_process_on_a_lookalike_pid_file_is_never_signalled(tmp_path: Path) -> None:
+    idir = InstanceDir(tmp_path / "vm")
+    idir.path.mkdir()
+    tag = virtiofs.mount_tag(NATIVE)
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        idir.virtiofs_pidfile(tag).write_text(f"{other.pid}\n")
+        assert virtiofs.find(idir, tag) is None
+        asyncio.run(virtiofs.stop(idir, tag))
+        assert other.poll() is None  # still running
+        assert not idir.virtiofs_pidfile(tag).exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+# -- suspend ---------------------------------------------------------------------------------
+
+
+def test_suspend_with_a_native_mount_is_refused_before_anything_is_done(tmp_path: Path) -> None:
+    root = Root(tmp_path / "root")
+    root.path.mkdir()
+    store = Store(root.database)
+    driver = FakeDriver()
+    spec = InstanceSpec(
+        name="vm", image="test", image_id="test:base", release="test", cpus=1,
+        memory=256 * 1024**2, disk=64 * 1024**2, boot=BootSpec(kernel="/nonexistent"),
+        base_disk="/nonexistent", ssh_port=42001, mac="52:54:00:00:00:01",
+        instance_id="i-vm", mounts=(NATIVE,),
+    )  # fmt: skip
+    store.add(spec, Intent.RUN)
+    root.instance("vm").path.mkdir(parents=True)
+    driver.add("vm", running=True, tags=set())
+    ctx = Context(root, store, driver, FakeImages())
+    with pytest.raises(InvalidState) as caught:
+        asyncio.run(lifecycle.suspend(ctx, "vm", ListReporter()))
+    assert "native mount (/project)" in caught.value.message
+    assert "keeps running" in caught.value.message
+    assert caught.value.hint is not None and "ketch umount vm:/project" in caught.value.hint
+    assert [c.what for c in driver.calls] == []  # the driver was never asked
+    assert driver.vm("vm").running
+    assert store.get("vm").intent is Intent.RUN
+    assert list(store.unfinished()) == []
