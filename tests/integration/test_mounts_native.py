@@ -8,6 +8,7 @@ in the guest through :mod:`ketch.service.mounts_native`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -37,12 +38,15 @@ SECRET = "ketch-outside-the-share-7f3a"
 
 def virtiofsds(root: Path) -> list[int]:
     """Pids of every virtiofsd serving a socket under this storage root."""
-    prefix = f"--socket-path={root}/"
+    want = f"KETCH_VIRTIOFS_SOCKET={root}/".encode()
     found = []
     for entry in Path("/proc").iterdir():
         argv = procs.cmdline(int(entry.name)) if entry.name.isdigit() else None
-        if argv and Path(argv[0]).name == "virtiofsd" and any(a.startswith(prefix) for a in argv):
-            found.append(int(entry.name))
+        if argv and Path(argv[0]).name == "virtiofsd":
+            with contextlib.suppress(OSError):
+                environ = (entry / "environ").read_bytes().split(b"\0")
+                if any(var.startswith(want) for var in environ):
+                    found.append(int(entry.name))
     return found
 
 
@@ -143,6 +147,39 @@ def test_confined_to_source(ketch: Ketch, nvm: str, tree: Path) -> None:
     guest_name = ketch.exec(nvm, "hostname").strip()
     if host_name and host_name.strip() != guest_name:
         assert host_name.strip() not in seen.stdout.split()
+
+
+def test_guest_root_makes_no_device_nodes_in_the_share(ketch: Ketch, nvm: str, tree: Path) -> None:
+    # A block device node made in SOURCE would give a host user who opens it the
+    # host's disk: virtiofsd runs without CAP_MKNOD.
+    done = ketch.run(
+        "exec", nvm, "--", "sudo", "mknod", f"{TARGET}/disk", "b", "8", "0", check=False
+    )
+    assert done.returncode != 0
+    assert "not permitted" in done.stderr, done.stderr  # EPERM, not a missing tool
+    assert not (tree / "disk").exists()
+    # A FIFO needs no privilege, and works.
+    ketch.exec(nvm, "mkfifo", f"{TARGET}/fifo")
+    assert (tree / "fifo").is_fifo()
+    (tree / "fifo").unlink()
+
+
+def test_guest_root_is_the_hosts_nobody(ketch: Ketch, nvm: str, tree: Path) -> None:
+    # The attack: guest root plants a setuid copy of a shell in SOURCE, for a
+    # host user to run.  It lands owned by nobody (setuid to nobody gains nothing).
+    ketch.exec(nvm, "sudo", "sh", "-c", f"cp /bin/busybox {TARGET}/bb && chmod 4755 {TARGET}/bb")
+    planted = (tree / "bb").stat()
+    assert (planted.st_uid, planted.st_gid) == (65534, 65534)
+    assert planted.st_uid != 0
+    (tree / "bb").unlink()
+    # Guest root cannot change a host root's file in the share (0644, root's).
+    done = ketch.run(
+        "exec", nvm, "--", "sudo", "sh", "-c", f"echo x >> {TARGET}/hello.txt", check=False
+    )
+    assert done.returncode != 0
+    assert (tree / "hello.txt").read_text() == "from the host\n"
+    # The guest sees the host's root files as the overflow id, not as its root's.
+    assert ketch.exec(nvm, "stat", "-c", "%u", f"{TARGET}/hello.txt").strip() == "65534"
 
 
 def test_suspend_is_refused_and_the_instance_keeps_running(ketch: Ketch, nvm: str) -> None:

@@ -15,7 +15,7 @@ import pytest
 from fakes import FakeDriver, FakeImages
 
 from ketch.errors import HostCommandError, InvalidArgument, InvalidState
-from ketch.host import procs
+from ketch.host import procs, squashed
 from ketch.host.qemu import QemuConfig, build_argv
 from ketch.layout import InstanceDir, Root
 from ketch.model import BootSpec, IdMap, InstanceSpec, Intent, MountSpec, MountType
@@ -46,39 +46,66 @@ def test_tag_is_stable_short_and_differs_per_target() -> None:
 
 
 def test_argv_serves_only_the_source_in_a_sandbox() -> None:
-    argv = virtiofs.build_argv("/srv/project", SOCK)
+    argv = virtiofs.build_argv()
     assert argv[0] == virtiofs.VIRTIOFSD
-    assert f"--socket-path={SOCK}" in argv
+    assert "--fd=3" in argv  # the socket ketch.host.squashed binds
     opts = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-o"]
-    assert "source=/srv/project" in opts
+    assert f"source={squashed.SOURCE_PATH}" in opts
     assert "sandbox=namespace" in opts
     assert "no_xattr" in opts
+    assert "modcaps=-mknod:-setfcap" in opts  # no device nodes, no file capabilities
     assert "-f" in argv  # foreground: ketch detaches it itself
     assert "--daemonize" not in argv
-    assert argv == virtiofs.build_argv("/srv/project", SOCK)  # pure
+    assert argv == virtiofs.build_argv()  # pure
 
 
-def test_argv_escapes_commas_and_backslashes_in_the_source() -> None:
-    argv = virtiofs.build_argv("/a,b\\c", SOCK)
-    assert "source=/a\\,b\\\\c" in argv
+def test_launch_argv_passes_every_word_literally() -> None:
+    inner = ["virtiofsd", "-o", "x; rm -rf /", "$(touch /pwned)"]
+    argv = virtiofs.launch_argv(
+        inner, source="/a b,c", socket=SOCK, pidfile=Path("/d/p.pid"), log=Path("/d/l.log")
+    )
+    assert argv[1:3] == ["-m", "ketch.host.squashed"]
+    assert argv[3:] == ["/d/p.pid", str(SOCK), "/a b,c", "/d/l.log", "--", *inner]
 
 
-def test_detach_argv_passes_every_word_literally() -> None:
-    inner = ["virtiofsd", "-o", "source=/x; rm -rf /", "$(touch /pwned)"]
-    argv = virtiofs.detach_argv(inner, pidfile=Path("/d/p.pid"), log=Path("/d/l.log"))
-    assert argv[:3] == ["sh", "-c", virtiofs.DETACH_SCRIPT]
-    assert argv[3:] == ["sh", "/d/p.pid", "/d/l.log", *inner]
+def test_id_map_squashes_root_only() -> None:
+    assert squashed.id_map() == "0 65534 1\n1 1 65533\n65535 65535 4294901760\n"
+    lines = [tuple(map(int, line.split())) for line in squashed.id_map().splitlines()]
+    inside = [(first, first + count - 1) for first, _, count in lines]
+    assert inside == [(0, 0), (1, 65533), (65535, squashed.ID_MAX)]  # all but 65534
+    assert sorted(outer for _, outer, _ in lines)[0] == 1  # host 0 is never inside
+
+
+def env(socket: Path) -> bytes:
+    return b"PATH=/bin\0" + f"{squashed.SOCKET_ENV}={socket}".encode() + b"\0"
 
 
 def test_argv_matches_only_this_socket() -> None:
-    argv = virtiofs.build_argv("/srv", SOCK)
-    assert virtiofs.argv_matches(argv, SOCK)
-    assert virtiofs.argv_matches(["/usr/libexec/virtiofsd", *argv[1:]], SOCK)
-    assert not virtiofs.argv_matches(argv, SOCK.with_name("virtiofs-other.sock"))
-    assert not virtiofs.argv_matches(["sleep", *argv[1:]], SOCK)
-    assert not virtiofs.argv_matches([], SOCK)
-    other_root = virtiofs.build_argv("/srv", Path("/other") / SOCK.relative_to("/"))
-    assert not virtiofs.argv_matches(other_root, SOCK)
+    argv = virtiofs.build_argv()
+    assert virtiofs.argv_matches(argv, env(SOCK), SOCK)
+    assert virtiofs.argv_matches(["/usr/libexec/virtiofsd", *argv[1:]], env(SOCK), SOCK)
+    assert not virtiofs.argv_matches(argv, env(SOCK.with_name("virtiofs-other.sock")), SOCK)
+    assert not virtiofs.argv_matches(argv, env(Path(str(SOCK) + "x")), SOCK)
+    assert not virtiofs.argv_matches(["sleep", *argv[1:]], env(SOCK), SOCK)
+    assert not virtiofs.argv_matches([], env(SOCK), SOCK)
+    assert not virtiofs.argv_matches(argv, b"", SOCK)
+
+
+# -- the source at start -----------------------------------------------------------------------
+
+
+def test_source_problems(tmp_path: Path) -> None:
+    real = tmp_path.resolve() / "src"
+    real.mkdir()
+    assert virtiofs.source_problem(replace(NATIVE, source=str(real))) is None
+    gone = replace(NATIVE, source=str(real / "gone"))
+    assert virtiofs.source_problem(gone) == f"{real / 'gone'} is missing"
+    # Someone who can write above SOURCE swaps it for a symlink to /: never served.
+    swapped = tmp_path.resolve() / "swapped"
+    swapped.symlink_to("/")
+    problem = virtiofs.source_problem(replace(NATIVE, source=str(swapped)))
+    assert problem is not None and "symlink" in problem
+    assert virtiofs.source_problem(replace(NATIVE, source="relative/dir")) is not None
 
 
 # -- ID maps ---------------------------------------------------------------------------------
@@ -95,6 +122,8 @@ def test_identity_maps_are_accepted() -> None:
         replace(NATIVE, uid_maps=(IdMap(1000, 0),)),
         replace(NATIVE, uid_maps=(IdMap(1000, None),)),
         replace(NATIVE, gid_maps=(IdMap(1000, 1001),)),
+        replace(NATIVE, uid_maps=(IdMap(0, 0),)),  # the guest's root is squashed
+        replace(NATIVE, gid_maps=(IdMap(65534, 65534),)),  # nobody is the guest's root
     ],
 )
 def test_other_maps_are_refused_with_what_to_do(mount: MountSpec) -> None:
@@ -170,6 +199,8 @@ def test_started_detached_found_again_and_ended(tmp_path: Path) -> None:
     assert os.getsid(pid) != os.getsid(0)
     assert virtiofs.find(idir, tag) == (pid, procs.cmdline(pid))
     assert virtiofs.running(idir, mount)
+    # In a user namespace where the guest's root is the host's nobody.
+    assert Path(f"/proc/{pid}/uid_map").read_text().split() == squashed.id_map().split()
     # A daemon that lost the pid file still finds it (through /proc).
     idir.virtiofs_pidfile(tag).unlink()
     found = virtiofs.find(idir, tag)
@@ -189,7 +220,7 @@ def test_a_source_that_cannot_be_served_raises_with_virtiofsds_words(tmp_path: P
     mount = replace(NATIVE, source=str(tmp_path / "gone"))
     with pytest.raises(HostCommandError) as caught:
         asyncio.run(virtiofs.start(idir, mount))
-    assert "No such file or directory" in caught.value.message
+    assert "No such file or directory" in caught.value.message, caught.value.message
     assert virtiofs.find(idir, virtiofs.mount_tag(mount)) is None
     assert not idir.virtiofs_pidfile(virtiofs.mount_tag(mount)).exists()
 

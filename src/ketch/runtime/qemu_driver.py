@@ -163,11 +163,11 @@ class QemuDriver(Qcow2Disks):
         by_qmp = resume and efi is not None
         # Native mounts: a virtiofsd each, before QEMU connects to it.  A resumed
         # guest gets none (its saved state has no such device: suspend refuses
-        # native mounts); a mount whose source is gone is skipped.
+        # native mounts); a mount whose source is gone (or moved) is skipped.
         shares: list[virtiofs.Share] = []
         try:
             for mount in () if resume else virtiofs.native_mounts(spec.mounts):
-                if os.path.isdir(mount.source):
+                if virtiofs.source_problem(mount) is None:
                     shares.append(await virtiofs.start(idir, mount))
             cfg = self._config(
                 spec,

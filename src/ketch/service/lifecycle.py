@@ -8,13 +8,13 @@ on its way becomes a warning.
 
 from __future__ import annotations
 
-import os
 import time
 
 from ketch.api.models import NameResult, StartResult
 from ketch.errors import HostCommandError, InvalidState, KetchError, Timeout
 from ketch.model import InconsistencyCode, Intent, MountType, OperationKind, State, Verb
 from ketch.progress import Reporter
+from ketch.runtime import virtiofs
 from ketch.runtime.driver import SUSPEND_TAG
 from ketch.service import accel, guestlink
 from ketch.service.context import Context
@@ -53,8 +53,9 @@ async def start(ctx: Context, name: str, reporter: Reporter) -> StartResult:
         spec = ctx.store.get(name).spec
         if not resume:
             for m in spec.mounts:
-                if m.type is MountType.NATIVE and not os.path.isdir(m.source):
-                    reporter.warn(f"{m.source} is missing: its native mount is skipped")
+                problem = virtiofs.source_problem(m) if m.type is MountType.NATIVE else None
+                if problem:
+                    reporter.warn(f"{problem}: its native mount at {m.target} is skipped")
         choice = await accel.choose(ctx)
         reporter.step(f"{'Resuming' if resume else 'Starting'} {name}")
         try:

@@ -10,8 +10,6 @@ unmounts it; both are idempotent.  ``service/mounts.py`` calls these.
 
 from __future__ import annotations
 
-import os
-
 from ketch.errors import GuestError, InvalidState, KetchError
 from ketch.host import ssh
 from ketch.host.run import Completed
@@ -69,7 +67,7 @@ async def activate(ctx: Context, spec: InstanceSpec, mount: MountSpec, reporter:
         raise KetchError(
             f'the native mount of {mount.source} is not attached to "{name}" now: a native '
             "mount is attached when the instance starts"
-            + ("" if _source_ok(mount) else f", and its source {mount.source} is missing"),
+            + ("" if (problem := virtiofs.source_problem(mount)) is None else f"; {problem}"),
             hint=f"'ketch restart {name}' attaches it",
         )
     reporter.step(f"Mounting {mount.source} at {name}:{mount.target} (native)")
@@ -112,7 +110,3 @@ async def active(ctx: Context, spec: InstanceSpec, mount: MountSpec) -> bool | N
     except KetchError:
         return False
     return done.returncode == 0
-
-
-def _source_ok(mount: MountSpec) -> bool:
-    return os.path.isdir(mount.source)
