@@ -203,6 +203,7 @@ async def start(idir: InstanceDir, mount: MountSpec, *, binary: str = VIRTIOFSD)
     os.close(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE))
     with log.open("ab") as f:
         f.write(("$ " + " ".join(launch) + "\n").encode())
+        offset = f.tell()
     done = await run(launch, timeout=10.0, check=False)
     pid = procs.read_pidfile(pidfile) if done.returncode == 0 else None
     loop = asyncio.get_running_loop()
@@ -210,9 +211,15 @@ async def start(idir: InstanceDir, mount: MountSpec, *, binary: str = VIRTIOFSD)
     while pid and find(idir, tag) is None and procs.alive(pid) and loop.time() < deadline:
         await asyncio.sleep(0.02)  # the child execs virtiofsd
     if pid is None or find(idir, tag) is None:
-        said = (done.stderr + log.read_bytes()[-2000:]).decode("utf-8", "replace").strip()
+        said = (done.stderr + log.read_bytes()[offset:][-2000:]).decode("utf-8", "replace")
         await stop(idir, tag)
-        raise HostCommandError(argv, done.returncode or None, said or "virtiofsd did not start")
+        raise HostCommandError(
+            argv,
+            done.returncode or None,
+            said.strip() or "virtiofsd did not start",
+            hint=f"see {log}"
+            + ("" if os.geteuid() == 0 else "; native mounts need ketchd to run as root"),
+        )
     return share
 
 
