@@ -26,6 +26,11 @@ from ketch.service.context import Context
 from ketch.store.db import Store
 
 NATIVE = MountSpec(source="/srv/project", target="/project", type=MountType.NATIVE)
+needs_virtiofsd = pytest.mark.skipif(
+    not os.access(virtiofs.VIRTIOFSD, os.X_OK) or os.geteuid() != 0,
+    reason="virtiofsd (QEMU's) not installed, or not root",
+)
+
 SOCK = Path("/st/instances/vm/virtiofs-ketch-0123456789abcdef.sock")
 
 
@@ -64,8 +69,8 @@ def test_launch_argv_passes_every_word_literally() -> None:
     argv = virtiofs.launch_argv(
         inner, source="/a b,c", socket=SOCK, pidfile=Path("/d/p.pid"), log=Path("/d/l.log")
     )
-    assert argv[1:3] == ["-m", "ketch.host.squashed"]
-    assert argv[3:] == ["/d/p.pid", str(SOCK), "/a b,c", "/d/l.log", "--", *inner]
+    assert argv[1:4] == ["-P", "-m", "ketch.host.squashed"]  # -P: not from the cwd
+    assert argv[4:] == ["/d/p.pid", str(SOCK), "/a b,c", "/d/l.log", "--", *inner]
 
 
 def test_id_map_squashes_root_only() -> None:
@@ -106,6 +111,24 @@ def test_source_problems(tmp_path: Path) -> None:
     problem = virtiofs.source_problem(replace(NATIVE, source=str(swapped)))
     assert problem is not None and "symlink" in problem
     assert virtiofs.source_problem(replace(NATIVE, source="relative/dir")) is not None
+
+
+@needs_virtiofsd
+def test_a_ketch_package_planted_in_the_working_directory_is_not_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    planted = tmp_path / "cwd" / "ketch"
+    planted.mkdir(parents=True)
+    marker = tmp_path / "ran"
+    (planted / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(planted.parent)
+    idir = InstanceDir(tmp_path / "vm")
+    idir.path.mkdir()
+    source = tmp_path / "src"
+    source.mkdir()
+    asyncio.run(virtiofs.start(idir, replace(NATIVE, source=str(source))))
+    asyncio.run(virtiofs.stop_all(idir))
+    assert not marker.exists()
 
 
 # -- ID maps ---------------------------------------------------------------------------------
@@ -174,11 +197,6 @@ def test_shares_give_shared_memory_and_a_device_each() -> None:
 
 
 # -- the real virtiofsd ----------------------------------------------------------------------
-
-needs_virtiofsd = pytest.mark.skipif(
-    not os.access(virtiofs.VIRTIOFSD, os.X_OK) or os.geteuid() != 0,
-    reason="virtiofsd (QEMU's) not installed, or not root",
-)
 
 
 @needs_virtiofsd

@@ -138,6 +138,7 @@ def launch_argv(
     """Run ``argv`` through :mod:`ketch.host.squashed`, every word literal (pure)."""
     return [
         sys.executable,
+        "-P",  # not the working directory first on sys.path: a planted ketch/ there
         "-m",
         "ketch.host.squashed",
         str(pidfile),
