@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -231,3 +232,19 @@ def test_missing_source_is_skipped_then_force_stop_and_purge_leave_none(
     assert virtiofsds(ketch.root) != []
     ketch.run("delete", "--purge", nvm)
     assert virtiofsds(ketch.root) == []
+
+
+def test_virtiofsd_ends_when_its_qemu_is_killed(ketch: Ketch, tree: Path) -> None:
+    """QEMU killed behind ketch's back: its virtiofsd sees the socket close and exits."""
+    with ketch.launched("native", "--memory", "512M") as name:
+        ketch.run("stop", name)
+        set_mount(ketch, name, tree)
+        ketch.run("start", name)
+        assert virtiofsds(ketch.root) != []
+        qemu = ketch.qemu_pid(name)
+        assert qemu is not None
+        os.kill(qemu, signal.SIGKILL)
+        deadline = time.monotonic() + 60  # a bound on the wait, not a measurement
+        while virtiofsds(ketch.root) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert virtiofsds(ketch.root) == []
