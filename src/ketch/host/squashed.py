@@ -128,6 +128,14 @@ def main(args: Sequence[str]) -> int:
     except OSError as exc:
         print(f"could not give {source} to {argv[0]}: {exc}", file=sys.stderr)
         return 1
+    try:
+        return _launch(pidfile, sock_path, log, log_path, argv)
+    except OSError as exc:
+        print(f"could not start {argv[0]}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _launch(pidfile: str, sock_path: str, log: int, log_path: str, argv: Sequence[str]) -> int:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(sock_path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -142,7 +150,11 @@ def main(args: Sequence[str]) -> int:
     os.environ[SOCKET_ENV] = sock_path
     pid = os.fork()
     if pid == 0:
+        os.close(ready_r)
+        os.close(go_w)  # a parent that dies before "go" ends the child's wait
         _child(ready_w, go_r, listener.fileno(), log, argv)
+    os.close(ready_w)  # a child that dies before "ready" ends ours
+    os.close(go_r)
     if os.read(ready_r, 1) != b"u":
         os.waitpid(pid, 0)
         print(f"could not make a user namespace for {argv[0]} (see {log_path})", file=sys.stderr)
