@@ -44,6 +44,12 @@ SERIAL_LOG = "serial.log"
 QEMU_LOG = "qemu.log"
 HOST_KEY = "ssh_host_ed25519_key"  # private; the .pub beside it
 KNOWN_HOSTS = "known_hosts"
+# One virtiofsd per native mount, named by the mount's tag (runtime/virtiofs.py):
+# virtiofs-<tag>.sock (its vhost-user socket, QEMU connects), .pid, .log.
+VIRTIOFS_PREFIX = "virtiofs-"
+VIRTIOFS_SOCKET = ".sock"
+VIRTIOFS_PID = ".pid"
+VIRTIOFS_LOG = ".log"
 
 
 def storage_dir() -> str:
@@ -174,3 +180,12 @@ class InstanceDir(_Paths):
     @property
     def known_hosts(self) -> Path:
         return self.path / KNOWN_HOSTS
+
+    def virtiofs_socket(self, tag: str) -> Path:
+        return self.path / f"{VIRTIOFS_PREFIX}{tag}{VIRTIOFS_SOCKET}"
+
+    def virtiofs_pidfile(self, tag: str) -> Path:
+        return self.path / f"{VIRTIOFS_PREFIX}{tag}{VIRTIOFS_PID}"
+
+    def virtiofs_log(self, tag: str) -> Path:
+        return self.path / f"{VIRTIOFS_PREFIX}{tag}{VIRTIOFS_LOG}"

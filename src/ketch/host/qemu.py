@@ -20,6 +20,7 @@ QEMU_SYSTEM = "qemu-system-x86_64"
 DISK_NODE = "disk0"  # node name of the instance disk; the snapshot jobs name it
 EFI_CODE_NODE = "efi-code"  # UEFI firmware code, read-only (pflash0)
 EFI_VARS_NODE = "efivars"  # the instance's UEFI variables, raw (pflash1)
+MEMORY_NODE = "mem"  # the shared guest memory when native mounts are attached
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class QemuConfig:
     efi_code: Path | None = None  # UEFI boot: the firmware, attached read-only
     efi_vars: Path | None = None  # UEFI boot: this instance's variables (raw)
     paused: bool = False  # -S: vCPUs wait for "cont" (a snapshot is loaded over QMP first)
+    # native mounts: (virtiofs tag, virtiofsd's vhost-user socket) each; the guest's
+    # memory is then a shared memfd (vhost-user maps it into virtiofsd)
+    shares: tuple[tuple[str, Path], ...] = ()
 
 
 def uses_uefi(boot: BootSpec) -> bool:
@@ -67,6 +71,8 @@ def build_argv(cfg: QemuConfig, *, binary: str = QEMU_SYSTEM) -> list[str]:
             raise ValueError("UEFI boot needs the firmware and a variable store")
         efi = (cfg.efi_code, cfg.efi_vars)
         machine += f",pflash0={EFI_CODE_NODE},pflash1={EFI_VARS_NODE}"
+    if cfg.shares:
+        machine += f",memory-backend={MEMORY_NODE}"
     # fmt: off
     argv = [
         binary,
@@ -101,6 +107,15 @@ def build_argv(cfg: QemuConfig, *, binary: str = QEMU_SYSTEM) -> list[str]:
         "-device", "virtio-rng-pci",
     ]
     # fmt: on
+    if cfg.shares:
+        argv += ["-object", f"memory-backend-memfd,id={MEMORY_NODE},size={mem_mib}M,share=on"]
+    for i, (tag, socket) in enumerate(cfg.shares):
+        argv += [
+            "-chardev",
+            f"socket,id=vfs{i},path={opt(socket)}",
+            "-device",
+            f"vhost-user-fs-pci,chardev=vfs{i},tag={tag},queue-size=1024",
+        ]
     if cfg.boot.kernel:
         argv += ["-kernel", cfg.boot.kernel]
         if cfg.boot.initrd:

@@ -38,7 +38,11 @@ class Driver(Protocol):
     async def start(
         self, spec: InstanceSpec, idir: InstanceDir, *, accel: str, resume: bool
     ) -> None:
-        """Start the VM detached; with ``resume``, from the suspend tag."""
+        """Start the VM detached; with ``resume``, from the suspend tag.
+
+        Each native mount of the spec whose source is there gets its device
+        (and host daemon) when not resuming; one whose source is not is skipped.
+        """
         ...
 
     async def powerdown(self, spec: InstanceSpec, idir: InstanceDir, *, timeout: float) -> bool:
@@ -46,7 +50,8 @@ class Driver(Protocol):
         ...
 
     async def kill(self, spec: InstanceSpec, idir: InstanceDir) -> bool:
-        """End this instance's QEMU if it runs (never another process); clean up.
+        """End this instance's QEMU if it runs (never another process); clean up
+        (its native mounts' host daemons too).
 
         Returns True when a process was ended.
         """

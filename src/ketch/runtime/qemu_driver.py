@@ -19,6 +19,7 @@ from ketch.host import firmware, hostfwd, procs, qemu, qemu_img, qmp
 from ketch.layout import FILE_MODE, InstanceDir
 from ketch.model import InstanceSpec, Observation, PidStatus, SnapshotEntry
 from ketch.progress import Reporter
+from ketch.runtime import virtiofs
 from ketch.runtime.driver import SUSPEND_TAG
 from ketch.runtime.qcow2 import Qcow2Disks
 
@@ -131,6 +132,7 @@ class QemuDriver(Qcow2Disks):
         *,
         loadvm: bool,
         paused: bool,
+        shares: tuple[virtiofs.Share, ...] = (),
     ) -> qemu.QemuConfig:
         return qemu.QemuConfig(
             name=spec.name,
@@ -149,22 +151,43 @@ class QemuDriver(Qcow2Disks):
             efi_code=efi.code if efi else None,
             efi_vars=idir.efi_vars if efi else None,
             paused=paused,
+            shares=tuple((s.tag, s.socket) for s in shares),
         )
 
     async def start(
         self, spec: InstanceSpec, idir: InstanceDir, *, accel: str, resume: bool
     ) -> None:
         procs.remove_quietly(idir.pidfile, idir.qmp_socket)
+        await virtiofs.stop_all(idir)
         efi = await self._prepare_uefi(idir) if qemu.uses_uefi(spec.boot) else None
         # A UEFI instance resumes through QMP (see _load_suspended), not -loadvm.
         by_qmp = resume and efi is not None
-        cfg = self._config(spec, idir, accel, efi, loadvm=resume and not by_qmp, paused=by_qmp)
-        # QEMU -daemonize sets umask 027 for what it creates after forking: the serial
-        # log is made owner-only beforehand (QEMU appends to it) and the monitor's
-        # socket is tightened once it exists.
-        os.close(os.open(idir.serial_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE))
-        os.chmod(idir.serial_log, FILE_MODE)
-        await qemu.start(cfg, log=idir.qemu_log)
+        # Native mounts: a virtiofsd each, before QEMU connects to it.  A resumed
+        # guest gets none (its saved state has no such device: suspend refuses
+        # native mounts); a mount whose source is gone (or moved) is skipped.
+        shares: list[virtiofs.Share] = []
+        try:
+            for mount in () if resume else virtiofs.native_mounts(spec.mounts):
+                if virtiofs.source_problem(mount) is None:
+                    shares.append(await virtiofs.start(idir, mount))
+            cfg = self._config(
+                spec,
+                idir,
+                accel,
+                efi,
+                loadvm=resume and not by_qmp,
+                paused=by_qmp,
+                shares=tuple(shares),
+            )
+            # QEMU -daemonize sets umask 027 for what it creates after forking: the
+            # serial log is made owner-only beforehand (QEMU appends to it) and the
+            # monitor's socket is tightened once it exists.
+            os.close(os.open(idir.serial_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE))
+            os.chmod(idir.serial_log, FILE_MODE)
+            await qemu.start(cfg, log=idir.qemu_log)
+        except BaseException:
+            await virtiofs.stop_all(idir)
+            raise
         with contextlib.suppress(OSError):  # gone again if QEMU already exited
             os.chmod(idir.qmp_socket, FILE_MODE)
         if by_qmp:
@@ -242,6 +265,7 @@ class QemuDriver(Qcow2Disks):
                 await asyncio.to_thread(procs.terminate, pid, expect=argv)
             ended = True
         procs.remove_quietly(idir.pidfile, idir.qmp_socket)
+        await virtiofs.stop_all(idir)  # native mounts' daemons end with their QEMU
         return ended
 
     async def _try_quit(self, idir: InstanceDir) -> None:
@@ -293,6 +317,7 @@ class QemuDriver(Qcow2Disks):
         if not await self._wait_exit(pid, 30.0):
             await asyncio.to_thread(procs.terminate, pid, expect=argv)
         procs.remove_quietly(idir.pidfile, idir.qmp_socket)
+        await virtiofs.stop_all(idir)
 
     async def cont(self, spec: InstanceSpec, idir: InstanceDir) -> None:
         async with self._lock(idir), qmp.connect(idir.qmp_socket) as mon:

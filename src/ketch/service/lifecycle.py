@@ -9,9 +9,10 @@ on its way becomes a warning.
 from __future__ import annotations
 
 from ketch.api.models import NameResult, StartResult
-from ketch.errors import HostCommandError, KetchError, Timeout
-from ketch.model import InconsistencyCode, Intent, OperationKind, State, Verb
+from ketch.errors import HostCommandError, InvalidState, KetchError, Timeout
+from ketch.model import InconsistencyCode, Intent, MountType, OperationKind, State, Verb
 from ketch.progress import Reporter
+from ketch.runtime import virtiofs
 from ketch.runtime.driver import SUSPEND_TAG
 from ketch.service import accel, guestlink
 from ketch.service.context import Context
@@ -60,6 +61,11 @@ async def start(
             await _drop_tag(ctx, v, reporter)
         await _free_port(ctx, v, reporter)
         spec = ctx.store.get(name).spec
+        if not resume:
+            for m in spec.mounts:
+                problem = virtiofs.source_problem(m) if m.type is MountType.NATIVE else None
+                if problem:
+                    reporter.warn(f"{problem}: its native mount at {m.target} is skipped")
         choice = await accel.choose(ctx)
         reporter.step(f"{'Resuming' if resume else 'Starting'} {name}")
         try:
@@ -223,6 +229,17 @@ async def suspend(ctx: Context, name: str, reporter: Reporter) -> NameResult:
     require(v, Verb.SUSPEND, hint=f"'ketch start {name}' first")
     if v.state is State.SUSPENDED:
         return NameResult(name=name)
+    native = [m.target for m in v.record.spec.mounts if m.type is MountType.NATIVE]
+    if native:
+        # QEMU cannot save a guest with a vhost-user-fs device (a migration blocker).
+        raise InvalidState(
+            name,
+            v.state.value,
+            [],
+            message=f'cannot suspend "{name}": it has a native mount ({", ".join(native)}), '
+            "and QEMU cannot save the state of a guest with a virtiofs device; it keeps running",
+            hint=f"'ketch umount {name}:{native[0]}' and restart it, or 'ketch stop {name}'",
+        )
     async with journal(ctx, name, OperationKind.SUSPEND, reporter=reporter):
         ctx.store.set_shutdown_at(name, None)
         try:
