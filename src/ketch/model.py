@@ -91,6 +91,9 @@ class FindingCode(enum.StrEnum):
     STRAY_DIRECTORY = "stray-directory"
     DIRECTORY_WITHOUT_RECORD = "directory-without-record"
     ORPHAN_QEMU = "orphan-qemu"
+    NETWORK_BRIDGE_MISSING = "network-bridge-missing"
+    NETWORK_DNSMASQ_DEAD = "network-dnsmasq-dead"
+    NETWORK_STALE_TAP = "network-stale-tap"
 
 
 class OperationKind(enum.StrEnum):

@@ -42,6 +42,7 @@ class QemuConfig:
     efi_code: Path | None = None  # UEFI boot: the firmware, attached read-only
     efi_vars: Path | None = None  # UEFI boot: this instance's variables (raw)
     paused: bool = False  # -S: vCPUs wait for "cont" (a snapshot is loaded over QMP first)
+    tap: tuple[str, str] | None = None  # the managed network's NIC (net1): (TAP name, MAC)
 
 
 def uses_uefi(boot: BootSpec) -> bool:
@@ -100,6 +101,12 @@ def build_argv(cfg: QemuConfig, *, binary: str = QEMU_SYSTEM) -> list[str]:
         "-device", f"virtio-net-pci,netdev=net0,mac={cfg.mac}",
         "-device", "virtio-rng-pci",
     ]
+    if cfg.tap is not None:  # last, so the other devices keep their PCI slots
+        tap, mac = cfg.tap
+        argv += [
+            "-netdev", f"tap,id=net1,ifname={opt(tap)},script=no,downscript=no,vhost=off",
+            "-device", f"virtio-net-pci,netdev=net1,mac={mac}",
+        ]
     # fmt: on
     if cfg.boot.kernel:
         argv += ["-kernel", cfg.boot.kernel]

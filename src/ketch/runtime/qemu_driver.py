@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -20,7 +21,10 @@ from ketch.layout import FILE_MODE, InstanceDir
 from ketch.model import InstanceSpec, Observation, PidStatus, SnapshotEntry
 from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG
+from ketch.runtime.network import ManagedNetwork, Nic
 from ketch.runtime.qcow2 import Qcow2Disks
+
+log = logging.getLogger(__name__)
 
 QMP_PROBE_TIMEOUT = 2.0
 LOAD_TIMEOUT = 600.0  # loading a suspended VM's state over QMP (UEFI instances)
@@ -42,9 +46,10 @@ class QemuDriver(Qcow2Disks):
 
     name = "qemu"
 
-    def __init__(self) -> None:
+    def __init__(self, network: ManagedNetwork | None = None) -> None:
         # QEMU's monitor takes one client at a time: serialize our own use.
         self._qmp_locks: dict[Path, asyncio.Lock] = {}
+        self.network = network  # None: user-mode networking only
 
     def _lock(self, idir: InstanceDir) -> asyncio.Lock:
         return self._qmp_locks.setdefault(idir.path, asyncio.Lock())
@@ -130,6 +135,7 @@ class QemuDriver(Qcow2Disks):
         *,
         loadvm: bool,
         paused: bool,
+        nic: Nic | None = None,
     ) -> qemu.QemuConfig:
         return qemu.QemuConfig(
             name=spec.name,
@@ -148,6 +154,7 @@ class QemuDriver(Qcow2Disks):
             efi_code=efi.code if efi else None,
             efi_vars=idir.efi_vars if efi else None,
             paused=paused,
+            tap=(nic.tap, nic.mac) if nic else None,
         )
 
     async def start(
@@ -157,13 +164,20 @@ class QemuDriver(Qcow2Disks):
         efi = await self._prepare_uefi(idir) if qemu.uses_uefi(spec.boot) else None
         # A UEFI instance resumes through QMP (see _load_suspended), not -loadvm.
         by_qmp = resume and efi is not None
-        cfg = self._config(spec, idir, accel, efi, loadvm=resume and not by_qmp, paused=by_qmp)
+        nic = await self.network.attach(spec, idir, resume=resume) if self.network else None
+        cfg = self._config(
+            spec, idir, accel, efi, loadvm=resume and not by_qmp, paused=by_qmp, nic=nic
+        )
         # QEMU -daemonize sets umask 027 for what it creates after forking: the serial
         # log is made owner-only beforehand (QEMU appends to it) and the monitor's
         # socket is tightened once it exists.
         os.close(os.open(idir.serial_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE))
         os.chmod(idir.serial_log, FILE_MODE)
-        await qemu.start(cfg, log=idir.qemu_log)
+        try:
+            await qemu.start(cfg, log=idir.qemu_log)
+        except BaseException:
+            await self._detach(idir, forget=not resume)
+            raise
         with contextlib.suppress(OSError):  # gone again if QEMU already exited
             os.chmod(idir.qmp_socket, FILE_MODE)
         if by_qmp:
@@ -241,7 +255,17 @@ class QemuDriver(Qcow2Disks):
                 await asyncio.to_thread(procs.terminate, pid, expect=argv)
             ended = True
         procs.remove_quietly(idir.pidfile, idir.qmp_socket)
+        await self._detach(idir, forget=True)
         return ended
+
+    async def _detach(self, idir: InstanceDir, *, forget: bool) -> None:
+        """Remove the instance's TAP (QEMU has ended); never fails."""
+        if self.network is None:
+            return
+        try:
+            await self.network.detach(idir, forget=forget)
+        except Exception as exc:  # a TAP left behind is re-made at the next start
+            log.warning("could not remove the TAP: %s", exc)
 
     async def _try_quit(self, idir: InstanceDir) -> None:
         lock = self._lock(idir)
@@ -292,6 +316,7 @@ class QemuDriver(Qcow2Disks):
         if not await self._wait_exit(pid, 30.0):
             await asyncio.to_thread(procs.terminate, pid, expect=argv)
         procs.remove_quietly(idir.pidfile, idir.qmp_socket)
+        await self._detach(idir, forget=False)  # resumed with the same NIC
 
     async def cont(self, spec: InstanceSpec, idir: InstanceDir) -> None:
         async with self._lock(idir), qmp.connect(idir.qmp_socket) as mon:

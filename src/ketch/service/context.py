@@ -10,6 +10,7 @@ from ketch.layout import Root
 from ketch.model import ImageInfo
 from ketch.progress import Reporter
 from ketch.runtime.driver import Driver
+from ketch.runtime.network import ManagedNetwork
 from ketch.store.db import Store
 
 
@@ -37,3 +38,4 @@ class Context:
     active: dict[str, str] = field(default_factory=dict)
     boot_timeout: float = 300.0
     stop_timeout: float = 60.0
+    network: ManagedNetwork | None = None  # the managed network (None: user-mode only)

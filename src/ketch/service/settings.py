@@ -14,7 +14,7 @@ from ketch.api.models import SetReply
 from ketch.errors import InvalidArgument, KetchError, NotFound
 from ketch.model import InstanceSpec, OperationKind, PidStatus, State, Verb
 from ketch.progress import Reporter
-from ketch.service import accel, inspect, names
+from ketch.service import accel, inspect, names, network
 from ketch.service.context import Context
 from ketch.service.journal import journal
 from ketch.service.units import human, parse_size
@@ -26,6 +26,7 @@ DEFAULTS = {
     "client.primary-name": "primary",
 }
 REMOTE_PREFIX = "local.remote."
+NETWORK_KEYS = ("local.network", "local.network.subnet", "local.network.bridge")
 INSTANCE_PROPS = ("cpus", "memory", "disk")
 MIN_MEMORY = 512 * 1024**2  # Multipass's minimum for ``set``
 MAX_CPUS = 64
@@ -42,6 +43,8 @@ def _check(key: str, value: str) -> str:
     elif key == "client.primary-name":
         if value:
             names.validate(value)
+    elif key in NETWORK_KEYS:
+        network.check_setting(key, value)
     elif key.startswith(REMOTE_PREFIX) and not value.startswith(("http://", "https://", "file://")):
         raise InvalidArgument(
             f"invalid remote URL '{value}'", hint="give an http(s):// or file:// URL"
@@ -50,7 +53,7 @@ def _check(key: str, value: str) -> str:
 
 
 def known(key: str) -> bool:
-    return key in DEFAULTS or key.startswith(REMOTE_PREFIX)
+    return key in DEFAULTS or key in NETWORK_KEYS or key.startswith(REMOTE_PREFIX)
 
 
 # -- instance settings ---------------------------------------------------------------------
@@ -201,6 +204,8 @@ async def get(ctx: Context, key: str) -> str:
     if key == "local.accel" and value in (None, "auto"):
         choice = await accel.choose(ctx)
         return f"{choice.accel} ({choice.reason})"
+    if value is None and key in NETWORK_KEYS and ctx.network is not None:
+        return await network.show_default(ctx.network, key)
     if value is None:
         if key in DEFAULTS:
             return DEFAULTS[key]
@@ -211,4 +216,21 @@ async def get(ctx: Context, key: str) -> str:
 async def set_(ctx: Context, key: str, value: str) -> None:
     if not known(key):
         raise NotFound(f"unknown setting '{key}'", hint="see 'ketch help set' for the keys")
-    ctx.store.set_setting(key, _check(key, value) if value else None)  # empty: unset
+    checked = _check(key, value) if value else None
+    if key in NETWORK_KEYS:
+        await _network_idle(ctx, key)
+    ctx.store.set_setting(key, checked)  # empty: unset
+
+
+async def _network_idle(ctx: Context, key: str) -> None:
+    """The network's settings change only while no instance runs or is suspended."""
+    busy = [
+        v.name
+        for v in await inspect.all_views(ctx)
+        if v.derived.running or v.state is State.SUSPENDED
+    ]
+    if busy:
+        raise KetchError(
+            f"cannot change {key} while instances run or are suspended: {', '.join(busy)}",
+            hint="stop them first ('ketch stop --all')",
+        )

@@ -1,0 +1,91 @@
+"""Use cases of the managed network: its settings, and what doctor checks and repairs.
+
+The network itself (bridge, dnsmasq, NAT, TAPs) is :mod:`ketch.runtime.network`;
+this module says what is wrong with it and puts it right
+(``service/doctor/network.py`` turns that into findings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ketch.errors import InvalidArgument, KetchError
+from ketch.host import ip
+from ketch.model import FindingCode
+from ketch.runtime import network as net
+from ketch.runtime.network import ManagedNetwork
+
+
+def check_setting(key: str, value: str) -> None:
+    """Refuse a bad ``local.network*`` value (pure)."""
+    if key == net.MODE_KEY and value not in net.MODES:
+        raise InvalidArgument(f"invalid network mode '{value}'", hint="give 'managed' or 'user'")
+    if key == net.SUBNET_KEY:
+        net.parse_subnet(value)
+    if key == net.BRIDGE_KEY and not ip.valid_ifname(value):
+        raise InvalidArgument(
+            f"invalid bridge name '{value}'",
+            hint="up to 15 letters, digits, '-', '_' or '.', not starting with '-'",
+        )
+
+
+async def show_default(network: ManagedNetwork, key: str) -> str:
+    """What an unset ``local.network*`` key means now."""
+    if key == net.MODE_KEY:
+        return network.mode()
+    if key == net.BRIDGE_KEY:
+        return network.bridge()
+    stored = network.stored_subnet()
+    return str(stored) if stored else "(chosen when the network is first made)"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with the managed network that doctor can repair."""
+
+    code: FindingCode
+    message: str
+    tap: str = ""  # network-stale-tap: which
+
+
+async def problems(network: ManagedNetwork, running_taps: set[str]) -> list[Problem]:
+    """What is wrong with a network that exists (has state); ``running_taps``: in use."""
+    if not network.dir.path.exists() or not network.hosts():
+        return []
+    found: list[Problem] = []
+    bridge = network.bridge()
+    links = await ip.links()
+    if not any(link.name == bridge and link.kind == "bridge" for link in links):
+        found.append(Problem(FindingCode.NETWORK_BRIDGE_MISSING, f"the bridge {bridge} is missing"))
+    pid, _ = network.dnsmasq_pid()
+    if pid is None:
+        found.append(
+            Problem(FindingCode.NETWORK_DNSMASQ_DEAD, "dnsmasq (DHCP and DNS) does not run")
+        )
+    for link in links:
+        if (
+            link.name.startswith(net.TAP_PREFIX)
+            and link.tap
+            and link.name not in running_taps
+            and link.master in (None, bridge)
+        ):
+            found.append(
+                Problem(
+                    FindingCode.NETWORK_STALE_TAP,
+                    f"the TAP {link.name} belongs to no running instance",
+                    link.name,
+                )
+            )
+    return found
+
+
+async def repair(network: ManagedNetwork, problem: Problem) -> str:
+    """Put one problem right; returns what was done."""
+    if problem.code is FindingCode.NETWORK_STALE_TAP:
+        await ip.ip(ip.link_del_argv(problem.tap), check=False)
+        return f"removed the TAP {problem.tap}"
+    try:
+        await network.ensure()
+    except KetchError as exc:
+        raise KetchError(f"could not repair the managed network: {exc.message}") from exc
+    return "made the managed network again (bridge, NAT, dnsmasq)"

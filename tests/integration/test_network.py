@@ -1,0 +1,178 @@
+"""The managed network on real VMs, inside a network namespace this module makes.
+
+The network rule: every bridge, TAP, dnsmasq and NAT table is made inside
+``ketchtest-<hex>``, a namespace the fixture creates (``ip netns add``), with
+the CLI, ketchd and QEMU all started in it (``ip netns exec``), and removes at
+the end, on failure too.  Nothing of it is ever in the machine's own namespace:
+the fixture checks that the root namespace's links are the same before and after.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ketchcli import Ketch
+
+from ketch.host import procs
+from ketch.model import ImageInfo
+
+pytestmark = pytest.mark.vm
+
+
+def _seed_vault(root: Path, tiny: ImageInfo) -> None:
+    """The session's built tiny image where the daemon looks (hard links)."""
+    src = Path(tiny.disk).parent
+    dst = root / "vault" / "built" / "tiny" / src.name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src, dst, copy_function=os.link)
+
+
+def _root_links() -> set[str]:
+    out = subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True, check=True)
+    return {d["ifname"] for d in json.loads(out.stdout)}
+
+
+class NsKetch(Ketch):
+    """The CLI (so ketchd, so QEMU) run inside the network namespace ``ns``."""
+
+    def __init__(self, root: Path, ns: str) -> None:
+        super().__init__(root)
+        self.ns = ns
+
+    def run(
+        self, *args: str, input: bytes | None = None, timeout: float = 600, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            ["ip", "netns", "exec", self.ns, sys.executable, "-m", "ketch.cli.main", *args],
+            input=input.decode() if input is not None else None,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"ketch {' '.join(args)} exited {proc.returncode}\n"
+                f"stdout: {proc.stdout}\nstderr: {proc.stderr}"
+            )
+        return proc
+
+    def ns_run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """A program in the namespace (the "host side" of the managed network)."""
+        return subprocess.run(
+            ["ip", "netns", "exec", self.ns, *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=check,
+        )
+
+    def banner(self, address: str, port: int = 22) -> str:
+        """What a TCP server at ``address:port`` says first, connecting from the namespace."""
+        code = (
+            "import socket,sys\n"
+            f"s=socket.create_connection(({address!r},{port}),timeout=10)\n"
+            "sys.stdout.write(s.recv(64).decode('latin-1'))\n"
+        )
+        return self.ns_run(sys.executable, "-c", code).stdout
+
+
+@pytest.fixture(scope="module")
+def nsk(tiny_image: ImageInfo) -> Iterator[NsKetch]:
+    if shutil.which("dnsmasq") is None or shutil.which("nft") is None:
+        pytest.skip("dnsmasq and nft are needed (scripts/install)")
+    before = _root_links()
+    ns = f"ketchtest-{secrets.token_hex(4)}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    root = Path(tempfile.mkdtemp(prefix="ketch-net-", dir="/tmp"))
+    k = NsKetch(root, ns)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        _seed_vault(root, tiny_image)
+        k.run("set", "local.network=managed")
+        yield k
+    finally:
+        try:
+            k.teardown()
+        finally:
+            _end_dnsmasq(root)
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+            shutil.rmtree(root, ignore_errors=True)
+    assert _root_links() == before, "the test left an interface in the root namespace"
+
+
+def _end_dnsmasq(root: Path) -> None:
+    pid = procs.read_pidfile(root / "network" / "dnsmasq.pid")
+    argv = procs.cmdline(pid) if pid else None
+    if pid and argv and f"--dhcp-leasefile={root}/network/dnsmasq.leases" in argv:
+        procs.terminate(pid, expect=argv)
+
+
+def managed_ip(k: Ketch, name: str) -> str:
+    ipv4 = k.info(name)["ipv4"]
+    assert len(ipv4) == 2 and ipv4[1] == "10.0.2.15", ipv4
+    return str(ipv4[0])
+
+
+def guest_addrs(k: Ketch, name: str) -> set[str]:
+    out = k.exec(name, "ip", "-4", "-o", "addr", "show")
+    return {line.split()[3].split("/")[0] for line in out.splitlines() if " inet " in line}
+
+
+def test_two_instances_reach_each_other_and_keep_their_addresses(nsk: NsKetch) -> None:
+    with (
+        nsk.launched("na", "--memory", "512M") as a,
+        nsk.launched("nb", "--memory", "512M") as b,
+    ):
+        ip_a, ip_b = managed_ip(nsk, a), managed_ip(nsk, b)
+        assert ip_a != ip_b
+        state: dict[str, Any] = json.loads((nsk.root / "network" / "network.json").read_text())
+        subnet = ipaddress.IPv4Network(state["subnet"])
+        gateway = str(subnet.network_address + 1)
+        assert ipaddress.IPv4Address(ip_a) in subnet and ipaddress.IPv4Address(ip_b) in subnet
+        # the guest itself has the address ketch shows (cross-check)
+        assert ip_a in guest_addrs(nsk, a) and ip_b in guest_addrs(nsk, b)
+        # the host side reaches each guest on its address, and each guest the other and the bridge
+        assert nsk.banner(ip_a).startswith("SSH-2.0-")
+        assert nsk.banner(ip_b).startswith("SSH-2.0-")
+        assert "SSH-2.0-" in nsk.exec(a, "sh", "-c", f"echo | nc -w 5 {ip_b} 22 | head -c 8")
+        nsk.exec(b, "sudo", "ping", "-c", "1", "-W", "5", ip_a)
+        nsk.exec(a, "sudo", "ping", "-c", "1", "-W", "5", gateway)
+        listed = {e["name"]: e["ipv4"] for e in nsk.json("list")["list"]}
+        assert listed[a][0] == ip_a and listed[b][0] == ip_b
+
+        nsk.run("stop", a)
+        assert nsk.info(a)["ipv4"] == []
+        nsk.run("start", a)
+        assert managed_ip(nsk, a) == ip_a and ip_a in guest_addrs(nsk, a)
+
+        nsk.run("suspend", b)
+        nsk.run("start", b)
+        assert managed_ip(nsk, b) == ip_b
+        assert nsk.banner(ip_b).startswith("SSH-2.0-")  # the resumed guest is reachable again
+
+        nsk.run("stop", a)
+        clone = f"{a}-c"
+        nsk.run("clone", a, "--name", clone)
+        try:
+            nsk.run("start", clone)
+            ip_c = managed_ip(nsk, clone)
+            assert ip_c not in (ip_a, ip_b) and ip_c in guest_addrs(nsk, clone)
+        finally:
+            nsk.run("delete", "--purge", clone, check=False)
+    # the last instance purged takes the network with it
+    links = json.loads(nsk.ns_run("ip", "-j", "link", "show").stdout)
+    assert [d["ifname"] for d in links] == ["lo"]
+    assert not (nsk.root / "network").exists()
