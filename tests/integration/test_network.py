@@ -176,3 +176,56 @@ def test_two_instances_reach_each_other_and_keep_their_addresses(nsk: NsKetch) -
     links = json.loads(nsk.ns_run("ip", "-j", "link", "show").stdout)
     assert [d["ifname"] for d in links] == ["lo"]
     assert not (nsk.root / "network").exists()
+
+
+def doctor(k: Ketch, *args: str) -> tuple[int, set[str]]:
+    done = k.run("doctor", *args, "--format", "json", check=False)
+    return done.returncode, {f["code"] for f in json.loads(done.stdout)["findings"]}
+
+
+def test_doctor_and_the_next_start_make_a_broken_network_again(nsk: NsKetch) -> None:
+    with nsk.launched("nd", "--memory", "512M") as a:
+        ip_a = managed_ip(nsk, a)
+        assert doctor(nsk) == (0, set())
+        # a dead dnsmasq, a stale TAP (as after a crash)
+        pid = procs.read_pidfile(nsk.root / "network" / "dnsmasq.pid")
+        assert pid is not None
+        nsk.ns_run("kill", "-9", str(pid))
+        nsk.ns_run("ip", "tuntap", "add", "dev", "kt-0000000000", "mode", "tap")
+        rc, found = doctor(nsk)
+        assert rc == 2 and found == {"network-dnsmasq-dead", "network-stale-tap"}
+        rc, found = doctor(nsk, "--fix")
+        assert doctor(nsk) == (0, set())
+        assert "kt-0000000000" not in nsk.ns_run("ip", "-br", "link").stdout
+        # the guest renews its lease from the new dnsmasq: same address
+        nsk.exec(a, "sudo", "sh", "-c", "kill -USR1 $(cat /run/udhcpc.eth1.pid)")
+        assert managed_ip(nsk, a) == ip_a and nsk.banner(ip_a).startswith("SSH-2.0-")
+
+        # the bridge removed under a running guest (its TAP falls off it)
+        nsk.ns_run("ip", "link", "del", "ketch0")
+        rc, found = doctor(nsk)
+        assert rc == 2 and "network-bridge-missing" in found
+        doctor(nsk, "--fix")
+        assert doctor(nsk) == (0, set())
+        assert nsk.banner(ip_a).startswith("SSH-2.0-")  # the TAP is back on the bridge
+
+        # ketchd killed: the next one finds the same network and addresses
+        nsk.kill_daemon()
+        assert managed_ip(nsk, a) == ip_a
+        nsk.run("restart", a)
+        assert managed_ip(nsk, a) == ip_a and nsk.banner(ip_a).startswith("SSH-2.0-")
+
+        # the network needs no instance to run, but stopping all keeps it for the next start
+        nsk.run("stop", a)
+        nsk.ns_run("ip", "link", "del", "ketch0")
+        nsk.run("start", a)
+        assert managed_ip(nsk, a) == ip_a and nsk.banner(ip_a).startswith("SSH-2.0-")
+
+
+def test_network_settings_are_refused_while_instances_run(nsk: NsKetch) -> None:
+    with nsk.launched("ns", "--memory", "512M") as a:
+        done = nsk.run("set", "local.network=user", check=False)
+        assert done.returncode == 2 and a in done.stderr
+        assert nsk.run("get", "local.network").stdout.strip() == "managed"
+    bad = nsk.run("set", "local.network.subnet=8.8.8.0/24", check=False)
+    assert bad.returncode == 1 and "private" in bad.stderr

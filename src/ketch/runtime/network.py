@@ -222,6 +222,7 @@ class ManagedNetwork:
         if not any(a.interface == gateway for a in await ip.addrs(bridge)):
             await ip.ip(ip.addr_add_argv(bridge, str(gateway)))
         await ip.ip(ip.link_set_argv(bridge))
+        await self._reattach(bridge)
         try:
             if await nft.masquerades(bridge) != [str(subnet)]:
                 await nft.apply(bridge, subnet)
@@ -230,6 +231,13 @@ class ManagedNetwork:
             log.warning("no NAT for the managed network (guests reach only the host): %s", exc)
         await self._dnsmasq(bridge, gateway)
         return gateway
+
+    async def _reattach(self, bridge: str) -> None:
+        """Put the instances' TAPs back on a bridge that was made again (they fell off)."""
+        taps = {tap_name(self.root.path, h.name) for h in self.hosts()}
+        for link in await ip.links():
+            if link.name in taps and link.tap and link.master != bridge:
+                await ip.ip(ip.link_set_argv(link.name, master=bridge), check=False)
 
     def _dnsmasq_config(self, bridge: str, gateway: ipaddress.IPv4Interface) -> list[str]:
         return dnsmasq.build_argv(
