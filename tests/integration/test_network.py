@@ -229,3 +229,20 @@ def test_network_settings_are_refused_while_instances_run(nsk: NsKetch) -> None:
         assert nsk.run("get", "local.network").stdout.strip() == "managed"
     bad = nsk.run("set", "local.network.subnet=8.8.8.0/24", check=False)
     assert bad.returncode == 1 and "private" in bad.stderr
+
+
+def test_networks_lists_the_namespaces_bridges(nsk: NsKetch) -> None:
+    nsk.ns_run("ip", "link", "add", "kbr-test", "type", "bridge")
+    nsk.ns_run("ip", "link", "add", "kveth0", "type", "veth", "peer", "name", "kveth1")
+    nsk.ns_run("ip", "link", "set", "kveth0", "master", "kbr-test")
+    try:
+        rows = nsk.json("networks")["list"]
+        assert rows == [
+            {"name": "kbr-test", "type": "bridge", "description": "Network bridge with kveth0"}
+        ]
+        table = nsk.run("networks").stdout.splitlines()
+        assert table[0].split() == ["Name", "Type", "Description"]
+        assert table[1].split()[:2] == ["kbr-test", "bridge"]
+    finally:
+        nsk.ns_run("ip", "link", "del", "kbr-test", check=False)
+        nsk.ns_run("ip", "link", "del", "kveth0", check=False)

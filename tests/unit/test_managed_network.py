@@ -162,3 +162,59 @@ def test_addresses_come_from_the_lease_then_the_static_entry(tmp_path: Path) -> 
     root.network.leases.write_text("0 52:54:01:00:00:01 10.97.3.9 vm *\n")
     assert n.addresses(idir) == ["10.97.3.9"]
     assert (idir.nic.stat().st_mode & 0o777) == 0o600
+
+
+def test_bridgeable_interfaces_are_listed_as_multipass_lists_them() -> None:
+    from ketch.host.ip import Link
+
+    links = [
+        Link("lo", "loopback", "00:00:00:00:00:00", True),
+        Link("eth0", "", "02:00:00:00:00:01", True, bus="pci"),
+        Link("wlan0", "", "02:00:00:00:00:02", True, bus="pci"),
+        Link("br0", "bridge", "02:00:00:00:00:03", True),
+        Link("veth1", "veth", "02:00:00:00:00:04", True, master="br0"),
+        Link("eth1", "", "02:00:00:00:00:05", True, master="br0", bus="virtio"),
+        Link("ketch0", "bridge", "02:00:00:00:00:06", True),
+        Link("kt-0123456789", "tun", "02:00:00:00:00:07", True, master="ketch0", tap=True),
+        Link("dummy0", "dummy", "02:00:00:00:00:08", True),
+    ]
+    assert network_uc.bridgeable(links, {"wlan0"}, "ketch0") == [
+        ("br0", "bridge", "Network bridge with eth1, veth1"),
+        ("eth0", "ethernet", "Ethernet device"),
+        ("eth1", "ethernet", "Ethernet device"),
+        ("wlan0", "wifi", "Wi-Fi device"),
+    ]
+
+
+def test_links_parse_the_parent_bus() -> None:
+    text = '[{"ifname": "eth0", "address": "02:fc:00:00:00:01", "parentbus": "virtio"}]'
+    (link,) = ip.parse_links(text)
+    assert link.bus == "virtio" and link.kind == ""
+
+
+def test_wireless_is_read_from_sysfs(tmp_path: Path) -> None:
+    (tmp_path / "wlan0" / "phy80211").mkdir(parents=True)
+    (tmp_path / "eth0").mkdir()
+    assert ip.wireless("wlan0", tmp_path) and not ip.wireless("eth0", tmp_path)
+
+
+def test_networks_output_formats() -> None:
+    from ketch.api import models as m
+    from ketch.cli import output
+
+    doc = m.NetworksReply(
+        list=[
+            m.NetworkRow(name="br0", type="bridge", description="Network bridge with eth1"),
+            m.NetworkRow(name="eth0", type="ethernet", description="Ethernet device"),
+        ]
+    )
+    assert output.networks_output(doc, "table") == (
+        "Name  Type      Description\n"
+        "br0   bridge    Network bridge with eth1\n"
+        "eth0  ethernet  Ethernet device\n"
+    )
+    assert output.networks_output(doc, "csv").splitlines()[0] == "Name,Type,Description"
+    assert '"list"' in output.networks_output(doc, "json")
+    assert output.networks_output(m.NetworksReply(list=[]), "table") == (
+        "No network interfaces found.\n"
+    )

@@ -177,6 +177,10 @@ PRUNE: Route[m.PruneBody, m.PruneReply] = Route(
     "image_prune", "POST", "/v1/images/prune", "remove unused cached images", "m.PruneReply",
     body="m.PruneBody",
 )  # fmt: skip
+NETWORKS: Route[m.Empty, m.NetworksReply] = Route(
+    "networks", "GET", "/v1/networks", "host interfaces an instance can be bridged to",
+    "m.NetworksReply",
+)  # fmt: skip
 GET_SETTING: Route[m.Empty, m.SettingReply] = Route(
     "get_setting", "GET", "/v1/settings/{key}", "read a setting", "m.SettingReply"
 )
@@ -203,7 +207,7 @@ CANCEL: Route[m.Empty, o.CancelReply] = Route(
 ROUTES: tuple[Route[Any, Any], ...] = (
     VERSION, LIST, INFO, LAUNCH, SNAPSHOT, RESTORE, SNAPSHOT_DELETE, CLONE, SNAPSHOTS,
     START, STOP, SUSPEND, RESTART, DELETE, RECOVER, PURGE, DOCTOR, SSH, FIND, IMAGES,
-    BUILD, PRUNE, GET_SETTING, SET_SETTING, OPERATIONS, FOLLOW, CANCEL,
+    BUILD, PRUNE, GET_SETTING, SET_SETTING, OPERATIONS, FOLLOW, CANCEL, NETWORKS,
 )  # fmt: skip
 
 

@@ -46,6 +46,7 @@ HELP = {
     "daemon": "Run ketchd in the foreground",
     "completion": "Print a shell completion script (bash or zsh)",
     "doctor": "Find, explain and (with --fix) repair inconsistent instances",
+    "networks": "List available network interfaces",
 }
 
 # Verbs (and aliases) whose sub-parser can be built alone.
@@ -264,6 +265,8 @@ def build_parser(only: str | None = None) -> Parser:
     sp.add_argument("--format", choices=("table", "json"), default="table", help="output format")
 
     sp = cmd("version", "verbs_system")
+    fmt(sp)
+    sp = cmd("networks", "verbs_system")
     fmt(sp)
     sp = cmd("help", "verbs_system")
     sp.add_argument("topic", nargs="?", metavar="COMMAND")

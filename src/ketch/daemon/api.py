@@ -74,6 +74,14 @@ class Api(OperationRoutes):
     async def version(self, call: Call[None]) -> m.VersionReply:
         return m.VersionReply(ketchd=__version__, started=self.started)
 
+    async def networks(self, call: Call[None]) -> m.NetworksReply:
+        from ketch.service import network as network_uc
+
+        rows = await network_uc.host_networks(self.ctx.network)
+        return m.NetworksReply(
+            list=[m.NetworkRow(name=n, type=t, description=d) for n, t, d in rows]
+        )
+
     async def list(self, call: Call[None]) -> m.ListReply:
         await self.ops.settled()
         views = await inspect_uc.all_views(self.ctx)

@@ -12,6 +12,7 @@ import ipaddress
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from ketch.host.run import Completed, run
 
@@ -29,6 +30,7 @@ class Link:
     up: bool  # administratively up (the UP flag)
     master: str | None = None
     tap: bool = False  # a tun/tap device in TAP mode
+    bus: str = ""  # the parent device's bus ("pci", "virtio", "usb"): a physical device
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,7 @@ def parse_links(text: str) -> list[Link]:
                 up=isinstance(flags, list) and "UP" in flags,
                 master=master if isinstance(master, str) else None,
                 tap=tap,
+                bus=str(d.get("parentbus", "")),
             )
         )
     return links
@@ -187,6 +190,11 @@ def default_route_devices(text: str) -> list[str]:
         for d in _json_list(text)
         if d.get("dst") == "default" and isinstance(d.get("dev"), str)
     ]
+
+
+def wireless(name: str, sys_net: Path = Path("/sys/class/net")) -> bool:
+    """Is the interface a Wi-Fi device (``/sys/class/net/NAME/wireless`` or ``phy80211``)?"""
+    return (sys_net / name / "wireless").exists() or (sys_net / name / "phy80211").exists()
 
 
 # -- running ----------------------------------------------------------------------------------

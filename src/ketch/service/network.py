@@ -39,6 +39,35 @@ async def show_default(network: ManagedNetwork, key: str) -> str:
     return str(stored) if stored else "(chosen when the network is first made)"
 
 
+def bridgeable(
+    links: list[ip.Link], wireless: set[str], managed_bridge: str
+) -> list[tuple[str, str, str]]:
+    """``(name, type, description)`` of each interface an instance can be bridged to (pure).
+
+    As Multipass on Linux: bridges (but ketch's own managed bridge), physical
+    ethernet and Wi-Fi devices; no loopback, TAPs, veths or other virtual ones.
+    """
+    rows = []
+    for link in sorted(links, key=lambda x: x.name):
+        if link.kind == "bridge" and link.name != managed_bridge:
+            members = sorted(x.name for x in links if x.master == link.name)
+            desc = "Network bridge" + (f" with {', '.join(members)}" if members else "")
+            rows.append((link.name, "bridge", desc))
+        elif link.name in wireless:
+            rows.append((link.name, "wifi", "Wi-Fi device"))
+        elif link.bus and link.kind == "" and link.mac:
+            rows.append((link.name, "ethernet", "Ethernet device"))
+    return rows
+
+
+async def host_networks(network: ManagedNetwork | None) -> list[tuple[str, str, str]]:
+    """What ``ketch networks`` lists, looked up now."""
+    links = await ip.links()
+    wifi = {link.name for link in links if ip.wireless(link.name)}
+    managed = network.bridge() if network is not None else net.BRIDGE
+    return bridgeable(links, wifi, managed)
+
+
 @dataclass(frozen=True)
 class Problem:
     """Something wrong with the managed network that doctor can repair."""
