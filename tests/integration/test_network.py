@@ -246,3 +246,67 @@ def test_networks_lists_the_namespaces_bridges(nsk: NsKetch) -> None:
     finally:
         nsk.ns_run("ip", "link", "del", "kbr-test", check=False)
         nsk.ns_run("ip", "link", "del", "kveth0", check=False)
+
+
+@pytest.fixture
+def ext_bridge(nsk: NsKetch, tmp_path: Path) -> Iterator[str]:
+    """A bridge the test makes in the namespace, with a DHCP server of the test's own."""
+    bridge = "kbr-ext"
+    nsk.ns_run("ip", "link", "add", bridge, "type", "bridge")
+    nsk.ns_run("ip", "addr", "add", "192.168.250.1/24", "dev", bridge)
+    nsk.ns_run("ip", "link", "set", bridge, "up")
+    pidfile = tmp_path / "dnsmasq.pid"
+    nsk.ns_run(
+        "dnsmasq", "--conf-file=/dev/null", "--port=0", "--bind-interfaces",
+        f"--interface={bridge}", "--except-interface=lo", "--listen-address=192.168.250.1",
+        "--dhcp-range=192.168.250.10,192.168.250.50,infinite",
+        f"--dhcp-leasefile={tmp_path / 'leases'}", f"--pid-file={pidfile}",
+    )  # fmt: skip
+    try:
+        yield bridge
+    finally:
+        pid = procs.read_pidfile(pidfile)
+        if pid:
+            procs.terminate(pid)
+        nsk.ns_run("ip", "link", "del", bridge, check=False)
+
+
+def nic_macs(k: Ketch, name: str) -> dict[str, str]:
+    out = k.exec(
+        name, "sh", "-c", "for d in /sys/class/net/eth*; do echo ${d##*/} $(cat $d/address); done"
+    )
+    return {mac: dev for dev, mac in (line.split() for line in out.splitlines())}
+
+
+def test_launch_network_adds_a_nic_on_a_test_made_bridge(nsk: NsKetch, ext_bridge: str) -> None:
+    bad = nsk.run("launch", "tiny", "--network", "kveth-none", check=False)
+    assert bad.returncode == 1 and "ketch networks" in bad.stderr
+    mac = "52:54:00:77:77:01"
+    with nsk.launched(
+        "nx", "--memory", "512M", "--network", ext_bridge,
+        "--network", f"name={ext_bridge},mode=manual,mac={mac}",
+    ) as a:  # fmt: skip
+        spec_nets = nsk.info(a)["ipv4"]
+        assert len(spec_nets) >= 2
+        macs = nic_macs(nsk, a)
+        assert mac in macs and len(macs) == 4  # net0, managed, two on the test's bridge
+        # auto: DHCP from the test's server on its bridge; reachable from the namespace
+        addrs = [x for x in guest_addrs(nsk, a) if x.startswith("192.168.250.")]
+        assert addrs
+        assert any(nsk.banner(x).startswith("SSH-2.0-") for x in addrs)
+        # the TAPs are on the test's bridge while it runs, and gone once it stops
+        on_bridge = nsk.ns_run("ip", "-br", "link", "show", "master", ext_bridge).stdout
+        assert len(on_bridge.splitlines()) == 2
+        nsk.run("stop", a)
+        assert nsk.ns_run("ip", "-br", "link", "show", "master", ext_bridge).stdout == ""
+        nsk.run("start", a)
+        assert mac in nic_macs(nsk, a)
+        # a clone gets NICs of its own
+        nsk.run("stop", a)
+        clone = f"{a}-c"
+        nsk.run("clone", a, "--name", clone)
+        try:
+            nsk.run("start", clone)
+            assert mac not in nic_macs(nsk, clone)
+        finally:
+            nsk.run("delete", "--purge", clone, check=False)

@@ -94,7 +94,7 @@ def test_qemu_gets_the_tap_as_a_second_nic_after_the_other_devices() -> None:
     from test_qemu_argv import CFG
 
     plain = build_argv(CFG)
-    argv = build_argv(replace(CFG, tap=("kt-0123456789", "52:54:01:aa:bb:cc")))
+    argv = build_argv(replace(CFG, taps=(("kt-0123456789", "52:54:01:aa:bb:cc"),)))
     nic = [
         "-netdev", "tap,id=net1,ifname=kt-0123456789,script=no,downscript=no,vhost=off",
         "-device", "virtio-net-pci,netdev=net1,mac=52:54:01:aa:bb:cc",
@@ -218,3 +218,70 @@ def test_networks_output_formats() -> None:
     assert output.networks_output(m.NetworksReply(list=[]), "table") == (
         "No network interfaces found.\n"
     )
+
+
+def test_network_option_parses_as_multipass() -> None:
+    from ketch.service.network import parse_network
+
+    assert parse_network("br0") == {"name": "br0"}
+    assert parse_network("name=br0,mode=manual,mac=52:54:00:00:00:09") == {
+        "name": "br0",
+        "mode": "manual",
+        "mac": "52:54:00:00:00:09",
+    }
+    for bad in ["", "a,b", "mode=auto", "name=br0,mode=x", "name=br0,name=br1", "name=", "x=1"]:
+        with pytest.raises(InvalidArgument):
+            parse_network(bad)
+
+
+def test_guest_network_config_matches_every_nic_by_mac() -> None:
+    import json
+
+    from ketch.model import NetworkMode, NetworkSpec
+
+    spec = replace(
+        SPEC,
+        networks=(
+            NetworkSpec("br0", "52:54:00:00:00:a1"),
+            NetworkSpec("br1", "52:54:00:00:00:a2", NetworkMode.MANUAL),
+        ),
+    )
+    assert net.guest_network_config(SPEC) is None  # cloud-init's fallback, as before
+    text = net.guest_network_config(spec)
+    assert text is not None
+    cfg = json.loads(text)
+    assert cfg["version"] == 2
+    eth = cfg["ethernets"]
+    primary = eth["enx" + SPEC.mac.replace(":", "")]
+    assert primary["match"] == {"macaddress": SPEC.mac} and primary["dhcp4"] is True
+    managed = eth["enx" + net.managed_mac(SPEC).replace(":", "")]
+    assert managed["optional"] is True
+    assert managed["dhcp4-overrides"]["route-metric"] > primary["dhcp4-overrides"]["route-metric"]
+    extra = eth["enx5254000000a1"]
+    assert extra["match"] == {"macaddress": "52:54:00:00:00:a1"} and extra["dhcp4"] is True
+    assert "enx5254000000a2" not in eth and len(eth) == 3  # manual: left alone
+    assert all(len(k) <= 15 for k in eth)
+
+
+def test_extra_nics_get_their_own_taps_and_are_stored_in_the_spec() -> None:
+    from ketch.model import NetworkMode, NetworkSpec
+    from ketch.store.records import spec_from_json, spec_to_json
+
+    names = {net.extra_tap_name(Path("/r"), "a-long-instance-name", i) for i in range(8)}
+    assert len(names) == 8 and all(ip.valid_ifname(n) for n in names)
+    assert net.tap_name(Path("/r"), "a-long-instance-name") not in names
+    spec = replace(SPEC, networks=(NetworkSpec("br0", "52:54:00:00:00:a1", NetworkMode.MANUAL),))
+    assert spec_from_json(spec_to_json(spec)) == spec
+    assert spec_from_json(spec_to_json(SPEC)).networks == ()
+
+
+def test_qemu_numbers_the_taps_after_net0() -> None:
+    from test_qemu_argv import CFG
+
+    argv = build_argv(
+        replace(CFG, taps=(("kt-a", "52:54:01:00:00:01"), ("kxb-0", "52:54:00:0:0:2")))
+    )
+    netdevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-netdev"]
+    assert [n.split(",")[:2] for n in netdevs] == [
+        ["user", "id=net0"], ["tap", "id=net1"], ["tap", "id=net2"],
+    ]  # fmt: skip

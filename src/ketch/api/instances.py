@@ -25,6 +25,9 @@ class LaunchBody(Body):
     cloud_init: str | None = None
     timeout: Timeout | None = None
     firmware: Literal["bios", "uefi"] | None = None
+    # each as --network takes it: name=BRIDGE[,mode=auto|manual][,mac=MAC], or BRIDGE
+    networks: Annotated[list[Annotated[str, Meta(max_length=80)]], Meta(max_length=8)] = []  # noqa: RUF012
+    bridged: bool = False  # one more NIC on local.bridged-network
 
 
 class StopBody(Body):

@@ -177,6 +177,17 @@ def build_parser(only: str | None = None) -> Parser:
         choices=("bios", "uefi"),
         help="boot the image through SeaBIOS or UEFI (OVMF); default: what the image needs",
     )
+    sp.add_argument(
+        "--network",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="add a NIC on a host bridge: name=BRIDGE[,mode=auto|manual][,mac=MAC], or BRIDGE "
+        "(repeatable; see 'ketch networks')",
+    )
+    sp.add_argument(
+        "--bridged", action="store_true", help="add a NIC on local.bridged-network (--network)"
+    )
 
     sp = cmd("list", "verbs_instances", "ls")
     fmt(sp)

@@ -31,6 +31,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
     }
     if args.cloud_init:
         given["cloud_init"] = _read_text(args.cloud_init, "cloud-init")
+    if args.network:
+        given["networks"] = list(args.network)  # checked by ketchd
+    if args.bridged:
+        given["bridged"] = True
     body = m.LaunchBody(**{k: v for k, v in given.items() if v is not None})
     result = stream(routes.LAUNCH, body)
     print(f"Launched: {result.name}")

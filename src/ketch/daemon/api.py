@@ -124,6 +124,8 @@ class Api(OperationRoutes):
             cloud_init=body.cloud_init,
             timeout=body.timeout,
             firmware=body.firmware,
+            networks=list(body.networks),
+            bridged=body.bridged,
         )
         return Op([name], OperationKind.LAUNCH, lambda rep: launch_uc.launch(self.ctx, req, rep))
 

@@ -42,7 +42,9 @@ class QemuConfig:
     efi_code: Path | None = None  # UEFI boot: the firmware, attached read-only
     efi_vars: Path | None = None  # UEFI boot: this instance's variables (raw)
     paused: bool = False  # -S: vCPUs wait for "cont" (a snapshot is loaded over QMP first)
-    tap: tuple[str, str] | None = None  # the managed network's NIC (net1): (TAP name, MAC)
+    # TAP NICs after the user-mode net0, as (TAP name, MAC): the managed network's, then
+    # the --network ones, in their order
+    taps: tuple[tuple[str, str], ...] = ()
 
 
 def uses_uefi(boot: BootSpec) -> bool:
@@ -101,11 +103,10 @@ def build_argv(cfg: QemuConfig, *, binary: str = QEMU_SYSTEM) -> list[str]:
         "-device", f"virtio-net-pci,netdev=net0,mac={cfg.mac}",
         "-device", "virtio-rng-pci",
     ]
-    if cfg.tap is not None:  # last, so the other devices keep their PCI slots
-        tap, mac = cfg.tap
+    for i, (tap, mac) in enumerate(cfg.taps, 1):  # last: the other devices keep their slots
         argv += [
-            "-netdev", f"tap,id=net1,ifname={opt(tap)},script=no,downscript=no,vhost=off",
-            "-device", f"virtio-net-pci,netdev=net1,mac={mac}",
+            "-netdev", f"tap,id=net{i},ifname={opt(tap)},script=no,downscript=no,vhost=off",
+            "-device", f"virtio-net-pci,netdev=net{i},mac={mac}",
         ]
     # fmt: on
     if cfg.boot.kernel:

@@ -42,12 +42,13 @@ from ketch.host import dnsmasq, ip, nft, procs
 from ketch.host.dnsmasq import Host
 from ketch.host.run import run
 from ketch.layout import DIR_MODE, FILE_MODE, InstanceDir, Root
-from ketch.model import InstanceSpec
+from ketch.model import InstanceSpec, NetworkMode
 
 log = logging.getLogger(__name__)
 
 BRIDGE = "ketch0"
 TAP_PREFIX = "kt-"
+EXTRA_PREFIX = "kx"
 MANAGED = "managed"
 USER = "user"
 MODES = (MANAGED, USER)
@@ -77,9 +78,60 @@ def managed_mac(spec: InstanceSpec) -> str:
     return "52:54:01:" + ":".join(f"{b:02x}" for b in digest[:3])
 
 
+def _ifname(mac: str) -> str:
+    """The guest's MAC-based interface name (``enx`` and the MAC's hex, as udev names it).
+
+    cloud-init names (and may rename) each NIC after its key in the config.
+    """
+    return "enx" + mac.replace(":", "").lower()
+
+
+def guest_network_config(spec: InstanceSpec) -> str | None:
+    """The seed's ``network-config`` (cloud-init v2, as JSON, which is YAML), or None.
+
+    Only an instance with ``--network`` NICs gets one: DHCP on the user-mode NIC
+    (default route, metric 100), on its managed NIC (optional: absent in user
+    mode) and on each ``mode=auto`` NIC, all matched by MAC; ``mode=manual`` NICs
+    are left alone.  Without one, cloud-init's fallback configures the first NIC
+    only: a debian-12 instance on the managed network does not configure its
+    managed NIC yet (see the report; the tiny image runs DHCP on every NIC and
+    ignores this file).
+    """
+    if not spec.networks:
+        return None
+    ethernets: dict[str, object] = {
+        _ifname(spec.mac): {
+            "match": {"macaddress": spec.mac},
+            "dhcp4": True,
+            "dhcp4-overrides": {"route-metric": 100},
+        },
+        _ifname(managed_mac(spec)): {
+            "match": {"macaddress": managed_mac(spec)},
+            "dhcp4": True,
+            "optional": True,
+            "dhcp4-overrides": {"route-metric": 200},
+        },
+    }
+    for i, n in enumerate(spec.networks):
+        if n.mode is NetworkMode.AUTO:  # manual ones are left alone
+            ethernets[_ifname(n.mac)] = {
+                "match": {"macaddress": n.mac},
+                "dhcp4": True,
+                "optional": True,
+                "dhcp4-overrides": {"route-metric": 300 + i},
+            }
+    return json.dumps({"version": 2, "ethernets": ethernets}, indent=2) + "\n"
+
+
 def tap_name(root: Path, name: str) -> str:
     """The instance's TAP: ``kt-`` and 10 hex digits of the storage root and the name."""
     return TAP_PREFIX + hashlib.sha256(f"{root}\0{name}".encode()).hexdigest()[:10]
+
+
+def extra_tap_name(root: Path, name: str, index: int) -> str:
+    """The TAP of the instance's ``index``-th ``--network`` NIC: ``kx<10 hex>-<index>``."""
+    digest = hashlib.sha256(f"{root}\0{name}".encode()).hexdigest()[:10]
+    return f"{EXTRA_PREFIX}{digest}-{index}"
 
 
 def parse_subnet(text: str) -> ipaddress.IPv4Network:
@@ -317,13 +369,32 @@ class ManagedNetwork:
         write_nic(idir, nic)
         return nic
 
-    async def detach(self, idir: InstanceDir, *, forget: bool) -> None:
-        """Remove the instance's TAP; ``forget``: it is stopped, not suspended (drop nic.json)."""
+    async def attach_extra(self, spec: InstanceSpec) -> list[tuple[str, str]]:
+        """A TAP on each ``--network`` bridge, made now: (TAP, MAC) for QEMU."""
+        out = []
+        for i, n in enumerate(spec.networks):
+            tap = extra_tap_name(self.root.path, spec.name, i)
+            found = await ip.links(n.name)
+            if not found or found[0].kind != "bridge":
+                raise KetchError(
+                    f'cannot start "{spec.name}": the bridge {n.name} of its --network is gone',
+                    hint="make it again (see 'ketch networks')",
+                )
+            await ip.ip(ip.link_del_argv(tap), check=False)
+            await ip.ip(ip.tap_add_argv(tap))
+            await ip.ip(ip.link_set_argv(tap, master=n.name))
+            out.append((tap, n.mac))
+        return out
+
+    async def detach(self, spec: InstanceSpec, idir: InstanceDir, *, forget: bool) -> None:
+        """Remove the instance's TAPs; ``forget``: stopped, not suspended (drop nic.json)."""
+        taps = [extra_tap_name(self.root.path, spec.name, i) for i in range(len(spec.networks))]
         nic = read_nic(idir)
-        if nic is None:
-            return
-        with contextlib.suppress(KetchError):
-            await ip.ip(ip.link_del_argv(nic.tap), check=False)
+        if nic is not None:
+            taps.append(nic.tap)
+        for tap in taps:
+            with contextlib.suppress(KetchError):
+                await ip.ip(ip.link_del_argv(tap), check=False)
         if forget:
             procs.remove_quietly(idir.nic)
 

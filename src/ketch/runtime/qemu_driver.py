@@ -21,7 +21,7 @@ from ketch.layout import FILE_MODE, InstanceDir
 from ketch.model import InstanceSpec, Observation, PidStatus, SnapshotEntry
 from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG
-from ketch.runtime.network import ManagedNetwork, Nic
+from ketch.runtime.network import ManagedNetwork
 from ketch.runtime.qcow2 import Qcow2Disks
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class QemuDriver(Qcow2Disks):
         *,
         loadvm: bool,
         paused: bool,
-        nic: Nic | None = None,
+        taps: tuple[tuple[str, str], ...] = (),
     ) -> qemu.QemuConfig:
         return qemu.QemuConfig(
             name=spec.name,
@@ -154,7 +154,7 @@ class QemuDriver(Qcow2Disks):
             efi_code=efi.code if efi else None,
             efi_vars=idir.efi_vars if efi else None,
             paused=paused,
-            tap=(nic.tap, nic.mac) if nic else None,
+            taps=taps,
         )
 
     async def start(
@@ -164,9 +164,17 @@ class QemuDriver(Qcow2Disks):
         efi = await self._prepare_uefi(idir) if qemu.uses_uefi(spec.boot) else None
         # A UEFI instance resumes through QMP (see _load_suspended), not -loadvm.
         by_qmp = resume and efi is not None
-        nic = await self.network.attach(spec, idir, resume=resume) if self.network else None
+        taps: list[tuple[str, str]] = []
+        if self.network is not None:
+            nic = await self.network.attach(spec, idir, resume=resume)
+            taps += [(nic.tap, nic.mac)] if nic else []
+            try:
+                taps += await self.network.attach_extra(spec)
+            except BaseException:
+                await self._detach(spec, idir, forget=not resume)
+                raise
         cfg = self._config(
-            spec, idir, accel, efi, loadvm=resume and not by_qmp, paused=by_qmp, nic=nic
+            spec, idir, accel, efi, loadvm=resume and not by_qmp, paused=by_qmp, taps=tuple(taps)
         )
         # QEMU -daemonize sets umask 027 for what it creates after forking: the serial
         # log is made owner-only beforehand (QEMU appends to it) and the monitor's
@@ -176,7 +184,7 @@ class QemuDriver(Qcow2Disks):
         try:
             await qemu.start(cfg, log=idir.qemu_log)
         except BaseException:
-            await self._detach(idir, forget=not resume)
+            await self._detach(spec, idir, forget=not resume)
             raise
         with contextlib.suppress(OSError):  # gone again if QEMU already exited
             os.chmod(idir.qmp_socket, FILE_MODE)
@@ -255,15 +263,15 @@ class QemuDriver(Qcow2Disks):
                 await asyncio.to_thread(procs.terminate, pid, expect=argv)
             ended = True
         procs.remove_quietly(idir.pidfile, idir.qmp_socket)
-        await self._detach(idir, forget=True)
+        await self._detach(spec, idir, forget=True)
         return ended
 
-    async def _detach(self, idir: InstanceDir, *, forget: bool) -> None:
+    async def _detach(self, spec: InstanceSpec, idir: InstanceDir, *, forget: bool) -> None:
         """Remove the instance's TAP (QEMU has ended); never fails."""
         if self.network is None:
             return
         try:
-            await self.network.detach(idir, forget=forget)
+            await self.network.detach(spec, idir, forget=forget)
         except Exception as exc:  # a TAP left behind is re-made at the next start
             log.warning("could not remove the TAP: %s", exc)
 
@@ -316,7 +324,7 @@ class QemuDriver(Qcow2Disks):
         if not await self._wait_exit(pid, 30.0):
             await asyncio.to_thread(procs.terminate, pid, expect=argv)
         procs.remove_quietly(idir.pidfile, idir.qmp_socket)
-        await self._detach(idir, forget=False)  # resumed with the same NIC
+        await self._detach(spec, idir, forget=False)  # resumed with the same NIC
 
     async def cont(self, spec: InstanceSpec, idir: InstanceDir) -> None:
         async with self._lock(idir), qmp.connect(idir.qmp_socket) as mon:

@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Collection
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from ketch.errors import AlreadyExists, InvalidArgument, KetchError, Timeout
 from ketch.host import firmware, partitions, seed
 from ketch.model import BootSpec, ImageInfo, InstanceSpec, Intent, OperationKind
 from ketch.progress import Reporter
+from ketch.runtime.network import guest_network_config
 from ketch.service import accel, guestlink, names
 from ketch.service.context import Context
 from ketch.service.journal import journal
@@ -43,6 +44,8 @@ class LaunchRequest:
     cloud_init: str | None = None
     timeout: float | None = None
     firmware: str | None = None  # "bios", "uefi"; None: what the image needs
+    networks: list[str] = field(default_factory=list)  # each --network, as given
+    bridged: bool = False  # one more on local.bridged-network
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LaunchRequest:
@@ -86,6 +89,9 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
     if req.firmware is not None and req.firmware not in FIRMWARES:
         raise InvalidArgument(f"unknown firmware '{req.firmware}'", hint="use bios or uefi")
 
+    from ketch.service.network import extra_networks
+
+    networks = await extra_networks(ctx, req.networks, bridged=req.bridged, mac=_random_mac)
     image = await ctx.images.resolve(req.image, reporter)
     boot = await boot_for(image, req.firmware)
     idir = ctx.root.instance(name)
@@ -107,6 +113,7 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
             instance_id=f"i-{uuid.uuid4().hex[:16]}",
             cloud_init=req.cloud_init,
             created=time.time(),
+            networks=networks,
         )
         ctx.store.add(spec, Intent.STOP)
         j.undo(ctx.store.remove, name)
@@ -215,6 +222,7 @@ def _write_seed(ctx: Context, spec: InstanceSpec, user_cfg: dict[str, Any] | Non
         idir.seed_iso,
         meta_data=meta,
         user_data=cloudinit.render_user_data(cfg),
+        network_config=guest_network_config(spec),
         extra_files={
             seed.GUEST_CONFIG_FILE: seed.render_guest_config(
                 cfg, {"instance-id": spec.instance_id, "local-hostname": spec.name}

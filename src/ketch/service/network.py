@@ -7,13 +7,17 @@ this module says what is wrong with it and puts it right
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ketch.errors import InvalidArgument, KetchError
-from ketch.host import ip
-from ketch.model import FindingCode
+from ketch.host import dnsmasq, ip
+from ketch.model import FindingCode, NetworkMode, NetworkSpec
 from ketch.runtime import network as net
 from ketch.runtime.network import ManagedNetwork
+from ketch.service.context import Context
+
+BRIDGED_KEY = "local.bridged-network"
 
 
 def check_setting(key: str, value: str) -> None:
@@ -22,7 +26,7 @@ def check_setting(key: str, value: str) -> None:
         raise InvalidArgument(f"invalid network mode '{value}'", hint="give 'managed' or 'user'")
     if key == net.SUBNET_KEY:
         net.parse_subnet(value)
-    if key == net.BRIDGE_KEY and not ip.valid_ifname(value):
+    if key in (net.BRIDGE_KEY, BRIDGED_KEY) and not ip.valid_ifname(value):
         raise InvalidArgument(
             f"invalid bridge name '{value}'",
             hint="up to 15 letters, digits, '-', '_' or '.', not starting with '-'",
@@ -66,6 +70,82 @@ async def host_networks(network: ManagedNetwork | None) -> list[tuple[str, str, 
     wifi = {link.name for link in links if ip.wireless(link.name)}
     managed = network.bridge() if network is not None else net.BRIDGE
     return bridgeable(links, wifi, managed)
+
+
+def parse_network(text: str) -> dict[str, str]:
+    """``--network name=IF[,mode=auto|manual][,mac=MAC]`` or a bare ``IF``, as Multipass (pure)."""
+    if "=" not in text:
+        if not text or "," in text:
+            raise InvalidArgument(f"invalid --network '{text}'", hint="use name=BRIDGE,...")
+        return {"name": text}
+    found: dict[str, str] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or key not in ("name", "mode", "mac") or not value or key in found:
+            raise InvalidArgument(
+                f"invalid --network '{text}'",
+                hint="use name=BRIDGE[,mode=auto|manual][,mac=MAC], each key once",
+            )
+        found[key] = value
+    if "name" not in found:
+        raise InvalidArgument(f"invalid --network '{text}': no name=", hint="name=BRIDGE,...")
+    if found.get("mode", "auto") not in ("auto", "manual"):
+        raise InvalidArgument(f"invalid --network mode '{found['mode']}'", hint="auto or manual")
+    return found
+
+
+async def extra_networks(
+    ctx: Context,
+    asked: list[str],
+    *,
+    bridged: bool,
+    mac: Callable[[], str],
+) -> tuple[NetworkSpec, ...]:
+    """The ``--network`` NICs of a launch, checked: each names a bridge of the host.
+
+    ``--bridged`` adds one on ``local.bridged-network``; a NIC without a MAC gets
+    a new one from ``mac``.
+    """
+    wanted: list[tuple[str, str, str | None]] = []
+    for text in asked:
+        n = parse_network(text)
+        wanted.append((n["name"], n.get("mode", "auto"), n.get("mac")))
+    if bridged:
+        name = ctx.store.get_setting(BRIDGED_KEY)
+        if not name:
+            raise InvalidArgument(
+                "--bridged needs a bridge to use",
+                hint=f"'ketch set {BRIDGED_KEY}=BRIDGE' (see 'ketch networks')",
+            )
+        wanted.append((name, "auto", None))
+    if not wanted:
+        return ()
+    links = {link.name: link for link in await ip.links()}
+    managed = ctx.network.bridge() if ctx.network is not None else net.BRIDGE
+    out: list[NetworkSpec] = []
+    for name, mode, given in wanted:
+        link = links.get(name)
+        if link is None or name == managed:
+            raise InvalidArgument(
+                f"no network interface '{name}' to bridge to", hint="see 'ketch networks'"
+            )
+        if link.kind != "bridge":
+            raise InvalidArgument(
+                f"'{name}' is not a bridge: ketch attaches instances to bridges only",
+                hint=f"make a bridge with {name} in it (NetworkManager, systemd-networkd or "
+                "ip link), then use the bridge; see 'ketch networks'",
+            )
+        if mode not in ("auto", "manual"):
+            raise InvalidArgument(f"invalid network mode '{mode}'", hint="use auto or manual")
+        if given is not None and not dnsmasq.valid_mac(given):
+            raise InvalidArgument(
+                f"invalid MAC address '{given}'", hint="six hex pairs, e.g. 52:54:00:12:34:56"
+            )
+        address = (given or mac()).lower()
+        if any(n.mac == address for n in out):
+            raise InvalidArgument(f"MAC address {address} is given twice")
+        out.append(NetworkSpec(name=name, mac=address, mode=NetworkMode(mode)))
+    return tuple(out)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ DEFAULTS = {
 }
 REMOTE_PREFIX = "local.remote."
 NETWORK_KEYS = ("local.network", "local.network.subnet", "local.network.bridge")
+BRIDGED_KEY = "local.bridged-network"
 INSTANCE_PROPS = ("cpus", "memory", "disk")
 MIN_MEMORY = 512 * 1024**2  # Multipass's minimum for ``set``
 MAX_CPUS = 64
@@ -43,7 +44,7 @@ def _check(key: str, value: str) -> str:
     elif key == "client.primary-name":
         if value:
             names.validate(value)
-    elif key in NETWORK_KEYS:
+    elif key in (*NETWORK_KEYS, BRIDGED_KEY):
         network.check_setting(key, value)
     elif key.startswith(REMOTE_PREFIX) and not value.startswith(("http://", "https://", "file://")):
         raise InvalidArgument(
@@ -53,7 +54,12 @@ def _check(key: str, value: str) -> str:
 
 
 def known(key: str) -> bool:
-    return key in DEFAULTS or key in NETWORK_KEYS or key.startswith(REMOTE_PREFIX)
+    return (
+        key in DEFAULTS
+        or key in NETWORK_KEYS
+        or key == BRIDGED_KEY
+        or key.startswith(REMOTE_PREFIX)
+    )
 
 
 # -- instance settings ---------------------------------------------------------------------
