@@ -205,6 +205,9 @@ def bench_env(root: Path) -> dict[str, str]:
     """
     env = {**os.environ, "KETCH_STORAGE": str(root), "PYTHONPYCACHEPREFIX": str(root / "pyc")}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    # No bridge, TAP or NAT in the machine's own network namespace: user-mode unless
+    # a benchmark says otherwise (and runs in a namespace of its own).
+    env.setdefault("KETCH_NETWORK_DEFAULT", "user")
     return env
 
 

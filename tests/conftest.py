@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from ketch.model import ImageInfo
+
+# The network rule: no test makes a bridge, TAP, dnsmasq or NAT in the machine's own
+# network namespace.  Every ketchd a test starts inherits this default (user-mode
+# networking); tests of the managed network set local.network=managed, inside a
+# namespace they made (tests/integration/test_network.py).
+os.environ["KETCH_NETWORK_DEFAULT"] = "user"
 
 
 @pytest.fixture(scope="session")

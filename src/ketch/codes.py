@@ -124,4 +124,15 @@ CODES: dict[InconsistencyCode | FindingCode, Code] = {
         "none: adopt its directory; then 'stop --force' ends it",
         repairs=False,
     ),
+    FC.NETWORK_BRIDGE_MISSING: Code(
+        "the managed network's bridge is gone (a reboot, or removed by hand)",
+        "make the bridge again, then NAT and dnsmasq",
+    ),
+    FC.NETWORK_DNSMASQ_DEAD: Code(
+        "the managed network's dnsmasq (DHCP, DNS) does not run",
+        "start dnsmasq again (the leases are kept)",
+    ),
+    FC.NETWORK_STALE_TAP: Code(
+        "a TAP of ketch's on the bridge that no running instance uses", "remove the TAP"
+    ),
 }

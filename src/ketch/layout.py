@@ -33,6 +33,14 @@ VAULT_DIR = "vault"
 INSTANCES_DIR = "instances"
 CACHE_DIR = "cache"
 ACCEL_CACHE = "accel.json"  # in CACHE_DIR
+NETWORK_DIR = "network"  # the managed network's state (runtime/network.py)
+
+# Files in NETWORK_DIR.
+NETWORK_STATE = "network.json"  # the bridge's name and subnet, kept so addresses stay stable
+DHCP_HOSTS = "dhcp-hosts"  # the allocation table: MAC,IP,NAME per instance
+DNSMASQ_PID = "dnsmasq.pid"
+DNSMASQ_LEASES = "dnsmasq.leases"
+DNSMASQ_LOG = "dnsmasq.log"
 
 # Files in an instance directory (instances/<name>/).
 DISK = "disk.qcow2"
@@ -50,6 +58,8 @@ VIRTIOFS_PREFIX = "virtiofs-"
 VIRTIOFS_SOCKET = ".sock"
 VIRTIOFS_PID = ".pid"
 VIRTIOFS_LOG = ".log"
+
+NIC = "nic.json"  # on the managed network: the TAP, MAC and address QEMU was started with
 
 
 def storage_dir() -> str:
@@ -136,8 +146,38 @@ class Root(_Paths):
     def accel_cache(self) -> Path:
         return self.path / CACHE_DIR / ACCEL_CACHE
 
+    @property
+    def network(self) -> NetworkDir:
+        return NetworkDir(self.path / NETWORK_DIR)
+
     def instance(self, name: str) -> InstanceDir:
         return InstanceDir(self.instances / name)
+
+
+class NetworkDir(_Paths):
+    """Paths of the managed network's directory."""
+
+    __slots__ = ()
+
+    @property
+    def state(self) -> Path:
+        return self.path / NETWORK_STATE
+
+    @property
+    def hosts(self) -> Path:
+        return self.path / DHCP_HOSTS
+
+    @property
+    def dnsmasq_pid(self) -> Path:
+        return self.path / DNSMASQ_PID
+
+    @property
+    def leases(self) -> Path:
+        return self.path / DNSMASQ_LEASES
+
+    @property
+    def dnsmasq_log(self) -> Path:
+        return self.path / DNSMASQ_LOG
 
 
 class InstanceDir(_Paths):
@@ -189,3 +229,7 @@ class InstanceDir(_Paths):
 
     def virtiofs_log(self, tag: str) -> Path:
         return self.path / f"{VIRTIOFS_PREFIX}{tag}{VIRTIOFS_LOG}"
+
+    @property
+    def nic(self) -> Path:
+        return self.path / NIC

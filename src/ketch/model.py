@@ -91,6 +91,9 @@ class FindingCode(enum.StrEnum):
     STRAY_DIRECTORY = "stray-directory"
     DIRECTORY_WITHOUT_RECORD = "directory-without-record"
     ORPHAN_QEMU = "orphan-qemu"
+    NETWORK_BRIDGE_MISSING = "network-bridge-missing"
+    NETWORK_DNSMASQ_DEAD = "network-dnsmasq-dead"
+    NETWORK_STALE_TAP = "network-stale-tap"
 
 
 class OperationKind(enum.StrEnum):
@@ -220,6 +223,22 @@ class ForwardSpec:
     protocol: Protocol = Protocol.TCP
 
 
+class NetworkMode(enum.StrEnum):
+    """How the guest treats an extra NIC (Multipass's ``--network ...,mode=``)."""
+
+    AUTO = "auto"  # configured by cloud-init (DHCP)
+    MANUAL = "manual"  # left unconfigured
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """An extra NIC bridged to a host bridge (``launch --network``): part of the spec."""
+
+    name: str  # the host bridge
+    mac: str
+    mode: NetworkMode = NetworkMode.AUTO
+
+
 @dataclass(frozen=True)
 class InstanceSpec:
     """What the user asked for when launching (and later via ``set``)."""
@@ -241,6 +260,7 @@ class InstanceSpec:
     created: float = 0.0
     mounts: tuple[MountSpec, ...] = ()
     forwards: tuple[ForwardSpec, ...] = ()
+    networks: tuple[NetworkSpec, ...] = ()
 
 
 @dataclass(frozen=True)

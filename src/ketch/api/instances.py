@@ -27,6 +27,9 @@ class LaunchBody(Body):
     timeout: Timeout | None = None
     firmware: Literal["bios", "uefi"] | None = None
     forwards: Annotated[list[Rule], Meta(max_length=MAX_RULES)] = field(default_factory=list)
+    # each as --network takes it: name=BRIDGE[,mode=auto|manual][,mac=MAC], or BRIDGE
+    networks: Annotated[list[Annotated[str, Meta(max_length=80)]], Meta(max_length=8)] = []  # noqa: RUF012
+    bridged: bool = False  # one more NIC on local.bridged-network
 
 
 class StartBody(Body):

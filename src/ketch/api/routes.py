@@ -180,6 +180,10 @@ PRUNE: Route[m.PruneBody, m.PruneReply] = Route(
 SETTING_KEYS: Route[m.Empty, m.SettingKeysReply] = Route(
     "setting_keys", "GET", "/v1/settings", "every settable key", "m.SettingKeysReply"
 )
+NETWORKS: Route[m.Empty, m.NetworksReply] = Route(
+    "networks", "GET", "/v1/networks", "host interfaces an instance can be bridged to",
+    "m.NetworksReply",
+)  # fmt: skip
 GET_SETTING: Route[m.Empty, m.SettingReply] = Route(
     "get_setting", "GET", "/v1/settings/{key}", "read a setting", "m.SettingReply"
 )
@@ -220,7 +224,7 @@ ROUTES: tuple[Route[Any, Any], ...] = (
     VERSION, LIST, INFO, LAUNCH, SNAPSHOT, RESTORE, SNAPSHOT_DELETE, CLONE, SNAPSHOTS,
     START, STOP, SUSPEND, RESTART, DELETE, RECOVER, PURGE, DOCTOR, SSH, FIND, IMAGES,
     BUILD, PRUNE, SETTING_KEYS, GET_SETTING, SET_SETTING, OPERATIONS, FOLLOW, CANCEL,
-    FORWARD_ADD, FORWARD_REMOVE, FORWARDS,
+    FORWARD_ADD, FORWARD_REMOVE, FORWARDS, NETWORKS,
 )  # fmt: skip
 
 

@@ -6,6 +6,7 @@ them from there (it imports msgspec first, lightly: see its docstring).
 
 from __future__ import annotations
 
+import builtins
 from typing import Annotated, Literal
 
 from msgspec import UNSET, Meta, UnsetType
@@ -73,6 +74,18 @@ class ImagesReply(Reply):
 
 class PruneReply(Reply):
     removed: list[CachedImage]
+
+
+class NetworkRow(Reply):
+    """One host interface an instance can be bridged to, as ``multipass networks`` shows it."""
+
+    name: str
+    type: str  # "bridge", "ethernet", "wifi"
+    description: str
+
+
+class NetworksReply(Reply):
+    list: builtins.list[NetworkRow]
 
 
 class SettingReply(Reply):

@@ -99,6 +99,20 @@ def list_output(doc: m.ListReply, fmt: str) -> str:
     return table(["Name", "State", "IPv4", "Image"], rows)
 
 
+def networks_output(doc: m.NetworksReply, fmt: str) -> str:
+    """``ketch networks``, as ``multipass networks`` prints it."""
+    if fmt == "json":
+        return to_json(plain(doc))
+    if fmt == "yaml":
+        return to_yaml({n.name: [{"type": n.type, "description": n.description}] for n in doc.list})
+    rows = [[n.name, n.type, n.description] for n in doc.list]
+    if fmt == "csv":
+        return to_csv(["Name", "Type", "Description"], rows)
+    if not rows:
+        return "No network interfaces found.\n"
+    return table(["Name", "Type", "Description"], rows)
+
+
 def info_output(doc: m.InfoReply, fmt: str) -> str:
     if fmt == "json":
         return to_json(plain(doc))

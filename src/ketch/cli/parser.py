@@ -53,6 +53,7 @@ HELP = {
     "forward": "Add (or --remove) an explicit port forward to an instance",
     "forwards": "List the port forwards of instances, automatic and explicit",
     "wait-ready": "Wait for ketchd (or an instance) to be ready",
+    "networks": "List available network interfaces",
 }
 
 # Verbs (and aliases) whose sub-parser can be built alone.
@@ -205,6 +206,17 @@ def build_parser(only: str | None = None) -> Parser:
         metavar="[HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp]",
         help="forward a host port to the guest (repeatable); HOSTIP defaults to 127.0.0.1",
     )
+    sp.add_argument(
+        "--network",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="add a NIC on a host bridge: name=BRIDGE[,mode=auto|manual][,mac=MAC], or BRIDGE "
+        "(repeatable; see 'ketch networks')",
+    )
+    sp.add_argument(
+        "--bridged", action="store_true", help="add a NIC on local.bridged-network (--network)"
+    )
 
     sp = cmd("list", "verbs_instances", "ls")
     fmt(sp)
@@ -342,6 +354,8 @@ def build_parser(only: str | None = None) -> Parser:
     fmt(sp)
 
     sp = cmd("version", "verbs_system")
+    fmt(sp)
+    sp = cmd("networks", "verbs_system")
     fmt(sp)
     sp = cmd("help", "verbs_system")
     sp.add_argument("topic", nargs="?", metavar="COMMAND")

@@ -37,6 +37,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
         for rule in args.forward:
             parse_rule(rule)  # a bad rule: exit 1 before anything is sent
         given["forwards"] = list(args.forward)
+    if args.network:
+        given["networks"] = list(args.network)  # checked by ketchd
+    if args.bridged:
+        given["bridged"] = True
     body = m.LaunchBody(**{k: v for k, v in given.items() if v is not None})
     result = stream(routes.LAUNCH, body)
     print(f"Launched: {result.name}")

@@ -1,4 +1,4 @@
-"""``ketch get``, ``set``, ``doctor``, ``version``, ``daemon``, ``help`` and ``completion``."""
+"""``ketch get``, ``set``, ``doctor``, ``networks``, ``version``, ``daemon``, ``help``..."""
 
 from __future__ import annotations
 
@@ -75,6 +75,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         sys.stdout.write(output.doctor_output(findings, fixed=args.fix))
     unresolved = [f for f in findings if not f.fixed]
     return 2 if unresolved else 0
+
+
+def cmd_networks(args: argparse.Namespace) -> int:
+    from ketch.cli import output
+
+    sys.stdout.write(output.networks_output(client().call(routes.NETWORKS), args.format))
+    return 0
 
 
 def cmd_version(args: argparse.Namespace) -> int:

@@ -73,6 +73,14 @@ class Api(OperationRoutes):
     async def version(self, call: Call[None]) -> m.VersionReply:
         return m.VersionReply(ketchd=__version__, started=self.started)
 
+    async def networks(self, call: Call[None]) -> m.NetworksReply:
+        from ketch.service import network as network_uc
+
+        rows = await network_uc.host_networks(self.ctx.network)
+        return m.NetworksReply(
+            list=[m.NetworkRow(name=n, type=t, description=d) for n, t, d in rows]
+        )
+
     async def list(self, call: Call[None]) -> m.ListReply:
         await self.ops.settled()
         views = await inspect_uc.all_views(self.ctx)
@@ -125,6 +133,8 @@ class Api(OperationRoutes):
             timeout=body.timeout,
             firmware=body.firmware,
             forwards=body.forwards,
+            networks=list(body.networks),
+            bridged=body.bridged,
         )
         return Op([name], OperationKind.LAUNCH, lambda rep: launch_uc.launch(self.ctx, req, rep))
 

@@ -96,6 +96,7 @@ async def serve(root: Root) -> None:
     from ketch.daemon.api import Api
     from ketch.daemon.guard import Guard, GuardedUnixSite, Limits, accept_errors
     from ketch.daemon.ops import Operations
+    from ketch.runtime.network import ManagedNetwork
     from ketch.runtime.qemu_driver import QemuDriver
     from ketch.service.context import Context
     from ketch.service.images import Images
@@ -103,7 +104,10 @@ async def serve(root: Root) -> None:
 
     store = Store(root.database)
     images = Images(root, store)
-    ctx = Context(root=root, store=store, driver=QemuDriver(), images=images)
+    network = ManagedNetwork(root, store.get_setting)
+    ctx = Context(
+        root=root, store=store, driver=QemuDriver(network), images=images, network=network
+    )
     boot_timeout = os.environ.get("KETCH_BOOT_TIMEOUT")
     if boot_timeout:
         ctx.boot_timeout = float(boot_timeout)

@@ -46,6 +46,9 @@ class QemuConfig:
     # native mounts: (virtiofs tag, virtiofsd's vhost-user socket) each; the guest's
     # memory is then a shared memfd (vhost-user maps it into virtiofsd)
     shares: tuple[tuple[str, Path], ...] = ()
+    # TAP NICs after the user-mode net0, as (TAP name, MAC): the managed network's, then
+    # the --network ones, in their order
+    taps: tuple[tuple[str, str], ...] = ()
 
 
 def uses_uefi(boot: BootSpec) -> bool:
@@ -106,6 +109,11 @@ def build_argv(cfg: QemuConfig, *, binary: str = QEMU_SYSTEM) -> list[str]:
         "-device", f"virtio-net-pci,netdev=net0,mac={cfg.mac}",
         "-device", "virtio-rng-pci",
     ]
+    for i, (tap, mac) in enumerate(cfg.taps, 1):  # last: the other devices keep their slots
+        argv += [
+            "-netdev", f"tap,id=net{i},ifname={opt(tap)},script=no,downscript=no,vhost=off",
+            "-device", f"virtio-net-pci,netdev=net{i},mac={mac}",
+        ]
     # fmt: on
     if cfg.shares:
         argv += ["-object", f"memory-backend-memfd,id={MEMORY_NODE},size={mem_mib}M,share=on"]

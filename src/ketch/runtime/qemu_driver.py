@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -21,7 +22,10 @@ from ketch.model import InstanceSpec, Observation, PidStatus, SnapshotEntry
 from ketch.progress import Reporter
 from ketch.runtime import virtiofs
 from ketch.runtime.driver import SUSPEND_TAG
+from ketch.runtime.network import ManagedNetwork
 from ketch.runtime.qcow2 import Qcow2Disks
+
+log = logging.getLogger(__name__)
 
 QMP_PROBE_TIMEOUT = 2.0
 HMP_LOCK_TIMEOUT = 3.0  # a forward waits this long for a monitor another operation holds
@@ -44,9 +48,10 @@ class QemuDriver(Qcow2Disks):
 
     name = "qemu"
 
-    def __init__(self) -> None:
+    def __init__(self, network: ManagedNetwork | None = None) -> None:
         # QEMU's monitor takes one client at a time: serialize our own use.
         self._qmp_locks: dict[Path, asyncio.Lock] = {}
+        self.network = network  # None: user-mode networking only
 
     def _lock(self, idir: InstanceDir) -> asyncio.Lock:
         return self._qmp_locks.setdefault(idir.path, asyncio.Lock())
@@ -133,6 +138,7 @@ class QemuDriver(Qcow2Disks):
         loadvm: bool,
         paused: bool,
         shares: tuple[virtiofs.Share, ...] = (),
+        taps: tuple[tuple[str, str], ...] = (),
     ) -> qemu.QemuConfig:
         return qemu.QemuConfig(
             name=spec.name,
@@ -152,6 +158,7 @@ class QemuDriver(Qcow2Disks):
             efi_vars=idir.efi_vars if efi else None,
             paused=paused,
             shares=tuple((s.tag, s.socket) for s in shares),
+            taps=taps,
         )
 
     async def start(
@@ -162,6 +169,15 @@ class QemuDriver(Qcow2Disks):
         efi = await self._prepare_uefi(idir) if qemu.uses_uefi(spec.boot) else None
         # A UEFI instance resumes through QMP (see _load_suspended), not -loadvm.
         by_qmp = resume and efi is not None
+        taps: list[tuple[str, str]] = []
+        if self.network is not None:
+            nic = await self.network.attach(spec, idir, resume=resume)
+            taps += [(nic.tap, nic.mac)] if nic else []
+            try:
+                taps += await self.network.attach_extra(spec)
+            except BaseException:
+                await self._detach(spec, idir, forget=not resume)
+                raise
         # Native mounts: a virtiofsd each, before QEMU connects to it.  A resumed
         # guest gets none (its saved state has no such device: suspend refuses
         # native mounts); a mount whose source is gone (or moved) is skipped.
@@ -178,6 +194,7 @@ class QemuDriver(Qcow2Disks):
                 loadvm=resume and not by_qmp,
                 paused=by_qmp,
                 shares=tuple(shares),
+                taps=tuple(taps),
             )
             # QEMU -daemonize sets umask 027 for what it creates after forking: the
             # serial log is made owner-only beforehand (QEMU appends to it) and the
@@ -187,6 +204,7 @@ class QemuDriver(Qcow2Disks):
             await qemu.start(cfg, log=idir.qemu_log)
         except BaseException:
             await virtiofs.stop_all(idir)
+            await self._detach(spec, idir, forget=not resume)
             raise
         with contextlib.suppress(OSError):  # gone again if QEMU already exited
             os.chmod(idir.qmp_socket, FILE_MODE)
@@ -266,7 +284,17 @@ class QemuDriver(Qcow2Disks):
             ended = True
         procs.remove_quietly(idir.pidfile, idir.qmp_socket)
         await virtiofs.stop_all(idir)  # native mounts' daemons end with their QEMU
+        await self._detach(spec, idir, forget=True)
         return ended
+
+    async def _detach(self, spec: InstanceSpec, idir: InstanceDir, *, forget: bool) -> None:
+        """Remove the instance's TAP (QEMU has ended); never fails."""
+        if self.network is None:
+            return
+        try:
+            await self.network.detach(spec, idir, forget=forget)
+        except Exception as exc:  # a TAP left behind is re-made at the next start
+            log.warning("could not remove the TAP: %s", exc)
 
     async def _try_quit(self, idir: InstanceDir) -> None:
         lock = self._lock(idir)
@@ -318,6 +346,7 @@ class QemuDriver(Qcow2Disks):
             await asyncio.to_thread(procs.terminate, pid, expect=argv)
         procs.remove_quietly(idir.pidfile, idir.qmp_socket)
         await virtiofs.stop_all(idir)
+        await self._detach(spec, idir, forget=False)  # resumed with the same NIC
 
     async def cont(self, spec: InstanceSpec, idir: InstanceDir) -> None:
         async with self._lock(idir), qmp.connect(idir.qmp_socket) as mon:

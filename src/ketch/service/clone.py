@@ -134,6 +134,7 @@ async def clone(ctx: Context, source: str, name: str, reporter: Reporter) -> Clo
             name=name,
             ssh_port=guestlink.free_port(ctx.store.used_ports()),
             mac=_random_mac(),
+            networks=tuple(replace(n, mac=_random_mac()) for n in src_spec.networks),
             instance_id=f"i-{uuid.uuid4().hex[:16]}",
             created=ctx.clock.time(),
             forwards=(),  # host ports are the source's: a clone gets its own with 'ketch forward'

@@ -11,6 +11,7 @@ from ketch.layout import Root
 from ketch.model import ImageInfo
 from ketch.progress import Reporter
 from ketch.runtime.driver import Driver
+from ketch.runtime.network import ManagedNetwork
 from ketch.store.db import Store
 
 if TYPE_CHECKING:
@@ -43,3 +44,4 @@ class Context:
     boot_timeout: float = 300.0
     stop_timeout: float = 60.0
     forwarder: Forwarder | None = None  # the daemon's port forwarder (service/forward_watch.py)
+    network: ManagedNetwork | None = None  # the managed network (None: user-mode only)

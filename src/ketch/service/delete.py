@@ -49,6 +49,11 @@ async def _purge_one(ctx: Context, name: str, reporter: Reporter) -> None:
         error = guestlink.remove_tree(idir.path)
         if error:
             reporter.warn(f"could not remove {idir.path}: {error}; remove it by hand")
+        if ctx.network is not None:
+            try:  # its lease goes; with the last instance, the managed network
+                await ctx.network.release(name)
+            except Exception as exc:
+                reporter.warn(f"could not release the managed network's lease: {exc}")
         record_quietly(
             reporter,
             f"remove {name}'s record (its files are gone; 'ketch delete --purge {name}' "

@@ -41,6 +41,12 @@ class View:
     record: Record
     obs: Observation
     derived: Derived
+    managed: tuple[str, ...] = ()  # addresses on the managed network
+
+    @property
+    def ipv4(self) -> list[str]:
+        """Every IPv4 address of a running instance, the reachable one first."""
+        return [*self.managed, GUEST_IPV4] if self.derived.running else []
 
     @property
     def name(self) -> str:
@@ -83,7 +89,10 @@ async def view(ctx: Context, record: Record, *, inside_op: bool = False) -> View
         delayed_shutdown=record.shutdown_at is not None,
         quarantine=record.quarantine,
     )
-    return View(record, obs, derived)
+    managed: tuple[str, ...] = ()
+    if derived.running and ctx.network is not None:
+        managed = tuple(ctx.network.addresses(idir))
+    return View(record, obs, derived, managed)
 
 
 async def get(ctx: Context, name: str) -> View:
@@ -126,7 +135,7 @@ def list_entry(v: View, forwards: list[ForwardInfo] | None = None) -> ListEntry:
     return ListEntry(
         name=spec.name,
         state=v.state.value,
-        ipv4=[GUEST_IPV4] if v.derived.running else [],
+        ipv4=v.ipv4,
         release=spec.release,
         ssh_port=spec.ssh_port,
         inconsistencies=len(v.derived.inconsistencies),
@@ -179,7 +188,7 @@ def info_entry(
         memory=Memory(total=mem_total, used=UNSET if guest.mem_used is None else guest.mem_used),
         disks={"vda1": Disk(total=str(disk_total), used=disk_used)},
         load=list(guest.load),
-        ipv4=[GUEST_IPV4] if v.derived.running else [],
+        ipv4=v.ipv4,
         mounts=mount_entries(spec),
         snapshot_count=str(snapshot_count),
         created=_stamp(spec.created),

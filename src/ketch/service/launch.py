@@ -17,6 +17,7 @@ from ketch.errors import AlreadyExists, InvalidArgument, KetchError, Timeout
 from ketch.host import firmware, partitions, seed
 from ketch.model import BootSpec, ImageInfo, InstanceSpec, Intent, OperationKind
 from ketch.progress import Reporter
+from ketch.runtime.network import guest_network_config
 from ketch.service import accel, guestlink, names
 from ketch.service.context import Context
 from ketch.service.journal import journal
@@ -43,6 +44,8 @@ class LaunchRequest:
     timeout: float | None = None
     firmware: str | None = None  # "bios", "uefi"; None: what the image needs
     forwards: list[str] = field(default_factory=list)  # explicit port forwards, as written
+    networks: list[str] = field(default_factory=list)  # each --network, as given
+    bridged: bool = False  # one more on local.bridged-network
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LaunchRequest:
@@ -93,6 +96,9 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
 
     forwards = launch_forwards(ctx, name, req.forwards)
 
+    from ketch.service.network import extra_networks
+
+    networks = await extra_networks(ctx, req.networks, bridged=req.bridged, mac=_random_mac)
     image = await ctx.images.resolve(req.image, reporter)
     boot = await boot_for(image, req.firmware)
     idir = ctx.root.instance(name)
@@ -115,6 +121,7 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
             cloud_init=req.cloud_init,
             created=ctx.clock.time(),
             forwards=forwards,
+            networks=networks,
         )
         ctx.store.add(spec, Intent.STOP)
         j.undo(ctx.store.remove, name)
@@ -223,6 +230,7 @@ def _write_seed(ctx: Context, spec: InstanceSpec, user_cfg: dict[str, Any] | Non
         idir.seed_iso,
         meta_data=meta,
         user_data=cloudinit.render_user_data(cfg),
+        network_config=guest_network_config(spec),
         extra_files={
             seed.GUEST_CONFIG_FILE: seed.render_guest_config(
                 cfg, {"instance-id": spec.instance_id, "local-hostname": spec.name}

@@ -14,7 +14,7 @@ from ketch.api.models import SetReply
 from ketch.errors import InvalidArgument, KetchError, NotFound
 from ketch.model import InstanceSpec, OperationKind, PidStatus, State, Verb
 from ketch.progress import Reporter
-from ketch.service import accel, inspect, names
+from ketch.service import accel, inspect, names, network
 from ketch.service.context import Context
 from ketch.service.journal import journal
 from ketch.service.units import human, parse_size
@@ -31,6 +31,8 @@ DEFAULTS = {
 AUTO_FORWARD = ".auto-forward"  # local.NAME.auto-forward: the instance's own (service/forwards.py)
 EMPTY_MEANS_EMPTY = ("client.primary-name",)  # ``set KEY=`` stores "" (disables the primary)
 REMOTE_PREFIX = "local.remote."
+NETWORK_KEYS = ("local.network", "local.network.subnet", "local.network.bridge")
+BRIDGED_KEY = "local.bridged-network"
 INSTANCE_PROPS = ("cpus", "memory", "disk")
 SNAPSHOT_PROPS = ("name", "comment")  # local.<instance>.<snapshot>.name|comment, as Multipass
 MIN_MEMORY = 512 * 1024**2  # Multipass's minimum for ``set``
@@ -52,6 +54,8 @@ def _check(key: str, value: str) -> str:
         from ketch.service.forwards import parse_bool
 
         value = parse_bool(key, value)
+    elif key in (*NETWORK_KEYS, BRIDGED_KEY):
+        network.check_setting(key, value)
     elif key.startswith(REMOTE_PREFIX) and not value.startswith(("http://", "https://", "file://")):
         raise InvalidArgument(
             f"invalid remote URL '{value}'", hint="give an http(s):// or file:// URL"
@@ -76,7 +80,13 @@ def keys(ctx: Context) -> list[str]:
 def known(key: str) -> bool:
     parts = key.split(".")
     per_instance = len(parts) == 3 and parts[0] == "local" and parts[2] == AUTO_FORWARD[1:]
-    return key in DEFAULTS or key.startswith(REMOTE_PREFIX) or per_instance
+    return (
+        key in DEFAULTS
+        or key in NETWORK_KEYS
+        or key == BRIDGED_KEY
+        or key.startswith(REMOTE_PREFIX)
+        or per_instance
+    )
 
 
 # -- instance settings ---------------------------------------------------------------------
@@ -259,6 +269,8 @@ async def get(ctx: Context, key: str) -> str:
     if key == "local.accel" and value in (None, "auto"):
         choice = await accel.choose(ctx)
         return f"{choice.accel} ({choice.reason})"
+    if value is None and key in NETWORK_KEYS and ctx.network is not None:
+        return await network.show_default(ctx.network, key)
     if value is None:
         if key.endswith(AUTO_FORWARD) and key != "local.auto-forward":
             return await get(ctx, "local.auto-forward")
@@ -274,4 +286,21 @@ async def set_(ctx: Context, key: str, value: str) -> None:
     if not value and key in EMPTY_MEANS_EMPTY:
         ctx.store.set_setting(key, "")
         return
-    ctx.store.set_setting(key, _check(key, value) if value else None)  # empty: unset
+    checked = _check(key, value) if value else None
+    if key in NETWORK_KEYS:
+        await _network_idle(ctx, key)
+    ctx.store.set_setting(key, checked)  # empty: unset
+
+
+async def _network_idle(ctx: Context, key: str) -> None:
+    """The network's settings change only while no instance runs or is suspended."""
+    busy = [
+        v.name
+        for v in await inspect.all_views(ctx)
+        if v.derived.running or v.state is State.SUSPENDED
+    ]
+    if busy:
+        raise KetchError(
+            f"cannot change {key} while instances run or are suspended: {', '.join(busy)}",
+            hint="stop them first ('ketch stop --all')",
+        )

@@ -14,6 +14,8 @@ from ketch.model import (
     Intent,
     MountSpec,
     MountType,
+    NetworkMode,
+    NetworkSpec,
     Protocol,
 )
 
@@ -78,10 +80,17 @@ def _forward_from_json(data: dict[str, Any]) -> ForwardSpec:
     )
 
 
+def _network_from_json(data: dict[str, Any]) -> NetworkSpec:
+    return NetworkSpec(
+        name=data["name"], mac=data["mac"], mode=NetworkMode(data.get("mode", NetworkMode.AUTO))
+    )
+
+
 def spec_from_json(text: str) -> InstanceSpec:
     data: dict[str, Any] = json.loads(text)
     data["boot"] = BootSpec(**data.get("boot", {}))
     data["mounts"] = tuple(_mount_from_json(m) for m in data.get("mounts", ()))
     data["forwards"] = tuple(_forward_from_json(f) for f in data.get("forwards", ()))
+    data["networks"] = tuple(_network_from_json(n) for n in data.get("networks", ()))
     fields = set(InstanceSpec.__dataclass_fields__)
     return InstanceSpec(**{k: v for k, v in data.items() if k in fields})

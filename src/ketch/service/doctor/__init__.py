@@ -13,6 +13,7 @@ This module holds :func:`run` (examine, then repair); the rest of the package:
 - :mod:`.instance`: :func:`examine`, one instance's findings and costlier checks;
 - :mod:`.root`: :func:`examine_root`, the storage root (stray directories,
   adoption, orphan QEMUs);
+- :mod:`.network`: :func:`examine_network`, the managed network;
 - :mod:`.repairs`: the repairs ``--fix`` makes.
 """
 
@@ -24,6 +25,7 @@ from ketch.progress import Reporter
 from ketch.service.context import Context
 from ketch.service.doctor.finding import Finding, Repair
 from ketch.service.doctor.instance import examine
+from ketch.service.doctor.network import examine_network
 from ketch.service.doctor.repairs import MIN_FREE, POWEROFF_TIMEOUT
 from ketch.service.doctor.root import examine_root, orphan_qemus
 from ketch.service.doctor.rules import RULES, Fixer, Rule
@@ -53,6 +55,7 @@ async def run(ctx: Context, wanted: list[str], *, fix: bool, reporter: Reporter)
         findings += await examine(ctx, v)
     if not wanted:
         findings += examine_root(ctx)
+        findings += await examine_network(ctx)
     if fix:
         for f in findings:
             if f.repair is None:
