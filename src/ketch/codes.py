@@ -124,4 +124,9 @@ CODES: dict[InconsistencyCode | FindingCode, Code] = {
         "none: adopt its directory; then 'stop --force' ends it",
         repairs=False,
     ),
+    FC.DATABASE_REPAIRED: Code(
+        "ketchd found `ketch.db` damaged or gone at start-up and rebuilt it (the damaged file "
+        "is kept as `ketch.db.damaged-<time>`; instances come back from their `instance.json`)",
+        "acknowledge it (the note is removed; the damaged copy is kept)",
+    ),
 }

@@ -27,6 +27,9 @@ SOCKET = "ketchd.sock"
 DAEMON_PID = "ketchd.pid"
 DAEMON_LOG = "ketchd.log"
 DATABASE = "ketch.db"
+DATABASE_DAMAGED = "ketch.db.damaged-"  # + UTC time: a damaged database, moved aside, kept
+DATABASE_REPAIRED = "ketch.db.repaired.json"  # what ketchd did about it, until doctor --fix
+SETTINGS_RECORD = "settings.json"  # every setting, mirrored from the database (store/mirror.py)
 SSH_DIR = "ssh"
 CLIENT_KEY = "id_ed25519"  # in SSH_DIR; the .pub beside it
 VAULT_DIR = "vault"
@@ -44,6 +47,7 @@ SERIAL_LOG = "serial.log"
 QEMU_LOG = "qemu.log"
 HOST_KEY = "ssh_host_ed25519_key"  # private; the .pub beside it
 KNOWN_HOSTS = "known_hosts"
+INSTANCE_RECORD = "instance.json"  # the store's record of it, mirrored (store/mirror.py)
 
 
 def storage_dir() -> str:
@@ -115,6 +119,14 @@ class Root(_Paths):
         return self.path / DATABASE
 
     @property
+    def settings_record(self) -> Path:
+        return self.path / SETTINGS_RECORD
+
+    @property
+    def database_repaired(self) -> Path:
+        return self.path / DATABASE_REPAIRED
+
+    @property
     def client_key(self) -> Path:
         return self.path / SSH_DIR / CLIENT_KEY
 
@@ -174,3 +186,7 @@ class InstanceDir(_Paths):
     @property
     def known_hosts(self) -> Path:
         return self.path / KNOWN_HOSTS
+
+    @property
+    def record(self) -> Path:
+        return self.path / INSTANCE_RECORD

@@ -91,6 +91,7 @@ class FindingCode(enum.StrEnum):
     STRAY_DIRECTORY = "stray-directory"
     DIRECTORY_WITHOUT_RECORD = "directory-without-record"
     ORPHAN_QEMU = "orphan-qemu"
+    DATABASE_REPAIRED = "database-repaired"
 
 
 class OperationKind(enum.StrEnum):
