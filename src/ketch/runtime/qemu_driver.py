@@ -23,6 +23,9 @@ from ketch.runtime.driver import SUSPEND_TAG
 from ketch.runtime.qcow2 import Qcow2Disks
 
 QMP_PROBE_TIMEOUT = 2.0
+QMP_RETRY_TIMEOUT = 5.0  # the background probe of a monitor that missed its deadline
+QMP_RETRY_PERIOD = 1.0
+QUIT_BUDGET = 0.5  # stop --force: how long the monitor gets to take 'quit' before SIGKILL
 LOAD_TIMEOUT = 600.0  # loading a suspended VM's state over QMP (UEFI instances)
 
 
@@ -45,6 +48,10 @@ class QemuDriver(Qcow2Disks):
     def __init__(self) -> None:
         # QEMU's monitor takes one client at a time: serialize our own use.
         self._qmp_locks: dict[Path, asyncio.Lock] = {}
+        # Monitors that missed a probe's deadline (why), and the background probes
+        # that keep trying them: nothing waits on a frozen monitor twice.
+        self._unresponsive: dict[Path, str] = {}
+        self._probers: dict[Path, asyncio.Task[None]] = {}
 
     def _lock(self, idir: InstanceDir) -> asyncio.Lock:
         return self._qmp_locks.setdefault(idir.path, asyncio.Lock())
@@ -88,7 +95,7 @@ class QemuDriver(Qcow2Disks):
         qmp_status: str | None = None
         qmp_error: str | None = None
         if status is PidStatus.OURS and probe_qmp:
-            qmp_status, qmp_error = await self._probe(idir)
+            qmp_status, qmp_error = await self._probe_once(idir)
         disk_exists = idir.disk.exists()
         tags, tag_error = await self._tags(idir.disk) if disk_exists else ((), None)
         suspend = [t for t in tags or () if t.name == SUSPEND_TAG]
@@ -105,17 +112,63 @@ class QemuDriver(Qcow2Disks):
             suspend_tag_disk_only=bool(suspend) and all(t.vm_state_size == 0 for t in suspend),
         )
 
-    async def _probe(self, idir: InstanceDir) -> tuple[str | None, str | None]:
+    async def _probe_once(self, idir: InstanceDir) -> tuple[str | None, str | None]:
+        """Ask the monitor, unless it already missed a deadline: then say so at once.
+
+        A probe that times out marks the monitor unresponsive and starts a
+        background probe (:meth:`_keep_probing`); until that one gets an
+        answer (or the process is gone), every look answers without waiting.
+        """
+        missed = self._unresponsive.get(idir.path)
+        if missed is not None:
+            self._start_prober(idir)
+            return None, f"{missed}; still probed in the background"
+        answer, error, timed_out = await self._probe(idir, QMP_PROBE_TIMEOUT)
+        if timed_out:
+            self._unresponsive[idir.path] = error or "no reply"
+            self._start_prober(idir)
+        return answer, error
+
+    def _start_prober(self, idir: InstanceDir) -> None:
+        task = self._probers.get(idir.path)
+        if task is None or task.done():
+            self._probers[idir.path] = asyncio.create_task(self._keep_probing(idir))
+
+    def _forget_unresponsive(self, idir: InstanceDir) -> None:
+        self._unresponsive.pop(idir.path, None)
+        task = self._probers.pop(idir.path, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _keep_probing(self, idir: InstanceDir) -> None:
+        """Probe a monitor that missed its deadline until it answers or its QEMU is gone."""
+        while idir.path in self._unresponsive:
+            _, status, _, _ = self._pid(idir)
+            if status is not PidStatus.OURS:
+                break
+            answer, _, _ = await self._probe(idir, QMP_RETRY_TIMEOUT)
+            if answer is not None:
+                break
+            await asyncio.sleep(QMP_RETRY_PERIOD)
+        self._unresponsive.pop(idir.path, None)
+        self._probers.pop(idir.path, None)
+
+    async def _probe(
+        self, idir: InstanceDir, timeout: float
+    ) -> tuple[str | None, str | None, bool]:
+        """(status, why there is none, whether the monitor missed the deadline)."""
         lock = self._lock(idir)
         try:
-            await asyncio.wait_for(lock.acquire(), QMP_PROBE_TIMEOUT)
+            await asyncio.wait_for(lock.acquire(), timeout)
         except TimeoutError:
-            return None, "the monitor is busy with another operation"
+            return None, "the monitor is busy with another operation", False
         try:
-            async with qmp.connect(idir.qmp_socket, timeout=QMP_PROBE_TIMEOUT) as mon:
-                return await mon.status(timeout=QMP_PROBE_TIMEOUT), None
+            async with qmp.connect(idir.qmp_socket, timeout=timeout) as mon:
+                return await mon.status(timeout=timeout), None, False
+        except Timeout as exc:
+            return None, exc.message, True
         except KetchError as exc:
-            return None, exc.message
+            return None, exc.message, False
         finally:
             lock.release()
 
@@ -153,6 +206,7 @@ class QemuDriver(Qcow2Disks):
     async def start(
         self, spec: InstanceSpec, idir: InstanceDir, *, accel: str, resume: bool
     ) -> None:
+        self._forget_unresponsive(idir)
         procs.remove_quietly(idir.pidfile, idir.qmp_socket)
         efi = await self._prepare_uefi(idir) if qemu.uses_uefi(spec.boot) else None
         # A UEFI instance resumes through QMP (see _load_suspended), not -loadvm.
@@ -234,26 +288,34 @@ class QemuDriver(Qcow2Disks):
         pid, status, argv, _ = self._pid(idir)
         ended = False
         if status is PidStatus.OURS and pid is not None:
-            # Ask QEMU to quit first (clean qcow2 close), then signals.  Never wait
-            # long for the monitor: a hung operation may hold it.
-            await self._try_quit(idir)
-            if not await self._wait_exit(pid, 3.0):
-                await asyncio.to_thread(procs.terminate, pid, expect=argv)
+            # Ask QEMU to quit first (clean qcow2 close), then signals.  A monitor
+            # that missed a deadline, or does not take 'quit' within QUIT_BUDGET
+            # (frozen, or held by a hung operation), is not waited on: SIGKILL
+            # through the verified pidfd at once.
+            if idir.path not in self._unresponsive and await self._try_quit(idir):
+                if not await self._wait_exit(pid, 3.0):
+                    await asyncio.to_thread(procs.terminate, pid, expect=argv)
+            else:
+                await asyncio.to_thread(procs.kill_now, pid, expect=argv)
             ended = True
+        self._forget_unresponsive(idir)
         procs.remove_quietly(idir.pidfile, idir.qmp_socket)
         return ended
 
-    async def _try_quit(self, idir: InstanceDir) -> None:
+    async def _try_quit(self, idir: InstanceDir) -> bool:
+        """Send 'quit' within QUIT_BUDGET; False when the monitor could not be reached."""
         lock = self._lock(idir)
         try:
-            await asyncio.wait_for(lock.acquire(), 1.0)
+            await asyncio.wait_for(lock.acquire(), QUIT_BUDGET)
         except TimeoutError:
-            return
+            return False
         try:
-            async with qmp.connect(idir.qmp_socket, timeout=1.0) as mon:
-                await mon.execute("quit", timeout=2.0)
+            async with qmp.connect(idir.qmp_socket, timeout=QUIT_BUDGET) as mon:
+                with contextlib.suppress(QMPError):  # quit may close the socket before replying
+                    await mon.execute("quit", timeout=2.0)
+            return True
         except KetchError:
-            pass
+            return False
         finally:
             lock.release()
 
