@@ -8,8 +8,10 @@ on its way becomes a warning.
 
 from __future__ import annotations
 
+from ketch import space
 from ketch.api.models import NameResult, StartResult
 from ketch.errors import HostCommandError, KetchError, Timeout
+from ketch.host import procs
 from ketch.model import InconsistencyCode, Intent, OperationKind, State, Verb
 from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG
@@ -202,6 +204,11 @@ async def suspend(ctx: Context, name: str, reporter: Reporter) -> NameResult:
     require(v, Verb.SUSPEND, hint=f"'ketch start {name}' first")
     if v.state is State.SUSPENDED:
         return NameResult(name=name)
+    rss = procs.resident(v.obs.pid) if v.obs.pid else None
+    memory = min(v.record.spec.memory, rss) if rss else v.record.spec.memory
+    space.require(
+        "suspend", ctx.root.instance(name).path, memory=memory, note="the instance keeps running"
+    )
     async with journal(ctx, name, OperationKind.SUSPEND, reporter=reporter):
         ctx.store.set_shutdown_at(name, None)
         try:
