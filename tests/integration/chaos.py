@@ -33,6 +33,12 @@ disk-full           the tmpfs is filled with a file leaving 0, 2 or 8 MiB; the n
                     runs against the full disk (a suspend when something runs, 60 %;
                     never a boot unless ``boot_on_full_disk``: see :data:`BOOTING`)
                     and the file is removed after it
+freeze-qemu         ``kill -STOP`` of a running QEMU; ``list`` must answer and show it
+                    ``Unknown`` (``qmp-unresponsive``); then ``kill -CONT`` and the walk
+                    waits (≤ 60 s) until it is listed ``Running`` again
+damage-db           ketchd is ended (SIGTERM) and ``ketch.db`` gets 7 bytes of garbage at
+                    offset 100, is truncated to half, or is deleted (:data:`DB_DAMAGES`);
+                    the next command's daemon must rebuild it losing no instance
 ==================  ==================================================================
 
 Most operations are ones the target's current state accepts (75 %), the rest
@@ -320,8 +326,11 @@ FAULTS = (
     "foreign-pid",
     "qmp-socket",
     "disk-full",
+    "freeze-qemu",
+    "damage-db",
 )
-FAULT_WEIGHTS = (12, 6, 10, 8, 8, 8, 8, 6)
+FAULT_WEIGHTS = (12, 6, 10, 8, 8, 8, 8, 6, 6, 4)
+DB_DAMAGES = ("garbage-at-100", "truncated-to-half", "deleted")
 
 
 class Walk:
@@ -821,6 +830,10 @@ class Walk:
             (self.idir(name) / "qmp.sock").unlink()
             self.log(f"FAULT deleted the QMP socket of running {name}")
             return True
+        if fault == "freeze-qemu":
+            return self.fault_freeze(running, qemus)
+        if fault == "damage-db":
+            return self.fault_damage_db()
         if fault == "disk-full":
             if self.filler is not None:
                 return False
@@ -829,6 +842,49 @@ class Walk:
             self.log(f"FAULT filled the storage root, {left // 2**20} MiB left")
             return True
         raise ValueError(fault)
+
+    def fault_freeze(self, running: list[str], qemus: dict[str, list[int]]) -> bool:
+        """SIGSTOP a QEMU: list answers (Unknown, qmp-unresponsive); SIGCONT; Running again."""
+        if not running:
+            return False
+        name = self.rng.choice(running)
+        pid = qemus[name][0]
+        os.kill(pid, signal.SIGSTOP)
+        self.log(f"FAULT kill -STOP QEMU of {name} (pid {pid})")
+        try:
+            for _ in range(2):
+                self.check_list()
+                if self.states.get(name) != "Unknown":
+                    self.violate("frozen-is-unknown", f"{name} listed {self.states.get(name)}")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            self.check_list()
+            if self.states.get(name) != "Unknown":
+                return True
+            time.sleep(0.5)
+        self.violate("thawed-is-answered", f"{name} still Unknown 60 s after SIGCONT")
+        return True
+
+    def fault_damage_db(self) -> bool:
+        """End ketchd, damage its database one of three ways; the next command rebuilds it."""
+        assert self.root is not None
+        self.stop_daemon()
+        db = self.root / "ketch.db"
+        how = self.rng.choice(DB_DAMAGES)
+        if how == "garbage-at-100" and db.exists():
+            with db.open("r+b") as f:
+                f.seek(100)
+                f.write(b"garbage")
+        elif how == "truncated-to-half" and db.exists():
+            os.truncate(db, db.stat().st_size // 2)
+        else:
+            how = "deleted"
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(db) + suffix).unlink(missing_ok=True)
+        self.log(f"FAULT ketch.db {how}")
+        return True
 
     def wait_gone(self, pid: int, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
