@@ -29,6 +29,7 @@ DAEMON_LOG = "ketchd.log"
 DATABASE = "ketch.db"
 DATABASE_DAMAGED = "ketch.db.damaged-"  # + UTC time: a damaged database, moved aside, kept
 DATABASE_REPAIRED = "ketch.db.repaired.json"  # what ketchd did about it, until doctor --fix
+BOOT_ID = "boot_id"  # the host's boot id when ketchd last started (service/autostart.py)
 SETTINGS_RECORD = "settings.json"  # every setting, mirrored from the database (store/mirror.py)
 SSH_DIR = "ssh"
 CLIENT_KEY = "id_ed25519"  # in SSH_DIR; the .pub beside it
@@ -117,6 +118,10 @@ class Root(_Paths):
     @property
     def database(self) -> Path:
         return self.path / DATABASE
+
+    @property
+    def boot_id(self) -> Path:
+        return self.path / BOOT_ID
 
     @property
     def settings_record(self) -> Path:

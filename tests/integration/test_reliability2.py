@@ -235,3 +235,42 @@ def test_a_launch_refused_for_space_says_why_and_leaves_nothing(small_root: Ketc
     assert after == before  # no directory left behind
     assert name not in {i["name"] for i in k.json("list")["list"]}  # no record either
     filler.unlink()
+
+
+def test_a_simulated_reboot_brings_running_instances_back(ketch: Ketch, vm: str) -> None:
+    ketch.ensure_running(vm)
+    canary = unique("canary")
+    ketch.exec(vm, "sh", "-c", f"echo {canary} > /home/ubuntu/canary && sync")
+    vm_boot = ketch.boot_id(vm)
+    with (
+        ketch.launched("sleepy", "--memory", "256M") as sleepy,
+        ketch.launched("optout", "--memory", "256M") as optout,
+    ):
+        sleepy_boot = ketch.boot_id(sleepy)
+        ketch.run("suspend", sleepy)
+        ketch.run("set", f"local.{optout}.autostart=false")
+        assert ketch.run("get", f"local.{optout}.autostart").stdout.strip() == "false"
+        # The reboot: ketchd and every QEMU gone at once, and another boot id.
+        ketch.kill_daemon(signal.SIGKILL)
+        pids = [p for p in (ketch.qemu_pid(n) for n in (vm, optout)) if p]
+        assert len(pids) == 2
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        for pid in pids:
+            _wait_gone(pid)
+        (ketch.root / "boot_id").write_text("00000000-0000-4000-8000-000000000000\n")
+
+        ketch.run("list")  # starts ketchd, which starts again what was running
+        deadline = time.monotonic() + 600
+        while ketch.state(vm) != "Running":
+            assert time.monotonic() < deadline, ketch.info(vm)
+            time.sleep(1)
+        assert ketch.exec(vm, "cat", "/home/ubuntu/canary").strip() == canary
+        assert ketch.boot_id(vm) != vm_boot  # booted afresh, as after a real reboot
+        assert ketch.state(optout) == "Stopped"  # autostart=false
+        assert ketch.state(sleepy) == "Suspended"  # suspended ones stay suspended
+        ketch.run("start", sleepy)
+        assert ketch.boot_id(sleepy) == sleepy_boot  # ... and resume where they were
+        log = (ketch.root / "ketchd.log").read_text()
+        assert f"host rebooted: starting {vm} again" in log
+        assert f"starting {optout}" not in log and f"starting {sleepy}" not in log

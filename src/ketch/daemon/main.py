@@ -79,6 +79,37 @@ async def _scheduler(ops: Operations) -> None:
                 ops.ctx.store.set_shutdown_at(name, None)
 
 
+async def _autostart(ops: Operations, rebooted: bool) -> None:
+    """After a host reboot: start again what was running (``service/autostart.py``)."""
+    import msgspec
+
+    from ketch.progress import NULL
+    from ketch.service import autostart, lifecycle
+
+    await ops.recovered.wait()
+    if not rebooted:
+        return
+    wanted = await autostart.candidates(ops.ctx)
+    log.info("the host rebooted since ketchd last ran: %d instance(s) to start again", len(wanted))
+    for batch in autostart.batches(wanted, autostart.available_memory()):
+
+        async def one(name: str) -> None:
+            async def start(rep: QueueReporter) -> dict[str, Any]:
+                result: dict[str, Any] = msgspec.to_builtins(
+                    await lifecycle.start(ops.ctx, name, NULL)
+                )
+                return result
+
+            log.info("host rebooted: starting %s again (its intent is running)", name)
+            event = await ops.run([name], OperationKind.START, start)
+            if event.get("type") == "error":
+                log.warning("autostart of %s failed: %s", name, event.get("error"))
+            else:
+                log.info("autostart of %s: started", name)
+
+        await asyncio.gather(*(one(n) for n in batch))
+
+
 async def _recover(ops: Operations, held: list[str]) -> None:
     """Finish or roll back what a previous daemon left half-done, then free the locks."""
     from ketch.progress import NULL
@@ -188,6 +219,10 @@ async def serve(root: Root) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     scheduler = asyncio.create_task(_scheduler(ops))
+    from ketch.service import autostart
+
+    before = autostart.record_boot_id(root.boot_id, boot := autostart.current_boot_id())
+    restarting = asyncio.create_task(_autostart(ops, autostart.rebooted(before, boot)))
     watcher = asyncio.create_task(
         rootwatch.watch({p: i for p, i in watched.items() if i is not None}, root_gone)
     )
@@ -196,6 +231,7 @@ async def serve(root: Root) -> None:
     finally:
         scheduler.cancel()
         watcher.cancel()
+        restarting.cancel()
         # A root that is gone cannot be waited on: what runs there fails anyway.
         grace = 2.0 if orphaned else 30.0
         if recovering is not None and not recovering.done():

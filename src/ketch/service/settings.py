@@ -42,6 +42,8 @@ def _check(key: str, value: str) -> str:
     elif key == "client.primary-name":
         if value:
             names.validate(value)
+    elif autostart_key(key) is not None and value not in ("true", "false"):
+        raise InvalidArgument(f"invalid autostart '{value}'", hint="use true or false")
     elif key.startswith(REMOTE_PREFIX) and not value.startswith(("http://", "https://", "file://")):
         raise InvalidArgument(
             f"invalid remote URL '{value}'", hint="give an http(s):// or file:// URL"
@@ -50,7 +52,14 @@ def _check(key: str, value: str) -> str:
 
 
 def known(key: str) -> bool:
-    return key in DEFAULTS or key.startswith(REMOTE_PREFIX)
+    return key in DEFAULTS or key.startswith(REMOTE_PREFIX) or autostart_key(key) is not None
+
+
+def autostart_key(key: str) -> str | None:
+    """The instance of ``local.<instance>.autostart`` (after a host reboot), else None.  Pure."""
+    parts = key.split(".")
+    ok = len(parts) == 3 and parts[0] == "local" and parts[1] and parts[2] == "autostart"
+    return parts[1] if ok else None
 
 
 # -- instance settings ---------------------------------------------------------------------
@@ -204,6 +213,8 @@ async def get(ctx: Context, key: str) -> str:
     if value is None:
         if key in DEFAULTS:
             return DEFAULTS[key]
+        if autostart_key(key) is not None:
+            return "true"
         raise NotFound(f"setting '{key}' is not set")
     return value
 
