@@ -38,7 +38,9 @@ freeze-qemu         ``kill -STOP`` of a running QEMU; ``list`` must answer and s
                     waits (≤ 60 s) until it is listed ``Running`` again
 damage-db           ketchd is ended (SIGTERM) and ``ketch.db`` gets 7 bytes of garbage at
                     offset 100, is truncated to half, or is deleted (:data:`DB_DAMAGES`);
-                    the next command's daemon must rebuild it losing no instance
+                    the next command's daemon must rebuild it losing no instance (never
+                    on a full disk: there a new database cannot be made, and ketchd
+                    refuses to start with exit 2 saying so, nothing lost)
 ==================  ==================================================================
 
 Most operations are ones the target's current state accepts (75 %), the rest
@@ -870,6 +872,8 @@ class Walk:
     def fault_damage_db(self) -> bool:
         """End ketchd, damage its database one of three ways; the next command rebuilds it."""
         assert self.root is not None
+        if self.filler is not None:  # a new database cannot be made on a full disk (exit 2)
+            return False
         self.stop_daemon()
         db = self.root / "ketch.db"
         how = self.rng.choice(DB_DAMAGES)

@@ -289,33 +289,39 @@ class QemuDriver(Qcow2Disks):
         ended = False
         if status is PidStatus.OURS and pid is not None:
             # Ask QEMU to quit first (clean qcow2 close), then signals.  A monitor
-            # that missed a deadline, or does not take 'quit' within QUIT_BUDGET
-            # (frozen, or held by a hung operation), is not waited on: SIGKILL
-            # through the verified pidfd at once.
-            if idir.path not in self._unresponsive and await self._try_quit(idir):
-                if not await self._wait_exit(pid, 3.0):
-                    await asyncio.to_thread(procs.terminate, pid, expect=argv)
-            else:
+            # that missed a deadline, or does not greet within QUIT_BUDGET (a
+            # frozen QEMU: SIGTERM would wait for a SIGCONT), is not waited on:
+            # SIGKILL through the verified pidfd at once.  One that is busy
+            # (a hung operation holds it) or gone gets SIGTERM, then SIGKILL.
+            said = "frozen" if idir.path in self._unresponsive else await self._try_quit(idir)
+            if said == "frozen":
                 await asyncio.to_thread(procs.kill_now, pid, expect=argv)
+            elif said == "sent" and await self._wait_exit(pid, 3.0):
+                pass
+            else:
+                await asyncio.to_thread(procs.terminate, pid, expect=argv)
             ended = True
         self._forget_unresponsive(idir)
         procs.remove_quietly(idir.pidfile, idir.qmp_socket)
         return ended
 
-    async def _try_quit(self, idir: InstanceDir) -> bool:
-        """Send 'quit' within QUIT_BUDGET; False when the monitor could not be reached."""
+    async def _try_quit(self, idir: InstanceDir) -> str:
+        """Send 'quit' within QUIT_BUDGET: "sent", "busy" (another holds the monitor),
+        "frozen" (it did not greet in time) or "failed" (no socket, refused)."""
         lock = self._lock(idir)
         try:
             await asyncio.wait_for(lock.acquire(), QUIT_BUDGET)
         except TimeoutError:
-            return False
+            return "busy"
         try:
             async with qmp.connect(idir.qmp_socket, timeout=QUIT_BUDGET) as mon:
                 with contextlib.suppress(QMPError):  # quit may close the socket before replying
                     await mon.execute("quit", timeout=2.0)
-            return True
+            return "sent"
+        except Timeout:
+            return "frozen"
         except KetchError:
-            return False
+            return "failed"
         finally:
             lock.release()
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ketch.errors import KetchError
 from ketch.layout import DATABASE_DAMAGED, FILE_MODE, Root
 from ketch.store import mirror
 from ketch.store.db import Store
@@ -231,7 +232,18 @@ def open_store(root: Root, now: Callable[[], float] = time.time) -> tuple[Store,
             rep.kept = str(aside)
     elif mirrors:
         rep.damage = "it is missing" if not path.exists() else "it is empty"
-    store = Store(path)
+    try:
+        store = Store(path)
+    except KetchError as exc:
+        if rep.damage is None:
+            raise
+        free = shutil.disk_usage(root.path).free // 2**20
+        raise KetchError(
+            f"the database was damaged ({rep.damage}) and a new one cannot be made: {exc.message}",
+            hint=f"free some space in {root.path} ({free} MiB free) and run ketch again: "
+            "nothing is lost (each instance's record is in its instance.json"
+            + (f"; the damaged file is kept as {aside})" if aside else ")"),
+        ) from exc
     if aside is not None:
         recovered = path.with_name(f".{path.name}.recovering-{os.getpid()}")
         try:
