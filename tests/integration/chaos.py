@@ -41,6 +41,10 @@ damage-db           ketchd is ended (SIGTERM) and ``ketch.db`` gets 7 bytes of g
                     the next command's daemon must rebuild it losing no instance (never
                     on a full disk: there a new database cannot be made, and ketchd
                     refuses to start with exit 2 saying so, nothing lost)
+host-reboot         a simulated host reboot: ``kill -9`` of ketchd and of every QEMU, and
+                    another boot id in the root's ``boot_id``; the next daemon starts
+                    again what was running (the walk waits until nothing is
+                    ``Starting``, ≤ 300 s); suspended instances stay suspended
 ==================  ==================================================================
 
 Most operations are ones the target's current state accepts (75 %), the rest
@@ -330,8 +334,10 @@ FAULTS = (
     "disk-full",
     "freeze-qemu",
     "damage-db",
+    "host-reboot",
 )
-FAULT_WEIGHTS = (12, 6, 10, 8, 8, 8, 8, 6, 6, 4)
+FAULT_WEIGHTS = (12, 6, 10, 8, 8, 8, 8, 6, 6, 4, 4)
+SETTLING_STATES = frozenset({"Starting", "Restarting"})
 DB_DAMAGES = ("garbage-at-100", "truncated-to-half", "deleted")
 
 
@@ -836,6 +842,8 @@ class Walk:
             return self.fault_freeze(running, qemus)
         if fault == "damage-db":
             return self.fault_damage_db()
+        if fault == "host-reboot":
+            return self.fault_reboot(qemus)
         if fault == "disk-full":
             if self.filler is not None:
                 return False
@@ -867,6 +875,33 @@ class Walk:
                 return True
             time.sleep(0.5)
         self.violate("thawed-is-answered", f"{name} still Unknown 60 s after SIGCONT")
+        return True
+
+    def fault_reboot(self, qemus: dict[str, list[int]]) -> bool:
+        """Every QEMU and ketchd kill -9ed, another boot id; autostart brings them back."""
+        assert self.root is not None
+        if not qemus or self.filler is not None:  # no boot on a full disk (see BOOTING)
+            return False
+        pid = self.daemon_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            self.wait_gone(pid)
+        for pids in qemus.values():
+            for q in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(q, signal.SIGKILL)
+        for pids in qemus.values():
+            for q in pids:
+                self.wait_gone(q)
+        (self.root / "boot_id").write_text(f"{self.rng.getrandbits(128):032x}\n")
+        self.log(f"FAULT simulated host reboot: ketchd and {len(qemus)} QEMU(s) kill -9ed")
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            self.check_list()
+            if not SETTLING_STATES & set(self.states.values()):
+                return True
+            time.sleep(1)
+        self.violate("reboot-settles", f"still starting 300 s after the reboot: {self.states}")
         return True
 
     def fault_damage_db(self) -> bool:
