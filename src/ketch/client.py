@@ -27,10 +27,23 @@ if TYPE_CHECKING:
 __all__ = ["START_TIMEOUT", "Client", "Response", "check_peer", "connect", "q", "request"]
 
 START_TIMEOUT = 20.0
+WARNING_HEADER = "Ketch-Warning"  # ketchd's one-time warning (daemon/main.py), JSON lines
 T = TypeVar("T")
 B = TypeVar("B", bound="m.Body")
 R = TypeVar("R", bound="m.Reply")
 OnEvent = Callable[["m.AnyEvent"], None]
+
+
+def _warn(header: str) -> None:
+    """ketchd's one-time warning (a repaired database): printed to stderr, a line each."""
+    import json
+
+    try:
+        lines = json.loads(header)
+    except ValueError:
+        lines = [header]
+    for line in lines if isinstance(lines, list) else [lines]:
+        print(f"ketch: warning: {line}", file=sys.stderr)
 
 
 def _raise_error(err: m.ErrorDetail) -> NoReturn:
@@ -76,7 +89,11 @@ class Client:
     ) -> Response:
         for attempt in range(2):
             try:
-                return request(self.socket, method, path, body, timeout, meanwhile=meanwhile)
+                resp = request(self.socket, method, path, body, timeout, meanwhile=meanwhile)
+                warning = resp.getheader(WARNING_HEADER)
+                if warning:
+                    _warn(warning)
+                return resp
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 if attempt == 0 and self.autostart:
                     self.start_daemon()
@@ -283,8 +300,11 @@ class Client:
         while time.monotonic() < deadline:
             if self.ping():
                 return
-            if proc.poll() == 2:  # refused to start (another daemon that won a race exits 1)
+            code = proc.poll()
+            if code == 2:  # refused to start (another daemon that won a race exits 1)
                 self._refused(start)
+            elif code is not None and code != 1:
+                self._exited(start, code)
             time.sleep(0.05)
         raise DaemonUnreachable(
             f"started ketchd but it did not answer within {START_TIMEOUT:g} s",
@@ -300,6 +320,17 @@ class Client:
         raise KetchError(
             lines[0] if lines else "ketchd refused to start",
             hint=" ".join(lines[1:]) or f"see {self.daemon_log}",
+        )
+
+    def _exited(self, start: int, code: int) -> NoReturn:
+        """ketchd exited before answering: say so at once, with the last line it logged."""
+        with open(self.daemon_log, "rb") as f:
+            f.seek(start)
+            said = f.read(65536).decode(errors="replace").splitlines()
+        last = next((line.strip() for line in reversed(said) if line.strip()), "")
+        raise DaemonUnreachable(
+            f"ketchd exited (status {code}) before answering" + (f": {last[:300]}" if last else ""),
+            hint=f"its log is {self.daemon_log}",
         )
 
     def ping(self) -> bool:

@@ -135,4 +135,9 @@ CODES: dict[InconsistencyCode | FindingCode, Code] = {
     FC.NETWORK_STALE_TAP: Code(
         "a TAP of ketch's on the bridge that no running instance uses", "remove the TAP"
     ),
+    FC.DATABASE_REPAIRED: Code(
+        "ketchd found `ketch.db` damaged or gone at start-up and rebuilt it (the damaged file "
+        "is kept as `ketch.db.damaged-<time>`; instances come back from their `instance.json`)",
+        "acknowledge it (the note is removed; the damaged copy is kept)",
+    ),
 }

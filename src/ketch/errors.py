@@ -124,6 +124,12 @@ class Timeout(KetchError):
     exit_code = EXIT_TIMEOUT
 
 
+class NoSpace(KetchError):
+    """The storage root's filesystem has not enough free space for what was asked."""
+
+    code = "no-space"
+
+
 class DaemonUnreachable(KetchError):
     """The CLI could not reach (or start) ketchd."""
 

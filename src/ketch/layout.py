@@ -27,6 +27,10 @@ SOCKET = "ketchd.sock"
 DAEMON_PID = "ketchd.pid"
 DAEMON_LOG = "ketchd.log"
 DATABASE = "ketch.db"
+DATABASE_DAMAGED = "ketch.db.damaged-"  # + UTC time: a damaged database, moved aside, kept
+DATABASE_REPAIRED = "ketch.db.repaired.json"  # what ketchd did about it, until doctor --fix
+BOOT_ID = "boot_id"  # the host's boot id when ketchd last started (service/autostart.py)
+SETTINGS_RECORD = "settings.json"  # every setting, mirrored from the database (store/mirror.py)
 SSH_DIR = "ssh"
 CLIENT_KEY = "id_ed25519"  # in SSH_DIR; the .pub beside it
 VAULT_DIR = "vault"
@@ -60,6 +64,7 @@ VIRTIOFS_PID = ".pid"
 VIRTIOFS_LOG = ".log"
 
 NIC = "nic.json"  # on the managed network: the TAP, MAC and address QEMU was started with
+INSTANCE_RECORD = "instance.json"  # the store's record of it, mirrored (store/mirror.py)
 
 
 def storage_dir() -> str:
@@ -129,6 +134,18 @@ class Root(_Paths):
     @property
     def database(self) -> Path:
         return self.path / DATABASE
+
+    @property
+    def boot_id(self) -> Path:
+        return self.path / BOOT_ID
+
+    @property
+    def settings_record(self) -> Path:
+        return self.path / SETTINGS_RECORD
+
+    @property
+    def database_repaired(self) -> Path:
+        return self.path / DATABASE_REPAIRED
 
     @property
     def client_key(self) -> Path:
@@ -233,3 +250,7 @@ class InstanceDir(_Paths):
     @property
     def nic(self) -> Path:
         return self.path / NIC
+
+    @property
+    def record(self) -> Path:
+        return self.path / INSTANCE_RECORD

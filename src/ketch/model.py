@@ -94,6 +94,7 @@ class FindingCode(enum.StrEnum):
     NETWORK_BRIDGE_MISSING = "network-bridge-missing"
     NETWORK_DNSMASQ_DEAD = "network-dnsmasq-dead"
     NETWORK_STALE_TAP = "network-stale-tap"
+    DATABASE_REPAIRED = "database-repaired"
 
 
 class OperationKind(enum.StrEnum):

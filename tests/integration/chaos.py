@@ -35,6 +35,18 @@ disk-full           the tmpfs is filled with a file leaving 0, 2 or 8 MiB; the n
                     runs against the full disk (a suspend when something runs, 60 %;
                     never a boot unless ``boot_on_full_disk``: see :data:`BOOTING`)
                     and the file is removed after it
+freeze-qemu         ``kill -STOP`` of a running QEMU; ``list`` must answer and show it
+                    ``Unknown`` (``qmp-unresponsive``); then ``kill -CONT`` and the walk
+                    waits (≤ 60 s) until it is listed ``Running`` again
+damage-db           ketchd is ended (SIGTERM) and ``ketch.db`` gets 7 bytes of garbage at
+                    offset 100, is truncated to half, or is deleted (:data:`DB_DAMAGES`);
+                    the next command's daemon must rebuild it losing no instance (never
+                    on a full disk: there a new database cannot be made, and ketchd
+                    refuses to start with exit 2 saying so, nothing lost)
+host-reboot         a simulated host reboot: ``kill -9`` of ketchd and of every QEMU, and
+                    another boot id in the root's ``boot_id``; the next daemon starts
+                    again what was running (the walk waits until nothing is
+                    ``Starting``, ≤ 300 s); suspended instances stay suspended
 ==================  ==================================================================
 
 Most operations are ones the target's current state accepts (75 %), the rest
@@ -350,8 +362,13 @@ FAULTS = (
     "qmp-socket",
     "disk-full",
     "kill-forward-watcher",
+    "freeze-qemu",
+    "damage-db",
+    "host-reboot",
 )
-FAULT_WEIGHTS = (12, 6, 10, 8, 8, 8, 8, 6, 6)
+FAULT_WEIGHTS = (12, 6, 10, 8, 8, 8, 8, 6, 6, 6, 4, 4)
+SETTLING_STATES = frozenset({"Starting", "Restarting"})
+DB_DAMAGES = ("garbage-at-100", "truncated-to-half", "deleted")
 
 
 class Walk:
@@ -871,6 +888,12 @@ class Walk:
                 "forward-watcher", f"no new forward watcher for {name} in {WATCHER_BACK} s"
             )
             return True
+        if fault == "freeze-qemu":
+            return self.fault_freeze(running, qemus)
+        if fault == "damage-db":
+            return self.fault_damage_db()
+        if fault == "host-reboot":
+            return self.fault_reboot(qemus)
         if fault == "disk-full":
             if self.filler is not None:
                 return False
@@ -879,6 +902,78 @@ class Walk:
             self.log(f"FAULT filled the storage root, {left // 2**20} MiB left")
             return True
         raise ValueError(fault)
+
+    def fault_freeze(self, running: list[str], qemus: dict[str, list[int]]) -> bool:
+        """SIGSTOP a QEMU: list answers (Unknown, qmp-unresponsive); SIGCONT; Running again."""
+        if not running:
+            return False
+        name = self.rng.choice(running)
+        pid = qemus[name][0]
+        os.kill(pid, signal.SIGSTOP)
+        self.log(f"FAULT kill -STOP QEMU of {name} (pid {pid})")
+        try:
+            for _ in range(2):
+                self.check_list()
+                if self.states.get(name) != "Unknown":
+                    self.violate("frozen-is-unknown", f"{name} listed {self.states.get(name)}")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            self.check_list()
+            if self.states.get(name) != "Unknown":
+                return True
+            time.sleep(0.5)
+        self.violate("thawed-is-answered", f"{name} still Unknown 60 s after SIGCONT")
+        return True
+
+    def fault_reboot(self, qemus: dict[str, list[int]]) -> bool:
+        """Every QEMU and ketchd kill -9ed, another boot id; autostart brings them back."""
+        assert self.root is not None
+        if not qemus or self.filler is not None:  # no boot on a full disk (see BOOTING)
+            return False
+        pid = self.daemon_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            self.wait_gone(pid)
+        for pids in qemus.values():
+            for q in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(q, signal.SIGKILL)
+        for pids in qemus.values():
+            for q in pids:
+                self.wait_gone(q)
+        (self.root / "boot_id").write_text(f"{self.rng.getrandbits(128):032x}\n")
+        self.log(f"FAULT simulated host reboot: ketchd and {len(qemus)} QEMU(s) kill -9ed")
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            self.check_list()
+            if not SETTLING_STATES & set(self.states.values()):
+                return True
+            time.sleep(1)
+        self.violate("reboot-settles", f"still starting 300 s after the reboot: {self.states}")
+        return True
+
+    def fault_damage_db(self) -> bool:
+        """End ketchd, damage its database one of three ways; the next command rebuilds it."""
+        assert self.root is not None
+        if self.filler is not None:  # a new database cannot be made on a full disk (exit 2)
+            return False
+        self.stop_daemon()
+        db = self.root / "ketch.db"
+        how = self.rng.choice(DB_DAMAGES)
+        if how == "garbage-at-100" and db.exists():
+            with db.open("r+b") as f:
+                f.seek(100)
+                f.write(b"garbage")
+        elif how == "truncated-to-half" and db.exists():
+            os.truncate(db, db.stat().st_size // 2)
+        else:
+            how = "deleted"
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(db) + suffix).unlink(missing_ok=True)
+        self.log(f"FAULT ketch.db {how}")
+        return True
 
     def wait_gone(self, pid: int, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -362,7 +362,14 @@ def build_parser(only: str | None = None) -> Parser:
     sp = cmd("wait-ready", "verbs_wait")
     sp.add_argument("name", nargs="?", metavar="NAME", help="an instance (default: only ketchd)")
     timeout(sp)
-    cmd("daemon", "verbs_system")
+    sp = cmd("daemon", "verbs_system")
+    sp.add_argument(
+        "--install-unit",
+        action="store_true",
+        help="write and enable a systemd unit that starts ketchd at boot",
+    )
+    sp.add_argument("--system", action="store_true",
+                    help="with --install-unit: a system unit, not the user's")  # fmt: skip
     sp = cmd("completion", "verbs_system")
     sp.add_argument("shell", choices=("bash", "zsh"))
     return p

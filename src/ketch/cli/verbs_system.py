@@ -113,6 +113,12 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
+    if getattr(args, "install_unit", False):
+        from ketch.daemon.unit import install
+        from ketch.layout import storage_dir
+
+        print(f"installed and enabled {install(storage_dir(), system=args.system)}")
+        return 0
     from ketch.daemon.main import main as daemon_main
 
     return daemon_main([])

@@ -19,15 +19,19 @@ import sys
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from ketch.errors import KetchError
 from ketch.layout import DIR_MODE, UMASK, Root, storage_root
 from ketch.model import OperationKind
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from ketch.daemon.ops import Operations, QueueReporter
 
 log = logging.getLogger("ketchd")
 
 SCHEDULER_PERIOD = 1.0
+WARNING_HEADER = "Ketch-Warning"  # what the first client is told (JSON list of lines)
 
 
 class AlreadyRunning(Exception):
@@ -75,6 +79,37 @@ async def _scheduler(ops: Operations) -> None:
                 ops.ctx.store.set_shutdown_at(name, None)
 
 
+async def _autostart(ops: Operations, rebooted: bool) -> None:
+    """After a host reboot: start again what was running (``service/autostart.py``)."""
+    import msgspec
+
+    from ketch.progress import NULL
+    from ketch.service import autostart, lifecycle
+
+    await ops.recovered.wait()
+    if not rebooted:
+        return
+    wanted = await autostart.candidates(ops.ctx)
+    log.info("the host rebooted since ketchd last ran: %d instance(s) to start again", len(wanted))
+    for batch in autostart.batches(wanted, autostart.available_memory()):
+
+        async def one(name: str) -> None:
+            async def start(rep: QueueReporter) -> dict[str, Any]:
+                result: dict[str, Any] = msgspec.to_builtins(
+                    await lifecycle.start(ops.ctx, name, NULL)
+                )
+                return result
+
+            log.info("host rebooted: starting %s again (its intent is running)", name)
+            event = await ops.run([name], OperationKind.START, start)
+            if event.get("type") == "error":
+                log.warning("autostart of %s failed: %s", name, event.get("error"))
+            else:
+                log.info("autostart of %s: started", name)
+
+        await asyncio.gather(*(one(n) for n in batch))
+
+
 async def _recover(ops: Operations, held: list[str]) -> None:
     """Finish or roll back what a previous daemon left half-done, then free the locks."""
     from ketch.progress import NULL
@@ -90,6 +125,19 @@ async def _recover(ops: Operations, held: list[str]) -> None:
         ops.recovered.set()
 
 
+def tell_first_client(app: web.Application, lines: list[str]) -> None:
+    """The first reply (but a ping's) carries ``lines`` in a ``Ketch-Warning`` header (JSON)."""
+    import json
+
+    pending = [json.dumps(lines)]
+
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        if pending and request.path != "/v1/version":
+            response.headers[WARNING_HEADER] = pending.pop()
+
+    app.on_response_prepare.append(on_prepare)
+
+
 async def serve(root: Root) -> None:
     from aiohttp import web
 
@@ -100,9 +148,11 @@ async def serve(root: Root) -> None:
     from ketch.runtime.qemu_driver import QemuDriver
     from ketch.service.context import Context
     from ketch.service.images import Images
-    from ketch.store.db import Store
+    from ketch.store.repair import open_store
 
-    store = Store(root.database)
+    store, repaired = open_store(root)
+    for line in repaired.lines():
+        log.warning("database: %s", line)
     images = Images(root, store)
     network = ManagedNetwork(root, store.get_setting)
     ctx = Context(
@@ -131,6 +181,8 @@ async def serve(root: Root) -> None:
     limits = Limits.from_env()
     guard = Guard(limits, loop)
     app = Api(ops, images).app()
+    if repaired:
+        tell_first_client(app, repaired.lines())
     app.middlewares.insert(0, guard.middleware)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -149,6 +201,10 @@ async def serve(root: Root) -> None:
     finally:
         os.umask(old)
     os.chmod(root.socket, 0o600)
+    from ketch.daemon import rootwatch
+
+    watched = {p: rootwatch.identity(p) for p in (root.path, root.socket)}
+    mine = watched[root.socket]
     log.info(
         "ketchd listening on %s (at most %d connections; timeouts: head %g s, idle %g s, "
         "body %g s)",
@@ -160,23 +216,42 @@ async def serve(root: Root) -> None:
     )
 
     stop = asyncio.Event()
+    orphaned: list[str] = []
+
+    def root_gone(reason: str) -> None:
+        log.warning("%s: ketchd stops (it can never be reached again)", reason)
+        orphaned.append(reason)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     scheduler = asyncio.create_task(_scheduler(ops))
     forwarding = asyncio.create_task(ctx.forwarder.run())  # QEMU keeps the forwards it has
+    from ketch.service import autostart
+
+    before = autostart.record_boot_id(root.boot_id, boot := autostart.current_boot_id())
+    restarting = asyncio.create_task(_autostart(ops, autostart.rebooted(before, boot)))
+    watcher = asyncio.create_task(
+        rootwatch.watch({p: i for p, i in watched.items() if i is not None}, root_gone)
+    )
     try:
         await stop.wait()
     finally:
         scheduler.cancel()
         forwarding.cancel()
+        watcher.cancel()
+        restarting.cancel()
+        # A root that is gone cannot be waited on: what runs there fails anyway.
+        grace = 2.0 if orphaned else 30.0
         if recovering is not None and not recovering.done():
-            await asyncio.wait([recovering], timeout=30)
+            await asyncio.wait([recovering], timeout=grace)
         log.info("ketchd stopping; running instances keep running")
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(ops.drain(), 30)
+            await asyncio.wait_for(ops.drain(), grace)
         await runner.cleanup()
-        with contextlib.suppress(FileNotFoundError):
-            root.socket.unlink()
+        if rootwatch.identity(root.socket) == mine:  # never another daemon's socket
+            with contextlib.suppress(FileNotFoundError):
+                root.socket.unlink()
         store.close()
 
 
@@ -215,6 +290,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         asyncio.run(serve(root))
+    except KetchError as exc:  # could not start: said as a refusal (exit 2), which the client shows
+        log.error("ketchd cannot start: %s", exc.message)
+        print(f"ketchd: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"ketchd: {exc.hint}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # exit 1 means "another daemon won": this is not that
+        log.exception("ketchd failed")
+        print(f"ketchd: internal error: {exc}", file=sys.stderr)
+        return 4
     finally:
         lock.close()
     return 0

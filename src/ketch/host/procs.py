@@ -62,6 +62,25 @@ def classify(pid: int | None, argv: list[str] | None, ours: bool) -> PidStatus:
     return PidStatus.OURS if ours else PidStatus.FOREIGN
 
 
+def resident(pid: int) -> int | None:
+    """A process's resident memory in bytes (``VmRSS``), None when it cannot be read."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return parse_vmrss(text)
+
+
+def parse_vmrss(status: str) -> int | None:
+    """``VmRSS:   123456 kB`` of /proc/PID/status, in bytes (pure)."""
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            parts = line.split()
+            if len(parts) >= 2 and parts[1].isdigit():
+                return int(parts[1]) * 1024
+    return None
+
+
 def alive(pid: int) -> bool:
     return cmdline(pid) is not None
 
@@ -141,6 +160,20 @@ def terminate(pid: int, *, grace: float = 3.0, expect: Sequence[str] | None = No
         return
     with handle:
         terminate_pidfd(handle, grace=grace)
+
+
+def kill_now(pid: int, *, expect: Sequence[str] | None = None, wait: float = 1.5) -> bool:
+    """SIGKILL through a verified pidfd (as :func:`terminate`), for a process that cannot
+    answer (a frozen QEMU: SIGTERM would wait for a SIGCONT); True once it has exited."""
+    handle = open_pidfd(pid, expect)
+    if handle is None:
+        return True
+    with handle:
+        try:
+            handle.send_signal(signal.SIGKILL)
+        except ProcessLookupError:
+            return True
+        return handle.wait(wait)
 
 
 def terminate_pidfd(handle: PidFd, *, grace: float = 3.0) -> None:

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from ketch import space
 from ketch.errors import ImageError
 from ketch.progress import Reporter
 
@@ -95,6 +96,7 @@ async def http_get(
                     f"download of {url} refused: the server announces {expected} bytes, "
                     f"the catalogue {size}; nothing was kept"
                 )
+            space.require("download", sink.path.parent, size=size or expected or 0)
             progress = Progress(reporter, what, size or expected)
             async for chunk in resp.content.iter_chunked(CHUNK):
                 if size is not None and sink.done + len(chunk) > size:
@@ -128,7 +130,9 @@ async def copy_file(
     except OSError as exc:
         raise ImageError(f"cannot read {url}: {exc.strerror or exc}") from exc
     with src:
-        progress = Progress(reporter, what, size or os.fstat(src.fileno()).st_size)
+        total = size or os.fstat(src.fileno()).st_size
+        space.require("download", sink.path.parent, size=total)
+        progress = Progress(reporter, what, total)
         while chunk := await asyncio.to_thread(src.read, CHUNK):
             if size is not None and sink.done + len(chunk) > size:
                 raise _oversize(url, size, sink.done + len(chunk))

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 QMP_PROBE_TIMEOUT = 2.0
 HMP_LOCK_TIMEOUT = 3.0  # a forward waits this long for a monitor another operation holds
+QMP_RETRY_TIMEOUT = 5.0  # the background probe of a monitor that missed its deadline
+QMP_RETRY_PERIOD = 1.0
+QUIT_BUDGET = 0.5  # stop --force: how long the monitor gets to take 'quit' before SIGKILL
 LOAD_TIMEOUT = 600.0  # loading a suspended VM's state over QMP (UEFI instances)
 
 
@@ -52,6 +55,10 @@ class QemuDriver(Qcow2Disks):
         # QEMU's monitor takes one client at a time: serialize our own use.
         self._qmp_locks: dict[Path, asyncio.Lock] = {}
         self.network = network  # None: user-mode networking only
+        # Monitors that missed a probe's deadline (why), and the background probes
+        # that keep trying them: nothing waits on a frozen monitor twice.
+        self._unresponsive: dict[Path, str] = {}
+        self._probers: dict[Path, asyncio.Task[None]] = {}
 
     def _lock(self, idir: InstanceDir) -> asyncio.Lock:
         return self._qmp_locks.setdefault(idir.path, asyncio.Lock())
@@ -95,7 +102,7 @@ class QemuDriver(Qcow2Disks):
         qmp_status: str | None = None
         qmp_error: str | None = None
         if status is PidStatus.OURS and probe_qmp:
-            qmp_status, qmp_error = await self._probe(idir)
+            qmp_status, qmp_error = await self._probe_once(idir)
         disk_exists = idir.disk.exists()
         tags, tag_error = await self._tags(idir.disk) if disk_exists else ((), None)
         suspend = [t for t in tags or () if t.name == SUSPEND_TAG]
@@ -112,17 +119,63 @@ class QemuDriver(Qcow2Disks):
             suspend_tag_disk_only=bool(suspend) and all(t.vm_state_size == 0 for t in suspend),
         )
 
-    async def _probe(self, idir: InstanceDir) -> tuple[str | None, str | None]:
+    async def _probe_once(self, idir: InstanceDir) -> tuple[str | None, str | None]:
+        """Ask the monitor, unless it already missed a deadline: then say so at once.
+
+        A probe that times out marks the monitor unresponsive and starts a
+        background probe (:meth:`_keep_probing`); until that one gets an
+        answer (or the process is gone), every look answers without waiting.
+        """
+        missed = self._unresponsive.get(idir.path)
+        if missed is not None:
+            self._start_prober(idir)
+            return None, f"{missed}; still probed in the background"
+        answer, error, timed_out = await self._probe(idir, QMP_PROBE_TIMEOUT)
+        if timed_out:
+            self._unresponsive[idir.path] = error or "no reply"
+            self._start_prober(idir)
+        return answer, error
+
+    def _start_prober(self, idir: InstanceDir) -> None:
+        task = self._probers.get(idir.path)
+        if task is None or task.done():
+            self._probers[idir.path] = asyncio.create_task(self._keep_probing(idir))
+
+    def _forget_unresponsive(self, idir: InstanceDir) -> None:
+        self._unresponsive.pop(idir.path, None)
+        task = self._probers.pop(idir.path, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _keep_probing(self, idir: InstanceDir) -> None:
+        """Probe a monitor that missed its deadline until it answers or its QEMU is gone."""
+        while idir.path in self._unresponsive:
+            _, status, _, _ = self._pid(idir)
+            if status is not PidStatus.OURS:
+                break
+            answer, _, _ = await self._probe(idir, QMP_RETRY_TIMEOUT)
+            if answer is not None:
+                break
+            await asyncio.sleep(QMP_RETRY_PERIOD)
+        self._unresponsive.pop(idir.path, None)
+        self._probers.pop(idir.path, None)
+
+    async def _probe(
+        self, idir: InstanceDir, timeout: float
+    ) -> tuple[str | None, str | None, bool]:
+        """(status, why there is none, whether the monitor missed the deadline)."""
         lock = self._lock(idir)
         try:
-            await asyncio.wait_for(lock.acquire(), QMP_PROBE_TIMEOUT)
+            await asyncio.wait_for(lock.acquire(), timeout)
         except TimeoutError:
-            return None, "the monitor is busy with another operation"
+            return None, "the monitor is busy with another operation", False
         try:
-            async with qmp.connect(idir.qmp_socket, timeout=QMP_PROBE_TIMEOUT) as mon:
-                return await mon.status(timeout=QMP_PROBE_TIMEOUT), None
+            async with qmp.connect(idir.qmp_socket, timeout=timeout) as mon:
+                return await mon.status(timeout=timeout), None, False
+        except Timeout as exc:
+            return None, exc.message, True
         except KetchError as exc:
-            return None, exc.message
+            return None, exc.message, False
         finally:
             lock.release()
 
@@ -164,6 +217,7 @@ class QemuDriver(Qcow2Disks):
     async def start(
         self, spec: InstanceSpec, idir: InstanceDir, *, accel: str, resume: bool
     ) -> None:
+        self._forget_unresponsive(idir)
         procs.remove_quietly(idir.pidfile, idir.qmp_socket)
         await virtiofs.stop_all(idir)
         efi = await self._prepare_uefi(idir) if qemu.uses_uefi(spec.boot) else None
@@ -276,12 +330,20 @@ class QemuDriver(Qcow2Disks):
         pid, status, argv, _ = self._pid(idir)
         ended = False
         if status is PidStatus.OURS and pid is not None:
-            # Ask QEMU to quit first (clean qcow2 close), then signals.  Never wait
-            # long for the monitor: a hung operation may hold it.
-            await self._try_quit(idir)
-            if not await self._wait_exit(pid, 3.0):
+            # Ask QEMU to quit first (clean qcow2 close), then signals.  A monitor
+            # that missed a deadline, or does not greet within QUIT_BUDGET (a
+            # frozen QEMU: SIGTERM would wait for a SIGCONT), is not waited on:
+            # SIGKILL through the verified pidfd at once.  One that is busy
+            # (a hung operation holds it) or gone gets SIGTERM, then SIGKILL.
+            said = "frozen" if idir.path in self._unresponsive else await self._try_quit(idir)
+            if said == "frozen":
+                await asyncio.to_thread(procs.kill_now, pid, expect=argv)
+            elif said == "sent" and await self._wait_exit(pid, 3.0):
+                pass
+            else:
                 await asyncio.to_thread(procs.terminate, pid, expect=argv)
             ended = True
+        self._forget_unresponsive(idir)
         procs.remove_quietly(idir.pidfile, idir.qmp_socket)
         await virtiofs.stop_all(idir)  # native mounts' daemons end with their QEMU
         await self._detach(spec, idir, forget=True)
@@ -296,17 +358,23 @@ class QemuDriver(Qcow2Disks):
         except Exception as exc:  # a TAP left behind is re-made at the next start
             log.warning("could not remove the TAP: %s", exc)
 
-    async def _try_quit(self, idir: InstanceDir) -> None:
+    async def _try_quit(self, idir: InstanceDir) -> str:
+        """Send 'quit' within QUIT_BUDGET: "sent", "busy" (another holds the monitor),
+        "frozen" (it did not greet in time) or "failed" (no socket, refused)."""
         lock = self._lock(idir)
         try:
-            await asyncio.wait_for(lock.acquire(), 1.0)
+            await asyncio.wait_for(lock.acquire(), QUIT_BUDGET)
         except TimeoutError:
-            return
+            return "busy"
         try:
-            async with qmp.connect(idir.qmp_socket, timeout=1.0) as mon:
-                await mon.execute("quit", timeout=2.0)
+            async with qmp.connect(idir.qmp_socket, timeout=QUIT_BUDGET) as mon:
+                with contextlib.suppress(QMPError):  # quit may close the socket before replying
+                    await mon.execute("quit", timeout=2.0)
+            return "sent"
+        except Timeout:
+            return "frozen"
         except KetchError:
-            pass
+            return "failed"
         finally:
             lock.release()
 

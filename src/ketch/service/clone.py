@@ -27,7 +27,7 @@ from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
 
-from ketch import cloudinit
+from ketch import cloudinit, space
 from ketch.api.models import CloneResult
 from ketch.errors import AlreadyExists, InvalidArgument, InvalidState, KetchError
 from ketch.model import Intent, OperationKind, PidStatus, State, Verb
@@ -118,6 +118,7 @@ async def clone(ctx: Context, source: str, name: str, reporter: Reporter) -> Clo
             hint="the image vault lost it; the source itself cannot start either",
         )
 
+    space.require("clone", ctx.root.instances, size=space.allocated(src_dir.disk))
     async with journal(
         ctx, name, OperationKind.CLONE, step=f"from {source}", reporter=reporter
     ) as j:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ketch import cloudinit
+from ketch import cloudinit, space
 from ketch.api.models import NameResult
 from ketch.errors import AlreadyExists, InvalidArgument, KetchError, Timeout
 from ketch.host import firmware, partitions, seed
@@ -101,6 +101,7 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
     networks = await extra_networks(ctx, req.networks, bridged=req.bridged, mac=_random_mac)
     image = await ctx.images.resolve(req.image, reporter)
     boot = await boot_for(image, req.firmware)
+    space.require("launch", ctx.root.instances)
     idir = ctx.root.instance(name)
     async with journal(ctx, name, OperationKind.LAUNCH, step="prepare", reporter=reporter) as j:
         idir.path.mkdir(parents=True, exist_ok=False)

@@ -8,8 +8,10 @@ on its way becomes a warning.
 
 from __future__ import annotations
 
+from ketch import space
 from ketch.api.models import NameResult, StartResult
 from ketch.errors import HostCommandError, InvalidState, KetchError, Timeout
+from ketch.host import procs
 from ketch.model import InconsistencyCode, Intent, MountType, OperationKind, State, Verb
 from ketch.progress import Reporter
 from ketch.runtime import virtiofs
@@ -240,6 +242,11 @@ async def suspend(ctx: Context, name: str, reporter: Reporter) -> NameResult:
             "and QEMU cannot save the state of a guest with a virtiofs device; it keeps running",
             hint=f"'ketch umount {name}:{native[0]}' and restart it, or 'ketch stop {name}'",
         )
+    rss = procs.resident(v.obs.pid) if v.obs.pid else None
+    memory = min(v.record.spec.memory, rss) if rss else v.record.spec.memory
+    space.require(
+        "suspend", ctx.root.instance(name).path, memory=memory, note="the instance keeps running"
+    )
     async with journal(ctx, name, OperationKind.SUSPEND, reporter=reporter):
         ctx.store.set_shutdown_at(name, None)
         try:

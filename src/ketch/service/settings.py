@@ -56,6 +56,8 @@ def _check(key: str, value: str) -> str:
         value = parse_bool(key, value)
     elif key in (*NETWORK_KEYS, BRIDGED_KEY):
         network.check_setting(key, value)
+    elif autostart_key(key) is not None and value not in ("true", "false"):
+        raise InvalidArgument(f"invalid autostart '{value}'", hint="use true or false")
     elif key.startswith(REMOTE_PREFIX) and not value.startswith(("http://", "https://", "file://")):
         raise InvalidArgument(
             f"invalid remote URL '{value}'", hint="give an http(s):// or file:// URL"
@@ -65,12 +67,12 @@ def _check(key: str, value: str) -> str:
 
 def keys(ctx: Context) -> list[str]:
     """Every key that can be set today, sorted as Multipass lists them."""
-    found = set(DEFAULTS)
+    found = set(DEFAULTS) | set(NETWORK_KEYS) | {BRIDGED_KEY}
     found.update(key for key, _ in ctx.store.settings(REMOTE_PREFIX))
     live = {r.spec.name for r in ctx.store.all() if not r.deleted}
     for name in live:
         found.update(f"local.{name}.{prop}" for prop in INSTANCE_PROPS)
-        found.add(f"local.{name}{AUTO_FORWARD}")
+        found.update((f"local.{name}{AUTO_FORWARD}", f"local.{name}.autostart"))
     for snap in ctx.store.snapshots():
         if snap.instance in live:
             found.update(f"local.{snap.instance}.{snap.name}.{p}" for p in SNAPSHOT_PROPS)
@@ -86,7 +88,15 @@ def known(key: str) -> bool:
         or key == BRIDGED_KEY
         or key.startswith(REMOTE_PREFIX)
         or per_instance
+        or autostart_key(key) is not None
     )
+
+
+def autostart_key(key: str) -> str | None:
+    """The instance of ``local.<instance>.autostart`` (after a host reboot), else None.  Pure."""
+    parts = key.split(".")
+    ok = len(parts) == 3 and parts[0] == "local" and parts[1] and parts[2] == "autostart"
+    return parts[1] if ok else None
 
 
 # -- instance settings ---------------------------------------------------------------------
@@ -276,6 +286,8 @@ async def get(ctx: Context, key: str) -> str:
             return await get(ctx, "local.auto-forward")
         if key in DEFAULTS:
             return DEFAULTS[key]
+        if autostart_key(key) is not None:
+            return "true"
         raise NotFound(f"setting '{key}' is not set")
     return value
 

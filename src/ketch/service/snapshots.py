@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import replace
 
+from ketch import space
 from ketch.api.models import (
     RestoreResult,
     SnapshotInfo,
@@ -203,6 +204,7 @@ async def _take(
             f"'ketch delete --purge {name}.{snap}'",
         )
     idir, tag = ctx.root.instance(name), new_tag()
+    space.require("snapshot", idir.path)
     async with journal(
         ctx, name, OperationKind.SNAPSHOT, step=f"create-tag {tag}", reporter=reporter
     ) as j:

@@ -14,17 +14,24 @@ The tables' methods live in one module each (:mod:`.instances`,
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
-from ketch.errors import KetchError
+from ketch.errors import KetchError, NotFound
+from ketch.layout import INSTANCES_DIR, SETTINGS_RECORD
+from ketch.model import InstanceSpec, Intent
+from ketch.store import mirror
 from ketch.store.instances import InstanceTable
 from ketch.store.journal import JournalTable
 from ketch.store.records import JournalEntry, Record, SnapshotRecord, spec_from_json, spec_to_json
 from ketch.store.schema import MIGRATIONS
 from ketch.store.settings import SettingsTable
 from ketch.store.snapshots import SnapshotTable
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MIGRATIONS",
@@ -38,10 +45,19 @@ __all__ = [
 
 
 class Store(InstanceTable, JournalTable, SnapshotTable, SettingsTable):
-    """The one SQLite database of a storage root."""
+    """The one SQLite database of a storage root.
+
+    Every method that changes an instance's record or its snapshots' metadata
+    is wrapped here to rewrite that instance's mirror (``instances/<name>/
+    instance.json``, :mod:`.mirror`) once the change is committed, and a
+    setting changed rewrites ``settings.json``: the database is never the
+    only copy.
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._instances = path.parent / INSTANCES_DIR
+        self._settings_record = path.parent / SETTINGS_RECORD
         try:
             # 0600 whatever the umask: it holds users' cloud-init; SQLite gives
             # the -wal and -shm files the database's mode.
@@ -58,6 +74,65 @@ class Store(InstanceTable, JournalTable, SnapshotTable, SettingsTable):
 
     def close(self) -> None:
         self._db.close()
+
+    # -- the mirror: each change rewrites the instance's instance.json -------------
+
+    def mirrored(self, name: str) -> mirror.Mirrored | None:
+        """What the mirror of ``name`` holds once written (None: no such record)."""
+        try:
+            record = self.get(name)
+        except NotFound:
+            return None
+        return mirror.Mirrored(
+            record,
+            tuple(self.snapshots(name)),
+            self.snapshot_head(name),
+            self.snapshots_taken(name),
+        )
+
+    def _mirror(self, name: str) -> None:
+        found = self.mirrored(name)
+        if found is None:
+            mirror.remove(self._instances / name)
+            return
+        try:
+            mirror.write(self._instances / name, found)
+        except OSError as exc:  # the database holds it: a missed mirror is logged, not fatal
+            log.warning("cannot write the record mirror of %s: %s", name, exc)
+
+    def add(self, spec: InstanceSpec, intent: Intent) -> None:
+        super().add(spec, intent)
+        self._mirror(spec.name)
+
+    def _update(self, name: str, column: str, value: Any) -> None:
+        super()._update(name, column, value)
+        self._mirror(name)
+
+    def remove(self, name: str) -> None:
+        super().remove(name)
+        mirror.remove(self._instances / name)
+
+    def add_snapshot(self, snap: SnapshotRecord) -> None:
+        super().add_snapshot(snap)
+        self._mirror(snap.instance)
+
+    def remove_snapshot(self, instance: str, name: str) -> None:
+        super().remove_snapshot(instance, name)
+        self._mirror(instance)
+
+    def set_snapshot_head(self, instance: str, name: str | None) -> None:
+        super().set_snapshot_head(instance, name)
+        self._mirror(instance)
+
+    def set_setting(self, key: str, value: str | None) -> None:
+        super().set_setting(key, value)
+        self.mirror_settings()
+
+    def mirror_settings(self) -> None:
+        try:
+            mirror.write_settings(self._settings_record, self.settings())
+        except OSError as exc:
+            log.warning("cannot write the settings' mirror: %s", exc)
 
     def _migrate(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])

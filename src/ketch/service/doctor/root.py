@@ -9,13 +9,14 @@ name a launch or clone is making right now is left alone.
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import uuid
 from pathlib import Path
 
 from ketch.errors import KetchError
 from ketch.host import procs, qemu
-from ketch.layout import DISK
+from ketch.layout import DATABASE, DISK
 from ketch.model import BootSpec, InstanceSpec, Intent
 from ketch.service import guestlink, names
 from ketch.service.context import Context
@@ -23,7 +24,7 @@ from ketch.service.doctor.finding import Finding, Repair
 
 
 def examine_root(ctx: Context) -> list[Finding]:
-    out: list[Finding] = []
+    out: list[Finding] = database_repaired(ctx)
     known = {r.spec.name for r in ctx.store.all()}
     base = ctx.root.instances
     dirs = sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
@@ -52,6 +53,28 @@ def examine_root(ctx: Context) -> list[Finding]:
             Finding(name, "orphan-qemu", f"QEMU pid {pid} runs {disk} without a record", what)
         )
     return out
+
+
+def database_repaired(ctx: Context) -> list[Finding]:
+    """The note ketchd left when it repaired or rebuilt the database (``store/repair.py``)."""
+    note = ctx.root.database_repaired
+    try:
+        doc = json.loads(note.read_text())
+        lines = [str(line) for line in doc.get("lines", [])]
+    except (OSError, ValueError, AttributeError):
+        return []
+
+    async def acknowledge() -> str:
+        note.unlink(missing_ok=True)
+        return "acknowledged (the damaged copy, if any, is kept)"
+
+    message = f"at {doc.get('when', '?')}: " + "; ".join(lines or ["the database was rebuilt"])
+    return [
+        Finding(
+            DATABASE, "database-repaired", message, "acknowledge it (the note is removed)",
+            acknowledge,
+        )
+    ]  # fmt: skip
 
 
 def orphan_qemus(instances: Path) -> list[tuple[int, Path]]:
