@@ -58,21 +58,28 @@ def parent(pid: int) -> int:
     return 0
 
 
-def context(ketch: Ketch) -> Context:
+@contextlib.contextmanager
+def context(ketch: Ketch) -> Iterator[Context]:
+    """A use-case context on the test's root; its store is closed afterwards (a connection
+    left open in this process would keep reading an old snapshot of the daemon's WAL)."""
     root = Root(ketch.root)
-    return Context(root=root, store=Store(root.database), driver=QemuDriver(), images=FakeImages())
+    store = Store(root.database)
+    try:
+        yield Context(root=root, store=store, driver=QemuDriver(), images=FakeImages())
+    finally:
+        store.close()
 
 
 def activate(ketch: Ketch, name: str) -> None:
-    ctx = context(ketch)
-    spec = ctx.store.get(name).spec
-    asyncio.run(mounts_native.activate(ctx, spec, spec.mounts[0], ListReporter()))
+    with context(ketch) as ctx:
+        spec = ctx.store.get(name).spec
+        asyncio.run(mounts_native.activate(ctx, spec, spec.mounts[0], ListReporter()))
 
 
 def is_active(ketch: Ketch, name: str) -> bool | None:
-    ctx = context(ketch)
-    spec = ctx.store.get(name).spec
-    return asyncio.run(mounts_native.active(ctx, spec, spec.mounts[0]))
+    with context(ketch) as ctx:
+        spec = ctx.store.get(name).spec
+        return asyncio.run(mounts_native.active(ctx, spec, spec.mounts[0]))
 
 
 def set_mount(ketch: Ketch, name: str, source: Path) -> None:
