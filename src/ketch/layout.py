@@ -41,6 +41,16 @@ SERIAL_LOG = "serial.log"
 QEMU_LOG = "qemu.log"
 HOST_KEY = "ssh_host_ed25519_key"  # private; the .pub beside it
 KNOWN_HOSTS = "known_hosts"
+MOUNTS_DIR = "mounts"  # one pid file and one log per classic mount, named by mount_key()
+MOUNT_PIDFILE = "{key}.pid"  # in MOUNTS_DIR: the mount's detached SFTP supervisor
+MOUNT_LOG = "{key}.log"  # in MOUNTS_DIR: the supervisor's, the server's and ssh's stderr
+
+
+def mount_key(target: str) -> str:
+    """The file-name key of the mount at guest path ``target`` (a digest: paths have slashes)."""
+    import hashlib
+
+    return hashlib.sha256(target.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def storage_root() -> Path:
@@ -153,3 +163,13 @@ class InstanceDir(_Paths):
     @property
     def known_hosts(self) -> Path:
         return self.path / KNOWN_HOSTS
+
+    @property
+    def mounts(self) -> Path:
+        return self.path / MOUNTS_DIR
+
+    def mount_pidfile(self, target: str) -> Path:
+        return self.mounts / MOUNT_PIDFILE.format(key=mount_key(target))
+
+    def mount_log(self, target: str) -> Path:
+        return self.mounts / MOUNT_LOG.format(key=mount_key(target))

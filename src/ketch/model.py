@@ -112,6 +112,8 @@ class OperationKind(enum.StrEnum):
     SET = "set"
     DOCTOR = "doctor"
     BUILD = "build"
+    MOUNT = "mount"
+    UMOUNT = "umount"
 
 
 class Verb(enum.StrEnum):

@@ -232,6 +232,7 @@ def test_every_verb_has_a_handler() -> None:
         "exec": ["vm"], "get": ["k"], "set": ["k=v"], "transfer": ["a", "b"],
         "image": ["list"], "completion": ["bash"],
         "snapshot": ["vm"], "restore": ["vm.snapshot1"], "clone": ["vm"],
+        "mount": [".", "vm"], "umount": ["vm"], "unmount": ["vm"],
     }  # fmt: skip
     for verb in VERBS:
         ns = parser.parse_args([verb, *minimal.get(verb, [])])

@@ -10,9 +10,11 @@ from __future__ import annotations
 import builtins
 from typing import Annotated, Literal
 
+import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from ketch.api.common import MAX_DELAY, MAX_TEXT, Body, Name, Reply, Size, Timeout
+from ketch.api.mounts import MAX_MOUNTS, MountRequest
 from ketch.api.snapshots import SnapshotInfo
 
 
@@ -25,6 +27,9 @@ class LaunchBody(Body):
     cloud_init: str | None = None
     timeout: Timeout | None = None
     firmware: Literal["bios", "uefi"] | None = None
+    mounts: Annotated[list[MountRequest], Meta(max_length=MAX_MOUNTS)] = msgspec.field(
+        default_factory=list
+    )
 
 
 class StopBody(Body):

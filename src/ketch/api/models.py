@@ -88,6 +88,12 @@ from ketch.api.instances import (
     StartResult,
     StopBody,
 )
+from ketch.api.mounts import (
+    MountBody,
+    MountRequest,
+    MountResult,
+    UmountBody,
+)
 from ketch.api.snapshots import (
     RestoreBody,
     RestoreResult,
@@ -151,7 +157,10 @@ __all__ = [
     "ListEntry",
     "ListReply",
     "Memory",
+    "MountBody",
     "MountInfo",
+    "MountRequest",
+    "MountResult",
     "Name",
     "NameResult",
     "NamesQuery",
@@ -182,6 +191,7 @@ __all__ = [
     "StopBody",
     "Text",
     "Timeout",
+    "UmountBody",
     "VersionReply",
     "WaitingEvent",
     "WarningEvent",

@@ -31,6 +31,12 @@ def cmd_launch(args: argparse.Namespace) -> int:
     }
     if args.cloud_init:
         given["cloud_init"] = _read_text(args.cloud_init, "cloud-init")
+    if args.mount:
+        from ketch.cli.verbs_mounts import launch_mount
+
+        given["mounts"] = [
+            m.MountRequest(source=s, target=t) for s, t in (launch_mount(x) for x in args.mount)
+        ]
     body = m.LaunchBody(**{k: v for k, v in given.items() if v is not None})
     result = stream(routes.LAUNCH, body)
     print(f"Launched: {result.name}")

@@ -81,6 +81,28 @@ async def _scheduler(ops: Operations) -> None:
                 ops.ctx.store.set_shutdown_at(name, None)
 
 
+async def _adopt_mounts(ops: Operations) -> None:
+    """Once recovery is done: find every mount's host side again, restart the dead ones."""
+    from ketch.progress import NULL
+    from ketch.service import mounts
+
+    await ops.recovered.wait()
+    for record in ops.ctx.store.all():
+        name = record.spec.name
+        if record.deleted or not (
+            record.spec.mounts or ops.ctx.root.instance(name).mounts.exists()
+        ):
+            continue
+
+        async def adopt(rep: QueueReporter, name: str = name) -> dict[str, Any]:
+            await mounts.adopt(ops.ctx, name, NULL)
+            return {"name": name}
+
+        event = await ops.run([name], OperationKind.MOUNT, adopt)
+        if event.get("type") == "error":
+            log.warning("the mounts of %s were not re-established: %s", name, event.get("error"))
+
+
 async def _recover(ops: Operations, held: list[str]) -> None:
     """Finish or roll back what a previous daemon left half-done, then free the locks."""
     from ketch.progress import NULL
@@ -162,10 +184,12 @@ async def serve(root: Root) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     scheduler = asyncio.create_task(_scheduler(ops))
+    adopting = asyncio.create_task(_adopt_mounts(ops))
     try:
         await stop.wait()
     finally:
         scheduler.cancel()
+        adopting.cancel()
         if recovering is not None and not recovering.done():
             await asyncio.wait([recovering], timeout=30)
         log.info("ketchd stopping; running instances keep running")

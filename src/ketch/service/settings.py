@@ -24,7 +24,9 @@ DEFAULTS = {
     "local.driver": "qemu",
     "local.accel": "auto",
     "client.primary-name": "primary",
+    "local.privileged-mounts": "true",
 }
+PRIVILEGED_MOUNTS = "local.privileged-mounts"
 REMOTE_PREFIX = "local.remote."
 INSTANCE_PROPS = ("cpus", "memory", "disk")
 MIN_MEMORY = 512 * 1024**2  # Multipass's minimum for ``set``
@@ -39,6 +41,12 @@ def _check(key: str, value: str) -> str:
             )
     elif key == "local.accel":
         accel.validate(value)
+    elif key == PRIVILEGED_MOUNTS:
+        if value.lower() not in ("true", "false", "on", "off", "yes", "no", "1", "0"):
+            raise InvalidArgument(
+                f"invalid value '{value}' for {key}", hint="give 'true' or 'false'"
+            )
+        value = "true" if value.lower() in ("true", "on", "yes", "1") else "false"
     elif key == "client.primary-name":
         if value:
             names.validate(value)
@@ -189,6 +197,11 @@ async def recover(ctx: Context, entry: JournalEntry, reporter: Reporter) -> str:
 
 
 # -- every setting ---------------------------------------------------------------------------
+
+
+def mounts_allowed(ctx: Context) -> bool:
+    """``local.privileged-mounts``: true unless set false."""
+    return ctx.store.get_setting(PRIVILEGED_MOUNTS) != "false"
 
 
 async def get(ctx: Context, key: str) -> str:

@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from types import FrameType
 
 # Everything the confined server runs is imported here, before it is confined.
@@ -43,7 +44,31 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--uid-map", type=_idmap, action="append", default=[])
     parser.add_argument("--gid-map", type=_idmap, action="append", default=[])
     parser.add_argument("--fd", type=int, help="serve this inherited descriptor")
+    parser.add_argument("--pidfile", help="detach, and write the supervisor's pid here")
+    parser.add_argument("--log", help="with --pidfile: append stdout and stderr here")
     return parser
+
+
+def _detach(pidfile: str, log: str | None) -> None:
+    """Fork; the parent exits 0 once the child (a new session) has written ``pidfile``."""
+    ready_r, ready_w = os.pipe()
+    if os.fork() > 0:
+        os.close(ready_w)
+        ok = os.read(ready_r, 1) == b"1"
+        os._exit(0 if ok else 2)
+    os.close(ready_r)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) if log else null
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    tmp = f"{pidfile}.tmp"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(f"{os.getpid()}\n")
+    os.replace(tmp, pidfile)
+    os.write(ready_w, b"1")
+    os.close(ready_w)
 
 
 def _groups(uid: int, gid: int) -> tuple[int, ...]:
@@ -83,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isdir(args.source):
         sys.stderr.write(f"ketch sftp: {args.source} is not a directory\n")
         return 2
+    if args.pidfile:
+        _detach(args.pidfile, args.log)
     children: list[int] = []
 
     def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -120,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         elif ssh is None:
             status = code if code >= 0 else 2
         _terminate(signal.SIGTERM, None)
+    if args.pidfile:
+        with contextlib.suppress(OSError):
+            if Path(args.pidfile).read_text().strip() == str(os.getpid()):
+                os.unlink(args.pidfile)
     return status
 
 

@@ -117,3 +117,5 @@ def confine(
     if uid == 0:
         _drop_capabilities()
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    # The guest's kernel already applied the guest's umask to the modes it sends.
+    os.umask(0)
