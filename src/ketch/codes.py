@@ -124,4 +124,13 @@ CODES: dict[InconsistencyCode | FindingCode, Code] = {
         "none: adopt its directory; then 'stop --force' ends it",
         repairs=False,
     ),
+    FC.MOUNT_DEAD: Code(
+        "a classic mount of a running instance whose host side died or whose guest side is gone",
+        "mount it again (a new host side, sshfs in the guest)",
+    ),
+    FC.MOUNT_SOURCE_MISSING: Code(
+        "a mount whose host directory no longer exists",
+        "none: recreate the directory, or 'ketch umount' it",
+        repairs=False,
+    ),
 }

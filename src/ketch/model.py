@@ -91,6 +91,8 @@ class FindingCode(enum.StrEnum):
     STRAY_DIRECTORY = "stray-directory"
     DIRECTORY_WITHOUT_RECORD = "directory-without-record"
     ORPHAN_QEMU = "orphan-qemu"
+    MOUNT_DEAD = "mount-dead"
+    MOUNT_SOURCE_MISSING = "mount-source-missing"
 
 
 class OperationKind(enum.StrEnum):

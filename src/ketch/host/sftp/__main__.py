@@ -82,12 +82,14 @@ def _groups(uid: int, gid: int) -> tuple[int, ...]:
 def _fork_server(fd: int, args: argparse.Namespace) -> int:
     ids = server.IdMapper(dict(args.uid_map), dict(args.gid_map))
     groups = _groups(args.uid, args.gid)
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         code = 2
         try:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             confine.confine(args.source, args.uid, args.gid, groups, keep=(fd,))
+            confine.die_with_parent(parent, signal.SIGKILL)  # a killed supervisor ends it too
             code = server.serve(fd, fd, ids)
         except BaseException as exc:  # the child must never return into the supervisor
             sys.stderr.write(f"ketch sftp: cannot serve {args.source}: {exc}\n")
@@ -128,7 +130,13 @@ def main(argv: list[str] | None = None) -> int:
         ours, theirs = socket.socketpair()
         children.append(_fork_server(theirs.fileno(), args))
         theirs.close()
-        ssh = subprocess.Popen(command, stdin=ours.fileno(), stdout=ours.fileno())
+        parent = os.getpid()
+        ssh = subprocess.Popen(
+            command,
+            stdin=ours.fileno(),
+            stdout=ours.fileno(),
+            preexec_fn=lambda: confine.die_with_parent(parent, signal.SIGTERM),
+        )
         ours.close()
         children.append(ssh.pid)
     status = 0

@@ -33,7 +33,7 @@ import resource
 CLONE_NEWNS = 0x00020000
 MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
-PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 24, 38
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 24, 38
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 _CAP_VERSION_3 = 0x20080522
 _CAP_LAST = 63
@@ -80,6 +80,14 @@ def _drop_capabilities() -> None:
     header = _CapHeader(_CAP_VERSION_3, 0)
     data = (_CapData * 2)(_CapData(keep, keep, 0), _CapData(0, 0, 0))
     _check(_libc.capset(ctypes.byref(header), data), "capset")
+
+
+def die_with_parent(parent: int, signum: int) -> None:
+    """Have the kernel send ``signum`` when the parent (the supervisor) dies; if it has
+    died already, exit now.  (Set after any change of credentials, which clears it.)"""
+    _check(_libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0), "parent death signal")
+    if os.getppid() != parent:
+        os._exit(2)
 
 
 def close_fds(keep: tuple[int, ...]) -> None:

@@ -35,6 +35,12 @@ SSHFS_OPTIONS = (
 #: (the kernel may have FUSE built in, as Ubuntu's does).
 GUEST_SCRIPT = (
     "modprobe fuse 2>/dev/null; "
+    # An sshfs of an earlier host side may still be on its way out: it would unmount
+    # this new one (libfuse unmounts by path), so it is ended first.
+    "for p in /proc/[0-9]*; do "
+    'c=$(tr "\\000" " " < "$p/cmdline" 2>/dev/null); '
+    'case "$c" in "sshfs -o "*" :/ $1 ") kill -9 "${p#/proc/}" 2>/dev/null;; esac; '
+    "done; "
     "if awk -v t=\"$1\" '$2 == t && $3 ~ /sshfs/ { f = 1 } END { exit !f }' /proc/mounts; "
     'then umount -l "$1"; fi; '
     'mkdir -p -- "$1" && exec sshfs -o ' + ",".join(SSHFS_OPTIONS) + ' :/ "$1"'
