@@ -74,7 +74,16 @@ def supervisors(ketch: Ketch, name: str) -> list[int]:
 
 
 def guest_read(ketch: Ketch, name: str, path: str) -> str:
-    return ketch.exec(name, "cat", path)
+    done = ketch.run("exec", name, "--", "cat", path, check=False)
+    assert done.returncode == 0, (done.stderr, diagnose(ketch, name))
+    return done.stdout
+
+
+def diagnose(ketch: Ketch, name: str) -> str:
+    """The mounts' logs and the guest's view, for a failure's message."""
+    logs = [p.read_text() for p in (ketch.root / "instances" / name / "mounts").glob("*.log")]
+    guest = ketch.run("exec", name, "--", "sh", "-c", "grep sshfs /proc/mounts; ps", check=False)
+    return "\n".join([*logs, guest.stdout, guest.stderr, str(supervisors(ketch, name))])
 
 
 def test_a_host_file_appears_in_the_guest(ketch: Ketch, mvm: str) -> None:

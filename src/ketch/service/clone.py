@@ -125,6 +125,7 @@ async def clone(ctx: Context, source: str, name: str, reporter: Reporter) -> Clo
             mac=_random_mac(),
             instance_id=f"i-{uuid.uuid4().hex[:16]}",
             created=time.time(),
+            mounts=(),  # as Multipass: a clone does not inherit the source's mounts
         )
         ctx.store.add(spec, Intent.STOP)
         j.undo(ctx.store.remove, name)

@@ -31,19 +31,26 @@ SSHFS_OPTIONS = (
     "max_write=262144",
 )
 
-#: The guest's script: $1 is the target.  Never fails on a missing module
-#: (the kernel may have FUSE built in, as Ubuntu's does).
-GUEST_SCRIPT = (
-    "modprobe fuse 2>/dev/null; "
-    # An sshfs of an earlier host side may still be on its way out: it would unmount
-    # this new one (libfuse unmounts by path), so it is ended first.
+#: Ends what an earlier host side left at the target ($1): its sshfs, which may still
+#: be on its way out and would unmount a new one (libfuse unmounts by path), then its
+#: (dead) mount, lazily.
+CLEAR_SCRIPT = (
     "for p in /proc/[0-9]*; do "
     'c=$(tr "\\000" " " < "$p/cmdline" 2>/dev/null); '
     'case "$c" in "sshfs -o "*" :/ $1 ") kill -9 "${p#/proc/}" 2>/dev/null;; esac; '
     "done; "
-    "if awk -v t=\"$1\" '$2 == t && $3 ~ /sshfs/ { f = 1 } END { exit !f }' /proc/mounts; "
-    'then umount -l "$1"; fi; '
-    'mkdir -p -- "$1" && exec sshfs -o ' + ",".join(SSHFS_OPTIONS) + ' :/ "$1"'
+    "while awk -v t=\"$1\" '$2 == t && $3 ~ /sshfs/ { f = 1 } END { exit !f }' /proc/mounts; "
+    'do umount -l "$1" || break; done; '
+)
+
+#: The guest's script: $1 is the target.  Never fails on a missing module
+#: (the kernel may have FUSE built in, as Ubuntu's does).
+GUEST_SCRIPT = (
+    "modprobe fuse 2>/dev/null; "
+    + CLEAR_SCRIPT
+    + 'mkdir -p -- "$1" && exec sshfs -o '
+    + ",".join(SSHFS_OPTIONS)
+    + ' :/ "$1"'
 )
 
 
@@ -53,12 +60,8 @@ def guest_argv(target: str) -> list[str]:
 
 
 def guest_unmount_argv(target: str) -> list[str]:
-    """Lazily unmount the sshfs at ``target``, if one is there (never fails)."""
-    script = (
-        "if awk -v t=\"$1\" '$2 == t && $3 ~ /sshfs/ { f = 1 } END { exit !f }' /proc/mounts; "
-        'then umount -l "$1"; fi; true'
-    )
-    return ["sudo", "-n", "sh", "-c", script, "ketch-umount", target]
+    """End the sshfs at ``target`` and unmount it lazily, if one is there (never fails)."""
+    return ["sudo", "-n", "sh", "-c", CLEAR_SCRIPT + "true", "ketch-umount", target]
 
 
 def supervisor_argv(
