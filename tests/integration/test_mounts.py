@@ -75,6 +75,8 @@ def supervisors(ketch: Ketch, name: str) -> list[int]:
 
 def guest_read(ketch: Ketch, name: str, path: str) -> str:
     done = ketch.run("exec", name, "--", "cat", path, check=False)
+    if done.returncode != 0:
+        Path("/tmp/cl-diag.txt").write_text(diagnose(ketch, name))
     assert done.returncode == 0, (done.stderr, diagnose(ketch, name))
     return done.stdout
 

@@ -61,7 +61,7 @@ def test_supervisor_argv_and_its_recognition() -> None:
 
 def test_guest_command_is_one_quoted_shell_string() -> None:
     target = "/home/ubuntu/a b'; touch /tmp/pwned"
-    command = remote_command(guest_argv(target))
+    command = remote_command(guest_argv(target, mount_key(target)))
     assert command.startswith("sudo -n sh -c ")
     assert "'/home/ubuntu/a b'\"'\"'; touch /tmp/pwned'" in command
     assert "-o " + ",".join(SSHFS_OPTIONS) in command

@@ -26,7 +26,7 @@ from ketch.host.sftp.launch import (
 )
 from ketch.host.ssh.argv import remote_command, ssh_argv
 from ketch.host.ssh.ready import run_in_guest
-from ketch.layout import InstanceDir
+from ketch.layout import InstanceDir, mount_key
 from ketch.model import IdMap, InstanceSpec, MountSpec
 from ketch.progress import Reporter
 from ketch.service import guestlink
@@ -136,7 +136,7 @@ async def activate(ctx: Context, spec: InstanceSpec, mount: MountSpec, reporter:
     pidfile, log = idir.mount_pidfile(mount.target), idir.mount_log(mount.target)
     ssh = ssh_argv(
         guestlink.target(ctx.root, spec),
-        remote_command(guest_argv(mount.target)),
+        remote_command(guest_argv(mount.target, mount_key(mount.target))),
         tty=False,
         batch=True,
     )
@@ -181,7 +181,9 @@ async def deactivate(
     if guest:
         try:
             await run_in_guest(
-                guestlink.target(ctx.root, spec), guest_unmount_argv(mount.target), timeout=20.0
+                guestlink.target(ctx.root, spec),
+                guest_unmount_argv(mount.target, mount_key(mount.target)),
+                timeout=20.0,
             )
         except Exception as exc:  # ending a mount must never fail
             reporter.warn(f"could not unmount {mount.target} in {spec.name}: {exc}")

@@ -5,9 +5,12 @@ makes a socketpair, forks the server (confined to SOURCE as ``U:G``, see
 ``confine``) on one end and runs the ssh command with its stdin and stdout on
 the other (the guest side of that command is ``sshfs -o slave``).  When either
 ends, the other is ended too and the supervisor exits: 0 when ssh exited 0.
-SIGTERM ends both.  ``--fd N`` instead of ``-- SSH…`` serves an inherited
-descriptor (the tests' raw SFTP client); the server is forked and confined
-the same way.
+SIGTERM ends both; both also die with the supervisor (parent-death signals),
+so a ``kill -9`` of it leaves nothing behind.  ``--pidfile P [--log L]``
+detaches first (a new session; the first process exits once P is written;
+stdout and stderr appended to L): that is how ketchd starts it.  ``--fd N``
+instead of ``-- SSH…`` serves an inherited descriptor (the tests' raw SFTP
+client); the server is forked and confined the same way.
 """
 
 from __future__ import annotations

@@ -31,37 +31,41 @@ SSHFS_OPTIONS = (
     "max_write=262144",
 )
 
-#: Ends what an earlier host side left at the target ($1): its sshfs, which may still
-#: be on its way out and would unmount a new one (libfuse unmounts by path), then its
-#: (dead) mount, lazily.
+#: Ends what an earlier host side left at the target ($1; $2 is its mount key): the
+#: sshfs it ran (its pid kept in /run/ketch-mount-KEY.pid; it may still be on its
+#: way out, and would unmount a new one: libfuse unmounts by path), then its dead
+#: mount, lazily.  Bounded, and every step is said on stderr (the mount's log).
 CLEAR_SCRIPT = (
-    "for p in /proc/[0-9]*; do "
-    'c=$(tr "\\000" " " < "$p/cmdline" 2>/dev/null); '
-    'case "$c" in "sshfs -o "*" :/ $1 ") kill -9 "${p#/proc/}" 2>/dev/null;; esac; '
-    "done; "
-    "while awk -v t=\"$1\" '$2 == t && $3 ~ /sshfs/ { f = 1 } END { exit !f }' /proc/mounts; "
-    'do umount -l "$1" || break; done; '
+    'f="/run/ketch-mount-$2.pid"; '
+    'if [ -f "$f" ]; then p=$(cat "$f"); '
+    'if [ "$(cat "/proc/$p/comm" 2>/dev/null)" = sshfs ]; then '
+    'echo "ketch-mount: ending sshfs $p" >&2; kill -9 "$p"; fi; rm -f "$f"; fi; '
+    "i=0; while [ $i -lt 8 ] && "
+    "awk -v t=\"$1\" '$2 == t && $3 ~ /sshfs/ { f = 1 } END { exit !f }' /proc/mounts; "
+    'do echo "ketch-mount: unmounting $1" >&2; umount -l "$1"; i=$((i + 1)); done; '
 )
 
-#: The guest's script: $1 is the target.  Never fails on a missing module
-#: (the kernel may have FUSE built in, as Ubuntu's does).
+#: The guest's script: $1 is the target, $2 its key.  Never fails on a missing module
+#: (the kernel may have FUSE built in, as Ubuntu's does).  ``exec`` keeps the pid.
 GUEST_SCRIPT = (
     "modprobe fuse 2>/dev/null; "
     + CLEAR_SCRIPT
-    + 'mkdir -p -- "$1" && exec sshfs -o '
+    + 'mkdir -p -- "$1" && echo $$ > "/run/ketch-mount-$2.pid" && '
+    + 'echo "ketch-mount: mounting $1" >&2 && exec sshfs -o '
     + ",".join(SSHFS_OPTIONS)
     + ' :/ "$1"'
 )
 
 
-def guest_argv(target: str) -> list[str]:
-    """The guest's command for one mount at ``target`` (an absolute guest path)."""
-    return ["sudo", "-n", "sh", "-c", GUEST_SCRIPT, "ketch-mount", target]
+def guest_argv(target: str, key: str) -> list[str]:
+    """The guest's command for one mount at ``target`` (an absolute guest path; ``key``
+    names its pid file in the guest: ``layout.mount_key``)."""
+    return ["sudo", "-n", "sh", "-c", GUEST_SCRIPT, "ketch-mount", target, key]
 
 
-def guest_unmount_argv(target: str) -> list[str]:
+def guest_unmount_argv(target: str, key: str) -> list[str]:
     """End the sshfs at ``target`` and unmount it lazily, if one is there (never fails)."""
-    return ["sudo", "-n", "sh", "-c", CLEAR_SCRIPT + "true", "ketch-umount", target]
+    return ["sudo", "-n", "sh", "-c", CLEAR_SCRIPT + "true", "ketch-umount", target, key]
 
 
 def supervisor_argv(
