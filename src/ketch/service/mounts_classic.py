@@ -125,6 +125,18 @@ async def activate(ctx: Context, spec: InstanceSpec, mount: MountSpec, reporter:
         if mounted is not None and mount.target in mounted:
             return
         end_supervisor(idir, mount.target)  # alive but the guest side is gone: start afresh
+    idir.mounts.mkdir(mode=0o700, exist_ok=True)
+    pidfile, log = idir.mount_pidfile(mount.target), idir.mount_log(mount.target)
+    if mounted is None or mount.target in mounted:
+        # What a dead host side left in the guest goes first: from here on, the target in
+        # the guest's /proc/mounts is the new sshfs (see active()).
+        cleared = await run_in_guest(
+            guestlink.target(ctx.root, spec),
+            guest_unmount_argv(mount.target, mount_key(mount.target)),
+            timeout=30.0,
+        )
+        with log.open("ab") as f:
+            f.write(cleared.stderr)
     await ensure_sshfs(ctx, spec, reporter)
     guest_uid, guest_gid = await _guest_ids(ctx, spec)
     uid_maps = _resolve(mount.uid_maps, guest_uid)
@@ -132,8 +144,6 @@ async def activate(ctx: Context, spec: InstanceSpec, mount: MountSpec, reporter:
     st = os.stat(mount.source)
     uid = uid_maps[0][0] if uid_maps else st.st_uid
     gid = gid_maps[0][0] if gid_maps else st.st_gid
-    idir.mounts.mkdir(mode=0o700, exist_ok=True)
-    pidfile, log = idir.mount_pidfile(mount.target), idir.mount_log(mount.target)
     ssh = ssh_argv(
         guestlink.target(ctx.root, spec),
         remote_command(guest_argv(mount.target, mount_key(mount.target))),

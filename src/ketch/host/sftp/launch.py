@@ -39,10 +39,10 @@ CLEAR_SCRIPT = (
     'f="/run/ketch-mount-$2.pid"; '
     'if [ -f "$f" ]; then p=$(cat "$f"); '
     'if [ "$(cat "/proc/$p/comm" 2>/dev/null)" = sshfs ]; then '
-    'echo "ketch-mount: ending sshfs $p" >&2; kill -9 "$p"; fi; rm -f "$f"; fi; '
+    'echo "ketch-mount: $(date +%T) ending sshfs $p" >&2; kill -9 "$p"; fi; rm -f "$f"; fi; '
     "i=0; while [ $i -lt 8 ] && "
     "awk -v t=\"$1\" '$2 == t && $3 ~ /sshfs/ { f = 1 } END { exit !f }' /proc/mounts; "
-    'do echo "ketch-mount: unmounting $1" >&2; umount -l "$1"; i=$((i + 1)); done; '
+    'do echo "ketch-mount: $(date +%T) unmounting $1" >&2; umount -l "$1"; i=$((i + 1)); done; '
 )
 
 #: The guest's script: $1 is the target, $2 its key.  Never fails on a missing module
@@ -51,7 +51,7 @@ GUEST_SCRIPT = (
     "modprobe fuse 2>/dev/null; "
     + CLEAR_SCRIPT
     + 'mkdir -p -- "$1" && echo $$ > "/run/ketch-mount-$2.pid" && '
-    + 'echo "ketch-mount: mounting $1" >&2 && exec sshfs -o '
+    + 'echo "ketch-mount: $(date +%T) mounting $1 ($$)" >&2 && exec sshfs -o '
     + ",".join(SSHFS_OPTIONS)
     + ' :/ "$1"'
 )
