@@ -155,6 +155,15 @@ def encode_attrs(st: os.stat_result, uid: int, gid: int) -> bytes:
     )
 
 
+def encode_statvfs(st: os.statvfs_result) -> bytes:
+    """statvfs@openssh.com's reply fields: eleven uint64, in statvfs(3)'s order."""
+    fields = (
+        st.f_bsize, st.f_frsize, st.f_blocks, st.f_bfree, st.f_bavail, st.f_files,
+        st.f_ffree, st.f_favail, st.f_fsid, st.f_flag, st.f_namemax,
+    )  # fmt: skip
+    return b"".join(u64(v) for v in fields)
+
+
 def longname(name: bytes, st: os.stat_result, uid: int, gid: int) -> bytes:
     """An ``ls -l`` style line for a READDIR entry (clients show it, sshfs ignores it)."""
     mode = stat.filemode(st.st_mode).encode()

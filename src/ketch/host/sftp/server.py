@@ -386,20 +386,7 @@ class Server:
 
     @staticmethod
     def _statvfs(rid: int, st: os.statvfs_result) -> bytes:
-        fields = (
-            st.f_bsize,
-            st.f_frsize,
-            st.f_blocks,
-            st.f_bfree,
-            st.f_bavail,
-            st.f_files,
-            st.f_ffree,
-            st.f_favail,
-            st.f_fsid,
-            st.f_flag,
-            st.f_namemax,
-        )
-        return p.packet(p.EXTENDED_REPLY, p.u32(rid) + b"".join(p.u64(v) for v in fields))
+        return p.packet(p.EXTENDED_REPLY, p.u32(rid) + p.encode_statvfs(st))
 
 
 def serve(rfd: int, wfd: int, ids: IdMapper) -> int:
