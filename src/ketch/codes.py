@@ -140,4 +140,13 @@ CODES: dict[InconsistencyCode | FindingCode, Code] = {
         "is kept as `ketch.db.damaged-<time>`; instances come back from their `instance.json`)",
         "acknowledge it (the note is removed; the damaged copy is kept)",
     ),
+    FC.MOUNT_DEAD: Code(
+        "a classic mount of a running instance whose host side died or whose guest side is gone",
+        "mount it again (a new host side, sshfs in the guest)",
+    ),
+    FC.MOUNT_SOURCE_MISSING: Code(
+        "a mount whose host directory no longer exists",
+        "none: recreate the directory, or 'ketch umount' it",
+        repairs=False,
+    ),
 }

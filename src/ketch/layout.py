@@ -66,6 +66,17 @@ VIRTIOFS_LOG = ".log"
 NIC = "nic.json"  # on the managed network: the TAP, MAC and address QEMU was started with
 INSTANCE_RECORD = "instance.json"  # the store's record of it, mirrored (store/mirror.py)
 
+MOUNTS_DIR = "mounts"  # one pid file and one log per classic mount, named by mount_key()
+MOUNT_PIDFILE = "{key}.pid"  # in MOUNTS_DIR: the mount's detached SFTP supervisor
+MOUNT_LOG = "{key}.log"  # in MOUNTS_DIR: the supervisor's, the server's and ssh's stderr
+
+
+def mount_key(target: str) -> str:
+    """The file-name key of the mount at guest path ``target`` (a digest: paths have slashes)."""
+    import hashlib
+
+    return hashlib.sha256(target.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
 
 def storage_dir() -> str:
     """The storage root in force for this process, as a string (``pathlib`` not needed).
@@ -254,3 +265,13 @@ class InstanceDir(_Paths):
     @property
     def record(self) -> Path:
         return self.path / INSTANCE_RECORD
+
+    @property
+    def mounts(self) -> Path:
+        return self.path / MOUNTS_DIR
+
+    def mount_pidfile(self, target: str) -> Path:
+        return self.mounts / MOUNT_PIDFILE.format(key=mount_key(target))
+
+    def mount_log(self, target: str) -> Path:
+        return self.mounts / MOUNT_LOG.format(key=mount_key(target))

@@ -95,6 +95,8 @@ class FindingCode(enum.StrEnum):
     NETWORK_DNSMASQ_DEAD = "network-dnsmasq-dead"
     NETWORK_STALE_TAP = "network-stale-tap"
     DATABASE_REPAIRED = "database-repaired"
+    MOUNT_DEAD = "mount-dead"
+    MOUNT_SOURCE_MISSING = "mount-source-missing"
 
 
 class OperationKind(enum.StrEnum):
@@ -116,6 +118,8 @@ class OperationKind(enum.StrEnum):
     SET = "set"
     DOCTOR = "doctor"
     BUILD = "build"
+    MOUNT = "mount"
+    UMOUNT = "umount"
 
 
 class Verb(enum.StrEnum):

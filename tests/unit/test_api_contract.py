@@ -250,6 +250,7 @@ def test_launch_body_defaults_are_the_services() -> None:
     from ketch.service.launch import LaunchRequest
 
     body = msgspec.structs.asdict(m.LaunchBody())
+    assert body.pop("mounts") == []  # launch --mount: the daemon mounts once launched
     assert body == {k: getattr(LaunchRequest(), k) for k in body}
 
 

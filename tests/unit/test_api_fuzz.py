@@ -59,6 +59,15 @@ ANY_JSON = st.one_of(
 )
 
 
+def _property(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
+    """One property's values; a list of objects (``mounts``) is put together here too."""
+    items = schema.get("items", {})
+    if schema.get("type") == "array" and "$ref" in items:
+        element = object_of(items["$ref"].rsplit("/", 1)[1])
+        return st.lists(element, min_size=schema.get("minItems", 0), max_size=2)
+    return from_schema({**schema, "components": {"schemas": SCHEMAS}})
+
+
 def object_of(name: str) -> st.SearchStrategy[dict[str, Any]]:
     """Valid objects of component ``name``: each property drawn by hypothesis-jsonschema.
 
@@ -68,7 +77,7 @@ def object_of(name: str) -> st.SearchStrategy[dict[str, Any]]:
     schema = SCHEMAS[name]
     props: dict[str, Any] = schema.get("properties", {})
     required = set(schema.get("required", []))
-    each = {k: from_schema({**v, "components": {"schemas": SCHEMAS}}) for k, v in props.items()}
+    each = {k: _property(v) for k, v in props.items()}
     return st.fixed_dictionaries(
         {k: v for k, v in each.items() if k in required},
         optional={k: v for k, v in each.items() if k not in required},

@@ -233,6 +233,7 @@ def test_every_verb_has_a_handler() -> None:
         "image": ["list"], "completion": ["bash"], "forward": ["vm", "80:80"],
         "snapshot": ["vm"], "restore": ["vm.snapshot1"], "clone": ["vm"],
         "alias": ["vm:ls"], "prefer": ["ctx"],
+        "mount": [".", "vm"], "umount": ["vm"], "unmount": ["vm"],
     }  # fmt: skip
     for verb in VERBS:
         ns = parser.parse_args([verb, *minimal.get(verb, [])])

@@ -65,6 +65,7 @@ def test_get_keys_lists_every_key_that_does_something(
         "local.network",
         "local.network.bridge",
         "local.network.subnet",
+        "local.privileged-mounts",
         "local.web.auto-forward",
         "local.web.autostart",
         "local.web.cpus",

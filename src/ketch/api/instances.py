@@ -14,6 +14,7 @@ from msgspec import UNSET, Meta, UnsetType, field
 
 from ketch.api.common import MAX_DELAY, MAX_TEXT, Body, MountInfo, Name, Reply, Size, Timeout
 from ketch.api.forwards import MAX_RULES, ForwardInfo, Rule
+from ketch.api.mounts import MAX_MOUNTS, MountRequest
 from ketch.api.snapshots import SnapshotInfo
 
 
@@ -30,6 +31,7 @@ class LaunchBody(Body):
     # each as --network takes it: name=BRIDGE[,mode=auto|manual][,mac=MAC], or BRIDGE
     networks: Annotated[list[Annotated[str, Meta(max_length=80)]], Meta(max_length=8)] = []  # noqa: RUF012
     bridged: bool = False  # one more NIC on local.bridged-network
+    mounts: Annotated[list[MountRequest], Meta(max_length=MAX_MOUNTS)] = field(default_factory=list)
 
 
 class StartBody(Body):

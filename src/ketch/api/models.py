@@ -97,6 +97,12 @@ from ketch.api.instances import (
     StartResult,
     StopBody,
 )
+from ketch.api.mounts import (
+    MountBody,
+    MountRequest,
+    MountResult,
+    UmountBody,
+)
 from ketch.api.snapshots import (
     RestoreBody,
     RestoreResult,
@@ -168,8 +174,11 @@ __all__ = [
     "ListEntry",
     "ListReply",
     "Memory",
+    "MountBody",
     "MountInfo",
     "MountPath",
+    "MountRequest",
+    "MountResult",
     "Name",
     "NameResult",
     "NamesQuery",
@@ -204,6 +213,7 @@ __all__ = [
     "StopBody",
     "Text",
     "Timeout",
+    "UmountBody",
     "VersionReply",
     "WaitingEvent",
     "WarningEvent",

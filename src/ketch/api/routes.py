@@ -123,6 +123,15 @@ CLONE: Route[m.CloneBody, m.CloneResult] = Route(
     "clone", "POST", "/v1/instances/{name}/clone", "clone a stopped instance", "m.CloneResult",
     body="m.CloneBody", streamed=True,
 )  # fmt: skip
+MOUNT: Route[m.MountBody, m.MountResult] = Route(
+    "mount", "POST", "/v1/instances/{name}/mounts",
+    "mount host directories (classic: at once if running; native: from the next start)",
+    "m.MountResult", body="m.MountBody", streamed=True,
+)  # fmt: skip
+UMOUNT: Route[m.UmountBody, m.MountResult] = Route(
+    "umount", "DELETE", "/v1/instances/{name}/mounts", "unmount (no targets: all mounts)",
+    "m.MountResult", body="m.UmountBody", streamed=True,
+)  # fmt: skip
 SNAPSHOTS: Route[m.Empty, m.SnapshotListReply] = Route(
     "snapshot_list", "GET", "/v1/snapshots", "snapshots per instance, as Multipass's list",
     "m.SnapshotListReply", query="m.NamesQuery",
@@ -221,7 +230,8 @@ CANCEL: Route[m.Empty, o.CancelReply] = Route(
 )  # fmt: skip
 
 ROUTES: tuple[Route[Any, Any], ...] = (
-    VERSION, LIST, INFO, LAUNCH, SNAPSHOT, RESTORE, SNAPSHOT_DELETE, CLONE, SNAPSHOTS,
+    VERSION, LIST, INFO, LAUNCH, SNAPSHOT, RESTORE, SNAPSHOT_DELETE, CLONE, MOUNT, UMOUNT,
+    SNAPSHOTS,
     START, STOP, SUSPEND, RESTART, DELETE, RECOVER, PURGE, DOCTOR, SSH, FIND, IMAGES,
     BUILD, PRUNE, SETTING_KEYS, GET_SETTING, SET_SETTING, OPERATIONS, FOLLOW, CANCEL,
     FORWARD_ADD, FORWARD_REMOVE, FORWARDS, NETWORKS,

@@ -193,7 +193,7 @@ def _instance_info(info: dict[str, m.InfoEntry], fmt: str) -> str:
             ("Load", " ".join(str(x) for x in _present(i.load)) or "--"),
             ("Disk usage", _usage(disk.used or None, disk.total) if disk else "--"),
             ("Memory usage", _usage(used, mem.total)),
-            ("Mounts", "--"),
+            ("Mounts", mounts_text(_present(i.mounts) if i.mounts is not UNSET else {})),
             ("SSH", f"{ssh.user}@127.0.0.1:{ssh.port}"),
             ("Accel", i.accel or "--"),
         ]
@@ -353,3 +353,23 @@ def doctor_output(findings: list[m.Finding], *, fixed: bool) -> str:
         else:
             lines.append(f"  --fix would: {f.fix}")
     return "\n".join(lines) + "\n"
+
+
+def mounts_text(mounts: dict[str, m.MountInfo]) -> str:
+    """``info``'s Mounts value as Multipass prints it: ``SOURCE => TARGET`` (sources padded
+    to one width), each followed by its ``UID map:`` and ``GID map:`` lines; ketch adds
+    ``(native)`` and ``(not active)`` where they apply."""
+    if not mounts:
+        return "--"
+    width = max(len(x.source_path) for x in mounts.values())
+    lines = []
+    for target, x in mounts.items():
+        notes = (" (native)" if x.type == "native" else "") + (
+            " (not active)" if x.active is False else ""
+        )
+        lines.append(f"{x.source_path:<{width}} => {target}{notes}")
+        if x.uid_mappings:
+            lines.append(f"{'':<4}UID map: {', '.join(x.uid_mappings)}")
+        if x.gid_mappings:
+            lines.append(f"{'':<4}GID map: {', '.join(x.gid_mappings)}")
+    return ("\n" + " " * 16).join(lines)

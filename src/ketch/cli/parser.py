@@ -34,6 +34,8 @@ HELP = {
     "snapshot": "Take a snapshot of an instance",
     "restore": "Restore an instance from a snapshot",
     "clone": "Clone an instance",
+    "mount": "Mount a local directory in the instance",
+    "umount": "Unmount a directory from an instance",
     "exec": "Run a command on an instance",
     "shell": "Open a shell on a running instance",
     "transfer": "Transfer files between the host and instances",
@@ -57,7 +59,7 @@ HELP = {
 }
 
 # Verbs (and aliases) whose sub-parser can be built alone.
-VERBS = (set(HELP) | {"ls", "sh", "connect", "copy-files"}) - {"help", "completion"}
+VERBS = (set(HELP) | {"ls", "sh", "connect", "copy-files", "unmount"}) - {"help", "completion"}
 
 
 def _columns() -> int:
@@ -217,6 +219,12 @@ def build_parser(only: str | None = None) -> Parser:
     sp.add_argument(
         "--bridged", action="store_true", help="add a NIC on local.bridged-network (--network)"
     )
+    sp.add_argument(
+        "--mount",
+        action="append",
+        metavar="SOURCE:TARGET",
+        help="mount a local directory in the instance (repeatable; TARGET default: SOURCE)",
+    )
 
     sp = cmd("list", "verbs_instances", "ls")
     fmt(sp)
@@ -266,6 +274,21 @@ def build_parser(only: str | None = None) -> Parser:
     sp = cmd("clone", "verbs_snapshots")
     sp.add_argument("source", metavar="NAME", help="a stopped instance")
     sp.add_argument("-n", "--name", help="name of the clone (default: NAME-cloneN)")
+
+    sp = cmd("mount", "verbs_mounts")
+    sp.add_argument("source", metavar="SOURCE", help="the local directory to mount")
+    sp.add_argument(
+        "targets", nargs="+", metavar="INSTANCE[:TARGET]", help="where (default: SOURCE's path)"
+    )
+    sp.add_argument("-t", "--type", choices=("classic", "native"), default="classic")
+    sp.add_argument(
+        "-u", "--uid-map", action="append", metavar="HOST:GUEST", help="a user id mapping"
+    )
+    sp.add_argument(
+        "-g", "--gid-map", action="append", metavar="HOST:GUEST", help="a group id mapping"
+    )
+    sp = cmd("umount", "verbs_mounts", "unmount")
+    sp.add_argument("mounts", nargs="+", metavar="INSTANCE[:TARGET]", help="no TARGET: all")
 
     sp = cmd("exec", "verbs_guest")
     sp.add_argument("name", metavar="NAME")

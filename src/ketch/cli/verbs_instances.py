@@ -41,6 +41,12 @@ def cmd_launch(args: argparse.Namespace) -> int:
         given["networks"] = list(args.network)  # checked by ketchd
     if args.bridged:
         given["bridged"] = True
+    if args.mount:
+        from ketch.cli.verbs_mounts import launch_mount
+
+        given["mounts"] = [
+            m.MountRequest(source=s, target=t) for s, t in (launch_mount(x) for x in args.mount)
+        ]
     body = m.LaunchBody(**{k: v for k, v in given.items() if v is not None})
     result = stream(routes.LAUNCH, body)
     print(f"Launched: {result.name}")

@@ -37,6 +37,7 @@ from ketch.service import info as info_uc
 from ketch.service import inspect as inspect_uc
 from ketch.service import launch as launch_uc
 from ketch.service import lifecycle, names
+from ketch.service import mounts as mounts_uc
 from ketch.service import settings as settings_uc
 from ketch.service import snapshots as snapshots_uc
 from ketch.service.images import Images
@@ -136,7 +137,39 @@ class Api(OperationRoutes):
             networks=list(body.networks),
             bridged=body.bridged,
         )
-        return Op([name], OperationKind.LAUNCH, lambda rep: launch_uc.launch(self.ctx, req, rep))
+        if not body.mounts:
+            return Op(
+                [name], OperationKind.LAUNCH, lambda rep: launch_uc.launch(self.ctx, req, rep)
+            )
+        ctx, mounts = self.ctx, [mounts_uc.from_request(r) for r in body.mounts]
+        allowed = settings_uc.mounts_allowed(ctx)
+        mounts_uc.check_all(mounts, privileged=allowed)  # refused before anything is made
+
+        async def launch_and_mount(rep: QueueReporter) -> m.NameResult:
+            result = await launch_uc.launch(ctx, req, rep)
+            await mounts_uc.add(ctx, name, mounts, rep, privileged=allowed)
+            return result
+
+        return Op([name], OperationKind.LAUNCH, launch_and_mount)
+
+    async def mount(self, call: Call[m.MountBody]) -> Op:
+        name, ctx = self._instance(call), self.ctx
+        mounts = [mounts_uc.from_request(r) for r in call.body.mounts]
+        allowed = settings_uc.mounts_allowed(ctx)
+
+        async def op(rep: QueueReporter) -> m.MountResult:
+            targets = await mounts_uc.add(ctx, name, mounts, rep, privileged=allowed)
+            return m.MountResult(name=name, targets=targets)
+
+        return Op([name], OperationKind.MOUNT, op)
+
+    async def umount(self, call: Call[m.UmountBody]) -> Op:
+        name, ctx, targets = self._instance(call), self.ctx, call.body.targets
+
+        async def op(rep: QueueReporter) -> m.MountResult:
+            return m.MountResult(name=name, targets=await mounts_uc.remove(ctx, name, targets, rep))
+
+        return Op([name], OperationKind.UMOUNT, op)
 
     def _instance(self, call: Call[Any]) -> str:
         name = call.params["name"]

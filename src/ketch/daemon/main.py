@@ -110,6 +110,28 @@ async def _autostart(ops: Operations, rebooted: bool) -> None:
         await asyncio.gather(*(one(n) for n in batch))
 
 
+async def _adopt_mounts(ops: Operations) -> None:
+    """Once recovery is done: find every mount's host side again, restart the dead ones."""
+    from ketch.progress import NULL
+    from ketch.service import mounts
+
+    await ops.recovered.wait()
+    for record in ops.ctx.store.all():
+        name = record.spec.name
+        if record.deleted or not (
+            record.spec.mounts or ops.ctx.root.instance(name).mounts.exists()
+        ):
+            continue
+
+        async def adopt(rep: QueueReporter, name: str = name) -> dict[str, Any]:
+            await mounts.adopt(ops.ctx, name, NULL)
+            return {"name": name}
+
+        event = await ops.run([name], OperationKind.MOUNT, adopt)
+        if event.get("type") == "error":
+            log.warning("the mounts of %s were not re-established: %s", name, event.get("error"))
+
+
 async def _recover(ops: Operations, held: list[str]) -> None:
     """Finish or roll back what a previous daemon left half-done, then free the locks."""
     from ketch.progress import NULL
@@ -234,10 +256,12 @@ async def serve(root: Root) -> None:
     watcher = asyncio.create_task(
         rootwatch.watch({p: i for p, i in watched.items() if i is not None}, root_gone)
     )
+    adopting = asyncio.create_task(_adopt_mounts(ops))
     try:
         await stop.wait()
     finally:
         scheduler.cancel()
+        adopting.cancel()
         forwarding.cancel()
         watcher.cancel()
         restarting.cancel()

@@ -139,6 +139,7 @@ async def clone(ctx: Context, source: str, name: str, reporter: Reporter) -> Clo
             instance_id=f"i-{uuid.uuid4().hex[:16]}",
             created=ctx.clock.time(),
             forwards=(),  # host ports are the source's: a clone gets its own with 'ketch forward'
+            mounts=(),  # as Multipass: a clone does not inherit the source's mounts
         )
         ctx.store.add(spec, Intent.STOP)
         j.undo(ctx.store.remove, name)

@@ -7,11 +7,13 @@ warnings.  Nothing else in ketch removes an instance.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ketch.api.models import DeleteResult, NameResult, PurgeResult
 from ketch.errors import InvalidState
 from ketch.model import OperationKind, State, Verb
 from ketch.progress import Reporter
-from ketch.service import guestlink
+from ketch.service import guestlink, mounts
 from ketch.service.context import Context
 from ketch.service.inspect import get, require
 from ketch.service.journal import journal, record_quietly
@@ -29,6 +31,7 @@ async def delete(ctx: Context, name: str, reporter: Reporter, *, purge: bool) ->
     spec, idir = v.record.spec, ctx.root.instance(name)
     async with journal(ctx, name, OperationKind.DELETE, reporter=reporter):
         if v.derived.running:
+            await mounts.deactivate_all(ctx, spec, reporter, guest=True)
             reporter.step(f"Stopping {name}")
             if not await ctx.driver.powerdown(spec, idir, timeout=min(ctx.stop_timeout, 30.0)):
                 reporter.warn("the guest did not power off in time; ending QEMU")
@@ -46,6 +49,8 @@ async def _purge_one(ctx: Context, name: str, reporter: Reporter) -> None:
             await ctx.driver.kill(spec, idir)
         except Exception as exc:  # purge must not fail on a process it cannot end
             reporter.warn(f"ending QEMU failed: {exc}")
+        await mounts.deactivate_all(ctx, spec, reporter, guest=False)  # never raises
+        await mounts.end_strays(ctx, replace(spec, mounts=()))
         error = guestlink.remove_tree(idir.path)
         if error:
             reporter.warn(f"could not remove {idir.path}: {error}; remove it by hand")

@@ -17,11 +17,13 @@ from ketch.api.models import InfoEntry, InfoReply, SnapshotListReply
 from ketch.errors import NotFound
 from ketch.model import State
 from ketch.service import forwards as forwards_uc
-from ketch.service import guest_stats, guestlink
+from ketch.service import guest_stats, guestlink, mounts
 from ketch.service import inspect as inspect_uc
 from ketch.service import snapshots as snapshots_uc
 from ketch.service.accel import choose
 from ketch.service.context import Context
+
+RUNNING = (State.RUNNING, State.DELAYED_SHUTDOWN)
 
 
 async def _stats(ctx: Context, v: inspect_uc.View) -> tuple[guest_stats.GuestStats, str | None]:
@@ -50,13 +52,17 @@ async def info(ctx: Context, asked: Sequence[str]) -> InfoReply:
     stats = await asyncio.gather(*(_stats(ctx, v) for v in views))
     counts = ctx.store.snapshot_counts()
     entries: dict[str, InfoEntry] = {}
-    for v, (guest, error) in zip(views, stats, strict=True):
+    actives = await asyncio.gather(
+        *(mounts.entries(ctx, v.record.spec, v.state in RUNNING) for v in views)
+    )
+    for v, (guest, error), active in zip(views, stats, actives, strict=True):
         entries[v.name] = inspect_uc.info_entry(
             v,
             accel=accel,
             guest=guest,
             snapshot_count=counts.get(v.name, 0),
             forwards=forwards_uc.rows(ctx, v),
+            mounts_active=active,
         )
         if error:
             errors.append(error)

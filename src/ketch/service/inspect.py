@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from msgspec import UNSET
@@ -148,15 +149,18 @@ def id_mapping(m: IdMap) -> str:
     return f"{m.host}:{'default' if m.guest is None else m.guest}"
 
 
-def mount_entries(spec: InstanceSpec) -> dict[str, MountInfo]:
-    """``info``'s ``mounts``: each of the spec's mounts by guest path (``active`` unknown here)."""
+def mount_entries(
+    spec: InstanceSpec, active: Mapping[str, bool | None] | None = None
+) -> dict[str, MountInfo]:
+    """``info``'s ``mounts``: each of the spec's mounts by guest path, with ``active`` (in place
+    in the guest; None: unknown) as found by the mounts use case."""
     return {
         m.target: MountInfo(
             source_path=m.source,
             uid_mappings=[id_mapping(x) for x in m.uid_maps],
             gid_mappings=[id_mapping(x) for x in m.gid_maps],
             type=m.type.value,
-            active=None,
+            active=(active or {}).get(m.target),
         )
         for m in spec.mounts
     }
@@ -173,6 +177,7 @@ def info_entry(
     guest: GuestStats = NO_STATS,
     snapshot_count: int = 0,
     forwards: list[ForwardInfo] | None = None,
+    mounts_active: Mapping[str, bool | None] | None = None,
 ) -> InfoEntry:
     """One value of ``ketch info --format json``'s "info" map."""
     spec = v.record.spec
@@ -189,7 +194,7 @@ def info_entry(
         disks={"vda1": Disk(total=str(disk_total), used=disk_used)},
         load=list(guest.load),
         ipv4=v.ipv4,
-        mounts=mount_entries(spec),
+        mounts=mount_entries(spec, mounts_active),
         snapshot_count=str(snapshot_count),
         created=_stamp(spec.created),
         # ketch's own keys

@@ -16,7 +16,7 @@ from ketch.model import InconsistencyCode, Intent, MountType, OperationKind, Sta
 from ketch.progress import Reporter
 from ketch.runtime import virtiofs
 from ketch.runtime.driver import SUSPEND_TAG
-from ketch.service import accel, guestlink
+from ketch.service import accel, guestlink, mounts
 from ketch.service.context import Context
 from ketch.service.inspect import View, get, require
 from ketch.service.journal import journal, record_quietly
@@ -106,6 +106,7 @@ async def start(
                 "it was started and is kept",
                 hint=f"see 'ketch info {name}'",
             ) from exc
+        await mounts.activate_all(ctx, spec, reporter)
     return StartResult(name=name, resumed=resume)
 
 
@@ -144,6 +145,7 @@ async def stop(ctx: Context, name: str, reporter: Reporter) -> NameResult:
         return NameResult(name=name)
     spec, idir = v.record.spec, ctx.root.instance(name)
     async with journal(ctx, name, OperationKind.STOP, reporter=reporter):
+        await mounts.deactivate_all(ctx, spec, reporter, guest=True)
         reporter.step(f"Stopping {name}")
         if not await ctx.driver.powerdown(spec, idir, timeout=ctx.stop_timeout):
             raise Timeout(
@@ -171,6 +173,7 @@ async def force_stop(ctx: Context, name: str, reporter: Reporter) -> NameResult:
                 reporter.step(f"Ended {name}'s QEMU")
         except Exception as exc:  # the hallmark: force stop must not fail
             reporter.warn(f"ending QEMU failed: {exc}")
+        await mounts.deactivate_all(ctx, spec, reporter, guest=False)  # never raises
         for inc in v.derived.inconsistencies:
             if inc.code in (InconsistencyCode.STALE_PID_FILE, InconsistencyCode.FOREIGN_PID):
                 reporter.warn(f"{inc.message}; removed the pid file")
@@ -249,11 +252,15 @@ async def suspend(ctx: Context, name: str, reporter: Reporter) -> NameResult:
     )
     async with journal(ctx, name, OperationKind.SUSPEND, reporter=reporter):
         ctx.store.set_shutdown_at(name, None)
+        # Classic mounts ride on an ssh session that a saved state cannot keep: unmounted
+        # in the guest first, mounted again after the resume.
+        await mounts.deactivate_all(ctx, v.record.spec, reporter, guest=True)
         try:
             await ctx.driver.suspend(
                 v.record.spec, ctx.root.instance(name), reporter=reporter, timeout=300.0
             )
         except KetchError as exc:
+            await mounts.activate_all(ctx, v.record.spec, reporter)
             raise suspend_failed(ctx, v, exc) from exc
         ctx.store.set_intent(name, Intent.SUSPEND)
     return NameResult(name=name)

@@ -37,12 +37,13 @@ The last five (``service/snapshots.py``, ``service/clone.py``,
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection
+from dataclasses import replace
 
 from ketch.errors import KetchError, NotFound
 from ketch.model import Intent, PidStatus, RunState
 from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG
-from ketch.service import clone, guestlink, journal, settings, snapshots
+from ketch.service import clone, guestlink, journal, mounts, settings, snapshots
 from ketch.service.context import Context
 from ketch.store.db import JournalEntry
 
@@ -96,6 +97,7 @@ async def recover(ctx: Context, entry: JournalEntry, reporter: Reporter) -> str:
 
     if entry.op == "purge":
         await ctx.driver.kill(spec, idir)
+        await mounts.end_strays(ctx, replace(spec, mounts=()))
         error = guestlink.remove_tree(idir.path)
         if error:
             reporter.warn(f"could not remove {idir.path}: {error}")
@@ -103,6 +105,7 @@ async def recover(ctx: Context, entry: JournalEntry, reporter: Reporter) -> str:
         return "purge finished"
     if entry.op == "force-stop":
         await ctx.driver.kill(spec, idir)
+        await mounts.end_strays(ctx, replace(spec, mounts=()))
         ctx.store.set_intent(entry.instance, Intent.STOP)
         return "force stop finished"
     if entry.op == "launch":

@@ -27,9 +27,11 @@ DEFAULTS = {
     "local.accel": "auto",
     "client.primary-name": "primary",
     "local.auto-forward": "true",
+    "local.privileged-mounts": "true",
 }
 AUTO_FORWARD = ".auto-forward"  # local.NAME.auto-forward: the instance's own (service/forwards.py)
 EMPTY_MEANS_EMPTY = ("client.primary-name",)  # ``set KEY=`` stores "" (disables the primary)
+PRIVILEGED_MOUNTS = "local.privileged-mounts"
 REMOTE_PREFIX = "local.remote."
 NETWORK_KEYS = ("local.network", "local.network.subnet", "local.network.bridge")
 BRIDGED_KEY = "local.bridged-network"
@@ -47,6 +49,12 @@ def _check(key: str, value: str) -> str:
             )
     elif key == "local.accel":
         accel.validate(value)
+    elif key == PRIVILEGED_MOUNTS:
+        if value.lower() not in ("true", "false", "on", "off", "yes", "no", "1", "0"):
+            raise InvalidArgument(
+                f"invalid value '{value}' for {key}", hint="give 'true' or 'false'"
+            )
+        value = "true" if value.lower() in ("true", "on", "yes", "1") else "false"
     elif key == "client.primary-name":
         if value:
             names.validate(value)
@@ -265,6 +273,11 @@ async def recover(ctx: Context, entry: JournalEntry, reporter: Reporter) -> str:
 
 
 # -- every setting ---------------------------------------------------------------------------
+
+
+def mounts_allowed(ctx: Context) -> bool:
+    """``local.privileged-mounts``: true unless set false."""
+    return ctx.store.get_setting(PRIVILEGED_MOUNTS) != "false"
 
 
 async def get(ctx: Context, key: str) -> str:

@@ -57,6 +57,7 @@ PACKAGES = (
     "cloud-guest-utils",
     "qemu-guest-agent",
     "sudo",
+    "sshfs",  # classic mounts (reverse SSHFS); brings fuse3
     "e2fsprogs",
     "fdisk",
     "iproute2",

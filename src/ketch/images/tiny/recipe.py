@@ -41,6 +41,11 @@ USERLAND_PACKAGES = (
     "e2fsprogs",
     "libext2fs2",
     "libcom-err2",
+    # classic mounts: the guest side of reverse SSHFS (sshfs -o slave), FUSE 3
+    "sshfs",
+    "libfuse3-3",
+    "fuse3",
+    "libglib2.0-0",
 )
 PACKAGES = (KERNEL_META, *USERLAND_PACKAGES)
 
@@ -59,6 +64,7 @@ ROOT_MODULES = (
     "button",
     "evdev",
     "virtiofs",
+    "fuse",
     "vmw_vsock_virtio_transport",
     "vsock_loopback",
 )
@@ -74,6 +80,8 @@ ROOT_PROGRAMS: tuple[tuple[str, int], ...] = (
     ("lib/x86_64-linux-gnu/security/pam_deny.so", 0o644),
     ("lib/x86_64-linux-gnu/security/pam_permit.so", 0o644),
     ("sbin/resize2fs", 0o755),
+    ("usr/bin/sshfs", 0o755),
+    ("bin/fusermount3", 0o755),  # not set-uid: sshfs runs as root (sudo), mounts directly
 )
 LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib", "usr/lib")
 

@@ -24,6 +24,7 @@ from ketch.service import guestlink
 from ketch.service.context import Context
 from ketch.service.doctor import repairs
 from ketch.service.doctor.finding import Finding
+from ketch.service.doctor.mounts import examine as mount_findings
 from ketch.service.doctor.rules import RULES
 from ketch.service.inspect import View
 from ketch.store.db import SnapshotRecord
@@ -52,6 +53,7 @@ async def examine(ctx: Context, v: View) -> list[Finding]:
     if not v.derived.running and idir.qmp_socket.exists():
         add(Finding(v.name, "leftover-socket", "a QMP socket is left from a QEMU that is gone",
                     "remove it", repairs.remove(idir.qmp_socket)))  # fmt: skip
+    out += await mount_findings(ctx, v)
     if v.record.quarantine and not out and _only_quarantine(v):
         add(Finding(v.name, "quarantine-cleared",
                     f"quarantined ({v.record.quarantine}) but nothing is wrong any more",

@@ -1,0 +1,120 @@
+"""The argv of a classic mount's two sides (pure): the host supervisor and the guest's sshfs.
+
+The supervisor (``python -m ketch.host.sftp``, see ``__main__``) runs
+detached, with a pid file and a log in the instance directory; a new ketchd
+finds it again by that pid file and :func:`is_supervisor` on its cmdline.
+The guest side runs as root through ``sudo``: it loads ``fuse``, lazily
+unmounts a dead sshfs left at the target, creates the target and runs
+``sshfs -o slave`` on the SFTP stream ssh carries (:data:`SSHFS_OPTIONS`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+MODULE = "ketch.host.sftp"
+
+#: sshfs's options.  ``slave``: SFTP over stdin/stdout.  ``allow_other``: the
+#: guest's users, not only root (sshfs runs under sudo), see the files; access
+#: is decided by the host side, which runs as the mapped host user.
+#: ``dir_cache=yes`` and ``auto_cache`` (the kernel keeps file pages while the
+#: host's size and mtime say the file is unchanged: an edit on the host is
+#: seen on the next open, which ``kernel_cache`` would not promise).  Reads
+#: and writes of 256 KiB (sshfs's default is 32 KiB), the host side's cap.
+SSHFS_OPTIONS = (
+    "slave",
+    "allow_other",
+    "dir_cache=yes",
+    "auto_cache",
+    "max_read=262144",
+    "max_write=262144",
+)
+
+#: Ends what an earlier host side left at the target ($1; $2 is its mount key): the
+#: sshfs it ran (its pid kept in /run/ketch-mount-KEY.pid; it may still be on its
+#: way out, and would unmount a new one: libfuse unmounts by path), then its dead
+#: mount, lazily.  Bounded, and every step is said on stderr (the mount's log).
+CLEAR_SCRIPT = (
+    'f="/run/ketch-mount-$2.pid"; '
+    'if [ -f "$f" ]; then p=$(cat "$f"); '
+    'if [ "$(cat "/proc/$p/comm" 2>/dev/null)" = sshfs ]; then '
+    'echo "ketch-mount: $(date +%T) ending sshfs $p" >&2; kill -9 "$p"; fi; rm -f "$f"; fi; '
+    "i=0; while [ $i -lt 8 ] && "
+    "awk -v t=\"$1\" '$2 == t && $3 ~ /sshfs/ { f = 1 } END { exit !f }' /proc/mounts; "
+    'do echo "ketch-mount: $(date +%T) unmounting $1" >&2; umount -l "$1"; i=$((i + 1)); done; '
+)
+
+#: The guest's script: $1 is the target, $2 its key.  Never fails on a missing module
+#: (the kernel may have FUSE built in, as Ubuntu's does).  ``exec`` keeps the pid.
+GUEST_SCRIPT = (
+    "modprobe fuse 2>/dev/null; "
+    + CLEAR_SCRIPT
+    + 'mkdir -p -- "$1" && echo $$ > "/run/ketch-mount-$2.pid" && '
+    + 'echo "ketch-mount: $(date +%T) mounting $1 ($$)" >&2 && exec sshfs -o '
+    + ",".join(SSHFS_OPTIONS)
+    + ' :/ "$1"'
+)
+
+
+def guest_argv(target: str, key: str) -> list[str]:
+    """The guest's command for one mount at ``target`` (an absolute guest path; ``key``
+    names its pid file in the guest: ``layout.mount_key``)."""
+    return ["sudo", "-n", "sh", "-c", GUEST_SCRIPT, "ketch-mount", target, key]
+
+
+def guest_unmount_argv(target: str, key: str) -> list[str]:
+    """End the sshfs at ``target`` and unmount it lazily, if one is there (never fails)."""
+    return ["sudo", "-n", "sh", "-c", CLEAR_SCRIPT + "true", "ketch-umount", target, key]
+
+
+def supervisor_argv(
+    source: str,
+    *,
+    uid: int,
+    gid: int,
+    uid_maps: Sequence[tuple[int, int]],
+    gid_maps: Sequence[tuple[int, int]],
+    pidfile: str,
+    log: str,
+    ssh: Sequence[str],
+    python: str = sys.executable,
+) -> list[str]:
+    """The detached supervisor's argv: it writes ``pidfile`` and logs to ``log``."""
+    argv = [python, "-m", MODULE, source, "--uid", str(uid), "--gid", str(gid)]
+    for host, guest in uid_maps:
+        argv += ["--uid-map", f"{host}:{guest}"]
+    for host, guest in gid_maps:
+        argv += ["--gid-map", f"{host}:{guest}"]
+    return [*argv, "--pidfile", pidfile, "--log", log, "--", *ssh]
+
+
+def is_supervisor(cmdline: Sequence[str], pidfile: str) -> bool:
+    """Is this process's argv the supervisor that owns ``pidfile``?"""
+    if len(cmdline) < 4 or list(cmdline[1:3]) != ["-m", MODULE]:
+        return False
+    head = list(cmdline[: cmdline.index("--")]) if "--" in cmdline else list(cmdline)
+    return any(head[i] == "--pidfile" and head[i + 1] == pidfile for i in range(len(head) - 1))
+
+
+def _unescape(field: str) -> str:
+    """A /proc/mounts field with its octal escapes (``\\040`` for a space…) undone."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mounted_targets(proc_mounts: str) -> set[str]:
+    """The mount points of every sshfs in a /proc/mounts text."""
+    targets = set()
+    for line in proc_mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[2].startswith("fuse.sshfs"):
+            targets.add(_unescape(fields[1]))
+    return targets

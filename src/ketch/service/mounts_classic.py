@@ -1,0 +1,209 @@
+"""Classic mounts in place: the detached SFTP supervisor on the host, sshfs in the guest.
+
+:func:`activate` starts (or keeps) one mount's supervisor (``host/sftp``),
+which runs ssh to the guest's ``sshfs -o slave``; it waits until the guest's
+``/proc/mounts`` shows the target.  :func:`deactivate` unmounts in the guest
+when asked to and it can, then ends the supervisor; it never raises.
+:func:`active` says whether both sides are there.  The supervisor is found
+by its pid file (``layout``) and its cmdline, so a new ketchd adopts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from ketch.errors import GuestError, KetchError
+from ketch.host import procs
+from ketch.host.run import run
+from ketch.host.sftp.launch import (
+    guest_argv,
+    guest_unmount_argv,
+    is_supervisor,
+    mounted_targets,
+    supervisor_argv,
+)
+from ketch.host.ssh.argv import remote_command, ssh_argv
+from ketch.host.ssh.ready import run_in_guest
+from ketch.layout import InstanceDir, mount_key
+from ketch.model import IdMap, InstanceSpec, MountSpec
+from ketch.progress import Reporter
+from ketch.service import guestlink
+from ketch.service.context import Context
+
+MOUNT_WAIT = 30.0  # seconds for sshfs to show up in the guest's /proc/mounts
+INSTALL_TIMEOUT = 600.0
+
+
+def supervisor_pid(idir: InstanceDir, target: str) -> int | None:
+    """The pid of the mount's live supervisor, or None."""
+    pidfile = idir.mount_pidfile(target)
+    pid = procs.read_pidfile(pidfile)
+    if pid is None:
+        return None
+    argv = procs.cmdline(pid)
+    return pid if argv is not None and is_supervisor(argv, str(pidfile)) else None
+
+
+def end_supervisor(idir: InstanceDir, target: str) -> None:
+    """End the mount's supervisor (it ends its server and ssh), remove its pid file."""
+    pidfile = idir.mount_pidfile(target)
+    pid = supervisor_pid(idir, target)
+    if pid is not None:
+        argv = procs.cmdline(pid)
+        if argv is not None:
+            procs.terminate(pid, grace=3.0, expect=argv)
+    procs.remove_quietly(pidfile)
+
+
+async def guest_mounts(ctx: Context, spec: InstanceSpec) -> set[str] | None:
+    """The guest paths where an sshfs is mounted now, or None when the guest cannot say."""
+    try:
+        done = await run_in_guest(
+            guestlink.target(ctx.root, spec), ["cat", "/proc/mounts"], timeout=20.0
+        )
+    except KetchError:
+        return None
+    if done.returncode != 0:
+        return None
+    return mounted_targets(done.stdout.decode("utf-8", "surrogateescape"))
+
+
+async def _guest_ids(ctx: Context, spec: InstanceSpec) -> tuple[int, int]:
+    done = await run_in_guest(
+        guestlink.target(ctx.root, spec), ["sh", "-c", "id -u; id -g"], check=True
+    )
+    words = done.stdout.split()
+    if len(words) != 2 or not all(w.isdigit() for w in words):
+        raise GuestError(f"cannot read the default user's ids in {spec.name}")
+    return int(words[0]), int(words[1])
+
+
+async def ensure_sshfs(ctx: Context, spec: InstanceSpec, reporter: Reporter) -> None:
+    """sshfs in the guest: there already (tiny, debian-12), else installed by its packager."""
+    target = guestlink.target(ctx.root, spec)
+    probe = await run_in_guest(target, ["sh", "-c", "command -v sshfs"], timeout=30.0)
+    if probe.returncode == 0:
+        return
+    reporter.step(f"Installing sshfs in {spec.name} (first classic mount)")
+    script = (
+        "if command -v apt-get >/dev/null; then "
+        "DEBIAN_FRONTEND=noninteractive apt-get -qq update && "
+        "DEBIAN_FRONTEND=noninteractive apt-get -qq install -y sshfs; "
+        "elif command -v dnf >/dev/null; then dnf -q -y install fuse-sshfs; "
+        "elif command -v apk >/dev/null; then apk add -q sshfs; "
+        "else echo 'no known package manager' >&2; exit 3; fi"
+    )
+    done = await run_in_guest(target, ["sudo", "-n", "sh", "-c", script], timeout=INSTALL_TIMEOUT)
+    if done.returncode != 0:
+        detail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
+        raise KetchError(
+            f"cannot install sshfs in {spec.name}: " + ("; ".join(detail) or "it failed"),
+            hint=f"install sshfs in the guest ('ketch exec {spec.name} -- sudo apt-get install "
+            "sshfs'), or use a native mount (-t native)",
+        )
+
+
+def _resolve(maps: tuple[IdMap, ...], default: int) -> list[tuple[int, int]]:
+    return [(m.host, default if m.guest is None else m.guest) for m in maps]
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        lines = path.read_text("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return ""
+    return "; ".join(lines[-3:])
+
+
+async def activate(ctx: Context, spec: InstanceSpec, mount: MountSpec, reporter: Reporter) -> None:
+    """Put one classic mount in place (a no-op when it already is)."""
+    idir = ctx.root.instance(spec.name)
+    mounted = await guest_mounts(ctx, spec)
+    if supervisor_pid(idir, mount.target) is not None:
+        if mounted is not None and mount.target in mounted:
+            return
+        end_supervisor(idir, mount.target)  # alive but the guest side is gone: start afresh
+    idir.mounts.mkdir(mode=0o700, exist_ok=True)
+    pidfile, log = idir.mount_pidfile(mount.target), idir.mount_log(mount.target)
+    if mounted is None or mount.target in mounted:
+        # What a dead host side left in the guest goes first: from here on, the target in
+        # the guest's /proc/mounts is the new sshfs (see active()).
+        cleared = await run_in_guest(
+            guestlink.target(ctx.root, spec),
+            guest_unmount_argv(mount.target, mount_key(mount.target)),
+            timeout=30.0,
+        )
+        with log.open("ab") as f:
+            f.write(cleared.stderr)
+    await ensure_sshfs(ctx, spec, reporter)
+    guest_uid, guest_gid = await _guest_ids(ctx, spec)
+    uid_maps = _resolve(mount.uid_maps, guest_uid)
+    gid_maps = _resolve(mount.gid_maps, guest_gid)
+    st = os.stat(mount.source)
+    uid = uid_maps[0][0] if uid_maps else st.st_uid
+    gid = gid_maps[0][0] if gid_maps else st.st_gid
+    ssh = ssh_argv(
+        guestlink.target(ctx.root, spec),
+        remote_command(guest_argv(mount.target, mount_key(mount.target))),
+        tty=False,
+        batch=True,
+    )
+    argv = supervisor_argv(
+        mount.source,
+        uid=uid,
+        gid=gid,
+        uid_maps=uid_maps,
+        gid_maps=gid_maps,
+        pidfile=str(pidfile),
+        log=str(log),
+        ssh=ssh,
+    )
+    done = await run(argv, timeout=30.0, check=False)
+    if done.returncode != 0:
+        raise KetchError(
+            f"cannot start the host side of {mount.source} => {mount.target}: "
+            + (_log_tail(log) or done.stderr.decode("utf-8", "replace").strip()),
+            hint=f"see {log}",
+        )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + MOUNT_WAIT
+    while True:
+        mounted = await guest_mounts(ctx, spec)
+        if mounted is not None and mount.target in mounted:
+            return
+        if supervisor_pid(idir, mount.target) is None or loop.time() > deadline:
+            end_supervisor(idir, mount.target)
+            raise KetchError(
+                f"{mount.source} was not mounted at {mount.target} in {spec.name}"
+                + (f": {tail}" if (tail := _log_tail(log)) else ""),
+                hint=f"see {log}",
+            )
+        await asyncio.sleep(0.3)
+
+
+async def deactivate(
+    ctx: Context, spec: InstanceSpec, mount: MountSpec, reporter: Reporter, *, guest: bool
+) -> None:
+    """End one classic mount: in the guest first when ``guest``; never raises."""
+    idir = ctx.root.instance(spec.name)
+    if guest:
+        try:
+            await run_in_guest(
+                guestlink.target(ctx.root, spec),
+                guest_unmount_argv(mount.target, mount_key(mount.target)),
+                timeout=20.0,
+            )
+        except Exception as exc:  # ending a mount must never fail
+            reporter.warn(f"could not unmount {mount.target} in {spec.name}: {exc}")
+    try:
+        end_supervisor(idir, mount.target)
+    except Exception as exc:
+        reporter.warn(f"could not end the host side of {mount.target}: {exc}")
+
+
+def active(ctx: Context, spec: InstanceSpec, mount: MountSpec, mounted: set[str] | None) -> bool:
+    """Both sides in place: the supervisor alive and (when known) the guest's mount there."""
+    alive = supervisor_pid(ctx.root.instance(spec.name), mount.target) is not None
+    return alive and (mounted is None or mount.target in mounted)
