@@ -26,6 +26,7 @@ from ketch.host import procs
 from ketch.host.sftp.launch import is_supervisor
 from ketch.model import IdMap, InstanceSpec, MountSpec, MountType, OperationKind, State
 from ketch.progress import Reporter
+from ketch.runtime import virtiofs
 from ketch.service import mounts_classic, mounts_native
 from ketch.service.context import Context
 from ketch.service.inspect import get
@@ -169,7 +170,12 @@ async def add(
                 hint="native mounts are added while the instance is stopped and are in place "
                 "from its next start; or use a classic mount (the default)",
             )
-        uids, gids = default_maps(source, mount.uid_maps, mount.gid_maps)
+        if mount.type is MountType.NATIVE:
+            # virtiofsd maps no ids: refuse maps it cannot honour, and fill in none
+            virtiofs.check_maps(mount)
+            uids, gids = mount.uid_maps, mount.gid_maps
+        else:
+            uids, gids = default_maps(source, mount.uid_maps, mount.gid_maps)
         new.append(replace(mount, source=source, target=target, uid_maps=uids, gid_maps=gids))
         taken.add(target)
     async with journal(ctx, name, OperationKind.MOUNT, reporter=reporter):
