@@ -57,10 +57,10 @@ def test_restore_of_a_missing_instance_is_refused_before_any_question(ketch: Ket
 @pytest.mark.vm
 def test_running_instance_refusals_then_snapshot_names(ketch: Ketch, vm: str) -> None:
     ketch.ensure_running(vm)
-    # src/daemon/daemon.cpp (clone): "Multipass can only clone stopped instances."
+    # src/daemon/daemon.cpp (clone): "Multipass can only clone stopped instances.", ketch-named
     done = ketch.run("clone", vm, check=False)
     assert done.returncode == 2
-    assert f'clone failed: Multipass can only clone stopped instances. cannot clone "{vm}"' in (
+    assert f'clone failed: ketch can only clone stopped instances. cannot clone "{vm}"' in (
         done.stderr
     )
     assert f"hint: stop it first: 'ketch stop {vm}'" in done.stderr

@@ -32,7 +32,7 @@ def cmd_wait_ready(args: argparse.Namespace) -> int:
             break
         except DaemonUnreachable:
             autostart = False  # started once; now wait for it
-            _check(deadline, "Timed out waiting for the Multipass daemon to be ready.")
+            _check(deadline, "Timed out waiting for the ketch daemon to be ready.")
             time.sleep(POLL)
     if args.name is None:
         return 0

@@ -98,7 +98,7 @@ async def clone(ctx: Context, source: str, name: str, reporter: Reporter) -> Clo
             exc.name,
             exc.current,
             exc.accepted,
-            message=f"Multipass can only clone stopped instances. {exc.message}",
+            message=f"ketch can only clone stopped instances. {exc.message}",
             hint=exc.hint,
         ) from None
     if ctx.store.exists(name):
