@@ -28,12 +28,13 @@ class Ketch:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.env = {**os.environ, "KETCH_STORAGE": str(root)}
+        self.prefix: list[str] = []  # what the CLI runs under (e.g. ``ip netns exec NS``)
 
     def run(
         self, *args: str, input: bytes | None = None, timeout: float = 600, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [sys.executable, "-m", "ketch.cli.main", *args],
+            [*self.prefix, sys.executable, "-m", "ketch.cli.main", *args],
             input=input.decode() if input is not None else None,
             capture_output=True,
             text=True,

@@ -49,25 +49,7 @@ class NsKetch(Ketch):
     def __init__(self, root: Path, ns: str) -> None:
         super().__init__(root)
         self.ns = ns
-
-    def run(
-        self, *args: str, input: bytes | None = None, timeout: float = 600, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            ["ip", "netns", "exec", self.ns, sys.executable, "-m", "ketch.cli.main", *args],
-            input=input.decode() if input is not None else None,
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=timeout,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"ketch {' '.join(args)} exited {proc.returncode}\n"
-                f"stdout: {proc.stdout}\nstderr: {proc.stderr}"
-            )
-        return proc
+        self.prefix = ["ip", "netns", "exec", ns]
 
     def ns_run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """A program in the namespace (the "host side" of the managed network)."""

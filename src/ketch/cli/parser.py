@@ -151,6 +151,17 @@ class _Skip:
         return lambda *args, **kwargs: self
 
 
+def no_map(sp: argparse.ArgumentParser) -> None:
+    """``-n/--no-map-working-directory``, as ``exec`` and ``alias`` take it."""
+    sp.add_argument(
+        "-n",
+        "--no-map-working-directory",
+        dest="no_map",
+        action="store_true",
+        help="do not map the host's working directory to a mounted path",
+    )
+
+
 def build_parser(only: str | None = None) -> Parser:
     """The full parser; with ``only``, just that verb's sub-parser (the hot path)."""
     p = Parser(prog="ketch", description="ketch: fresh Linux VMs from cloud images, on QEMU.")
@@ -295,13 +306,7 @@ def build_parser(only: str | None = None) -> Parser:
     sp.add_argument(
         "-d", "--working-directory", "--cd", dest="working_directory", help="directory to run in"
     )
-    sp.add_argument(
-        "-n",
-        "--no-map-working-directory",
-        dest="no_map",
-        action="store_true",
-        help="do not map the host's working directory to a mounted path",
-    )
+    no_map(sp)
     sp.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
     sp = cmd("shell", "verbs_guest", "sh", "connect")
     sp.add_argument("name", nargs="?", metavar="NAME", help="instance (default: the primary)")
@@ -352,13 +357,7 @@ def build_parser(only: str | None = None) -> Parser:
     sp = cmd("alias", "verbs_aliases")
     sp.add_argument("definition", metavar="INSTANCE:COMMAND", help="the command to run there")
     sp.add_argument("name", nargs="?", metavar="NAME", help="alias name (default: COMMAND's)")
-    sp.add_argument(
-        "-n",
-        "--no-map-working-directory",
-        dest="no_map",
-        action="store_true",
-        help="do not map the host's working directory to a mounted path",
-    )
+    no_map(sp)
     sp = cmd("aliases", "verbs_aliases")
     fmt(sp)
     sp = cmd("unalias", "verbs_aliases")
