@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ketch.errors import HostCommandError, KetchError, QMPError, Timeout
-from ketch.host import firmware, hostfwd, procs, qemu, qemu_img, qmp
+from ketch.host import firmware, procs, qemu, qemu_img, qmp
 from ketch.layout import FILE_MODE, InstanceDir
 from ketch.model import InstanceSpec, Observation, PidStatus, SnapshotEntry
 from ketch.progress import Reporter
@@ -24,14 +24,10 @@ from ketch.runtime import virtiofs
 from ketch.runtime.driver import SUSPEND_TAG
 from ketch.runtime.network import ManagedNetwork
 from ketch.runtime.qcow2 import Qcow2Disks
+from ketch.runtime.qemu_monitor import Monitors
 
 log = logging.getLogger(__name__)
 
-QMP_PROBE_TIMEOUT = 2.0
-HMP_LOCK_TIMEOUT = 3.0  # a forward waits this long for a monitor another operation holds
-QMP_RETRY_TIMEOUT = 5.0  # the background probe of a monitor that missed its deadline
-QMP_RETRY_PERIOD = 1.0
-QUIT_BUDGET = 0.5  # stop --force: how long the monitor gets to take 'quit' before SIGKILL
 LOAD_TIMEOUT = 600.0  # loading a suspended VM's state over QMP (UEFI instances)
 
 
@@ -46,22 +42,14 @@ def _vm_state_job(job_id: str) -> dict[str, Any]:
     }
 
 
-class QemuDriver(Qcow2Disks):
+class QemuDriver(Qcow2Disks, Monitors):
     """Runs each instance as one detached ``qemu-system-x86_64``; its disk is a qcow2 file."""
 
     name = "qemu"
 
     def __init__(self, network: ManagedNetwork | None = None) -> None:
-        # QEMU's monitor takes one client at a time: serialize our own use.
-        self._qmp_locks: dict[Path, asyncio.Lock] = {}
+        super().__init__()
         self.network = network  # None: user-mode networking only
-        # Monitors that missed a probe's deadline (why), and the background probes
-        # that keep trying them: nothing waits on a frozen monitor twice.
-        self._unresponsive: dict[Path, str] = {}
-        self._probers: dict[Path, asyncio.Task[None]] = {}
-
-    def _lock(self, idir: InstanceDir) -> asyncio.Lock:
-        return self._qmp_locks.setdefault(idir.path, asyncio.Lock())
 
     # -- looking ------------------------------------------------------------------
 
@@ -118,66 +106,6 @@ class QemuDriver(Qcow2Disks):
             pid_file=pid_file,
             suspend_tag_disk_only=bool(suspend) and all(t.vm_state_size == 0 for t in suspend),
         )
-
-    async def _probe_once(self, idir: InstanceDir) -> tuple[str | None, str | None]:
-        """Ask the monitor, unless it already missed a deadline: then say so at once.
-
-        A probe that times out marks the monitor unresponsive and starts a
-        background probe (:meth:`_keep_probing`); until that one gets an
-        answer (or the process is gone), every look answers without waiting.
-        """
-        missed = self._unresponsive.get(idir.path)
-        if missed is not None:
-            self._start_prober(idir)
-            return None, f"{missed}; still probed in the background"
-        answer, error, timed_out = await self._probe(idir, QMP_PROBE_TIMEOUT)
-        if timed_out:
-            self._unresponsive[idir.path] = error or "no reply"
-            self._start_prober(idir)
-        return answer, error
-
-    def _start_prober(self, idir: InstanceDir) -> None:
-        task = self._probers.get(idir.path)
-        if task is None or task.done():
-            self._probers[idir.path] = asyncio.create_task(self._keep_probing(idir))
-
-    def _forget_unresponsive(self, idir: InstanceDir) -> None:
-        self._unresponsive.pop(idir.path, None)
-        task = self._probers.pop(idir.path, None)
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-
-    async def _keep_probing(self, idir: InstanceDir) -> None:
-        """Probe a monitor that missed its deadline until it answers or its QEMU is gone."""
-        while idir.path in self._unresponsive:
-            _, status, _, _ = self._pid(idir)
-            if status is not PidStatus.OURS:
-                break
-            answer, _, _ = await self._probe(idir, QMP_RETRY_TIMEOUT)
-            if answer is not None:
-                break
-            await asyncio.sleep(QMP_RETRY_PERIOD)
-        self._unresponsive.pop(idir.path, None)
-        self._probers.pop(idir.path, None)
-
-    async def _probe(
-        self, idir: InstanceDir, timeout: float
-    ) -> tuple[str | None, str | None, bool]:
-        """(status, why there is none, whether the monitor missed the deadline)."""
-        lock = self._lock(idir)
-        try:
-            await asyncio.wait_for(lock.acquire(), timeout)
-        except TimeoutError:
-            return None, "the monitor is busy with another operation", False
-        try:
-            async with qmp.connect(idir.qmp_socket, timeout=timeout) as mon:
-                return await mon.status(timeout=timeout), None, False
-        except Timeout as exc:
-            return None, exc.message, True
-        except KetchError as exc:
-            return None, exc.message, False
-        finally:
-            lock.release()
 
     # -- acting ---------------------------------------------------------------------
 
@@ -358,26 +286,6 @@ class QemuDriver(Qcow2Disks):
         except Exception as exc:  # a TAP left behind is re-made at the next start
             log.warning("could not remove the TAP: %s", exc)
 
-    async def _try_quit(self, idir: InstanceDir) -> str:
-        """Send 'quit' within QUIT_BUDGET: "sent", "busy" (another holds the monitor),
-        "frozen" (it did not greet in time) or "failed" (no socket, refused)."""
-        lock = self._lock(idir)
-        try:
-            await asyncio.wait_for(lock.acquire(), QUIT_BUDGET)
-        except TimeoutError:
-            return "busy"
-        try:
-            async with qmp.connect(idir.qmp_socket, timeout=QUIT_BUDGET) as mon:
-                with contextlib.suppress(QMPError):  # quit may close the socket before replying
-                    await mon.execute("quit", timeout=2.0)
-            return "sent"
-        except Timeout:
-            return "frozen"
-        except KetchError:
-            return "failed"
-        finally:
-            lock.release()
-
     async def suspend(
         self, spec: InstanceSpec, idir: InstanceDir, *, reporter: Reporter, timeout: float
     ) -> None:
@@ -449,36 +357,3 @@ class QemuDriver(Qcow2Disks):
                 )
             return
         await self.remove_tag(idir, tag)
-
-    # -- host forwards (user networking), through HMP --------------------------------
-
-    async def _hmp(self, idir: InstanceDir, command: str) -> str:
-        lock = self._lock(idir)
-        try:
-            await asyncio.wait_for(lock.acquire(), HMP_LOCK_TIMEOUT)
-        except TimeoutError as exc:
-            raise QMPError("the monitor is busy with another operation") from exc
-        try:
-            async with qmp.connect(idir.qmp_socket, timeout=QMP_PROBE_TIMEOUT) as mon:
-                reply = await mon.execute(
-                    "human-monitor-command", {"command-line": command}, timeout=5.0
-                )
-                return str(reply)
-        finally:
-            lock.release()
-
-    async def forwards(self, spec: InstanceSpec, idir: InstanceDir) -> list[hostfwd.HostFwd]:
-        return hostfwd.parse_usernet(await self._hmp(idir, "info usernet"))
-
-    async def add_forward(
-        self, spec: InstanceSpec, idir: InstanceDir, fwd: hostfwd.HostFwd
-    ) -> None:
-        command = hostfwd.add_command(fwd)
-        error = hostfwd.add_error(await self._hmp(idir, command))
-        if error is not None:
-            raise HostCommandError(["hmp", *command.split()], None, error)
-
-    async def remove_forward(
-        self, spec: InstanceSpec, idir: InstanceDir, fwd: hostfwd.HostFwd
-    ) -> bool:
-        return hostfwd.removed(await self._hmp(idir, hostfwd.remove_command(fwd)))
