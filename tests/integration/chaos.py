@@ -904,10 +904,17 @@ class Walk:
         raise ValueError(fault)
 
     def fault_freeze(self, running: list[str], qemus: dict[str, list[int]]) -> bool:
-        """SIGSTOP a QEMU: list answers (Unknown, qmp-unresponsive); SIGCONT; Running again."""
-        if not running:
+        """SIGSTOP a QEMU: list answers (Unknown, qmp-unresponsive); SIGCONT; Running again.
+
+        Only a QEMU whose instance is listed Running now: one already Unknown for
+        another reason (its QMP socket deleted by an earlier fault, say) stays
+        Unknown after SIGCONT, rightly, until doctor repairs it.
+        """
+        self.check_list()
+        answering = [n for n in running if self.states.get(n) == "Running"]
+        if not answering:
             return False
-        name = self.rng.choice(running)
+        name = self.rng.choice(answering)
         pid = qemus[name][0]
         os.kill(pid, signal.SIGSTOP)
         self.log(f"FAULT kill -STOP QEMU of {name} (pid {pid})")
