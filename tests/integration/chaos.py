@@ -105,6 +105,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import db_damage
+
 from ketch.model import InconsistencyCode
 
 DOCUMENTED_EXIT_CODES = frozenset({0, 1, 2, 3, 5})
@@ -969,16 +971,9 @@ class Walk:
         self.stop_daemon()
         db = self.root / "ketch.db"
         how = self.rng.choice(DB_DAMAGES)
-        if how == "garbage-at-100" and db.exists():
-            with db.open("r+b") as f:
-                f.seek(100)
-                f.write(b"garbage")
-        elif how == "truncated-to-half" and db.exists():
-            os.truncate(db, db.stat().st_size // 2)
-        else:
+        if not db.exists():
             how = "deleted"
-            for suffix in ("", "-wal", "-shm"):
-                Path(str(db) + suffix).unlink(missing_ok=True)
+        db_damage.DAMAGES[how](db)
         self.log(f"FAULT ketch.db {how}")
         return True
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from db_damage import deleted, garbage_at_100, truncated_to_half
 from ketchcli import Ketch, unique
 
 from ketch.host import procs
@@ -35,21 +36,6 @@ def _spec_of(info: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def _garbage_at_100(path: Path) -> None:
-    with path.open("r+b") as f:
-        f.seek(100)
-        f.write(b"garbage")
-
-
-def _truncate_to_half(path: Path) -> None:
-    os.truncate(path, path.stat().st_size // 2)
-
-
-def _delete(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(path) + suffix).unlink(missing_ok=True)
-
-
 @pytest.fixture(scope="module")
 def quiet(ketch: Ketch) -> Iterator[str]:
     """A stopped instance with a snapshot, beside the running ``vm``."""
@@ -63,7 +49,7 @@ def _snapshots(ketch: Ketch, name: str) -> dict[str, object]:
     return dict(ketch.json("list", "--snapshots")["info"].get(name, {}))
 
 
-@pytest.mark.parametrize("damage", [_garbage_at_100, _truncate_to_half, _delete])
+@pytest.mark.parametrize("damage", [garbage_at_100, truncated_to_half, deleted])
 def test_a_damaged_database_loses_nothing(
     ketch: Ketch, vm: str, quiet: str, damage: Callable[[Path], None]
 ) -> None:
@@ -79,7 +65,7 @@ def test_a_damaged_database_loses_nothing(
 
     done = ketch.run("list", "--format", "json")
     assert "warning: the database was damaged" in done.stderr, done.stderr
-    if damage is not _delete:  # the damaged file is kept, and the user is told where
+    if damage is not deleted:  # the damaged file is kept, and the user is told where
         kept = set(ketch.root.glob("ketch.db.damaged-*")) - kept_before
         assert any(str(k) in done.stderr for k in kept), (done.stderr, kept)
     listed = {i["name"]: i for i in json.loads(done.stdout)["list"]}

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from db_damage import deleted, garbage_at_100, truncated_to_half
 from test_store import make_spec
 
 from ketch.layout import Root
@@ -97,22 +98,7 @@ def test_a_sound_database_is_left_alone(tmp_path: Path) -> None:
     assert not root.database_repaired.exists()
 
 
-def _garbage_at_100(path: Path) -> None:
-    with path.open("r+b") as f:
-        f.seek(100)
-        f.write(b"garbage")
-
-
-def _truncated(path: Path) -> None:
-    os.truncate(path, path.stat().st_size // 2)
-
-
-def _deleted(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(path) + suffix).unlink(missing_ok=True)
-
-
-@pytest.mark.parametrize("damage", [_garbage_at_100, _truncated, _deleted])
+@pytest.mark.parametrize("damage", [garbage_at_100, truncated_to_half, deleted])
 def test_a_damaged_database_loses_no_instance(
     tmp_path: Path, damage: Callable[[Path], None]
 ) -> None:
@@ -120,14 +106,14 @@ def test_a_damaged_database_loses_no_instance(
     before = state(Store(root.database))
     original = root.database.read_bytes()
     damage(root.database)
-    if damage is not _deleted:
+    if damage is not deleted:
         assert check(root.database) is not None
     store, rep = open_store(root)
     assert rep and rep.damage
     assert state(store) == before  # every instance, its full spec, snapshots, head
     assert check(root.database) is None
     kept = sorted(root.path.glob("ketch.db.damaged-*"))
-    if damage is _deleted:
+    if damage is deleted:
         assert kept == [] and rep.kept is None
     else:  # moved aside, never deleted: the damaged bytes are all there
         assert [str(k) for k in kept if not k.name.endswith(("-wal", "-shm"))] == [rep.kept]
@@ -143,7 +129,7 @@ def test_a_damaged_database_loses_no_instance(
 
 def test_settings_come_back_from_their_mirror(tmp_path: Path) -> None:
     root = populated(tmp_path)
-    _garbage_at_100(root.database)
+    garbage_at_100(root.database)
     store, rep = open_store(root)
     assert rep.damage
     # Settings come back from settings.json; instances from their mirrors.
@@ -159,7 +145,7 @@ def test_an_old_backup_gets_the_instances_it_lacks(tmp_path: Path) -> None:
     root.instance("delta").path.mkdir()
     store.add(make_spec("delta", ssh_port=42004), Intent.RUN)
     store.close()
-    _deleted(root.database)
+    deleted(root.database)
     root.database.write_bytes(backup)  # restored from before delta was made
     store, rep = open_store(root)
     assert rep.damage is None and rep.rebuilt == ["delta"]
