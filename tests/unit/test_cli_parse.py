@@ -343,18 +343,18 @@ def test_a_daemon_contact_would_show_as_exit_3(
 
 
 @pytest.mark.parametrize(
-    ("argv", "own", "models"),
+    ("argv", "area", "own", "models"),
     [
-        (["list"], {"verbs_instances"}, False),
-        (["info", "vm"], {"verbs_instances"}, False),
-        (["exec", "vm", "--", "true"], {"verbs_guest", "guest"}, False),
-        (["snapshot", "vm"], {"verbs_snapshots", "progress"}, True),  # a body, then a stream
+        (["list"], "args_instances", {"verbs_instances"}, False),
+        (["info", "vm"], "args_instances", {"verbs_instances"}, False),
+        (["exec", "vm", "--", "true"], "args_guest", {"verbs_guest", "guest"}, False),
+        (["snapshot", "vm"], "args_instances", {"verbs_snapshots", "progress"}, True),  # a stream
     ],
 )
 def test_a_verb_imports_its_own_handler_module_only(
-    no_daemon: Path, argv: list[str], own: set[str], models: bool
+    no_daemon: Path, argv: list[str], area: str, own: set[str], models: bool
 ) -> None:
-    """The hot path stays light: the parser names handlers; only the verb's module is imported."""
+    """The hot path stays light: the verb's handler module and the one declaring its arguments."""
     code = (
         "import sys\n"
         "from ketch.cli.main import main\n"
@@ -365,7 +365,7 @@ def test_a_verb_imports_its_own_handler_module_only(
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     code_, msgspec, *loaded = done.stdout.split()
     assert code_ == "3", done.stderr  # the daemon is unreachable: the request was the next step
-    assert set(loaded) == {"main", "parser"} | own
+    assert set(loaded) == {"main", "parser", area} | own
     assert msgspec == str(models)  # list, info, exec: sent (and failed) before the models
 
 

@@ -4,9 +4,11 @@ The package is laid out so that a verb loads only its own code:
 
 * :mod:`ketch.cli.main`: ``main()``, the console script, and the one error
   handler that turns a :class:`~ketch.errors.KetchError` into an exit code;
-* :mod:`ketch.cli.parser`: the argparse tree (``build_parser``, ``HELP``,
-  ``VERBS``), which names each verb's handler by module and imports it only
-  when the verb runs;
+* :mod:`ketch.cli.parser`: the argparse tree (``build_parser``, ``HELP`` by
+  area, ``ALIASES``, ``VERBS``), which names each verb's handler by module and
+  imports it only when the verb runs; each area's arguments are declared in
+  ``ketch.cli.args_<area>`` (instances, guest, system), and a verb's run
+  imports only its own area's;
 * the handlers, one module per theme: :mod:`~ketch.cli.verbs_instances`
   (launch, list, info, the lifecycle, delete, recover, purge),
   :mod:`~ketch.cli.verbs_snapshots` (snapshot, restore, clone),
