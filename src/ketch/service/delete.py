@@ -13,7 +13,7 @@ from ketch.api.models import DeleteResult, NameResult, PurgeResult
 from ketch.errors import InvalidState
 from ketch.model import OperationKind, State, Verb
 from ketch.progress import Reporter
-from ketch.service import guestlink, mounts
+from ketch.service import guestlink, mounts, settings
 from ketch.service.context import Context
 from ketch.service.inspect import get, require
 from ketch.service.journal import journal, record_quietly
@@ -64,6 +64,11 @@ async def _purge_one(ctx: Context, name: str, reporter: Reporter) -> None:
             f"remove {name}'s record (its files are gone; 'ketch delete --purge {name}' "
             "again once the database can be written)",
             lambda: ctx.store.remove(name),
+        )
+        record_quietly(
+            reporter,
+            f"remove {name}'s settings (local.{name}.*: 'ketch set' them to their defaults)",
+            lambda: settings.forget_instance(ctx, name),
         )
     reporter.step(f"Purged {name}")
 

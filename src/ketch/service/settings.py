@@ -73,6 +73,18 @@ def _check(key: str, value: str) -> str:
     return value
 
 
+# The per-instance keys kept in the settings table (``local.NAME<suffix>``); the others
+# (cpus, memory, disk) are the instance's spec.  A purged instance's go with it.
+STORED_INSTANCE_SUFFIXES = (AUTO_FORWARD, ".autostart")
+
+
+def forget_instance(ctx: Context, name: str) -> None:
+    """Remove a purged instance's own settings, so a new instance of that name starts afresh."""
+    for suffix in STORED_INSTANCE_SUFFIXES:
+        if ctx.store.get_setting(f"local.{name}{suffix}") is not None:
+            ctx.store.set_setting(f"local.{name}{suffix}", None)
+
+
 def keys(ctx: Context) -> list[str]:
     """Every key that can be set today, sorted as Multipass lists them."""
     found = set(DEFAULTS) | set(NETWORK_KEYS) | {BRIDGED_KEY}
