@@ -183,14 +183,50 @@ def test_umount_and_mount_on_a_running_instance(ketch: Ketch, mvm: str, share: P
 def test_doctor_finds_a_dead_mount_and_fix_mounts_it_again(ketch: Ketch, mvm: str) -> None:
     for pid in supervisors(ketch, mvm):  # the daemon keeps running: nothing restarts it
         os.kill(pid, 9)
-    assert ketch.info(mvm)["mounts"][TARGET]["active"] is False
+    info = ketch.info(mvm)
+    assert info["mounts"][TARGET]["active"] is False
+    # info and list show it as an inconsistency, as they show the others
+    dead = [i for i in info["inconsistencies"] if i["code"] == "mount-dead"]
+    assert len(dead) == 1 and TARGET in dead[0]["message"], info["inconsistencies"]
+    assert "SFTP server" in dead[0]["message"]
+    listed = {e["name"]: e for e in ketch.json("list")["list"]}
+    assert listed[mvm]["inconsistencies"] >= 1 and listed[mvm]["state"] == "Running"
+    assert "mount-dead" in ketch.run("info", mvm).stdout
     report = ketch.run("doctor", mvm, "--format", "json", check=False)
     assert report.returncode == 2  # something to repair
     assert "mount-dead" in {f["code"] for f in json.loads(report.stdout)["findings"]}
     fixed = ketch.json("doctor", mvm, "--fix")
     assert any(f["code"] == "mount-dead" and f["fixed"] for f in fixed["findings"])
     assert guest_read(ketch, mvm, f"{TARGET}/hello.txt") == "hello from the host\n"
-    assert ketch.info(mvm)["mounts"][TARGET]["active"] is True
+    info = ketch.info(mvm)
+    assert info["mounts"][TARGET]["active"] is True
+    assert [i for i in info["inconsistencies"] if i["code"].startswith("mount-")] == []
+
+
+def test_a_source_removed_and_made_again_is_mounted_again_by_doctor(
+    ketch: Ketch, mvm: str, tmp_path: Path
+) -> None:
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "old.txt").write_text("before\n")
+    ketch.run("mount", str(again), f"{mvm}:/mnt/again")
+    assert guest_read(ketch, mvm, "/mnt/again/old.txt") == "before\n"
+    shutil.rmtree(again)
+    codes = {i["code"]: i for i in ketch.info(mvm)["inconsistencies"]}
+    assert (
+        "mount-source-missing" in codes and str(again) in codes["mount-source-missing"]["message"]
+    )
+    # Made again: another directory, which the running server (confined to the old one)
+    # never sees: the mount is dead until doctor gives it a new host side.
+    again.mkdir()
+    (again / "new.txt").write_text("after\n")
+    codes = {i["code"]: i for i in ketch.info(mvm)["inconsistencies"]}
+    assert "mount-dead" in codes and "no longer" in codes["mount-dead"]["message"], codes
+    fixed = ketch.json("doctor", mvm, "--fix")
+    assert any(f["code"] == "mount-dead" and f["fixed"] for f in fixed["findings"]), fixed
+    assert guest_read(ketch, mvm, "/mnt/again/new.txt") == "after\n"
+    assert [i for i in ketch.info(mvm)["inconsistencies"] if i["code"].startswith("mount-")] == []
+    ketch.run("umount", f"{mvm}:/mnt/again")
 
 
 def test_refusals(ketch: Ketch, mvm: str, share: Path, tmp_path: Path) -> None:
