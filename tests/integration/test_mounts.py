@@ -191,7 +191,7 @@ def test_doctor_finds_a_dead_mount_and_fix_mounts_it_again(ketch: Ketch, mvm: st
     assert "SFTP server" in dead[0]["message"]
     listed = {e["name"]: e for e in ketch.json("list")["list"]}
     assert listed[mvm]["inconsistencies"] >= 1 and listed[mvm]["state"] == "Running"
-    assert "mount-dead" in ketch.run("info", mvm).stdout
+    assert "Inconsistency:  the classic mount" in ketch.run("info", mvm).stdout
     report = ketch.run("doctor", mvm, "--format", "json", check=False)
     assert report.returncode == 2  # something to repair
     assert "mount-dead" in {f["code"] for f in json.loads(report.stdout)["findings"]}
