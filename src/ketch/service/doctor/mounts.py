@@ -18,7 +18,7 @@ import os
 
 from ketch.codes import CODES
 from ketch.errors import KetchError
-from ketch.model import InconsistencyCode, MountType
+from ketch.model import InconsistencyCode, MountType, State
 from ketch.progress import NULL
 from ketch.runtime import virtiofs
 from ketch.service import mounts, mounts_classic, mounts_health, mounts_native
@@ -56,8 +56,8 @@ def remount(ctx: Context, v: View, target: str | None) -> Repair:
 async def examine(ctx: Context, v: View) -> list[Finding]:
     """Mounts whose host side is fine but whose guest side is gone (asked of the guest)."""
     spec = v.record.spec
-    if not v.derived.running or not spec.mounts:
-        return []
+    if v.state not in (State.RUNNING, State.DELAYED_SHUTDOWN) or not spec.mounts:
+        return []  # a paused or frozen guest is not asked (its mounts are not expected)
     active = await mounts.entries(ctx, spec, True)
     return [
         Finding(
