@@ -35,8 +35,9 @@ REPO = Path(__file__).resolve().parent.parent
 def _engine() -> Any:
     """tests/integration/chaos.py, loaded under its own name (this file is also 'chaos')."""
     path = REPO / "tests" / "integration" / "chaos.py"
-    if str(REPO / "tests") not in sys.path:  # it imports tests/db_damage.py, as under pytest
-        sys.path.insert(0, str(REPO / "tests"))
+    for where in ("tests", "tests/integration"):  # db_damage.py, chaos_mounts.py: as pytest
+        if str(REPO / where) not in sys.path:
+            sys.path.insert(0, str(REPO / where))
     spec = importlib.util.spec_from_file_location("ketch_chaos_engine", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -81,6 +81,18 @@ CODES: dict[InconsistencyCode | FindingCode, Code] = {
         "recorded as suspended, but the disk has no `suspend` tag (nothing on the disk is lost)",
         "record the instance as stopped",
     ),
+    IC.MOUNT_DEAD: Code(
+        "a mount of a running instance is not in place: its host side died (the SFTP server "
+        "of a classic mount, or serving a source since replaced; a native mount's virtiofsd) "
+        "or its guest side is gone (`list` looks at the host side only, `info` at both)",
+        "mount it again (classic: a new host side and sshfs; native: mount the device in the "
+        "guest; a native mount whose virtiofsd died needs 'ketch restart', which it says)",
+    ),
+    IC.MOUNT_SOURCE_MISSING: Code(
+        "a mount of a running instance whose host directory no longer exists",
+        "none: recreate the directory (then `doctor --fix` mounts it again), or 'ketch umount' it",
+        repairs=False,
+    ),
     IC.EXITED_UNEXPECTEDLY: Code(
         "the instance should run but its QEMU does not (crashed, killed, host rebooted)",
         "record the instance as stopped",
@@ -139,14 +151,5 @@ CODES: dict[InconsistencyCode | FindingCode, Code] = {
         "ketchd found `ketch.db` damaged or gone at start-up and rebuilt it (the damaged file "
         "is kept as `ketch.db.damaged-<time>`; instances come back from their `instance.json`)",
         "acknowledge it (the note is removed; the damaged copy is kept)",
-    ),
-    FC.MOUNT_DEAD: Code(
-        "a classic mount of a running instance whose host side died or whose guest side is gone",
-        "mount it again (a new host side, sshfs in the guest)",
-    ),
-    FC.MOUNT_SOURCE_MISSING: Code(
-        "a mount whose host directory no longer exists",
-        "none: recreate the directory, or 'ketch umount' it",
-        repairs=False,
     ),
 }

@@ -73,6 +73,8 @@ class InconsistencyCode(enum.StrEnum):
     UNREADABLE_TAGS = "unreadable-tags"
     MISSING_SUSPEND_TAG = "missing-suspend-tag"
     EXITED_UNEXPECTEDLY = "exited-unexpectedly"
+    MOUNT_DEAD = "mount-dead"  # not from derivation: service/mounts_health.py
+    MOUNT_SOURCE_MISSING = "mount-source-missing"
 
 
 class FindingCode(enum.StrEnum):
@@ -95,8 +97,6 @@ class FindingCode(enum.StrEnum):
     NETWORK_DNSMASQ_DEAD = "network-dnsmasq-dead"
     NETWORK_STALE_TAP = "network-stale-tap"
     DATABASE_REPAIRED = "database-repaired"
-    MOUNT_DEAD = "mount-dead"
-    MOUNT_SOURCE_MISSING = "mount-source-missing"
 
 
 class OperationKind(enum.StrEnum):
@@ -291,6 +291,7 @@ class Inconsistency:
     code: InconsistencyCode  # stable, e.g. "missing-suspend-tag"
     message: str  # what is wrong
     action: str  # what ketch does, or what the user can do
+    mount: str | None = None  # the guest path of the mount it is about (mount-* codes)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,10 @@ host-reboot         a simulated host reboot: ``kill -9`` of ketchd and of every 
                     ``Starting``, ≤ 300 s); suspended instances stay suspended
 ==================  ==================================================================
 
+The mount faults (``kill-mount-host``, ``mount-source-gone``,
+``suspend-with-mounts``; about half the launches get a classic mount) and
+the mount invariants are in ``chaos_mounts.py``.
+
 Most operations are ones the target's current state accepts (75 %), the rest
 any operation; fault classes not injected yet are preferred, so even a short
 walk sees most of them.
@@ -105,6 +109,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import chaos_mounts
 import db_damage
 
 from ketch.model import InconsistencyCode
@@ -367,8 +372,9 @@ FAULTS = (
     "freeze-qemu",
     "damage-db",
     "host-reboot",
+    *chaos_mounts.FAULTS,  # kill-mount-host, mount-source-gone, suspend-with-mounts
 )
-FAULT_WEIGHTS = (12, 6, 10, 8, 8, 8, 8, 6, 6, 6, 4, 4)
+FAULT_WEIGHTS = (12, 6, 10, 8, 8, 8, 8, 6, 6, 6, 4, 4, *chaos_mounts.WEIGHTS)
 SETTLING_STATES = frozenset({"Starting", "Restarting"})
 DB_DAMAGES = ("garbage-at-100", "truncated-to-half", "deleted")
 
@@ -537,6 +543,7 @@ class Walk:
             with contextlib.suppress(Exception):
                 self.cli("delete", "--all", "--purge", kind="teardown", timeout=300)
         self.stop_daemon()
+        chaos_mounts.teardown(self)
         for pids in qemu_processes(root).values():
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
@@ -725,7 +732,9 @@ class Walk:
     def op_launch(self, name: str | None = None) -> None:
         name = name or self.new_name()
         self.ever.add(name)
-        res = self.cli("launch", "tiny", "--name", name, "--memory", self.cfg.memory, kind="launch")
+        mount = chaos_mounts.launch_args(self, name)
+        res = self.cli("launch", "tiny", "--name", name, "--memory", self.cfg.memory, *mount,
+                       kind="launch")  # fmt: skip
         self.log(f"launch {name} -> rc={res.rc} ({res.seconds:.1f}s) {res.first_error_line()}")
         self.check_clear(res)
         if res.rc != 0:
@@ -819,6 +828,8 @@ class Walk:
         names = sorted(self.instances)
         running = [n for n in names if n in qemus]
         idle = [n for n in names if n not in qemus and (self.idir(n) / "disk.qcow2").exists()]
+        if fault in chaos_mounts.FAULTS:
+            return chaos_mounts.do_fault(self, fault)
         if fault == "kill-qemu":
             if not running:
                 return False
@@ -1100,6 +1111,7 @@ class Walk:
     def checkpoint(self, label: str) -> None:
         """`doctor --fix`, then everything must be consistent."""
         self.checkpoints += 1
+        chaos_mounts.restore(self, all_of_them=True)
         fixed = self.cli("doctor", "--fix", "--format", "json", kind="doctor --fix")
         self.check_clear(fixed)
         try:
@@ -1167,6 +1179,7 @@ class Walk:
             if state not in STABLE_STATES and not q:
                 self.violate("stable-after-doctor", f"{name} is {state}", info.command)
         self.reality(entries)
+        chaos_mounts.reality(self, entries)
         self.log(f"checkpoint {label} done ({len(entries)} instances)")
 
     def reality(self, entries: dict[str, Any]) -> None:
@@ -1263,6 +1276,7 @@ class Walk:
                 steps_run += 1
                 if self.filler is not None and self.step > self.filler_step:
                     self.release_filler()
+                chaos_mounts.restore(self)
                 if (self.step + 1) % self.cfg.doctor_every == 0:
                     self.checkpoint(f"after step {self.step}")
             self.step = self.cfg.steps

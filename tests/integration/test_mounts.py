@@ -183,14 +183,50 @@ def test_umount_and_mount_on_a_running_instance(ketch: Ketch, mvm: str, share: P
 def test_doctor_finds_a_dead_mount_and_fix_mounts_it_again(ketch: Ketch, mvm: str) -> None:
     for pid in supervisors(ketch, mvm):  # the daemon keeps running: nothing restarts it
         os.kill(pid, 9)
-    assert ketch.info(mvm)["mounts"][TARGET]["active"] is False
+    info = ketch.info(mvm)
+    assert info["mounts"][TARGET]["active"] is False
+    # info and list show it as an inconsistency, as they show the others
+    dead = [i for i in info["inconsistencies"] if i["code"] == "mount-dead"]
+    assert len(dead) == 1 and TARGET in dead[0]["message"], info["inconsistencies"]
+    assert "SFTP server" in dead[0]["message"]
+    listed = {e["name"]: e for e in ketch.json("list")["list"]}
+    assert listed[mvm]["inconsistencies"] >= 1 and listed[mvm]["state"] == "Running"
+    assert "Inconsistency:  the classic mount" in ketch.run("info", mvm).stdout
     report = ketch.run("doctor", mvm, "--format", "json", check=False)
     assert report.returncode == 2  # something to repair
     assert "mount-dead" in {f["code"] for f in json.loads(report.stdout)["findings"]}
     fixed = ketch.json("doctor", mvm, "--fix")
     assert any(f["code"] == "mount-dead" and f["fixed"] for f in fixed["findings"])
     assert guest_read(ketch, mvm, f"{TARGET}/hello.txt") == "hello from the host\n"
-    assert ketch.info(mvm)["mounts"][TARGET]["active"] is True
+    info = ketch.info(mvm)
+    assert info["mounts"][TARGET]["active"] is True
+    assert [i for i in info["inconsistencies"] if i["code"].startswith("mount-")] == []
+
+
+def test_a_source_removed_and_made_again_is_mounted_again_by_doctor(
+    ketch: Ketch, mvm: str, tmp_path: Path
+) -> None:
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "old.txt").write_text("before\n")
+    ketch.run("mount", str(again), f"{mvm}:/mnt/again")
+    assert guest_read(ketch, mvm, "/mnt/again/old.txt") == "before\n"
+    shutil.rmtree(again)
+    codes = {i["code"]: i for i in ketch.info(mvm)["inconsistencies"]}
+    assert (
+        "mount-source-missing" in codes and str(again) in codes["mount-source-missing"]["message"]
+    )
+    # Made again: another directory, which the running server (confined to the old one)
+    # never sees: the mount is dead until doctor gives it a new host side.
+    again.mkdir()
+    (again / "new.txt").write_text("after\n")
+    codes = {i["code"]: i for i in ketch.info(mvm)["inconsistencies"]}
+    assert "mount-dead" in codes and "no longer" in codes["mount-dead"]["message"], codes
+    fixed = ketch.json("doctor", mvm, "--fix")
+    assert any(f["code"] == "mount-dead" and f["fixed"] for f in fixed["findings"]), fixed
+    assert guest_read(ketch, mvm, "/mnt/again/new.txt") == "after\n"
+    assert [i for i in ketch.info(mvm)["inconsistencies"] if i["code"].startswith("mount-")] == []
+    ketch.run("umount", f"{mvm}:/mnt/again")
 
 
 def test_refusals(ketch: Ketch, mvm: str, share: Path, tmp_path: Path) -> None:
@@ -226,3 +262,69 @@ def test_a_missing_source_never_blocks_the_lifecycle(
     assert "missing" in started.stderr + started.stdout
     assert guest_read(ketch, mvm, f"{TARGET}/hello.txt") == "hello from the host\n"
     ketch.run("umount", f"{mvm}:/mnt/gone")
+
+
+# A stand-in for a downloaded image's apt-get, in the guest: real apt cannot reach the
+# internet here.  "install" puts the hidden sshfs back, as installing the package would;
+# with FAIL set it fails as apt does without a network.
+APT_GET = """#!/bin/sh
+echo "apt-get $*" >> /var/tmp/apt-get.calls
+if [ -e /var/tmp/apt-get.fail ]; then
+  echo "E: Unable to locate package sshfs" >&2; exit 100
+fi
+case " $* " in *" install "*) mv /usr/bin/sshfs.hidden /usr/bin/sshfs ;; esac
+exit 0
+"""
+
+
+def test_a_guest_without_sshfs_gets_it_from_its_package_manager(
+    ketch: Ketch, mvm: str, tmp_path: Path
+) -> None:
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "f.txt").write_text("installed\n")
+    ketch.exec(mvm, "sudo", "mv", "/usr/bin/sshfs", "/usr/bin/sshfs.hidden")
+    try:
+        # no package manager at all (tiny has none): a clear error, nothing recorded
+        none = ketch.run("mount", str(first), f"{mvm}:/mnt/first", check=False)
+        assert none.returncode == 2, none.stderr
+        assert f"cannot install sshfs in {mvm}: no known package manager" in none.stderr
+        assert "sudo apt-get install sshfs" in none.stderr  # the hint: what to do
+        assert "/mnt/first" not in ketch.info(mvm)["mounts"]
+        # apt-get there but failing (no network): its own words, nothing recorded
+        ketch.run("exec", mvm, "--", "sudo", "sh", "-c",
+                  "cat > /usr/bin/apt-get && chmod 755 /usr/bin/apt-get "
+                  "&& touch /var/tmp/apt-get.fail", input=APT_GET.encode())  # fmt: skip
+        failed = ketch.run("mount", str(first), f"{mvm}:/mnt/first", check=False)
+        assert failed.returncode == 2, failed.stderr
+        assert "cannot install sshfs" in failed.stderr
+        assert "Unable to locate package sshfs" in failed.stderr
+        assert "/mnt/first" not in ketch.info(mvm)["mounts"]
+        # apt-get that works: installed on this first classic mount, with a progress line
+        ketch.exec(mvm, "sudo", "rm", "/var/tmp/apt-get.fail")
+        done = ketch.run("mount", str(first), f"{mvm}:/mnt/first", check=False)
+        assert done.returncode == 0, (done.stderr, diagnose(ketch, mvm))
+        assert f"Installing sshfs in {mvm}" in done.stdout + done.stderr
+        calls = ketch.exec(mvm, "cat", "/var/tmp/apt-get.calls")
+        assert "install -y sshfs" in calls, calls
+        assert guest_read(ketch, mvm, "/mnt/first/f.txt") == "installed\n"
+    finally:
+        ketch.run("exec", mvm, "--", "sudo", "sh", "-c",
+                  "[ -e /usr/bin/sshfs.hidden ] && mv /usr/bin/sshfs.hidden /usr/bin/sshfs; "
+                  "rm -f /usr/bin/apt-get /var/tmp/apt-get.fail", check=False)  # fmt: skip
+        ketch.run("umount", f"{mvm}:/mnt/first", check=False)
+
+
+def test_clone_copies_the_mounts_only_when_asked(ketch: Ketch, mvm: str) -> None:
+    ketch.run("stop", mvm)
+    plain, with_mounts = unique("cln"), unique("clm")
+    try:
+        ketch.run("clone", mvm, "--name", plain)
+        ketch.run("clone", mvm, "--name", with_mounts, "--mounts")
+        assert ketch.info(plain)["mounts"] == {}  # as Multipass
+        mounts = ketch.info(mvm)["mounts"]
+        assert TARGET in mounts
+        assert ketch.info(with_mounts)["mounts"] == mounts
+    finally:
+        ketch.run("delete", "--purge", plain, with_mounts, check=False)
+    ketch.run("start", mvm)

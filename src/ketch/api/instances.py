@@ -50,6 +50,7 @@ class DeleteBody(Body):
 
 class CloneBody(Body):
     name: Name | None = None
+    mounts: bool = False  # also copy the source's mounts (Multipass does not)
 
 
 class NamesQuery(Body):

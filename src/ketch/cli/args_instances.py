@@ -99,3 +99,6 @@ def declare(v: Verbs) -> None:
     sp = cmd("clone", "verbs_snapshots")
     sp.add_argument("source", metavar="NAME", help="a stopped instance")
     sp.add_argument("-n", "--name", help="name of the clone (default: NAME-cloneN)")
+    sp.add_argument(
+        "--mounts", action="store_true", help="also copy the source's mounts (Multipass does not)"
+    )

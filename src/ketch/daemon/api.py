@@ -265,7 +265,7 @@ class Api(OperationRoutes):
 
         async def op(rep: QueueReporter) -> m.CloneResult:
             try:
-                return await clone_uc.clone(self.ctx, source, new, rep)
+                return await clone_uc.clone(self.ctx, source, new, rep, mounts=call.body.mounts)
             finally:
                 self.clone_names.release(new)
 

@@ -78,7 +78,9 @@ def _random_mac() -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
 
 
-async def clone(ctx: Context, source: str, name: str, reporter: Reporter) -> CloneResult:
+async def clone(
+    ctx: Context, source: str, name: str, reporter: Reporter, *, mounts: bool = False
+) -> CloneResult:
     """Make ``name`` a stopped copy of the stopped instance ``source``."""
     names.validate(name)
     v = await get(ctx, source)
@@ -139,7 +141,8 @@ async def clone(ctx: Context, source: str, name: str, reporter: Reporter) -> Clo
             instance_id=f"i-{uuid.uuid4().hex[:16]}",
             created=ctx.clock.time(),
             forwards=(),  # host ports are the source's: a clone gets its own with 'ketch forward'
-            mounts=(),  # as Multipass: a clone does not inherit the source's mounts
+            # as Multipass, a clone does not inherit the source's mounts, unless asked to
+            mounts=src_spec.mounts if mounts else (),
         )
         ctx.store.add(spec, Intent.STOP)
         j.undo(ctx.store.remove, name)

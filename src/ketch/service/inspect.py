@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from msgspec import UNSET
 
@@ -27,6 +27,7 @@ from ketch.api.models import (
 from ketch.errors import NotFound
 from ketch.model import Derived, IdMap, InstanceSpec, Observation, State, Verb
 from ketch.runtime.derive import derive
+from ketch.service import mounts_health
 from ketch.service.context import Context
 from ketch.service.guest_stats import NONE as NO_STATS
 from ketch.service.guest_stats import GuestStats
@@ -93,6 +94,10 @@ async def view(ctx: Context, record: Record, *, inside_op: bool = False) -> View
     managed: tuple[str, ...] = ()
     if derived.running and ctx.network is not None:
         managed = tuple(ctx.network.addresses(idir))
+    if record.spec.mounts and derived.state in (State.RUNNING, State.DELAYED_SHUTDOWN):
+        # Not state derivation's: a running instance's mounts, as the host sees them.
+        found = mounts_health.host_problems(idir, record.spec)
+        derived = replace(derived, inconsistencies=(*derived.inconsistencies, *found))
     return View(record, obs, derived, managed)
 
 
@@ -123,11 +128,15 @@ def require(v: View, verb: Verb, *, hint: str | None = None, phrase: str | None 
     )
 
 
-def inconsistencies(v: View) -> list[Inconsistency]:
-    return [
-        Inconsistency(code=i.code, message=i.message, action=i.action)
-        for i in v.derived.inconsistencies
-    ]
+def inconsistencies(
+    v: View, active: Mapping[str, bool | None] | None = None
+) -> list[Inconsistency]:
+    """The instance's inconsistencies, with (given the mounts' ``active``) mounts whose
+    guest side is gone."""
+    found = list(v.derived.inconsistencies)
+    if active and v.state in (State.RUNNING, State.DELAYED_SHUTDOWN):
+        found += mounts_health.guest_problems(v.record.spec, active, found)
+    return [Inconsistency(code=i.code, message=i.message, action=i.action) for i in found]
 
 
 def list_entry(v: View, forwards: list[ForwardInfo] | None = None) -> ListEntry:
@@ -203,7 +212,7 @@ def info_entry(
         image=spec.image,
         pid=v.obs.pid if v.derived.running else None,
         quarantine=v.record.quarantine,
-        inconsistencies=inconsistencies(v),
+        inconsistencies=inconsistencies(v, mounts_active),
         forwards=forwards or [],
         shutdown_at=UNSET if v.record.shutdown_at is None else _stamp(v.record.shutdown_at),
     )

@@ -46,6 +46,47 @@ def supervisor_pid(idir: InstanceDir, target: str) -> int | None:
     return pid if argv is not None and is_supervisor(argv, str(pidfile)) else None
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(w) for w in text.split() if w.isdigit()]
+
+
+def serves_stale_source(pid: int, source: str) -> bool:
+    """Does the supervisor's server serve a directory that is no longer ``source``?
+
+    The server's root is SOURCE as it was when it started (``confine``
+    pivots into it): a source removed and made again is another directory,
+    which the server never sees.  False when it cannot be told.
+    """
+    argv = procs.cmdline(pid)
+    try:
+        now = os.stat(source)
+    except OSError:
+        return False  # a missing source is said on its own
+    for child in _children(pid):
+        if procs.cmdline(child) != argv:
+            continue  # ssh; the server is a fork of the supervisor (the same cmdline)
+        try:
+            served = os.stat(f"/proc/{child}/root")
+        except OSError:
+            return False
+        return (served.st_dev, served.st_ino) != (now.st_dev, now.st_ino)
+    return False
+
+
+def host_side(idir: InstanceDir, mount: MountSpec) -> str | None:
+    """What is wrong with the mount's host side (None: its supervisor serves its source)."""
+    pid = supervisor_pid(idir, mount.target)
+    if pid is None:
+        return "its host side (the SFTP server) is not running"
+    if serves_stale_source(pid, mount.source):
+        return f"its host side serves a directory that is no longer {mount.source}"
+    return None
+
+
 def end_supervisor(idir: InstanceDir, target: str) -> None:
     """End the mount's supervisor (it ends its server and ssh), remove its pid file."""
     pidfile = idir.mount_pidfile(target)
@@ -122,9 +163,9 @@ async def activate(ctx: Context, spec: InstanceSpec, mount: MountSpec, reporter:
     idir = ctx.root.instance(spec.name)
     mounted = await guest_mounts(ctx, spec)
     if supervisor_pid(idir, mount.target) is not None:
-        if mounted is not None and mount.target in mounted:
+        if host_side(idir, mount) is None and mounted is not None and mount.target in mounted:
             return
-        end_supervisor(idir, mount.target)  # alive but the guest side is gone: start afresh
+        end_supervisor(idir, mount.target)  # the guest side is gone, or a stale source: afresh
     idir.mounts.mkdir(mode=0o700, exist_ok=True)
     pidfile, log = idir.mount_pidfile(mount.target), idir.mount_log(mount.target)
     if mounted is None or mount.target in mounted:
@@ -204,6 +245,7 @@ async def deactivate(
 
 
 def active(ctx: Context, spec: InstanceSpec, mount: MountSpec, mounted: set[str] | None) -> bool:
-    """Both sides in place: the supervisor alive and (when known) the guest's mount there."""
-    alive = supervisor_pid(ctx.root.instance(spec.name), mount.target) is not None
+    """Both sides in place: the supervisor serving the source and (when known) the guest's
+    mount there."""
+    alive = host_side(ctx.root.instance(spec.name), mount) is None
     return alive and (mounted is None or mount.target in mounted)

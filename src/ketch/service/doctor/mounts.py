@@ -1,56 +1,67 @@
 """``ketch doctor`` on a running instance's mounts: dead ones, and sources that vanished.
 
-A classic mount is dead when its supervisor is gone or the guest's
-/proc/mounts lacks its target; ``--fix`` puts it in place again.  A mount
-whose source directory is gone is reported; nothing can be repaired for it.
+What the host can see (a source gone, a classic mount's SFTP side dead or
+serving a replaced source, a native mount's virtiofsd dead) is among the
+view's inconsistencies (``service/mounts_health.py``) and reaches doctor
+through :data:`~ketch.service.doctor.rules.RULES`, whose ``mount-dead`` fix
+is :func:`remount`.  :func:`examine` adds what only the guest can say: a
+mount whose host side is fine but that the guest no longer has mounted.
+``--fix`` puts a mount in place again: a classic one gets a new host side
+and sshfs, a native one is mounted in the guest again; a native mount whose
+virtiofsd died cannot be attached to a running QEMU (``restart`` does), and
+the repair says so.  Nothing can be repaired for a missing source.
 """
 
 from __future__ import annotations
 
 import os
 
-from ketch.model import MountSpec, MountType
+from ketch.codes import CODES
+from ketch.errors import KetchError
+from ketch.model import InconsistencyCode, MountType, State
 from ketch.progress import NULL
-from ketch.service import mounts_classic
+from ketch.runtime import virtiofs
+from ketch.service import mounts, mounts_classic, mounts_health, mounts_native
 from ketch.service.context import Context
 from ketch.service.doctor.finding import Finding, Repair
 from ketch.service.inspect import View
 
+IC = InconsistencyCode
 
-def _remount(ctx: Context, v: View, mount: MountSpec) -> Repair:
+
+def remount(ctx: Context, v: View, target: str | None) -> Repair:
+    """Put the mount at ``target`` in place again (the repair of ``mount-dead``)."""
+
     async def repair() -> str:
-        await mounts_classic.activate(ctx, v.record.spec, mount, NULL)
+        spec = ctx.store.get(v.name).spec
+        mount = next((m for m in spec.mounts if m.target == target), None)
+        if mount is None:
+            raise KetchError(f"{v.name} has no mount at {target} any more")
+        if not os.path.isdir(mount.source):
+            raise KetchError(f"the source {mount.source} of {mount.target} is missing")
+        if mount.type is MountType.CLASSIC:
+            await mounts_classic.activate(ctx, spec, mount, NULL)
+        elif not virtiofs.running(ctx.root.instance(v.name), mount):
+            raise KetchError(
+                f"the virtiofsd of the native mount {mount.target} is gone, and a native "
+                f"mount is attached only as the instance starts: 'ketch restart {v.name}'"
+            )
+        else:
+            await mounts_native.activate(ctx, spec, mount, NULL)
         return f"{mount.source} is mounted at {mount.target} again"
 
     return repair
 
 
 async def examine(ctx: Context, v: View) -> list[Finding]:
+    """Mounts whose host side is fine but whose guest side is gone (asked of the guest)."""
     spec = v.record.spec
-    if not v.derived.running or not spec.mounts:
-        return []
-    mounted = await mounts_classic.guest_mounts(ctx, spec)
-    out: list[Finding] = []
-    for mount in spec.mounts:
-        if not os.path.isdir(mount.source):
-            out.append(
-                Finding(
-                    v.name,
-                    "mount-source-missing",
-                    f"the source {mount.source} of the mount {mount.target} no longer exists",
-                    f"recreate it, or 'ketch umount {v.name}:{mount.target}'",
-                )
-            )
-        elif mount.type is MountType.CLASSIC and not mounts_classic.active(
-            ctx, spec, mount, mounted
-        ):
-            out.append(
-                Finding(
-                    v.name,
-                    "mount-dead",
-                    f"the mount {mount.source} => {mount.target} is not in place",
-                    "mount it again",
-                    _remount(ctx, v, mount),
-                )
-            )
-    return out
+    if v.state not in (State.RUNNING, State.DELAYED_SHUTDOWN) or not spec.mounts:
+        return []  # a paused or frozen guest is not asked (its mounts are not expected)
+    active = await mounts.entries(ctx, spec, True)
+    return [
+        Finding(
+            v.name, IC.MOUNT_DEAD, i.message, CODES[IC.MOUNT_DEAD].fix, remount(ctx, v, i.mount)
+        )
+        for i in mounts_health.guest_problems(spec, active, v.derived.inconsistencies)
+    ]

@@ -15,6 +15,7 @@ from ketch.model import InconsistencyCode as IC
 from ketch.service.context import Context
 from ketch.service.doctor import repairs
 from ketch.service.doctor.finding import Repair
+from ketch.service.doctor.mounts import remount
 from ketch.service.inspect import View
 
 Fixer = Callable[[Context, View, Inconsistency], Repair]
@@ -85,4 +86,6 @@ RULES: dict[IC, Rule] = {
     IC.UNEXPECTED_QMP_STATUS: Rule(None),
     IC.MISSING_SUSPEND_TAG: Rule(_record_stopped),
     IC.EXITED_UNEXPECTEDLY: Rule(_record_stopped),
+    IC.MOUNT_DEAD: Rule(lambda ctx, v, inc: remount(ctx, v, inc.mount)),
+    IC.MOUNT_SOURCE_MISSING: Rule(None),
 }
