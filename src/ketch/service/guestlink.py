@@ -1,8 +1,19 @@
-"""The daemon's side of reaching guests: keys, pinned host keys, readiness."""
+"""The daemon's side of reaching guests: keys, pinned host keys, readiness, the endpoint.
+
+An instance on the managed network is reached at its own address, port 22
+(:func:`endpoint`), when a TCP connection there succeeds now; else, and
+always for the daemon's own SSH (:func:`target`), through user-mode
+networking's forwarded loopback port, which works whatever the guest did
+with its managed NIC.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import socket
+import time
 from pathlib import Path
 
 from ketch.host import ssh
@@ -10,6 +21,7 @@ from ketch.layout import InstanceDir, Root
 from ketch.model import InstanceSpec, PidStatus, SshTarget
 from ketch.progress import Reporter
 from ketch.runtime.driver import Driver
+from ketch.runtime.netplan import read_nic
 from ketch.service.waits import Wait
 from ketch.vocabulary import blocks_readiness
 
@@ -37,6 +49,45 @@ def target(root: Root, spec: InstanceSpec) -> SshTarget:
         identity=str(root.client_key),
         known_hosts=str(idir.known_hosts),
     )
+
+
+PROBE_TIMEOUT = 0.5  # seconds: a guest on a local bridge answers a SYN in well under that
+UNREACHABLE_FOR = 30.0  # seconds an address that did not answer is not tried again
+_unreachable: dict[tuple[str, str], float] = {}  # (instance, address) -> when it failed
+
+
+async def reachable(address: str, port: int = 22, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Does a TCP connection to ``address:port`` succeed within ``timeout``?"""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+async def endpoint(root: Root, spec: InstanceSpec) -> SshTarget:
+    """The SSH endpoint a client is given: the managed address when it is reachable.
+
+    The address is the instance's managed NIC's (``nic.json``, written when it
+    started on the managed network); one that did not answer is not tried again
+    for :data:`UNREACHABLE_FOR` seconds (the loopback port is used meanwhile).
+    """
+    loopback = target(root, spec)
+    nic = read_nic(root.instance(spec.name))
+    if nic is None:
+        return loopback
+    key = (spec.name, nic.ip)
+    failed = _unreachable.get(key)
+    if failed is not None and time.monotonic() - failed < UNREACHABLE_FOR:
+        return loopback
+    if not await reachable(nic.ip):
+        _unreachable[key] = time.monotonic()
+        return loopback
+    _unreachable.pop(key, None)
+    return dataclasses.replace(loopback, host=nic.ip, port=22)
 
 
 async def wait_ready(
