@@ -517,6 +517,9 @@ class Walk:
         self.root = mount_tmpfs(self.cfg.tmpfs_size, prefix=f"kchaos-{self.seed}-")
         self.env = {**os.environ, "KETCH_STORAGE": str(self.root)}
         self.env.pop("KETCH_BOOT_TIMEOUT", None)
+        # The network rule: no bridge, TAP, dnsmasq or NAT in the machine's own namespace
+        # (bench/chaos.py runs outside pytest's conftest); NetWalk runs in a namespace.
+        self.env.setdefault("KETCH_NETWORK_DEFAULT", "user")
         seed_vault(self.root, self.image_dir)
         res = self.cli("set", "local.accel=tcg", kind="set")
         if res.rc != 0:
