@@ -2,7 +2,9 @@
 
 :class:`NetWalk` is :class:`chaos.Walk` with every ``ketch`` command (so
 ketchd, dnsmasq and QEMU) run in ``kchaosnet-<hex>`` (``ip netns exec``),
-``local.network=managed``, and two more faults:
+``local.network=managed``, and two faults of its own, injected with five of
+``chaos.py``'s (:data:`BASE_FAULTS`: kill-qemu, kill-daemon, kill-daemon-mid-op,
+kill-forward-watcher, host-reboot):
 
 ==================  ==================================================================
 fault               what is done
@@ -38,14 +40,18 @@ from typing import Any
 from chaos import FAULT_WEIGHTS, FAULTS, Config, Walk, alive, read_pid
 
 NET_FAULTS = ("kill-dnsmasq", "delete-tap")
-NET_FAULT_WEIGHTS = (8, 8)
+# With the network's own faults, those of chaos.py that touch what the network keeps across
+# them (a QEMU, ketchd, the forward watcher, a reboot); the others are chaos.py's walks'.
+BASE_FAULTS = ("kill-qemu", "kill-daemon", "kill-daemon-mid-op", "kill-forward-watcher",
+               "host-reboot")  # fmt: skip
+_WEIGHT = dict(zip(FAULTS, FAULT_WEIGHTS, strict=True))
 
 
 class NetWalk(Walk):
     """A walk whose ketchd, dnsmasq and QEMUs live in a network namespace of its own."""
 
-    fault_classes = (*FAULTS, *NET_FAULTS)
-    fault_weights = (*FAULT_WEIGHTS, *NET_FAULT_WEIGHTS)
+    fault_classes = (*NET_FAULTS, *BASE_FAULTS)
+    fault_weights = (12, 12, *(_WEIGHT[f] for f in BASE_FAULTS))
 
     def __init__(
         self, config: Config, image_dir: Path, *, log: Callable[[str], None] | None = None

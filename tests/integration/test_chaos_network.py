@@ -33,7 +33,7 @@ STEPS = 14
 
 
 def test_chaos_walk_on_the_managed_network(tiny_image: ImageInfo) -> None:
-    config = Config(seed=SEED, steps=STEPS, vms=2, doctor_every=7, fault_rate=0.5)
+    config = Config(seed=SEED, steps=STEPS, vms=2, doctor_every=7, fault_rate=0.6)
     summary = run_net_walk(config, Path(tiny_image.disk).parent)
     print(json.dumps({k: v for k, v in summary.items() if k != "violations"}, indent=1))
     for v in summary["violations"]:
