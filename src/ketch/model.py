@@ -266,6 +266,7 @@ class InstanceSpec:
     mounts: tuple[MountSpec, ...] = ()
     forwards: tuple[ForwardSpec, ...] = ()
     networks: tuple[NetworkSpec, ...] = ()
+    nics_added: int = 0  # NICs added after launch (set bridged=true): the seed's new instance-ids
 
 
 @dataclass(frozen=True)

@@ -382,6 +382,9 @@ DB_DAMAGES = ("garbage-at-100", "truncated-to-half", "deleted")
 class Walk:
     """One seeded random walk in its own tmpfs storage root.  ``run()`` returns the summary."""
 
+    fault_classes: tuple[str, ...] = FAULTS  # a subclass adds its own (chaos_network.py)
+    fault_weights: tuple[int, ...] = FAULT_WEIGHTS
+
     def __init__(
         self, config: Config, image_dir: Path, *, log: Callable[[str], None] | None = None
     ) -> None:
@@ -1293,11 +1296,11 @@ class Walk:
 
     def one_step(self) -> None:
         if self.instances and self.rng.random() < self.cfg.fault_rate:
-            order = list(FAULTS)
+            order = list(self.fault_classes)
             # Classes not injected yet come first (weight x20): short walks cover them all.
             weights = [
                 w * (1 if self.faults[f] else 20)
-                for f, w in zip(FAULTS, FAULT_WEIGHTS, strict=True)
+                for f, w in zip(self.fault_classes, self.fault_weights, strict=True)
             ]
             while order:
                 fault = self.rng.choices(order, weights)[0]

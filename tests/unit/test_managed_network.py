@@ -246,10 +246,9 @@ def test_guest_network_config_matches_every_nic_by_mac() -> None:
             NetworkSpec("br1", "52:54:00:00:00:a2", NetworkMode.MANUAL),
         ),
     )
-    assert net.guest_network_config(SPEC) is None  # cloud-init's fallback, as before
-    text = net.guest_network_config(spec)
-    assert text is not None
-    cfg = json.loads(text)
+    plain = json.loads(net.guest_network_config(SPEC))["ethernets"]
+    assert len(plain) == 2  # every instance: its user-mode and managed NICs, by MAC
+    cfg = json.loads(net.guest_network_config(spec))
     assert cfg["version"] == 2
     eth = cfg["ethernets"]
     primary = eth["enx" + SPEC.mac.replace(":", "")]

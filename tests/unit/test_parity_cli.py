@@ -68,6 +68,7 @@ def test_get_keys_lists_every_key_that_does_something(
         "local.privileged-mounts",
         "local.web.auto-forward",
         "local.web.autostart",
+        "local.web.bridged",
         "local.web.cpus",
         "local.web.disk",
         "local.web.memory",

@@ -61,19 +61,18 @@ def _ifname(mac: str) -> str:
     return "enx" + mac.replace(":", "").lower()
 
 
-def guest_network_config(spec: InstanceSpec) -> str | None:
-    """The seed's ``network-config`` (cloud-init v2, as JSON, which is YAML), or None.
+def guest_network_config(spec: InstanceSpec) -> str:
+    """The seed's ``network-config`` (cloud-init v2, as JSON, which is YAML).
 
-    Only an instance with ``--network`` NICs gets one: DHCP on the user-mode NIC
-    (default route, metric 100), on its managed NIC (optional: absent in user
-    mode) and on each ``mode=auto`` NIC, all matched by MAC; ``mode=manual`` NICs
-    are left alone.  Without one, cloud-init's fallback configures the first NIC
-    only: a debian-12 instance on the managed network does not configure its
-    managed NIC yet (see the report; the tiny image runs DHCP on every NIC and
-    ignores this file).
+    DHCP on the user-mode NIC (default route, metric 100), on the managed NIC
+    (optional: absent in user mode; metric 200) and on each ``mode=auto``
+    ``--network`` NIC, all matched by MAC (cloud-init looks the guest's own
+    name up by MAC, so nothing is renamed); ``mode=manual`` NICs are not in it,
+    so they are left unconfigured, as Multipass leaves them.  Every instance
+    gets one: without it cloud-init's fallback configures the first NIC only,
+    and a debian-12 guest's managed NIC stayed down.  The tiny image reads it
+    too (``images/guest/network``: DHCP on the NICs it lists, by MAC).
     """
-    if not spec.networks:
-        return None
     ethernets: dict[str, object] = {
         _ifname(spec.mac): {
             "match": {"macaddress": spec.mac},
@@ -96,6 +95,17 @@ def guest_network_config(spec: InstanceSpec) -> str | None:
                 "dhcp4-overrides": {"route-metric": 300 + i},
             }
     return json.dumps({"version": 2, "ethernets": ethernets}, indent=2) + "\n"
+
+
+def seed_instance_id(spec: InstanceSpec) -> str:
+    """The seed's ``instance-id``: the instance's, with ``_e`` for each NIC added later.
+
+    As Multipass does when ``local.NAME.bridged=true`` adds a NIC: cloud-init
+    applies a network config only to a new instance, so the seed's id changes
+    (per-instance modules run again at that boot; the managed MAC, derived from
+    the instance's own id, does not change).
+    """
+    return spec.instance_id + "_e" * spec.nics_added
 
 
 def tap_name(root: Path, name: str) -> str:

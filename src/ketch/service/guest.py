@@ -17,7 +17,7 @@ async def ssh_info(ctx: Context, name: str) -> SshTargetReply:
     v = await get(ctx, name)
     require(v, Verb.CONNECT, hint=f"'ketch start {name}' first")
     spec = v.record.spec
-    t = guestlink.target(ctx.root, spec)
+    t = await guestlink.endpoint(ctx.root, spec)  # the managed address when reachable
     return SshTargetReply(
         name=t.name,
         host=t.host,

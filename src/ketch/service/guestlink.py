@@ -1,15 +1,28 @@
-"""The daemon's side of reaching guests: keys, pinned host keys, readiness."""
+"""The daemon's side of reaching guests: keys, pinned host keys, readiness, the endpoint.
+
+An instance on the managed network is reached at its own address, port 22
+(:func:`endpoint`), when its TAP is attached, its guest took the lease and a
+TCP connection there succeeds now; else, and
+always for the daemon's own SSH (:func:`target`), through user-mode
+networking's forwarded loopback port, which works whatever the guest did
+with its managed NIC.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import socket
+import time
 from pathlib import Path
 
-from ketch.host import ssh
+from ketch.host import dnsmasq, ssh
 from ketch.layout import InstanceDir, Root
 from ketch.model import InstanceSpec, PidStatus, SshTarget
 from ketch.progress import Reporter
 from ketch.runtime.driver import Driver
+from ketch.runtime.netplan import read_nic
 from ketch.service.waits import Wait
 from ketch.vocabulary import blocks_readiness
 
@@ -37,6 +50,65 @@ def target(root: Root, spec: InstanceSpec) -> SshTarget:
         identity=str(root.client_key),
         known_hosts=str(idir.known_hosts),
     )
+
+
+PROBE_TIMEOUT = 3.0  # seconds: a bound for a loaded host; only tried when it should answer
+UNREACHABLE_FOR = 30.0  # seconds an address that did not answer is not tried again
+SYS_NET = Path("/sys/class/net")
+_unreachable: dict[tuple[str, str], float] = {}  # (instance, address) -> when it failed
+
+
+async def reachable(address: str, port: int = 22, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Does a TCP connection to ``address:port`` succeed within ``timeout``?"""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+def attached(tap: str, sys_net: Path = SYS_NET) -> bool:
+    """Is the TAP there, on a bridge, with its QEMU holding it (carrier)?"""
+    try:
+        on_bridge = (sys_net / tap / "master").exists()
+        return on_bridge and (sys_net / tap / "carrier").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+def leased(root: Root, mac: str, address: str) -> bool:
+    """Did the guest take its address from dnsmasq (so it configured that NIC)?"""
+    try:
+        text = root.network.leases.read_text()
+    except OSError:
+        return False
+    return any(le.mac == mac and le.ip == address for le in dnsmasq.parse_leases(text))
+
+
+async def endpoint(root: Root, spec: InstanceSpec) -> SshTarget:
+    """The SSH endpoint a client is given: the managed address when it is reachable.
+
+    Reachable: the instance's managed NIC (``nic.json``) has its TAP attached,
+    the guest took its lease, and a TCP connection to port 22 succeeds now.
+    An address that did not answer is not tried again for
+    :data:`UNREACHABLE_FOR` seconds; the loopback port is used meanwhile.
+    """
+    loopback = target(root, spec)
+    nic = read_nic(root.instance(spec.name))
+    if nic is None or not attached(nic.tap) or not leased(root, nic.mac, nic.ip):
+        return loopback
+    key = (spec.name, nic.ip)
+    failed = _unreachable.get(key)
+    if failed is not None and time.monotonic() - failed < UNREACHABLE_FOR:
+        return loopback
+    if not await reachable(nic.ip):
+        _unreachable[key] = time.monotonic()
+        return loopback
+    _unreachable.pop(key, None)
+    return dataclasses.replace(loopback, host=nic.ip, port=22)
 
 
 async def wait_ready(

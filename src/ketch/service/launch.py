@@ -17,6 +17,7 @@ from ketch.errors import AlreadyExists, InvalidArgument, KetchError, Timeout
 from ketch.host import firmware, partitions, seed
 from ketch.model import BootSpec, ImageInfo, InstanceSpec, Intent, OperationKind
 from ketch.progress import Reporter
+from ketch.runtime.netplan import seed_instance_id
 from ketch.runtime.network import guest_network_config
 from ketch.service import accel, guestlink, names
 from ketch.service.context import Context
@@ -226,7 +227,7 @@ def _write_seed(ctx: Context, spec: InstanceSpec, user_cfg: dict[str, Any] | Non
         host_key_public=host_public,
         hostname=spec.name,
     )
-    meta = cloudinit.meta_data(spec.instance_id, spec.name)
+    meta = cloudinit.meta_data(seed_instance_id(spec), spec.name)
     seed.build_seed_iso(
         idir.seed_iso,
         meta_data=meta,
@@ -234,7 +235,7 @@ def _write_seed(ctx: Context, spec: InstanceSpec, user_cfg: dict[str, Any] | Non
         network_config=guest_network_config(spec),
         extra_files={
             seed.GUEST_CONFIG_FILE: seed.render_guest_config(
-                cfg, {"instance-id": spec.instance_id, "local-hostname": spec.name}
+                cfg, {"instance-id": seed_instance_id(spec), "local-hostname": spec.name}
             ).encode()
         },
     )

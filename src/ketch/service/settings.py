@@ -14,7 +14,7 @@ from ketch.api.models import SetReply
 from ketch.errors import InvalidArgument, KetchError, NotFound
 from ketch.model import InstanceSpec, OperationKind, PidStatus, State, Verb
 from ketch.progress import Reporter
-from ketch.service import accel, inspect, names, network
+from ketch.service import accel, bridged, inspect, names, network
 from ketch.service.context import Context
 from ketch.service.journal import journal
 from ketch.service.units import human, parse_size
@@ -35,7 +35,7 @@ PRIVILEGED_MOUNTS = "local.privileged-mounts"
 REMOTE_PREFIX = "local.remote."
 NETWORK_KEYS = ("local.network", "local.network.subnet", "local.network.bridge")
 BRIDGED_KEY = "local.bridged-network"
-INSTANCE_PROPS = ("cpus", "memory", "disk")
+INSTANCE_PROPS = ("cpus", "memory", "disk", "bridged")  # bridged: service/bridged.py
 SNAPSHOT_PROPS = ("name", "comment")  # local.<instance>.<snapshot>.name|comment, as Multipass
 MIN_MEMORY = 512 * 1024**2  # Multipass's minimum for ``set``
 MAX_CPUS = 64
@@ -239,6 +239,8 @@ async def set_instance(
     """Change a stopped instance's cpus, memory or disk; nothing changes if refused."""
     if "." in prop:  # a snapshot's name or comment
         return set_snapshot(ctx, name, prop, value)
+    if prop == bridged.PROP:
+        return await bridged.set_bridged(ctx, name, value, reporter)
     v = await inspect.get(ctx, name)
     inspect.require(
         v, Verb.SET, phrase=f"change the {prop} of", hint=_set_hint(name, prop, v.state)
@@ -297,6 +299,9 @@ async def get(ctx: Context, key: str) -> str:
     if target is not None:
         if "." in target[1]:
             return snapshot_value(ctx, *target)
+        if target[1] == bridged.PROP:
+            ctx.store.get(target[0])  # NotFound for an unknown instance
+            return bridged.value(ctx, target[0])
         return show(ctx.store.get(target[0]).spec, target[1])
     if not known(key):
         raise NotFound(f"unknown setting '{key}'", hint="see 'ketch help get' for the keys")
