@@ -35,8 +35,10 @@ REPO = Path(__file__).resolve().parent.parent
 def _engine() -> Any:
     """tests/integration/chaos.py, loaded under its own name (this file is also 'chaos')."""
     path = REPO / "tests" / "integration" / "chaos.py"
-    if str(REPO / "tests") not in sys.path:  # it imports tests/db_damage.py, as under pytest
-        sys.path.insert(0, str(REPO / "tests"))
+    # it imports tests/db_damage.py and tests/integration/chaos_images.py, as under pytest
+    for where in (REPO / "tests", REPO / "tests" / "integration"):
+        if str(where) not in sys.path:
+            sys.path.insert(0, str(where))
     spec = importlib.util.spec_from_file_location("ketch_chaos_engine", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

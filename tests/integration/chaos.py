@@ -47,6 +47,10 @@ host-reboot         a simulated host reboot: ``kill -9`` of ketchd and of every 
                     another boot id in the root's ``boot_id``; the next daemon starts
                     again what was running (the walk waits until nothing is
                     ``Starting``, ≤ 300 s); suspended instances stay suspended
+base-image-away     the cached base image of the instances' disks is moved aside and back
+                    (:mod:`chaos_images`: what must hold meanwhile and after)
+kill-download       a download of an image from a loopback remote is cut off half-way,
+                    by ``kill -9`` of ketchd or by the server (:mod:`chaos_images`)
 ==================  ==================================================================
 
 Most operations are ones the target's current state accepts (75 %), the rest
@@ -105,6 +109,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import chaos_images
 import db_damage
 
 from ketch.model import InconsistencyCode
@@ -367,8 +372,10 @@ FAULTS = (
     "freeze-qemu",
     "damage-db",
     "host-reboot",
+    "base-image-away",
+    "kill-download",
 )
-FAULT_WEIGHTS = (12, 6, 10, 8, 8, 8, 8, 6, 6, 6, 4, 4)
+FAULT_WEIGHTS = (12, 6, 10, 8, 8, 8, 8, 6, 6, 6, 4, 4, 4, 2)
 SETTLING_STATES = frozenset({"Starting", "Restarting"})
 DB_DAMAGES = ("garbage-at-100", "truncated-to-half", "deleted")
 
@@ -412,6 +419,7 @@ class Walk:
         self.canary_checks = 0
         self.purged_all = False
         self.notes: list[str] = []
+        self.images = chaos_images.ImageFaults(self)
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -451,6 +459,19 @@ class Walk:
             err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
             res = Result(list(args), None, out, err, time.monotonic() - t0)
         self._record(kind or args[0], res)
+        return res
+
+    def reap(self, proc: subprocess.Popen[str], args: list[str], t0: float, *, kind: str) -> Result:
+        """Wait for a ``ketch`` command started with Popen (as :meth:`cli` runs one)."""
+        try:
+            out, err = proc.communicate(timeout=COMMAND_TIMEOUT)
+            rc: int | None = proc.returncode
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            rc = None
+        res = Result(args, rc, out, err, time.monotonic() - t0)
+        self._record(kind, res)
         return res
 
     def _record(self, kind: str, res: Result) -> None:
@@ -534,6 +555,7 @@ class Walk:
             with contextlib.suppress(Exception):
                 self.cli("delete", "--all", "--purge", kind="teardown", timeout=300)
         self.stop_daemon()
+        self.images.close()
         for pids in qemu_processes(root).values():
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
@@ -896,6 +918,10 @@ class Walk:
             return self.fault_damage_db()
         if fault == "host-reboot":
             return self.fault_reboot(qemus)
+        if fault == "base-image-away":
+            return self.images.base_image_away()
+        if fault == "kill-download":
+            return self.images.kill_download()
         if fault == "disk-full":
             if self.filler is not None:
                 return False
