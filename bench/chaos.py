@@ -77,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         "write and the boot waits its whole timeout: known bugs io-error-is-not-halted, "
         "wait-ready-blind)",
     )
+    p.add_argument(
+        "--faults",
+        type=lambda text: tuple(f for f in text.split(",") if f),
+        default=(),
+        help="only these fault classes, comma-separated (default: every one)",
+    )
     p.add_argument("--log", type=Path, help="also write the step log to this file")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
@@ -99,7 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         doctor_every=args.doctor_every,
         fault_rate=args.fault_rate,
         boot_on_full_disk=args.boot_on_full_disk,
+        faults=args.faults,
     )
+    unknown = set(config.faults) - set(engine.FAULTS)
+    if unknown:
+        print(f"no such fault class: {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
     try:
         summary = engine.run_walk(config, _tiny_image_dir(), log=log)
     finally:

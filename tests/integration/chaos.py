@@ -317,6 +317,7 @@ class Config:
     memory: str = MEMORY
     tmpfs_size: str = TMPFS_SIZE
     boot_on_full_disk: bool = False  # see BOOTING
+    faults: tuple[str, ...] = ()  # only these fault classes (default: every one in FAULTS)
 
 
 OPS = (
@@ -1302,12 +1303,14 @@ class Walk:
 
     def one_step(self) -> None:
         if self.instances and self.rng.random() < self.cfg.fault_rate:
-            order = list(FAULTS)
-            # Classes not injected yet come first (weight x20): short walks cover them all.
-            weights = [
-                w * (1 if self.faults[f] else 20)
+            chosen = [
+                (f, w)
                 for f, w in zip(FAULTS, FAULT_WEIGHTS, strict=True)
+                if not self.cfg.faults or f in self.cfg.faults
             ]
+            order = [f for f, _ in chosen]
+            # Classes not injected yet come first (weight x20): short walks cover them all.
+            weights = [w * (1 if self.faults[f] else 20) for f, w in chosen]
             while order:
                 fault = self.rng.choices(order, weights)[0]
                 try:
@@ -1387,7 +1390,8 @@ class Walk:
             "replay": f"python bench/chaos.py --seed {self.seed} --steps {self.cfg.steps} "
             f"--vms {self.cfg.vms} --doctor-every {self.cfg.doctor_every} "
             f"--fault-rate {self.cfg.fault_rate:g}"
-            + (" --boot-on-full-disk" if self.cfg.boot_on_full_disk else ""),
+            + (" --boot-on-full-disk" if self.cfg.boot_on_full_disk else "")
+            + (f" --faults {','.join(self.cfg.faults)}" if self.cfg.faults else ""),
         }
 
 
