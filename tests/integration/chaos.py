@@ -534,8 +534,15 @@ class Walk:
 
     def setup(self) -> None:
         self.root = mount_tmpfs(self.cfg.tmpfs_size, prefix=f"kchaos-{self.seed}-")
-        self.env = {**os.environ, "KETCH_STORAGE": str(self.root)}
+        # The network rule (tests/conftest.py sets it for pytest; bench/chaos.py runs
+        # outside it): no bridge, TAP, dnsmasq or NAT in the machine's own namespace.
+        # Without it every walk's root shared the bridge ketch0 with every other root,
+        # and one root's doctor removed the TAPs of another's running instances.
+        self.env = {**os.environ, "KETCH_STORAGE": str(self.root), "KETCH_NETWORK_DEFAULT": "user"}
         self.env.pop("KETCH_BOOT_TIMEOUT", None)
+        # The network rule: no bridge, TAP, dnsmasq or NAT in the machine's own namespace
+        # (bench/chaos.py runs outside pytest's conftest); NetWalk runs in a namespace.
+        self.env.setdefault("KETCH_NETWORK_DEFAULT", "user")
         seed_vault(self.root, self.image_dir)
         res = self.cli("set", "local.accel=tcg", kind="set")
         if res.rc != 0:
