@@ -24,6 +24,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -35,9 +36,10 @@ REPO = Path(__file__).resolve().parent.parent
 def _engine() -> Any:
     """tests/integration/chaos.py, loaded under its own name (this file is also 'chaos')."""
     path = REPO / "tests" / "integration" / "chaos.py"
-    for where in ("tests", "tests/integration"):  # db_damage.py, chaos_mounts.py: as pytest
-        if str(REPO / where) not in sys.path:
-            sys.path.insert(0, str(REPO / where))
+    # it imports tests/db_damage.py and tests/integration/chaos_*.py, as under pytest
+    for where in (REPO / "tests", REPO / "tests" / "integration"):
+        if str(where) not in sys.path:
+            sys.path.insert(0, str(where))
     spec = importlib.util.spec_from_file_location("ketch_chaos_engine", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -53,6 +55,57 @@ def _tiny_image_dir() -> Path:
     cache = Path(os.environ.get("KETCH_TEST_CACHE") or "~/.cache/ketch-test/images").expanduser()
     cache.mkdir(parents=True, exist_ok=True)
     return Path(asyncio.run(build_tiny(cache)).disk).parent
+
+
+# How each fault class's injection is logged (a walk's log, for --count-log).
+FAULT_LINES = (
+    (re.compile(r"FAULT kill -9 QEMU of "), "kill-qemu"),
+    (re.compile(r"FAULT kill -9 ketchd \(pid \d+\) between"), "kill-daemon"),
+    (re.compile(r"FAULT kill -9 ketchd \(pid \d+\) [\d.]+s into"), "kill-daemon-mid-op"),
+    (re.compile(r"FAULT removed the 'suspend' tag"), "tag-remove"),
+    (re.compile(r"FAULT added the 'suspend' tag"), "tag-add"),
+    (re.compile(r"FAULT \S+'s qemu\.pid names a live sleep"), "foreign-pid"),
+    (re.compile(r"FAULT deleted the QMP socket"), "qmp-socket"),
+    (re.compile(r"FAULT kill -9 the forward watcher"), "kill-forward-watcher"),
+    (re.compile(r"FAULT filled the storage root"), "disk-full"),
+    (re.compile(r"FAULT kill -STOP QEMU"), "freeze-qemu"),
+    (re.compile(r"FAULT ketch\.db "), "damage-db"),
+    (re.compile(r"FAULT simulated host reboot"), "host-reboot"),
+    (re.compile(r"FAULT moved the base image"), "base-image-away"),
+    (re.compile(r"FAULT download of .* cut off"), "kill-download"),
+)
+STEP = re.compile(r"chaos seed=(\d+) step=(-?\d+): ")
+
+
+def count_log(path: Path) -> dict[str, Any]:
+    """What a walk's log says so far (for a walk still running): steps, faults, violations."""
+    faults: dict[str, int] = {}
+    seeds: set[str] = set()
+    last, violations, checkpoints = -1, [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        m = STEP.search(line)
+        if m is None:
+            continue
+        seeds.add(m.group(1))
+        last = max(last, int(m.group(2)))
+        rest = line[m.end() :]
+        if rest.startswith("VIOLATION "):
+            violations.append(rest[len("VIOLATION ") :][:300])
+        elif rest.startswith("checkpoint ") and " done (" in rest:
+            checkpoints += 1
+        elif rest.startswith("FAULT ") and not rest.startswith("FAULT (not done)"):
+            kind = next((k for rx, k in FAULT_LINES if rx.match(rest)), None)
+            kind = kind or "other: " + " ".join(rest.split()[1:4])
+            faults[kind] = faults.get(kind, 0) + 1
+    return {
+        "log": str(path),
+        "seeds": sorted(seeds),
+        "last_step_seen": last,
+        "faults": dict(sorted(faults.items())),
+        "faults_total": sum(faults.values()),
+        "checkpoints": checkpoints,
+        "violations": violations,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,8 +129,24 @@ def main(argv: list[str] | None = None) -> int:
         "write and the boot waits its whole timeout: known bugs io-error-is-not-halted, "
         "wait-ready-blind)",
     )
+    p.add_argument(
+        "--faults",
+        type=lambda text: tuple(f for f in text.split(",") if f),
+        default=(),
+        help="only these fault classes, comma-separated (default: every one)",
+    )
+    p.add_argument(
+        "--count-log",
+        type=Path,
+        metavar="LOG",
+        help="only count what the walk logged in LOG so far (faults per class, last step, "
+        "violations) and print it as JSON: for a long walk still running",
+    )
     p.add_argument("--log", type=Path, help="also write the step log to this file")
     args = p.parse_args(argv)
+    if args.count_log is not None:
+        print(json.dumps(count_log(args.count_log)))
+        return 0
     if os.geteuid() != 0:
         print("bench/chaos.py needs root (it mounts a tmpfs)", file=sys.stderr)
         return 2
@@ -98,7 +167,12 @@ def main(argv: list[str] | None = None) -> int:
         doctor_every=args.doctor_every,
         fault_rate=args.fault_rate,
         boot_on_full_disk=args.boot_on_full_disk,
+        faults=args.faults,
     )
+    unknown = set(config.faults) - set(engine.FAULTS)
+    if unknown:
+        print(f"no such fault class: {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
     try:
         summary = engine.run_walk(config, _tiny_image_dir(), log=log)
     finally:

@@ -47,6 +47,10 @@ host-reboot         a simulated host reboot: ``kill -9`` of ketchd and of every 
                     another boot id in the root's ``boot_id``; the next daemon starts
                     again what was running (the walk waits until nothing is
                     ``Starting``, ≤ 300 s); suspended instances stay suspended
+base-image-away     the cached base image of the instances' disks is moved aside and back
+                    (:mod:`chaos_images`: what must hold meanwhile and after)
+kill-download       a download of an image from a loopback remote is cut off half-way,
+                    by ``kill -9`` of ketchd or by the server (:mod:`chaos_images`)
 ==================  ==================================================================
 
 The mount faults (``kill-mount-host``, ``mount-source-gone``,
@@ -109,6 +113,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import chaos_images
 import chaos_mounts
 import db_damage
 
@@ -317,6 +322,7 @@ class Config:
     memory: str = MEMORY
     tmpfs_size: str = TMPFS_SIZE
     boot_on_full_disk: bool = False  # see BOOTING
+    faults: tuple[str, ...] = ()  # only these fault classes (default: every one in FAULTS)
 
 
 OPS = (
@@ -372,9 +378,11 @@ FAULTS = (
     "freeze-qemu",
     "damage-db",
     "host-reboot",
+    "base-image-away",
+    "kill-download",
     *chaos_mounts.FAULTS,  # kill-mount-host, mount-source-gone, suspend-with-mounts
 )
-FAULT_WEIGHTS = (12, 6, 10, 8, 8, 8, 8, 6, 6, 6, 4, 4, *chaos_mounts.WEIGHTS)
+FAULT_WEIGHTS = (12, 6, 10, 8, 8, 8, 8, 6, 6, 6, 4, 4, 4, 2, *chaos_mounts.WEIGHTS)
 SETTLING_STATES = frozenset({"Starting", "Restarting"})
 DB_DAMAGES = ("garbage-at-100", "truncated-to-half", "deleted")
 
@@ -421,6 +429,7 @@ class Walk:
         self.canary_checks = 0
         self.purged_all = False
         self.notes: list[str] = []
+        self.images = chaos_images.ImageFaults(self)
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -460,6 +469,19 @@ class Walk:
             err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
             res = Result(list(args), None, out, err, time.monotonic() - t0)
         self._record(kind or args[0], res)
+        return res
+
+    def reap(self, proc: subprocess.Popen[str], args: list[str], t0: float, *, kind: str) -> Result:
+        """Wait for a ``ketch`` command started with Popen (as :meth:`cli` runs one)."""
+        try:
+            out, err = proc.communicate(timeout=COMMAND_TIMEOUT)
+            rc: int | None = proc.returncode
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            rc = None
+        res = Result(args, rc, out, err, time.monotonic() - t0)
+        self._record(kind, res)
         return res
 
     def _record(self, kind: str, res: Result) -> None:
@@ -521,7 +543,11 @@ class Walk:
 
     def setup(self) -> None:
         self.root = mount_tmpfs(self.cfg.tmpfs_size, prefix=f"kchaos-{self.seed}-")
-        self.env = {**os.environ, "KETCH_STORAGE": str(self.root)}
+        # The network rule (tests/conftest.py sets it for pytest; bench/chaos.py runs
+        # outside it): no bridge, TAP, dnsmasq or NAT in the machine's own namespace.
+        # Without it every walk's root shared the bridge ketch0 with every other root,
+        # and one root's doctor removed the TAPs of another's running instances.
+        self.env = {**os.environ, "KETCH_STORAGE": str(self.root), "KETCH_NETWORK_DEFAULT": "user"}
         self.env.pop("KETCH_BOOT_TIMEOUT", None)
         # The network rule: no bridge, TAP, dnsmasq or NAT in the machine's own namespace
         # (bench/chaos.py runs outside pytest's conftest); NetWalk runs in a namespace.
@@ -547,6 +573,7 @@ class Walk:
                 self.cli("delete", "--all", "--purge", kind="teardown", timeout=300)
         self.stop_daemon()
         chaos_mounts.teardown(self)
+        self.images.close()
         for pids in qemu_processes(root).values():
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
@@ -913,6 +940,10 @@ class Walk:
             return self.fault_damage_db()
         if fault == "host-reboot":
             return self.fault_reboot(qemus)
+        if fault == "base-image-away":
+            return self.images.base_image_away()
+        if fault == "kill-download":
+            return self.images.kill_download()
         if fault == "disk-full":
             if self.filler is not None:
                 return False
@@ -1296,12 +1327,14 @@ class Walk:
 
     def one_step(self) -> None:
         if self.instances and self.rng.random() < self.cfg.fault_rate:
-            order = list(self.fault_classes)
-            # Classes not injected yet come first (weight x20): short walks cover them all.
-            weights = [
-                w * (1 if self.faults[f] else 20)
+            chosen = [
+                (f, w)
                 for f, w in zip(self.fault_classes, self.fault_weights, strict=True)
+                if not self.cfg.faults or f in self.cfg.faults
             ]
+            order = [f for f, _ in chosen]
+            # Classes not injected yet come first (weight x20): short walks cover them all.
+            weights = [w * (1 if self.faults[f] else 20) for f, w in chosen]
             while order:
                 fault = self.rng.choices(order, weights)[0]
                 try:
@@ -1381,7 +1414,8 @@ class Walk:
             "replay": f"python bench/chaos.py --seed {self.seed} --steps {self.cfg.steps} "
             f"--vms {self.cfg.vms} --doctor-every {self.cfg.doctor_every} "
             f"--fault-rate {self.cfg.fault_rate:g}"
-            + (" --boot-on-full-disk" if self.cfg.boot_on_full_disk else ""),
+            + (" --boot-on-full-disk" if self.cfg.boot_on_full_disk else "")
+            + (f" --faults {','.join(self.cfg.faults)}" if self.cfg.faults else ""),
         }
 
 

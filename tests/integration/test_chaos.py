@@ -294,3 +294,54 @@ def test_guest_paused_by_a_full_disk_resumes_once_there_is_room(small_root: Ketc
         assert k.boot_id(name) == boot
     finally:
         k.run("delete", "--purge", name, check=False)
+
+
+# -- issue 18's image faults ------------------------------------------------------------
+
+
+@pytest.mark.slow
+@needs_root
+def test_chaos_walk_of_image_faults(tiny_image: ImageInfo) -> None:
+    """A short walk whose faults are only the image ones (chaos_images.py)."""
+    faults = ("base-image-away", "kill-download")
+    config = Config(seed=18, steps=8, vms=2, doctor_every=4, fault_rate=0.6, faults=faults)
+    summary = run_walk(config, Path(tiny_image.disk).parent)
+    print(json.dumps({k: v for k, v in summary.items() if k != "violations"}, indent=1))
+    unknown = [v for v in summary["violations"] if not v["known"]]
+    assert summary["steps_run"] == config.steps, summary["error"]
+    assert not unknown, f"replay: {summary['replay']}\n" + "\n".join(
+        f"step {v['step']} {v['invariant']} ({v['command']}): {v['detail']}" for v in unknown
+    )
+    assert set(summary["faults"]) <= set(faults)
+    assert summary["faults"], "no image fault was injected"
+
+
+def test_start_without_its_base_image_says_so_and_changes_nothing(ketch: Ketch) -> None:
+    """Found by the walk's base-image-away: start said only QEMU's "Could not open
+    backing file", and doctor called the disk check qemu-img cannot do without the
+    base image ``disk-check-failed``, whose repair is a quarantine."""
+    name = unique("nobase")
+    ketch.run("launch", "tiny", "--name", name, "--memory", "256M")
+    base = next((ketch.root / "vault" / "built" / "tiny").glob("*/disk.qcow2"))
+    aside = base.with_name("disk.qcow2.away")
+    try:
+        text = _canary(ketch, name)
+        ketch.run("suspend", name)
+        base.rename(aside)
+        try:
+            started = ketch.run("start", name, check=False)
+            assert started.returncode == 2, started.stderr
+            assert f"its base image file {base} is missing" in started.stderr
+            assert "doctor --fix" in started.stderr  # what to do
+            assert ketch.state(name) == "Suspended"  # nothing changed
+            assert "suspend" in ketch.tags(name)
+            codes = _doctor_codes(ketch, name)
+            assert "missing-base-image" in codes
+            assert "disk-check-failed" not in codes  # (its repair would quarantine)
+        finally:
+            aside.rename(base)
+        ketch.run("start", name)
+        assert ketch.state(name) == "Running"
+        assert ketch.exec(name, "cat", "/home/ubuntu/canary").strip() == text
+    finally:
+        ketch.run("delete", "--purge", name, check=False)

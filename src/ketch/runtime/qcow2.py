@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ketch.errors import NotFound
 from ketch.host import qemu_img
 from ketch.layout import InstanceDir
-from ketch.model import DiskCheck, DiskInfo
+from ketch.model import DiskCheck, DiskInfo, InstanceSpec
 
 
 class Qcow2Disks:
@@ -63,3 +64,22 @@ class Qcow2Disks:
     async def remove_tag(self, idir: InstanceDir, tag: str) -> None:
         """Delete an internal snapshot from a disk no QEMU holds."""
         await qemu_img.snapshot_delete(idir.disk, tag)
+
+
+def require_base(spec: InstanceSpec) -> None:
+    """The image files the disk is backed by and QEMU boots from must be there.
+
+    Without them QEMU exits at once naming a file ("Could not open backing
+    file"); this says which image file is missing, that nothing is lost, and
+    what to do, before anything is touched (a suspended instance stays so).
+    """
+    files = [spec.base_disk, spec.boot.kernel, spec.boot.initrd]
+    missing = [f for f in files if f and not Path(f).exists()]
+    if missing:
+        raise NotFound(
+            f'cannot start "{spec.name}": its base image file {missing[0]} is missing '
+            f"(image {spec.image_id}); the instance's own disk holds only what differs "
+            "from it, and nothing of the instance was changed",
+            hint="put the image back where it was, or run 'ketch doctor --fix' to fetch "
+            "the same image again",
+        )

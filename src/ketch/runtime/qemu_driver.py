@@ -23,7 +23,7 @@ from ketch.progress import Reporter
 from ketch.runtime import virtiofs
 from ketch.runtime.driver import SUSPEND_TAG
 from ketch.runtime.network import ManagedNetwork
-from ketch.runtime.qcow2 import Qcow2Disks
+from ketch.runtime.qcow2 import Qcow2Disks, require_base
 from ketch.runtime.qemu_monitor import Monitors
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,7 @@ class QemuDriver(Qcow2Disks, Monitors):
     async def start(
         self, spec: InstanceSpec, idir: InstanceDir, *, accel: str, resume: bool
     ) -> None:
+        require_base(spec)
         self._forget_unresponsive(idir)
         procs.remove_quietly(idir.pidfile, idir.qmp_socket)
         await virtiofs.stop_all(idir)

@@ -40,8 +40,10 @@ async def examine(ctx: Context, v: View) -> list[Finding]:
             repair = rule.fix(ctx, v, inc) if rule.fix else None
             add(Finding(v.name, inc.code, inc.message, CODES[inc.code].fix, repair))
     if not v.derived.running and idir.disk.exists():
-        out += await _check_disk(ctx, v)
-        out += await _check_backing(ctx, v)
+        backing = await _check_backing(ctx, v)
+        # Without its base image qemu-img cannot open the disk at all: that is no
+        # damage to quarantine for; the disk is checked once the image is back.
+        out += backing or await _check_disk(ctx, v)
     if not v.derived.running and idir.efi_vars.exists():
         out += await _check_efi_vars(v, idir)
     if idir.disk.exists() and v.derived.state is not State.UNKNOWN:
