@@ -76,6 +76,13 @@ class Client:
         self.daemon_log = os.path.join(self.storage, DAEMON_LOG)
         self.autostart = autostart
         self.operation: str | None = None  # the id of the last streamed operation
+        # A remote ketchd over TLS (ketch/remote.py, imported only then: ssl stays off the
+        # local hot path); never started from here.
+        self.remote = os.environ.get("KETCH_SERVER_ADDRESS") or None
+        self.present_certificate = True  # False: enrolment, before the certificate is trusted
+        if self.remote is not None:
+            self.socket = self.remote
+            self.daemon_log = f"the log of ketchd at {self.remote}"
 
     # -- transport -----------------------------------------------------------------
 
@@ -87,6 +94,8 @@ class Client:
         timeout: float | None,
         meanwhile: Callable[[], object] | None = None,
     ) -> Response:
+        if self.remote is not None:
+            return self._remote_request(method, path, body, timeout, meanwhile)
         for attempt in range(2):
             try:
                 resp = request(self.socket, method, path, body, timeout, meanwhile=meanwhile)
@@ -105,6 +114,30 @@ class Client:
             except OSError as exc:
                 raise self._lost(exc) from exc
         raise AssertionError("unreachable")
+
+    def _remote_request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        timeout: float | None,
+        meanwhile: Callable[[], object] | None,
+    ) -> Response:
+        from ketch import remote
+
+        assert self.remote is not None
+        try:
+            return remote.request(
+                self.remote,
+                method,
+                path,
+                body,
+                timeout,
+                meanwhile=meanwhile,
+                present=self.present_certificate,
+            )
+        except OSError as exc:
+            raise self._lost(exc) from exc
 
     def _lost(self, exc: BaseException) -> DaemonUnreachable:
         return DaemonUnreachable(
@@ -334,6 +367,12 @@ class Client:
         )
 
     def ping(self) -> bool:
+        if self.remote is not None:
+            try:
+                self._remote_request("GET", "/v1/version", None, 2.0, None).close()
+            except KetchError:
+                return False
+            return True
         try:
             resp = request(self.socket, "GET", "/v1/version", None, 2.0)
         except OSError:

@@ -22,6 +22,7 @@ from ketch import __version__
 from ketch.api import models as m
 from ketch.api.openapi import document
 from ketch.api.routes import FORWARD_ADD, FORWARD_REMOVE, ROUTES, SET_SETTING
+from ketch.daemon.auth import AuthRoutes
 from ketch.daemon.operations import OperationRoutes
 from ketch.daemon.ops import Operations, QueueReporter
 from ketch.daemon.wire import Call, Op, bind, errors, typed_result
@@ -47,8 +48,9 @@ def _names(text: str) -> list[str]:
     return [n for n in text.split(",") if n]
 
 
-class Api(OperationRoutes):
-    """Route handlers bound to the daemon's context (``/v1/operations``: the mixin's)."""
+class Api(OperationRoutes, AuthRoutes):
+    """Route handlers bound to the daemon's context (``/v1/operations``, ``/v1/authenticate``:
+    the mixins')."""
 
     def __init__(self, ops: Operations, images: Images) -> None:
         self.ops = ops
@@ -99,6 +101,11 @@ class Api(OperationRoutes):
 
     async def ssh(self, call: Call[None]) -> m.SshTargetReply:
         return await guest_uc.ssh_info(self.ctx, call.params["name"])
+
+    async def ssh_keys(self, call: Call[None]) -> m.SshKeysReply:
+        from ketch.service import remote_access
+
+        return await remote_access.ssh_keys(self.ctx, call.params["name"])
 
     async def find(self, call: Call[None]) -> m.FindReply:
         q = call.query
