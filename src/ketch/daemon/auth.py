@@ -44,7 +44,7 @@ log = logging.getLogger("ketchd")
 
 PASSPHRASE_KEY = "local.passphrase"
 AUTHENTICATE_PATH = "/v1/authenticate"
-OPEN_PATHS = frozenset({AUTHENTICATE_PATH, "/v1/version"})  # what an untrusted client may ask
+OPEN_PATHS = frozenset({AUTHENTICATE_PATH})  # the one route an untrusted client may ask
 MAX_FAILURES = 5
 WINDOW = 60.0
 NOT_AUTHENTICATED = "The client is not authenticated with ketchd."
