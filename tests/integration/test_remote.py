@@ -176,14 +176,16 @@ def test_without_enrolment_every_call_is_refused(server: Server) -> None:
     assert proc.returncode == 2 and "not authenticated" in proc.stderr
     # Every route, as raw requests without a client certificate: 401, nothing done.
     from ketch.api.routes import ROUTES
+    from ketch.daemon.tunnel import TUNNEL_PATH
 
-    for route in ROUTES:
-        if route.name == "authenticate":
+    tunnel = ("GET", TUNNEL_PATH)  # the SSH tunnel (a WebSocket) is behind the same gate
+    for method, template in [*((r.method, r.path) for r in ROUTES), tunnel]:
+        if template == "/v1/authenticate":
             continue
-        path = route.path.replace("{name}", "x").replace("{snapshot}", "s")
+        path = template.replace("{name}", "x").replace("{snapshot}", "s")
         path = path.replace("{key}", "local.driver").replace("{id}", "1")
-        status, doc = raw_request(server, route.method, path, b"{}")
-        assert status == 401, (route.name, status, doc)
+        status, doc = raw_request(server, method, path, b"{}")
+        assert status == 401, (template, status, doc)
         assert doc["error"]["code"] == "unauthenticated"  # type: ignore[index]
     assert not (server.root / "instances").exists() or not any(
         (server.root / "instances").iterdir()
@@ -286,6 +288,29 @@ def test_a_changed_server_certificate_is_refused_and_nothing_is_sent(
 # -- the whole way, with a VM ------------------------------------------------------------------
 
 
+def tunnel_banner(cli: Ketch, server: Server, name: str) -> bytes:
+    """The first bytes of the guest's SSH server, read through ketchd's tunnel as ``cli``."""
+    import asyncio
+
+    from ketch import tunnel
+
+    async def read() -> bytes:
+        reader, writer = await tunnel.open_tunnel(server.address, name)
+        _, data = await tunnel.read_frame(reader)
+        writer.close()
+        return data
+
+    saved = os.environ.get("XDG_CONFIG_HOME")
+    os.environ["XDG_CONFIG_HOME"] = cli.env["XDG_CONFIG_HOME"]
+    try:
+        return asyncio.run(read())
+    finally:
+        if saved is None:
+            del os.environ["XDG_CONFIG_HOME"]
+        else:
+            os.environ["XDG_CONFIG_HOME"] = saved
+
+
 @pytest.mark.vm
 def test_a_remote_cli_authenticates_launches_execs_lists_and_purges(server: Server) -> None:
     cli = remote_cli(server)
@@ -309,6 +334,13 @@ def test_a_remote_cli_authenticates_launches_execs_lists_and_purges(server: Serv
     try:
         out = cli.run("exec", name, "--", "sh", "-c", "echo hello from $(hostname)").stdout
         assert out == f"hello from {name}\n"
+        # exec went through ketchd: the guest's SSH server answers through the tunnel.
+        assert tunnel_banner(cli, server, name).startswith(b"SSH-2.0-")
+        # Standard input and the exit status cross the tunnel too.
+        piped = cli.run(
+            "exec", name, "--", "sh", "-c", "cat; exit 7", input=b"x" * 200_000, check=False
+        )
+        assert piped.returncode == 7 and piped.stdout == "x" * 200_000
         listed = cli.json("list")["list"]
         assert [(i["name"], i["state"]) for i in listed] == [(name, "Running")]
         # The same instance, seen from the daemon's own host.

@@ -5,8 +5,9 @@ TLS (:mod:`ketch.remote`).  ``authenticate`` enrols this client's
 certificate (made on first use) with the passphrase; Multipass's
 sentences.  Against a remote ketchd, ``exec``, ``shell`` and ``transfer``
 fetch the guest's SSH key and pinned host key over the authenticated
-connection (kept 0600 in ketch's config directory) and reach the guest's
-SSH port on the daemon's host; verbs that name the daemon host's files
+connection (kept 0600 in ketch's config directory) and run ``ssh`` through
+a tunnel in that connection (:mod:`ketch.tunnel`) to the guest's SSH port
+on the daemon's host; verbs that name the daemon host's files
 (``mount``, ``launch --mount``) are refused (:func:`refuse_remote`, exit 1).
 """
 
@@ -87,23 +88,25 @@ def refuse_remote(what: str) -> None:
 def localise(target: SshTarget) -> SshTarget:
     """The remote ketchd's SSH target as this client can use it: the guest's key and pinned
     host key fetched over the authenticated connection, written 0600 under the config
-    directory, and the guest's SSH port reached on the daemon's host."""
+    directory, and the guest's SSH port reached on the daemon's host through a local
+    port of this process, tunnelled over TLS (:mod:`ketch.tunnel`)."""
     from ketch import certs
     from ketch.api import routes
     from ketch.cli import client
     from ketch.layout import REMOTE_SSH_DIR, config_dir
     from ketch.model import SshTarget
-    from ketch.netaddr import parse_address
 
     where = os.environ["KETCH_SERVER_ADDRESS"]
-    host, _port = parse_address(where)
     keys = client().call(routes.SSH_KEYS, name=target.name)
     here = os.path.join(config_dir(), REMOTE_SSH_DIR, where.replace("/", "_"), keys.name)
     os.makedirs(here, mode=0o700, exist_ok=True)
     identity, known = os.path.join(here, "id"), os.path.join(here, "known_hosts")
     certs.write_private(identity, keys.identity.encode())
     certs.write_private(known, keys.known_hosts.encode())
+    from ketch.tunnel import forward
+
+    port = forward(where, keys.name)  # the guest's port is on the daemon host's loopback
     return SshTarget(
-        name=keys.name, host=host, port=keys.port, user=keys.user, identity=identity,
+        name=keys.name, host="127.0.0.1", port=port, user=keys.user, identity=identity,
         known_hosts=known,
     )  # fmt: skip

@@ -25,6 +25,7 @@ from ketch.api.routes import FORWARD_ADD, FORWARD_REMOVE, ROUTES, SET_SETTING
 from ketch.daemon.auth import AuthRoutes
 from ketch.daemon.operations import OperationRoutes
 from ketch.daemon.ops import Operations, QueueReporter
+from ketch.daemon.tunnel import TUNNEL_PATH, TunnelRoutes
 from ketch.daemon.wire import Call, Op, bind, errors, typed_result
 from ketch.errors import InvalidArgument, RemoteError
 from ketch.model import OperationKind
@@ -48,7 +49,7 @@ def _names(text: str) -> list[str]:
     return [n for n in text.split(",") if n]
 
 
-class Api(OperationRoutes, AuthRoutes):
+class Api(OperationRoutes, AuthRoutes, TunnelRoutes):
     """Route handlers bound to the daemon's context (``/v1/operations``, ``/v1/authenticate``:
     the mixins')."""
 
@@ -62,6 +63,7 @@ class Api(OperationRoutes, AuthRoutes):
     def app(self) -> web.Application:
         app = web.Application(middlewares=[errors], client_max_size=m.MAX_BODY)
         app.router.add_get("/openapi.json", self.openapi)
+        app.router.add_get(TUNNEL_PATH, self.ssh_tunnel)  # a WebSocket: daemon/tunnel.py
         for route in ROUTES:
             app.router.add_route(
                 route.method, route.path, bind(route, getattr(self, route.name), self.ops)

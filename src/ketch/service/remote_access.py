@@ -30,3 +30,11 @@ async def ssh_keys(ctx: Context, name: str) -> SshKeysReply:
     except FileNotFoundError as exc:
         raise NotFound(f'the SSH keys of "{name}" are missing: {exc.filename}') from exc
     return SshKeysReply(name=t.name, port=t.port, user=t.user, identity=identity, known_hosts=known)
+
+
+async def ssh_address(ctx: Context, name: str) -> tuple[str, int]:
+    """Where the guest's SSH port is on the daemon's host (the tunnel connects there)."""
+    v = await get(ctx, name)
+    require(v, Verb.CONNECT, hint=f"'ketch start {name}' first")
+    t = guestlink.target(ctx.root, v.record.spec)
+    return t.host, t.port
