@@ -97,3 +97,31 @@ def test_certificates_are_made_0600_and_enrolled_by_fingerprint(tmp_path: Path) 
         trust.enrol("not a certificate")
     with pytest.raises(InvalidArgument):
         trust.enrol(client_pem.decode() * 2)
+
+
+@pytest.mark.parametrize("remote_address", [None, "127.0.0.1:1"])
+def test_ssl_is_imported_only_with_a_server_address(
+    tmp_path: Path, remote_address: str | None
+) -> None:
+    """The local hot path (``ketch list``) never loads ssl nor the remote client."""
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")  # a storage root that cannot exist: the contact fails, exit 3
+    env = {k: v for k, v in os.environ.items() if k != "KETCH_SERVER_ADDRESS"}
+    env.update(KETCH_STORAGE=str(blocker / "storage"), XDG_CONFIG_HOME=str(tmp_path / "cfg"))
+    if remote_address is not None:
+        env["KETCH_SERVER_ADDRESS"] = remote_address  # nothing listens on port 1
+    code = (
+        "import sys\nfrom ketch.cli.main import main\ncode = main(['list'])\n"
+        "print(code, 'ssl' in sys.modules, 'ketch.remote' in sys.modules, "
+        "'cryptography' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    remote_used = str(remote_address is not None)
+    assert done.stdout.split() == ["3", remote_used, remote_used, "False"], done.stderr
+    if remote_address is not None:
+        assert "cannot reach ketchd at 127.0.0.1:1" in done.stderr
