@@ -381,3 +381,30 @@ def test_handshakes_that_never_finish_hold_no_slot_for_ever(tmp_path: Path) -> N
         assert "Traceback" not in server.log()
     finally:
         server.stop()
+
+
+def test_setting_local_address_moves_the_listener_at_once() -> None:
+    server = start_server(None)
+    try:
+        server.local.run("set", f"local.passphrase={PASSPHRASE}")
+        cli = remote_cli(server)
+        cli.run("authenticate", PASSPHRASE)
+        assert cli.json("list") == {"list": []}
+        new = f"127.0.0.1:{free_port()}"
+        server.local.run("set", f"local.address={new}")
+        assert server.local.run("get", "local.address").stdout == f"{new}\n"
+        refused = cli.run("list", check=False)  # the old address: nobody listens
+        assert refused.returncode == 3 and "cannot reach ketchd" in refused.stderr
+        cli.env["KETCH_SERVER_ADDRESS"] = new
+        assert cli.json("list") == {"list": []}  # same certificate: pinned anew for this address
+        # An address it cannot take is refused, and the listener stays where it is.
+        with socket.create_server(("127.0.0.1", 0)) as taken:
+            busy = f"127.0.0.1:{taken.getsockname()[1]}"
+            proc = server.local.run("set", f"local.address={busy}", check=False)
+            assert proc.returncode == 2 and f"cannot listen on {busy}" in proc.stderr
+        assert server.local.run("get", "local.address").stdout == f"{new}\n"
+        assert cli.json("list") == {"list": []}
+        server.local.run("set", "local.address=")  # unset: no TCP at all
+        assert cli.run("list", check=False).returncode == 3
+    finally:
+        server.stop()

@@ -13,6 +13,7 @@ operation table, under the instance's lock) and returns what is encoded.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -59,6 +60,9 @@ class Api(OperationRoutes, AuthRoutes, TunnelRoutes):
         self.images = images
         self.started = time.time()
         self.clone_names = clone_uc.NameReservations()
+        # What the daemon does at once when a global setting changes (e.g. local.address:
+        # listen there now); called with the new value (None: unset) before it is stored.
+        self.setting_hooks: dict[str, Callable[[str | None], Awaitable[None]]] = {}
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[errors], client_max_size=m.MAX_BODY)
@@ -311,6 +315,9 @@ class Api(OperationRoutes, AuthRoutes, TunnelRoutes):
         key, value = call.params["key"], call.body.value
         target = settings_uc.instance_target(self.ctx, key)
         if target is None:
+            hook = self.setting_hooks.get(key)
+            if hook is not None:
+                await hook(value or None)  # refused (e.g. an address taken): nothing stored
             await settings_uc.set_(self.ctx, key, value)
             return m.SetReply(key=key)
         name, prop = target

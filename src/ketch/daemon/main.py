@@ -216,12 +216,11 @@ async def serve(root: Root, address: str | None = None) -> None:
     app.middlewares.insert(1, auth.middleware(api.trust))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    if address:  # first: an address it cannot take is a refusal to start
-        from ketch.daemon.tls import start_listener
+    from ketch.daemon.tls import Listener
 
-        await start_listener(
-            runner, root, address, api.trust, Guard(limits, loop), limits.idle_timeout
-        )
+    listener = Listener(runner, root, api.trust, Guard(limits, loop), limits.idle_timeout)
+    await listener.move(address)  # first: an address it cannot take is a refusal to start
+    api.setting_hooks["local.address"] = listener.move  # 'ketch set local.address': at once
     with contextlib.suppress(FileNotFoundError):
         root.socket.unlink()
     old = os.umask(0o177)
@@ -286,6 +285,7 @@ async def serve(root: Root, address: str | None = None) -> None:
         log.info("ketchd stopping; running instances keep running")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(ops.drain(), grace)
+        await listener.move(None)
         await runner.cleanup()
         if rootwatch.identity(root.socket) == mine:  # never another daemon's socket
             with contextlib.suppress(FileNotFoundError):

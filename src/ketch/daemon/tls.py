@@ -1,9 +1,10 @@
 """ketchd's TCP listener: TLS 1.3 only, its own certificate, the same limits as the socket.
 
-Asked for with ``ketch set local.address=HOST:PORT`` (read at start) or
-``ketchd --address HOST:PORT``.  On first start ketchd makes a self-signed
-certificate (:mod:`ketch.certs`) in ``tls/`` of the storage root (0600) and
-logs its fingerprint, which the client pins on first contact.
+Asked for with ``ketch set local.address=HOST:PORT`` (the listener moves at
+once: :class:`Listener`) or ``ketchd --address HOST:PORT``.  On first start
+ketchd makes a self-signed certificate (:mod:`ketch.certs`) in ``tls/`` of the
+storage root (0600) and logs its fingerprint, which the client pins on first
+contact.
 
 The listener serves the same aiohttp application as the Unix socket, through
 a :class:`~ketch.daemon.guard.Guard` of its own (the same head, idle and body
@@ -167,6 +168,40 @@ async def start_listener(
         ) from exc
     log.info("ketchd listening on %s:%d (TLS 1.3, client certificates)", host, site.port)
     return site
+
+
+class Listener:
+    """The TLS listener of one daemon, moved when ``local.address`` changes."""
+
+    def __init__(
+        self, runner: web.AppRunner, root: Root, trust: Trust, guard: Guard, idle: float
+    ) -> None:
+        self.runner, self.root, self.trust, self.guard, self.idle = runner, root, trust, guard, idle
+        self.address: str | None = None
+        self.site: GuardedTlsSite | None = None
+
+    async def move(self, address: str | None) -> None:
+        """Listen on ``address`` instead (None: stop listening).  The new one is opened
+        first: when it cannot be, the old one stays and the error is raised."""
+        if address is not None:
+            host, port = parse_address(address)
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if address == self.address:
+            return
+        old = self.site
+        if old is not None and address is not None and parse_address(address)[1] == old.port:
+            await old.stop()  # the same port on another host address: free it first
+            old = self.site = None
+            self.address = None
+        new = None
+        if address is not None:
+            new = await start_listener(
+                self.runner, self.root, address, self.trust, self.guard, self.idle
+            )
+        if old is not None:
+            await old.stop()
+            log.info("ketchd no longer listens on %s", self.address)
+        self.site, self.address = new, address
 
 
 class _Closed(asyncio.Protocol):

@@ -28,7 +28,7 @@ DEFAULTS = {
     "client.primary-name": "primary",
     "local.auto-forward": "true",
     "local.privileged-mounts": "true",
-    "local.address": "",  # remote access (daemon/tls.py): HOST:PORT, read when ketchd starts
+    "local.address": "",  # remote access (daemon/tls.py): HOST:PORT, the listener moves at once
     "local.passphrase": "false",  # get: whether one is set (as Multipass); stored hashed
 }
 PASSPHRASE = "local.passphrase"
