@@ -95,7 +95,9 @@ class Client:
         meanwhile: Callable[[], object] | None = None,
     ) -> Response:
         if self.remote is not None:
-            return self._remote_request(method, path, body, timeout, meanwhile)
+            from ketch import remote
+
+            return remote.client_request(self, method, path, body, timeout, meanwhile)
         for attempt in range(2):
             try:
                 resp = request(self.socket, method, path, body, timeout, meanwhile=meanwhile)
@@ -114,30 +116,6 @@ class Client:
             except OSError as exc:
                 raise self._lost(exc) from exc
         raise AssertionError("unreachable")
-
-    def _remote_request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None,
-        timeout: float | None,
-        meanwhile: Callable[[], object] | None,
-    ) -> Response:
-        from ketch import remote
-
-        assert self.remote is not None
-        try:
-            return remote.request(
-                self.remote,
-                method,
-                path,
-                body,
-                timeout,
-                meanwhile=meanwhile,
-                present=self.present_certificate,
-            )
-        except OSError as exc:
-            raise self._lost(exc) from exc
 
     def _lost(self, exc: BaseException) -> DaemonUnreachable:
         return DaemonUnreachable(
@@ -367,12 +345,8 @@ class Client:
         )
 
     def ping(self) -> bool:
-        if self.remote is not None:
-            try:
-                self._remote_request("GET", "/v1/version", None, 2.0, None).close()
-            except KetchError:
-                return False
-            return True
+        if self.remote is not None:  # never started from here: ping is for start_daemon
+            return False
         try:
             resp = request(self.socket, "GET", "/v1/version", None, 2.0)
         except OSError:

@@ -22,12 +22,16 @@ import socket
 import ssl
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ketch import certs
 from ketch.errors import DaemonUnreachable, ServerCertificateChanged, Unauthenticated
 from ketch.layout import CLIENT_CERT, CLIENT_CERT_KEY, KNOWN_SERVERS, config_dir
 from ketch.netaddr import parse_address
 from ketch.transport import Response
+
+if TYPE_CHECKING:
+    from ketch.client import Client
 
 ADDRESS_ENV = "KETCH_SERVER_ADDRESS"
 NOT_AUTHENTICATED = "The client is not authenticated with ketchd at {address}."
@@ -162,3 +166,27 @@ def request(
     except BaseException:
         sock.close()
         raise
+
+
+def client_request(
+    client: Client,
+    method: str,
+    target: str,
+    body: bytes | None,
+    timeout: float | None,
+    meanwhile: Callable[[], object] | None,
+) -> Response:
+    """:meth:`ketch.client.Client._request` when the client is aimed at a remote ketchd."""
+    assert client.remote is not None
+    try:
+        return request(
+            client.remote,
+            method,
+            target,
+            body,
+            timeout,
+            meanwhile=meanwhile,
+            present=client.present_certificate,
+        )
+    except OSError as exc:
+        raise client._lost(exc) from exc
