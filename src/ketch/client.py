@@ -76,6 +76,13 @@ class Client:
         self.daemon_log = os.path.join(self.storage, DAEMON_LOG)
         self.autostart = autostart
         self.operation: str | None = None  # the id of the last streamed operation
+        # A remote ketchd over TLS (ketch/remote.py, imported only then: ssl stays off the
+        # local hot path); never started from here.
+        self.remote = os.environ.get("KETCH_SERVER_ADDRESS") or None
+        self.present_certificate = True  # False: enrolment, before the certificate is trusted
+        if self.remote is not None:
+            self.socket = self.remote
+            self.daemon_log = f"the log of ketchd at {self.remote}"
 
     # -- transport -----------------------------------------------------------------
 
@@ -87,6 +94,10 @@ class Client:
         timeout: float | None,
         meanwhile: Callable[[], object] | None = None,
     ) -> Response:
+        if self.remote is not None:
+            from ketch import remote
+
+            return remote.client_request(self, method, path, body, timeout, meanwhile)
         for attempt in range(2):
             try:
                 resp = request(self.socket, method, path, body, timeout, meanwhile=meanwhile)
@@ -334,6 +345,8 @@ class Client:
         )
 
     def ping(self) -> bool:
+        if self.remote is not None:  # never started from here: ping is for start_daemon
+            return False
         try:
             resp = request(self.socket, "GET", "/v1/version", None, 2.0)
         except OSError:

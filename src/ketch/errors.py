@@ -218,3 +218,30 @@ class RemoteError(KetchError):
         super().__init__(message, hint=hint)
         self.code = code
         self.exit_code = exit_code
+
+
+# -- remote access (issue 19: ketch/remote.py, daemon/auth.py) ------------------------------
+
+
+class Unauthenticated(KetchError):
+    """A remote client without a trusted certificate (HTTP 401/403): only enrolment is open."""
+
+    code = "unauthenticated"
+
+
+class RateLimited(KetchError):
+    """Too many failed passphrases from one address: refused until the window passes (429)."""
+
+    code = "rate-limited"
+
+
+class ServerCertificateChanged(DaemonUnreachable):
+    """The remote ketchd presents a certificate other than the one pinned on first contact."""
+
+    code = "server-certificate-changed"
+
+
+class LocalOnly(UsageError):
+    """A verb (or option) that needs the daemon host's files, refused over KETCH_SERVER_ADDRESS."""
+
+    code = "local-only"

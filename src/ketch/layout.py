@@ -38,6 +38,18 @@ INSTANCES_DIR = "instances"
 CACHE_DIR = "cache"
 ACCEL_CACHE = "accel.json"  # in CACHE_DIR
 NETWORK_DIR = "network"  # the managed network's state (runtime/network.py)
+TLS_DIR = "tls"  # remote access (daemon/tls.py): only with local.address or ketchd --address
+
+# Files in TLS_DIR (all 0600).
+TLS_CERT = "server.crt"  # ketchd's self-signed certificate, made on first start
+TLS_KEY = "server.key"  # its private key
+TLS_CLIENTS = "trusted-clients.pem"  # the client certificates enrolled with the passphrase
+
+# Files in the client's config directory ($XDG_CONFIG_HOME/ketch, remote access only).
+CLIENT_CERT = "client.crt"  # the client's certificate, made by its first 'ketch authenticate'
+CLIENT_CERT_KEY = "client.key"  # its private key
+KNOWN_SERVERS = "known_servers"  # HOST:PORT and the server fingerprint pinned at first contact
+REMOTE_SSH_DIR = "remote-ssh"  # per server and instance: the guest's key and known_hosts
 
 # Files in NETWORK_DIR.
 NETWORK_STATE = "network.json"  # the bridge's name and subnet, kept so addresses stay stable
@@ -95,6 +107,13 @@ def xdg_data_home() -> str:
     """``$XDG_DATA_HOME`` when it is an absolute path, else ``~/.local/share`` (the XDG spec)."""
     xdg = os.environ.get("XDG_DATA_HOME", "")
     return xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".local", "share")
+
+
+def config_dir() -> str:
+    """The client's own directory: ``$XDG_CONFIG_HOME/ketch`` (else ``~/.config/ketch``)."""
+    xdg = os.environ.get("XDG_CONFIG_HOME", "")
+    base = xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "ketch")
 
 
 def storage_root() -> Path:
@@ -173,6 +192,18 @@ class Root(_Paths):
     @property
     def accel_cache(self) -> Path:
         return self.path / CACHE_DIR / ACCEL_CACHE
+
+    @property
+    def tls_cert(self) -> Path:
+        return self.path / TLS_DIR / TLS_CERT
+
+    @property
+    def tls_key(self) -> Path:
+        return self.path / TLS_DIR / TLS_KEY
+
+    @property
+    def tls_clients(self) -> Path:
+        return self.path / TLS_DIR / TLS_CLIENTS
 
     @property
     def network(self) -> NetworkDir:

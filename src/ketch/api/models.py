@@ -103,6 +103,7 @@ from ketch.api.mounts import (
     MountResult,
     UmountBody,
 )
+from ketch.api.remote import AuthenticateBody, AuthenticateReply, SshKeysReply
 from ketch.api.snapshots import (
     RestoreBody,
     RestoreResult,
@@ -141,6 +142,8 @@ __all__ = [
     "MAX_TEXT",
     "MAX_TIMEOUT",
     "AnyEvent",
+    "AuthenticateBody",
+    "AuthenticateReply",
     "Body",
     "BuildBody",
     "BuildResult",
@@ -206,6 +209,7 @@ __all__ = [
     "SnapshotName",
     "SnapshotResult",
     "SshAddress",
+    "SshKeysReply",
     "SshTargetReply",
     "StartBody",
     "StartResult",

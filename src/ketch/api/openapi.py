@@ -67,6 +67,30 @@ def _operation(route: Route[Any, Any], schemas: dict[str, Any]) -> dict[str, Any
     return op
 
 
+TUNNEL = "/v1/instances/{name}/ssh-tunnel"
+
+
+def _tunnel() -> dict[str, Any]:
+    """The SSH tunnel of a remote client: a WebSocket upgrade, binary messages both ways."""
+    return {
+        "summary": "upgrade to a WebSocket relaying one SSH connection to the guest's SSH port "
+        "(binary messages both ways; a remote client's exec, shell and transfer)",
+        "parameters": [
+            {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+        ],
+        "responses": {
+            "101": {"description": "switched to the WebSocket protocol"},
+            "200": {"description": "never: the answer is 101, or an error"},
+            "default": {
+                "description": "refused before the upgrade",
+                "content": {
+                    "application/json": {"schema": {"$ref": REF.format(name="ErrorReply")}}
+                },
+            },
+        },
+    }
+
+
 def document() -> dict[str, Any]:
     """The whole document (deterministic: the same models give the same bytes)."""
     types: list[Any] = [m.ErrorReply, m.AnyEvent]
@@ -77,6 +101,7 @@ def document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, schemas)
+    paths[TUNNEL] = {"get": _tunnel()}  # no model: a WebSocket (daemon/tunnel.py)
     return {
         "openapi": "3.1.0",
         "info": {

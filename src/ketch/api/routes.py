@@ -228,13 +228,23 @@ CANCEL: Route[m.Empty, o.CancelReply] = Route(
     "cancel an operation that waits (for a lock, or its guest's readiness); 409 when it "
     "is past that", "o.CancelReply",
 )  # fmt: skip
+AUTHENTICATE: Route[m.AuthenticateBody, m.AuthenticateReply] = Route(
+    "authenticate", "POST", "/v1/authenticate",
+    "enrol the client's certificate with the passphrase (the one route open to untrusted "
+    "clients over TLS; failures are rate-limited)", "m.AuthenticateReply",
+    body="m.AuthenticateBody",
+)  # fmt: skip
+SSH_KEYS: Route[m.Empty, m.SshKeysReply] = Route(
+    "ssh_keys", "GET", "/v1/instances/{name}/ssh-keys",
+    "the guest's SSH key and pinned host key, for a remote client's exec", "m.SshKeysReply",
+)  # fmt: skip
 
 ROUTES: tuple[Route[Any, Any], ...] = (
     VERSION, LIST, INFO, LAUNCH, SNAPSHOT, RESTORE, SNAPSHOT_DELETE, CLONE, MOUNT, UMOUNT,
     SNAPSHOTS,
     START, STOP, SUSPEND, RESTART, DELETE, RECOVER, PURGE, DOCTOR, SSH, FIND, IMAGES,
     BUILD, PRUNE, SETTING_KEYS, GET_SETTING, SET_SETTING, OPERATIONS, FOLLOW, CANCEL,
-    FORWARD_ADD, FORWARD_REMOVE, FORWARDS, NETWORKS,
+    FORWARD_ADD, FORWARD_REMOVE, FORWARDS, NETWORKS, AUTHENTICATE, SSH_KEYS,
 )  # fmt: skip
 
 

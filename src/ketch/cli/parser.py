@@ -63,6 +63,9 @@ AREAS: dict[str, dict[str, str]] = {
         "daemon": "Run ketchd in the foreground",
         "completion": "Print a shell completion script (bash or zsh)",
     },
+    "remote": {
+        "authenticate": "Authenticate this client with a remote ketchd (KETCH_SERVER_ADDRESS)",
+    },
 }
 HELP = {verb: text for verbs in AREAS.values() for verb, text in verbs.items()}
 AREA = {verb: area for area, verbs in AREAS.items() for verb in verbs}
@@ -72,6 +75,7 @@ ALIASES = {  # alias: verb
     "connect": "shell",
     "copy-files": "transfer",
     "unmount": "umount",
+    "auth": "authenticate",
 }
 
 # Verbs (and aliases) whose sub-parser can be built alone.

@@ -12,6 +12,7 @@ and the two clash).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -46,7 +47,7 @@ def _target(name: str, timeout: int | None = None) -> SshTarget:
 def _target_of(doc: m.SshTargetReply) -> SshTarget:
     from ketch.model import SshTarget
 
-    return SshTarget(
+    target = SshTarget(
         name=doc.name,
         host=doc.host,
         port=doc.port,
@@ -54,6 +55,11 @@ def _target_of(doc: m.SshTargetReply) -> SshTarget:
         identity=doc.identity,
         known_hosts=doc.known_hosts,
     )
+    if os.environ.get("KETCH_SERVER_ADDRESS"):  # a remote ketchd: its host's files, fetched
+        from ketch.cli.verbs_remote import localise
+
+        return localise(target)
+    return target
 
 
 # Multipass's exec.cpp: "Options --working-directory and --no-map-working-directory clash".
@@ -70,7 +76,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if workdir is not None and no_map:
         raise InvalidArgument(CLASH, hint="give one of -d DIR and -n")
     doc = _reply(args.name)
-    if workdir is None and not no_map and doc.mounts:
+    remote = bool(os.environ.get("KETCH_SERVER_ADDRESS"))  # mounts are the daemon host's
+    if workdir is None and not no_map and doc.mounts and not remote:
         workdir = guest.mapped_workdir([(p.source, p.target) for p in doc.mounts])
     return guest.exec_command(_target_of(doc), command, workdir=workdir)
 

@@ -43,6 +43,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
         given["bridged"] = True
     if args.mount:
         from ketch.cli.verbs_mounts import launch_mount
+        from ketch.cli.verbs_remote import refuse_remote
+
+        refuse_remote("launch --mount")
 
         given["mounts"] = [
             m.MountRequest(source=s, target=t) for s, t in (launch_mount(x) for x in args.mount)

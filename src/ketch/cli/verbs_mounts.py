@@ -51,6 +51,9 @@ def launch_mount(text: str) -> tuple[str, str]:
 
 def cmd_mount(args: argparse.Namespace) -> int:
     from ketch.api import models as m
+    from ketch.cli.verbs_remote import refuse_remote
+
+    refuse_remote("mount")
 
     source = os.path.abspath(os.path.expanduser(args.source))
     failed = 0

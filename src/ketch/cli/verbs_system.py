@@ -43,7 +43,11 @@ def cmd_set(args: argparse.Namespace) -> int:
     key, sep, value = args.assignment.partition("=")
     if not key:
         raise InvalidArgument("Bad key-value format.", hint="use KEY=VALUE, or KEY to be asked")
-    if not sep:
+    if not sep and key == "local.passphrase":
+        from ketch.cli.verbs_remote import ask_new_passphrase
+
+        value = ask_new_passphrase()
+    elif not sep:
         value = _prompt(key)
     client().call(routes.SET_SETTING, m.SettingBody(value=value), key=key)
     return 0

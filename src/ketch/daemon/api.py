@@ -13,6 +13,7 @@ operation table, under the instance's lock) and returns what is encoded.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -22,8 +23,10 @@ from ketch import __version__
 from ketch.api import models as m
 from ketch.api.openapi import document
 from ketch.api.routes import FORWARD_ADD, FORWARD_REMOVE, ROUTES, SET_SETTING
+from ketch.daemon.auth import AuthRoutes
 from ketch.daemon.operations import OperationRoutes
 from ketch.daemon.ops import Operations, QueueReporter
+from ketch.daemon.tunnel import TUNNEL_PATH, TunnelRoutes
 from ketch.daemon.wire import Call, Op, bind, errors, typed_result
 from ketch.errors import InvalidArgument, RemoteError
 from ketch.model import OperationKind
@@ -47,8 +50,9 @@ def _names(text: str) -> list[str]:
     return [n for n in text.split(",") if n]
 
 
-class Api(OperationRoutes):
-    """Route handlers bound to the daemon's context (``/v1/operations``: the mixin's)."""
+class Api(OperationRoutes, AuthRoutes, TunnelRoutes):
+    """Route handlers bound to the daemon's context (``/v1/operations``, ``/v1/authenticate``:
+    the mixins')."""
 
     def __init__(self, ops: Operations, images: Images) -> None:
         self.ops = ops
@@ -56,10 +60,14 @@ class Api(OperationRoutes):
         self.images = images
         self.started = time.time()
         self.clone_names = clone_uc.NameReservations()
+        # What the daemon does at once when a global setting changes (e.g. local.address:
+        # listen there now); called with the new value (None: unset) before it is stored.
+        self.setting_hooks: dict[str, Callable[[str | None], Awaitable[None]]] = {}
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[errors], client_max_size=m.MAX_BODY)
         app.router.add_get("/openapi.json", self.openapi)
+        app.router.add_get(TUNNEL_PATH, self.ssh_tunnel)  # a WebSocket: daemon/tunnel.py
         for route in ROUTES:
             app.router.add_route(
                 route.method, route.path, bind(route, getattr(self, route.name), self.ops)
@@ -99,6 +107,11 @@ class Api(OperationRoutes):
 
     async def ssh(self, call: Call[None]) -> m.SshTargetReply:
         return await guest_uc.ssh_info(self.ctx, call.params["name"])
+
+    async def ssh_keys(self, call: Call[None]) -> m.SshKeysReply:
+        from ketch.service import remote_access
+
+        return await remote_access.ssh_keys(self.ctx, call.params["name"])
 
     async def find(self, call: Call[None]) -> m.FindReply:
         q = call.query
@@ -302,6 +315,9 @@ class Api(OperationRoutes):
         key, value = call.params["key"], call.body.value
         target = settings_uc.instance_target(self.ctx, key)
         if target is None:
+            hook = self.setting_hooks.get(key)
+            if hook is not None:
+                await hook(value or None)  # refused (e.g. an address taken): nothing stored
             await settings_uc.set_(self.ctx, key, value)
             return m.SetReply(key=key)
         name, prop = target

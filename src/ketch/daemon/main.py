@@ -160,7 +160,7 @@ def tell_first_client(app: web.Application, lines: list[str]) -> None:
     app.on_response_prepare.append(on_prepare)
 
 
-async def serve(root: Root) -> None:
+async def serve(root: Root, address: str | None = None) -> None:
     from aiohttp import web
 
     from ketch.daemon.api import Api
@@ -202,12 +202,25 @@ async def serve(root: Root) -> None:
     loop.set_exception_handler(accept_errors)
     limits = Limits.from_env()
     guard = Guard(limits, loop)
-    app = Api(ops, images).app()
+    api = Api(ops, images)
+    app = api.app()
     if repaired:
         tell_first_client(app, repaired.lines())
     app.middlewares.insert(0, guard.middleware)
+    from ketch.daemon import auth
+
+    # Remote access (daemon/tls.py): ketchd --address, else local.address; the gate stands in
+    # front of every request, the Unix socket's pass.
+    address = address or store.get_setting("local.address") or None
+    api.trust, api.attempts = auth.Trust(root), auth.attempts_from_env()
+    app.middlewares.insert(1, auth.middleware(api.trust))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
+    from ketch.daemon.tls import Listener
+
+    listener = Listener(runner, root, api.trust, Guard(limits, loop), limits.idle_timeout)
+    await listener.move(address)  # first: an address it cannot take is a refusal to start
+    api.setting_hooks["local.address"] = listener.move  # 'ketch set local.address': at once
     with contextlib.suppress(FileNotFoundError):
         root.socket.unlink()
     old = os.umask(0o177)
@@ -272,6 +285,7 @@ async def serve(root: Root) -> None:
         log.info("ketchd stopping; running instances keep running")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(ops.drain(), grace)
+        await listener.move(None)
         await runner.cleanup()
         if rootwatch.identity(root.socket) == mine:  # never another daemon's socket
             with contextlib.suppress(FileNotFoundError):
@@ -282,6 +296,11 @@ async def serve(root: Root) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ketchd", description="the ketch daemon")
     parser.add_argument("--storage", help="storage root (default: $KETCH_STORAGE or XDG data dir)")
+    parser.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="also listen on TCP, TLS 1.3 with client certificates (default: local.address)",
+    )
     args = parser.parse_args(argv)
     if args.storage:
         os.environ["KETCH_STORAGE"] = args.storage
@@ -313,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ketchd: another ketchd already serves {root.path}", file=sys.stderr)
         return 1
     try:
-        asyncio.run(serve(root))
+        asyncio.run(serve(root, args.address))
     except KetchError as exc:  # could not start: said as a refusal (exit 2), which the client shows
         log.error("ketchd cannot start: %s", exc.message)
         print(f"ketchd: {exc.message}", file=sys.stderr)

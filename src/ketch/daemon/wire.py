@@ -33,6 +33,9 @@ STATUS = {
     "invalid-argument": 400,
     "already-exists": 409,
     "too-large": 413,
+    "unauthenticated": 401,  # remote access (daemon/auth.py)
+    "rate-limited": 429,
+    "local-only": 400,
 }
 SCHEMA_HINT = "see the request's schema in /openapi.json"
 

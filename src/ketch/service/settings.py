@@ -28,7 +28,11 @@ DEFAULTS = {
     "client.primary-name": "primary",
     "local.auto-forward": "true",
     "local.privileged-mounts": "true",
+    "local.address": "",  # remote access (daemon/tls.py): HOST:PORT, the listener moves at once
+    "local.passphrase": "false",  # get: whether one is set (as Multipass); stored hashed
 }
+PASSPHRASE = "local.passphrase"
+ADDRESS = "local.address"
 AUTO_FORWARD = ".auto-forward"  # local.NAME.auto-forward: the instance's own (service/forwards.py)
 EMPTY_MEANS_EMPTY = ("client.primary-name",)  # ``set KEY=`` stores "" (disables the primary)
 PRIVILEGED_MOUNTS = "local.privileged-mounts"
@@ -58,6 +62,15 @@ def _check(key: str, value: str) -> str:
     elif key == "client.primary-name":
         if value:
             names.validate(value)
+    elif key == ADDRESS:
+        from ketch.netaddr import parse_address
+
+        host, port = parse_address(value)
+        value = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    elif key == PASSPHRASE:
+        from ketch.passphrase import hash_passphrase
+
+        value = hash_passphrase(value)  # never stored in clear
     elif key.endswith(AUTO_FORWARD):
         from ketch.service.forwards import parse_bool
 
@@ -306,6 +319,8 @@ async def get(ctx: Context, key: str) -> str:
     if not known(key):
         raise NotFound(f"unknown setting '{key}'", hint="see 'ketch help get' for the keys")
     value = ctx.store.get_setting(key)
+    if key == PASSPHRASE:
+        return "true" if value else "false"
     if key == "local.accel" and value in (None, "auto"):
         choice = await accel.choose(ctx)
         return f"{choice.accel} ({choice.reason})"
