@@ -228,13 +228,19 @@ CANCEL: Route[m.Empty, o.CancelReply] = Route(
     "cancel an operation that waits (for a lock, or its guest's readiness); 409 when it "
     "is past that", "o.CancelReply",
 )  # fmt: skip
+WATCH: Route[m.Empty, m.WatchResult] = Route(
+    "watch", "GET", "/v1/events",
+    "live events: a snapshot, then instances changed, inconsistencies found, operations "
+    "started and ended (NDJSON, never ends; a slow reader is sent lagged and a new snapshot)",
+    "m.WatchResult", streamed=True,
+)  # fmt: skip
 
 ROUTES: tuple[Route[Any, Any], ...] = (
     VERSION, LIST, INFO, LAUNCH, SNAPSHOT, RESTORE, SNAPSHOT_DELETE, CLONE, MOUNT, UMOUNT,
     SNAPSHOTS,
     START, STOP, SUSPEND, RESTART, DELETE, RECOVER, PURGE, DOCTOR, SSH, FIND, IMAGES,
     BUILD, PRUNE, SETTING_KEYS, GET_SETTING, SET_SETTING, OPERATIONS, FOLLOW, CANCEL,
-    FORWARD_ADD, FORWARD_REMOVE, FORWARDS, NETWORKS,
+    FORWARD_ADD, FORWARD_REMOVE, FORWARDS, NETWORKS, WATCH,
 )  # fmt: skip
 
 

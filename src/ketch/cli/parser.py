@@ -63,6 +63,9 @@ AREAS: dict[str, dict[str, str]] = {
         "daemon": "Run ketchd in the foreground",
         "completion": "Print a shell completion script (bash or zsh)",
     },
+    "web": {
+        "watch": "Print ketchd's live events: state changes, operations, inconsistencies",
+    },
 }
 HELP = {verb: text for verbs in AREAS.values() for verb, text in verbs.items()}
 AREA = {verb: area for area, verbs in AREAS.items() for verb in verbs}

@@ -22,6 +22,7 @@ from ketch import __version__
 from ketch.api import models as m
 from ketch.api.openapi import document
 from ketch.api.routes import FORWARD_ADD, FORWARD_REMOVE, ROUTES, SET_SETTING
+from ketch.daemon.events import WatchRoutes
 from ketch.daemon.operations import OperationRoutes
 from ketch.daemon.ops import Operations, QueueReporter
 from ketch.daemon.wire import Call, Op, bind, errors, typed_result
@@ -47,8 +48,9 @@ def _names(text: str) -> list[str]:
     return [n for n in text.split(",") if n]
 
 
-class Api(OperationRoutes):
-    """Route handlers bound to the daemon's context (``/v1/operations``: the mixin's)."""
+class Api(OperationRoutes, WatchRoutes):
+    """Route handlers bound to the daemon's context (``/v1/operations``, ``/v1/events``:
+    the mixins')."""
 
     def __init__(self, ops: Operations, images: Images) -> None:
         self.ops = ops
@@ -60,6 +62,7 @@ class Api(OperationRoutes):
     def app(self) -> web.Application:
         app = web.Application(middlewares=[errors], client_max_size=m.MAX_BODY)
         app.router.add_get("/openapi.json", self.openapi)
+        app.on_shutdown.append(self.close_watchers)
         for route in ROUTES:
             app.router.add_route(
                 route.method, route.path, bind(route, getattr(self, route.name), self.ops)
