@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from ketch.errors import DaemonUnreachable, KetchError, RemoteError
@@ -266,7 +266,7 @@ class Client:
 
         return self._operate("POST", path, _encode(body or {}), _as_dict, feed)
 
-    def watch(self, route: Route[Any, Any]) -> Iterator[bytes]:
+    def watch(self, route: Route[Any, Any]) -> Generator[bytes, None, None]:
         """A stream that never ends (``/v1/events``): its lines as they come (errors raised)."""
         resp = self._request(route.method, route.path, None, None)
         if resp.status != 200:

@@ -65,6 +65,7 @@ AREAS: dict[str, dict[str, str]] = {
     },
     "web": {
         "watch": "Print ketchd's live events: state changes, operations, inconsistencies",
+        "dashboard": "Open the web dashboard on 127.0.0.1 and print its one-time URL",
     },
 }
 HELP = {verb: text for verbs in AREAS.values() for verb, text in verbs.items()}

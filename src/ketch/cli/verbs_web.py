@@ -1,4 +1,4 @@
-"""``ketch watch``: the live events of ``GET /v1/events``."""
+"""``ketch watch`` (the live events of ``GET /v1/events``) and ``ketch dashboard``."""
 
 from __future__ import annotations
 
@@ -78,3 +78,20 @@ def cmd_watch(args: argparse.Namespace) -> int:
     raise DaemonUnreachable(
         "ketchd closed the event stream", hint=f"is it still running? see {daemon.daemon_log}"
     )
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from ketch.api import models as m
+    from ketch.api.routes import DASHBOARD
+
+    reply = client().call(DASHBOARD, m.DashboardBody(ttl=args.ttl, port=args.port))
+    print(reply.url, flush=True)
+    print(
+        f"(the URL logs in once, within {args.ttl:g} s; 'ketch dashboard' again makes a new one)",
+        file=sys.stderr,
+    )
+    if not args.no_browser:
+        import webbrowser
+
+        webbrowser.open(reply.url)
+    return 0

@@ -25,6 +25,7 @@ from ketch.api.routes import FORWARD_ADD, FORWARD_REMOVE, ROUTES, SET_SETTING
 from ketch.daemon.events import WatchRoutes
 from ketch.daemon.operations import OperationRoutes
 from ketch.daemon.ops import Operations, QueueReporter
+from ketch.daemon.web import DashboardRoutes
 from ketch.daemon.wire import Call, Op, bind, errors, typed_result
 from ketch.errors import InvalidArgument, RemoteError
 from ketch.model import OperationKind
@@ -48,9 +49,9 @@ def _names(text: str) -> list[str]:
     return [n for n in text.split(",") if n]
 
 
-class Api(OperationRoutes, WatchRoutes):
-    """Route handlers bound to the daemon's context (``/v1/operations``, ``/v1/events``:
-    the mixins')."""
+class Api(OperationRoutes, WatchRoutes, DashboardRoutes):
+    """Route handlers bound to the daemon's context (``/v1/operations``, ``/v1/events``,
+    ``/v1/dashboard``: the mixins')."""
 
     def __init__(self, ops: Operations, images: Images) -> None:
         self.ops = ops
@@ -63,6 +64,7 @@ class Api(OperationRoutes, WatchRoutes):
         app = web.Application(middlewares=[errors], client_max_size=m.MAX_BODY)
         app.router.add_get("/openapi.json", self.openapi)
         app.on_shutdown.append(self.close_watchers)
+        app.on_shutdown.append(self.close_dashboard)
         for route in ROUTES:
             app.router.add_route(
                 route.method, route.path, bind(route, getattr(self, route.name), self.ops)
