@@ -5,7 +5,7 @@
 
 const S = { csrf: "", instances: new Map(), page: "", socket: null, term: null };
 const SYMBOL = { Running: "▶", Stopped: "■", Suspended: "⏸", Starting: "…", Restarting: "…",
-  Suspending: "…", Stopping: "…", Creating: "…", Deleted: "✖", Unknown: "?" };
+  Suspending: "…", "Delayed Shutdown": "◷", Deleted: "✖", Unknown: "?" };
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
