@@ -11,8 +11,9 @@ thread, stamping each event as it arrives.  Two kinds of change:
 2. **behind ketchd's back**: the instance's disk renamed away (and back); the
    time from the rename to the ``inconsistency`` event (``missing-disk``) and
    back to the clean ``instance`` event.  Nobody tells the daemon: it is seen at
-   its next look, every ``PERIOD`` (1 s) while someone watches, so about half
-   a period on average.
+   its next look, every ``PERIOD`` (1 s) while someone watches; each change
+   here is made just after a look (its event has just arrived), so this is the
+   worst case, about one period.
 
 Usage: .venv/bin/python bench/events.py [--runs N]
 """
@@ -20,6 +21,7 @@ Usage: .venv/bin/python bench/events.py [--runs N]
 from __future__ import annotations
 
 import queue
+import socket
 import threading
 import time
 from pathlib import Path
@@ -124,7 +126,7 @@ def main() -> None:
         back = behind_its_back(b, w, max(3, args.runs // 4))
         log(f"  inconsistency after {back['found_s'] * 1000:.0f} ms, cleared after "
             f"{back['cleared_s'] * 1000:.0f} ms (period 1 s)")  # fmt: skip
-        w.resp.close()
+        w.resp._sock.shutdown(socket.SHUT_RDWR)  # the reader thread sees the end
     emit("events", {"operation": op, "external": back})
 
 
