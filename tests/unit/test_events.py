@@ -213,3 +213,27 @@ def test_the_clis_client_reads_the_stream(env: Env) -> None:
     first = m.decode_watch_event(next(lines))
     assert isinstance(first, m.SnapshotEvent) and first.instances[0].name == "alpha"
     lines.close()
+
+
+def test_no_inconsistency_is_announced_while_an_operation_holds_the_instance(env: Env) -> None:
+    """A launch's disk is 'missing' until made: told only if it still is once the op ends."""
+    from ketch.model import OperationKind
+
+    env.add("susp", Intent.SUSPEND, running=False, tags={SUSPEND_TAG})
+    watcher = Watcher(env)
+    watcher.next()
+    ops = env.daemon.ops
+    held = env.daemon.call(ops.acquire(["susp"], OperationKind.START))
+    env.driver.vms["susp"].tags.discard(SUSPEND_TAG)
+    hub = _hub(env)
+    env.daemon.call(hub.refresh())  # a look while the lock is held: nothing announced
+    env.daemon.call(hub.refresh())
+    assert hub.announced.get("susp", set()) == set()
+
+    async def release() -> None:
+        ops.release(held)
+
+    env.daemon.call(release())
+    seen = watcher.until(lambda e: isinstance(e, m.InconsistencyEvent))
+    assert isinstance(seen[-1], m.InconsistencyEvent) and seen[-1].name == "susp"
+    assert [e for e in seen[:-1] if isinstance(e, m.InconsistencyEvent)] == []

@@ -112,6 +112,7 @@ class Hub:
         self.ops, self.ctx = ops, ops.ctx
         self.period, self.buffer = period, buffer
         self.current: dict[str, m.WatchInstance] = {}
+        self.announced: dict[str, set[str]] = {}  # inconsistency codes already told, by name
         self.subscribers: set[Subscriber] = set()
         self._kick = asyncio.Event()
         self._look = asyncio.Lock()
@@ -138,12 +139,19 @@ class Hub:
                 self.publish(
                     m.InstanceEvent(time=now, instance=new, previous=old.state if old else None)
                 )
-                known = {i.code for i in old.inconsistencies} if old else set()
+            for name, new in seen.items():
+                # Each announced once, and not while an operation works on the instance (a
+                # launch's disk is "missing" until it is made): at the operation's end then.
+                if name in self.ctx.active:
+                    continue
+                known = self.announced.get(name, set())
                 for found in new.inconsistencies:
                     if found.code not in known:
                         self.publish(m.InconsistencyEvent(time=now, name=name, inconsistency=found))
+                self.announced[name] = {i.code for i in new.inconsistencies}
             for name in [n for n in self.current if n not in seen]:
                 del self.current[name]
+                self.announced.pop(name, None)
                 self.publish(m.RemovedEvent(time=now, name=name))
 
     def _operation(self, op: Operation) -> None:
