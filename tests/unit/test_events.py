@@ -237,3 +237,52 @@ def test_no_inconsistency_is_announced_while_an_operation_holds_the_instance(env
     seen = watcher.until(lambda e: isinstance(e, m.InconsistencyEvent))
     assert isinstance(seen[-1], m.InconsistencyEvent) and seen[-1].name == "susp"
     assert [e for e in seen[:-1] if isinstance(e, m.InconsistencyEvent)] == []
+
+
+def _cli_watch(env: Env, *args: str) -> list[str]:
+    """The first lines ``ketch watch`` prints after a force stop, then it is interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ketch.cli.main", "watch", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "KETCH_STORAGE": str(env.root.path)},
+    )
+    try:
+        assert proc.stdout is not None
+        out = [proc.stdout.readline()]
+        if "--format" not in args:
+            out.append(proc.stdout.readline())  # the snapshot's instance line
+        env.client.stream("/v1/instances/alpha/stop", {"force": True})
+        while "Stopped" not in out[-1]:
+            out.append(proc.stdout.readline())
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(WAIT) == 0  # Ctrl-C ends a watch quietly
+        return out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(WAIT)
+
+
+def test_ketch_watch_prints_the_changes(env: Env) -> None:
+    env.add("alpha")
+    out = _cli_watch(env)
+    assert "1 instance(s), 0 operation(s)" in out[0]
+    assert "alpha: Running 10.0.2.15" in out[1]
+    assert any("force-stop on alpha started" in line for line in out)
+    assert any("force-stop on alpha ended (ok)" in line for line in out)
+    assert "alpha: Stopped (Running -> Stopped)" in out[-1]
+
+
+def test_ketch_watch_json_is_the_stream_as_sent(env: Env) -> None:
+    env.add("alpha")
+    out = _cli_watch(env, "--format", "json")
+    events = [m.decode_watch_event(line.encode()) for line in out]
+    assert isinstance(events[0], m.SnapshotEvent)
+    last = events[-1]
+    assert isinstance(last, m.InstanceEvent) and last.instance.state == "Stopped"
