@@ -84,10 +84,9 @@ def _open(env: Env, ttl: float = 120.0) -> m.DashboardReply:
 def _logged_in(env: Env) -> tuple[Browser, str]:
     reply = _open(env)
     browser = Browser(reply.port)
-    status, _ = browser.login(reply.url)
+    status, headers = browser.login(reply.url)
     assert status == 303
-    _, _, data = browser.send("GET", "/session")
-    return browser, json.loads(data)["csrf"]
+    return browser, headers["location"].split("#s=", 1)[1]
 
 
 def test_the_url_logs_in_once_with_a_strict_httponly_cookie(env: Env) -> None:
@@ -95,7 +94,7 @@ def test_the_url_logs_in_once_with_a_strict_httponly_cookie(env: Env) -> None:
     assert reply.url.startswith(f"http://127.0.0.1:{reply.port}/login?token=")
     browser = Browser(reply.port)
     status, headers = browser.login(reply.url)
-    assert status == 303 and headers["location"] == "/"
+    assert status == 303 and headers["location"].startswith("/#s=")  # the secret: a fragment
     cookie = headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
     assert headers["referrer-policy"] == "no-referrer"  # the token never leaks onwards
@@ -132,10 +131,20 @@ def test_a_made_up_token_and_no_cookie_are_refused(env: Env) -> None:
 
 def test_a_logged_in_read_sees_what_list_sees(env: Env) -> None:
     env.add("alpha")
-    browser, _ = _logged_in(env)
-    status, _, data = browser.send("GET", "/v1/instances")
+    browser, csrf = _logged_in(env)
+    status, _, data = browser.send("GET", "/v1/instances", headers={CSRF_HEADER: csrf})
     assert status == 200
     assert [i["name"] for i in json.loads(data)["list"]] == ["alpha"]
+
+
+def test_a_stolen_cookie_alone_reads_nothing(env: Env) -> None:
+    """Cookies are not scoped by port: any server on 127.0.0.1 the browser visits gets it."""
+    env.add("alpha")
+    browser, _ = _logged_in(env)  # the thief has the cookie, not the fragment's secret
+    for path in ("/v1/instances", "/v1/events", "/v1/info", "/v1/settings/local.driver"):
+        status, _, data = browser.send("GET", path)
+        assert status == 403 and json.loads(data)["error"]["code"] == "forbidden", path
+    assert browser.send("GET", "/")[0] == 200  # the page itself holds no secret
 
 
 def test_csrf_a_state_change_without_the_token_does_nothing(env: Env) -> None:
@@ -159,11 +168,11 @@ def test_csrf_a_state_change_without_the_token_does_nothing(env: Env) -> None:
 
 
 def test_dns_rebinding_another_host_name_is_refused(env: Env) -> None:
-    browser, _ = _logged_in(env)
-    status, _, _ = browser.send(
-        "GET", "/v1/instances", headers={"Host": f"evil.example:{browser.port}"}
-    )
-    assert status == 403
+    browser, csrf = _logged_in(env)
+    rebound = {"Host": f"evil.example:{browser.port}", CSRF_HEADER: csrf}
+    status, _, data = browser.send("GET", "/v1/instances", headers=rebound)
+    assert status == 403 and "answers to 127.0.0.1" in json.loads(data)["error"]["message"]
+    assert browser.send("GET", "/", headers={"Host": f"evil.example:{browser.port}"})[0] == 403
 
 
 def test_a_websocket_needs_its_origin_and_the_csrf_token(env: Env) -> None:

@@ -49,9 +49,6 @@ def dashboard_app(api: Api, policy: Any) -> web.Application:
             raise web.HTTPNotFound()
         return web.Response(body=_static(name), content_type=STATIC[name])
 
-    async def session(request: web.Request) -> web.Response:
-        return web.json_response({"csrf": request.get(auth.CSRF_KEY, "")})
-
     async def shell(request: web.Request) -> web.StreamResponse:
         return await terminal.shell(api.ctx, request)
 
@@ -60,7 +57,6 @@ def dashboard_app(api: Api, policy: Any) -> web.Application:
 
     app.router.add_get("/", page)
     app.router.add_get("/static/{file}", static)
-    app.router.add_get("/session", session)
     app.router.add_get("/ws/shell/{name}", shell)
     app.router.add_get("/ws/console/{name}", console)
     for route in ROUTES:

@@ -1,14 +1,22 @@
-"""Who may use the dashboard: one-time login tokens, session cookies, CSRF, the page's headers.
+"""Who may use the dashboard: one-time login tokens, a session cookie and its second secret.
 
 The local policy (``ketch dashboard``), as Jupyter's: ketchd mints a random
 token good for one login within its time to live; ``GET /login?token=T``
-spends it and answers with an HttpOnly, SameSite=Strict session cookie (the
-token leaves the address bar at once: a redirect, no referrer).  Every other
-request needs that cookie; every state-changing one (anything but GET and
-HEAD, and every websocket) also needs the session's CSRF token in the
-``X-Ketch-CSRF`` header (a websocket: the ``csrf`` query parameter) and, when
-the browser sends one, an ``Origin`` that is the dashboard's own.  The
-``Host`` must be the loopback address the dashboard listens on (a DNS
+spends it and answers with an HttpOnly, SameSite=Strict session cookie and a
+redirect to ``/#s=SECRET`` (the token leaves the address bar at once, no
+referrer).  The session's second secret travels in the fragment, which no
+server is sent: the page keeps it in ``sessionStorage`` (scoped to this
+origin, port included) and sends it with every API request in the
+``X-Ketch-CSRF`` header (a websocket: the ``csrf`` query parameter).
+
+Why two: a cookie is not scoped to a port, so every other server on
+127.0.0.1 the browser visits is sent it; the cookie alone opens only the
+page and its files.  A page elsewhere can make the browser send the cookie
+(SameSite does not stop another local port: the same site) but cannot read
+the secret, so it can neither read nor change anything.  A state-changing
+request or a websocket must also carry an ``Origin`` (when the browser sends
+one; a websocket always) that is the dashboard's own, and every request a
+``Host`` that is the loopback address the dashboard listens on (a DNS
 rebinding page names another).  What is refused is a ketch error (401 or 403).
 
 The policy is a middleware of its own (:meth:`LocalAuth.middleware`): the
@@ -37,7 +45,6 @@ MAX_TOKENS = 16  # unspent login tokens kept (the oldest go first)
 MAX_SESSIONS = 64
 SESSION_TTL = 12 * 3600.0  # a session cookie's life (seconds)
 SAFE = frozenset({"GET", "HEAD"})
-CSRF_KEY = web.RequestKey("csrf", str)  # the session's token, for the page to read
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -156,18 +163,19 @@ class LocalAuth:
             return refusal(
                 Unauthorized("not logged in", hint="open the URL 'ketch dashboard' prints"), 401
             )
+        if request.path == "/" or request.path.startswith("/static/"):
+            return await handler(request)  # the page and its files: nothing secret in them
         problem = forged(request, session.csrf, {f"http://{h}" for h in self.hosts()})
         if problem is not None:
-            return refusal(Forbidden(problem, hint="reload the dashboard's page"), 403)
-        request[CSRF_KEY] = session.csrf
+            return refusal(Forbidden(problem, hint="open a new URL from 'ketch dashboard'"), 403)
         return await handler(request)
 
     def login(self, request: web.Request) -> web.StreamResponse:
         opened = self.redeem(request.query.get("token", ""))
         if opened is None:
             return refusal_page("This login address is expired or was already used.", 403)
-        cookie, _ = opened
-        resp = web.Response(status=303, headers={"Location": "/"})
+        cookie, session = opened
+        resp = web.Response(status=303, headers={"Location": f"/#s={session.csrf}"})
         resp.set_cookie(
             COOKIE,
             cookie,
@@ -180,24 +188,23 @@ class LocalAuth:
 
 
 def forged(request: web.Request, csrf: str, origins: set[str]) -> str | None:
-    """Why ``request`` could be a forgery (None: it is not).
+    """Why ``request`` could be a forgery, or made with a stolen cookie (None: it is not).
 
-    Reads are safe (a page elsewhere cannot read the answers: no CORS); a
-    websocket is not (browsers do not apply the same-origin policy to them).
+    Every API request carries the session's second secret; a state-changing one
+    and a websocket (browsers do not apply the same-origin policy to those) also
+    an Origin of the dashboard's own.
     """
     upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
-    if request.method in SAFE and not upgrade:
-        return None
     origin = request.headers.get("Origin")
     if upgrade and origin is None:
         return "a websocket without an Origin"
-    if origin is not None and origin not in origins:
+    if (upgrade or request.method not in SAFE) and origin is not None and origin not in origins:
         return f"a request from another origin ({origin})"
     given = request.query.get("csrf", "") if upgrade else request.headers.get(CSRF_HEADER, "")
     if not given:
-        return f"a state-changing request without its CSRF token ({CSRF_HEADER})"
+        return f"a request without the session's secret ({CSRF_HEADER})"
     if not hmac.compare_digest(given.encode(), csrf.encode()):
-        return "a state-changing request with a wrong CSRF token"
+        return "a request with a wrong session secret"
     return None
 
 

@@ -40,9 +40,8 @@ function errorText(err) {
 // -- the API ---------------------------------------------------------------------------
 
 async function call(method, path, body) {
-  const init = { method, headers: {}, credentials: "same-origin" };
+  const init = { method, headers: { "X-Ketch-CSRF": S.csrf }, credentials: "same-origin" };
   if (method !== "GET") {
-    init.headers["X-Ketch-CSRF"] = S.csrf;
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body || {});
   }
@@ -285,8 +284,20 @@ function route() {
   document.title = `ketch: ${which === "terminal" ? `${page} ${arg}` : which}`;
 }
 
+// The session's second secret: in the login's redirect fragment (never sent to a server),
+// then in this tab's sessionStorage (this origin only: not another port's).
+function secret() {
+  const m = /^#s=([A-Za-z0-9_-]+)$/.exec(location.hash);
+  if (m) {
+    sessionStorage.setItem("ketch-session", m[1]);
+    history.replaceState(null, "", "/#/instances");
+  }
+  return sessionStorage.getItem("ketch-session") || "";
+}
+
 async function main() {
-  try { S.csrf = (await read("/session")).csrf; } catch (e) { document.getElementById("live").textContent = "not logged in: run 'ketch dashboard'"; return; }
+  S.csrf = secret();
+  if (!S.csrf) { document.getElementById("live").textContent = "this tab is not logged in: open a new URL from 'ketch dashboard'"; return; }
   document.getElementById("launch-form").addEventListener("submit", launch);
   terminalKeys();
   window.addEventListener("hashchange", route);
