@@ -216,3 +216,18 @@ def test_a_second_call_reuses_the_listener_and_a_busy_port_is_refused(env: Env) 
             DASHBOARD, m.DashboardBody(port=first.port + 1 if first.port < 65535 else 1)
         )
     assert "already listens" in str(refused.value)
+
+
+def test_a_silent_connection_is_dropped_like_the_sockets(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any local user can connect to the port: a client that sends nothing is cut off."""
+    import socket
+
+    monkeypatch.setenv("KETCH_HEAD_TIMEOUT", "0.5")
+    reply = _open(env)
+    with socket.create_connection(("127.0.0.1", reply.port), timeout=WAIT) as s:
+        s.sendall(b"GET / HTTP/1.1\r\n")  # and never the rest of the head
+        assert s.recv(1024) == b""  # closed by the dashboard, not by this test's timeout
+    browser, csrf = _logged_in(env)  # others are still served
+    assert browser.send("GET", "/v1/instances", headers={CSRF_HEADER: csrf})[0] == 200
