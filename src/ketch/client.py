@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from ketch.errors import DaemonUnreachable, KetchError, RemoteError
@@ -276,6 +276,18 @@ class Client:
                 on_event(msgspec.to_builtins(event))
 
         return self._operate("POST", path, _encode(body or {}), _as_dict, feed)
+
+    def watch(self, route: Route[Any, Any]) -> Generator[bytes, None, None]:
+        """A stream that never ends (``/v1/events``): its lines as they come (errors raised)."""
+        resp = self._request(route.method, route.path, None, None)
+        if resp.status != 200:
+            self._decode(resp, f"{route.method} {route.path}", dict)
+        try:
+            yield from (line for line in resp.lines() if line.strip())
+        except (OSError, ValueError) as exc:
+            raise self._lost(exc) from exc
+        finally:
+            resp.close()
 
     def cancel(self, operation: str) -> dict[str, Any]:
         """Ask the daemon to cancel an operation (``DELETE /v1/operations/ID``).

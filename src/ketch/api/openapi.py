@@ -21,6 +21,7 @@ from ketch.api.routes import ROUTES, STREAM_TYPE, Route
 
 REF = "#/components/schemas/{name}"
 EVENT = "Event"
+STREAMS = {"watch": "WatchStreamEvent"}  # routes whose stream is not an operation's
 
 
 def _parameters(route: Route[Any, Any], schemas: dict[str, Any]) -> list[dict[str, Any]]:
@@ -44,7 +45,9 @@ def _operation(route: Route[Any, Any], schemas: dict[str, Any]) -> dict[str, Any
         ok: dict[str, Any] = {
             "description": "newline-delimited JSON events ending in a result or an error "
             f"event; the result event's result is a {route.reply.__name__}",
-            "content": {STREAM_TYPE: {"schema": {"$ref": REF.format(name=EVENT)}}},
+            "content": {
+                STREAM_TYPE: {"schema": {"$ref": REF.format(name=STREAMS.get(route.name, EVENT))}}
+            },
             "x-ketch-result": result,
         }
     else:
@@ -93,11 +96,11 @@ def _tunnel() -> dict[str, Any]:
 
 def document() -> dict[str, Any]:
     """The whole document (deterministic: the same models give the same bytes)."""
-    types: list[Any] = [m.ErrorReply, m.AnyEvent]
+    types: list[Any] = [m.ErrorReply, m.AnyEvent, m.AnyWatchEvent]
     for route in ROUTES:
         types += [route.reply, route.query] + ([route.body] if route.body is not None else [])
-    (_, event, *_), schemas = msgspec.json.schema_components(types, ref_template=REF)
-    schemas[EVENT] = event
+    (_, event, watch, *_), schemas = msgspec.json.schema_components(types, ref_template=REF)
+    schemas[EVENT], schemas[STREAMS["watch"]] = event, watch
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, schemas)

@@ -238,13 +238,24 @@ SSH_KEYS: Route[m.Empty, m.SshKeysReply] = Route(
     "ssh_keys", "GET", "/v1/instances/{name}/ssh-keys",
     "the guest's SSH key and pinned host key, for a remote client's exec", "m.SshKeysReply",
 )  # fmt: skip
+WATCH: Route[m.Empty, m.WatchResult] = Route(
+    "watch", "GET", "/v1/events",
+    "live events: a snapshot, then instances changed, inconsistencies found, operations "
+    "started and ended (NDJSON, never ends; a slow reader is sent lagged and a new snapshot)",
+    "m.WatchResult", streamed=True,
+)  # fmt: skip
+DASHBOARD: Route[m.DashboardBody, m.DashboardReply] = Route(
+    "dashboard", "POST", "/v1/dashboard",
+    "open the web dashboard on 127.0.0.1 (once) and make a one-time login token",
+    "m.DashboardReply", body="m.DashboardBody",
+)  # fmt: skip
 
 ROUTES: tuple[Route[Any, Any], ...] = (
     VERSION, LIST, INFO, LAUNCH, SNAPSHOT, RESTORE, SNAPSHOT_DELETE, CLONE, MOUNT, UMOUNT,
     SNAPSHOTS,
     START, STOP, SUSPEND, RESTART, DELETE, RECOVER, PURGE, DOCTOR, SSH, FIND, IMAGES,
     BUILD, PRUNE, SETTING_KEYS, GET_SETTING, SET_SETTING, OPERATIONS, FOLLOW, CANCEL,
-    FORWARD_ADD, FORWARD_REMOVE, FORWARDS, NETWORKS, AUTHENTICATE, SSH_KEYS,
+    FORWARD_ADD, FORWARD_REMOVE, FORWARDS, NETWORKS, AUTHENTICATE, SSH_KEYS, WATCH, DASHBOARD,
 )  # fmt: skip
 
 

@@ -66,6 +66,10 @@ AREAS: dict[str, dict[str, str]] = {
     "remote": {
         "authenticate": "Authenticate this client with a remote ketchd (KETCH_SERVER_ADDRESS)",
     },
+    "web": {
+        "watch": "Print ketchd's live events: state changes, operations, inconsistencies",
+        "dashboard": "Open the web dashboard on 127.0.0.1 and print its one-time URL",
+    },
 }
 HELP = {verb: text for verbs in AREAS.values() for verb, text in verbs.items()}
 AREA = {verb: area for area, verbs in AREAS.items() for verb in verbs}

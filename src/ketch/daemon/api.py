@@ -24,9 +24,11 @@ from ketch.api import models as m
 from ketch.api.openapi import document
 from ketch.api.routes import FORWARD_ADD, FORWARD_REMOVE, ROUTES, SET_SETTING
 from ketch.daemon.auth import AuthRoutes
+from ketch.daemon.events import WatchRoutes
 from ketch.daemon.operations import OperationRoutes
 from ketch.daemon.ops import Operations, QueueReporter
 from ketch.daemon.tunnel import TUNNEL_PATH, TunnelRoutes
+from ketch.daemon.web import DashboardRoutes
 from ketch.daemon.wire import Call, Op, bind, errors, typed_result
 from ketch.errors import InvalidArgument, RemoteError
 from ketch.model import OperationKind
@@ -50,9 +52,9 @@ def _names(text: str) -> list[str]:
     return [n for n in text.split(",") if n]
 
 
-class Api(OperationRoutes, AuthRoutes, TunnelRoutes):
-    """Route handlers bound to the daemon's context (``/v1/operations``, ``/v1/authenticate``:
-    the mixins')."""
+class Api(OperationRoutes, AuthRoutes, TunnelRoutes, WatchRoutes, DashboardRoutes):
+    """Route handlers bound to the daemon's context (``/v1/operations``, ``/v1/authenticate``,
+    ``/v1/events``, ``/v1/dashboard``: the mixins')."""
 
     def __init__(self, ops: Operations, images: Images) -> None:
         self.ops = ops
@@ -68,6 +70,8 @@ class Api(OperationRoutes, AuthRoutes, TunnelRoutes):
         app = web.Application(middlewares=[errors], client_max_size=m.MAX_BODY)
         app.router.add_get("/openapi.json", self.openapi)
         app.router.add_get(TUNNEL_PATH, self.ssh_tunnel)  # a WebSocket: daemon/tunnel.py
+        app.on_shutdown.append(self.close_watchers)
+        app.on_shutdown.append(self.close_dashboard)
         for route in ROUTES:
             app.router.add_route(
                 route.method, route.path, bind(route, getattr(self, route.name), self.ops)

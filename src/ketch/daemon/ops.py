@@ -32,7 +32,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ketch.daemon.operation import (
@@ -118,6 +118,8 @@ class Operations:
         self._live: dict[str, Operation] = {}
         self._done: dict[str, Operation] = {}  # insertion order = order of finishing
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Told when an operation begins and when it ends (the events hub: daemon/events.py).
+        self.observers: list[Callable[[Operation], None]] = []
         # Set once operations a previous daemon left half-done are recovered;
         # reads wait for it (bounded) so nobody sees a state mid-recovery.
         self.recovered = asyncio.Event()
@@ -237,6 +239,7 @@ class Operations:
         op.task = asyncio.create_task(self._body(op, work), name=f"{kind}:{op.id}")
         self._tasks.add(op.task)
         op.task.add_done_callback(self._tasks.discard)
+        self._tell(op)
         return op, listener
 
     async def _body(self, op: Operation, work: Work) -> None:
@@ -274,6 +277,14 @@ class Operations:
         self._live.pop(op.id, None)
         self._done[op.id] = op
         self._prune()
+        self._tell(op)
+
+    def _tell(self, op: Operation) -> None:
+        for observer in self.observers:
+            try:
+                observer(op)
+            except Exception:  # an observer's fault is never the operation's
+                log.exception("an observer of operation %s failed", op.id)
 
     def detach(self, op: Operation, listener: Listener) -> None:
         """A client stopped following ``op``; one nobody follows before it began is dropped."""
