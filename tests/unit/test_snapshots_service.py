@@ -98,7 +98,8 @@ def test_instance_keys() -> None:
     assert settings.instance_key("local.web.cpus") == ("web", "cpus")
     assert settings.instance_key("local.web.memory") == ("web", "memory")
     assert settings.instance_key("local.web.disk") == ("web", "disk")
-    for key in ("local.web.bridged", "local.driver", "client.web.cpus", "local..cpus", "a.b.c.d"):
+    assert settings.instance_key("local.web.bridged") == ("web", "bridged")  # service/bridged.py
+    for key in ("local.driver", "client.web.cpus", "local..cpus", "a.b.c.d"):
         assert settings.instance_key(key) is None
 
 

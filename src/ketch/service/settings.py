@@ -39,7 +39,8 @@ PRIVILEGED_MOUNTS = "local.privileged-mounts"
 REMOTE_PREFIX = "local.remote."
 NETWORK_KEYS = ("local.network", "local.network.subnet", "local.network.bridge")
 BRIDGED_KEY = "local.bridged-network"
-INSTANCE_PROPS = ("cpus", "memory", "disk", "bridged")  # bridged: service/bridged.py
+INSTANCE_PROPS = ("cpus", "memory", "disk")
+SETTABLE_PROPS = (*INSTANCE_PROPS, "bridged")  # bridged: service/bridged.py
 SNAPSHOT_PROPS = ("name", "comment")  # local.<instance>.<snapshot>.name|comment, as Multipass
 MIN_MEMORY = 512 * 1024**2  # Multipass's minimum for ``set``
 MAX_CPUS = 64
@@ -104,7 +105,7 @@ def keys(ctx: Context) -> list[str]:
     found.update(key for key, _ in ctx.store.settings(REMOTE_PREFIX))
     live = {r.spec.name for r in ctx.store.all() if not r.deleted}
     for name in live:
-        found.update(f"local.{name}.{prop}" for prop in INSTANCE_PROPS)
+        found.update(f"local.{name}.{prop}" for prop in SETTABLE_PROPS)
         found.update((f"local.{name}{AUTO_FORWARD}", f"local.{name}.autostart"))
     for snap in ctx.store.snapshots():
         if snap.instance in live:
@@ -139,7 +140,7 @@ def instance_key(key: str) -> tuple[str, str] | None:
     """``(instance, property)`` for ``local.<instance>.cpus|memory|disk``, and
     ``(instance, "<snapshot>.name|comment")`` for a snapshot's; else None.  Pure."""
     parts = key.split(".")
-    if len(parts) == 3 and parts[0] == "local" and parts[1] and parts[2] in INSTANCE_PROPS:
+    if len(parts) == 3 and parts[0] == "local" and parts[1] and parts[2] in SETTABLE_PROPS:
         return parts[1], parts[2]
     if len(parts) == 4 and parts[0] == "local" and all(parts[1:3]) and parts[3] in SNAPSHOT_PROPS:
         return parts[1], f"{parts[2]}.{parts[3]}"
