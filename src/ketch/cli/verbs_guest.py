@@ -44,6 +44,7 @@ def _target(name: str, timeout: int | None = None) -> SshTarget:
 
 
 def _target_of(doc: m.SshTargetReply) -> SshTarget:
+    from ketch.host.ssh.master import usable_control
     from ketch.model import SshTarget
 
     return SshTarget(
@@ -53,6 +54,7 @@ def _target_of(doc: m.SshTargetReply) -> SshTarget:
         user=doc.user,
         identity=doc.identity,
         known_hosts=doc.known_hosts,
+        control_path=usable_control(doc.control_path),  # checked again: ours, 0600
     )
 
 

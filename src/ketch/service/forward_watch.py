@@ -117,6 +117,16 @@ class Forwarder:
     # -- one watcher --------------------------------------------------------------------
 
     async def _watch(self, name: str) -> None:
+        from ketch.service import guestlink
+
+        try:
+            await self._watch_loop(name)
+        finally:  # the instance is no longer running (or ketchd ends): so is its master
+            await guestlink.end_master(self.ctx.root, name)
+
+    async def _watch_loop(self, name: str) -> None:
+        from ketch.service import guestlink
+
         st = self.status.setdefault(name, Status())
         delay = RETRY
         while True:
@@ -128,11 +138,15 @@ class Forwarder:
             obs = await self.ctx.driver.observe(spec, idir, probe_qmp=False)
             if obs.pid_status is not PidStatus.OURS:
                 st.pid, st.active, st.watching = None, {}, False
+                if name not in self.ctx.active:  # its QEMU died: so did the master's connection
+                    await guestlink.end_master(self.ctx.root, name)
                 await asyncio.sleep(RETRY)
                 continue
             try:
                 async with self.lock(name):
                     await self.sync(name, spec, pid=obs.pid)
+                if name not in self.ctx.active:  # made again if it was killed or is stale
+                    await guestlink.ensure_master(self.ctx.root, spec)
                 if name in self.ctx.active:
                     pass  # booting (launch, start): the session waits until the guest is ready
                 elif self.auto_enabled(name):

@@ -1,17 +1,39 @@
-"""The daemon's side of reaching guests: keys, pinned host keys, readiness."""
+"""The daemon's side of reaching guests: keys, pinned host keys, readiness, the SSH master.
+
+Each running instance has one multiplexed SSH connection (``host/ssh/master.py``):
+made by the readiness wait once the guest answers, kept by the forward watcher
+(made again when it is gone: killed, or its QEMU restarted), ended by stop,
+suspend, delete and purge.  :func:`target` names its socket only while
+:meth:`~ketch.host.ssh.master.Master.live` says it is the one ketchd made.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ketch.host import ssh
+from ketch.host.ssh import master
 from ketch.layout import InstanceDir, Root
 from ketch.model import InstanceSpec, PidStatus, SshTarget
 from ketch.progress import Reporter
 from ketch.runtime.driver import Driver
 from ketch.service.waits import Wait
 from ketch.vocabulary import blocks_readiness
+
+if TYPE_CHECKING:
+    from ketch.host.run import Completed
+
+#: Seconds before a master that failed to start is tried again by :func:`ensure_master`.
+MASTER_RETRY = 5.0
+
+# The masters this ketchd started, by control socket path (one ketchd per storage root).
+_masters: dict[Path, master.Master] = {}
+_locks: dict[Path, asyncio.Lock] = {}
+_failed: dict[Path, float] = {}
 
 
 def client_public_key(root: Root) -> str:
@@ -27,7 +49,8 @@ def make_host_key(idir: InstanceDir, name: str) -> tuple[str, str]:
     return idir.host_key.read_text(), public
 
 
-def target(root: Root, spec: InstanceSpec) -> SshTarget:
+def target(root: Root, spec: InstanceSpec, *, mux: bool = True) -> SshTarget:
+    """How to reach the instance; through its master's socket when it is up (and ``mux``)."""
     idir = root.instance(spec.name)
     return SshTarget(
         name=spec.name,
@@ -36,7 +59,73 @@ def target(root: Root, spec: InstanceSpec) -> SshTarget:
         user=spec.user,
         identity=str(root.client_key),
         known_hosts=str(idir.known_hosts),
+        control_path=live_control(idir) if mux else "",
     )
+
+
+def live_control(idir: InstanceDir) -> str:
+    """The instance's control socket if the master ketchd made is on it, else ""."""
+    m = _masters.get(idir.ssh_mux_socket)
+    return str(m.control) if m is not None and m.live() else ""
+
+
+def _lock(path: Path) -> asyncio.Lock:
+    return _locks.setdefault(path, asyncio.Lock())
+
+
+async def ensure_master(
+    root: Root, spec: InstanceSpec, *, timeout: float = master.START_TIMEOUT, retry: bool = False
+) -> SshTarget | Completed:
+    """Make the instance's master unless it is up; the target through it, or how it failed.
+
+    A master that is gone, or whose socket is not the one it made (a planted
+    or stale file), is ended and made again.  After a failure the next try
+    waits :data:`MASTER_RETRY` seconds (unless ``retry``): meanwhile the
+    plain target (no control path) is returned.  A storage root too deep for
+    a socket path gets no master: the plain target.
+    """
+    idir = root.instance(spec.name)
+    path = idir.ssh_mux_socket
+    plain = target(root, spec, mux=False)
+    if not master.fits(path):
+        return plain
+    async with _lock(path):
+        have = _masters.get(path)
+        if have is not None and have.live():
+            return target(root, spec)
+        if not retry and time.monotonic() - _failed.get(path, -MASTER_RETRY) < MASTER_RETRY:
+            return plain
+        await _end(idir)
+        made = await master.start(
+            plain, path, idir.ssh_mux_pidfile, idir.ssh_mux_log, timeout=timeout
+        )
+        if isinstance(made, master.Master):
+            _masters[path] = made
+            _failed.pop(path, None)
+            return target(root, spec)
+        _failed[path] = time.monotonic()
+        return made
+
+
+async def end_master(root: Root, name: str) -> None:
+    """End the instance's master, if any (ours or an earlier ketchd's); never raises."""
+    idir = root.instance(name)
+    async with _lock(idir.ssh_mux_socket):
+        await _end(idir)
+        _failed.pop(idir.ssh_mux_socket, None)
+
+
+async def _end(idir: InstanceDir) -> None:
+    import logging
+
+    try:
+        have = _masters.pop(idir.ssh_mux_socket, None)
+        if have is not None:
+            await have.stop()
+        if idir.ssh_mux_pidfile.exists() or idir.ssh_mux_socket.exists():
+            await asyncio.to_thread(master.end_stray, idir.ssh_mux_socket, idir.ssh_mux_pidfile)
+    except OSError as exc:
+        logging.getLogger("ketchd").warning("ending the ssh master of %s: %s", idir.path, exc)
 
 
 async def wait_ready(
@@ -62,12 +151,17 @@ async def wait_ready(
             return f"QEMU reports the guest as '{obs.qmp_status}'"
         return None
 
+    async def connect(left: float) -> SshTarget | Completed:
+        return await ensure_master(root, spec, timeout=left, retry=True)
+
+    await end_master(root, spec.name)  # a master of an earlier run of this instance
     async with Wait(spec.name, "readiness"):
         await ssh.wait_ready(
-            target(root, spec),
+            target(root, spec, mux=False),
             timeout=timeout,
             reporter=reporter,
             abort=abort if driver is not None else None,
+            connect=connect,
         )
 
 

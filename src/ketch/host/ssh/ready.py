@@ -96,12 +96,19 @@ async def wait_ready(
     timeout: float,
     reporter: Reporter,
     abort: Callable[[], Awaitable[str | None]] | None = None,
+    connect: Callable[[float], Awaitable[SshTarget | Completed]] | None = None,
 ) -> None:
     """Wait until the guest answers SSH with the pinned key and cloud-init is done.
 
     1. The forwarded port must send an ``SSH-`` banner (QEMU user networking
        accepts TCP on the host port before anything listens in the guest).
     2. ``test -f /var/lib/cloud/instance/boot-finished`` must succeed over ssh.
+
+    ``connect`` (given the seconds left) makes the instance's multiplexed
+    connection before each probe (:mod:`.master`): it returns the target to
+    probe through (its ``control_path`` set, or not when there can be no
+    master), or how making the master failed, which counts as that probe's
+    answer.  The probes then cost a channel each, not a handshake.
 
     Raises :class:`Timeout` (saying what was last seen) when ``timeout``
     seconds pass, and :class:`HostKeyMismatch` at once on a host-key failure.
@@ -152,14 +159,21 @@ async def wait_ready(
     reporter.step(f"Waiting for cloud-init to finish ({banner})")
     from ketch.host.run import run
 
-    argv = ssh_argv(target, remote_command(["test", "-f", BOOT_FINISHED]), tty=False, batch=True)
+    probe = remote_command(["test", "-f", BOOT_FINISHED])
     while True:
         left = remaining()
         if left <= 0:
             raise _not_ready(target, timeout, last)
         await check()
         try:
-            done = await run(argv, timeout=max(min(30.0, left), 1.0), check=False)
+            via: SshTarget | Completed = target
+            if connect is not None:
+                via = await connect(max(min(30.0, left), 1.0))
+            if isinstance(via, SshTarget):
+                argv = ssh_argv(via, probe, tty=False, batch=True)
+                done = await run(argv, timeout=max(min(30.0, left), 1.0), check=False)
+            else:
+                done = via
         except Timeout:
             last = "ssh did not answer in time"
         else:
