@@ -45,6 +45,20 @@ def short_dir() -> Iterator[Path]:
         yield Path(d)
 
 
+def wait_for_argv(pid: int, name: str) -> None:
+    """Until the process's /proc cmdline starts with ``name`` (bounded)."""
+    import time
+
+    from ketch.host import procs
+
+    for _ in range(500):
+        got = procs.cmdline(pid)
+        if got and got[0] == name:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} never showed the argv {name} ...: {procs.cmdline(pid)}")
+
+
 def listen(path: Path, mode: int = 0o600) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(str(path))
@@ -195,7 +209,7 @@ def test_ketchd_hands_out_only_the_very_socket_its_master_made(short_dir: Path) 
         proc = await asyncio.create_subprocess_exec("sleep", "60")
         try:
             own = listen(path)
-            m = master.Master(proc, path, short_dir / "ssh-mux.pid", os.lstat(path))
+            m = master.Master(proc.pid, path, short_dir / "ssh-mux.pid", os.lstat(path), proc=proc)
             assert m.live()
             path.unlink()
             with listen(path):  # planted: another inode
@@ -204,7 +218,7 @@ def test_ketchd_hands_out_only_the_very_socket_its_master_made(short_dir: Path) 
             path.unlink()
             assert not m.live()  # gone
             own = listen(path)
-            m = master.Master(proc, path, short_dir / "ssh-mux.pid", os.lstat(path))
+            m = master.Master(proc.pid, path, short_dir / "ssh-mux.pid", os.lstat(path), proc=proc)
             proc.kill()
             await proc.wait()
             assert not m.live()  # the process ended: a stale socket
@@ -245,6 +259,7 @@ def test_a_stray_master_of_an_earlier_ketchd_is_ended(short_dir: Path) -> None:
         ["ssh", "-c", "import time; time.sleep(60)", *argv[1:]], executable=sys.executable
     )
     try:
+        wait_for_argv(proc.pid, "ssh")
         pidfile.write_text(f"{proc.pid}\n")
         assert master.end_stray(path, pidfile) is True
         assert proc.wait(10) != 0
@@ -297,3 +312,42 @@ def test_the_daemon_names_no_socket_without_a_live_master(short_dir: Path) -> No
     with listen(idir.ssh_mux_socket):
         assert guestlink.target(root, spec).control_path == ""
         assert guestlink.live_control(idir) == ""
+
+
+def test_a_planted_socket_beside_a_master_like_process_is_not_adopted(short_dir: Path) -> None:
+    """A new ketchd adopts an earlier one's master only if the master answering on the socket
+    (``ssh -O check``) says the pid its pid file names: a listener planted at the path, even
+    with a process whose argv looks like a master's, is not adopted."""
+    import sys
+
+    path, pidfile = short_dir / "ssh-mux.sock", short_dir / "ssh-mux.pid"
+    argv = master.master_argv(TARGET, str(path))
+    proc = subprocess.Popen(
+        ["ssh", "-c", "import time; time.sleep(60)", *argv[1:]], executable=sys.executable
+    )
+    try:
+        wait_for_argv(proc.pid, "ssh")
+        pidfile.write_text(f"{proc.pid}\n")
+        with listen(path) as planted:
+
+            async def main() -> master.Master | None:
+                async def refuse() -> None:  # accept and hang up: no mux protocol
+                    loop = asyncio.get_running_loop()
+                    planted.setblocking(False)
+                    while True:
+                        conn, _ = await loop.sock_accept(planted)
+                        conn.close()
+
+                answering = asyncio.create_task(refuse())
+                try:
+                    return await master.adopt(path, pidfile)
+                finally:
+                    answering.cancel()
+
+            assert asyncio.run(main()) is None
+        sleeper_pid = proc.pid
+        pidfile.write_text(f"{sleeper_pid}\n")
+        assert asyncio.run(master.adopt(path, pidfile)) is None  # no socket at all
+    finally:
+        proc.kill()
+        proc.wait()

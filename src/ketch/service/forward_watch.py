@@ -67,6 +67,7 @@ class Forwarder:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._reserved: set[int] = set()  # chosen, being added: no other watcher takes it
         self._locks: dict[str, asyncio.Lock] = {}
+        self.closing = False  # ketchd is ending: the instances (and their ssh masters) go on
 
     @property
     def driver(self) -> HostForwarding | None:
@@ -89,6 +90,7 @@ class Forwarder:
                     log.exception("forward supervisor")
                 await asyncio.sleep(SUPERVISE_PERIOD)
         finally:
+            self.closing = True
             for task in self.tasks.values():
                 task.cancel()
             if self.tasks:
@@ -121,8 +123,9 @@ class Forwarder:
 
         try:
             await self._watch_loop(name)
-        finally:  # the instance is no longer running (or ketchd ends): so is its master
-            await guestlink.end_master(self.ctx.root, name)
+        finally:  # the instance is no longer running: nor is its master (kept when ketchd ends)
+            if not self.closing:
+                await guestlink.end_master(self.ctx.root, name)
 
     async def _watch_loop(self, name: str) -> None:
         from ketch.service import guestlink

@@ -91,6 +91,8 @@ async def ensure_master(
         return plain
     async with _lock(path):
         have = _masters.get(path)
+        if have is None and (adopted := await master.adopt(path, idir.ssh_mux_pidfile)):
+            _masters[path] = have = adopted  # an earlier ketchd's: its sessions go on
         if have is not None and have.live():
             return target(root, spec)
         if not retry and time.monotonic() - _failed.get(path, -MASTER_RETRY) < MASTER_RETRY:

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     import asyncio
     from pathlib import Path
 
+    from ketch.host.procs import PidFd
     from ketch.host.run import Completed
 
 #: ``sun_path`` holds 108 bytes with the terminating NUL.
@@ -110,20 +111,33 @@ def is_master_argv(argv: list[str] | None, control: str) -> bool:
 
 
 class Master:
-    """A master ketchd started: its process and the socket it made."""
+    """A master of this ketchd: one it started (``proc``), or one it adopted (``pidfd``)."""
 
     def __init__(
-        self, proc: asyncio.subprocess.Process, control: Path, pidfile: Path, st: os.stat_result
+        self,
+        pid: int,
+        control: Path,
+        pidfile: Path,
+        st: os.stat_result,
+        *,
+        proc: asyncio.subprocess.Process | None = None,
+        pidfd: PidFd | None = None,
     ) -> None:
+        self.pid = pid
         self.proc = proc
-        self.pid = proc.pid
+        self.pidfd = pidfd
         self.control = control
         self.pidfile = pidfile
         self.ident = (st.st_dev, st.st_ino)
 
+    def running(self) -> bool:
+        if self.proc is not None:
+            return self.proc.returncode is None
+        return self.pidfd is not None and not self.pidfd.exited()
+
     def live(self) -> bool:
         """Is the process running and its own socket at the path (not another, not gone)?"""
-        if self.proc.returncode is not None:
+        if not self.running():
             return False
         st = socket_stat(self.control)
         return st is not None and (st.st_dev, st.st_ino) == self.ident
@@ -133,7 +147,9 @@ class Master:
         import asyncio
         import contextlib
 
-        if self.proc.returncode is None:
+        from ketch.host import procs
+
+        if self.proc is not None and self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.terminate()
             try:
@@ -142,8 +158,58 @@ class Master:
                 with contextlib.suppress(ProcessLookupError):
                     self.proc.kill()
                 await self.proc.wait()
+        if self.pidfd is not None:
+            await asyncio.to_thread(procs.terminate_pidfd, self.pidfd, grace=2.0)
+            self.pidfd.close()
         _remove_own_socket(self.control, self.ident)
         _remove(self.pidfile)
+
+
+def check_argv(control: str) -> list[str]:
+    """``ssh -O check`` through ``control``: the master there says its pid (pure)."""
+    return [SSH, "-F", "/dev/null", "-o", ssh_option("ControlPath", control), "-O", "check",
+            "--", "127.0.0.1"]  # fmt: skip
+
+
+async def adopt(control: Path, pidfile: Path) -> Master | None:
+    """The master an earlier ketchd left running on ``control``, if it really is one.
+
+    All of: the pid file names a live ``ssh`` whose argv is a master's on this
+    path (checked through a pidfd), the path is a socket of this user (0600),
+    and the master answering on it (``ssh -O check``) says that very pid.  The
+    sessions already open on it (a user's ``shell``) go on.  None otherwise.
+    """
+    from ketch.host import procs
+    from ketch.host.run import run
+
+    pid = procs.read_pidfile(pidfile)
+    if pid is None:
+        return None
+    handle = procs.open_pidfd(pid)
+    if handle is None:
+        return None
+    st = socket_stat(control)
+    if st is None or not is_master_argv(procs.cmdline(pid), str(control)):
+        handle.close()
+        return None
+    from ketch.errors import KetchError
+
+    try:
+        done = await run(check_argv(str(control)), timeout=10.0, check=False)
+    except KetchError:  # it did not answer in time, or ssh could not be run
+        handle.close()
+        return None
+    again = socket_stat(control)
+    if (
+        done.returncode != 0
+        or f"(pid={pid})".encode() not in done.stderr
+        or again is None
+        or (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino)
+        or handle.exited()
+    ):
+        handle.close()
+        return None
+    return Master(pid, control, pidfile, st, pidfd=handle)
 
 
 async def start(
@@ -185,7 +251,7 @@ async def start(
     while True:
         st = socket_stat(control)
         if st is not None and proc.returncode is None:
-            return Master(proc, control, pidfile, st)
+            return Master(proc.pid, control, pidfile, st, proc=proc)
         if proc.returncode is not None or loop.time() >= deadline:
             break
         with contextlib.suppress(TimeoutError):
