@@ -179,9 +179,10 @@ class Forwarder:
 
     async def _session(self, name: str, spec: InstanceSpec) -> bool:
         """Follow the guest's listeners until the session ends; True if it showed any."""
-        from ketch.service.guestlink import target
+        from ketch.service.guestlink import ensure_master, live_control, target
 
         st = self.status.setdefault(name, Status())
+        idir = self.ctx.root.instance(name)
         seen, count = False, 0
         reader = ls.SnapshotReader()
         out = session.lines(target(self.ctx.root, spec), ls.WATCH_SCRIPT, max_line=ls.MAX_LINE)
@@ -200,6 +201,8 @@ class Forwarder:
                     await self._reconcile(name, spec, snap.listeners, enabled=enabled)
                 if not enabled:
                     break
+                if not live_control(idir):  # gone, or its socket replaced: made again
+                    await ensure_master(self.ctx.root, spec)  # (ends this session if on it)
         return seen
 
     async def sync(self, name: str, spec: InstanceSpec, *, pid: int | None) -> None:
