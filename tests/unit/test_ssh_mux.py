@@ -2,7 +2,7 @@
 
 Real files, real Unix sockets, real processes (``ssh`` against a closed
 loopback port, ``sleep`` as a process that is not a master); the master
-against a guest is in ``tests/integration/test_ssh_mux.py``.
+against a guest is in ``tests/integration/test_ssh_multiplexing.py``.
 """
 
 from __future__ import annotations
