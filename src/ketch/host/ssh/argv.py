@@ -17,9 +17,12 @@ import os
 import re
 import shlex
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ketch.errors import InvalidArgument
-from ketch.model import SshTarget
+
+if TYPE_CHECKING:
+    from ketch.model import SshTarget
 
 SSH = "ssh"
 

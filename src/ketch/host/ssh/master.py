@@ -37,7 +37,6 @@ import stat
 from typing import TYPE_CHECKING
 
 from ketch.host.ssh.argv import CONNECT_TIMEOUT, SSH, ssh_argv, ssh_option
-from ketch.model import SshTarget
 
 if TYPE_CHECKING:
     import asyncio
@@ -45,6 +44,7 @@ if TYPE_CHECKING:
 
     from ketch.host.procs import PidFd
     from ketch.host.run import Completed
+    from ketch.model import SshTarget
 
 #: ``sun_path`` holds 108 bytes with the terminating NUL.
 SUN_PATH_MAX = 107
