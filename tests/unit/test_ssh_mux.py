@@ -351,3 +351,30 @@ def test_a_planted_socket_beside_a_master_like_process_is_not_adopted(short_dir:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_guest_slower_than_the_first_banner_try_is_still_found() -> None:
+    """A loaded host (TCG) can take longer than one 0.5 s try to send the banner: the tries
+    grow (0.5, 1, 2 ... s), so a guest that answers every connection after 0.8 s is found
+    instead of being abandoned on every try."""
+    from ketch.errors import Timeout
+    from ketch.host.ssh import wait_ready
+    from ketch.progress import ListReporter
+
+    async def main(reporter: ListReporter) -> None:
+        async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await asyncio.sleep(0.8)
+            writer.write(b"SSH-2.0-slow\r\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(slow, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        target = SshTarget("vm1", "127.0.0.1", port, "u", "/nonexistent/k", "/nonexistent/kh")
+        async with server:
+            await wait_ready(target, timeout=6.0, reporter=reporter)
+
+    reporter = ListReporter()
+    with pytest.raises(Timeout):  # no real sshd behind the banner: the next phase times out
+        asyncio.run(main(reporter))
+    assert any("SSH-2.0-slow" in step for step in reporter.steps)

@@ -61,7 +61,10 @@ async def run_in_guest(
     return done
 
 
-BANNER_TRY = 0.5  # seconds one banner probe may wait (a hung try costs this much)
+BANNER_TRY = 0.5  # seconds the first banner probe may wait (a hung try costs this much)
+#: ... doubled after each try that got a connection but no banner, up to this: a guest
+#: too slow (a loaded host, TCG) to send its banner in 0.5 s is still found.
+BANNER_TRY_MAX = 4.0
 
 
 async def read_banner(host: str, port: int, *, timeout: float) -> str:
@@ -138,6 +141,7 @@ async def wait_ready(
             )
 
     reporter.step(f"Waiting for SSH on {target.host}:{target.port}")
+    banner_try = BANNER_TRY
     while True:
         left = remaining()
         if left <= 0:
@@ -146,10 +150,11 @@ async def wait_ready(
         try:
             # Short tries: a connection made before the guest's network is up
             # is accepted by QEMU's user networking but never answered.
-            banner = await read_banner(target.host, target.port, timeout=min(BANNER_TRY, left))
+            banner = await read_banner(target.host, target.port, timeout=min(banner_try, left))
             break
         except TimeoutError:
             last = "the SSH port accepted a connection but sent no banner"
+            banner_try = min(banner_try * 2, BANNER_TRY_MAX)
         except ConnectionRefusedError:
             last = f"connection to {target.host}:{target.port} refused"
         except OSError as exc:
