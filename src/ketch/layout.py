@@ -68,6 +68,11 @@ SERIAL_LOG = "serial.log"
 QEMU_LOG = "qemu.log"
 HOST_KEY = "ssh_host_ed25519_key"  # private; the .pub beside it
 KNOWN_HOSTS = "known_hosts"
+# The instance's multiplexed SSH connection (host/ssh/master.py): ketchd's ssh ControlMaster
+# listens on SSH_MUX_SOCKET (0600), its pid in SSH_MUX_PID, its stderr in SSH_MUX_LOG.
+SSH_MUX_SOCKET = "ssh-mux.sock"
+SSH_MUX_PID = "ssh-mux.pid"
+SSH_MUX_LOG = "ssh-mux.log"
 # One virtiofsd per native mount, named by the mount's tag (runtime/virtiofs.py):
 # virtiofs-<tag>.sock (its vhost-user socket, QEMU connects), .pid, .log.
 VIRTIOFS_PREFIX = "virtiofs-"
@@ -279,6 +284,18 @@ class InstanceDir(_Paths):
     @property
     def known_hosts(self) -> Path:
         return self.path / KNOWN_HOSTS
+
+    @property
+    def ssh_mux_socket(self) -> Path:
+        return self.path / SSH_MUX_SOCKET
+
+    @property
+    def ssh_mux_pidfile(self) -> Path:
+        return self.path / SSH_MUX_PID
+
+    @property
+    def ssh_mux_log(self) -> Path:
+        return self.path / SSH_MUX_LOG
 
     def virtiofs_socket(self, tag: str) -> Path:
         return self.path / f"{VIRTIOFS_PREFIX}{tag}{VIRTIOFS_SOCKET}"

@@ -314,6 +314,8 @@ class SshTarget:
     user: str
     identity: str  # path of the client private key
     known_hosts: str  # path of the instance's pinned known_hosts file
+    # The instance's multiplexing socket (host/ssh/master.py) when its master is up, else "".
+    control_path: str = ""
 
 
 # -- disks (what a driver reports about an instance's disk) ---------------------------------

@@ -166,6 +166,8 @@ class SshTargetReply(Reply):
     identity: str
     known_hosts: str
     mounts: list[MountPath]
+    # The instance's multiplexed connection's socket while ketchd's master is on it, else "".
+    control_path: str = ""
 
 
 class NameResult(Reply, omit_defaults=True):

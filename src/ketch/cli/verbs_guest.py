@@ -45,6 +45,7 @@ def _target(name: str, timeout: int | None = None) -> SshTarget:
 
 
 def _target_of(doc: m.SshTargetReply) -> SshTarget:
+    from ketch.host.ssh.master import usable_control
     from ketch.model import SshTarget
 
     target = SshTarget(
@@ -54,6 +55,7 @@ def _target_of(doc: m.SshTargetReply) -> SshTarget:
         user=doc.user,
         identity=doc.identity,
         known_hosts=doc.known_hosts,
+        control_path=usable_control(doc.control_path),  # checked again: ours, 0600
     )
     if os.environ.get("KETCH_SERVER_ADDRESS"):  # a remote ketchd: its host's files, fetched
         from ketch.cli.verbs_remote import localise

@@ -297,12 +297,16 @@ class QemuDriver(Qcow2Disks, Monitors):
             reporter.step("Pausing the guest")
             await mon.execute("stop")
             try:
-                # A stale tag would make snapshot-save refuse; it is never wanted here.
-                await mon.run_job(
-                    "snapshot-delete",
-                    {"job-id": "ketch-drop-stale", "tag": SUSPEND_TAG, "devices": [qemu.DISK_NODE]},
-                    timeout=timeout,
-                )
+                # A stale tag would make snapshot-save refuse; it is never wanted here.  The
+                # disk's snapshot table (a header read) says whether there is one to drop.
+                tags, _ = await self._tags(idir.disk)
+                if tags is None or any(t.name == SUSPEND_TAG for t in tags):
+                    await mon.run_job(
+                        "snapshot-delete",
+                        {"job-id": "ketch-drop-stale", "tag": SUSPEND_TAG,
+                         "devices": [qemu.DISK_NODE]},
+                        timeout=timeout,
+                    )  # fmt: skip
                 reporter.step("Saving the guest's state into its disk")
                 await mon.run_job("snapshot-save", _vm_state_job("ketch-suspend"), timeout=timeout)
             except (QMPError, Timeout):

@@ -32,6 +32,7 @@ async def delete(ctx: Context, name: str, reporter: Reporter, *, purge: bool) ->
     async with journal(ctx, name, OperationKind.DELETE, reporter=reporter):
         if v.derived.running:
             await mounts.deactivate_all(ctx, spec, reporter, guest=True)
+            await guestlink.end_master(ctx.root, name)
             reporter.step(f"Stopping {name}")
             if not await ctx.driver.powerdown(spec, idir, timeout=min(ctx.stop_timeout, 30.0)):
                 reporter.warn("the guest did not power off in time; ending QEMU")
@@ -51,6 +52,7 @@ async def _purge_one(ctx: Context, name: str, reporter: Reporter) -> None:
             reporter.warn(f"ending QEMU failed: {exc}")
         await mounts.deactivate_all(ctx, spec, reporter, guest=False)  # never raises
         await mounts.end_strays(ctx, replace(spec, mounts=()))
+        await guestlink.end_master(ctx.root, name)  # never raises
         error = guestlink.remove_tree(idir.path)
         if error:
             reporter.warn(f"could not remove {idir.path}: {error}; remove it by hand")

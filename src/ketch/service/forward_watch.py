@@ -67,6 +67,7 @@ class Forwarder:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._reserved: set[int] = set()  # chosen, being added: no other watcher takes it
         self._locks: dict[str, asyncio.Lock] = {}
+        self.closing = False  # ketchd is ending: the instances (and their ssh masters) go on
 
     @property
     def driver(self) -> HostForwarding | None:
@@ -89,6 +90,7 @@ class Forwarder:
                     log.exception("forward supervisor")
                 await asyncio.sleep(SUPERVISE_PERIOD)
         finally:
+            self.closing = True
             for task in self.tasks.values():
                 task.cancel()
             if self.tasks:
@@ -117,6 +119,17 @@ class Forwarder:
     # -- one watcher --------------------------------------------------------------------
 
     async def _watch(self, name: str) -> None:
+        from ketch.service import guestlink
+
+        try:
+            await self._watch_loop(name)
+        finally:  # the instance is no longer running: nor is its master (kept when ketchd ends)
+            if not self.closing:
+                await guestlink.end_master(self.ctx.root, name)
+
+    async def _watch_loop(self, name: str) -> None:
+        from ketch.service import guestlink
+
         st = self.status.setdefault(name, Status())
         delay = RETRY
         while True:
@@ -128,11 +141,15 @@ class Forwarder:
             obs = await self.ctx.driver.observe(spec, idir, probe_qmp=False)
             if obs.pid_status is not PidStatus.OURS:
                 st.pid, st.active, st.watching = None, {}, False
+                if name not in self.ctx.active:  # its QEMU died: so did the master's connection
+                    await guestlink.end_master(self.ctx.root, name)
                 await asyncio.sleep(RETRY)
                 continue
             try:
                 async with self.lock(name):
                     await self.sync(name, spec, pid=obs.pid)
+                if name not in self.ctx.active:  # made again if it was killed or is stale
+                    await guestlink.ensure_master(self.ctx.root, spec)
                 if name in self.ctx.active:
                     pass  # booting (launch, start): the session waits until the guest is ready
                 elif self.auto_enabled(name):
@@ -162,9 +179,10 @@ class Forwarder:
 
     async def _session(self, name: str, spec: InstanceSpec) -> bool:
         """Follow the guest's listeners until the session ends; True if it showed any."""
-        from ketch.service.guestlink import target
+        from ketch.service.guestlink import ensure_master, live_control, target
 
         st = self.status.setdefault(name, Status())
+        idir = self.ctx.root.instance(name)
         seen, count = False, 0
         reader = ls.SnapshotReader()
         out = session.lines(target(self.ctx.root, spec), ls.WATCH_SCRIPT, max_line=ls.MAX_LINE)
@@ -183,6 +201,8 @@ class Forwarder:
                     await self._reconcile(name, spec, snap.listeners, enabled=enabled)
                 if not enabled:
                     break
+                if not live_control(idir):  # gone, or its socket replaced: made again
+                    await ensure_master(self.ctx.root, spec)  # (ends this session if on it)
         return seen
 
     async def sync(self, name: str, spec: InstanceSpec, *, pid: int | None) -> None:

@@ -25,5 +25,6 @@ async def ssh_info(ctx: Context, name: str) -> SshTargetReply:
         user=t.user,
         identity=t.identity,
         known_hosts=t.known_hosts,
+        control_path=t.control_path,
         mounts=[MountPath(source=m.source, target=m.target) for m in spec.mounts],
     )

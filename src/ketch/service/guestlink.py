@@ -1,11 +1,18 @@
-"""The daemon's side of reaching guests: keys, pinned host keys, readiness, the endpoint.
+"""The daemon's side of reaching guests: keys, pinned host keys, readiness, master, endpoint.
 
 An instance on the managed network is reached at its own address, port 22
 (:func:`endpoint`), when its TAP is attached, its guest took the lease and a
 TCP connection there succeeds now; else, and
 always for the daemon's own SSH (:func:`target`), through user-mode
 networking's forwarded loopback port, which works whatever the guest did
-with its managed NIC.
+with its managed NIC.  The managed address is a direct connection: the
+master rides on the loopback port.
+
+Each running instance has one multiplexed SSH connection (``host/ssh/master.py``):
+made by the readiness wait once the guest answers, kept by the forward watcher
+(made again when it is gone: killed, or its QEMU restarted), ended by stop,
+suspend, delete and purge.  :func:`target` names its socket only while
+:meth:`~ketch.host.ssh.master.Master.live` says it is the one ketchd made.
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ import dataclasses
 import socket
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ketch.host import dnsmasq, ssh
+from ketch.host.ssh import master
 from ketch.layout import InstanceDir, Root
 from ketch.model import InstanceSpec, PidStatus, SshTarget
 from ketch.progress import Reporter
@@ -25,6 +34,17 @@ from ketch.runtime.driver import Driver
 from ketch.runtime.netplan import read_nic
 from ketch.service.waits import Wait
 from ketch.vocabulary import blocks_readiness
+
+if TYPE_CHECKING:
+    from ketch.host.run import Completed
+
+#: Seconds before a master that failed to start is tried again by :func:`ensure_master`.
+MASTER_RETRY = 5.0
+
+# The masters this ketchd started, by control socket path (one ketchd per storage root).
+_masters: dict[Path, master.Master] = {}
+_locks: dict[Path, asyncio.Lock] = {}
+_failed: dict[Path, float] = {}
 
 
 def client_public_key(root: Root) -> str:
@@ -40,7 +60,8 @@ def make_host_key(idir: InstanceDir, name: str) -> tuple[str, str]:
     return idir.host_key.read_text(), public
 
 
-def target(root: Root, spec: InstanceSpec) -> SshTarget:
+def target(root: Root, spec: InstanceSpec, *, mux: bool = True) -> SshTarget:
+    """How to reach the instance; through its master's socket when it is up (and ``mux``)."""
     idir = root.instance(spec.name)
     return SshTarget(
         name=spec.name,
@@ -49,6 +70,7 @@ def target(root: Root, spec: InstanceSpec) -> SshTarget:
         user=spec.user,
         identity=str(root.client_key),
         known_hosts=str(idir.known_hosts),
+        control_path=live_control(idir) if mux else "",
     )
 
 
@@ -108,7 +130,75 @@ async def endpoint(root: Root, spec: InstanceSpec) -> SshTarget:
         _unreachable[key] = time.monotonic()
         return loopback
     _unreachable.pop(key, None)
-    return dataclasses.replace(loopback, host=nic.ip, port=22)
+    # A direct connection: the master rides on the loopback port (made by the readiness wait)
+    return dataclasses.replace(loopback, host=nic.ip, port=22, control_path="")
+
+
+def live_control(idir: InstanceDir) -> str:
+    """The instance's control socket if the master ketchd made is on it, else ""."""
+    m = _masters.get(idir.ssh_mux_socket)
+    return str(m.control) if m is not None and m.live() else ""
+
+
+def _lock(path: Path) -> asyncio.Lock:
+    return _locks.setdefault(path, asyncio.Lock())
+
+
+async def ensure_master(
+    root: Root, spec: InstanceSpec, *, timeout: float = master.START_TIMEOUT, retry: bool = False
+) -> SshTarget | Completed:
+    """Make the instance's master unless it is up; the target through it, or how it failed.
+
+    A master that is gone, or whose socket is not the one it made (a planted
+    or stale file), is ended and made again.  After a failure the next try
+    waits :data:`MASTER_RETRY` seconds (unless ``retry``): meanwhile the
+    plain target (no control path) is returned.  A storage root too deep for
+    a socket path gets no master: the plain target.
+    """
+    idir = root.instance(spec.name)
+    path = idir.ssh_mux_socket
+    plain = target(root, spec, mux=False)
+    if not master.fits(path):
+        return plain
+    async with _lock(path):
+        have = _masters.get(path)
+        if have is None and (adopted := await master.adopt(path, idir.ssh_mux_pidfile)):
+            _masters[path] = have = adopted  # an earlier ketchd's: its sessions go on
+        if have is not None and have.live():
+            return target(root, spec)
+        if not retry and time.monotonic() - _failed.get(path, -MASTER_RETRY) < MASTER_RETRY:
+            return plain
+        await _end(idir)
+        made = await master.start(
+            plain, path, idir.ssh_mux_pidfile, idir.ssh_mux_log, timeout=timeout
+        )
+        if isinstance(made, master.Master):
+            _masters[path] = made
+            _failed.pop(path, None)
+            return target(root, spec)
+        _failed[path] = time.monotonic()
+        return made
+
+
+async def end_master(root: Root, name: str) -> None:
+    """End the instance's master, if any (ours or an earlier ketchd's); never raises."""
+    idir = root.instance(name)
+    async with _lock(idir.ssh_mux_socket):
+        await _end(idir)
+        _failed.pop(idir.ssh_mux_socket, None)
+
+
+async def _end(idir: InstanceDir) -> None:
+    import logging
+
+    try:
+        have = _masters.pop(idir.ssh_mux_socket, None)
+        if have is not None:
+            await have.stop()
+        if idir.ssh_mux_pidfile.exists() or idir.ssh_mux_socket.exists():
+            await asyncio.to_thread(master.end_stray, idir.ssh_mux_socket, idir.ssh_mux_pidfile)
+    except OSError as exc:
+        logging.getLogger("ketchd").warning("ending the ssh master of %s: %s", idir.path, exc)
 
 
 async def wait_ready(
@@ -134,12 +224,19 @@ async def wait_ready(
             return f"QEMU reports the guest as '{obs.qmp_status}'"
         return None
 
+    async def connect(left: float) -> SshTarget | Completed:
+        # A failed master is this probe's answer; for MASTER_RETRY seconds after it the
+        # probes go direct, so a guest reachable without a master is found either way.
+        return await ensure_master(root, spec, timeout=left)
+
+    await end_master(root, spec.name)  # a master of an earlier run of this instance
     async with Wait(spec.name, "readiness"):
         await ssh.wait_ready(
-            target(root, spec),
+            target(root, spec, mux=False),
             timeout=timeout,
             reporter=reporter,
             abort=abort if driver is not None else None,
+            connect=connect,
         )
 
 

@@ -146,6 +146,7 @@ async def stop(ctx: Context, name: str, reporter: Reporter) -> NameResult:
     spec, idir = v.record.spec, ctx.root.instance(name)
     async with journal(ctx, name, OperationKind.STOP, reporter=reporter):
         await mounts.deactivate_all(ctx, spec, reporter, guest=True)
+        await guestlink.end_master(ctx.root, name)
         reporter.step(f"Stopping {name}")
         if not await ctx.driver.powerdown(spec, idir, timeout=ctx.stop_timeout):
             raise Timeout(
@@ -174,6 +175,7 @@ async def force_stop(ctx: Context, name: str, reporter: Reporter) -> NameResult:
         except Exception as exc:  # the hallmark: force stop must not fail
             reporter.warn(f"ending QEMU failed: {exc}")
         await mounts.deactivate_all(ctx, spec, reporter, guest=False)  # never raises
+        await guestlink.end_master(ctx.root, name)  # never raises
         for inc in v.derived.inconsistencies:
             if inc.code in (InconsistencyCode.STALE_PID_FILE, InconsistencyCode.FOREIGN_PID):
                 reporter.warn(f"{inc.message}; removed the pid file")
@@ -255,6 +257,7 @@ async def suspend(ctx: Context, name: str, reporter: Reporter) -> NameResult:
         # Classic mounts ride on an ssh session that a saved state cannot keep: unmounted
         # in the guest first, mounted again after the resume.
         await mounts.deactivate_all(ctx, v.record.spec, reporter, guest=True)
+        await guestlink.end_master(ctx.root, name)  # the saved guest keeps no session of it
         try:
             await ctx.driver.suspend(
                 v.record.spec, ctx.root.instance(name), reporter=reporter, timeout=300.0

@@ -186,7 +186,7 @@ async def activate(ctx: Context, spec: InstanceSpec, mount: MountSpec, reporter:
     uid = uid_maps[0][0] if uid_maps else st.st_uid
     gid = gid_maps[0][0] if gid_maps else st.st_gid
     ssh = ssh_argv(
-        guestlink.target(ctx.root, spec),
+        guestlink.target(ctx.root, spec, mux=False),  # a detached supervisor: its own connection
         remote_command(guest_argv(mount.target, mount_key(mount.target))),
         tty=False,
         batch=True,

@@ -17,9 +17,12 @@ import os
 import re
 import shlex
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ketch.errors import InvalidArgument
-from ketch.model import SshTarget
+
+if TYPE_CHECKING:
+    from ketch.model import SshTarget
 
 SSH = "ssh"
 
@@ -78,7 +81,12 @@ def ssh_option(key: str, value: str) -> str:
 
 
 def ssh_argv(
-    target: SshTarget, remote: str | None, *, tty: bool | None, batch: bool = True
+    target: SshTarget,
+    remote: str | None,
+    *,
+    tty: bool | None,
+    batch: bool = True,
+    master: bool = False,
 ) -> list[str]:
     """The ``ssh`` argv reaching ``target``, running ``remote`` (a shell string).
 
@@ -87,7 +95,15 @@ def ssh_argv(
     (a tty for a login shell on a terminal).  ``batch`` sets ``BatchMode``
     (never prompt); ketch authenticates with its key only, so no prompt is
     expected either way.
+
+    With ``target.control_path`` set the session goes through the instance's
+    multiplexed connection there (``ControlMaster=no``: ssh never becomes a
+    master by itself, and connects directly when the socket does not answer).
+    ``master=True`` is the argv of that master itself (:mod:`.master`): no
+    command (``-N``), no tty, listening on ``target.control_path``.
     """
+    if master and (remote is not None or not target.control_path):
+        raise InvalidArgument("a control master runs no command and needs a control path")
     if not ALIAS.match(target.name):
         raise InvalidArgument(f"not an instance name: {target.name!r}")
     if target.host.startswith("-") or not target.host:
@@ -118,9 +134,12 @@ def ssh_argv(
         "ServerAliveCountMax": str(SERVER_ALIVE_COUNT_MAX),
         "ForwardAgent": "no",
         "ForwardX11": "no",
-        "ControlMaster": "no",
-        "ControlPath": "none",
+        "ControlMaster": "yes" if master else "no",
+        "ControlPath": target.control_path or "none",
     }
+    if master:
+        opts["ControlPersist"] = "no"  # ketchd owns the process: it lives until ended
+        tty = False
     argv = [SSH, "-F", "/dev/null"]  # ignore ~/.ssh/config and /etc/ssh/ssh_config
     for key, value in opts.items():
         argv += ["-o", ssh_option(key, value)]
@@ -128,6 +147,8 @@ def ssh_argv(
         argv.append("-t")
     elif tty is False:
         argv.append("-T")
+    if master:
+        argv.append("-N")
     argv += ["-p", str(target.port), "-l", target.user, "--", target.host]
     if remote is not None:
         argv.append(remote)

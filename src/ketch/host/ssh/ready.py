@@ -61,7 +61,10 @@ async def run_in_guest(
     return done
 
 
-BANNER_TRY = 0.5  # seconds one banner probe may wait (a hung try costs this much)
+BANNER_TRY = 0.5  # seconds the first banner probe may wait (a hung try costs this much)
+#: ... doubled after each try that got a connection but no banner, up to this: a guest
+#: too slow (a loaded host, TCG) to send its banner in 0.5 s is still found.
+BANNER_TRY_MAX = 4.0
 
 
 async def read_banner(host: str, port: int, *, timeout: float) -> str:
@@ -96,12 +99,19 @@ async def wait_ready(
     timeout: float,
     reporter: Reporter,
     abort: Callable[[], Awaitable[str | None]] | None = None,
+    connect: Callable[[float], Awaitable[SshTarget | Completed]] | None = None,
 ) -> None:
     """Wait until the guest answers SSH with the pinned key and cloud-init is done.
 
     1. The forwarded port must send an ``SSH-`` banner (QEMU user networking
        accepts TCP on the host port before anything listens in the guest).
     2. ``test -f /var/lib/cloud/instance/boot-finished`` must succeed over ssh.
+
+    ``connect`` (given the seconds left) makes the instance's multiplexed
+    connection before each probe (:mod:`.master`): it returns the target to
+    probe through (its ``control_path`` set, or not when there can be no
+    master), or how making the master failed, which counts as that probe's
+    answer.  The probes then cost a channel each, not a handshake.
 
     Raises :class:`Timeout` (saying what was last seen) when ``timeout``
     seconds pass, and :class:`HostKeyMismatch` at once on a host-key failure.
@@ -131,6 +141,7 @@ async def wait_ready(
             )
 
     reporter.step(f"Waiting for SSH on {target.host}:{target.port}")
+    banner_try = BANNER_TRY
     while True:
         left = remaining()
         if left <= 0:
@@ -139,10 +150,11 @@ async def wait_ready(
         try:
             # Short tries: a connection made before the guest's network is up
             # is accepted by QEMU's user networking but never answered.
-            banner = await read_banner(target.host, target.port, timeout=min(BANNER_TRY, left))
+            banner = await read_banner(target.host, target.port, timeout=min(banner_try, left))
             break
         except TimeoutError:
             last = "the SSH port accepted a connection but sent no banner"
+            banner_try = min(banner_try * 2, BANNER_TRY_MAX)
         except ConnectionRefusedError:
             last = f"connection to {target.host}:{target.port} refused"
         except OSError as exc:
@@ -152,14 +164,21 @@ async def wait_ready(
     reporter.step(f"Waiting for cloud-init to finish ({banner})")
     from ketch.host.run import run
 
-    argv = ssh_argv(target, remote_command(["test", "-f", BOOT_FINISHED]), tty=False, batch=True)
+    probe = remote_command(["test", "-f", BOOT_FINISHED])
     while True:
         left = remaining()
         if left <= 0:
             raise _not_ready(target, timeout, last)
         await check()
         try:
-            done = await run(argv, timeout=max(min(30.0, left), 1.0), check=False)
+            via: SshTarget | Completed = target
+            if connect is not None:
+                via = await connect(max(min(30.0, left), 1.0))
+            if isinstance(via, SshTarget):
+                argv = ssh_argv(via, probe, tty=False, batch=True)
+                done = await run(argv, timeout=max(min(30.0, left), 1.0), check=False)
+            else:
+                done = via
         except Timeout:
             last = "ssh did not answer in time"
         else:

@@ -3,8 +3,12 @@ and a session that could not be set up from the remote command's own output."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ketch.errors import GuestError
-from ketch.model import SshTarget
+
+if TYPE_CHECKING:
+    from ketch.model import SshTarget
 
 # ssh exits 255 when it (not the remote command) failed.
 SSH_FAILED = 255
