@@ -29,10 +29,10 @@ os.environ["KETCH_NETWORK_DEFAULT"] = "user"
 # appends to a test's id no longer takes.)
 ALONE = ("tests/integration/test_chaos.py::test_chaos_walk",)
 
-# The longest files first (seconds measured one file at a time, docs/benchmarks.md
-# "CI time"), so that the two workers finish together rather than one waiting on the
-# other's last long file; files not named here follow in collection order, integration
-# tests before unit tests.
+# The longest files first, so that the two workers finish together rather than one
+# waiting on the other's last long file (docs/benchmarks.md, "CI time", has what was
+# measured; re-rank from a run's ``--durations=0`` when files grow); files not named
+# here follow in collection order, integration tests before unit tests.
 LONGEST_FIRST = (
     "test_chaos.py",
     "test_debian_image.py",
