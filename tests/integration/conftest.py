@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -31,8 +32,14 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 @pytest.fixture(scope="session")
 def ketch(tiny_image: ImageInfo) -> Iterator[Ketch]:
-    """One storage root (short path: Unix sockets live in it) and its daemon."""
-    root = Path(tempfile.mkdtemp(prefix="ketch-it-", dir="/tmp"))
+    """One storage root (short path: Unix sockets live in it) and its daemon.
+
+    Under xdist each worker is a session of its own, so each has its own root
+    and ketchd; the root's name says whose (``ketch-it-gw0-...``).
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    prefix = f"ketch-it-{worker}-" if worker else "ketch-it-"
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     _seed_vault(root, tiny_image)
     k = Ketch(root)
     try:
@@ -52,7 +59,6 @@ def vm(ketch: Ketch) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def small_root(tiny_image: ImageInfo) -> Iterator[Ketch]:
     """A storage root on a 400 MiB tmpfs this fixture mounts, to fill it up."""
-    import os
     import subprocess
 
     if os.geteuid() != 0:

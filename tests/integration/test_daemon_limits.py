@@ -145,6 +145,20 @@ def _wait_all_closed(socks: list[socket.socket]) -> None:
     assert not pending, f"{len(pending)} slow connections are still open"
 
 
+def _sockets(pid: int) -> set[str]:
+    """The sockets process ``pid`` has open (``socket:[inode]``): its listener and the
+    connections it accepted.  One not in an earlier set was accepted since."""
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue  # closed meanwhile
+        if link.startswith("socket:"):
+            found.add(link)
+    return found
+
+
 def _log_facts(log: Path) -> tuple[int, str]:
     text = log.read_text(errors="replace")
     return len(text.encode()), text
@@ -246,6 +260,7 @@ def test_when_every_connection_is_busy_a_new_one_gets_a_clean_503(
     start_daemon: Callable[..., Daemon],
 ) -> None:
     daemon = start_daemon(KETCH_MAX_CONNECTIONS="3", KETCH_BODY_TIMEOUT="60")
+    before = _sockets(daemon.proc.pid)
     busy = []
     for _ in range(3):  # a request in progress each: its body is still coming
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -253,7 +268,12 @@ def test_when_every_connection_is_busy_a_new_one_gets_a_clean_503(
         s.sendall(b"POST /v1/instances HTTP/1.1\r\nHost: ketchd\r\nContent-Length: 100\r\n\r\n{")
         busy.append(s)
     try:
-        time.sleep(0.5)  # let ketchd start handling them (a pause, not a criterion)
+        # ketchd has accepted all three (polled: a fixed half second was a guess that
+        # a busy host could miss); it reads their heads before it could read a fourth.
+        deadline = time.monotonic() + WAIT
+        while len(_sockets(daemon.proc.pid) - before) < 3:
+            assert time.monotonic() < deadline, "ketchd did not accept the connections"
+            time.sleep(0.02)
         done = Ketch(daemon.root).run("list", check=False, timeout=WAIT)
         assert done.returncode == 3, done.stderr
         assert "ketchd is busy: 3 connections" in done.stderr

@@ -123,8 +123,7 @@ def test_qemu_img_failure_is_a_warning_for_force_stop_and_purge(ketch: Ketch) ->
         stderr=subprocess.DEVNULL,
     )
     try:
-        time.sleep(1)
-        assert holder.poll() is None
+        _wait_write_locked(ketch, name, holder)
         done = ketch.run("stop", "--force", name)
         assert "could not remove the 'suspend' tag" in done.stderr
         assert ketch.state(name) == "Stopped"
@@ -133,6 +132,21 @@ def test_qemu_img_failure_is_a_warning_for_force_stop_and_purge(ketch: Ketch) ->
     finally:
         holder.kill()
         holder.wait()
+
+
+def _wait_write_locked(ketch: Ketch, name: str, holder: subprocess.Popen[bytes]) -> None:
+    """Until ``holder`` holds the disk's write lock: ``qemu-img info`` without ``-U``
+    is refused then (polled, where a fixed second was not always enough on a busy host)."""
+    deadline = time.monotonic() + 120  # a bound against hangs, not a timing criterion
+    while True:
+        assert holder.poll() is None, "qemu-io ended"
+        done = subprocess.run(
+            ["qemu-img", "info", str(ketch.disk(name))], capture_output=True, text=True
+        )
+        if done.returncode != 0 and "lock" in done.stderr:
+            return
+        assert time.monotonic() < deadline, done.stderr or "the disk was never locked"
+        time.sleep(0.05)
 
 
 def test_unreadable_disk_does_not_block_force_stop_or_purge(ketch: Ketch) -> None:

@@ -115,16 +115,16 @@ def test_source_problems(tmp_path: Path) -> None:
 
 @needs_virtiofsd
 def test_a_ketch_package_planted_in_the_working_directory_is_not_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    short_tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    planted = tmp_path / "cwd" / "ketch"
+    planted = short_tmp_path / "cwd" / "ketch"
     planted.mkdir(parents=True)
-    marker = tmp_path / "ran"
+    marker = short_tmp_path / "ran"
     (planted / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     monkeypatch.chdir(planted.parent)
-    idir = InstanceDir(tmp_path / "vm")
+    idir = InstanceDir(short_tmp_path / "vm")
     idir.path.mkdir()
-    source = tmp_path / "src"
+    source = short_tmp_path / "src"
     source.mkdir()
     asyncio.run(virtiofs.start(idir, replace(NATIVE, source=str(source))))
     asyncio.run(virtiofs.stop_all(idir))
@@ -200,10 +200,10 @@ def test_shares_give_shared_memory_and_a_device_each() -> None:
 
 
 @needs_virtiofsd
-def test_started_detached_found_again_and_ended(tmp_path: Path) -> None:
-    idir = InstanceDir(tmp_path.resolve() / "vm")
+def test_started_detached_found_again_and_ended(short_tmp_path: Path) -> None:
+    idir = InstanceDir(short_tmp_path.resolve() / "vm")
     idir.path.mkdir()
-    source = tmp_path / "src"
+    source = short_tmp_path / "src"
     source.mkdir()
     mount = replace(NATIVE, source=str(source))
     share = asyncio.run(virtiofs.start(idir, mount))
