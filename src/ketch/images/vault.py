@@ -46,6 +46,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ketch.errors import DigestMismatch, ImageError, InvalidArgument
+from ketch.host import procs
 from ketch.images.download import Sink, copy_file, http_get
 from ketch.progress import Reporter
 
@@ -393,10 +394,6 @@ async def _flock(fd: int, on_wait: Callable[[], None]) -> None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """A zombie counts as dead: a killed download's process may stay one a while
+    (reaped late by its parent), and its ``.part`` is garbage all the same."""
+    return procs.alive(pid)
