@@ -38,6 +38,17 @@ INSTANCES_DIR = "instances"
 CACHE_DIR = "cache"
 ACCEL_CACHE = "accel.json"  # in CACHE_DIR
 NETWORK_DIR = "network"  # the managed network's state (runtime/network.py)
+# Warm-launch templates, one directory each (service/templates.py); on the storage
+# root's filesystem, not a tmpfs: a template's memory file is as large as its RAM.
+TEMPLATES_DIR = "templates"
+
+# Files in a template directory (templates/<image>-<key>/).
+TEMPLATE_RECORD = "template.json"  # what it was made from (its key); written last
+TEMPLATE_DISK = "golden.qcow2"  # the guest's disk at the save, frozen (read-only)
+TEMPLATE_MEMORY = "memory.ram"  # the guest's RAM (memory-backend-file, share=on while saved)
+TEMPLATE_STATE = "device.state"  # the device state (a migration stream, RAM excluded)
+# while it is made, the template is booted as an instance would be: DISK is
+# TEMPLATE_DISK; SEED_ISO, PIDFILE, QMP_SOCKET, SERIAL_LOG, QEMU_LOG, AGENT_SOCKET as below
 
 # Files in NETWORK_DIR.
 NETWORK_STATE = "network.json"  # the bridge's name and subnet, kept so addresses stay stable
@@ -62,6 +73,9 @@ VIRTIOFS_PREFIX = "virtiofs-"
 VIRTIOFS_SOCKET = ".sock"
 VIRTIOFS_PID = ".pid"
 VIRTIOFS_LOG = ".log"
+
+AGENT_SOCKET = "warm-agent.sock"  # warm start: the host end of the guest agent's virtio port
+WARM_RECORD = "warm.json"  # a warm-started instance: its template and its device layout
 
 NIC = "nic.json"  # on the managed network: the TAP, MAC and address QEMU was started with
 INSTANCE_RECORD = "instance.json"  # the store's record of it, mirrored (store/mirror.py)
@@ -178,6 +192,13 @@ class Root(_Paths):
     def network(self) -> NetworkDir:
         return NetworkDir(self.path / NETWORK_DIR)
 
+    @property
+    def templates(self) -> Path:
+        return self.path / TEMPLATES_DIR
+
+    def template(self, key: str) -> TemplateDir:
+        return TemplateDir(self.templates / key)
+
     def instance(self, name: str) -> InstanceDir:
         return InstanceDir(self.instances / name)
 
@@ -206,6 +227,34 @@ class NetworkDir(_Paths):
     @property
     def dnsmasq_log(self) -> Path:
         return self.path / DNSMASQ_LOG
+
+
+class TemplateDir(_Paths):
+    """Paths of one warm-launch template's directory."""
+
+    __slots__ = ()
+
+    @property
+    def record(self) -> Path:
+        return self.path / TEMPLATE_RECORD
+
+    @property
+    def disk(self) -> Path:
+        return self.path / TEMPLATE_DISK
+
+    @property
+    def memory(self) -> Path:
+        return self.path / TEMPLATE_MEMORY
+
+    @property
+    def state(self) -> Path:
+        return self.path / TEMPLATE_STATE
+
+    @property
+    def boot(self) -> InstanceDir:
+        """The template as the instance booted to make it: pid file, QMP socket, logs
+        (its disk is :attr:`disk`, not the instance's DISK)."""
+        return InstanceDir(self.path)
 
 
 class InstanceDir(_Paths):
@@ -257,6 +306,14 @@ class InstanceDir(_Paths):
 
     def virtiofs_log(self, tag: str) -> Path:
         return self.path / f"{VIRTIOFS_PREFIX}{tag}{VIRTIOFS_LOG}"
+
+    @property
+    def agent_socket(self) -> Path:
+        return self.path / AGENT_SOCKET
+
+    @property
+    def warm_record(self) -> Path:
+        return self.path / WARM_RECORD
 
     @property
     def nic(self) -> Path:
