@@ -73,6 +73,15 @@ def test_a_resumed_warm_instance_has_plain_ram_under_the_same_block_name() -> No
     assert f"memory-backend={MEMORY_NODE}" in values(argv, "-machine")[0]
 
 
+def test_a_templates_managed_nic_has_an_empty_backend_in_the_same_slot() -> None:
+    taps = (("kt-0123", "52:54:00:00:00:02"),)
+    template = build_argv(replace(CFG, taps=taps, dummy_taps=True))
+    clone = build_argv(replace(CFG, taps=taps))
+    assert values(template, "-netdev")[1] == "hubport,id=net1,hubid=1"
+    assert values(clone, "-netdev")[1].startswith("tap,id=net1,ifname=kt-0123,")
+    assert values(template, "-device") == values(clone, "-device")
+
+
 def test_a_cold_instance_has_none_of_it() -> None:
     argv = build_argv(CFG)
     assert "-object" not in argv and "-incoming" not in argv
@@ -86,10 +95,16 @@ def test_the_memory_file_path_is_quoted_for_qemu() -> None:
 
 def test_the_handover_sends_entropy_first_and_nothing_else_secret() -> None:
     entropy = bytes(range(64))
-    text = warm_guest.handover(entropy, 1796000000.6, "52:54:00:aa:bb:cc", "52:54:00:01:02:03")
+    macs = [("52:54:00:aa:bb:cc", "52:54:00:01:02:03"), ("52:54:00:aa:bb:cd", "52:54:00:01:02:04")]
+    text = warm_guest.handover(entropy, 1796000000.6, macs)
     lines = text.decode().splitlines()
     assert lines[0] == f"entropy {base64.b64encode(entropy).decode()}"
-    assert lines[1:] == ["time 1796000001", "mac 52:54:00:aa:bb:cc 52:54:00:01:02:03", "go"]
+    assert lines[1:] == [
+        "time 1796000001",
+        "mac 52:54:00:aa:bb:cc 52:54:00:01:02:03",
+        "mac 52:54:00:aa:bb:cd 52:54:00:01:02:04",
+        "go",
+    ]
 
 
 def test_agent_replies() -> None:

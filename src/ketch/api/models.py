@@ -131,7 +131,9 @@ from ketch.api.system import (
     SettingBody,
     SettingKeysReply,
     SettingReply,
+    TemplateInfo,
     VersionReply,
+    WarmBody,
 )
 
 __all__ = [
@@ -211,11 +213,13 @@ __all__ = [
     "StartResult",
     "StepEvent",
     "StopBody",
+    "TemplateInfo",
     "Text",
     "Timeout",
     "UmountBody",
     "VersionReply",
     "WaitingEvent",
+    "WarmBody",
     "WarningEvent",
     "decode_event",
 ]

@@ -59,6 +59,7 @@ class QemuConfig:
     memory_ram: bool = False
     agent_socket: Path | None = None  # the warm agent's virtio-serial port (its host end)
     incoming: bool = False  # -incoming defer: the state comes over QMP (migrate-incoming)
+    dummy_taps: bool = False  # a template: its TAP NICs' backends are empty hub ports
     vmgenid: str | None = None  # a VM generation ID (GUID): a clone's kernel reseeds on a new one
 
 
@@ -121,8 +122,13 @@ def build_argv(cfg: QemuConfig, *, binary: str = QEMU_SYSTEM) -> list[str]:
         "-device", "virtio-rng-pci",
     ]
     for i, (tap, mac) in enumerate(cfg.taps, 1):  # last: the other devices keep their slots
+        netdev = (
+            f"hubport,id=net{i},hubid={i}"
+            if cfg.dummy_taps
+            else f"tap,id=net{i},ifname={opt(tap)},script=no,downscript=no,vhost=off"
+        )
         argv += [
-            "-netdev", f"tap,id=net{i},ifname={opt(tap)},script=no,downscript=no,vhost=off",
+            "-netdev", netdev,
             "-device", f"virtio-net-pci,netdev=net{i},mac={mac}",
         ]
     # fmt: on

@@ -155,7 +155,14 @@ class WarmStart(Protocol):
     """
 
     async def make_template(
-        self, tdir: TemplateDir, tb: TemplateBoot, *, accel: str, seed_iso: Path, timeout: float
+        self,
+        tdir: TemplateDir,
+        tb: TemplateBoot,
+        *,
+        accel: str,
+        seed_iso: Path,
+        timeout: float,
+        nice: bool = False,
     ) -> None:
         """Boot the template's golden disk until its guest agent is idle, then save it."""
         ...
@@ -167,7 +174,7 @@ class WarmStart(Protocol):
         tdir: TemplateDir,
         *,
         accel: str,
-        template_mac: str,
+        template_macs: tuple[str, ...],
         now: float,
     ) -> list[str]:
         """Start ``spec`` as a clone of the template and hand it its identity; the

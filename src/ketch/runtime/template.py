@@ -27,6 +27,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ketch.errors import HostCommandError, KetchError, Timeout
 from ketch.host import qemu, qemu_img, qmp
@@ -34,12 +35,19 @@ from ketch.layout import FILE_MODE, InstanceDir, TemplateDir
 from ketch.model import BootSpec, InstanceSpec
 from ketch.runtime import warm_guest
 
+if TYPE_CHECKING:
+    from ketch.runtime.network import ManagedNetwork
+
 SAVE_TIMEOUT = 120.0  # the device state is under a MB: seconds are plenty
 HANDOVER_TIMEOUT = 60.0  # the clone's agent: reseed, seed, SSH server, runcmd
 
 
 class TemplateError(KetchError):
     """A template could not be made or could not be loaded (a clone falls back to cold)."""
+
+
+class TemplateMismatch(TemplateError):
+    """The template is fine but does not fit this instance (its NICs): launch cold, keep it."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class TemplateBoot:
     boot: BootSpec
     mac: str
     ssh_port: int
+    extra_macs: tuple[str, ...] = ()  # one NIC each after net0 (the managed network's)
 
 
 def shape(idir: InstanceDir) -> bool:
@@ -132,11 +141,24 @@ async def _migration_done(mon: qmp.Monitor, *, timeout: float) -> None:
 class Templates:
     """The QEMU driver's warm-launch methods (a mixin of its class)."""
 
+    if TYPE_CHECKING:
+        network: ManagedNetwork | None
+
+        async def _detach(self, spec: InstanceSpec, idir: InstanceDir, *, forget: bool) -> None: ...
+
     async def make_template(
-        self, tdir: TemplateDir, tb: TemplateBoot, *, accel: str, seed_iso: Path, timeout: float
+        self,
+        tdir: TemplateDir,
+        tb: TemplateBoot,
+        *,
+        accel: str,
+        seed_iso: Path,
+        timeout: float,
+        nice: bool = False,
     ) -> None:
         """Boot ``tdir``'s golden disk (made by the caller) until the agent says it is
-        idle, then save the template; QEMU has ended when this returns or raises."""
+        idle, then save the template; QEMU has ended when this returns or raises.
+        With ``nice``, QEMU runs at the lowest CPU priority."""
         b = tdir.boot
         cfg = qemu.QemuConfig(
             name=f"template-{tdir.path.name}",
@@ -156,16 +178,21 @@ class Templates:
             agent_socket=b.agent_socket,
             vmgenid=str(uuid.uuid4()),
             paused=True,
+            taps=tuple(("", mac) for mac in tb.extra_macs),
+            dummy_taps=True,
         )
         await qemu.start(cfg, log=b.qemu_log)
         try:
+            if nice:
+                _lowest_priority(b.pidfile)
             reader, writer = await _connect(b.agent_socket)
             try:
                 # The NIC's link is down while the template lives: the user-mode
                 # network's DHCP server, saved with it, must give its clones (each
                 # its own MAC) the address a cold boot gets.
                 async with qmp.connect(b.qmp_socket) as mon:
-                    await mon.execute("set_link", {"name": "net0", "up": False})
+                    for i in range(1 + len(tb.extra_macs)):
+                        await mon.execute("set_link", {"name": f"net{i}", "up": False})
                     await mon.execute("cont")
                 await _agent_line(reader, warm_guest.READY, timeout=timeout)
                 async with qmp.connect(b.qmp_socket) as mon:
@@ -195,18 +222,29 @@ class Templates:
         tdir: TemplateDir,
         *,
         accel: str,
-        template_mac: str,
+        template_macs: tuple[str, ...],
         now: float,
     ) -> list[str]:
         """Start ``spec`` as a clone of ``tdir`` (its disk: a copy of the golden one,
         grown to the spec's size) and hand it its identity; returns the agent's warnings.
 
-        Raises TemplateError (QEMU ended, the disk copy removed) when the template
-        does not load: the caller launches cold instead.
+        Raises TemplateError (QEMU ended, the disk copy removed, the NIC detached)
+        when the template does not load, TemplateMismatch when it does not fit:
+        the caller launches cold instead.
         """
+        taps: list[tuple[str, str]] = []
+        if self.network is not None:
+            nic = await self.network.attach(spec, idir, resume=False)
+            taps += [(nic.tap, nic.mac)] if nic else []
+        if len(taps) + 1 != len(template_macs):
+            await self._detach(spec, idir, forget=True)
+            raise TemplateMismatch(
+                f"the template has {len(template_macs)} NIC(s), this instance {len(taps) + 1}"
+            )
         try:
             await asyncio.to_thread(_copy_golden, tdir.disk, idir.disk)
         except OSError as exc:
+            await self._detach(spec, idir, forget=True)
             raise TemplateError(f"cannot copy the template's disk: {exc}") from exc
         cfg = qemu.QemuConfig(
             name=spec.name,
@@ -227,6 +265,7 @@ class Templates:
             vmgenid=str(uuid.uuid4()),
             paused=True,
             incoming=True,
+            taps=tuple(taps),
         )
         os.close(os.open(idir.serial_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE))
         try:
@@ -239,6 +278,7 @@ class Templates:
             reader, writer = await _connect(idir.agent_socket)
         except (HostCommandError, TemplateError) as exc:
             await _end(idir, idir.disk)
+            await self._detach(spec, idir, forget=True)
             idir.disk.unlink(missing_ok=True)
             raise TemplateError(f"the template did not load: {exc.message}") from exc
         try:
@@ -254,17 +294,28 @@ class Templates:
                     await mon.execute(
                         "block_resize", {"node-name": qemu.DISK_NODE, "size": spec.disk}
                     )
-                    await mon.execute("set_link", {"name": "net0", "up": True})
+                    for i in range(len(template_macs)):
+                        await mon.execute("set_link", {"name": f"net{i}", "up": True})
                     await mon.execute("cont")
             except KetchError as exc:
                 await _end(idir, idir.disk)
+                await self._detach(spec, idir, forget=True)
                 idir.disk.unlink(missing_ok=True)
                 raise TemplateError(f"the template did not load: {exc.message}") from exc
             write_record(idir, template=tdir.path.name, shape=True)
             entropy = secrets.token_bytes(warm_guest.ENTROPY_BYTES)
-            writer.write(warm_guest.handover(entropy, now, template_mac, spec.mac))
-            await writer.drain()
-            return await _agent_line(reader, warm_guest.DONE, timeout=HANDOVER_TIMEOUT)
+            macs = list(zip(template_macs, [spec.mac, *(mac for _, mac in taps)], strict=True))
+            try:
+                writer.write(warm_guest.handover(entropy, now, macs))
+                await writer.drain()
+                return await _agent_line(reader, warm_guest.DONE, timeout=HANDOVER_TIMEOUT)
+            except (KetchError, OSError) as exc:
+                # A guest that did not take its identity is never kept: it is the template.
+                await _end(idir, idir.disk)
+                await self._detach(spec, idir, forget=True)
+                procs_remove(idir.disk, idir.warm_record)
+                why = exc.message if isinstance(exc, KetchError) else str(exc)
+                raise TemplateError(f"the clone did not take its identity: {why}") from exc
         finally:
             writer.close()
             with contextlib.suppress(OSError):
@@ -319,6 +370,20 @@ async def _end(b: InstanceDir, disk: Path, *, grace: float = 0.0) -> None:
         if procs.alive(pid):
             await asyncio.to_thread(procs.terminate, pid, expect=argv)
     procs.remove_quietly(b.pidfile, b.qmp_socket, b.agent_socket)
+
+
+def _lowest_priority(pidfile: Path) -> None:
+    from ketch.host import procs
+
+    pid = procs.read_pidfile(pidfile)
+    if pid:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, pid, 19)
+
+
+def procs_remove(*paths: Path) -> None:
+    for p in paths:
+        p.unlink(missing_ok=True)
 
 
 def _copy_golden(src: Path, dst: Path) -> None:

@@ -14,7 +14,7 @@ whose host end is a Unix socket in the template's (then the clone's) directory:
   saved in that instant);
 * in a clone, ketch sends, one line each: ``entropy B64`` (64 bytes of host
   randomness: ``RNDADDENTROPY`` then ``RNDRESEEDCRNG``, through :func:`reseed_elf`,
-  before anything else), ``time SECONDS``, ``mac OLD NEW`` (the template's MAC
+  before anything else), ``time SECONDS``, ``mac OLD NEW`` per NIC (the template's MAC
   and the clone's), ``go``.  The agent then grows the root filesystem, makes a
   new machine-id, re-runs the image's NoCloud datasource on the clone's seed
   (same disk slot, same size: :data:`SEED_SIZE`), renews DHCP, starts the SSH
@@ -60,8 +60,7 @@ rm -f /etc/dropbear/*host_key* /run/dropbear.pid /run/ketch/host-key-types /etc/
 rm -rf /run/ketch/seed /var/lib/cloud/instances/* /var/lib/cloud/instance /var/lib/cloud/data/*
 sync
 say template-ready
-old=
-new=
+macs=
 while :; do
 	if ! read -r kind a b <&3; then
 		sleep 0.05 # no host on the port (yet): the clone's ketch connects at once
@@ -73,16 +72,16 @@ while :; do
 			{ printf '%s' "$a" | base64 -d >/dev/urandom; say "warn reseed-failed"; }
 		;;
 	time) date -u -s "@$a" >/dev/null 2>&1 || say "warn clock" ;;
-	mac) old=$a new=$b ;;
+	mac) macs="$macs $a=$b" ;;
 	go) break ;;
 	esac
 done
-if [ -n "$new" ]; then
+for pair in $macs; do
 	for dev in /sys/class/net/*; do
-		[ "$(cat "$dev/address" 2>/dev/null)" = "$old" ] || continue
-		ip link set "${dev##*/}" address "$new" || say "warn mac"
+		[ "$(cat "$dev/address" 2>/dev/null)" = "${pair%%=*}" ] || continue
+		ip link set "${dev##*/}" address "${pair#*=}" || say "warn mac"
 	done
-fi
+done
 rootdev=$(awk '$2 == "/" && $1 != "rootfs" { print $1 }' /proc/mounts | tail -n 1)
 [ -b "$rootdev" ] && resize2fs "$rootdev" >/run/ketch/resize2fs.log 2>&1
 od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >/etc/machine-id && echo >>/etc/machine-id
@@ -150,12 +149,15 @@ def template_config() -> dict[str, Any]:
     }
 
 
-def handover(entropy: bytes, now: float, old_mac: str, new_mac: str) -> bytes:
-    """The lines ketch sends a clone's agent, entropy first (pure)."""
+def handover(entropy: bytes, now: float, macs: list[tuple[str, str]]) -> bytes:
+    """The lines ketch sends a clone's agent, entropy first (pure).
+
+    ``macs``: (the template's MAC, the clone's) of each NIC.
+    """
     lines = [
         f"entropy {base64.b64encode(entropy).decode()}",
         f"time {round(now)}",
-        f"mac {old_mac} {new_mac}",
+        *(f"mac {old} {new}" for old, new in macs),
         "go",
     ]
     return ("\n".join(lines) + "\n").encode()

@@ -13,6 +13,7 @@ finished (a crash), and is removed by the next build of that key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ketch import cloudinit
+from ketch.api.models import TemplateInfo
 from ketch.errors import InvalidArgument, KetchError
 from ketch.host import seed
 from ketch.host.accel import qemu_version
@@ -32,7 +34,7 @@ from ketch.model import ImageInfo
 from ketch.progress import Reporter
 from ketch.runtime import warm_guest
 from ketch.runtime.driver import WarmStart
-from ketch.runtime.template import TemplateBoot
+from ketch.runtime.template import TemplateBoot, golden_size
 from ketch.service import accel, guestlink
 from ketch.service.context import Context
 
@@ -54,7 +56,9 @@ class Template:
     cpus: int
     memory: int
     firmware: str
-    mac: str  # the template guest's MAC (a clone's agent changes it)
+    macs: tuple[str, ...]  # the template guest's MAC of each NIC (a clone's agent changes them)
+    disk: int  # the golden disk's size: a clone's is this or larger
+    base: str  # the image's disk, the golden disk's backing file
     qemu: str  # QEMU's version line when it was made
     agent: str  # warm_guest.digest() when it was made
     created: float
@@ -62,12 +66,17 @@ class Template:
     size: int  # bytes on disk (the memory file's allocated pages, the golden disk, the state)
     tdir: TemplateDir
 
+    @property
+    def nics(self) -> int:
+        """NICs after net0 (the managed network's)."""
+        return len(self.macs) - 1
+
 
 def firmware_of(image: ImageInfo) -> str:
     return "kernel" if image.boot.kernel else image.boot.firmware
 
 
-async def key_of(image: ImageInfo, cpus: int, memory: int, firmware: str) -> str:
+async def key_of(image: ImageInfo, cpus: int, memory: int, firmware: str, nics: int) -> str:
     """The template directory's name for these (pure, given QEMU's version)."""
     blob = json.dumps(
         {
@@ -75,6 +84,7 @@ async def key_of(image: ImageInfo, cpus: int, memory: int, firmware: str) -> str
             "cpus": cpus,
             "memory": memory,
             "firmware": firmware,
+            "nics": nics,
             "qemu": await qemu_version(),
             "agent": warm_guest.digest(),
         },
@@ -85,8 +95,6 @@ async def key_of(image: ImageInfo, cpus: int, memory: int, firmware: str) -> str
 
 
 def _allocated(path: Path) -> int:
-    import contextlib
-
     total = 0
     for p in path.iterdir():
         with contextlib.suppress(OSError):
@@ -105,7 +113,9 @@ def load(tdir: TemplateDir) -> Template | None:
             cpus=int(data["cpus"]),
             memory=int(data["memory"]),
             firmware=str(data["firmware"]),
-            mac=str(data["mac"]),
+            macs=tuple(str(m) for m in data["macs"]),
+            disk=int(data["disk"]),
+            base=str(data["base"]),
             qemu=str(data["qemu"]),
             agent=str(data["agent"]),
             created=float(data["created"]),
@@ -129,9 +139,11 @@ async def is_current(t: Template) -> bool:
     return t.qemu == await qemu_version() and t.agent == warm_guest.digest()
 
 
-async def find(ctx: Context, image: ImageInfo, cpus: int, memory: int) -> Template | None:
+async def find(
+    ctx: Context, image: ImageInfo, cpus: int, memory: int, nics: int
+) -> Template | None:
     """The finished, current template for these, if there is one."""
-    key = await key_of(image, cpus, memory, firmware_of(image))
+    key = await key_of(image, cpus, memory, firmware_of(image), nics)
     t = load(ctx.root.template(key))
     if t is None or t.image_id != image.id or not await is_current(t):
         return None
@@ -147,18 +159,34 @@ def remove(tdir: TemplateDir) -> None:
     shutil.rmtree(tdir.path, ignore_errors=True)
 
 
-async def prune(ctx: Context, *, everything: bool = False) -> list[Template]:
-    """Remove stale templates (another QEMU, agent or image than now), or all of them."""
+async def prune(ctx: Context, *, days: float) -> list[Template]:
+    """Remove stale templates (another QEMU or guest agent than now, or their image
+    no longer cached) and those no launch used for ``days`` (0: all of them)."""
     gone = []
+    now = ctx.clock.time()
     for t in all_templates(ctx):
-        if everything or not await is_current(t) or not _image_cached(t):
+        if not await is_current(t) or not _image_cached(t) or now - last_used(t) >= days * 86400:
             remove(t.tdir)
             gone.append(t)
     return gone
 
 
+def last_used(t: Template) -> float:
+    """When a launch last used ``t`` (its record's time, touched by each warm launch)."""
+    try:
+        return t.tdir.record.stat().st_mtime
+    except OSError:
+        return t.created
+
+
+def touch(t: Template) -> None:
+    with contextlib.suppress(OSError):
+        os.utime(t.tdir.record)
+
+
 def _image_cached(t: Template) -> bool:
-    return t.tdir.disk.exists()
+    """Is the image the golden disk is an overlay on still there?"""
+    return Path(t.base).exists()
 
 
 def _seed_config(ctx: Context, key: str) -> tuple[dict[str, Any], str]:
@@ -205,9 +233,20 @@ def _random_mac() -> str:
 
 
 async def build(
-    ctx: Context, image_name: str, image: ImageInfo, cpus: int, memory: int, reporter: Reporter
+    ctx: Context,
+    image_name: str,
+    image: ImageInfo,
+    cpus: int,
+    memory: int,
+    disk: int,
+    reporter: Reporter,
+    *,
+    nics: int,
+    nice: bool = False,
 ) -> Template:
-    """Make (or find) the template of ``image`` for ``cpus`` and ``memory``."""
+    """Make (or find) the template of ``image`` for ``cpus``, ``memory`` and ``nics``
+    NICs after net0; its disk is ``disk`` bytes (or the image's size when larger).
+    With ``nice``, its QEMU runs at the lowest CPU priority (a background rebuild)."""
     driver = ctx.driver
     if not isinstance(driver, WarmStart):
         raise InvalidArgument(f"the {driver.name} driver cannot make warm-launch templates")
@@ -217,10 +256,10 @@ async def build(
             f"{image.release} boots through firmware: only images that boot their own "
             "kernel (tiny) have templates yet"
         )
-    key = await key_of(image, cpus, memory, firmware)
+    key = await key_of(image, cpus, memory, firmware, nics)
     lock = _BUILDING.setdefault(key, asyncio.Lock())
     async with lock:
-        found = await find(ctx, image, cpus, memory)
+        found = await find(ctx, image, cpus, memory, nics)
         if found is not None:
             return found
         tdir = ctx.root.template(key)
@@ -230,7 +269,10 @@ async def build(
         try:
             reporter.step(f"Preparing the template of {image_name}")
             await driver.create_disk(
-                InstanceDir(tdir.path), base=Path(image.disk), base_format=image.disk_format, size=0
+                InstanceDir(tdir.path),
+                base=Path(image.disk),
+                base_format=image.disk_format,
+                size=disk,
             )
             os.replace(InstanceDir(tdir.path).disk, tdir.disk)
             seed_iso = await asyncio.to_thread(write_template_seed, ctx, tdir, key)
@@ -241,10 +283,11 @@ async def build(
                 boot=image.boot,
                 mac=_random_mac(),
                 ssh_port=guestlink.free_port(ctx.store.used_ports()),
+                extra_macs=tuple(_random_mac() for _ in range(nics)),
             )
             reporter.step(f"Booting the template of {image_name} ({choice.accel})")
             await driver.make_template(
-                tdir, tb, accel=choice.accel, seed_iso=seed_iso, timeout=BUILD_TIMEOUT
+                tdir, tb, accel=choice.accel, seed_iso=seed_iso, timeout=BUILD_TIMEOUT, nice=nice
             )
             record = {
                 "image": image_name,
@@ -252,7 +295,9 @@ async def build(
                 "cpus": cpus,
                 "memory": memory,
                 "firmware": firmware,
-                "mac": tb.mac,
+                "macs": [tb.mac, *tb.extra_macs],
+                "base": image.disk,
+                "disk": (await golden_size(tdir.disk)),
                 "qemu": await qemu_version(),
                 "agent": warm_guest.digest(),
                 "created": ctx.clock.time(),
@@ -269,3 +314,34 @@ async def build(
         if t is None:
             raise KetchError(f"the template {key} was made but cannot be read back")
         return t
+
+
+async def info_of(t: Template) -> TemplateInfo:
+    return TemplateInfo(
+        key=t.key,
+        image=t.image,
+        cpus=t.cpus,
+        memory=t.memory,
+        size=t.size,
+        current=await is_current(t),
+        created=t.created,
+        build_seconds=t.build_seconds,
+    )
+
+
+async def infos(ctx: Context) -> list[TemplateInfo]:
+    """Every finished template, for ``image list``."""
+    return [await info_of(t) for t in all_templates(ctx)]
+
+
+async def warm_image(
+    ctx: Context, image_name: str, cpus: int, memory: str, reporter: Reporter
+) -> TemplateInfo:
+    """``ketch image warm``: make the template launches of these options will use."""
+    from ketch.service.launch import DEFAULT_DISK, check_resources
+    from ketch.service.warm import nics_of
+
+    cpus, mem, disk = check_resources(cpus, memory, DEFAULT_DISK)
+    image = await ctx.images.resolve(image_name, reporter)
+    t = await build(ctx, image_name, image, cpus, mem, disk, reporter, nics=nics_of(ctx))
+    return await info_of(t)
