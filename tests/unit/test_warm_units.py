@@ -144,3 +144,58 @@ def test_the_template_config_starts_the_agent_from_a_tmpfs() -> None:
 def test_the_agent_digest_follows_the_agent() -> None:
     assert warm_guest.digest() == warm_guest.digest()
     assert len(warm_guest.digest()) == 16
+
+
+def test_user_data_that_acts_early_in_a_boot_means_cold() -> None:
+    from ketch.service.warm import cold_reason_of_user_data
+
+    assert cold_reason_of_user_data(None) is None
+    assert cold_reason_of_user_data({"runcmd": ["true"], "write_files": []}) is None
+    why = cold_reason_of_user_data({"bootcmd": ["echo"], "mounts": [["a", "b"]]})
+    assert why == "its cloud-config uses bootcmd, mounts, which act early in a boot"
+    assert "resize_rootfs" in (cold_reason_of_user_data({"resize_rootfs": False}) or "")
+
+
+def test_a_native_mount_means_cold_a_classic_one_does_not() -> None:
+    from ketch.model import MountSpec, MountType
+    from ketch.service.launch import native_mount_reason
+
+    classic = MountSpec(source="/src", target="/mnt")
+    assert native_mount_reason([classic]) is None
+    reason = native_mount_reason([classic, MountSpec("/a", "/b", type=MountType.NATIVE)])
+    assert reason is not None and "native mount" in reason
+
+
+def test_a_seed_is_padded_sparse_to_the_templates_size_or_refused(tmp_path: Path) -> None:
+    from ketch.service.templates import pad_seed
+
+    small = tmp_path / "small.iso"
+    small.write_bytes(b"CD001" * 100)
+    assert pad_seed(small) and small.stat().st_size == warm_guest.SEED_SIZE
+    assert small.read_bytes()[:5] == b"CD001"
+    assert small.stat().st_blocks * 512 < 1024 * 1024  # sparse
+    big = tmp_path / "big.iso"
+    with big.open("wb") as f:
+        f.truncate(warm_guest.SEED_SIZE + 1)
+    assert not pad_seed(big) and big.stat().st_size == warm_guest.SEED_SIZE + 1
+
+
+def test_an_unfinished_template_is_not_one(tmp_path: Path) -> None:
+    import json
+
+    from ketch.layout import Root
+    from ketch.service.templates import all_templates_at, load
+
+    root = Root(tmp_path)
+    tdir = root.template("tiny-0123456789abcdef")
+    tdir.path.mkdir(parents=True)
+    tdir.memory.write_bytes(b"\0" * 4096)
+    assert load(tdir) is None and all_templates_at(root) == []  # no record yet
+    record = {
+        "image": "tiny", "image_id": "ketch:tiny@1", "cpus": 1, "memory": 256 * 1024**2,
+        "firmware": "kernel", "macs": ["52:54:00:00:00:01"], "disk": 5 * 1024**3,
+        "base": "/vault/tiny/disk.qcow2", "qemu": "QEMU 7.2", "agent": "x", "created": 1.0,
+    }  # fmt: skip
+    tdir.record.write_text(json.dumps(record))
+    (t,) = all_templates_at(root)
+    assert (t.image, t.nics, t.disk, t.size >= 4096) == ("tiny", 0, 5 * 1024**3, True)

@@ -29,7 +29,7 @@ from ketch.api.models import TemplateInfo
 from ketch.errors import InvalidArgument, KetchError
 from ketch.host import seed
 from ketch.host.accel import qemu_version
-from ketch.layout import FILE_MODE, InstanceDir, TemplateDir
+from ketch.layout import FILE_MODE, InstanceDir, Root, TemplateDir
 from ketch.model import ImageInfo
 from ketch.progress import Reporter
 from ketch.runtime import warm_guest
@@ -90,7 +90,8 @@ async def key_of(image: ImageInfo, cpus: int, memory: int, firmware: str, nics: 
         },
         sort_keys=True,
     )
-    name = "".join(c if c.isalnum() or c in "-." else "-" for c in image.id.split("@")[0])
+    short = image.id.split("@")[0].rsplit(":", 1)[-1]  # "ketch:tiny@2026…" -> "tiny"
+    name = "".join(c if c.isalnum() or c in "-." else "-" for c in short) or "image"
     return f"{name[:40]}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
@@ -128,9 +129,14 @@ def load(tdir: TemplateDir) -> Template | None:
 
 
 def all_templates(ctx: Context) -> list[Template]:
-    if not ctx.root.templates.is_dir():
+    return all_templates_at(ctx.root)
+
+
+def all_templates_at(root: Root) -> list[Template]:
+    """Every finished template below ``root``."""
+    if not root.templates.is_dir():
         return []
-    found = (load(ctx.root.template(p.name)) for p in sorted(ctx.root.templates.iterdir()))
+    found = (load(root.template(p.name)) for p in sorted(root.templates.iterdir()))
     return [t for t in found if t is not None]
 
 
