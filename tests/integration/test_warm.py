@@ -67,6 +67,7 @@ def guest_facts(k: Ketch, name: str) -> dict[str, str]:
     before = time.time()
     out = k.exec(
         name,
+        "sudo",
         "sh",
         "-c",
         "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo;"
@@ -76,6 +77,7 @@ def guest_facts(k: Ketch, name: str) -> dict[str, str]:
     ).splitlines()
     after = time.time()
     keys = ["urandom", "clock", "hostname", "machine-id", "mac", "iid", "file", "marker", "mode"]
+    assert len(out) == len(keys), out
     facts = dict(zip(keys, out, strict=True))
     facts["clock_ok"] = str(before - 2 <= int(facts["clock"]) <= after + 2)
     return facts
@@ -186,5 +188,11 @@ def test_a_broken_template_means_a_cold_launch_that_says_so(warm_root: Ketch) ->
         assert k.info(name)["launched"] == "cold"
         f = guest_facts(k, name)
         assert (f["hostname"], f["marker"]) == (name, "ran")
+        # ... and the template is made again, in the background
+        deadline = time.monotonic() + 900
+        while not any(t["current"] for t in k.json("image", "list")["templates"]):
+            assert time.monotonic() < deadline, "the template was not made again"
+            time.sleep(2)
+        assert list((k.root / "templates").glob("*/memory.ram"))
     finally:
         k.run("delete", "--purge", name, check=False)

@@ -242,6 +242,8 @@ class Templates:
                 f"the template has {len(template_macs)} NIC(s), this instance {len(taps) + 1}"
             )
         try:
+            if not tdir.memory.exists() or not tdir.state.exists():
+                raise OSError("its memory or state file is gone")
             await asyncio.to_thread(_copy_golden, tdir.disk, idir.disk)
         except OSError as exc:
             await self._detach(spec, idir, forget=True)

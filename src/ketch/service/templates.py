@@ -148,12 +148,11 @@ async def is_current(t: Template) -> bool:
 async def find(
     ctx: Context, image: ImageInfo, cpus: int, memory: int, nics: int
 ) -> Template | None:
-    """The finished, current template for these, if there is one."""
+    """The finished, current template for these, if there is one (its files are not
+    checked here: one that does not load makes a cold launch that says so)."""
     key = await key_of(image, cpus, memory, firmware_of(image), nics)
     t = load(ctx.root.template(key))
     if t is None or t.image_id != image.id or not await is_current(t):
-        return None
-    if not (t.tdir.memory.exists() and t.tdir.state.exists() and t.tdir.disk.exists()):
         return None
     return t
 
@@ -266,7 +265,9 @@ async def build(
     lock = _BUILDING.setdefault(key, asyncio.Lock())
     async with lock:
         found = await find(ctx, image, cpus, memory, nics)
-        if found is not None:
+        if found is not None and all(
+            p.exists() for p in (found.tdir.memory, found.tdir.state, found.tdir.disk)
+        ):
             return found
         tdir = ctx.root.template(key)
         remove(tdir)  # a stale or unfinished one of the same key
