@@ -293,6 +293,12 @@ class Templates:
                     uri = f"exec:cat {shlex.quote(str(tdir.state))}"
                     await mon.execute("migrate-incoming", {"uri": uri})
                     await _incoming_done(mon, timeout=SAVE_TIMEOUT)
+                    # Off again: a suspend (snapshot-save) with it on writes a stream
+                    # that a resume (a QEMU without it) cannot read (EINVAL).
+                    await mon.execute(
+                        "migrate-set-capabilities",
+                        {"capabilities": [{"capability": "x-ignore-shared", "state": False}]},
+                    )
                     await mon.execute(
                         "block_resize", {"node-name": qemu.DISK_NODE, "size": spec.disk}
                     )
