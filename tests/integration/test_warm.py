@@ -72,7 +72,8 @@ def guest_facts(k: Ketch, name: str) -> dict[str, str]:
         "sh",
         "-c",
         "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo;"
-        " date +%s; hostname; cat /etc/machine-id; cat /sys/class/net/eth0/address;"
+        " date +%s; hostname; cat /etc/machine-id 2>/dev/null || echo none;"
+        " cat /sys/class/net/eth0/address;"
         " cat /var/lib/cloud/data/instance-id; cat /etc/warm-check; cat /var/tmp/runcmd-marker;"
         " stat -c %a /etc/warm-check",
     ).splitlines()
