@@ -51,6 +51,18 @@ CLIENT_CERT_KEY = "client.key"  # its private key
 KNOWN_SERVERS = "known_servers"  # HOST:PORT and the server fingerprint pinned at first contact
 REMOTE_SSH_DIR = "remote-ssh"  # per server and instance: the guest's key and known_hosts
 
+# Warm-launch templates, one directory each (service/templates.py); on the storage
+# root's filesystem, not a tmpfs: a template's memory file is as large as its RAM.
+TEMPLATES_DIR = "templates"
+
+# Files in a template directory (templates/<image>-<key>/).
+TEMPLATE_RECORD = "template.json"  # what it was made from (its key); written last
+TEMPLATE_DISK = "golden.qcow2"  # the guest's disk at the save, frozen (read-only)
+TEMPLATE_MEMORY = "memory.ram"  # the guest's RAM (memory-backend-file, share=on while saved)
+TEMPLATE_STATE = "device.state"  # the device state (a migration stream, RAM excluded)
+# while it is made, the template is booted as an instance would be: DISK is
+# TEMPLATE_DISK; SEED_ISO, PIDFILE, QMP_SOCKET, SERIAL_LOG, QEMU_LOG, AGENT_SOCKET as below
+
 # Files in NETWORK_DIR.
 NETWORK_STATE = "network.json"  # the bridge's name and subnet, kept so addresses stay stable
 DHCP_HOSTS = "dhcp-hosts"  # the allocation table: MAC,IP,NAME per instance
@@ -79,6 +91,9 @@ VIRTIOFS_PREFIX = "virtiofs-"
 VIRTIOFS_SOCKET = ".sock"
 VIRTIOFS_PID = ".pid"
 VIRTIOFS_LOG = ".log"
+
+AGENT_SOCKET = "warm-agent.sock"  # warm start: the host end of the guest agent's virtio port
+WARM_RECORD = "warm.json"  # a warm-started instance: its template and its device layout
 
 NIC = "nic.json"  # on the managed network: the TAP, MAC and address QEMU was started with
 INSTANCE_RECORD = "instance.json"  # the store's record of it, mirrored (store/mirror.py)
@@ -214,6 +229,13 @@ class Root(_Paths):
     def network(self) -> NetworkDir:
         return NetworkDir(self.path / NETWORK_DIR)
 
+    @property
+    def templates(self) -> Path:
+        return self.path / TEMPLATES_DIR
+
+    def template(self, key: str) -> TemplateDir:
+        return TemplateDir(self.templates / key)
+
     def instance(self, name: str) -> InstanceDir:
         return InstanceDir(self.instances / name)
 
@@ -242,6 +264,34 @@ class NetworkDir(_Paths):
     @property
     def dnsmasq_log(self) -> Path:
         return self.path / DNSMASQ_LOG
+
+
+class TemplateDir(_Paths):
+    """Paths of one warm-launch template's directory."""
+
+    __slots__ = ()
+
+    @property
+    def record(self) -> Path:
+        return self.path / TEMPLATE_RECORD
+
+    @property
+    def disk(self) -> Path:
+        return self.path / TEMPLATE_DISK
+
+    @property
+    def memory(self) -> Path:
+        return self.path / TEMPLATE_MEMORY
+
+    @property
+    def state(self) -> Path:
+        return self.path / TEMPLATE_STATE
+
+    @property
+    def boot(self) -> InstanceDir:
+        """The template as the instance booted to make it: pid file, QMP socket, logs
+        (its disk is :attr:`disk`, not the instance's DISK)."""
+        return InstanceDir(self.path)
 
 
 class InstanceDir(_Paths):
@@ -305,6 +355,14 @@ class InstanceDir(_Paths):
 
     def virtiofs_log(self, tag: str) -> Path:
         return self.path / f"{VIRTIOFS_PREFIX}{tag}{VIRTIOFS_LOG}"
+
+    @property
+    def agent_socket(self) -> Path:
+        return self.path / AGENT_SOCKET
+
+    @property
+    def warm_record(self) -> Path:
+        return self.path / WARM_RECORD
 
     @property
     def nic(self) -> Path:

@@ -118,6 +118,7 @@ class OperationKind(enum.StrEnum):
     SET = "set"
     DOCTOR = "doctor"
     BUILD = "build"
+    WARM = "warm"  # making a warm-launch template (service/templates.py)
     MOUNT = "mount"
     UMOUNT = "umount"
 

@@ -198,6 +198,7 @@ OPERATIONS: dict[OperationKind, Operation] = {
     OperationKind.SET: Operation(True, None, "set local.NAME.cpus|memory|disk"),
     OperationKind.DOCTOR: Operation(False, None, "doctor (holds every instance's lock)"),
     OperationKind.BUILD: Operation(False, None, "image build (holds the image's lock)"),
+    OperationKind.WARM: Operation(False, None, "image warm: a template made (holds its lock)"),
     OperationKind.MOUNT: Operation(True, None, "mount, launch --mount"),
     OperationKind.UMOUNT: Operation(True, None, "umount"),
 }

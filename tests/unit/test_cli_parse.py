@@ -441,7 +441,7 @@ def test_bash_completion_is_valid_and_completes(tmp_path: Path) -> None:
     ).stdout.splitlines()
     assert sorted(out[0].split()[1:]) == ["start", "stop"]
     assert out[1].split()[1:] == ["--force"]
-    assert sorted(out[2].split()[1:]) == ["--cloud-init", "--cpus"]
+    assert sorted(out[2].split()[1:]) == ["--cloud-init", "--cold", "--cpus"]
 
 
 @pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh not installed")

@@ -31,6 +31,7 @@ class LaunchBody(Body):
     # each as --network takes it: name=BRIDGE[,mode=auto|manual][,mac=MAC], or BRIDGE
     networks: Annotated[list[Annotated[str, Meta(max_length=80)]], Meta(max_length=8)] = []  # noqa: RUF012
     bridged: bool = False  # one more NIC on local.bridged-network
+    cold: bool = False  # boot, even when a warm-launch template fits
     mounts: Annotated[list[MountRequest], Meta(max_length=MAX_MOUNTS)] = field(default_factory=list)
 
 
@@ -127,6 +128,7 @@ class InfoEntry(Reply, omit_defaults=True):
     inconsistencies: list[Inconsistency] | UnsetType = UNSET
     forwards: list[ForwardInfo] | UnsetType = UNSET
     shutdown_at: str | UnsetType = UNSET
+    launched: str | UnsetType = UNSET  # "cold", or "warm (template KEY)"
     snapshots: dict[str, SnapshotInfo] | UnsetType = UNSET
 
     def __post_init__(self) -> None:

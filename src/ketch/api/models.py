@@ -132,7 +132,9 @@ from ketch.api.system import (
     SettingBody,
     SettingKeysReply,
     SettingReply,
+    TemplateInfo,
     VersionReply,
+    WarmBody,
 )
 from ketch.api.watch import (
     AnyWatchEvent,
@@ -242,11 +244,13 @@ __all__ = [
     "StartedEvent",
     "StepEvent",
     "StopBody",
+    "TemplateInfo",
     "Text",
     "Timeout",
     "UmountBody",
     "VersionReply",
     "WaitingEvent",
+    "WarmBody",
     "WarningEvent",
     "WatchEvent",
     "WatchInstance",

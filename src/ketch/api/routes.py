@@ -186,6 +186,10 @@ PRUNE: Route[m.PruneBody, m.PruneReply] = Route(
     "image_prune", "POST", "/v1/images/prune", "remove unused cached images", "m.PruneReply",
     body="m.PruneBody",
 )  # fmt: skip
+WARM: Route[m.WarmBody, m.TemplateInfo] = Route(
+    "image_warm", "POST", "/v1/images/warm", "make a warm-launch template", "m.TemplateInfo",
+    body="m.WarmBody", streamed=True,
+)  # fmt: skip
 SETTING_KEYS: Route[m.Empty, m.SettingKeysReply] = Route(
     "setting_keys", "GET", "/v1/settings", "every settable key", "m.SettingKeysReply"
 )
@@ -254,7 +258,7 @@ ROUTES: tuple[Route[Any, Any], ...] = (
     VERSION, LIST, INFO, LAUNCH, SNAPSHOT, RESTORE, SNAPSHOT_DELETE, CLONE, MOUNT, UMOUNT,
     SNAPSHOTS,
     START, STOP, SUSPEND, RESTART, DELETE, RECOVER, PURGE, DOCTOR, SSH, FIND, IMAGES,
-    BUILD, PRUNE, SETTING_KEYS, GET_SETTING, SET_SETTING, OPERATIONS, FOLLOW, CANCEL,
+    BUILD, PRUNE, WARM, SETTING_KEYS, GET_SETTING, SET_SETTING, OPERATIONS, FOLLOW, CANCEL,
     FORWARD_ADD, FORWARD_REMOVE, FORWARDS, NETWORKS, AUTHENTICATE, SSH_KEYS, WATCH, DASHBOARD,
 )  # fmt: skip
 

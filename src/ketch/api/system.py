@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from msgspec import UNSET, Meta, UnsetType
 
-from ketch.api.common import MAX_DAYS, Body, Name, Reply, Text
+from ketch.api.common import MAX_DAYS, Body, Name, Reply, Size, Text
 
 
 class DoctorBody(Body):
@@ -68,12 +68,33 @@ class CachedImage(Reply):
     owners: list[str]
 
 
+class TemplateInfo(Reply):
+    """A warm-launch template (``ketch image warm``)."""
+
+    key: str  # its directory under templates/
+    image: str
+    cpus: int
+    memory: int
+    size: int  # bytes on disk
+    current: bool  # made by this QEMU and guest agent (a stale one is never used)
+    created: float
+    build_seconds: float
+
+
 class ImagesReply(Reply):
     images: list[CachedImage]
+    templates: list[TemplateInfo] = []  # noqa: RUF012
 
 
 class PruneReply(Reply):
     removed: list[CachedImage]
+    templates: list[TemplateInfo] = []  # noqa: RUF012
+
+
+class WarmBody(Body):
+    image: Annotated[str, Meta(min_length=1, max_length=4096)] = "tiny"
+    cpus: Annotated[int, Meta(ge=1, le=64)] = 1
+    memory: Size = "1G"
 
 
 class NetworkRow(Reply):

@@ -45,6 +45,9 @@ def declare(v: Verbs) -> None:
         "--bridged", action="store_true", help="add a NIC on local.bridged-network (--network)"
     )
     sp.add_argument(
+        "--cold", action="store_true", help="boot it, even when a warm-launch template fits"
+    )
+    sp.add_argument(
         "--mount",
         action="append",
         metavar="SOURCE:TARGET",

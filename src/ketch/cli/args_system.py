@@ -38,6 +38,10 @@ def declare(v: Verbs) -> None:
     fmt(ls)
     pr = isub.add_parser("prune", help="remove cached images unused for DAYS")
     pr.add_argument("--days", type=float, default=14.0)
+    w = isub.add_parser("warm", help="make a warm-launch template of an image")
+    w.add_argument("name", metavar="IMAGE", help="the image, as launch names it (e.g. tiny)")
+    w.add_argument("-c", "--cpus", type=int, default=1, help="the launches' CPUs (default 1)")
+    w.add_argument("-m", "--memory", default="1G", help="the launches' memory (default 1G)")
 
     sp = cmd("doctor", "verbs_system")
     names(sp, all_=False)

@@ -201,6 +201,8 @@ def _instance_info(info: dict[str, m.InfoEntry], fmt: str) -> str:
             pairs.append(("Forwards" if n == 0 else "", forward_line(fwd)))
         if i.shutdown_at:
             pairs.append(("Shutdown at", i.shutdown_at))
+        if i.launched:
+            pairs.append(("Launched", i.launched))
         if i.quarantine:
             pairs.append(("Quarantine", i.quarantine))
         for n, inc in enumerate(_present(i.inconsistencies)):

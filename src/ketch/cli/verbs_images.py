@@ -44,6 +44,13 @@ def cmd_image(args: argparse.Namespace) -> int:
         pruned = client().call(routes.PRUNE, m.PruneBody(days=args.days))
         for e in pruned.removed:
             print(f"Removed {e.digest[:12]} ({output.human(e.size)})")
+        for t in pruned.templates:
+            print(f"Removed template {t.key} ({output.human(t.size)})")
+        return 0
+    if args.image_command == "warm":
+        body = m.WarmBody(image=args.name, cpus=args.cpus, memory=args.memory)
+        t = stream(routes.WARM, body)
+        print(f"Template: {t.key} ({output.human(t.size)}, made in {t.build_seconds:g} s)")
         return 0
     doc = client().call(routes.IMAGES)
     if args.format != "table":
@@ -60,4 +67,16 @@ def cmd_image(args: argparse.Namespace) -> int:
         for e in doc.images
     ]
     sys.stdout.write(output.table(["Image", "Size", "Used by", "Source"], rows))
+    if doc.templates:
+        trows = [
+            [
+                t.key,
+                t.image,
+                f"{t.cpus} CPU, {output.human(t.memory)}",
+                output.human(t.size),
+                "ready" if t.current else "stale",
+            ]
+            for t in doc.templates
+        ]
+        sys.stdout.write("\n" + output.table(["Template", "Image", "For", "Size", "State"], trows))
     return 0

@@ -41,6 +41,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
         given["networks"] = list(args.network)  # checked by ketchd
     if args.bridged:
         given["bridged"] = True
+    if args.cold:
+        given["cold"] = True
     if args.mount:
         from ketch.cli.verbs_mounts import launch_mount
         from ketch.cli.verbs_remote import refuse_remote

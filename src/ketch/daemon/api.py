@@ -125,7 +125,10 @@ class Api(OperationRoutes, AuthRoutes, TunnelRoutes, WatchRoutes, DashboardRoute
         return m.FindReply(images=rows)
 
     async def image_list(self, call: Call[None]) -> m.ImagesReply:
-        return m.ImagesReply(images=self.images.list_cached())
+        from ketch.service import templates
+
+        templates_ = await templates.infos(self.ctx)
+        return m.ImagesReply(images=self.images.list_cached(), templates=templates_)
 
     async def setting_keys(self, call: Call[None]) -> m.SettingKeysReply:
         return m.SettingKeysReply(keys=settings_uc.keys(self.ctx))
@@ -153,6 +156,10 @@ class Api(OperationRoutes, AuthRoutes, TunnelRoutes, WatchRoutes, DashboardRoute
             forwards=body.forwards,
             networks=list(body.networks),
             bridged=body.bridged,
+            cold=body.cold,
+            cold_reason=launch_uc.native_mount_reason(
+                [mounts_uc.from_request(r) for r in body.mounts]
+            ),
         )
         if not body.mounts:
             return Op(
@@ -313,7 +320,21 @@ class Api(OperationRoutes, AuthRoutes, TunnelRoutes, WatchRoutes, DashboardRoute
         return Op([f"image:{name}"], OperationKind.BUILD, op)
 
     async def image_prune(self, call: Call[m.PruneBody]) -> m.PruneReply:
-        return m.PruneReply(removed=images_uc.prune(self.images, self.ctx.store, call.body.days))
+        from ketch.service import templates
+
+        removed = images_uc.prune(self.images, self.ctx.store, call.body.days)
+        gone = await templates.prune(self.ctx, days=call.body.days)
+        return m.PruneReply(removed=removed, templates=[await templates.info_of(t) for t in gone])
+
+    async def image_warm(self, call: Call[m.WarmBody]) -> Op:
+        from ketch.service import templates
+
+        body, ctx = call.body, self.ctx
+
+        async def op(rep: QueueReporter) -> m.TemplateInfo:
+            return await templates.warm_image(ctx, body.image, body.cpus, body.memory, rep)
+
+        return Op([f"template:{body.image}"], OperationKind.WARM, op)
 
     async def set_setting(self, call: Call[m.SettingBody]) -> m.SetReply:
         key, value = call.params["key"], call.body.value

@@ -21,6 +21,7 @@ DISK_NODE = "disk0"  # node name of the instance disk; the snapshot jobs name it
 EFI_CODE_NODE = "efi-code"  # UEFI firmware code, read-only (pflash0)
 EFI_VARS_NODE = "efivars"  # the instance's UEFI variables, raw (pflash1)
 MEMORY_NODE = "mem"  # the shared guest memory when native mounts are attached
+AGENT_PORT = "org.ketch.warm.0"  # the warm agent's virtio-serial port (runtime/warm_guest.py)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,17 @@ class QemuConfig:
     # TAP NICs after the user-mode net0, as (TAP name, MAC): the managed network's, then
     # the --network ones, in their order
     taps: tuple[tuple[str, str], ...] = ()
+    # warm launch (runtime/template.py): the guest's RAM is the file ``memory_file``
+    # (share=on: a template being made, the RAM lands in the file; share=off: a
+    # clone's private copy-on-write mapping of it), or with ``memory_ram`` plain RAM
+    # under the same block name (a warm instance resumed from its suspend tag)
+    memory_file: Path | None = None
+    memory_shared: bool = False
+    memory_ram: bool = False
+    agent_socket: Path | None = None  # the warm agent's virtio-serial port (its host end)
+    incoming: bool = False  # -incoming defer: the state comes over QMP (migrate-incoming)
+    dummy_taps: bool = False  # a template: its TAP NICs' backends are empty hub ports
+    vmgenid: str | None = None  # a VM generation ID (GUID): a clone's kernel reseeds on a new one
 
 
 def uses_uefi(boot: BootSpec) -> bool:
@@ -74,7 +86,7 @@ def build_argv(cfg: QemuConfig, *, binary: str = QEMU_SYSTEM) -> list[str]:
             raise ValueError("UEFI boot needs the firmware and a variable store")
         efi = (cfg.efi_code, cfg.efi_vars)
         machine += f",pflash0={EFI_CODE_NODE},pflash1={EFI_VARS_NODE}"
-    if cfg.shares:
+    if cfg.shares or cfg.memory_file is not None or cfg.memory_ram:
         machine += f",memory-backend={MEMORY_NODE}"
     # fmt: off
     argv = [
@@ -110,13 +122,37 @@ def build_argv(cfg: QemuConfig, *, binary: str = QEMU_SYSTEM) -> list[str]:
         "-device", "virtio-rng-pci",
     ]
     for i, (tap, mac) in enumerate(cfg.taps, 1):  # last: the other devices keep their slots
+        netdev = (
+            f"hubport,id=net{i},hubid={i}"
+            if cfg.dummy_taps
+            else f"tap,id=net{i},ifname={opt(tap)},script=no,downscript=no,vhost=off"
+        )
         argv += [
-            "-netdev", f"tap,id=net{i},ifname={opt(tap)},script=no,downscript=no,vhost=off",
+            "-netdev", netdev,
             "-device", f"virtio-net-pci,netdev=net{i},mac={mac}",
         ]
     # fmt: on
     if cfg.shares:
         argv += ["-object", f"memory-backend-memfd,id={MEMORY_NODE},size={mem_mib}M,share=on"]
+    elif cfg.memory_file is not None:
+        share = "on" if cfg.memory_shared else "off"
+        argv += [
+            "-object",
+            f"memory-backend-file,id={MEMORY_NODE},size={mem_mib}M,"
+            f"mem-path={opt(cfg.memory_file)},share={share}",
+        ]
+    elif cfg.memory_ram:
+        argv += ["-object", f"memory-backend-ram,id={MEMORY_NODE},size={mem_mib}M"]
+    if cfg.vmgenid is not None:
+        argv += ["-device", f"vmgenid,id=vmgenid0,guid={cfg.vmgenid}"]
+    if cfg.agent_socket is not None:
+        # fmt: off
+        argv += [
+            "-chardev", f"socket,id=warm0,path={opt(cfg.agent_socket)},server=on,wait=off",
+            "-device", "virtio-serial-pci,id=warmser0",
+            "-device", f"virtserialport,bus=warmser0.0,chardev=warm0,name={AGENT_PORT}",
+        ]
+        # fmt: on
     for i, (tag, socket) in enumerate(cfg.shares):
         argv += [
             "-chardev",
@@ -146,6 +182,8 @@ def build_argv(cfg: QemuConfig, *, binary: str = QEMU_SYSTEM) -> list[str]:
         argv += ["-loadvm", cfg.loadvm]
     if cfg.paused:
         argv.append("-S")
+    if cfg.incoming:
+        argv += ["-incoming", "defer"]
     return argv
 
 

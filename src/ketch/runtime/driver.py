@@ -14,12 +14,15 @@ so another backend (libvirt) implements this one protocol and nothing else.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ketch.host.hostfwd import HostFwd
-from ketch.layout import InstanceDir
+from ketch.layout import InstanceDir, TemplateDir
 from ketch.model import DiskCheck, DiskInfo, InstanceSpec, Observation
 from ketch.progress import Reporter
+
+if TYPE_CHECKING:
+    from ketch.runtime.template import TemplateBoot
 
 SUSPEND_TAG = "suspend"
 
@@ -141,4 +144,39 @@ class HostForwarding(Protocol):
 
     async def remove_forward(self, spec: InstanceSpec, idir: InstanceDir, fwd: HostFwd) -> bool:
         """Remove a forward; False when the VM had no such forward."""
+        ...
+
+
+@runtime_checkable
+class WarmStart(Protocol):
+    """A driver that saves booted guests as templates and starts clones of them
+    (warm launch: ``runtime/template.py``).  Kept apart from :class:`Driver`, as
+    :class:`HostForwarding` is: a backend without it launches cold, always.
+    """
+
+    async def make_template(
+        self,
+        tdir: TemplateDir,
+        tb: TemplateBoot,
+        *,
+        accel: str,
+        seed_iso: Path,
+        timeout: float,
+        nice: bool = False,
+    ) -> None:
+        """Boot the template's golden disk until its guest agent is idle, then save it."""
+        ...
+
+    async def start_warm(
+        self,
+        spec: InstanceSpec,
+        idir: InstanceDir,
+        tdir: TemplateDir,
+        *,
+        accel: str,
+        template_macs: tuple[str, ...],
+        now: float,
+    ) -> list[str]:
+        """Start ``spec`` as a clone of the template and hand it its identity; the
+        guest agent's warnings.  TemplateError when the template does not load."""
         ...

@@ -25,6 +25,7 @@ from ketch.runtime.driver import SUSPEND_TAG
 from ketch.runtime.network import ManagedNetwork
 from ketch.runtime.qcow2 import Qcow2Disks, require_base
 from ketch.runtime.qemu_monitor import Monitors
+from ketch.runtime.template import Templates, read_record, shape, write_record
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def _vm_state_job(job_id: str) -> dict[str, Any]:
     }
 
 
-class QemuDriver(Qcow2Disks, Monitors):
+class QemuDriver(Qcow2Disks, Monitors, Templates):
     """Runs each instance as one detached ``qemu-system-x86_64``; its disk is a qcow2 file."""
 
     name = "qemu"
@@ -121,7 +122,7 @@ class QemuDriver(Qcow2Disks, Monitors):
         shares: tuple[virtiofs.Share, ...] = (),
         taps: tuple[tuple[str, str], ...] = (),
     ) -> qemu.QemuConfig:
-        return qemu.QemuConfig(
+        cfg = qemu.QemuConfig(
             name=spec.name,
             cpus=spec.cpus,
             memory=spec.memory,
@@ -141,6 +142,7 @@ class QemuDriver(Qcow2Disks, Monitors):
             shares=tuple((s.tag, s.socket) for s in shares),
             taps=taps,
         )
+        return self.warm_config(cfg, idir, resume=loadvm or paused)
 
     async def start(
         self, spec: InstanceSpec, idir: InstanceDir, *, accel: str, resume: bool
@@ -149,6 +151,8 @@ class QemuDriver(Qcow2Disks, Monitors):
         self._forget_unresponsive(idir)
         procs.remove_quietly(idir.pidfile, idir.qmp_socket)
         await virtiofs.stop_all(idir)
+        if not resume and shape(idir):  # a warm instance started cold: no warm layout now
+            write_record(idir, template=str((read_record(idir) or {}).get("template")), shape=False)
         efi = await self._prepare_uefi(idir) if qemu.uses_uefi(spec.boot) else None
         # A UEFI instance resumes through QMP (see _load_suspended), not -loadvm.
         by_qmp = resume and efi is not None

@@ -17,7 +17,7 @@ from ketch.api.models import InfoEntry, InfoReply, SnapshotListReply
 from ketch.errors import NotFound
 from ketch.model import State
 from ketch.service import forwards as forwards_uc
-from ketch.service import guest_stats, guestlink, mounts
+from ketch.service import guest_stats, guestlink, mounts, warm
 from ketch.service import inspect as inspect_uc
 from ketch.service import snapshots as snapshots_uc
 from ketch.service.accel import choose
@@ -63,6 +63,7 @@ async def info(ctx: Context, asked: Sequence[str]) -> InfoReply:
             snapshot_count=counts.get(v.name, 0),
             forwards=forwards_uc.rows(ctx, v),
             mounts_active=active,
+            launched=warm.launched(ctx.root.instance(v.name)),
         )
         if error:
             errors.append(error)

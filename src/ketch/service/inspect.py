@@ -187,6 +187,7 @@ def info_entry(
     snapshot_count: int = 0,
     forwards: list[ForwardInfo] | None = None,
     mounts_active: Mapping[str, bool | None] | None = None,
+    launched: str = "cold",
 ) -> InfoEntry:
     """One value of ``ketch info --format json``'s "info" map."""
     spec = v.record.spec
@@ -215,6 +216,7 @@ def info_entry(
         inconsistencies=inconsistencies(v, mounts_active),
         forwards=forwards or [],
         shutdown_at=UNSET if v.record.shutdown_at is None else _stamp(v.record.shutdown_at),
+        launched=launched,
     )
 
 

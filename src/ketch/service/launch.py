@@ -15,11 +15,19 @@ from ketch import cloudinit, space
 from ketch.api.models import NameResult
 from ketch.errors import AlreadyExists, InvalidArgument, KetchError, Timeout
 from ketch.host import firmware, partitions, seed
-from ketch.model import BootSpec, ImageInfo, InstanceSpec, Intent, OperationKind
+from ketch.model import (
+    BootSpec,
+    ImageInfo,
+    InstanceSpec,
+    Intent,
+    MountSpec,
+    MountType,
+    OperationKind,
+)
 from ketch.progress import Reporter
 from ketch.runtime.netplan import seed_instance_id
 from ketch.runtime.network import guest_network_config
-from ketch.service import accel, guestlink, names
+from ketch.service import accel, guestlink, names, warm
 from ketch.service.context import Context
 from ketch.service.journal import journal
 from ketch.service.units import parse_size
@@ -47,6 +55,8 @@ class LaunchRequest:
     forwards: list[str] = field(default_factory=list)  # explicit port forwards, as written
     networks: list[str] = field(default_factory=list)  # each --network, as given
     bridged: bool = False  # one more on local.bridged-network
+    cold: bool = False  # --cold: boot, even when a template fits (service/warm.py)
+    cold_reason: str | None = None  # why the daemon launches this one cold (a native mount)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LaunchRequest:
@@ -55,6 +65,13 @@ class LaunchRequest:
         if unknown:
             raise InvalidArgument(f"unknown launch option(s): {', '.join(sorted(unknown))}")
         return cls(**{k: v for k, v in data.items() if v is not None})
+
+
+def native_mount_reason(mounts: Collection[MountSpec]) -> str | None:
+    """Why a launch with these mounts is cold: a native mount's memfd RAM (pure)."""
+    if any(mt.type is MountType.NATIVE for mt in mounts):
+        return "a native mount needs its memory shared with virtiofsd (a memfd), not a template's"
+    return None
 
 
 def _random_mac() -> str:
@@ -102,6 +119,19 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
     networks = await extra_networks(ctx, req.networks, bridged=req.bridged, mac=_random_mac)
     image = await ctx.images.resolve(req.image, reporter)
     boot = await boot_for(image, req.firmware)
+    plan = await warm.plan(
+        ctx,
+        image,
+        cpus=cpus,
+        memory=memory,
+        disk=disk,
+        user_cfg=user_cfg,
+        cold=req.cold,
+        cold_reason=req.cold_reason,
+        extra_networks=bool(networks),
+    )
+    if plan.reason:
+        reporter.warn(plan.reason)
     space.require("launch", ctx.root.instances)
     idir = ctx.root.instance(name)
     async with journal(ctx, name, OperationKind.LAUNCH, step="prepare", reporter=reporter) as j:
@@ -128,19 +158,28 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
         ctx.store.add(spec, Intent.STOP)
         j.undo(ctx.store.remove, name)
 
-        reporter.step("Preparing disk")
-        await ctx.driver.create_disk(
-            idir, base=Path(image.disk), base_format=image.disk_format, size=disk
-        )
-
         reporter.step("Writing cloud-init seed")
         await asyncio.to_thread(write_seed, ctx, spec, user_cfg)
-
-        j.step("boot")
         choice = await accel.choose(ctx, Path(image.boot.kernel) if image.boot.kernel else None)
-        reporter.step(f"Starting {name} ({choice.accel})")
-        await ctx.driver.start(spec, idir, accel=choice.accel, resume=False)
-        j.undo(ctx.driver.kill, spec, idir)
+        warm_started = False
+        if plan.template is not None:
+            j.step("warm-start")
+            reporter.step(f"Starting {name} from its template ({choice.accel})")
+            j.undo(ctx.driver.kill, spec, idir)
+            warm_started = await warm.start(
+                ctx, spec, idir, plan.template, accel=choice.accel, reporter=reporter
+            )
+            if warm_started:
+                j.step("boot")  # it has its identity: from here on as a cold-booted one
+        if not warm_started:
+            reporter.step("Preparing disk")
+            await ctx.driver.create_disk(
+                idir, base=Path(image.disk), base_format=image.disk_format, size=disk
+            )
+            j.step("boot")
+            reporter.step(f"Starting {name} ({choice.accel})")
+            await ctx.driver.start(spec, idir, accel=choice.accel, resume=False)
+            j.undo(ctx.driver.kill, spec, idir)
         ctx.store.set_intent(name, Intent.RUN)
         j.keep()  # from here on the instance stays, even if it never gets ready
 

@@ -11,6 +11,7 @@ wrote to its disk:
 | launch | QEMU runs | finished: the instance exists and runs |
 | launch | no QEMU, step "prepare" | rolled back: the half-made instance is removed |
 | launch | no QEMU, step "boot" | kept, Stopped: `start` boots it |
+| launch | step "warm-start" | rolled back: the clone (maybe not yet itself) ended, removed |
 | start | QEMU runs | finished: intent run; a leftover suspend tag is removed |
 | start | no QEMU | nothing to do: the instance is as it was (Stopped or Suspended) |
 | suspend | QEMU runs, a save job still going | waited for, then as below |
@@ -109,6 +110,13 @@ async def recover(ctx: Context, entry: JournalEntry, reporter: Reporter) -> str:
         ctx.store.set_intent(entry.instance, Intent.STOP)
         return "force stop finished"
     if entry.op == "launch":
+        if entry.step == "warm-start":  # a clone that may still be its template: never kept
+            await ctx.driver.kill(spec, idir)
+            error = guestlink.remove_tree(idir.path)
+            if error:
+                reporter.warn(f"could not remove {idir.path}: {error}")
+            ctx.store.remove(entry.instance)
+            return "warm launch rolled back: the half-made instance was ended and removed"
         if running:
             ctx.store.set_intent(entry.instance, Intent.RUN)
             return "launch finished: the instance runs"

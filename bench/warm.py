@@ -1,0 +1,152 @@
+"""Warm launch vs cold launch of the tiny image, and vs the runtime's own restore.
+
+Three sides, interleaved (the order rotates every run), each a tiny instance
+with 1 CPU and ``--memory`` (default 512M), to ready:
+
+* ``warm``: ``ketch launch tiny`` with a template there (``ketch image warm``,
+  timed once: the template build time);
+* ``cold``: ``ketch launch tiny --cold``;
+* ``restore``: the prototype of issue 16 done by ketch's runtime alone, no CLI,
+  daemon, image resolution or seed: ``QemuDriver.start_warm`` (QEMU, state
+  loaded, disk grown, the identity handed over) plus SSH answering with the
+  pinned key.
+
+Goals: warm / cold <= 0.25; warm / restore <= 1.5.  Then memory: five warm
+instances running together vs five cold ones (sum of the QEMUs' PSS, from
+/proc/PID/smaps_rollup: shared pages counted once between them).
+
+Usage: .venv/bin/python bench/warm.py [--runs N] [--memory 512M]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from common import Bench, arg_parser, emit, fresh_bench, interleave, log, print_table, summary
+
+WARM_GOAL = 0.25
+RESTORE_GOAL = 1.5
+
+
+def pss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    raise ValueError(f"no Pss for pid {pid}")
+
+
+def launch(b: Bench, name: str, memory: str, *extra: str) -> float:
+    t0 = time.perf_counter()
+    done = b.ketch("launch", "tiny", "--name", name, "--memory", memory, *extra, timeout=1800)
+    took = time.perf_counter() - t0
+    said = done.stderr.decode(errors="replace")
+    if extra == () and "Launching cold" in said:
+        raise RuntimeError(f"a warm launch went cold: {said}")
+    return took
+
+
+def restore(b: Bench, name: str, memory: str) -> float:
+    """The runtime's clone start, then SSH with the pinned key (ketch's own ssh argv)."""
+    from ketch import cloudinit
+    from ketch.host import ssh
+    from ketch.layout import Root
+    from ketch.model import InstanceSpec
+    from ketch.runtime.qemu_driver import QemuDriver
+    from ketch.service import guestlink, templates
+    from ketch.service import launch as launch_uc
+    from ketch.service.units import parse_size
+
+    root = Root(b.root)
+    (t,) = [x for x in templates.all_templates_at(root) if x.nics == 0]
+    idir = root.instance(name)
+    idir.path.mkdir(parents=True)
+    spec = InstanceSpec(
+        name=name, image="tiny", image_id=t.image_id, release="tiny", cpus=1,
+        memory=parse_size(memory, "memory"), disk=t.disk, boot=b.tiny.boot,
+        base_disk=b.tiny.disk, ssh_port=guestlink.free_port(set()),
+        mac=launch_uc._random_mac(), instance_id=f"i-{uuid.uuid4().hex[:16]}",
+    )  # fmt: skip
+
+    class Ctx:
+        pass
+
+    ctx: Any = Ctx()
+    ctx.root = root
+    launch_uc._write_seed(ctx, spec, cloudinit.parse_user_data("#cloud-config\n"))
+    templates.pad_seed(idir.seed_iso)
+    driver = QemuDriver(None)
+
+    async def go() -> float:
+        t0 = time.perf_counter()
+        await driver.start_warm(
+            spec, idir, t.tdir, accel="tcg", template_macs=t.macs, now=time.time()
+        )
+        from ketch.progress import NULL
+
+        await ssh.wait_ready(guestlink.target(root, spec), timeout=600, reporter=NULL)
+        took = time.perf_counter() - t0
+        await driver.kill(spec, idir)
+        return took
+
+    try:
+        return asyncio.run(go())
+    finally:
+        subprocess.run(["rm", "-rf", str(idir.path)], check=False)
+
+
+def main() -> None:
+    p = arg_parser(__doc__, runs=3)
+    p.add_argument("--memory", default="512M")
+    args = p.parse_args()
+    with fresh_bench("kw-") as b:
+        b.ketch("set", "local.network=user")  # the runtime side has no managed network
+        b.prime_accel()
+        t0 = time.perf_counter()
+        b.ketch("image", "warm", "tiny", "--memory", args.memory, timeout=1800)
+        build = time.perf_counter() - t0
+        log(f"template made in {build:.1f} s")
+        n = 0
+
+        def one(side: str) -> float:
+            nonlocal n
+            n += 1
+            name = f"{side}{n}"
+            if side == "restore":
+                return restore(b, name, args.memory)
+            took = launch(b, name, args.memory, *(("--cold",) if side == "cold" else ()))
+            b.ketch("delete", "--purge", name)
+            return took
+
+        times = interleave(
+            {s: (lambda s=s: one(s)) for s in ("warm", "cold", "restore")},  # type: ignore[misc]
+            args.runs,
+            label="launch",
+        )
+        memory: dict[str, int] = {}
+        for side in ("warm", "cold"):
+            names = [f"m{side}{i}" for i in range(5)]
+            for name in names:
+                launch(b, name, args.memory, *(("--cold",) if side == "cold" else ()))
+            pids = [int((b.root / "instances" / nm / "qemu.pid").read_text()) for nm in names]
+            memory[side] = sum(pss_kib(pid) for pid in pids)
+            log(f"5 {side}: PSS {memory[side] / 1024:.0f} MiB")
+            b.ketch("delete", "--purge", *names, timeout=600)
+        results = {
+            "warm_vs_cold": summary(times["cold"], times["warm"], WARM_GOAL),
+            "warm_vs_restore": summary(times["restore"], times["warm"], RESTORE_GOAL),
+            "template_build_s": round(build, 2),
+            "pss_5_warm_mib": round(memory["warm"] / 1024, 1),
+            "pss_5_cold_mib": round(memory["cold"] / 1024, 1),
+        }
+        print_table([(k, v) for k, v in results.items() if isinstance(v, dict)])
+        emit("warm", results, memory=args.memory, runs=args.runs, raw=json.dumps(times))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,407 @@
+"""Warm launch, QEMU's side: saving a booted guest as a template, starting clones of it.
+
+A template (QEMU's ``docs/system/vm-templating.rst``): the guest's RAM is a
+file (``memory-backend-file``, ``share=on``), so once the guest agent says it
+is idle (``runtime/warm_guest.py``) the save is ``stop``, ``x-ignore-shared``,
+``migrate`` of the device state alone to a file, ``quit``.  A clone maps the
+same file ``share=off`` (private copy-on-write: the template is never written,
+the clones share its pages), starts with ``-incoming defer -S`` on a copy of
+the golden disk, loads the device state, grows its disk, runs, and gets its
+identity through the agent's virtio-serial port: fresh entropy first.
+
+A warm instance keeps this device layout (the agent's port, the named RAM
+block, the VM generation ID) while it has saved state: a suspended one is
+resumed in the same layout (plain RAM); a cold start drops it
+(:data:`ketch.layout.WARM_RECORD` says which).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shlex
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ketch.errors import HostCommandError, KetchError, Timeout
+from ketch.host import qemu, qemu_img, qmp
+from ketch.layout import FILE_MODE, InstanceDir, TemplateDir
+from ketch.model import BootSpec, InstanceSpec
+from ketch.runtime import warm_guest
+
+if TYPE_CHECKING:
+    from ketch.runtime.network import ManagedNetwork
+
+SAVE_TIMEOUT = 120.0  # the device state is under a MB: seconds are plenty
+HANDOVER_TIMEOUT = 60.0  # the clone's agent: reseed, seed, SSH server, runcmd
+
+
+class TemplateError(KetchError):
+    """A template could not be made or could not be loaded (a clone falls back to cold)."""
+
+
+class TemplateMismatch(TemplateError):
+    """The template is fine but does not fit this instance (its NICs): launch cold, keep it."""
+
+
+@dataclass(frozen=True)
+class TemplateBoot:
+    """What the template's guest is booted with (its key's half the runtime knows)."""
+
+    cpus: int
+    memory: int
+    boot: BootSpec
+    mac: str
+    ssh_port: int
+    extra_macs: tuple[str, ...] = ()  # one NIC each after net0 (the managed network's)
+
+
+def shape(idir: InstanceDir) -> bool:
+    """Does the instance's saved state (if any) have the warm device layout?"""
+    try:
+        return bool(json.loads(idir.warm_record.read_text()).get("shape"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def write_record(idir: InstanceDir, *, template: str, shape: bool) -> None:
+    """The instance's warm record: which template it came from; its device layout."""
+    data = json.dumps({"template": template, "shape": shape, "started": "warm"})
+    tmp = idir.warm_record.with_name(f".{idir.warm_record.name}.new")
+    tmp.write_text(data + "\n")
+    os.chmod(tmp, FILE_MODE)
+    os.replace(tmp, idir.warm_record)
+
+
+def read_record(idir: InstanceDir) -> dict[str, object] | None:
+    try:
+        data = json.loads(idir.warm_record.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+async def _agent_line(reader: asyncio.StreamReader, want: str, *, timeout: float) -> list[str]:
+    """Read the agent's lines until ``want``; returns the warnings said on the way."""
+    warnings: list[str] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        left = deadline - loop.time()
+        if left <= 0:
+            raise Timeout(f"the guest agent did not say '{want}' within {timeout:g} s")
+        try:
+            line = await asyncio.wait_for(reader.readline(), left)
+        except TimeoutError as exc:
+            raise Timeout(f"the guest agent did not say '{want}' within {timeout:g} s") from exc
+        if not line:
+            raise TemplateError("the guest agent's port closed (QEMU ended?)")
+        word, rest = warm_guest.parse_reply(line)
+        if word == want:
+            return warnings
+        if word == "warn":
+            warnings.append(rest)
+
+
+async def _connect(
+    socket: Path, *, timeout: float = 10.0
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            return await asyncio.open_unix_connection(str(socket))
+        except OSError as exc:
+            if loop.time() > deadline:
+                raise TemplateError(f"cannot reach the guest agent's socket: {exc}") from exc
+            await asyncio.sleep(0.02)
+
+
+async def _migration_done(mon: qmp.Monitor, *, timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        info = await mon.execute("query-migrate")
+        status = info.get("status")
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled"):
+            raise TemplateError(f"migration {status}: {info.get('error-desc', 'no reason given')}")
+        if loop.time() > deadline:
+            raise Timeout(f"migration not done within {timeout:g} s")
+        await asyncio.sleep(0.01)
+
+
+class Templates:
+    """The QEMU driver's warm-launch methods (a mixin of its class)."""
+
+    if TYPE_CHECKING:
+        network: ManagedNetwork | None
+
+        async def _detach(self, spec: InstanceSpec, idir: InstanceDir, *, forget: bool) -> None: ...
+
+    async def make_template(
+        self,
+        tdir: TemplateDir,
+        tb: TemplateBoot,
+        *,
+        accel: str,
+        seed_iso: Path,
+        timeout: float,
+        nice: bool = False,
+    ) -> None:
+        """Boot ``tdir``'s golden disk (made by the caller) until the agent says it is
+        idle, then save the template; QEMU has ended when this returns or raises.
+        With ``nice``, QEMU runs at the lowest CPU priority."""
+        b = tdir.boot
+        cfg = qemu.QemuConfig(
+            name=f"template-{tdir.path.name}",
+            cpus=tb.cpus,
+            memory=tb.memory,
+            accel=accel,
+            disk=tdir.disk,
+            seed_iso=seed_iso,
+            boot=tb.boot,
+            pidfile=b.pidfile,
+            qmp_socket=b.qmp_socket,
+            serial_log=b.serial_log,
+            ssh_port=tb.ssh_port,
+            mac=tb.mac,
+            memory_file=tdir.memory,
+            memory_shared=True,
+            agent_socket=b.agent_socket,
+            vmgenid=str(uuid.uuid4()),
+            paused=True,
+            taps=tuple(("", mac) for mac in tb.extra_macs),
+            dummy_taps=True,
+        )
+        await qemu.start(cfg, log=b.qemu_log)
+        try:
+            if nice:
+                _lowest_priority(b.pidfile)
+            reader, writer = await _connect(b.agent_socket)
+            try:
+                # The NIC's link is down while the template lives: the user-mode
+                # network's DHCP server, saved with it, must give its clones (each
+                # its own MAC) the address a cold boot gets.
+                async with qmp.connect(b.qmp_socket) as mon:
+                    for i in range(1 + len(tb.extra_macs)):
+                        await mon.execute("set_link", {"name": f"net{i}", "up": False})
+                    await mon.execute("cont")
+                await _agent_line(reader, warm_guest.READY, timeout=timeout)
+                async with qmp.connect(b.qmp_socket) as mon:
+                    await mon.execute("stop")
+                    await mon.execute(
+                        "migrate-set-capabilities",
+                        {"capabilities": [{"capability": "x-ignore-shared", "state": True}]},
+                    )
+                    uri = f"exec:cat > {shlex.quote(str(tdir.state))}"
+                    await mon.execute("migrate", {"uri": uri})
+                    await _migration_done(mon, timeout=SAVE_TIMEOUT)
+                    with contextlib.suppress(KetchError):
+                        await mon.execute("quit")
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+        finally:
+            await _end(b, tdir.disk, grace=5.0)
+        os.chmod(tdir.disk, 0o400)  # frozen: clones copy it, nothing writes it
+        os.chmod(tdir.memory, 0o400)
+
+    async def start_warm(
+        self,
+        spec: InstanceSpec,
+        idir: InstanceDir,
+        tdir: TemplateDir,
+        *,
+        accel: str,
+        template_macs: tuple[str, ...],
+        now: float,
+    ) -> list[str]:
+        """Start ``spec`` as a clone of ``tdir`` (its disk: a copy of the golden one,
+        grown to the spec's size) and hand it its identity; returns the agent's warnings.
+
+        Raises TemplateError (QEMU ended, the disk copy removed, the NIC detached)
+        when the template does not load, TemplateMismatch when it does not fit:
+        the caller launches cold instead.
+        """
+        taps: list[tuple[str, str]] = []
+        if self.network is not None:
+            nic = await self.network.attach(spec, idir, resume=False)
+            taps += [(nic.tap, nic.mac)] if nic else []
+        if len(taps) + 1 != len(template_macs):
+            await self._detach(spec, idir, forget=True)
+            raise TemplateMismatch(
+                f"the template has {len(template_macs)} NIC(s), this instance {len(taps) + 1}"
+            )
+        try:
+            if not tdir.memory.exists() or not tdir.state.exists():
+                raise OSError("its memory or state file is gone")
+            await asyncio.to_thread(_copy_golden, tdir.disk, idir.disk)
+        except OSError as exc:
+            await self._detach(spec, idir, forget=True)
+            raise TemplateError(f"cannot copy the template's disk: {exc}") from exc
+        cfg = qemu.QemuConfig(
+            name=spec.name,
+            cpus=spec.cpus,
+            memory=spec.memory,
+            accel=accel,
+            disk=idir.disk,
+            seed_iso=idir.seed_iso,
+            boot=spec.boot,
+            pidfile=idir.pidfile,
+            qmp_socket=idir.qmp_socket,
+            serial_log=idir.serial_log,
+            ssh_port=spec.ssh_port,
+            mac=spec.mac,
+            memory_file=tdir.memory,
+            memory_shared=False,
+            agent_socket=idir.agent_socket,
+            vmgenid=str(uuid.uuid4()),
+            paused=True,
+            incoming=True,
+            taps=tuple(taps),
+        )
+        os.close(os.open(idir.serial_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE))
+        try:
+            if not tdir.memory.exists() or not tdir.state.exists():
+                raise TemplateError("the template's memory or state file is gone")
+            await qemu.start(cfg, log=idir.qemu_log)
+            with contextlib.suppress(OSError):
+                os.chmod(idir.qmp_socket, FILE_MODE)
+                os.chmod(idir.agent_socket, FILE_MODE)
+            reader, writer = await _connect(idir.agent_socket)
+        except (HostCommandError, TemplateError) as exc:
+            await _end(idir, idir.disk)
+            await self._detach(spec, idir, forget=True)
+            idir.disk.unlink(missing_ok=True)
+            raise TemplateError(f"the template did not load: {exc.message}") from exc
+        try:
+            try:
+                async with qmp.connect(idir.qmp_socket) as mon:
+                    await mon.execute(
+                        "migrate-set-capabilities",
+                        {"capabilities": [{"capability": "x-ignore-shared", "state": True}]},
+                    )
+                    uri = f"exec:cat {shlex.quote(str(tdir.state))}"
+                    await mon.execute("migrate-incoming", {"uri": uri})
+                    await _incoming_done(mon, timeout=SAVE_TIMEOUT)
+                    # Off again: a suspend (snapshot-save) with it on writes a stream
+                    # that a resume (a QEMU without it) cannot read (EINVAL).
+                    await mon.execute(
+                        "migrate-set-capabilities",
+                        {"capabilities": [{"capability": "x-ignore-shared", "state": False}]},
+                    )
+                    await mon.execute(
+                        "block_resize", {"node-name": qemu.DISK_NODE, "size": spec.disk}
+                    )
+                    for i in range(len(template_macs)):
+                        await mon.execute("set_link", {"name": f"net{i}", "up": True})
+                    await mon.execute("cont")
+            except KetchError as exc:
+                await _end(idir, idir.disk)
+                await self._detach(spec, idir, forget=True)
+                idir.disk.unlink(missing_ok=True)
+                raise TemplateError(f"the template did not load: {exc.message}") from exc
+            write_record(idir, template=tdir.path.name, shape=True)
+            entropy = secrets.token_bytes(warm_guest.ENTROPY_BYTES)
+            macs = list(zip(template_macs, [spec.mac, *(mac for _, mac in taps)], strict=True))
+            try:
+                writer.write(warm_guest.handover(entropy, now, macs))
+                await writer.drain()
+                return await _agent_line(reader, warm_guest.DONE, timeout=HANDOVER_TIMEOUT)
+            except (KetchError, OSError) as exc:
+                # A guest that did not take its identity is never kept: it is the template.
+                await _end(idir, idir.disk)
+                await self._detach(spec, idir, forget=True)
+                procs_remove(idir.disk, idir.warm_record)
+                why = exc.message if isinstance(exc, KetchError) else str(exc)
+                raise TemplateError(f"the clone did not take its identity: {why}") from exc
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    def warm_config(
+        self, cfg: qemu.QemuConfig, idir: InstanceDir, *, resume: bool
+    ) -> qemu.QemuConfig:
+        """A QEMU config in the warm layout when the instance resumes saved warm state."""
+        from dataclasses import replace
+
+        if not resume or not shape(idir):
+            return cfg
+        return replace(
+            cfg, memory_ram=True, agent_socket=idir.agent_socket, vmgenid=str(uuid.uuid4())
+        )
+
+
+async def _incoming_done(mon: qmp.Monitor, *, timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        status = await mon.status()
+        if status not in ("inmigrate",):
+            if status in ("paused", "prelaunch", "running"):
+                info = await mon.execute("query-migrate")
+                if info.get("status") in (None, "completed"):
+                    return
+                if info.get("status") == "failed":
+                    raise TemplateError(
+                        f"loading the state failed: {info.get('error-desc', 'no reason given')}"
+                    )
+            elif status in ("shutdown", "internal-error", "guest-panicked"):
+                raise TemplateError(f"the clone's QEMU is '{status}' after loading")
+        if loop.time() > deadline:
+            raise Timeout(f"loading the template's state took over {timeout:g} s")
+        await asyncio.sleep(0.005)
+
+
+async def _end(b: InstanceDir, disk: Path, *, grace: float = 0.0) -> None:
+    """End the QEMU of ``b`` on ``disk`` (a template being made, a clone that failed
+    to load), after up to ``grace`` seconds for it to quit by itself."""
+    from ketch.host import procs
+
+    pid = procs.read_pidfile(b.pidfile)
+    argv = procs.cmdline(pid) if pid else None
+    if pid and argv and qemu.argv_matches(argv, disk):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while procs.alive(pid) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if procs.alive(pid):
+            await asyncio.to_thread(procs.terminate, pid, expect=argv)
+    procs.remove_quietly(b.pidfile, b.qmp_socket, b.agent_socket)
+
+
+def _lowest_priority(pidfile: Path) -> None:
+    from ketch.host import procs
+
+    pid = procs.read_pidfile(pidfile)
+    if pid:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, pid, 19)
+
+
+def procs_remove(*paths: Path) -> None:
+    for p in paths:
+        p.unlink(missing_ok=True)
+
+
+def _copy_golden(src: Path, dst: Path) -> None:
+    """A copy of the golden disk, the instance's own (an overlay on the image, as the
+    golden disk is: it survives the template)."""
+    tmp = dst.with_name(f".{dst.name}.new")
+    shutil.copyfile(src, tmp)
+    os.chmod(tmp, FILE_MODE)
+    os.replace(tmp, dst)
+
+
+async def golden_size(path: Path) -> int:
+    return (await qemu_img.info(path, fmt="qcow2")).virtual_size

@@ -1,0 +1,354 @@
+"""Use case: warm-launch templates: their key, making one, finding one, listing, pruning.
+
+A template is per (image, cpus, memory, firmware): one directory under
+``templates/`` of the storage root (``layout.TemplateDir``), named by the image
+and a key that also covers what makes an old template unusable: the image's
+id, ketch's guest agent (``runtime/warm_guest.py``) and QEMU's version.  A
+template whose key no longer matches is not found (so the next one is made),
+listed as stale, and removed by ``image prune``.  The record is written last:
+a directory without one is a template being made, or one that was never
+finished (a crash), and is removed by the next build of that key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ketch import cloudinit
+from ketch.api.models import TemplateInfo
+from ketch.errors import InvalidArgument, KetchError
+from ketch.host import seed
+from ketch.host.accel import qemu_version
+from ketch.layout import FILE_MODE, InstanceDir, Root, TemplateDir
+from ketch.model import ImageInfo
+from ketch.progress import Reporter
+from ketch.runtime import warm_guest
+from ketch.runtime.driver import WarmStart
+from ketch.runtime.template import TemplateBoot, golden_size
+from ketch.service import accel, guestlink
+from ketch.service.context import Context
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_HOSTNAME = "ketch-template"
+TEMPLATE_IID_PREFIX = "i-template-"
+BUILD_TIMEOUT = 600.0  # booting the template's guest until its agent says idle
+_BUILDING: dict[str, asyncio.Lock] = {}
+
+
+@dataclass(frozen=True)
+class Template:
+    """A finished template, as its record says."""
+
+    key: str
+    image: str  # as the user named it
+    image_id: str
+    cpus: int
+    memory: int
+    firmware: str
+    macs: tuple[str, ...]  # the template guest's MAC of each NIC (a clone's agent changes them)
+    disk: int  # the golden disk's size: a clone's is this or larger
+    base: str  # the image's disk, the golden disk's backing file
+    qemu: str  # QEMU's version line when it was made
+    agent: str  # warm_guest.digest() when it was made
+    created: float
+    build_seconds: float
+    size: int  # bytes on disk (the memory file's allocated pages, the golden disk, the state)
+    tdir: TemplateDir
+
+    @property
+    def nics(self) -> int:
+        """NICs after net0 (the managed network's)."""
+        return len(self.macs) - 1
+
+
+def firmware_of(image: ImageInfo) -> str:
+    return "kernel" if image.boot.kernel else image.boot.firmware
+
+
+async def key_of(image: ImageInfo, cpus: int, memory: int, firmware: str, nics: int) -> str:
+    """The template directory's name for these (pure, given QEMU's version)."""
+    blob = json.dumps(
+        {
+            "image": image.id,
+            "cpus": cpus,
+            "memory": memory,
+            "firmware": firmware,
+            "nics": nics,
+            "qemu": await qemu_version(),
+            "agent": warm_guest.digest(),
+        },
+        sort_keys=True,
+    )
+    short = image.id.split("@")[0].rsplit(":", 1)[-1]  # "ketch:tiny@2026…" -> "tiny"
+    name = "".join(c if c.isalnum() or c in "-." else "-" for c in short) or "image"
+    return f"{name[:40]}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def _allocated(path: Path) -> int:
+    total = 0
+    for p in path.iterdir():
+        with contextlib.suppress(OSError):
+            total += p.stat().st_blocks * 512
+    return total
+
+
+def load(tdir: TemplateDir) -> Template | None:
+    """The template of ``tdir`` when it is finished (its record is there), else None."""
+    try:
+        data = json.loads(tdir.record.read_text())
+        return Template(
+            key=tdir.path.name,
+            image=str(data["image"]),
+            image_id=str(data["image_id"]),
+            cpus=int(data["cpus"]),
+            memory=int(data["memory"]),
+            firmware=str(data["firmware"]),
+            macs=tuple(str(m) for m in data["macs"]),
+            disk=int(data["disk"]),
+            base=str(data["base"]),
+            qemu=str(data["qemu"]),
+            agent=str(data["agent"]),
+            created=float(data["created"]),
+            build_seconds=float(data.get("build_seconds", 0.0)),
+            size=_allocated(tdir.path),
+            tdir=tdir,
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def all_templates(ctx: Context) -> list[Template]:
+    return all_templates_at(ctx.root)
+
+
+def all_templates_at(root: Root) -> list[Template]:
+    """Every finished template below ``root``."""
+    if not root.templates.is_dir():
+        return []
+    found = (load(root.template(p.name)) for p in sorted(root.templates.iterdir()))
+    return [t for t in found if t is not None]
+
+
+async def is_current(t: Template) -> bool:
+    """Was ``t`` made by this QEMU and this guest agent?"""
+    return t.qemu == await qemu_version() and t.agent == warm_guest.digest()
+
+
+async def find(
+    ctx: Context, image: ImageInfo, cpus: int, memory: int, nics: int
+) -> Template | None:
+    """The finished, current template for these, if there is one (its files are not
+    checked here: one that does not load makes a cold launch that says so)."""
+    key = await key_of(image, cpus, memory, firmware_of(image), nics)
+    t = load(ctx.root.template(key))
+    if t is None or t.image_id != image.id or not await is_current(t):
+        return None
+    return t
+
+
+def remove(tdir: TemplateDir) -> None:
+    """Remove a template (its clones keep working: each has its own disk; a running
+    clone keeps the memory file's pages it mapped)."""
+    tdir.record.unlink(missing_ok=True)  # first: never half a template that looks finished
+    shutil.rmtree(tdir.path, ignore_errors=True)
+
+
+async def prune(ctx: Context, *, days: float) -> list[Template]:
+    """Remove stale templates (another QEMU or guest agent than now, or their image
+    no longer cached) and those no launch used for ``days`` (0: all of them)."""
+    gone = []
+    now = ctx.clock.time()
+    for t in all_templates(ctx):
+        if not await is_current(t) or not _image_cached(t) or now - last_used(t) >= days * 86400:
+            remove(t.tdir)
+            gone.append(t)
+    return gone
+
+
+def last_used(t: Template) -> float:
+    """When a launch last used ``t`` (its record's time, touched by each warm launch)."""
+    try:
+        return t.tdir.record.stat().st_mtime
+    except OSError:
+        return t.created
+
+
+def touch(t: Template) -> None:
+    with contextlib.suppress(OSError):
+        os.utime(t.tdir.record)
+
+
+def _image_cached(t: Template) -> bool:
+    """Is the image the golden disk is an overlay on still there?"""
+    return Path(t.base).exists()
+
+
+def _seed_config(ctx: Context, key: str) -> tuple[dict[str, Any], str]:
+    cfg = cloudinit.merge_vendor(
+        warm_guest.template_config(),
+        default_user="ubuntu",
+        client_public_key=guestlink.client_public_key(ctx.root),
+        host_key_private="-----BEGIN OPENSSH PRIVATE KEY-----\n-----END OPENSSH PRIVATE KEY-----",
+        host_key_public="ssh-ed25519 none",
+        hostname=TEMPLATE_HOSTNAME,
+    )
+    cfg.pop("ssh_keys")  # no host key at all: the template never serves SSH
+    return cfg, f"{TEMPLATE_IID_PREFIX}{key[-16:]}"
+
+
+def write_template_seed(ctx: Context, tdir: TemplateDir, key: str) -> Path:
+    """The template's NoCloud seed: ketch's vendor data, a generic identity, the agent."""
+    cfg, iid = _seed_config(ctx, key)
+    meta = {"instance-id": iid, "local-hostname": TEMPLATE_HOSTNAME}
+    path = tdir.boot.seed_iso
+    seed.build_seed_iso(
+        path,
+        meta_data=cloudinit.meta_data(iid, TEMPLATE_HOSTNAME),
+        user_data=cloudinit.render_user_data(cfg),
+        network_config=None,
+        extra_files={seed.GUEST_CONFIG_FILE: seed.render_guest_config(cfg, meta).encode()},
+    )
+    pad_seed(path)
+    return path
+
+
+def pad_seed(path: Path) -> bool:
+    """Pad a seed ISO (sparse) to the size every template's clone expects; False when
+    it is larger (that instance cannot start warm)."""
+    size = path.stat().st_size
+    if size > warm_guest.SEED_SIZE:
+        return False
+    os.truncate(path, warm_guest.SEED_SIZE)
+    return True
+
+
+def _random_mac() -> str:
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+
+
+async def build(
+    ctx: Context,
+    image_name: str,
+    image: ImageInfo,
+    cpus: int,
+    memory: int,
+    disk: int,
+    reporter: Reporter,
+    *,
+    nics: int,
+    nice: bool = False,
+) -> Template:
+    """Make (or find) the template of ``image`` for ``cpus``, ``memory`` and ``nics``
+    NICs after net0; its disk is ``disk`` bytes (or the image's size when larger).
+    With ``nice``, its QEMU runs at the lowest CPU priority (a background rebuild)."""
+    driver = ctx.driver
+    if not isinstance(driver, WarmStart):
+        raise InvalidArgument(f"the {driver.name} driver cannot make warm-launch templates")
+    firmware = firmware_of(image)
+    if firmware != "kernel":
+        raise InvalidArgument(
+            f"{image.release} boots through firmware: only images that boot their own "
+            "kernel (tiny) have templates yet"
+        )
+    key = await key_of(image, cpus, memory, firmware, nics)
+    lock = _BUILDING.setdefault(key, asyncio.Lock())
+    async with lock:
+        found = await find(ctx, image, cpus, memory, nics)
+        if found is not None and all(
+            p.exists() for p in (found.tdir.memory, found.tdir.state, found.tdir.disk)
+        ):
+            return found
+        tdir = ctx.root.template(key)
+        remove(tdir)  # a stale or unfinished one of the same key
+        tdir.path.mkdir(parents=True, mode=0o700)
+        started = ctx.clock.time()
+        try:
+            reporter.step(f"Preparing the template of {image_name}")
+            await driver.create_disk(
+                InstanceDir(tdir.path),
+                base=Path(image.disk),
+                base_format=image.disk_format,
+                size=disk,
+            )
+            os.replace(InstanceDir(tdir.path).disk, tdir.disk)
+            seed_iso = await asyncio.to_thread(write_template_seed, ctx, tdir, key)
+            choice = await accel.choose(ctx, Path(image.boot.kernel) if image.boot.kernel else None)
+            tb = TemplateBoot(
+                cpus=cpus,
+                memory=memory,
+                boot=image.boot,
+                mac=_random_mac(),
+                ssh_port=guestlink.free_port(ctx.store.used_ports()),
+                extra_macs=tuple(_random_mac() for _ in range(nics)),
+            )
+            reporter.step(f"Booting the template of {image_name} ({choice.accel})")
+            await driver.make_template(
+                tdir, tb, accel=choice.accel, seed_iso=seed_iso, timeout=BUILD_TIMEOUT, nice=nice
+            )
+            record = {
+                "image": image_name,
+                "image_id": image.id,
+                "cpus": cpus,
+                "memory": memory,
+                "firmware": firmware,
+                "macs": [tb.mac, *tb.extra_macs],
+                "base": image.disk,
+                "disk": (await golden_size(tdir.disk)),
+                "qemu": await qemu_version(),
+                "agent": warm_guest.digest(),
+                "created": ctx.clock.time(),
+                "build_seconds": round(ctx.clock.time() - started, 3),
+            }
+            tmp = tdir.path / f".{tdir.record.name}.new"
+            tmp.write_text(json.dumps(record, sort_keys=True) + "\n")
+            os.chmod(tmp, FILE_MODE)
+            os.replace(tmp, tdir.record)
+        except BaseException:
+            remove(tdir)
+            raise
+        t = load(tdir)
+        if t is None:
+            raise KetchError(f"the template {key} was made but cannot be read back")
+        return t
+
+
+async def info_of(t: Template) -> TemplateInfo:
+    return TemplateInfo(
+        key=t.key,
+        image=t.image,
+        cpus=t.cpus,
+        memory=t.memory,
+        size=t.size,
+        current=await is_current(t),
+        created=t.created,
+        build_seconds=t.build_seconds,
+    )
+
+
+async def infos(ctx: Context) -> list[TemplateInfo]:
+    """Every finished template, for ``image list``."""
+    return [await info_of(t) for t in all_templates(ctx)]
+
+
+async def warm_image(
+    ctx: Context, image_name: str, cpus: int, memory: str, reporter: Reporter
+) -> TemplateInfo:
+    """``ketch image warm``: make the template launches of these options will use."""
+    from ketch.service.launch import DEFAULT_DISK, check_resources
+    from ketch.service.warm import nics_of
+
+    cpus, mem, disk = check_resources(cpus, memory, DEFAULT_DISK)
+    image = await ctx.images.resolve(image_name, reporter)
+    t = await build(ctx, image_name, image, cpus, mem, disk, reporter, nics=nics_of(ctx))
+    return await info_of(t)
