@@ -233,16 +233,21 @@ def test_networks_lists_the_namespaces_bridges(nsk: NsKetch) -> None:
 @pytest.fixture
 def ext_bridge(nsk: NsKetch, tmp_path: Path) -> Iterator[str]:
     """A bridge the test makes in the namespace, with a DHCP server of the test's own."""
-    bridge = "kbr-ext"
+    yield from made_bridge(nsk, tmp_path, "kbr-ext", "192.168.250")
+
+
+def made_bridge(nsk: NsKetch, tmp_path: Path, bridge: str, net: str) -> Iterator[str]:
+    """Make ``bridge`` (``NET.1/24``) in the namespace with a dnsmasq of the test's own
+    (``NET.10``-``NET.50``); yields its name, then removes both."""
     nsk.ns_run("ip", "link", "add", bridge, "type", "bridge")
-    nsk.ns_run("ip", "addr", "add", "192.168.250.1/24", "dev", bridge)
+    nsk.ns_run("ip", "addr", "add", f"{net}.1/24", "dev", bridge)
     nsk.ns_run("ip", "link", "set", bridge, "up")
-    pidfile = tmp_path / "dnsmasq.pid"
+    pidfile = tmp_path / f"dnsmasq-{bridge}.pid"
     nsk.ns_run(
         "dnsmasq", "--conf-file=/dev/null", "--port=0", "--bind-interfaces",
-        f"--interface={bridge}", "--except-interface=lo", "--listen-address=192.168.250.1",
-        "--dhcp-range=192.168.250.10,192.168.250.50,infinite",
-        f"--dhcp-leasefile={tmp_path / 'leases'}", f"--pid-file={pidfile}",
+        f"--interface={bridge}", "--except-interface=lo", f"--listen-address={net}.1",
+        f"--dhcp-range={net}.10,{net}.50,infinite",
+        f"--dhcp-leasefile={tmp_path / f'leases-{bridge}'}", f"--pid-file={pidfile}",
     )  # fmt: skip
     try:
         yield bridge

@@ -16,9 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_network import NsKetch, ext_bridge, managed_ip, nsk  # noqa: F401 (fixtures)
+from test_network import NsKetch, ext_bridge, made_bridge, managed_ip, nsk  # noqa: F401 (fixtures)
 
-from ketch.host import procs
 from ketch.model import ImageInfo
 
 pytestmark = pytest.mark.vm
@@ -29,24 +28,7 @@ EXT_PREFIX = "192.168.250."  # the test bridge's DHCP range (test_network.ext_br
 @pytest.fixture
 def bridge2(nsk: NsKetch, tmp_path: Path) -> Iterator[str]:  # noqa: F811
     """A second test-made bridge in the namespace, with a DHCP server of the test's own."""
-    bridge = "kbr-two"
-    nsk.ns_run("ip", "link", "add", bridge, "type", "bridge")
-    nsk.ns_run("ip", "addr", "add", "192.168.251.1/24", "dev", bridge)
-    nsk.ns_run("ip", "link", "set", bridge, "up")
-    pidfile = tmp_path / "dnsmasq2.pid"
-    nsk.ns_run(
-        "dnsmasq", "--conf-file=/dev/null", "--port=0", "--bind-interfaces",
-        f"--interface={bridge}", "--except-interface=lo", "--listen-address=192.168.251.1",
-        "--dhcp-range=192.168.251.10,192.168.251.50,infinite",
-        f"--dhcp-leasefile={tmp_path / 'leases2'}", f"--pid-file={pidfile}",
-    )  # fmt: skip
-    try:
-        yield bridge
-    finally:
-        pid = procs.read_pidfile(pidfile)
-        if pid:
-            procs.terminate(pid)
-        nsk.ns_run("ip", "link", "del", bridge, check=False)
+    yield from made_bridge(nsk, tmp_path, "kbr-two", "192.168.251")
 
 
 def nics(k: NsKetch, name: str) -> dict[str, set[str]]:
