@@ -81,6 +81,19 @@ class Ketch:
     def exec(self, name: str, *cmd: str) -> str:
         return self.run("exec", name, "--", *cmd).stdout
 
+    def end_ssh_master(self, name: str) -> None:
+        """End the instance's SSH master (host/ssh/master.py), so the next session makes a
+        new connection: one that authenticates again and checks the pinned host key again
+        (sessions on a master ride on the connection made, and verified, before)."""
+        pid = procs.read_pidfile(self.root / "instances" / name / "ssh-mux.pid")
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while procs.alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def boot_id(self, name: str) -> str:
         return self.exec(name, "cat", "/proc/sys/kernel/random/boot_id").strip()
 

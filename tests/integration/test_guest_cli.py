@@ -146,6 +146,7 @@ def test_tampered_host_key_is_refused(ketch: Ketch, guest: str, tmp_path: Path) 
     alias = pinned.split()[0]
     known.write_text(f"{alias} ssh-ed25519 {other.with_suffix('.pub').read_text().split()[1]}\n")
     try:
+        ketch.end_ssh_master(guest)  # a new connection checks the pin; ketchd's new master fails
         done = ketch.run("exec", guest, "--", "true", check=False)
         assert done.returncode == 2
         assert f'host key for "{guest}" changed' in done.stderr

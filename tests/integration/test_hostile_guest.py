@@ -49,6 +49,8 @@ def hostile(ketch: Ketch) -> Iterator[str]:
         ketch.exec(name, "mkdir", "-p", "top")
         user = ketch.exec(name, "id", "-un").strip()
         ketch.exec(name, "sudo", "-n", "sh", "-c", TAKE_OVER, "sh", EVIL_SHELL, EVIL_SH, user)
+        # The login shell is chosen when a connection authenticates: a new one takes it
+        ketch.end_ssh_master(name)
         yield name
 
 
