@@ -1112,22 +1112,14 @@ class Walk:
         cut = proc.poll() is None
         os.kill(pid, signal.SIGKILL)
         self.wait_gone(pid)
-        try:
-            out, err = proc.communicate(timeout=COMMAND_TIMEOUT)
-            rc: int | None = proc.returncode
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-            rc = None
-        res = Result(args, rc, out, err, time.monotonic() - t0)
-        self._record(op, res)
+        res = self.reap(proc, args, t0, kind=op)
         self.log(
             f"FAULT kill -9 ketchd (pid {pid}) {delay}s into '{' '.join(args)}' "
-            f"({'cut off' if cut else 'it had already ended'}) -> rc={rc} "
+            f"({'cut off' if cut else 'it had already ended'}) -> rc={res.rc} "
             f"{res.first_error_line()}"
         )
         if op == "launch":
-            if rc == 0:
+            if res.rc == 0:
                 self.instances[name] = Inst(name)
                 if not cut:
                     self.write_canary(name)
