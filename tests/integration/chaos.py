@@ -591,6 +591,17 @@ class Walk:
         with contextlib.suppress(OSError):
             root.rmdir()
 
+    def log_daemon_lines(self, word: str, last: int = 30) -> None:
+        """Copy ketchd.log's last lines that name ``word`` into the walk's log (a diagnosis)."""
+        assert self.root is not None
+        try:
+            lines = (self.root / "ketchd.log").read_text(errors="replace").splitlines()
+        except OSError as exc:
+            self.log(f"ketchd.log: {exc}")
+            return
+        for line in [ln for ln in lines if word in ln][-last:]:
+            self.log(f"  ketchd.log: {line}")
+
     def read_daemon_log(self) -> None:
         """Count what ketchd's start-up recovery did (from ketchd.log), by kind."""
         assert self.root is not None
@@ -933,6 +944,7 @@ class Walk:
             self.violate(
                 "forward-watcher", f"no new forward watcher for {name} in {WATCHER_BACK} s"
             )
+            self.log_daemon_lines(name)
             return True
         if fault == "freeze-qemu":
             return self.fault_freeze(running, qemus)

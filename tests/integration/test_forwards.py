@@ -10,7 +10,9 @@ each wait has a generous deadline, and the latency seen is printed
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import socket
 import time
 import urllib.error
@@ -260,4 +262,33 @@ def test_auto_forward_can_be_turned_off(ketch: Ketch, fvm: str) -> None:
     finally:
         ketch.run("set", f"local.{fvm}.auto-forward=")
     wait_for("the forward again", lambda: http_ok(port))
+    unserve(ketch, fvm, port)
+
+
+def test_a_watcher_killed_at_any_moment_comes_back(ketch: Ketch, fvm: str) -> None:
+    """``kill -9`` of the watcher's ssh as soon as it appears, while its session is
+    still being set up on the instance's master (which was handed the ssh's pipes and
+    keeps them): each time a new watcher comes, and automatic forwarding still works."""
+    from chaos import forward_watchers
+
+    def watcher() -> int | None:
+        return forward_watchers(ketch.root).get(fvm)
+
+    killed: set[int] = set()
+    for _ in range(6):
+        pid: int | None = None
+
+        def fresh() -> bool:
+            nonlocal pid
+            pid = watcher()
+            return pid is not None and pid not in killed
+
+        wait_for("a new forward watcher", fresh)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        killed.add(pid)
+        time.sleep(random.choice([0.0, 0.3, 1.0]))
+    port = free_port()
+    serve(ketch, fvm, port)
+    print(f"\nforwarded after the kills: {wait_for('the forward', lambda: http_ok(port)):.2f} s")
     unserve(ketch, fvm, port)

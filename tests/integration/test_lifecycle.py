@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from ketchcli import Ketch, unique
@@ -116,14 +117,8 @@ def test_qemu_img_failure_is_a_warning_for_force_stop_and_purge(ketch: Ketch) ->
     ketch.run("launch", "tiny", "--name", name, "--memory", "512M")
     ketch.run("suspend", name)
     # Another program holds the image's write lock: qemu-img cannot delete the tag.
-    holder = subprocess.Popen(
-        ["qemu-io", "-f", "qcow2", str(ketch.disk(name))],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    holder = _hold_write_lock(ketch.disk(name))
     try:
-        _wait_write_locked(ketch, name, holder)
         done = ketch.run("stop", "--force", name)
         assert "could not remove the 'suspend' tag" in done.stderr
         assert ketch.state(name) == "Stopped"
@@ -134,19 +129,29 @@ def test_qemu_img_failure_is_a_warning_for_force_stop_and_purge(ketch: Ketch) ->
         holder.wait()
 
 
-def _wait_write_locked(ketch: Ketch, name: str, holder: subprocess.Popen[bytes]) -> None:
-    """Until ``holder`` holds the disk's write lock: ``qemu-img info`` without ``-U``
-    is refused then (polled, where a fixed second was not always enough on a busy host)."""
+def _hold_write_lock(disk: Path) -> subprocess.Popen[bytes]:
+    """A ``qemu-io`` that holds ``disk``'s write lock, once ``qemu-img info`` (no ``-U``)
+    is refused.  A qemu-io that could not take the lock (ketchd was reading the disk
+    at that moment: a reader's lock excludes writers) is started again."""
     deadline = time.monotonic() + 120  # a bound against hangs, not a timing criterion
     while True:
-        assert holder.poll() is None, "qemu-io ended"
-        done = subprocess.run(
-            ["qemu-img", "info", str(ketch.disk(name))], capture_output=True, text=True
+        holder = subprocess.Popen(
+            ["qemu-io", "-f", "qcow2", str(disk)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
-        if done.returncode != 0 and "lock" in done.stderr:
-            return
-        assert time.monotonic() < deadline, done.stderr or "the disk was never locked"
-        time.sleep(0.05)
+        while holder.poll() is None:
+            done = subprocess.run(["qemu-img", "info", str(disk)], capture_output=True, text=True)
+            if done.returncode != 0 and "lock" in done.stderr:
+                return holder
+            assert time.monotonic() < deadline, done.stderr or "the disk was never locked"
+            time.sleep(0.05)
+        assert holder.stderr is not None
+        why = holder.stderr.read().decode(errors="replace")
+        assert "lock" in why, f"qemu-io ended: {why}"
+        assert time.monotonic() < deadline, f"qemu-io never took the lock: {why}"
+        time.sleep(0.2)
 
 
 def test_unreadable_disk_does_not_block_force_stop_or_purge(ketch: Ketch) -> None:

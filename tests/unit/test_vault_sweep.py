@@ -19,9 +19,9 @@ def test_a_zombies_part_is_swept_a_live_ones_kept(tmp_path: Path) -> None:
     zombie = subprocess.Popen(["true"])  # exits at once; not waited for: a zombie
     live = subprocess.Popen(["sleep", "60"])
     try:
-        for _ in range(500):
-            if Path(f"/proc/{zombie.pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
-                break
+        deadline = time.monotonic() + 60  # a bound against a hang on a loaded host
+        while Path(f"/proc/{zombie.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            assert time.monotonic() < deadline, "'true' never became a zombie"
             time.sleep(0.01)
         dead = vault.tmp / f"{'a' * 64}.{zombie.pid}.0123abcd.part"
         kept = vault.tmp / f"{'b' * 64}.{live.pid}.0123abcd.part"

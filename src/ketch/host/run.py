@@ -4,7 +4,7 @@
 runs one of the host tools the image builds need (in the C locale): when the
 program is missing, its error names the Debian package to install
 (:data:`TOOL_PACKAGES`, the one table of them); when it fails, it carries the
-caller's hint.
+caller's hint.  :func:`exited` waits for a program's end, not for its pipes.
 """
 
 from __future__ import annotations
@@ -31,6 +31,26 @@ class Completed:
     @property
     def text(self) -> str:
         return self.stdout.decode("utf-8", "replace")
+
+
+EXIT_POLL = 0.2  # seconds between two looks at an ended program whose pipes stay open
+
+
+async def exited(proc: asyncio.subprocess.Process, *, poll: float = EXIT_POLL) -> int:
+    """``proc``'s exit code once it has ended, even while another process holds its pipes.
+
+    Python 3.11's ``Process.wait`` returns only once the pipes are closed as
+    well; an ``ssh`` that rode on a master handed its pipes to the master,
+    which may keep them after the ``ssh`` is gone.
+    """
+    waiting = asyncio.ensure_future(proc.wait())
+    try:
+        while proc.returncode is None and not waiting.done():
+            await asyncio.wait({waiting}, timeout=poll)
+    finally:
+        waiting.cancel()
+    assert proc.returncode is not None
+    return proc.returncode
 
 
 async def run(
@@ -61,7 +81,7 @@ async def run(
         out, err = await asyncio.wait_for(proc.communicate(input), timeout)
     except TimeoutError as exc:
         proc.kill()
-        await proc.wait()
+        await exited(proc)
         raise Timeout(f"{argv[0]} did not finish within {timeout:g} s") from exc
     except asyncio.CancelledError:
         if proc.returncode is None:
