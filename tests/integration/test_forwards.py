@@ -292,3 +292,26 @@ def test_a_watcher_killed_at_any_moment_comes_back(ketch: Ketch, fvm: str) -> No
     serve(ketch, fvm, port)
     print(f"\nforwarded after the kills: {wait_for('the forward', lambda: http_ok(port)):.2f} s")
     unserve(ketch, fvm, port)
+
+
+def test_list_and_info_show_the_addresses_the_guest_has(ketch: Ketch, fvm: str) -> None:
+    """The forward watcher's session also reads the guest's ``/proc/net/fib_trie``: an
+    address added in the guest shows in ``list`` and ``info``, and goes when removed."""
+
+    def ipv4() -> list[str]:
+        entry = next(i for i in ketch.json("list")["list"] if i["name"] == fvm)
+        return list(entry["ipv4"])
+
+    add = "sudo -n ip addr add 10.55.0.9/24 dev eth0"
+    ketch.exec(fvm, "sh", "-c", add)
+    try:
+        wait_for("the added address in list", lambda: ipv4() == ["10.0.2.15", "10.55.0.9"])
+        assert ketch.info(fvm)["ipv4"] == ["10.0.2.15", "10.55.0.9"]
+        table = ketch.run("info", fvm).stdout.splitlines()
+        at = table.index("IPv4:           10.0.2.15")
+        assert table[at + 1].strip() == "10.55.0.9"
+        bare = ketch.json("list", "--no-ipv4")["list"]  # Multipass's flag: left out
+        assert next(i for i in bare if i["name"] == fvm)["ipv4"] == []
+    finally:
+        ketch.exec(fvm, "sh", "-c", add.replace(" add ", " del "))
+    wait_for("the address gone from list", lambda: ipv4() == ["10.0.2.15"])

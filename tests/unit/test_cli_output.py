@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, TypeVar
 
 import msgspec
@@ -257,6 +257,31 @@ def test_info_table_fields_of_a_running_instance() -> None:
     assert fields["SSH"] == "ubuntu@127.0.0.1:42001"
     assert fields["Accel"] == "tcg"
     assert "Inconsistency" not in fields
+
+
+def test_ipv4_is_what_the_guest_shows_the_reachable_address_first() -> None:
+    running = VIEWS[0]
+    assert running.ipv4 == ["10.0.2.15"]  # the guest not seen yet: user-mode's fixed address
+    managed = replace(running, managed=("10.97.0.23",))
+    assert managed.ipv4 == ["10.97.0.23", "10.0.2.15"]
+    seen = replace(managed, guest=("10.0.2.15", "10.97.0.23", "172.17.0.1"))
+    assert seen.ipv4 == ["10.97.0.23", "10.0.2.15", "172.17.0.1"]
+    lost = replace(managed, guest=("10.0.2.15",))  # the lease's address is not in the guest
+    assert lost.ipv4 == ["10.0.2.15"]
+    assert replace(VIEWS[2], guest=("10.0.2.15",)).ipv4 == []  # not running: no address
+
+
+def test_list_and_info_tables_show_one_address_per_line_as_multipass() -> None:
+    several = replace(VIEWS[0], guest=("10.0.2.15", "172.17.0.1"))
+    lines = output.list_output(typed(m.ListReply, list_doc([several])), "table").splitlines()
+    col = lines[0].index("IPv4")
+    assert lines[1][col:].startswith("10.0.2.15 ")
+    assert lines[2] == " " * col + "172.17.0.1"
+    info = output.info_output(typed(m.InfoReply, info_doc([several], guest=GUEST)), "table")
+    at = info.splitlines().index("IPv4:           10.0.2.15")
+    assert info.splitlines()[at + 1] == " " * 16 + "172.17.0.1"
+    doc = json.loads(output.list_output(typed(m.ListReply, list_doc([several])), "json"))
+    assert doc["list"][0]["ipv4"] == ["10.0.2.15", "172.17.0.1"]
 
 
 def test_info_table_fields_of_a_stopped_instance() -> None:

@@ -485,3 +485,34 @@ def test_forwards_output_formats() -> None:
     assert forward_line(doc.forwards["web"][1]).startswith("-- -> 5432/tcp (automatic): not ")
     empty = msgspec.convert({"errors": [], "forwards": {"web": []}}, m.ForwardsReply)
     assert forwards_output(empty, "table") == "No forwards.\n"
+
+
+# -- the guest's own addresses (fib_trie) ---------------------------------------------------
+
+
+def test_recorded_fib_trie_gives_the_own_addresses_once_without_loopback() -> None:
+    """Recorded in a network namespace with 10.0.2.15/24 on one veth, 10.97.0.23/24 and
+    192.168.7.4/28 on another: network, broadcast and loopback entries are not addresses."""
+    text = (DATA / "fib_trie-6.18-netns.txt").read_text()
+    assert ls.parse_fib_trie(text) == ("10.0.2.15", "10.97.0.23", "192.168.7.4")
+
+
+def test_a_snapshot_carries_the_addresses_or_none_without_fib_trie() -> None:
+    fib = (DATA / "fib_trie-6.18-netns.txt").read_bytes()
+    with_fib = b"@ketch-listeners\n# tcp\n# fib_trie\n" + fib + b"@ketch-end\n"
+    (snap,) = _feed(SnapshotReader(), with_fib)
+    assert snap.addresses == ("10.0.2.15", "10.97.0.23", "192.168.7.4")
+    (old,) = _feed(SnapshotReader(), b"@ketch-listeners\n# tcp\n# fib_trie\n@ketch-end\n")
+    assert old.addresses is None  # the guest could not read it: nothing is known
+
+
+def test_hostile_fib_trie_is_bounded_and_checked() -> None:
+    leaves = b"".join(b"|-- 10.1.%d.%d\n/32 host LOCAL\n" % divmod(i, 250) for i in range(100))
+    junk = b"|-- 999.1.1.1\n/32 host LOCAL\n|-- 10.9.9.9\n/24 link UNICAST\n"
+    junk += b"|-- 127.0.0.1\n/32 host LOCAL\n|-- 10.8.8.8\nnot a route line\n/32 host LOCAL\n"
+    stream = b"@ketch-listeners\n# fib_trie\n" + junk + leaves + b"# tcp\n"
+    stream += b"|-- 10.7.7.7\n/32 host LOCAL\n@ketch-end\n"  # after the section: not an address
+    (snap,) = _feed(SnapshotReader(), stream)
+    assert snap.addresses is not None and len(snap.addresses) == ls.MAX_ADDRESSES
+    assert snap.truncated
+    assert not {"999.1.1.1", "10.9.9.9", "127.0.0.1", "10.8.8.8", "10.7.7.7"} & set(snap.addresses)

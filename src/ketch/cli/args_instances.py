@@ -57,6 +57,9 @@ def declare(v: Verbs) -> None:
     sp = cmd("list", "verbs_instances")
     fmt(sp)
     sp.add_argument("--snapshots", action="store_true", help="list snapshots instead")
+    sp.add_argument(
+        "--no-ipv4", action="store_true", help="do not show the instances' IPv4 addresses"
+    )
     sp = cmd("info", "verbs_instances")
     sp.add_argument("names", nargs="*", metavar="NAME", help="instances, or INSTANCE.SNAPSHOT")
     sp.add_argument("--all", action="store_true", help="every instance")

@@ -87,15 +87,12 @@ def list_output(doc: m.ListReply, fmt: str) -> str:
         )
     if not items:
         return "No instances found.\n"
-    rows = [
-        [
-            i.name,
-            i.state + (" (!)" if i.inconsistencies else ""),
-            (i.ipv4 or ["--"])[0],
-            i.release or "--",
-        ]
-        for i in items
-    ]
+    rows = []
+    for i in items:
+        first, *more = i.ipv4 or ["--"]
+        state = i.state + (" (!)" if i.inconsistencies else "")
+        rows.append([i.name, state, first, i.release or "--"])
+        rows += [["", "", ip, ""] for ip in more]  # as Multipass: one address per line
     return table(["Name", "State", "IPv4", "Image"], rows)
 
 
@@ -185,7 +182,7 @@ def _instance_info(info: dict[str, m.InfoEntry], fmt: str) -> str:
             ("Name", name),
             ("State", i.state),
             ("Snapshots", i.snapshot_count),
-            ("IPv4", (_present(i.ipv4) or ["--"])[0]),
+            *_lines("IPv4", _present(i.ipv4) or ["--"]),
             ("Release", i.release or "--"),
             ("Image hash", i.image_hash or "--"),
             ("Image release", i.image_release or "--"),
@@ -210,6 +207,11 @@ def _instance_info(info: dict[str, m.InfoEntry], fmt: str) -> str:
             pairs.append(("", f"  -> {inc.action}"))
         blocks.append("\n".join(f"{(k + ':') if k else '':<16}{v}" for k, v in pairs))
     return "\n\n".join(blocks) + "\n"
+
+
+def _lines(key: str, values: Sequence[str]) -> list[tuple[str, str]]:
+    """``key: first`` then one line per further value, as Multipass's info lists addresses."""
+    return [(key if n == 0 else "", v) for n, v in enumerate(values)]
 
 
 def forward_line(f: m.ForwardInfo) -> str:

@@ -80,6 +80,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     doc = client().call(routes.LIST)
     from ketch.cli import output
 
+    if args.no_ipv4:  # Multipass's flag: the addresses left out ("--" in the table)
+        import msgspec
+
+        doc = msgspec.structs.replace(
+            doc, list=[msgspec.structs.replace(i, ipv4=[]) for i in doc.list]
+        )
     sys.stdout.write(output.list_output(doc, args.format))
     return 0
 

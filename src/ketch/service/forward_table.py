@@ -47,6 +47,7 @@ class Status:
     active: dict[tuple[Protocol, str, int], Row] = field(default_factory=dict)
     refused: dict[tuple[str, Protocol, int], Row] = field(default_factory=dict)
     watching: bool = False
+    guest_ipv4: tuple[str, ...] | None = None  # the guest's addresses, in this session
 
 
 def port_free(protocol: Protocol, host_ip: str, port: int) -> bool:

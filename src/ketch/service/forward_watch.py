@@ -140,7 +140,7 @@ class Forwarder:
             idir = self.ctx.root.instance(name)
             obs = await self.ctx.driver.observe(spec, idir, probe_qmp=False)
             if obs.pid_status is not PidStatus.OURS:
-                st.pid, st.active, st.watching = None, {}, False
+                st.pid, st.active, st.watching, st.guest_ipv4 = None, {}, False, None
                 if name not in self.ctx.active:  # its QEMU died: so did the master's connection
                     await guestlink.end_master(self.ctx.root, name)
                 await asyncio.sleep(RETRY)
@@ -169,7 +169,7 @@ class Forwarder:
                 log.exception("forward watcher of %s", name)
                 await asyncio.sleep(delay - RETRY)
                 delay = min(delay * 2, MAX_RETRY)
-            st.watching = False
+            st.watching, st.guest_ipv4 = False, None
             await asyncio.sleep(RETRY)
 
     def auto_enabled(self, name: str) -> bool:
@@ -192,6 +192,7 @@ class Forwarder:
                 if snap is None:
                     continue
                 st.watching = seen = True
+                st.guest_ipv4 = snap.addresses
                 spec = self.ctx.store.get(name).spec
                 enabled = self.auto_enabled(name)
                 count += 1
@@ -371,6 +372,13 @@ class Forwarder:
         return None
 
     # -- what info shows --------------------------------------------------------------
+
+    def guest_addresses(self, name: str, pid: int | None) -> tuple[str, ...] | None:
+        """The IPv4 addresses the guest of QEMU ``pid`` showed last; None if not known now."""
+        st = self.status.get(name)
+        if st is None or not st.watching or pid is None or st.pid != pid:
+            return None
+        return st.guest_ipv4
 
     def rows(self, spec: InstanceSpec, *, running: bool) -> list[Row]:
         """The instance's forwards: active ones, then those that could not be made."""

@@ -44,11 +44,22 @@ class View:
     obs: Observation
     derived: Derived
     managed: tuple[str, ...] = ()  # addresses on the managed network
+    guest: tuple[str, ...] | None = None  # the addresses the guest shows (None: not known)
 
     @property
     def ipv4(self) -> list[str]:
-        """Every IPv4 address of a running instance, the reachable one first."""
-        return [*self.managed, GUEST_IPV4] if self.derived.running else []
+        """Every IPv4 address of a running instance, the reachable one first.
+
+        What the guest shows when its forward watcher has seen it (a managed
+        address the guest does not hold is not reachable: left out), else the
+        managed network's lease and user-mode networking's fixed address.
+        """
+        if not self.derived.running:
+            return []
+        if self.guest is None:
+            return [*self.managed, GUEST_IPV4]
+        held = [a for a in self.managed if a in self.guest]
+        return [*held, *(a for a in self.guest if a not in held)]
 
     @property
     def name(self) -> str:
@@ -92,13 +103,16 @@ async def view(ctx: Context, record: Record, *, inside_op: bool = False) -> View
         quarantine=record.quarantine,
     )
     managed: tuple[str, ...] = ()
+    guest: tuple[str, ...] | None = None
     if derived.running and ctx.network is not None:
         managed = tuple(ctx.network.addresses(idir))
+    if derived.running and ctx.forwarder is not None:
+        guest = ctx.forwarder.guest_addresses(name, obs.pid)
     if record.spec.mounts and derived.state in (State.RUNNING, State.DELAYED_SHUTDOWN):
         # Not state derivation's: a running instance's mounts, as the host sees them.
         found = mounts_health.host_problems(idir, record.spec)
         derived = replace(derived, inconsistencies=(*derived.inconsistencies, *found))
-    return View(record, obs, derived, managed)
+    return View(record, obs, derived, managed, guest)
 
 
 async def get(ctx: Context, name: str) -> View:
