@@ -93,6 +93,12 @@ CODES: dict[InconsistencyCode | FindingCode, Code] = {
         "none: recreate the directory (then `doctor --fix` mounts it again), or 'ketch umount' it",
         repairs=False,
     ),
+    IC.NETWORK_TAP_MISSING: Code(
+        "the TAP of a running instance on the managed network is gone (deleted by hand, or by "
+        "another tool): its managed address does not reach it, ketch's SSH port still does",
+        "suspend and resume it, which gives its QEMU the TAP again (the guest's processes are "
+        "kept; a running QEMU cannot be given a new TAP)",
+    ),
     IC.EXITED_UNEXPECTEDLY: Code(
         "the instance should run but its QEMU does not (crashed, killed, host rebooted)",
         "record the instance as stopped",

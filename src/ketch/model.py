@@ -75,6 +75,7 @@ class InconsistencyCode(enum.StrEnum):
     EXITED_UNEXPECTEDLY = "exited-unexpectedly"
     MOUNT_DEAD = "mount-dead"  # not from derivation: service/mounts_health.py
     MOUNT_SOURCE_MISSING = "mount-source-missing"
+    NETWORK_TAP_MISSING = "network-tap-missing"  # not from derivation: service/network.py
 
 
 class FindingCode(enum.StrEnum):

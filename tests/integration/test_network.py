@@ -204,6 +204,27 @@ def test_doctor_and_the_next_start_make_a_broken_network_again(nsk: NsKetch) -> 
         assert managed_ip(nsk, a) == ip_a and nsk.banner(ip_a).startswith("SSH-2.0-")
 
 
+def test_a_deleted_tap_is_shown_and_doctor_gives_it_back_keeping_the_guest(nsk: NsKetch) -> None:
+    with nsk.launched("nt", "--memory", "512M") as a:
+        ip_a = managed_ip(nsk, a)
+        nic = json.loads((nsk.root / "instances" / a / "nic.json").read_text())
+        nsk.exec(a, "sh", "-c", "sleep 100000 </dev/null >/dev/null 2>&1 & echo $! > /tmp/kept")
+        kept, boot = nsk.exec(a, "cat", "/tmp/kept").strip(), nsk.boot_id(a)
+        nsk.ns_run("ip", "link", "del", nic["tap"])
+        assert nsk.info(a)["state"] == "Running"
+        assert "network-tap-missing" in nsk.codes(a)
+        listed = nsk.run("list").stdout
+        assert f"{a}" in listed and "Running (!)" in listed
+        rc, found = doctor(nsk)
+        assert rc == 2 and found == {"network-tap-missing"}
+        doctor(nsk, "--fix")
+        assert doctor(nsk) == (0, set())
+        assert nic["tap"] in nsk.ns_run("ip", "-br", "link").stdout
+        assert managed_ip(nsk, a) == ip_a and nsk.banner(ip_a).startswith("SSH-2.0-")
+        assert nsk.boot_id(a) == boot  # suspended and resumed: the same boot,
+        nsk.exec(a, "sh", "-c", f"kill -0 {kept}")  # its processes kept
+
+
 def test_network_settings_are_refused_while_instances_run(nsk: NsKetch) -> None:
     with nsk.launched("ns", "--memory", "512M") as a:
         done = nsk.run("set", "local.network=user", check=False)

@@ -284,3 +284,41 @@ def test_qemu_numbers_the_taps_after_net0() -> None:
     assert [n.split(",")[:2] for n in netdevs] == [
         ["user", "id=net0"], ["tap", "id=net1"], ["tap", "id=net2"],
     ]  # fmt: skip
+
+
+def test_a_tap_gone_under_its_qemu_is_an_inconsistency(tmp_path: Path) -> None:
+    """A real process stands for QEMU: its argv names the TAP as QEMU's does."""
+    import subprocess
+    import sys
+
+    idir = InstanceDir(tmp_path / "instances" / "vm")
+    idir.path.mkdir(parents=True)
+    sys_net = tmp_path / "sys-class-net"
+    sys_net.mkdir()
+    net.write_nic(idir, net.Nic("kt-0123456789", "52:54:01:00:00:01", "10.97.3.2"))
+    netdev = "tap,id=net1,ifname=kt-0123456789,script=no,downscript=no,vhost=off"
+    other = "tap,id=net1,ifname=kt-0123456789x,script=no"
+    code = "import sys; sys.stdin.read()"
+    with (
+        subprocess.Popen(
+            [sys.executable, "-c", code, "-netdev", netdev], stdin=subprocess.PIPE
+        ) as qemu,
+        subprocess.Popen(
+            [sys.executable, "-c", code, "-netdev", other], stdin=subprocess.PIPE
+        ) as stranger,
+    ):
+        try:
+            found = network_uc.tap_problem(idir, qemu.pid, sys_net)
+            assert found is not None and found.code.value == "network-tap-missing"
+            assert "kt-0123456789 is gone" in found.message and "10.97.3.2" in found.message
+            assert "doctor --fix" in found.action
+            assert network_uc.tap_problem(idir, stranger.pid, sys_net) is None  # not its TAP
+            assert network_uc.tap_problem(idir, None, sys_net) is None
+            (sys_net / "kt-0123456789").mkdir()
+            assert network_uc.tap_problem(idir, qemu.pid, sys_net) is None  # it is there
+            idir.nic.unlink()
+            (sys_net / "kt-0123456789").rmdir()
+            assert network_uc.tap_problem(idir, qemu.pid, sys_net) is None  # user-mode
+        finally:
+            qemu.kill()
+            stranger.kill()

@@ -28,6 +28,7 @@ from ketch.errors import NotFound
 from ketch.model import Derived, IdMap, InstanceSpec, Observation, State, Verb
 from ketch.runtime.derive import derive
 from ketch.service import mounts_health
+from ketch.service import network as network_uc
 from ketch.service.context import Context
 from ketch.service.guest_stats import NONE as NO_STATS
 from ketch.service.guest_stats import GuestStats
@@ -112,6 +113,10 @@ async def view(ctx: Context, record: Record, *, inside_op: bool = False) -> View
         # Not state derivation's: a running instance's mounts, as the host sees them.
         found = mounts_health.host_problems(idir, record.spec)
         derived = replace(derived, inconsistencies=(*derived.inconsistencies, *found))
+    if ctx.network is not None and derived.state in (State.RUNNING, State.DELAYED_SHUTDOWN):
+        tap = network_uc.tap_problem(idir, obs.pid)  # nor this: the TAP its QEMU was given
+        if tap is not None:
+            derived = replace(derived, inconsistencies=(*derived.inconsistencies, tap))
     return View(record, obs, derived, managed, guest)
 
 

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ketch.errors import InvalidArgument, KetchError
-from ketch.host import dnsmasq, ip
-from ketch.model import FindingCode, NetworkMode, NetworkSpec
+from ketch.host import dnsmasq, ip, procs
+from ketch.layout import InstanceDir
+from ketch.model import FindingCode, Inconsistency, InconsistencyCode, NetworkMode, NetworkSpec
 from ketch.runtime import network as net
 from ketch.runtime.network import ManagedNetwork
 from ketch.service.context import Context
 
 BRIDGED_KEY = "local.bridged-network"
+SYS_NET = Path("/sys/class/net")
 
 
 def check_setting(key: str, value: str) -> None:
@@ -146,6 +149,25 @@ async def extra_networks(
             raise InvalidArgument(f"MAC address {address} is given twice")
         out.append(NetworkSpec(name=name, mac=address, mode=NetworkMode(mode)))
     return tuple(out)
+
+
+def tap_problem(
+    idir: InstanceDir, pid: int | None, sys_net: Path = SYS_NET
+) -> Inconsistency | None:
+    """``network-tap-missing`` when QEMU ``pid`` was started on a TAP that is gone (cheap:
+    a file and /proc, so every ``list`` can afford it); None otherwise."""
+    nic = net.read_nic(idir)
+    if nic is None or pid is None or (sys_net / nic.tap).exists():
+        return None
+    if f"ifname={nic.tap}" not in ",".join(procs.cmdline(pid) or []).split(","):
+        return None  # not this QEMU's TAP (another network mode, a stale nic.json)
+    return Inconsistency(
+        InconsistencyCode.NETWORK_TAP_MISSING,
+        f"its TAP {nic.tap} is gone: its managed address {nic.ip} does not reach it "
+        "(ketch's SSH port still does)",
+        "'ketch doctor --fix' suspends and resumes it, which gives its QEMU the TAP again "
+        f"(the guest's processes are kept); or 'ketch restart {idir.path.name}'",
+    )
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,20 @@ def recover(ctx: Context, name: str, reporter: Reporter | None) -> Repair:
     return repair
 
 
+def suspend_resume(ctx: Context, name: str) -> Repair:
+    """Suspend the instance and resume it: a new QEMU, given its TAP (made again) at start."""
+
+    async def repair() -> str:
+        from ketch.progress import NULL
+        from ketch.service import lifecycle
+
+        await lifecycle.suspend(ctx, name, NULL)
+        await lifecycle.start(ctx, name, NULL)
+        return "suspended and resumed it: its QEMU has its TAP again"
+
+    return repair
+
+
 def cont(ctx: Context, spec: InstanceSpec, idir: InstanceDir) -> Repair:
     async def repair() -> str:
         await ctx.driver.cont(spec, idir)
