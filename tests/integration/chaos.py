@@ -591,6 +591,11 @@ class Walk:
         with contextlib.suppress(OSError):
             root.rmdir()
 
+    def monitored(self, name: str) -> bool:
+        """Does the instance's QMP socket exist?  A forward watcher works through QEMU's
+        monitor: with the socket deleted (the instance Unknown until doctor) none is due."""
+        return (self.idir(name) / "qmp.sock").exists()
+
     def log_daemon_lines(self, word: str, last: int = 30) -> None:
         """Copy ketchd.log's last lines that name ``word`` into the walk's log (a diagnosis)."""
         assert self.root is not None
@@ -928,6 +933,7 @@ class Walk:
         if fault == "kill-forward-watcher":
             daemon = self.daemon_pid()
             watchers = forward_watchers(self.root, parent=daemon) if daemon else {}
+            watchers = {n: p for n, p in watchers.items() if self.monitored(n)}
             if not watchers:
                 return False
             name = self.rng.choice(sorted(watchers))
@@ -938,8 +944,8 @@ class Walk:
                 again = forward_watchers(self.root, parent=daemon).get(name)
                 if again is not None and again != watchers[name]:
                     return True
-                if not self.qemu_running(name):
-                    return True  # its QEMU ended meanwhile: no watcher is due
+                if not self.qemu_running(name) or not self.monitored(name):
+                    return True  # its QEMU (or its monitor) ended meanwhile: none is due
                 time.sleep(0.2)
             self.violate(
                 "forward-watcher", f"no new forward watcher for {name} in {WATCHER_BACK} s"
