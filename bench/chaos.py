@@ -73,7 +73,13 @@ FAULT_LINES = (
     (re.compile(r"FAULT simulated host reboot"), "host-reboot"),
     (re.compile(r"FAULT moved the base image"), "base-image-away"),
     (re.compile(r"FAULT download of .* cut off"), "kill-download"),
+    (re.compile(r"FAULT kill -9 the mount supervisor"), "kill-mount-host"),
+    (re.compile(r"FAULT removed \S+'s share"), "mount-source-gone"),
+    (re.compile(r"FAULT suspend and resume \S+ with its mount"), "suspend-with-mounts"),
+    (re.compile(r"FAULT damaged the template "), "template-damage"),
+    (re.compile(r"FAULT removed the template "), "template-away"),
 )
+WARM_TMPFS = "1200M"  # a warm walk's root also holds a template (its memory file: MEMORY)
 STEP = re.compile(r"chaos seed=(\d+) step=(-?\d+): ")
 
 
@@ -142,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         help="only count what the walk logged in LOG so far (faults per class, last step, "
         "violations) and print it as JSON: for a long walk still running",
     )
+    p.add_argument(
+        "--warm",
+        action="store_true",
+        help="make a warm-launch template first (launches start warm) and add the "
+        "template faults (template-damage, template-away); a larger tmpfs",
+    )
     p.add_argument("--log", type=Path, help="also write the step log to this file")
     args = p.parse_args(argv)
     if args.count_log is not None:
@@ -168,8 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         fault_rate=args.fault_rate,
         boot_on_full_disk=args.boot_on_full_disk,
         faults=args.faults,
+        warm=args.warm,
+        **({"tmpfs_size": WARM_TMPFS} if args.warm else {}),
     )
-    unknown = set(config.faults) - set(engine.FAULTS)
+    unknown = set(config.faults) - set(engine.FAULTS) - set(engine.chaos_warm.FAULTS)
     if unknown:
         print(f"no such fault class: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2

@@ -115,6 +115,7 @@ from typing import Any
 
 import chaos_images
 import chaos_mounts
+import chaos_warm
 import db_damage
 
 from ketch.model import InconsistencyCode
@@ -323,6 +324,7 @@ class Config:
     tmpfs_size: str = TMPFS_SIZE
     boot_on_full_disk: bool = False  # see BOOTING
     faults: tuple[str, ...] = ()  # only these fault classes (default: every one in FAULTS)
+    warm: bool = False  # launches start warm from a template, and its faults join (chaos_warm)
 
 
 OPS = (
@@ -398,6 +400,9 @@ class Walk:
     ) -> None:
         self.cfg = config
         self.seed = config.seed
+        if config.warm:
+            self.fault_classes = (*self.fault_classes, *chaos_warm.FAULTS)
+            self.fault_weights = (*self.fault_weights, *chaos_warm.WEIGHTS)
         self.rng = random.Random(config.seed)
         self.image_dir = image_dir
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -556,6 +561,8 @@ class Walk:
         res = self.cli("set", "local.accel=tcg", kind="set")
         if res.rc != 0:
             raise RuntimeError(f"ketch set local.accel=tcg failed: {res.stderr}")
+        if self.cfg.warm:
+            chaos_warm.setup(self)
         self.log(
             f"storage root {self.root} (tmpfs {self.cfg.tmpfs_size}), "
             f"{self.cfg.steps} steps, {self.cfg.vms} VMs"
@@ -791,6 +798,8 @@ class Walk:
         if state != "Running":
             self.violate("postcondition", f"launch exited 0 but the state is {state}", res.command)
             return
+        if self.cfg.warm:
+            chaos_warm.count_launch(self, name)
         self.write_canary(name)
 
     def write_canary(self, name: str) -> None:
@@ -876,6 +885,8 @@ class Walk:
         idle = [n for n in names if n not in qemus and (self.idir(n) / "disk.qcow2").exists()]
         if fault in chaos_mounts.FAULTS:
             return chaos_mounts.do_fault(self, fault)
+        if fault in chaos_warm.FAULTS:
+            return chaos_warm.do_fault(self, fault)
         if fault == "kill-qemu":
             if not running:
                 return False
@@ -1156,6 +1167,8 @@ class Walk:
         """`doctor --fix`, then everything must be consistent."""
         self.checkpoints += 1
         chaos_mounts.restore(self, all_of_them=True)
+        if self.cfg.warm:
+            chaos_warm.restore(self)
         fixed = self.cli("doctor", "--fix", "--format", "json", kind="doctor --fix")
         self.check_clear(fixed)
         try:
@@ -1403,6 +1416,7 @@ class Walk:
             "daemon_recoveries": dict(sorted(self.recoveries.items())),
             "quarantines": self.quarantines,
             "observations": dict(sorted(self.observations.items())),
+            **({"warm": chaos_warm.summary(self)} if self.cfg.warm else {}),
             "exit_codes": {
                 k: {str(c): n for c, n in sorted(v.items(), key=lambda x: str(x[0]))}
                 for k, v in sorted(self.exit_codes.items())

@@ -16,6 +16,7 @@ from ketch.host.qemu import AGENT_PORT, MEMORY_NODE, QemuConfig, build_argv
 from ketch.images.tiny.stage import elf_deps
 from ketch.model import BootSpec
 from ketch.runtime import warm_guest
+from ketch.service import templates
 
 DIR = Path("/store/instances/vm1")
 CFG = QemuConfig(
@@ -199,3 +200,36 @@ def test_an_unfinished_template_is_not_one(tmp_path: Path) -> None:
     tdir.record.write_text(json.dumps(record))
     (t,) = all_templates_at(root)
     assert (t.image, t.nics, t.disk, t.size >= 4096) == ("tiny", 0, 5 * 1024**3, True)
+
+
+def _template(tmp_path: Path, memory: int = 4096) -> templates.Template:
+    from ketch.layout import TemplateDir
+
+    tdir = TemplateDir(tmp_path / "tiny-0123")
+    tdir.path.mkdir()
+    tdir.memory.write_bytes(b"\0" * memory)
+    tdir.state.write_bytes(templates.STATE_MAGIC + b"\0\0\0\3")
+    tdir.disk.write_bytes(templates.DISK_MAGIC + b"\0\0\0\3")
+    return templates.Template(
+        key=tdir.path.name, image="tiny", image_id="x", cpus=1, memory=memory,
+        firmware="kernel", macs=("52:54:00:00:00:01",), disk=2**30, base="/b", qemu="q",
+        agent="a", created=0.0, build_seconds=0.0, size=0, tdir=tdir,
+    )  # fmt: skip
+
+
+def test_a_sound_template_has_no_damage(tmp_path: Path) -> None:
+    assert templates.damage(_template(tmp_path)) is None
+
+
+def test_each_damage_is_named(tmp_path: Path) -> None:
+    t = _template(tmp_path)
+    t.tdir.memory.write_bytes(b"\0" * 2048)  # cut short: a clone would read zeros and hang
+    assert templates.damage(t) == "its memory file is 2048 bytes, not 4096"
+    t.tdir.memory.write_bytes(b"\0" * 4096)
+    t.tdir.state.write_bytes(b"garbage!")
+    assert templates.damage(t) == "its device state is not a QEMU migration stream"
+    t.tdir.state.unlink()
+    assert templates.damage(t) == "device.state: No such file or directory"
+    t.tdir.state.write_bytes(templates.STATE_MAGIC)
+    t.tdir.disk.write_bytes(b"garbage!")
+    assert templates.damage(t) == "its disk is not a qcow2 image"

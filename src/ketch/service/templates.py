@@ -157,6 +157,29 @@ async def find(
     return t
 
 
+STATE_MAGIC = b"QEVM"  # a QEMU migration stream's first bytes
+DISK_MAGIC = b"QFI\xfb"  # a qcow2's
+
+
+def damage(t: Template) -> str | None:
+    """What is wrong with a finished template's files (cheap: sizes and first bytes), or
+    None.  A damaged template would not load (a garbage state) or, worse, load a guest
+    that hangs (a memory file cut short reads as zeros) until the hand-over times out."""
+    try:
+        size = t.tdir.memory.stat().st_size
+        if size != t.memory:
+            return f"its memory file is {size} bytes, not {t.memory}"
+        with t.tdir.state.open("rb") as f:
+            if f.read(len(STATE_MAGIC)) != STATE_MAGIC:
+                return "its device state is not a QEMU migration stream"
+        with t.tdir.disk.open("rb") as f:
+            if f.read(len(DISK_MAGIC)) != DISK_MAGIC:
+                return "its disk is not a qcow2 image"
+    except OSError as exc:
+        return f"{Path(exc.filename or '?').name}: {exc.strerror}"
+    return None
+
+
 def remove(tdir: TemplateDir) -> None:
     """Remove a template (its clones keep working: each has its own disk; a running
     clone keeps the memory file's pages it mapped)."""
@@ -265,9 +288,7 @@ async def build(
     lock = _BUILDING.setdefault(key, asyncio.Lock())
     async with lock:
         found = await find(ctx, image, cpus, memory, nics)
-        if found is not None and all(
-            p.exists() for p in (found.tdir.memory, found.tdir.state, found.tdir.disk)
-        ):
+        if found is not None and damage(found) is None:
             return found
         tdir = ctx.root.template(key)
         remove(tdir)  # a stale or unfinished one of the same key

@@ -83,6 +83,15 @@ async def plan(
     t = await templates.find(ctx, image, cpus, memory, nics_of(ctx))
     if t is None:
         return Plan(None)
+    broken = templates.damage(t)
+    if broken is not None:
+        templates.remove(t.tdir)
+        rebuild(ctx, t)
+        return Plan(
+            None,
+            f"Launching cold: the template of {t.image} is damaged ({broken}); "
+            "it is made again in the background",
+        )
     why = cold_reason or cold_reason_of_user_data(user_cfg)
     if why is None and extra_networks:
         why = "it has --network NICs, which templates do not have"
