@@ -297,6 +297,7 @@ function secret() {
 
 async function main() {
   S.csrf = secret();
+  if (!S.csrf && location.protocol === "https:") { location.replace("/login"); return; }  // ketchd's TLS listener: the passphrase
   if (!S.csrf) { document.getElementById("live").textContent = "this tab is not logged in: open a new URL from 'ketch dashboard'"; return; }
   document.getElementById("launch-form").addEventListener("submit", launch);
   terminalKeys();
