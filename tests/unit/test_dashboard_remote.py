@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chrome import headless_chromium
 from fakes import FakeClock
 from test_daemon_api import WAIT, Env, serving
 
@@ -165,6 +166,7 @@ def test_no_certificate_and_no_cookie_the_api_is_refused_and_the_login_page_serv
     status, headers, page = b.send("GET", "/login")
     assert status == 200 and b'type="password"' in page and b'action="/login"' in page
     assert "form-action 'self'" in headers["content-security-policy"]
+    assert headers["referrer-policy"] == "same-origin"  # its POST carries its Origin
     for external in (b"<script", b"<style", b"<link", b"src=", b"style="):
         assert external not in page  # nothing the page's CSP would block, nothing fetched
     assert remote.env.states() == {"alpha": "Running"}
@@ -334,3 +336,38 @@ def test_a_trusted_client_certificate_needs_no_login(remote: Remote) -> None:
     assert status == 200 and [i["name"] for i in json.loads(data)["list"]] == ["alpha"]
     assert b.send("GET", "/openapi.json", headers={"Host": "x"})[0] == 200
     assert b.send("GET", "/")[0] == 200  # the page too
+
+
+# -- in a real browser ------------------------------------------------------------------------
+
+
+def test_chromium_logs_in_with_the_passphrase_and_sees_the_instances(remote: Remote) -> None:
+    """Headless Chromium: the self-signed certificate accepted, the login form, the list."""
+    remote.env.add("alpha")
+    remote.env.add("bravo", running=False)
+    chrome = headless_chromium(accept_insecure_certs=True)
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        chrome.get(f"https://127.0.0.1:{remote.port}/")  # no session: the login page
+        WebDriverWait(chrome, WAIT).until(lambda b: b.find_elements(By.ID, "passphrase"))
+        assert chrome.current_url.endswith("/login")
+        chrome.find_element(By.ID, "passphrase").send_keys("not it")
+        chrome.find_element(By.ID, "login").click()
+        WebDriverWait(chrome, WAIT).until(lambda b: b.find_elements(By.ID, "message"))
+        assert "Passphrase is not correct" in chrome.find_element(By.ID, "message").text
+        chrome.find_element(By.ID, "passphrase").send_keys(PASSPHRASE)
+        chrome.find_element(By.ID, "login").click()
+        rows = 'tr[data-name="alpha"], tr[data-name="bravo"]'
+        WebDriverWait(chrome, WAIT).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, rows)))
+        WebDriverWait(chrome, WAIT).until(lambda b: b.find_element(By.ID, "live").text == "live")
+        names = {r.get_attribute("data-name") for r in chrome.find_elements(By.CSS_SELECTOR, rows)}
+        assert names == {"alpha", "bravo"}
+        assert "#s=" not in chrome.current_url  # the secret left the address bar
+        cookie = chrome.get_cookie(COOKIE)
+        assert cookie is not None and cookie["httpOnly"] and cookie["secure"]
+        assert cookie["sameSite"] == "Strict"
+        assert chrome.execute_script("return document.cookie") == ""  # HttpOnly: not for scripts
+    finally:
+        chrome.quit()

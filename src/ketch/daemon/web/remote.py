@@ -93,7 +93,9 @@ def login_page(message: str, status: int, *, form: bool = True) -> web.Response:
     """The login form, under ``message`` (escaped; empty: none)."""
     said = f'<p role="alert" id="message">{html.escape(message)}</p>' if message else ""
     body = LOGIN_PAGE.format(message=said, form=FORM if form else "")
-    return web.Response(text=body, status=status, content_type="text/html")
+    # Its form's POST must carry the page's Origin: under no-referrer a browser sends "null".
+    headers = {"Referrer-Policy": "same-origin"}
+    return web.Response(text=body, status=status, content_type="text/html", headers=headers)
 
 
 def host_allowed(host: str, bound: tuple[str, int] | None) -> bool:
