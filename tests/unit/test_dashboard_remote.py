@@ -24,6 +24,7 @@ import pytest
 from chrome import headless_chromium
 from fakes import FakeClock
 from test_daemon_api import WAIT, Env, serving
+from test_dashboard_auth import Browser as LocalBrowser
 
 from ketch import certs, passphrase
 from ketch.daemon.auth import PASSPHRASE_KEY, Attempts, Trust
@@ -78,43 +79,32 @@ def remote(tmp_path: Path) -> Iterator[Remote]:
             env.daemon.call(runner.cleanup())
 
 
-class Browser:
-    """HTTPS to the listener, keeping the session cookie, as a browser without a certificate."""
+class Browser(LocalBrowser):
+    """HTTPS to the listener, keeping the session cookie, as a browser without a certificate
+    (or with one: ``cert``)."""
 
     def __init__(self, port: int, source: str = "127.0.0.1") -> None:
-        self.port, self.source = port, source
-        self.cookie: str | None = None
+        super().__init__(port)
+        self.source = source
         self.cert: tuple[str, str] | None = None
 
     @property
     def origin(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
-    def send(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[int, dict[str, str], bytes]:
+    def connect(self) -> http.client.HTTPConnection:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE  # the self-signed certificate, accepted
         if self.cert is not None:
             ctx.load_cert_chain(*self.cert)
-        conn = http.client.HTTPSConnection(
+        return http.client.HTTPSConnection(
             "127.0.0.1", self.port, timeout=WAIT, context=ctx, source_address=(self.source, 0)
         )
-        sent = dict(headers or {})
-        if self.cookie and "Cookie" not in sent:
-            sent["Cookie"] = f"{COOKIE}={self.cookie}"
-        conn.request(method, path, body=body, headers=sent)
-        resp = conn.getresponse()
-        data = resp.read()
-        conn.close()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
 
-    def login(self, secret: str, origin: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    def login(  # type: ignore[override]  # a passphrase, not a login URL
+        self, secret: str, origin: str | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
         form = urllib.parse.urlencode({"passphrase": secret}).encode()
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
         headers["Origin"] = origin or self.origin
