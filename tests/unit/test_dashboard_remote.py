@@ -220,6 +220,8 @@ def test_a_state_change_needs_the_secret_and_the_listeners_origin(remote: Remote
     foreign = {**plain, CSRF_HEADER: csrf, "Origin": "https://evil.example"}
     status, _, data = b.send("POST", stop, body, foreign)
     assert status == 403 and "another origin" in error(data)["message"]
+    status, _, data = b.send("POST", stop, body, {**plain, CSRF_HEADER: csrf})  # no Origin
+    assert status == 403 and "without an Origin" in error(data)["message"]
     http_origin = {**plain, CSRF_HEADER: csrf, "Origin": f"http://127.0.0.1:{remote.port}"}
     assert b.send("POST", stop, body, http_origin)[0] == 403  # not this listener's scheme
     assert remote.env.states() == {"alpha": "Running"}  # nothing happened
@@ -326,6 +328,9 @@ def test_a_trusted_client_certificate_needs_no_login(remote: Remote) -> None:
     assert status == 200 and [i["name"] for i in json.loads(data)["list"]] == ["alpha"]
     assert b.send("GET", "/openapi.json", headers={"Host": "x"})[0] == 200
     assert b.send("GET", "/")[0] == 200  # the page too
+    status, headers, _ = b.send("GET", "/login")  # no passphrase: the page's secret at once
+    assert status == 303 and headers["location"].startswith("/#s=")
+    assert "Secure" in headers["set-cookie"] and "HttpOnly" in headers["set-cookie"]
 
 
 # -- in a real browser ------------------------------------------------------------------------
@@ -359,5 +364,10 @@ def test_chromium_logs_in_with_the_passphrase_and_sees_the_instances(remote: Rem
         assert cookie is not None and cookie["httpOnly"] and cookie["secure"]
         assert cookie["sameSite"] == "Strict"
         assert chrome.execute_script("return document.cookie") == ""  # HttpOnly: not for scripts
+        # an action from the page: its secret and its Origin go with it
+        chrome.find_element(By.CSS_SELECTOR, 'tr[data-name="alpha"] [data-action="stop"]').click()
+        stopped = 'tr[data-name="alpha"] td.state[data-state="Stopped"]'
+        WebDriverWait(chrome, WAIT).until(lambda b: b.find_elements(By.CSS_SELECTOR, stopped))
+        assert remote.env.states()["alpha"] == "Stopped"
     finally:
         chrome.quit()

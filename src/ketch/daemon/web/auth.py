@@ -218,29 +218,40 @@ class LocalAuth:
 
 
 async def admit(
-    request: web.Request, handler: Handler, session: Session, origins: set[str], hint: str
+    request: web.Request,
+    handler: Handler,
+    session: Session,
+    origins: set[str],
+    hint: str,
+    *,
+    origin_required: bool = False,
 ) -> web.StreamResponse:
     """A request with a session: the page and its files pass (nothing secret in them); the
     rest only when it is no forgery (:func:`forged`), else 403."""
     if request.path == "/" or request.path.startswith("/static/"):
         return await handler(request)
-    problem = forged(request, session.csrf, origins)
+    problem = forged(request, session.csrf, origins, origin_required=origin_required)
     if problem is not None:
         return refusal(Forbidden(problem, hint=hint), 403)
     return await handler(request)
 
 
-def forged(request: web.Request, csrf: str, origins: set[str]) -> str | None:
+def forged(
+    request: web.Request, csrf: str, origins: set[str], *, origin_required: bool = False
+) -> str | None:
     """Why ``request`` could be a forgery, or made with a stolen cookie (None: it is not).
 
     Every API request carries the session's second secret; a state-changing one
     and a websocket (browsers do not apply the same-origin policy to those) also
-    an Origin of the dashboard's own.
+    an Origin of the dashboard's own (a websocket always; a state-changing request
+    when the browser sends one, or always with ``origin_required``).
     """
     upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
     origin = request.headers.get("Origin")
     if upgrade and origin is None:
         return "a websocket without an Origin"
+    if origin_required and request.method not in SAFE and origin is None:
+        return "a state-changing request without an Origin"
     if (upgrade or request.method not in SAFE) and origin is not None and origin not in origins:
         return f"a request from another origin ({origin})"
     given = request.query.get("csrf", "") if upgrade else request.headers.get(CSRF_HEADER, "")

@@ -7,7 +7,8 @@ check and its refusals:
 
 * A request over the Unix socket or with a trusted client certificate passes
   as it does without a dashboard (:func:`ketch.daemon.auth.middleware`): the
-  CLI, and a browser that has an enrolled certificate.  So does enrolment.
+  CLI, and a browser that has an enrolled certificate (whose ``/login`` opens
+  a session at once, for the page's second secret).  So does enrolment.
 * ``GET /login`` is a plain form (no script, no style, nothing fetched);
   ``POST /login`` checks the passphrase as enrolment does
   (:func:`ketch.daemon.auth.check_passphrase`) and counts a failure in the same
@@ -20,7 +21,8 @@ check and its refusals:
 * A session reaches only the page, its files, its terminals and the API routes
   the page calls (not ``/v1/dashboard`` nor the SSH tunnel); every request but
   the page's must carry the second secret, a state-changing one and a
-  websocket also an ``Origin`` of the listener's own.  Sessions end after
+  websocket also an ``Origin`` of the listener's own (always: browsers send
+  one with every such request).  Sessions end after
   ``SESSION_TTL``, and at most ``MAX_SESSIONS`` are kept.
 * A browser's request (a login, the page, anything with a session cookie) must
   name the listener in its ``Host`` (DNS rebinding names another): its address
@@ -143,6 +145,8 @@ class RemoteAuth:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         how, der = peer_certificate(request)
         if how == "unix" or (how == "tls" and self.trust.trusts(der)):
+            if request.path == LOGIN:  # a browser with the certificate: the page's secret
+                return self.open_session()
             return await handler(request)  # as ketch.daemon.auth.middleware lets it
         if how == "tls" and request.path in OPEN_PATHS:
             return await handler(request)  # enrolment
@@ -170,7 +174,7 @@ class RemoteAuth:
         if route is None or route.canonical not in self.paths:
             return refusal(Forbidden(f"a dashboard session cannot use {request.path}"), 403)
         origins = {f"https://{request.host}"}  # the Host was checked above
-        return await admit(request, handler, session, origins, LOGIN_HINT)
+        return await admit(request, handler, session, origins, LOGIN_HINT, origin_required=True)
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         """``GET``: the form; ``POST``: the passphrase, and a session when it is right."""
@@ -197,6 +201,10 @@ class RemoteAuth:
             return login_page(exc.message, 429)
         except KetchError as exc:
             return login_page(exc.message, 401)
+        return self.open_session()
+
+    def open_session(self) -> web.Response:
+        """A new session's cookie (Secure) and the redirect to the page with its secret."""
         cookie, session = self.sessions.open()
         return opened(session, cookie, secure=True)
 
