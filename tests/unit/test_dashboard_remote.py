@@ -31,7 +31,7 @@ from ketch.daemon.auth import PASSPHRASE_KEY, Attempts, Trust
 from ketch.daemon.guard import Limits
 from ketch.daemon.web import DashboardRoutes
 from ketch.daemon.web.auth import COOKIE, CSRF_HEADER, MAX_SESSIONS, SESSION_TTL, Sessions
-from ketch.daemon.web.remote import RemoteAuth, open_remote
+from ketch.daemon.web.remote import RemoteAuth, host_allowed, open_remote
 
 PASSPHRASE = "correct horse battery staple"
 LIMIT = 3  # failed passphrases per address before the rate limit
@@ -173,6 +173,7 @@ def test_wrong_passphrases_are_refused_then_rate_limited_with_enrolment_counted_
     assert b.login("guess 3")[0] == 401
     status, _, page = b.login(PASSPHRASE)  # even the right one, now
     assert status == 429 and b"too many failed passphrases from 127.0.0.2" in page
+    assert b"try again later" in page  # the hint too
     assert b.cookie is None
     status, data, _ = enrol(remote, PASSPHRASE, "127.0.0.2")  # and enrolment from there
     assert status == 429 and error(data)["code"] == "rate-limited"
@@ -290,6 +291,33 @@ def test_dns_rebinding_another_host_name_is_refused(remote: Remote) -> None:
     assert b.send("GET", "/v1/instances", headers=other_port)[0] == 403
     localhost = {"Host": f"localhost:{remote.port}", CSRF_HEADER: csrf}
     assert b.send("GET", "/v1/instances", headers=localhost)[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("host", "bound", "allowed"),
+    [
+        ("127.0.0.1:8443", ("127.0.0.1", 8443), True),
+        ("localhost:8443", ("127.0.0.1", 8443), True),
+        ("LOCALHOST:8443", ("::1", 8443), True),
+        ("[::1]:8443", ("::1", 8443), True),
+        ("10.1.2.3:8443", ("0.0.0.0", 8443), True),  # a wildcard: any IP literal
+        ("[fe80::1]:8443", ("::", 8443), True),
+        ("10.1.2.3", ("10.1.2.3", 443), True),  # no port: 443
+        ("evil.example:8443", ("0.0.0.0", 8443), False),  # a name: could be a rebinding
+        ("evil.example:8443", ("127.0.0.1", 8443), False),
+        ("10.1.2.3:8443", ("127.0.0.1", 8443), False),
+        ("127.0.0.1:8444", ("127.0.0.1", 8443), False),
+        ("127.0.0.1", ("127.0.0.1", 8443), False),
+        ("127.0.0.1:x", ("127.0.0.1", 8443), False),
+        ("[::1]", ("::1", 8443), False),
+        ("", ("127.0.0.1", 8443), False),
+        ("127.0.0.1:8443", None, False),  # not listening
+    ],
+)
+def test_the_host_must_name_the_listener(
+    host: str, bound: tuple[str, int] | None, allowed: bool
+) -> None:
+    assert host_allowed(host, bound) is allowed
 
 
 def test_a_login_posted_from_another_origin_is_refused(remote: Remote) -> None:

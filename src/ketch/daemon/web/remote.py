@@ -91,6 +91,11 @@ NO_LOGIN = (
 )
 
 
+def said(exc: KetchError) -> str:
+    """An error as the page says it: the message, then the hint."""
+    return f"{exc.message} {exc.hint}" if exc.hint else exc.message
+
+
 def login_page(message: str, status: int, *, form: bool = True) -> web.Response:
     """The login form, under ``message`` (escaped; empty: none)."""
     said = f'<p role="alert" id="message">{html.escape(message)}</p>' if message else ""
@@ -159,7 +164,14 @@ class RemoteAuth:
             )
         browser = request.path in (LOGIN, "/") or COOKIE in request.cookies
         if browser and not host_allowed(request.host, self.bound()):
-            return refusal(Forbidden(f"this listener does not answer to {request.host}"), 403)
+            return refusal(
+                Forbidden(
+                    f"this listener does not answer to {request.host}",
+                    hint="open the dashboard at the address ketchd listens on "
+                    "('ketch get local.address')",
+                ),
+                403,
+            )
         if request.path == LOGIN:
             return await self.login(request)
         session = self.sessions.get(request)
@@ -172,7 +184,13 @@ class RemoteAuth:
             )
         route = request.match_info.route.resource
         if route is None or route.canonical not in self.paths:
-            return refusal(Forbidden(f"a dashboard session cannot use {request.path}"), 403)
+            return refusal(
+                Forbidden(
+                    f"a dashboard session cannot use {request.path}",
+                    hint="use the CLI with an enrolled certificate ('ketch authenticate')",
+                ),
+                403,
+            )
         origins = {f"https://{request.host}"}  # the Host was checked above
         return await admit(request, handler, session, origins, LOGIN_HINT, origin_required=True)
 
@@ -187,7 +205,9 @@ class RemoteAuth:
             return login_page("", 200)
         origin = request.headers.get("Origin")
         if origin is not None and origin != f"https://{request.host}":
-            return refusal(Forbidden(f"a login from another origin ({origin})"), 403)
+            return refusal(
+                Forbidden(f"a login from another origin ({origin})", hint=LOGIN_HINT), 403
+            )
         form = await request.post()
         given = form.get("passphrase")
         try:
@@ -198,9 +218,9 @@ class RemoteAuth:
                 self.attempts,
             )
         except RateLimited as exc:
-            return login_page(exc.message, 429)
+            return login_page(said(exc), 429)
         except KetchError as exc:
-            return login_page(exc.message, 401)
+            return login_page(said(exc), 401)
         return self.open_session()
 
     def open_session(self) -> web.Response:
