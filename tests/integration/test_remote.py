@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 from ketchcli import Ketch, unique
+from ports import free_port
 
 from ketch import certs
 from ketch.model import ImageInfo
@@ -43,12 +44,6 @@ def seed_vault(root: Path, tiny: ImageInfo) -> None:
     dst = root / "vault" / "built" / "tiny" / src.name
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(src, dst, copy_function=os.link)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import ssl
 import urllib.parse
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 from chrome import headless_chromium
 from fakes import FakeClock
+from ports import free_port
 from test_daemon_api import WAIT, Env, serving
 from test_dashboard_auth import Browser as LocalBrowser
 
@@ -35,12 +35,6 @@ from ketch.daemon.web.remote import RemoteAuth, host_allowed, open_remote
 
 PASSPHRASE = "correct horse battery staple"
 LIMIT = 3  # failed passphrases per address before the rate limit
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
