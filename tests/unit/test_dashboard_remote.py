@@ -350,6 +350,14 @@ def test_a_trusted_client_certificate_needs_no_login(remote: Remote) -> None:
     assert status == 200 and [i["name"] for i in json.loads(data)["list"]] == ["alpha"]
     assert b.send("GET", "/openapi.json", headers={"Host": "x"})[0] == 200
     assert b.send("GET", "/")[0] == 200  # the page too
+    stop, body = "/v1/instances/alpha/stop", b'{"force": true}'
+    forged = {"Content-Type": "text/plain", "Origin": "https://evil.example"}
+    status, _, data = b.send("POST", stop, body, forged)  # another site's form, with the cert
+    assert status == 403 and "another origin" in error(data)["message"]
+    assert b.send("POST", stop, body, {**forged, "Origin": "null"})[0] == 403
+    assert remote.env.states() == {"alpha": "Running"}
+    assert b.send("POST", stop, body, {"Content-Type": "application/json"})[0] == 200  # the CLI
+    assert remote.env.states() == {"alpha": "Stopped"}
     status, headers, _ = b.send("GET", "/login")  # no passphrase: the page's secret at once
     assert status == 303 and headers["location"].startswith("/#s=")
     assert "Secure" in headers["set-cookie"] and "HttpOnly" in headers["set-cookie"]

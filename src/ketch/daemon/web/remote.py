@@ -8,7 +8,10 @@ check and its refusals:
 * A request over the Unix socket or with a trusted client certificate passes
   as it does without a dashboard (:func:`ketch.daemon.auth.middleware`): the
   CLI, and a browser that has an enrolled certificate (whose ``/login`` opens
-  a session at once, for the page's second secret).  So does enrolment.
+  a session at once, for the page's second secret).  So does enrolment.  A
+  browser presents its certificate to requests other sites' pages make too:
+  one that carries an ``Origin`` (the CLI sends none) must carry the
+  listener's own.
 * ``GET /login`` is a plain form (no script, no style, nothing fetched);
   ``POST /login`` checks the passphrase as enrolment does
   (:func:`ketch.daemon.auth.check_passphrase`) and counts a failure in the same
@@ -150,6 +153,10 @@ class RemoteAuth:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         how, der = peer_certificate(request)
         if how == "unix" or (how == "tls" and self.trust.trusts(der)):
+            origin = request.headers.get("Origin")
+            if origin is not None and origin != f"https://{request.host}":
+                # a browser presents its certificate to a request another site's page made
+                return refusal(Forbidden(f"a request from another origin ({origin})"), 403)
             if request.path == LOGIN:  # a browser with the certificate: the page's secret
                 return self.open_session()
             return await handler(request)  # as ketch.daemon.auth.middleware lets it
