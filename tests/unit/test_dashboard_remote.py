@@ -399,5 +399,11 @@ def test_chromium_logs_in_with_the_passphrase_and_sees_the_instances(remote: Rem
         stopped = 'tr[data-name="alpha"] td.state[data-state="Stopped"]'
         WebDriverWait(chrome, WAIT).until(lambda b: b.find_elements(By.CSS_SELECTOR, stopped))
         assert remote.env.states()["alpha"] == "Stopped"
+        # the session ends: the next action leads back to the login, and does nothing
+        remote.clock.advance(SESSION_TTL + 1)
+        chrome.find_element(By.CSS_SELECTOR, 'tr[data-name="alpha"] [data-action="start"]').click()
+        WebDriverWait(chrome, WAIT).until(lambda b: b.find_elements(By.ID, "passphrase"))
+        assert chrome.current_url.endswith("/login")
+        assert remote.env.states()["alpha"] == "Stopped"
     finally:
         chrome.quit()

@@ -45,7 +45,9 @@ async function call(method, path, body) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body || {});
   }
-  return fetch(path, init);
+  const resp = await fetch(path, init);
+  if (resp.status === 401 && location.protocol === "https:") location.replace("/login");  // the session ended
+  return resp;
 }
 
 async function read(path) {
