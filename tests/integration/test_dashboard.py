@@ -15,7 +15,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chrome import headless_chromium
 from ketchcli import Ketch, unique
 
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -39,28 +39,9 @@ SHORT = 60.0
 DOCS = Path(__file__).parents[2] / "docs"
 
 
-def _chromium() -> tuple[str, str]:
-    browser = shutil.which("chromium")
-    driver = shutil.which("chromedriver")
-    if not browser or not driver:
-        pytest.skip("chromium and chromium-driver are not installed (scripts/install --test)")
-    return browser, driver
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    binary, driver = _chromium()
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,1000", "--no-first-run", "--disable-extensions",
-                "--disable-background-networking", "--disable-sync",
-                "--disable-component-update"):  # fmt: skip
-        options.add_argument(arg)
-    chrome = webdriver.Chrome(options=options, service=Service(driver))
+    chrome = headless_chromium()
     try:
         yield chrome
     finally:

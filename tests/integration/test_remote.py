@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 from ketchcli import Ketch, unique
+from ports import free_port
 
 from ketch import certs
 from ketch.model import ImageInfo
@@ -43,12 +44,6 @@ def seed_vault(root: Path, tiny: ImageInfo) -> None:
     dst = root / "vault" / "built" / "tiny" / src.name
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(src, dst, copy_function=os.link)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -242,6 +237,46 @@ def test_wrong_passphrases_are_rate_limited_per_address(server: Server, tmp_path
     assert not trusted.exists() or certs.pem_fingerprint(pem) not in {
         certs.pem_fingerprint(p) for p in certs.split_pem(trusted.read_bytes())
     }
+
+
+def test_the_dashboard_is_served_with_a_passphrase_login(server: Server) -> None:
+    """ketchd's own listener serves the page: the login, its session, the API with the secret."""
+    import http.client
+    import urllib.parse
+
+    def send(method: str, path: str, body: bytes = b"", **headers: str) -> http.client.HTTPResponse:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", server.port, timeout=WAIT, context=ctx, source_address=("127.0.0.3", 0)
+        )
+        conn.request(
+            method, path, body=body, headers={k.replace("_", "-"): v for k, v in headers.items()}
+        )
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        return resp
+
+    assert send("GET", "/").getheader("Location") == "/login"
+    page = send("GET", "/login")
+    assert page.status == 200 and page.getheader("Content-Type", "").startswith("text/html")
+    origin = f"https://127.0.0.1:{server.port}"
+    form = {"Content_Type": "application/x-www-form-urlencoded", "Origin": origin}
+    wrong = urllib.parse.urlencode({"passphrase": "not it"}).encode()
+    assert send("POST", "/login", wrong, **form).status == 401
+    right = urllib.parse.urlencode({"passphrase": PASSPHRASE}).encode()
+    login = send("POST", "/login", right, **form)
+    assert login.status == 303, login.status
+    csrf = (login.getheader("Location") or "").split("#s=", 1)[1]
+    cookie = login.getheader("Set-Cookie") or ""
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    session = cookie.split(";", 1)[0]
+    listed = send("GET", "/v1/instances", Cookie=session, X_Ketch_CSRF=csrf)
+    assert listed.status == 200
+    assert send("GET", "/v1/instances", Cookie=session).status == 403  # no secret
+    assert send("GET", "/v1/instances", Cookie=session, X_Ketch_CSRF=csrf, Host="x").status == 403
 
 
 def test_a_changed_server_certificate_is_refused_and_nothing_is_sent(

@@ -51,6 +51,9 @@ class Browser:
         self.port = port
         self.cookie: str | None = None
 
+    def connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=WAIT)
+
     def send(
         self,
         method: str,
@@ -58,7 +61,7 @@ class Browser:
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=WAIT)
+        conn = self.connect()
         sent = dict(headers or {})
         if self.cookie and "Cookie" not in sent:
             sent["Cookie"] = f"{COOKIE}={self.cookie}"

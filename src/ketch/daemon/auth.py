@@ -49,6 +49,7 @@ MAX_FAILURES = 5
 WINDOW = 60.0
 NOT_AUTHENTICATED = "The client is not authenticated with ketchd."
 AUTH_HINT = "Please use 'ketch authenticate' before proceeding."
+NO_PASSPHRASE = "Passphrase is not set. Please `ketch set local.passphrase` with a trusted client."
 
 
 class Trust:
@@ -189,20 +190,26 @@ class AuthRoutes:
                 "remote access is not enabled on this ketchd",
                 hint="set local.address=HOST:PORT (or start ketchd --address) first",
             )
-        peer = peer_address(call.request)
-        self.attempts.check(peer)
-        stored = self.ctx.store.get_setting(PASSPHRASE_KEY)
-        if not passphrase.is_hashed(stored):
-            raise Unauthenticated(
-                "Passphrase is not set. Please `ketch set local.passphrase` with a trusted client."
-            )
-        given = call.body.passphrase
-        if not await asyncio.to_thread(passphrase.verify, given, stored):
-            self.attempts.failed(peer)
-            log.warning("a wrong passphrase from %s", peer)
-            raise Unauthenticated("Passphrase is not correct. Please try again.")
-        self.attempts.succeeded(peer)
+        await check_passphrase(
+            self.ctx.store.get_setting(PASSPHRASE_KEY),
+            call.body.passphrase,
+            peer_address(call.request),
+            self.attempts,
+        )
         return m.AuthenticateReply(fingerprint=self.trust.enrol(call.body.certificate))
+
+
+async def check_passphrase(stored: str | None, given: str, peer: str, attempts: Attempts) -> None:
+    """``given`` against ``local.passphrase`` (``stored``, hashed), counted in ``attempts``
+    (enrolment and the dashboard's login share one): RateLimited, Unauthenticated or None."""
+    attempts.check(peer)
+    if not passphrase.is_hashed(stored):
+        raise Unauthenticated(NO_PASSPHRASE)
+    if not await asyncio.to_thread(passphrase.verify, given, stored):
+        attempts.failed(peer)
+        log.warning("a wrong passphrase from %s", peer)
+        raise Unauthenticated("Passphrase is not correct. Please try again.")
+    attempts.succeeded(peer)
 
 
 def attempts_from_env() -> Attempts:

@@ -216,9 +216,11 @@ async def serve(root: Root, address: str | None = None) -> None:
     app.middlewares.insert(1, auth.middleware(api.trust))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    from ketch.daemon.tls import Listener
+    from ketch.daemon.web.remote import open_remote
 
-    listener = Listener(runner, root, api.trust, Guard(limits, loop), limits.idle_timeout)
+    # The TLS listener's own application: the same API and the dashboard's page beside it,
+    # behind the remote policy (certificates as the gate's, or a passphrase login).
+    listener, tls_runner, _ = await open_remote(api, root, limits, ctx.clock)
     await listener.move(address)  # first: an address it cannot take is a refusal to start
     api.setting_hooks["local.address"] = listener.move  # 'ketch set local.address': at once
     with contextlib.suppress(FileNotFoundError):
@@ -286,6 +288,7 @@ async def serve(root: Root, address: str | None = None) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(ops.drain(), grace)
         await listener.move(None)
+        await tls_runner.cleanup()
         await runner.cleanup()
         if rootwatch.identity(root.socket) == mine:  # never another daemon's socket
             with contextlib.suppress(FileNotFoundError):

@@ -6,14 +6,17 @@ ketchd makes a self-signed certificate (:mod:`ketch.certs`) in ``tls/`` of the
 storage root (0600) and logs its fingerprint, which the client pins on first
 contact.
 
-The listener serves the same aiohttp application as the Unix socket, through
+The listener serves the Unix socket's API and the web dashboard beside it
+(:func:`ketch.daemon.web.app.remote_app`), through
 a :class:`~ketch.daemon.guard.Guard` of its own (the same head, idle and body
 timeouts and connection cap; remote clients never displace local ones).  A
 TLS handshake must finish within the head timeout, and at most as many
 handshakes as the cap may be in progress at once (more are closed at once):
 a client that opens connections and never completes a handshake holds no
-slot for longer than that.  Which requests pass is :mod:`ketch.daemon.auth`'s
-middleware.
+slot for longer than that.  Which requests pass is
+:class:`ketch.daemon.web.remote.RemoteAuth`'s to say: a trusted client
+certificate as :mod:`ketch.daemon.auth`'s middleware lets it, or a browser's
+session opened with the passphrase.
 """
 
 from __future__ import annotations
@@ -179,6 +182,12 @@ class Listener:
         self.runner, self.root, self.trust, self.guard, self.idle = runner, root, trust, guard, idle
         self.address: str | None = None
         self.site: GuardedTlsSite | None = None
+
+    def bound(self) -> tuple[str, int] | None:
+        """The address and port listened on (None: not listening)."""
+        if self.address is None or self.site is None:
+            return None
+        return parse_address(self.address)[0], self.site.port
 
     async def move(self, address: str | None) -> None:
         """Listen on ``address`` instead (None: stop listening).  The new one is opened

@@ -96,6 +96,57 @@ class Session:
     expires: float
 
 
+class Sessions:
+    """Session cookies and their second secrets: each good for ``SESSION_TTL``, at most
+    ``MAX_SESSIONS`` of them (the oldest go first).  Any policy's (local or remote)."""
+
+    def __init__(self, clock: Clock = SYSTEM) -> None:
+        self.clock = clock
+        self._sessions: OrderedDict[str, Session] = OrderedDict()  # cookie value -> session
+
+    def open(self) -> tuple[str, Session]:
+        """A new session: its cookie value and the session."""
+        self.prune()
+        cookie = secrets.token_urlsafe(32)
+        session = Session(secrets.token_urlsafe(32), self.clock.time() + SESSION_TTL)
+        self._sessions[cookie] = session
+        while len(self._sessions) > MAX_SESSIONS:
+            self._sessions.popitem(last=False)
+        return cookie, session
+
+    def get(self, request: web.Request) -> Session | None:
+        """The session ``request``'s cookie names (None: none, unknown or expired)."""
+        cookie = request.cookies.get(COOKIE, "")
+        session = self._sessions.get(cookie) if cookie else None
+        if session is None or self.clock.time() > session.expires:
+            return None
+        return session
+
+    def prune(self) -> None:
+        now = self.clock.time()
+        for cookie in [c for c, s in self._sessions.items() if now > s.expires]:
+            del self._sessions[cookie]
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+def opened(session: Session, cookie: str, *, secure: bool) -> web.Response:
+    """The answer to a login: the session cookie (HttpOnly, SameSite=Strict, ``Secure``
+    over TLS) and a redirect to the page with the second secret in the fragment."""
+    resp = web.Response(status=303, headers={"Location": f"/#s={session.csrf}"})
+    resp.set_cookie(
+        COOKIE,
+        cookie,
+        httponly=True,
+        secure=secure or None,
+        samesite="Strict",
+        path="/",
+        max_age=int(SESSION_TTL),
+    )
+    return resp
+
+
 class LocalAuth:
     """One-time tokens and the sessions they open, for the dashboard on 127.0.0.1."""
 
@@ -103,7 +154,7 @@ class LocalAuth:
         self.clock = clock
         self.port = 0  # set once the dashboard listens (the Host it answers to)
         self._tokens: OrderedDict[str, float] = OrderedDict()  # token -> expiry
-        self._sessions: OrderedDict[str, Session] = OrderedDict()  # cookie value -> session
+        self.sessions = Sessions(clock)
 
     def mint(self, ttl: float) -> tuple[str, float]:
         """A new login token and its expiry (epoch seconds)."""
@@ -121,26 +172,16 @@ class LocalAuth:
         expires = self._tokens.pop(token, None)
         if expires is None or self.clock.time() > expires:
             return None
-        cookie = secrets.token_urlsafe(32)
-        session = Session(secrets.token_urlsafe(32), self.clock.time() + SESSION_TTL)
-        self._sessions[cookie] = session
-        while len(self._sessions) > MAX_SESSIONS:
-            self._sessions.popitem(last=False)
-        return cookie, session
+        return self.sessions.open()
 
     def session(self, request: web.Request) -> Session | None:
-        cookie = request.cookies.get(COOKIE, "")
-        session = self._sessions.get(cookie) if cookie else None
-        if session is None or self.clock.time() > session.expires:
-            return None
-        return session
+        return self.sessions.get(request)
 
     def _prune(self) -> None:
         now = self.clock.time()
         for token in [t for t, e in self._tokens.items() if now > e]:
             del self._tokens[token]
-        for cookie in [c for c, s in self._sessions.items() if now > s.expires]:
-            del self._sessions[cookie]
+        self.sessions.prune()
 
     # -- the policy ------------------------------------------------------------------
 
@@ -163,41 +204,54 @@ class LocalAuth:
             return refusal(
                 Unauthorized("not logged in", hint="open the URL 'ketch dashboard' prints"), 401
             )
-        if request.path == "/" or request.path.startswith("/static/"):
-            return await handler(request)  # the page and its files: nothing secret in them
-        problem = forged(request, session.csrf, {f"http://{h}" for h in self.hosts()})
-        if problem is not None:
-            return refusal(Forbidden(problem, hint="open a new URL from 'ketch dashboard'"), 403)
-        return await handler(request)
+        origins = {f"http://{h}" for h in self.hosts()}
+        return await admit(
+            request, handler, session, origins, "open a new URL from 'ketch dashboard'"
+        )
 
     def login(self, request: web.Request) -> web.StreamResponse:
-        opened = self.redeem(request.query.get("token", ""))
-        if opened is None:
+        redeemed = self.redeem(request.query.get("token", ""))
+        if redeemed is None:
             return refusal_page("This login address is expired or was already used.", 403)
-        cookie, session = opened
-        resp = web.Response(status=303, headers={"Location": f"/#s={session.csrf}"})
-        resp.set_cookie(
-            COOKIE,
-            cookie,
-            httponly=True,
-            samesite="Strict",
-            path="/",
-            max_age=int(SESSION_TTL),
-        )
-        return resp
+        cookie, session = redeemed
+        return opened(session, cookie, secure=False)
 
 
-def forged(request: web.Request, csrf: str, origins: set[str]) -> str | None:
+async def admit(
+    request: web.Request,
+    handler: Handler,
+    session: Session,
+    origins: set[str],
+    hint: str,
+    *,
+    origin_required: bool = False,
+) -> web.StreamResponse:
+    """A request with a session: the page and its files pass (nothing secret in them); the
+    rest only when it is no forgery (:func:`forged`), else 403."""
+    if request.path == "/" or request.path.startswith("/static/"):
+        return await handler(request)
+    problem = forged(request, session.csrf, origins, origin_required=origin_required)
+    if problem is not None:
+        return refusal(Forbidden(problem, hint=hint), 403)
+    return await handler(request)
+
+
+def forged(
+    request: web.Request, csrf: str, origins: set[str], *, origin_required: bool = False
+) -> str | None:
     """Why ``request`` could be a forgery, or made with a stolen cookie (None: it is not).
 
     Every API request carries the session's second secret; a state-changing one
     and a websocket (browsers do not apply the same-origin policy to those) also
-    an Origin of the dashboard's own.
+    an Origin of the dashboard's own (a websocket always; a state-changing request
+    when the browser sends one, or always with ``origin_required``).
     """
     upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
     origin = request.headers.get("Origin")
     if upgrade and origin is None:
         return "a websocket without an Origin"
+    if origin_required and request.method not in SAFE and origin is None:
+        return "a state-changing request without an Origin"
     if (upgrade or request.method not in SAFE) and origin is not None and origin not in origins:
         return f"a request from another origin ({origin})"
     given = request.query.get("csrf", "") if upgrade else request.headers.get(CSRF_HEADER, "")

@@ -45,7 +45,9 @@ async function call(method, path, body) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body || {});
   }
-  return fetch(path, init);
+  const resp = await fetch(path, init);
+  if (resp.status === 401 && location.protocol === "https:") location.replace("/login");  // the session ended
+  return resp;
 }
 
 async function read(path) {
@@ -297,6 +299,7 @@ function secret() {
 
 async function main() {
   S.csrf = secret();
+  if (!S.csrf && location.protocol === "https:") { location.replace("/login"); return; }  // ketchd's TLS listener: the passphrase
   if (!S.csrf) { document.getElementById("live").textContent = "this tab is not logged in: open a new URL from 'ketch dashboard'"; return; }
   document.getElementById("launch-form").addEventListener("submit", launch);
   terminalKeys();
