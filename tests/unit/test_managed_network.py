@@ -290,6 +290,7 @@ def test_a_tap_gone_under_its_qemu_is_an_inconsistency(tmp_path: Path) -> None:
     """A real process stands for QEMU: its argv names the TAP as QEMU's does."""
     import subprocess
     import sys
+    import time
 
     idir = InstanceDir(tmp_path / "instances" / "vm")
     idir.path.mkdir(parents=True)
@@ -308,6 +309,9 @@ def test_a_tap_gone_under_its_qemu_is_an_inconsistency(tmp_path: Path) -> None:
         ) as stranger,
     ):
         try:
+            for proc in (qemu, stranger):  # until each has exec'd (before, its argv is ours)
+                while b"-netdev" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+                    time.sleep(0.01)
             found = network_uc.tap_problem(idir, qemu.pid, sys_net)
             assert found is not None and found.code.value == "network-tap-missing"
             assert "kt-0123456789 is gone" in found.message and "10.97.3.2" in found.message

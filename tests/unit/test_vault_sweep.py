@@ -23,6 +23,9 @@ def test_a_zombies_part_is_swept_a_live_ones_kept(tmp_path: Path) -> None:
         while Path(f"/proc/{zombie.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
             assert time.monotonic() < deadline, "'true' never became a zombie"
             time.sleep(0.01)
+        while Path(f"/proc/{live.pid}/cmdline").read_bytes() != b"sleep\x0060\x00":
+            assert time.monotonic() < deadline, "'sleep' never ran"  # (mid-exec: no cmdline)
+            time.sleep(0.01)
         dead = vault.tmp / f"{'a' * 64}.{zombie.pid}.0123abcd.part"
         kept = vault.tmp / f"{'b' * 64}.{live.pid}.0123abcd.part"
         dead.write_bytes(b"half")
