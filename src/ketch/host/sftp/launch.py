@@ -63,9 +63,9 @@ GUEST_SCRIPT = (
 
 #: Sets ``d`` to the device (``vportNpM``) of the virtio-serial port named $3, waiting a
 #: little for a port just plugged in (no udev needed: sysfs and devtmpfs).  ``{sysfs}`` is
-#: /sys/class/virtio-ports (another directory in the tests).
+#: /sys/class/virtio-ports and ``{tries}`` 20 (half a second apart) in the guest.
 PORT_LOOKUP = (
-    'd=""; i=0; while [ -z "$d" ] && [ $i -lt 20 ]; do '
+    'd=""; i=0; while [ -z "$d" ] && [ $i -lt {tries} ]; do '
     'for n in {sysfs}/*/name; do [ -f "$n" ] && [ "$(cat "$n")" = "$3" ] && '
     'd=$(basename "$(dirname "$n")"); done; '
     '[ -n "$d" ] || sleep 0.5; i=$((i + 1)); done; '
@@ -78,7 +78,7 @@ PORT_LOOKUP = (
 GUEST_PORT_SCRIPT = (
     "modprobe fuse 2>/dev/null; "
     + CLEAR_SCRIPT
-    + PORT_LOOKUP.format(sysfs="/sys/class/virtio-ports")
+    + PORT_LOOKUP.format(sysfs="/sys/class/virtio-ports", tries=20)
     + 'if [ -z "$d" ] || [ ! -c "/dev/$d" ]; then echo "ketch-mount: no port $3" >&2; exit 4; fi; '
     + 'mkdir -p -- "$1" || exit 5; '
     + 'echo "ketch-mount: $(date +%T) mounting $1 over /dev/$d" >&2; '
