@@ -2,11 +2,13 @@
 
 One instance, launched with ``--mount``, walks through the tests in order:
 the host's file in the guest and the guest's write on the host (owned by the
-share's non-root owner), ``info`` (table and JSON), a ``kill -9`` of ketchd,
+share's non-root owner), ``info`` (table and JSON), the stream on the
+instance's virtio-serial port (no ssh carries it), a ``kill -9`` of ketchd,
 suspend/resume, stop/start, ``umount`` and ``mount`` on a running instance,
 the refusals, and a hostile share (symlinks out of it, from the host and from
 the guest) that shows nothing of the host.  Nothing of a mount's host side
-outlives ``stop --force`` or ``delete --purge``.
+outlives ``stop --force`` or ``delete --purge``.  Last, with its record of the
+mounts' controller removed (an instance made before it), it mounts over ssh.
 """
 
 from __future__ import annotations
