@@ -274,23 +274,30 @@ async def _start_over_port(
     if socket is None:
         _note(log, "this instance has no virtio-serial bus for mounts: the mount goes over ssh")
         return False
-    done = await run(argv(str(socket)), timeout=30.0, check=False)
-    if done.returncode == 0:
-        key = mount_key(mount.target)
-        guest = await run_in_guest(
-            guestlink.target(ctx.root, spec),
-            guest_port_argv(mount.target, key, mountport.port_name(key)),
-            timeout=60.0,
+    started = False
+    try:
+        done = await run(argv(str(socket)), timeout=30.0, check=False)
+        if done.returncode == 0:
+            key = mount_key(mount.target)
+            guest = await run_in_guest(
+                guestlink.target(ctx.root, spec),
+                guest_port_argv(mount.target, key, mountport.port_name(key)),
+                timeout=60.0,
+            )
+            with log.open("ab") as f:
+                f.write(guest.stderr)
+            started = guest.returncode == 0
+        _note(
+            log,
+            f"{mount.source} => {mount.target} over virtio-serial"
+            if started
+            else "the virtio-serial port did not work: the mount goes over ssh",
         )
-        with log.open("ab") as f:
-            f.write(guest.stderr)
-        if guest.returncode == 0:
-            _note(log, f"{mount.source} => {mount.target} over virtio-serial")
-            return True
-    _note(log, "the virtio-serial port did not work: the mount goes over ssh")
-    end_supervisor(idir, mount.target)
-    await driver.remove_mount_port(spec, idir, mount.target)
-    return False
+    finally:
+        if not started:  # failed, or raised (the guest unreachable): nothing left behind
+            end_supervisor(idir, mount.target)
+            await driver.remove_mount_port(spec, idir, mount.target)
+    return started
 
 
 async def deactivate(
