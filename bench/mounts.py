@@ -3,7 +3,8 @@
 One running tiny instance (launched untimed) with three directories, each
 measured in the guest alternately (A B C, B C A, ...):
 
-* ``classic``: a ketch classic mount (``ketch mount SRC NAME:/mnt/classic``);
+* ``classic``: a ketch classic mount (``ketch mount SRC NAME:/mnt/classic``), over
+  the instance's virtio-serial port (a new instance; ``info`` says which transport);
 * ``sshfs``: the baseline for it: raw ``sshfs`` over a plain ``ssh`` to the same
   guest (ketch's own ssh argv), set up by hand with the same sshfs options,
   served by OpenSSH's ``sftp-server`` on the host (``openssh-sftp-server``; the
@@ -68,6 +69,8 @@ def main() -> None:
         log("launching the instance (untimed)")
         b.ketch("launch", "tiny", "--name", NAME, "--memory", "1G", "--disk", "3G", timeout=900)
         b.ketch("mount", str(src), f"{NAME}:{DIRS['classic']}")
+        transport = b.ketch_json("info", NAME)["info"][NAME]["mounts"][DIRS["classic"]]["transport"]
+        log(f"the classic mount goes over {transport}")
         target = b.ssh_target(NAME)
 
         def guest(script: str, **kw: Any) -> subprocess.CompletedProcess[bytes]:
@@ -156,7 +159,7 @@ def main() -> None:
         print_table(rows)
         if baseline is not None:
             guest(f"sudo umount -l {dirs['sshfs']}; true")
-        emit("mounts", results, size_mib=SIZE_MIB, files=FILES, runs=args.runs)
+        emit("mounts", results, size_mib=SIZE_MIB, files=FILES, runs=args.runs, transport=transport)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,11 @@ INSTANCE_RECORD = "instance.json"  # the store's record of it, mirrored (store/m
 MOUNTS_DIR = "mounts"  # one pid file and one log per classic mount, named by mount_key()
 MOUNT_PIDFILE = "{key}.pid"  # in MOUNTS_DIR: the mount's detached SFTP supervisor
 MOUNT_LOG = "{key}.log"  # in MOUNTS_DIR: the supervisor's, the server's and ssh's stderr
+MOUNT_SOCKET = "{key}.sock"  # in MOUNTS_DIR: the host end of the mount's virtio-serial port
+# The instance's QEMU has the virtio-serial controller classic mounts plug their ports into
+# (host/qemu.py MOUNT_SERIAL); written when its disk is made.  Absent: the older device
+# layout (a saved state needs the same), and classic mounts over ssh.
+MOUNT_SERIAL = "mount-serial"
 
 
 def mount_key(target: str) -> str:
@@ -375,6 +380,13 @@ class InstanceDir(_Paths):
     @property
     def mounts(self) -> Path:
         return self.path / MOUNTS_DIR
+
+    @property
+    def mount_serial(self) -> Path:
+        return self.path / MOUNT_SERIAL
+
+    def mount_socket(self, target: str) -> Path:
+        return self.mounts / MOUNT_SOCKET.format(key=mount_key(target))
 
     def mount_pidfile(self, target: str) -> Path:
         return self.mounts / MOUNT_PIDFILE.format(key=mount_key(target))

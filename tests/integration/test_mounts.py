@@ -2,11 +2,13 @@
 
 One instance, launched with ``--mount``, walks through the tests in order:
 the host's file in the guest and the guest's write on the host (owned by the
-share's non-root owner), ``info`` (table and JSON), a ``kill -9`` of ketchd,
+share's non-root owner), ``info`` (table and JSON), the stream on the
+instance's virtio-serial port (no ssh carries it), a ``kill -9`` of ketchd,
 suspend/resume, stop/start, ``umount`` and ``mount`` on a running instance,
 the refusals, and a hostile share (symlinks out of it, from the host and from
 the guest) that shows nothing of the host.  Nothing of a mount's host side
-outlives ``stop --force`` or ``delete --purge``.
+outlives ``stop --force`` or ``delete --purge``.  Last, with its record of the
+mounts' controller removed (an instance made before it), it mounts over ssh.
 """
 
 from __future__ import annotations
@@ -116,12 +118,38 @@ def test_info_shows_the_mount(ketch: Ketch, mvm: str, share: Path) -> None:
             "gid_mappings": [f"{OWNER}:default"],
             "type": "classic",
             "active": True,
+            "transport": "virtio-serial",  # a new instance has the mounts' controller
         }
     }
     table = ketch.run("info", mvm).stdout
     assert f"Mounts:         {share} => {TARGET}\n" in table
     assert f"                    UID map: {OWNER}:default\n" in table
     assert f"                    GID map: {OWNER}:default\n" in table
+
+
+def stream_children(ketch: Ketch, name: str) -> list[list[str]]:
+    """The argv of each child of the instance's mount supervisors."""
+    out = []
+    for pid in supervisors(ketch, name):
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        out += [argv for c in children if (argv := procs.cmdline(int(c)))]
+    return out
+
+
+def test_the_stream_is_a_virtio_serial_port_not_ssh(ketch: Ketch, mvm: str) -> None:
+    children = stream_children(ketch, mvm)
+    assert children and all("ketch.host.sftp" in argv for argv in children)  # servers only
+    assert not any(Path(argv[0]).name == "ssh" for argv in children)
+    sup = [procs.cmdline(p) or [] for p in supervisors(ketch, mvm)]
+    assert any("--connect" in argv for argv in sup), sup
+    log = "".join(p.read_text() for p in (ketch.root / "instances" / mvm / "mounts").glob("*.log"))
+    assert f"{TARGET} over virtio-serial" in log, log
+    # the guest's sshfs reads and writes the port's device, not a pipe from sshd
+    ports = ketch.exec(mvm, "sudo", "sh", "-c", "ls -l /proc/$(cat /run/ketch-mount-*.pid)/fd/0")
+    assert "/dev/vport" in ports, ports
 
 
 def test_nothing_outside_the_share_is_seen_from_the_guest(ketch: Ketch, mvm: str) -> None:
@@ -328,3 +356,21 @@ def test_clone_copies_the_mounts_only_when_asked(ketch: Ketch, mvm: str) -> None
     finally:
         ketch.run("delete", "--purge", plain, with_mounts, check=False)
     ketch.run("start", mvm)
+
+
+def test_an_instance_without_the_controller_mounts_over_ssh(
+    ketch: Ketch, mvm: str, share: Path
+) -> None:
+    """An instance made before the mounts' controller has no record of it: the older device
+    layout (a saved state needs it), and its classic mounts go over ssh."""
+    ketch.run("stop", mvm)
+    (ketch.root / "instances" / mvm / "mount-serial").unlink()
+    ketch.run("start", mvm)
+    qemu = [procs.cmdline(int(p)) or [] for p in os.listdir("/proc") if p.isdigit()]
+    argv = next(a for a in qemu if a and "qemu-system" in a[0] and f"ketch-{mvm}," in " ".join(a))
+    assert not any(a.startswith("virtio-serial-pci") for a in argv)
+    assert ketch.info(mvm)["mounts"][TARGET]["transport"] == "ssh"
+    assert any(Path(a[0]).name == "ssh" for a in stream_children(ketch, mvm))
+    assert guest_read(ketch, mvm, f"{TARGET}/hello.txt") == "hello from the host\n"
+    ketch.exec(mvm, "sh", "-c", f"echo over-ssh > {TARGET}/over-ssh.txt")
+    assert (share / "over-ssh.txt").stat().st_uid == OWNER

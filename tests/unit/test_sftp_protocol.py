@@ -7,6 +7,9 @@ parts (path normalisation, the id maps, packet readers) on their own.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,3 +128,26 @@ def test_directories_links_and_renames(client: Client, share: Path) -> None:
     assert client.status(p.EXTENDED, p.string(b"nope@example.com")) == p.OP_UNSUPPORTED
     reply, reader = client.request(p.EXTENDED, p.string(b"statvfs@openssh.com") + p.string(b"/"))
     assert reply == p.EXTENDED_REPLY and reader.u64() == os.statvfs(share).f_bsize
+
+
+def test_the_supervisor_serves_a_unix_socket_it_connects_to(share: Path, tmp_path: Path) -> None:
+    """``--connect``: the host end of a mount's virtio-serial port (QEMU's chardev, a unix
+    socket server; here the test's), served by the same confined server."""
+    if os.geteuid() != 0:
+        pytest.skip("the confinement needs root")
+    path = tmp_path / "port.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    argv = [sys.executable, "-m", "ketch.host.sftp", str(share), "--uid", str(OWNER)]
+    argv += ["--gid", str(OWNER), "--connect", str(path)]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE)
+    listener.settimeout(60)
+    conn, _ = listener.accept()
+    conn.settimeout(60)
+    sftp = Client(conn)
+    assert sftp.init() == 3
+    assert sftp.read(sftp.open(b"/a.txt"), 0, 100) == b"alpha"
+    err = stop_server(proc, sftp)
+    assert proc.returncode == 0 and b"over " + str(path).encode() in err, err
+    listener.close()

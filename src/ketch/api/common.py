@@ -73,3 +73,5 @@ class MountInfo(Reply):
     gid_mappings: list[str]
     type: str  # "classic" or "native"
     active: bool | None  # in place in the guest now; None when it cannot be known (not running)
+    # a classic mount's stream to its host side now: "virtio-serial" or "ssh" (None: none runs)
+    transport: str | None = None

@@ -22,6 +22,8 @@ EFI_CODE_NODE = "efi-code"  # UEFI firmware code, read-only (pflash0)
 EFI_VARS_NODE = "efivars"  # the instance's UEFI variables, raw (pflash1)
 MEMORY_NODE = "mem"  # the shared guest memory when native mounts are attached
 AGENT_PORT = "org.ketch.warm.0"  # the warm agent's virtio-serial port (runtime/warm_guest.py)
+AGENT_SERIAL = "warmser0"  # the warm agent's virtio-serial controller
+MOUNT_SERIAL = "mountser0"  # the controller classic mounts' ports are hot-plugged into
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ class QemuConfig:
     incoming: bool = False  # -incoming defer: the state comes over QMP (migrate-incoming)
     dummy_taps: bool = False  # a template: its TAP NICs' backends are empty hub ports
     vmgenid: str | None = None  # a VM generation ID (GUID): a clone's kernel reseeds on a new one
+    # a virtio-serial controller for classic mounts' ports (host/mountport.py); only for an
+    # instance recorded with it (layout.MOUNT_SERIAL): a saved state needs the same devices
+    mount_serial: bool = False
 
 
 def uses_uefi(boot: BootSpec) -> bool:
@@ -121,6 +126,8 @@ def build_argv(cfg: QemuConfig, *, binary: str = QEMU_SYSTEM) -> list[str]:
         "-device", f"virtio-net-pci,netdev=net0,mac={cfg.mac}",
         "-device", "virtio-rng-pci",
     ]
+    if cfg.mount_serial:  # before the TAPs, which come after every other device
+        argv += ["-device", f"virtio-serial-pci,id={MOUNT_SERIAL}"]
     for i, (tap, mac) in enumerate(cfg.taps, 1):  # last: the other devices keep their slots
         netdev = (
             f"hubport,id=net{i},hubid={i}"
@@ -149,8 +156,8 @@ def build_argv(cfg: QemuConfig, *, binary: str = QEMU_SYSTEM) -> list[str]:
         # fmt: off
         argv += [
             "-chardev", f"socket,id=warm0,path={opt(cfg.agent_socket)},server=on,wait=off",
-            "-device", "virtio-serial-pci,id=warmser0",
-            "-device", f"virtserialport,bus=warmser0.0,chardev=warm0,name={AGENT_PORT}",
+            "-device", f"virtio-serial-pci,id={AGENT_SERIAL}",
+            "-device", f"virtserialport,bus={AGENT_SERIAL}.0,chardev=warm0,name={AGENT_PORT}",
         ]
         # fmt: on
     for i, (tag, socket) in enumerate(cfg.shares):

@@ -180,3 +180,22 @@ class WarmStart(Protocol):
         """Start ``spec`` as a clone of the template and hand it its identity; the
         guest agent's warnings.  TemplateError when the template does not load."""
         ...
+
+
+@runtime_checkable
+class MountPorts(Protocol):
+    """A driver that hot-plugs a virtio-serial port per classic mount (the SFTP stream
+    without ssh's crypto; ``runtime/mount_ports.py``).  A backend without it, or an
+    instance without a bus for it, mounts over ssh.
+    """
+
+    async def add_mount_port(
+        self, spec: InstanceSpec, idir: InstanceDir, target: str
+    ) -> Path | None:
+        """Plug the port of the mount at ``target``: its host socket, or None when the
+        instance has no bus for it; KetchError when the hot-plug fails."""
+        ...
+
+    async def remove_mount_port(self, spec: InstanceSpec, idir: InstanceDir, target: str) -> None:
+        """Unplug it again, if it is there; never raises."""
+        ...

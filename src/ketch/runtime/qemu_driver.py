@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ from ketch.model import InstanceSpec, Observation, PidStatus, SnapshotEntry
 from ketch.progress import Reporter
 from ketch.runtime import virtiofs
 from ketch.runtime.driver import SUSPEND_TAG
+from ketch.runtime.mount_ports import MountSerial
 from ketch.runtime.network import ManagedNetwork
-from ketch.runtime.qcow2 import Qcow2Disks, require_base
+from ketch.runtime.qcow2 import require_base
 from ketch.runtime.qemu_monitor import Monitors
 from ketch.runtime.template import Templates, read_record, shape, write_record
 
@@ -43,7 +45,7 @@ def _vm_state_job(job_id: str) -> dict[str, Any]:
     }
 
 
-class QemuDriver(Qcow2Disks, Monitors, Templates):
+class QemuDriver(MountSerial, Monitors, Templates):
     """Runs each instance as one detached ``qemu-system-x86_64``; its disk is a qcow2 file."""
 
     name = "qemu"
@@ -142,7 +144,9 @@ class QemuDriver(Qcow2Disks, Monitors, Templates):
             shares=tuple((s.tag, s.socket) for s in shares),
             taps=taps,
         )
-        return self.warm_config(cfg, idir, resume=loadvm or paused)
+        cfg = self.warm_config(cfg, idir, resume=loadvm or paused)
+        # the mounts' controller when recorded, unless the warm layout (its own bus) is due
+        return replace(cfg, mount_serial=cfg.agent_socket is None and idir.mount_serial.exists())
 
     async def start(
         self, spec: InstanceSpec, idir: InstanceDir, *, accel: str, resume: bool

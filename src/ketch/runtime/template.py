@@ -33,7 +33,7 @@ from ketch.errors import HostCommandError, KetchError, Timeout
 from ketch.host import qemu, qemu_img, qmp
 from ketch.layout import FILE_MODE, InstanceDir, TemplateDir
 from ketch.model import BootSpec, InstanceSpec
-from ketch.runtime import warm_guest
+from ketch.runtime import mount_ports, warm_guest
 
 if TYPE_CHECKING:
     from ketch.runtime.network import ManagedNetwork
@@ -311,6 +311,7 @@ class Templates:
                 idir.disk.unlink(missing_ok=True)
                 raise TemplateError(f"the template did not load: {exc.message}") from exc
             write_record(idir, template=tdir.path.name, shape=True)
+            mount_ports.mark(idir)  # started cold later: with the mounts' controller
             entropy = secrets.token_bytes(warm_guest.ENTROPY_BYTES)
             macs = list(zip(template_macs, [spec.mac, *(mac for _, mac in taps)], strict=True))
             try:

@@ -63,6 +63,7 @@ async def info(ctx: Context, asked: Sequence[str]) -> InfoReply:
             snapshot_count=counts.get(v.name, 0),
             forwards=forwards_uc.rows(ctx, v),
             mounts_active=active,
+            mount_transports=mounts.transports(ctx, v.record.spec),
             launched=warm.launched(ctx.root.instance(v.name)),
         )
         if error:

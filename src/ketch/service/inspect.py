@@ -178,10 +178,13 @@ def id_mapping(m: IdMap) -> str:
 
 
 def mount_entries(
-    spec: InstanceSpec, active: Mapping[str, bool | None] | None = None
+    spec: InstanceSpec,
+    active: Mapping[str, bool | None] | None = None,
+    transports: Mapping[str, str | None] | None = None,
 ) -> dict[str, MountInfo]:
     """``info``'s ``mounts``: each of the spec's mounts by guest path, with ``active`` (in place
-    in the guest; None: unknown) as found by the mounts use case."""
+    in the guest; None: unknown) and a classic one's ``transport`` as found by the mounts
+    use case."""
     return {
         m.target: MountInfo(
             source_path=m.source,
@@ -189,6 +192,7 @@ def mount_entries(
             gid_mappings=[id_mapping(x) for x in m.gid_maps],
             type=m.type.value,
             active=(active or {}).get(m.target),
+            transport=(transports or {}).get(m.target),
         )
         for m in spec.mounts
     }
@@ -206,6 +210,7 @@ def info_entry(
     snapshot_count: int = 0,
     forwards: list[ForwardInfo] | None = None,
     mounts_active: Mapping[str, bool | None] | None = None,
+    mount_transports: Mapping[str, str | None] | None = None,
     launched: str = "cold",
 ) -> InfoEntry:
     """One value of ``ketch info --format json``'s "info" map."""
@@ -223,7 +228,7 @@ def info_entry(
         disks={"vda1": Disk(total=str(disk_total), used=disk_used)},
         load=list(guest.load),
         ipv4=v.ipv4,
-        mounts=mount_entries(spec, mounts_active),
+        mounts=mount_entries(spec, mounts_active, mount_transports),
         snapshot_count=str(snapshot_count),
         created=_stamp(spec.created),
         # ketch's own keys

@@ -283,6 +283,17 @@ async def entries(ctx: Context, spec: InstanceSpec, running: bool) -> dict[str, 
     return out
 
 
+def transports(ctx: Context, spec: InstanceSpec) -> dict[str, str | None]:
+    """Each classic mount's stream to its live host side (``virtio-serial``, ``ssh``), for
+    ``info``; None where none runs."""
+    idir = ctx.root.instance(spec.name)
+    return {
+        m.target: mounts_classic.transport_of(idir, m.target)
+        for m in spec.mounts
+        if m.type is MountType.CLASSIC
+    }
+
+
 async def adopt(ctx: Context, name: str, reporter: Reporter) -> None:
     """A new ketchd's pass over one instance: end strays, restart dead host sides."""
     v = await get(ctx, name)

@@ -1,8 +1,12 @@
 """Classic mounts in place: the detached SFTP supervisor on the host, sshfs in the guest.
 
-:func:`activate` starts (or keeps) one mount's supervisor (``host/sftp``),
-which runs ssh to the guest's ``sshfs -o slave``; it waits until the guest's
-``/proc/mounts`` shows the target.  :func:`deactivate` unmounts in the guest
+:func:`activate` starts (or keeps) one mount's supervisor (``host/sftp``).
+When the driver plugs the mount a virtio-serial port (``MountPorts``: an
+instance recorded with the mounts' controller), the supervisor serves the
+port's host socket and the guest's ``sshfs -o slave`` runs on the port's
+device; otherwise (no bus, a failed hot-plug) the supervisor runs ssh to the
+guest's sshfs, as before.  It waits until the guest's ``/proc/mounts`` shows
+the target.  :func:`deactivate` unmounts in the guest
 when asked to and it can, then ends the supervisor; it never raises.
 :func:`active` says whether both sides are there.  The supervisor is found
 by its pid file (``layout``) and its cmdline, so a new ketchd adopts it.
@@ -12,23 +16,27 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from ketch.errors import GuestError, KetchError
-from ketch.host import procs
+from ketch.host import mountport, procs
 from ketch.host.run import run
 from ketch.host.sftp.launch import (
     guest_argv,
+    guest_port_argv,
     guest_unmount_argv,
     is_supervisor,
     mounted_targets,
     supervisor_argv,
+    transport,
 )
 from ketch.host.ssh.argv import remote_command, ssh_argv
 from ketch.host.ssh.ready import run_in_guest
 from ketch.layout import InstanceDir, mount_key
 from ketch.model import IdMap, InstanceSpec, MountSpec
 from ketch.progress import Reporter
+from ketch.runtime.driver import MountPorts
 from ketch.service import guestlink
 from ketch.service.context import Context
 
@@ -75,6 +83,13 @@ def serves_stale_source(pid: int, source: str) -> bool:
             return False
         return (served.st_dev, served.st_ino) != (now.st_dev, now.st_ino)
     return False
+
+
+def transport_of(idir: InstanceDir, target: str) -> str | None:
+    """How the mount's live supervisor reaches the guest (``virtio-serial``, ``ssh``), or None."""
+    pid = supervisor_pid(idir, target)
+    argv = procs.cmdline(pid) if pid is not None else None
+    return transport(argv) if argv is not None else None
 
 
 def host_side(idir: InstanceDir, mount: MountSpec) -> str | None:
@@ -185,29 +200,34 @@ async def activate(ctx: Context, spec: InstanceSpec, mount: MountSpec, reporter:
     st = os.stat(mount.source)
     uid = uid_maps[0][0] if uid_maps else st.st_uid
     gid = gid_maps[0][0] if gid_maps else st.st_gid
-    ssh = ssh_argv(
-        guestlink.target(ctx.root, spec, mux=False),  # a detached supervisor: its own connection
-        remote_command(guest_argv(mount.target, mount_key(mount.target))),
-        tty=False,
-        batch=True,
-    )
-    argv = supervisor_argv(
-        mount.source,
-        uid=uid,
-        gid=gid,
-        uid_maps=uid_maps,
-        gid_maps=gid_maps,
-        pidfile=str(pidfile),
-        log=str(log),
-        ssh=ssh,
-    )
-    done = await run(argv, timeout=30.0, check=False)
-    if done.returncode != 0:
-        raise KetchError(
-            f"cannot start the host side of {mount.source} => {mount.target}: "
-            + (_log_tail(log) or done.stderr.decode("utf-8", "replace").strip()),
-            hint=f"see {log}",
+
+    def argv(*, ssh: list[str] | None = None, connect: str | None = None) -> list[str]:
+        return supervisor_argv(
+            mount.source,
+            uid=uid,
+            gid=gid,
+            uid_maps=uid_maps,
+            gid_maps=gid_maps,
+            pidfile=str(pidfile),
+            log=str(log),
+            ssh=ssh or (),
+            connect=connect,
         )
+
+    if not await _start_over_port(ctx, spec, mount, lambda sock: argv(connect=sock)):
+        ssh = ssh_argv(
+            guestlink.target(ctx.root, spec, mux=False),  # a detached supervisor: its own link
+            remote_command(guest_argv(mount.target, mount_key(mount.target))),
+            tty=False,
+            batch=True,
+        )
+        done = await run(argv(ssh=ssh), timeout=30.0, check=False)
+        if done.returncode != 0:
+            raise KetchError(
+                f"cannot start the host side of {mount.source} => {mount.target}: "
+                + (_log_tail(log) or done.stderr.decode("utf-8", "replace").strip()),
+                hint=f"see {log}",
+            )
     loop = asyncio.get_running_loop()
     deadline = loop.time() + MOUNT_WAIT
     while True:
@@ -216,12 +236,68 @@ async def activate(ctx: Context, spec: InstanceSpec, mount: MountSpec, reporter:
             return
         if supervisor_pid(idir, mount.target) is None or loop.time() > deadline:
             end_supervisor(idir, mount.target)
+            await _unplug(ctx, spec, mount)
             raise KetchError(
                 f"{mount.source} was not mounted at {mount.target} in {spec.name}"
                 + (f": {tail}" if (tail := _log_tail(log)) else ""),
                 hint=f"see {log}",
             )
         await asyncio.sleep(0.3)
+
+
+def _note(log: Path, text: str) -> None:
+    with log.open("ab") as f:
+        f.write(f"ketch: {text}\n".encode())
+
+
+async def _unplug(ctx: Context, spec: InstanceSpec, mount: MountSpec) -> None:
+    """The mount's virtio-serial port out of the VM, if it has one (never raises)."""
+    if isinstance(ctx.driver, MountPorts):
+        await ctx.driver.remove_mount_port(spec, ctx.root.instance(spec.name), mount.target)
+
+
+async def _start_over_port(
+    ctx: Context, spec: InstanceSpec, mount: MountSpec, argv: Callable[[str], list[str]]
+) -> bool:
+    """Start the mount over a virtio-serial port: plug it, start the supervisor on its
+    socket (``argv``), start sshfs in the guest on it.  False (said in the mount's log,
+    nothing left behind) when there is no port for it or a step fails: then over ssh."""
+    driver, idir = ctx.driver, ctx.root.instance(spec.name)
+    log = idir.mount_log(mount.target)
+    if not isinstance(driver, MountPorts):
+        return False
+    try:
+        socket = await driver.add_mount_port(spec, idir, mount.target)
+    except KetchError as exc:
+        _note(log, f"no virtio-serial port ({exc.message}): the mount goes over ssh")
+        return False
+    if socket is None:
+        _note(log, "this instance has no virtio-serial bus for mounts: the mount goes over ssh")
+        return False
+    started = False
+    try:
+        done = await run(argv(str(socket)), timeout=30.0, check=False)
+        if done.returncode == 0:
+            key = mount_key(mount.target)
+            guest = await run_in_guest(
+                guestlink.target(ctx.root, spec),
+                guest_port_argv(mount.target, key, mountport.port_name(key)),
+                timeout=60.0,
+            )
+            with log.open("ab") as f:
+                f.write(guest.stderr)
+            started = guest.returncode == 0
+        _note(
+            log,
+            f"{mount.source} => {mount.target} over virtio-serial"
+            if started
+            else "the virtio-serial port did not work: the mount goes over ssh",
+        )
+    finally:
+        if not started:  # failed, or raised (the guest unreachable): nothing left behind
+            end_supervisor(idir, mount.target)
+            await driver.remove_mount_port(spec, idir, mount.target)
+    return started
 
 
 async def deactivate(
@@ -242,6 +318,7 @@ async def deactivate(
         end_supervisor(idir, mount.target)
     except Exception as exc:
         reporter.warn(f"could not end the host side of {mount.target}: {exc}")
+    await _unplug(ctx, spec, mount)  # before a suspend too: a saved state carries no port
 
 
 def active(ctx: Context, spec: InstanceSpec, mount: MountSpec, mounted: set[str] | None) -> bool:

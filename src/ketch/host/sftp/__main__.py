@@ -10,7 +10,9 @@ so a ``kill -9`` of it leaves nothing behind.  ``--pidfile P [--log L]``
 detaches first (a new session; the first process exits once P is written;
 stdout and stderr appended to L): that is how ketchd starts it.  ``--fd N``
 instead of ``-- SSH…`` serves an inherited descriptor (the tests' raw SFTP
-client); the server is forked and confined the same way.
+client); the server is forked and confined the same way.  ``--connect SOCKET``
+instead serves a unix socket it connects to first: the host end of the mount's
+virtio-serial port (QEMU's chardev), whose guest end sshfs reads and writes.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--uid-map", type=_idmap, action="append", default=[])
     parser.add_argument("--gid-map", type=_idmap, action="append", default=[])
     parser.add_argument("--fd", type=int, help="serve this inherited descriptor")
+    parser.add_argument("--connect", help="serve this unix socket (a virtio-serial port's)")
     parser.add_argument("--pidfile", help="detach, and write the supervisor's pid here")
     parser.add_argument("--log", help="with --pidfile: append stdout and stderr here")
     return parser
@@ -108,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         cut = raw.index("--")
         raw, command = raw[:cut], raw[cut + 1 :]
     args = _parser().parse_args(raw)
-    if not command and args.fd is None:
-        _parser().error("give the ssh command after --, or --fd")
+    if not command and args.fd is None and args.connect is None:
+        _parser().error("give the ssh command after --, or --fd, or --connect")
     if not os.path.isdir(args.source):
         sys.stderr.write(f"ketch sftp: {args.source} is not a directory\n")
         return 2
@@ -125,6 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
+    if args.connect is not None:
+        port = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            port.connect(args.connect)
+        except OSError as exc:
+            sys.stderr.write(f"ketch sftp: cannot connect to {args.connect}: {exc}\n")
+            return 2
+        sys.stderr.write(f"ketch sftp: serving {args.source} over {args.connect}\n")
+        sys.stderr.flush()
+        args.fd = port.detach()
     if args.fd is not None:
         children.append(_fork_server(args.fd, args))
         os.close(args.fd)

@@ -6,6 +6,10 @@ finds it again by that pid file and :func:`is_supervisor` on its cmdline.
 The guest side runs as root through ``sudo``: it loads ``fuse``, lazily
 unmounts a dead sshfs left at the target, creates the target and runs
 ``sshfs -o slave`` on the SFTP stream ssh carries (:data:`SSHFS_OPTIONS`).
+Over a virtio-serial port instead (``host/mountport.py``), the supervisor
+connects to the port's host socket and the guest's script
+(:func:`guest_port_argv`) starts sshfs in the background on the port's
+``/dev/vportNpM``, found by its name (:data:`PORT_LOOKUP`).
 """
 
 from __future__ import annotations
@@ -57,6 +61,39 @@ GUEST_SCRIPT = (
 )
 
 
+#: Sets ``d`` to the device (``vportNpM``) of the virtio-serial port named $3, waiting a
+#: little for a port just plugged in (no udev needed: sysfs and devtmpfs).  ``{sysfs}`` is
+#: /sys/class/virtio-ports and ``{tries}`` 20 (half a second apart) in the guest.
+PORT_LOOKUP = (
+    'd=""; i=0; while [ -z "$d" ] && [ $i -lt {tries} ]; do '
+    'for n in {sysfs}/*/name; do [ -f "$n" ] && [ "$(cat "$n")" = "$3" ] && '
+    'd=$(basename "$(dirname "$n")"); done; '
+    '[ -n "$d" ] || sleep 0.5; i=$((i + 1)); done; '
+)
+
+#: The guest's script over a virtio-serial port: $1 the target, $2 its key, $3 the port's
+#: name.  sshfs runs in the background (its own session; stderr in /run/ketch-mount-KEY.log)
+#: with stdin and stdout on the port, opened once (a port takes one opener: EBUSY); its pid
+#: in /run/ketch-mount-KEY.pid, as over ssh.
+GUEST_PORT_SCRIPT = (
+    "modprobe fuse 2>/dev/null; "
+    + CLEAR_SCRIPT
+    + PORT_LOOKUP.format(sysfs="/sys/class/virtio-ports", tries=20)
+    + 'if [ -z "$d" ] || [ ! -c "/dev/$d" ]; then echo "ketch-mount: no port $3" >&2; exit 4; fi; '
+    + 'mkdir -p -- "$1" || exit 5; '
+    + 'echo "ketch-mount: $(date +%T) mounting $1 over /dev/$d" >&2; '
+    + 'l="/run/ketch-mount-$2.log"; s=""; command -v setsid >/dev/null && s=setsid; '
+    + "$s sshfs -o "
+    + ",".join(SSHFS_OPTIONS)
+    + ' :/ "$1" 0<>"/dev/$d" 1>&0 2>>"$l" & echo $! > "/run/ketch-mount-$2.pid"'
+)
+
+
+def guest_port_argv(target: str, key: str, port: str) -> list[str]:
+    """The guest's command for one mount over the virtio-serial port named ``port``."""
+    return ["sudo", "-n", "sh", "-c", GUEST_PORT_SCRIPT, "ketch-mount", target, key, port]
+
+
 def guest_argv(target: str, key: str) -> list[str]:
     """The guest's command for one mount at ``target`` (an absolute guest path; ``key``
     names its pid file in the guest: ``layout.mount_key``)."""
@@ -77,16 +114,25 @@ def supervisor_argv(
     gid_maps: Sequence[tuple[int, int]],
     pidfile: str,
     log: str,
-    ssh: Sequence[str],
+    ssh: Sequence[str] = (),
+    connect: str | None = None,
     python: str = sys.executable,
 ) -> list[str]:
-    """The detached supervisor's argv: it writes ``pidfile`` and logs to ``log``."""
+    """The detached supervisor's argv: it writes ``pidfile`` and logs to ``log``; it runs
+    ``ssh``, or with ``connect`` serves that socket (a virtio-serial port's host end)."""
     argv = [python, "-m", MODULE, source, "--uid", str(uid), "--gid", str(gid)]
     for host, guest in uid_maps:
         argv += ["--uid-map", f"{host}:{guest}"]
     for host, guest in gid_maps:
         argv += ["--gid-map", f"{host}:{guest}"]
-    return [*argv, "--pidfile", pidfile, "--log", log, "--", *ssh]
+    argv += ["--pidfile", pidfile, "--log", log]
+    return [*argv, "--connect", connect] if connect is not None else [*argv, "--", *ssh]
+
+
+def transport(cmdline: Sequence[str]) -> str:
+    """Which stream a supervisor's argv serves: ``virtio-serial`` or ``ssh``."""
+    head = list(cmdline[: cmdline.index("--")]) if "--" in cmdline else list(cmdline)
+    return "virtio-serial" if "--connect" in head else "ssh"
 
 
 def is_supervisor(cmdline: Sequence[str], pidfile: str) -> bool:
