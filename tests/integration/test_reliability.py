@@ -8,6 +8,7 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 
 import pytest
@@ -210,3 +211,33 @@ def test_doctor_reconciles_snapshot_tags_and_metadata(ketch: Ketch, vm: str) -> 
     assert "by-hand" in ketch.tags(vm)  # and its data kept
     assert doctor(ketch, vm) == (0, [])
     ketch.run("start", vm)
+
+
+def test_doctor_powers_off_a_booting_guest_whose_monitor_is_gone(ketch: Ketch) -> None:
+    """The chaos walk's seed 1807 step 559: a start cut off by a daemon kill leaves the
+    guest booting on its own; its QMP socket deleted, doctor --fix must still power it
+    off, asking again once the guest's SSH is up (one early try left it running)."""
+    name = unique("booting")
+    ketch.run("launch", "tiny", "--name", name, "--memory", "512M")
+    ketch.run("stop", name)
+    idir = ketch.root / "instances" / name
+    starting = subprocess.Popen(
+        [*ketch.prefix, sys.executable, "-m", "ketch.cli.main", "start", name],
+        env=ketch.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120  # a bound against a hang
+        while not (idir / "qmp.sock").exists():
+            assert time.monotonic() < deadline, "QEMU did not start"
+            time.sleep(0.02)
+        ketch.kill_daemon()  # the start is cut off; the guest boots on
+        (idir / "qmp.sock").unlink()
+    finally:
+        starting.wait(timeout=120)
+    _, found = doctor(ketch, "--fix")
+    fixed = {f["code"]: f for f in found}
+    assert fixed["qmp-unresponsive"]["fixed"], fixed["qmp-unresponsive"]
+    assert ketch.state(name) == "Stopped"
+    ketch.run("start", name)
+    assert ketch.state(name) == "Running"
+    ketch.run("delete", "--purge", name)

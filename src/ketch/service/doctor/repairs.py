@@ -7,6 +7,7 @@ was done (or raises :class:`~ketch.errors.KetchError` saying why not).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from ketch.service.context import Context
 from ketch.service.doctor.finding import Repair
 
 POWEROFF_TIMEOUT = 60.0
+POWEROFF_RETRY = 5.0  # seconds between two asks while the guest does not power off
 MIN_FREE = 64 * 1024 * 1024  # below this, a guest paused by ENOSPC would pause again
 
 
@@ -119,12 +121,23 @@ def kill(ctx: Context, spec: InstanceSpec, idir: InstanceDir) -> Repair:
 
 
 def poweroff(ctx: Context, spec: InstanceSpec, idir: InstanceDir) -> Repair:
+    """Power the guest off over SSH (its monitor does not answer); asked again every
+    :data:`POWEROFF_RETRY` seconds while QEMU lives: a guest still booting has no SSH yet,
+    and one try would leave it running (the chaos walk, seed 1807 step 559)."""
+
     async def repair() -> str:
         target = guestlink.target(ctx.root, spec)
-        await ssh.run_in_guest(target, ["sudo", "-n", "poweroff"], timeout=30.0)
         pid = procs.read_pidfile(idir.pidfile)
         deadline = time.monotonic() + POWEROFF_TIMEOUT
+        asked = 0.0  # when poweroff was last asked for
         while pid and procs.alive(pid) and time.monotonic() < deadline:
+            if time.monotonic() - asked >= POWEROFF_RETRY:
+                asked = time.monotonic()
+                left = max(1.0, deadline - asked)
+                with contextlib.suppress(KetchError):  # (a timeout: tried again)
+                    await ssh.run_in_guest(
+                        target, ["sudo", "-n", "poweroff"], timeout=min(30.0, left)
+                    )
             await asyncio.sleep(0.2)
         if pid and procs.alive(pid):
             raise KetchError("the guest did not power off; 'ketch stop --force' ends it")
