@@ -1176,6 +1176,10 @@ class Walk:
     def checkpoint(self, label: str) -> None:
         """`doctor --fix`, then everything must be consistent."""
         self.checkpoints += 1
+        # The disk the walk filled is freed first, as a user would before repairs (doctor
+        # cannot record a repair in a full root: seed 1807 step 579, filled at the
+        # checkpoint's own step)
+        self.release_filler()
         chaos_mounts.restore(self, all_of_them=True)
         if self.cfg.warm:
             chaos_warm.restore(self)
