@@ -18,10 +18,10 @@ template-away         the whole template directory is removed while instances ma
                       without it
 ====================  ============================================================
 
-Before each checkpoint a template damaged or removed is made again (``image
-warm``, which must succeed).  The summary counts launches by how they started
-(``info``'s ``launched``): a warm walk whose launches were all cold would test
-nothing of this.
+Before each checkpoint a template damaged, removed or pruned (the image faults'
+``image prune --days 0``) is made again (``image warm``, which must succeed).
+The summary counts launches by how they started (``info``'s ``launched``): a
+warm walk whose launches were all cold would test nothing of this.
 """
 
 from __future__ import annotations
@@ -137,11 +137,14 @@ def _damage(tdir: Path, how: str) -> None:
 
 
 def restore(walk: Walk) -> None:
-    """Before a checkpoint: make the template again if a fault hit it."""
+    """Before a checkpoint: make the template again if a fault hit it, or if none is
+    there (the image faults' ``image prune --days 0`` takes templates too)."""
     st = _state(walk)
     if st.damaged_at is not None:
         make(walk, f"after the fault at step {st.damaged_at}")
-        st.damaged_at = None
+    elif not any((t / RECORD).exists() for t in templates(walk)):
+        make(walk, "none is there (pruned, or a rebuild that failed)")
+    st.damaged_at = None
 
 
 def summary(walk: Walk) -> dict[str, Any]:
