@@ -103,8 +103,10 @@ def _end_dnsmasq(root: Path) -> None:
 
 
 def managed_ip(k: Ketch, name: str) -> str:
+    """The managed address: first in ``info``'s ipv4 list, the user-mode one after it
+    (then any other NIC's the guest has)."""
     ipv4 = k.info(name)["ipv4"]
-    assert len(ipv4) == 2 and ipv4[1] == "10.0.2.15", ipv4
+    assert len(ipv4) >= 2 and ipv4[1] == "10.0.2.15", ipv4
     return str(ipv4[0])
 
 

@@ -79,6 +79,9 @@ def test_tiny_manual_nic_bridged_later_and_the_ssh_endpoint(
         (added,) = set(after) - set(before)
         assert any(x.startswith("192.168.251.") for x in after[added]), after
         assert after[manual] == set() and managed_ip(nsk, a) == ip_a
+        # list shows the bridged NIC's address too: every address the guest has
+        listed = next(e for e in nsk.json("list")["list"] if e["name"] == a)["ipv4"]
+        assert any(x.startswith("192.168.251.") for x in listed), listed
 
         # the managed NIC's TAP gone under the guest: exec falls back to the loopback port
         tap = nsk.ns_run("ip", "-br", "link", "show", "master", "ketch0").stdout.split()[0]

@@ -696,7 +696,7 @@ def test_wait_ready_port_that_sends_no_banner() -> None:
         async with server:
             await ssh.wait_ready(target, timeout=1.0, reporter=NULL)
 
-    with pytest.raises(Timeout, match="before an SSH banner"):
+    with pytest.raises(Timeout, match=r"before an SSH banner|sent no banner"):  # (load decides)
         asyncio.run(main())
 
 
