@@ -140,3 +140,29 @@ def test_guest_problems_are_the_unmounted_ones_the_host_side_did_not_explain(
     assert found.code is IC.MOUNT_DEAD and found.mount == "/mnt/b"
     assert "no longer has it mounted" in found.message
     assert mounts_health.guest_problems(s, {"/mnt/b": None}, ()) == []
+
+
+def test_a_supervisor_on_its_way_out_is_still_found(idir: InstanceDir, share: Path) -> None:
+    """Its ssh ending ends the supervisor: until the process has gone, its pid file names it
+    (a pid file it removed before exiting had ``stop --force`` leave it running, in CI),
+    and ending it then removes the file."""
+    if os.geteuid() != 0:
+        pytest.skip("the server's confinement needs root")
+    pidfile, log = idir.mount_pidfile(TARGET), idir.mount_log(TARGET)
+    argv = supervisor_argv(
+        str(share), uid=os.getuid(), gid=os.getgid(), uid_maps=[], gid_maps=[],
+        pidfile=str(pidfile), log=str(log), ssh=["sleep", "1"],
+    )  # fmt: skip
+    subprocess.run(argv, check=True, timeout=60)
+    pid = procs.read_pidfile(pidfile)
+    assert pid is not None
+    deadline, looks = time.monotonic() + 60, 0
+    while procs.cmdline(pid):
+        found = mounts_classic.supervisor_pid(idir, TARGET)
+        if found is None:  # said "gone": then it is
+            assert not procs.cmdline(pid), "the supervisor runs but its pid file lost it"
+        assert time.monotonic() < deadline, log.read_text()
+        looks += 1
+    assert looks > 0 and pidfile.exists()
+    mounts_classic.end_supervisor(idir, TARGET)
+    assert not pidfile.exists()
