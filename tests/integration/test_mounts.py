@@ -3,8 +3,8 @@
 One instance, launched with ``--mount``, walks through the tests in order:
 the host's file in the guest and the guest's write on the host (owned by the
 share's non-root owner), ``info`` (table and JSON), the stream on the
-instance's virtio-serial port (no ssh carries it), a ``kill -9`` of ketchd,
-suspend/resume, stop/start, ``umount`` and ``mount`` on a running instance,
+instance's virtio-serial port (no ssh carries it), its read-ahead raised, a
+``kill -9`` of ketchd, suspend/resume, stop/start, ``umount`` and ``mount`` on a running instance,
 the refusals, and a hostile share (symlinks out of it, from the host and from
 the guest) that shows nothing of the host.  Nothing of a mount's host side
 outlives ``stop --force`` or ``delete --purge``.  Last, with its record of the
@@ -25,6 +25,7 @@ import pytest
 from ketchcli import Ketch, unique
 
 from ketch.host import procs
+from ketch.host.sftp.launch import READ_AHEAD_KB
 
 pytestmark = [
     pytest.mark.vm,
@@ -150,6 +151,19 @@ def test_the_stream_is_a_virtio_serial_port_not_ssh(ketch: Ketch, mvm: str) -> N
     # the guest's sshfs reads and writes the port's device, not a pipe from sshd
     ports = ketch.exec(mvm, "sudo", "sh", "-c", "ls -l /proc/$(cat /run/ketch-mount-*.pid)/fd/0")
     assert "/dev/vport" in ports, ports
+
+
+def read_ahead(ketch: Ketch, name: str, target: str) -> int:
+    """The guest's read-ahead, in KiB, of the sshfs at ``target`` (its FUSE device's)."""
+    script = (
+        f"d=$(awk '$5 == \"{target}\" && / - fuse\\.sshfs / {{ print $3 }}' "
+        "/proc/self/mountinfo); cat /sys/class/bdi/$d/read_ahead_kb"
+    )
+    return int(ketch.exec(name, "sh", "-c", script))
+
+
+def test_the_mount_reads_ahead_further_than_the_kernels_default(ketch: Ketch, mvm: str) -> None:
+    assert read_ahead(ketch, mvm, TARGET) == READ_AHEAD_KB > 128
 
 
 def test_nothing_outside_the_share_is_seen_from_the_guest(ketch: Ketch, mvm: str) -> None:
@@ -372,5 +386,6 @@ def test_an_instance_without_the_controller_mounts_over_ssh(
     assert ketch.info(mvm)["mounts"][TARGET]["transport"] == "ssh"
     assert any(Path(a[0]).name == "ssh" for a in stream_children(ketch, mvm))
     assert guest_read(ketch, mvm, f"{TARGET}/hello.txt") == "hello from the host\n"
+    assert read_ahead(ketch, mvm, TARGET) == READ_AHEAD_KB  # a new mount: tuned again
     ketch.exec(mvm, "sh", "-c", f"echo over-ssh > {TARGET}/over-ssh.txt")
     assert (share / "over-ssh.txt").stat().st_uid == OWNER

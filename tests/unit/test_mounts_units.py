@@ -7,6 +7,7 @@ check against a /proc/mounts text, the validation looks at real directories.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,15 @@ from ketch.cli.output import mounts_text
 from ketch.cli.verbs_mounts import launch_mount, parse_targets, split_target
 from ketch.errors import EXIT_FAILED, EXIT_USAGE, InvalidArgument, KetchError
 from ketch.host.sftp.launch import (
+    READ_AHEAD_KB,
     SSHFS_OPTIONS,
+    escape_mount_path,
     guest_argv,
+    guest_tune_argv,
     is_supervisor,
     mounted_targets,
     supervisor_argv,
+    tune_script,
 )
 from ketch.host.ssh.argv import remote_command
 from ketch.layout import InstanceDir, mount_key
@@ -161,3 +166,36 @@ def test_info_lines_as_multipass() -> None:
         " " * 16 + "    GID map: 1000:default",
         " " * 16 + "/srv/x           => /opt/x (native) (not active)",
     ]
+
+
+# /proc/self/mountinfo of a tiny guest with two classic mounts, one at "/mnt/my share".
+MOUNTINFO = Path(__file__).parent / "data" / "mountinfo-tiny-sshfs.txt"
+
+
+@pytest.mark.parametrize(("target", "dev"), [("/mnt/my share", "0:25"), ("/mnt/plain", "0:26")])
+def test_the_tune_script_raises_the_read_ahead_of_that_mount_only(
+    tmp_path: Path, target: str, dev: str
+) -> None:
+    bdi = tmp_path / "bdi"
+    for name in ("0:25", "0:26", "254:0"):
+        (bdi / name).mkdir(parents=True)
+        (bdi / name / "read_ahead_kb").write_text("128\n")
+    argv = guest_tune_argv(target)
+    assert argv[:4] == ["sudo", "-n", "sh", "-c"] and argv[-1] == str(READ_AHEAD_KB)
+    script = tune_script(mountinfo=str(MOUNTINFO), bdi=str(bdi))
+    done = subprocess.run(["sh", "-c", script, *argv[5:]], capture_output=True, timeout=10)
+    assert done.returncode == 0 and done.stderr == b""
+    got = {d.name: (d / "read_ahead_kb").read_text().strip() for d in bdi.iterdir()}
+    assert got == {n: str(READ_AHEAD_KB) if n == dev else "128" for n in got}
+
+
+def test_the_tune_script_says_when_there_is_no_such_mount(tmp_path: Path) -> None:
+    script = tune_script(mountinfo=str(MOUNTINFO), bdi=str(tmp_path))
+    args = guest_tune_argv("/mnt/other")[5:]
+    done = subprocess.run(["sh", "-c", script, *args], capture_output=True, timeout=10)
+    assert b"no sshfs at /mnt/other" in done.stderr
+
+
+def test_mount_paths_are_escaped_as_the_kernel_does() -> None:
+    assert escape_mount_path("/mnt/my share\tx\\y") == "/mnt/my\\040share\\011x\\134y"
+    assert mounted_targets(f":/ {escape_mount_path('/a b')} fuse.sshfs rw 0 0") == {"/a b"}

@@ -6,8 +6,9 @@ instance recorded with the mounts' controller), the supervisor serves the
 port's host socket and the guest's ``sshfs -o slave`` runs on the port's
 device; otherwise (no bus, a failed hot-plug) the supervisor runs ssh to the
 guest's sshfs, as before.  It waits until the guest's ``/proc/mounts`` shows
-the target.  :func:`deactivate` unmounts in the guest
-when asked to and it can, then ends the supervisor; it never raises.
+the target, then raises the mount's read-ahead there (``READ_AHEAD_KB``).
+:func:`deactivate` unmounts in the guest when asked to and it can, then ends the
+supervisor; it never raises.
 :func:`active` says whether both sides are there.  The supervisor is found
 by its pid file (``layout``) and its cmdline, so a new ketchd adopts it.
 """
@@ -25,6 +26,7 @@ from ketch.host.run import run
 from ketch.host.sftp.launch import (
     guest_argv,
     guest_port_argv,
+    guest_tune_argv,
     guest_unmount_argv,
     is_supervisor,
     mounted_targets,
@@ -233,6 +235,7 @@ async def activate(ctx: Context, spec: InstanceSpec, mount: MountSpec, reporter:
     while True:
         mounted = await guest_mounts(ctx, spec)
         if mounted is not None and mount.target in mounted:
+            await _tune(ctx, spec, mount)
             return
         if supervisor_pid(idir, mount.target) is None or loop.time() > deadline:
             end_supervisor(idir, mount.target)
@@ -243,6 +246,21 @@ async def activate(ctx: Context, spec: InstanceSpec, mount: MountSpec, reporter:
                 hint=f"see {log}",
             )
         await asyncio.sleep(0.3)
+
+
+async def _tune(ctx: Context, spec: InstanceSpec, mount: MountSpec) -> None:
+    """The mount's read-ahead raised in the guest (``READ_AHEAD_KB``); a failure is only
+    noted in its log: the mount works without it, only slower to read."""
+    log = ctx.root.instance(spec.name).mount_log(mount.target)
+    try:
+        done = await run_in_guest(
+            guestlink.target(ctx.root, spec), guest_tune_argv(mount.target), timeout=20.0
+        )
+    except KetchError as exc:
+        _note(log, f"the read-ahead was not raised: {exc.message}")
+        return
+    if done.returncode != 0 or done.stderr:
+        _note(log, "the read-ahead was not raised: " + done.stderr.decode("utf-8", "replace"))
 
 
 def _note(log: Path, text: str) -> None:

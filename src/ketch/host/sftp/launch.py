@@ -89,6 +89,46 @@ GUEST_PORT_SCRIPT = (
 )
 
 
+#: The read-ahead of a mount's FUSE device in the guest, in KiB (the kernel's default
+#: is 128).  Under TCG the guest's CPU bounds a classic mount's reads: every request
+#: costs the guest a round of virtio and FUSE work, and 128 KiB requests kept it busy
+#: with that rather than with data (a 64 MiB read: 7.9 s at 128 KiB, 4.3 s at 4 MiB,
+#: the guest's CPU at 100% both times; docs/benchmarks.md).  The kernel starts a
+#: window small and grows it on sequential reads only, so random reads are not hurt.
+READ_AHEAD_KB = 4096
+
+
+#: Sets the read-ahead of the sshfs mounted at $1 (as /proc/self/mountinfo spells it:
+#: octal escapes; through the environment, which awk takes as it is, where ``-v`` would
+#: undo the escapes) to $2 KiB; says on stderr when there is no such mount.
+def tune_script(mountinfo: str = "/proc/self/mountinfo", bdi: str = "/sys/class/bdi") -> str:
+    """The script that sets the read-ahead (the guest's files, or a test's)."""
+    return (
+        f'd=$(T="$1" awk \'$5 == ENVIRON["T"] && / - fuse\\.sshfs / {{ d = $3 }} '
+        f"END {{ print d }}' {mountinfo}); "
+        f'if [ -n "$d" ] && [ -w "{bdi}/$d/read_ahead_kb" ]; then '
+        f'echo "$2" > "{bdi}/$d/read_ahead_kb"; '
+        'else echo "ketch-mount: no sshfs at $1 to tune" >&2; fi'
+    )
+
+
+TUNE_SCRIPT = tune_script()
+
+
+def escape_mount_path(path: str) -> str:
+    """A path as /proc/mounts and mountinfo spell it (space, tab, newline, backslash as
+    octal escapes; :func:`_unescape` undoes it)."""
+    return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in path)
+
+
+def guest_tune_argv(target: str) -> list[str]:
+    """Raise the read-ahead of the sshfs mounted at ``target`` to :data:`READ_AHEAD_KB`."""
+    return [
+        "sudo", "-n", "sh", "-c", TUNE_SCRIPT, "ketch-mount-tune",
+        escape_mount_path(target), str(READ_AHEAD_KB),
+    ]  # fmt: skip
+
+
 def guest_port_argv(target: str, key: str, port: str) -> list[str]:
     """The guest's command for one mount over the virtio-serial port named ``port``."""
     return ["sudo", "-n", "sh", "-c", GUEST_PORT_SCRIPT, "ketch-mount", target, key, port]
