@@ -384,6 +384,7 @@ def test_an_instance_without_the_controller_mounts_over_ssh(
     argv = next(a for a in qemu if a and "qemu-system" in a[0] and f"ketch-{mvm}," in " ".join(a))
     assert not any(a.startswith("virtio-serial-pci") for a in argv)
     assert ketch.info(mvm)["mounts"][TARGET]["transport"] == "ssh"
+    assert f"=> {TARGET} (over ssh)" in ketch.run("info", mvm).stdout
     assert any(Path(a[0]).name == "ssh" for a in stream_children(ketch, mvm))
     assert guest_read(ketch, mvm, f"{TARGET}/hello.txt") == "hello from the host\n"
     assert read_ahead(ketch, mvm, TARGET) == READ_AHEAD_KB  # a new mount: tuned again

@@ -150,6 +150,15 @@ def test_info_lines_as_multipass() -> None:
             gid_mappings=["1000:default"],
             type="classic",
             active=True,
+            transport="virtio-serial",
+        ),
+        "/mnt/slow": m.MountInfo(
+            source_path="/srv/y",
+            uid_mappings=[],
+            gid_mappings=[],
+            type="classic",
+            active=True,
+            transport="ssh",
         ),
         "/opt/x": m.MountInfo(
             source_path="/srv/x",
@@ -164,6 +173,7 @@ def test_info_lines_as_multipass() -> None:
         "/home/me/project => /mnt/share",
         " " * 16 + "    UID map: 1000:default",
         " " * 16 + "    GID map: 1000:default",
+        " " * 16 + "/srv/y           => /mnt/slow (over ssh)",
         " " * 16 + "/srv/x           => /opt/x (native) (not active)",
     ]
 

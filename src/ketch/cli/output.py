@@ -362,14 +362,17 @@ def doctor_output(findings: list[m.Finding], *, fixed: bool) -> str:
 def mounts_text(mounts: dict[str, m.MountInfo]) -> str:
     """``info``'s Mounts value as Multipass prints it: ``SOURCE => TARGET`` (sources padded
     to one width), each followed by its ``UID map:`` and ``GID map:`` lines; ketch adds
-    ``(native)`` and ``(not active)`` where they apply."""
+    ``(native)``, ``(not active)`` and ``(over ssh)`` (a classic mount without its
+    virtio-serial port: slower) where they apply."""
     if not mounts:
         return "--"
     width = max(len(x.source_path) for x in mounts.values())
     lines = []
     for target, x in mounts.items():
-        notes = (" (native)" if x.type == "native" else "") + (
-            " (not active)" if x.active is False else ""
+        notes = (
+            (" (native)" if x.type == "native" else "")
+            + (" (not active)" if x.active is False else "")
+            + (" (over ssh)" if x.transport == "ssh" else "")
         )
         lines.append(f"{x.source_path:<{width}} => {target}{notes}")
         if x.uid_mappings:
