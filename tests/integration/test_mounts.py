@@ -367,6 +367,12 @@ def test_clone_copies_the_mounts_only_when_asked(ketch: Ketch, mvm: str) -> None
         mounts = ketch.info(mvm)["mounts"]
         assert TARGET in mounts
         assert ketch.info(with_mounts)["mounts"] == mounts
+        # the clone has the mounts' controller too: its mount goes over its own port
+        assert (ketch.root / "instances" / with_mounts / "mount-serial").exists()
+        ketch.run("start", with_mounts)
+        mine = ketch.info(with_mounts)["mounts"][TARGET]
+        assert mine["active"] is True and mine["transport"] == "virtio-serial", mine
+        assert guest_read(ketch, with_mounts, f"{TARGET}/hello.txt") == "hello from the host\n"
     finally:
         ketch.run("delete", "--purge", plain, with_mounts, check=False)
     ketch.run("start", mvm)
