@@ -300,7 +300,7 @@ class Bench:
         import dataclasses
 
         from ketch.client import q
-        from ketch.model import SshTarget
+        from ketch.sshtarget import SshTarget
 
         doc = self.client().get(f"/v1/instances/{q(name)}/ssh")
         keys = {f.name for f in dataclasses.fields(SshTarget)}  # the reply also lists mounts
@@ -542,7 +542,7 @@ class RawVm:
         subprocess.run(self.argv(loadvm=loadvm), check=True, capture_output=True)
 
     def target(self) -> Any:
-        from ketch.model import SshTarget
+        from ketch.sshtarget import SshTarget
 
         return SshTarget(
             name=self.name,

@@ -19,7 +19,9 @@ classic >= 0.9x raw sshfs's throughput, i.e. time ratio classic/sshfs <= 1.11;
 Multipass's classic mounts run at 0.04x the guest's disk (#1759), ketch's
 should be >= 5x that (0.2x the disk), i.e. time ratio classic/disk <= 5.
 
-Usage: .venv/bin/python bench/mounts.py [--runs N]
+Usage: .venv/bin/python bench/mounts.py [--runs N] [--workloads write,read,untar]
+(without ``write``, the read's 256 MiB files are made untimed: on the host for the
+two sshfs directories, with ``dd`` in the guest for its disk)
 """
 
 from __future__ import annotations
@@ -58,7 +60,11 @@ def make_tar(path: Path) -> None:
 
 def main() -> None:
     p = arg_parser(__doc__, runs=3)
+    p.add_argument("--workloads", default="write,read,untar", help="which, comma-separated")
     args = p.parse_args()
+    workloads = args.workloads.split(",")
+    if not workloads or not set(workloads) <= {"write", "read", "untar"}:
+        p.error("--workloads takes write, read and untar, comma-separated")
     with fresh_bench("kbm-") as b:
         b.prime_accel()
         b.ensure_image()
@@ -133,9 +139,16 @@ def main() -> None:
             guest(f"rm -rf {d}/tree")
             return timed(f"tar -xf /var/tmp/tree.tar -C {d}")
 
+        if "read" in workloads and "write" not in workloads:
+            for host_dir in (src, raw):
+                with (host_dir / "big").open("wb") as out:
+                    for _ in range(SIZE_MIB):
+                        out.write(os.urandom(2**20))
+            guest(f"dd if=/dev/urandom of={dirs['disk']}/big bs=1M count={SIZE_MIB} 2>/dev/null")
         results: dict[str, Any] = {}
         rows = []
-        for label, work in (("write", write), ("read", read), ("untar", untar)):
+        every = {"write": write, "read": read, "untar": untar}
+        for label, work in [(k, every[k]) for k in every if k in workloads]:
             sides: dict[str, Callable[[], float]] = {
                 k: functools.partial(work, d) for k, d in dirs.items()
             }
@@ -159,7 +172,15 @@ def main() -> None:
         print_table(rows)
         if baseline is not None:
             guest(f"sudo umount -l {dirs['sshfs']}; true")
-        emit("mounts", results, size_mib=SIZE_MIB, files=FILES, runs=args.runs, transport=transport)
+        emit(
+            "mounts",
+            results,
+            size_mib=SIZE_MIB,
+            files=FILES,
+            runs=args.runs,
+            transport=transport,
+            workloads=workloads,
+        )
 
 
 if __name__ == "__main__":

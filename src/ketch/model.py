@@ -306,20 +306,6 @@ class Derived:
     running: bool = False  # a live QEMU process of ours exists
 
 
-@dataclass(frozen=True)
-class SshTarget:
-    """Everything a client needs to reach an instance over SSH, host key pinned."""
-
-    name: str  # instance name; also the HostKeyAlias in known_hosts
-    host: str  # 127.0.0.1 (user-mode networking forwards a port)
-    port: int
-    user: str
-    identity: str  # path of the client private key
-    known_hosts: str  # path of the instance's pinned known_hosts file
-    # The instance's multiplexing socket (host/ssh/master.py) when its master is up, else "".
-    control_path: str = ""
-
-
 # -- disks (what a driver reports about an instance's disk) ---------------------------------
 
 

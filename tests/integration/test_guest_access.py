@@ -34,8 +34,9 @@ from ketch.cloudinit import merge_vendor, meta_data, parse_user_data, render_use
 from ketch.errors import GuestError, HostKeyMismatch
 from ketch.host.seed import GUEST_CONFIG_FILE, build_seed_iso, render_guest_config
 from ketch.host.ssh import generate_keypair, run_in_guest, ssh_argv, wait_ready, write_known_hosts
-from ketch.model import ImageInfo, SshTarget
+from ketch.model import ImageInfo
 from ketch.progress import ListReporter
+from ketch.sshtarget import SshTarget
 
 pytestmark = pytest.mark.vm
 
@@ -61,7 +62,7 @@ SRC = str(Path(ketch.__file__).resolve().parent.parent)
 DRIVER = """\
 import json, sys
 from ketch.errors import KetchError
-from ketch.model import SshTarget
+from ketch.sshtarget import SshTarget
 from ketch.cli import guest, transfer
 target = SshTarget(**json.loads(sys.argv[1]))
 what, args = sys.argv[2], sys.argv[3:]

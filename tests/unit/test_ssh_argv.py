@@ -36,7 +36,7 @@ from ketch.host.ssh import (
     ssh_argv,
     write_known_hosts,
 )
-from ketch.model import SshTarget
+from ketch.sshtarget import SshTarget
 
 TARGET = SshTarget(
     name="vm1",

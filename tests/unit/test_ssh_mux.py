@@ -21,7 +21,7 @@ from ketch.errors import InvalidArgument
 from ketch.host.run import Completed
 from ketch.host.ssh import master, ssh_argv
 from ketch.layout import Root
-from ketch.model import SshTarget
+from ketch.sshtarget import SshTarget
 
 TARGET = SshTarget("vm1", "127.0.0.1", 2222, "ubuntu", "/keys/id", "/inst/vm1/known_hosts")
 

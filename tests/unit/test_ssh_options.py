@@ -22,7 +22,7 @@ import pytest
 
 from ketch.errors import InvalidArgument
 from ketch.host.ssh import generate_keypair, ssh_argv, ssh_option
-from ketch.model import SshTarget
+from ketch.sshtarget import SshTarget
 
 needs_ssh = pytest.mark.skipif(
     shutil.which("ssh") is None or shutil.which("ssh-keygen") is None,

@@ -1,6 +1,6 @@
 """Client-side guest access: ``ketch exec`` and ``ketch shell``, and how ssh is run.
 
-The CLI asks the daemon for an instance's :class:`~ketch.model.SshTarget` and
+The CLI asks the daemon for an instance's :class:`~ketch.sshtarget.SshTarget` and
 calls these functions, which run the system ``ssh`` (see
 :mod:`ketch.host.ssh`).  This module is on the CLI hot path: at import time
 it loads only the standard library's light modules and ketch's model, errors
@@ -21,7 +21,7 @@ from typing import IO
 
 from ketch.errors import GuestError, HostKeyMismatch, InvalidArgument
 from ketch.host.ssh import StderrWatch, remote_command, ssh_argv, ssh_failure_error
-from ketch.model import SshTarget
+from ketch.sshtarget import SshTarget
 
 CHUNK = 1 << 16
 

@@ -50,7 +50,7 @@ from ketch.cli.transfer_scripts import (
     script_argv,
 )
 from ketch.errors import GuestError, InvalidArgument, KetchError
-from ketch.model import SshTarget
+from ketch.sshtarget import SshTarget
 
 if TYPE_CHECKING:
     import tarfile

@@ -14,7 +14,7 @@ from ketch.host.ssh import (
     ssh_argv,
     ssh_failure_error,
 )
-from ketch.model import SshTarget
+from ketch.sshtarget import SshTarget
 
 # Exit codes of the guest-side scripts below.
 IS_DIR = 90

@@ -1,6 +1,6 @@
 """``ketch exec``, ``shell`` and ``transfer``: ketchd names the guest, the CLI runs ``ssh``.
 
-The daemon gives an instance's :class:`~ketch.model.SshTarget` (starting the
+The daemon gives an instance's :class:`~ketch.sshtarget.SshTarget` (starting the
 instance first when it is stopped, as Multipass does); :mod:`ketch.cli.guest`
 and :mod:`ketch.cli.transfer` then run the system ``ssh`` themselves, so the
 bytes never pass through the daemon.  The same reply lists the instance's
@@ -22,7 +22,7 @@ from ketch.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from ketch.api import models as m
-    from ketch.model import SshTarget
+    from ketch.sshtarget import SshTarget
 
 
 def _reply(name: str, timeout: int | None = None) -> m.SshTargetReply:
@@ -46,7 +46,7 @@ def _target(name: str, timeout: int | None = None) -> SshTarget:
 
 def _target_of(doc: m.SshTargetReply) -> SshTarget:
     from ketch.host.ssh.master import usable_control
-    from ketch.model import SshTarget
+    from ketch.sshtarget import SshTarget
 
     target = SshTarget(
         name=doc.name,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from ketch.errors import InvalidArgument, LocalOnly
 
 if TYPE_CHECKING:
-    from ketch.model import SshTarget
+    from ketch.sshtarget import SshTarget
 
 
 def cmd_authenticate(args: argparse.Namespace) -> int:
@@ -94,7 +94,7 @@ def localise(target: SshTarget) -> SshTarget:
     from ketch.api import routes
     from ketch.cli import client
     from ketch.layout import REMOTE_SSH_DIR, config_dir
-    from ketch.model import SshTarget
+    from ketch.sshtarget import SshTarget
 
     where = os.environ["KETCH_SERVER_ADDRESS"]
     keys = client().call(routes.SSH_KEYS, name=target.name)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ketch.errors import KetchError
 from ketch.host import ssh
-from ketch.model import SshTarget
+from ketch.sshtarget import SshTarget
 
 SCRIPT = (
     "cat /proc/loadavg; "

@@ -28,11 +28,12 @@ from typing import TYPE_CHECKING
 from ketch.host import dnsmasq, ssh
 from ketch.host.ssh import master
 from ketch.layout import InstanceDir, Root
-from ketch.model import InstanceSpec, PidStatus, SshTarget
+from ketch.model import InstanceSpec, PidStatus
 from ketch.progress import Reporter
 from ketch.runtime.driver import Driver
 from ketch.runtime.netplan import read_nic
 from ketch.service.waits import Wait
+from ketch.sshtarget import SshTarget
 from ketch.vocabulary import blocks_readiness
 
 if TYPE_CHECKING:

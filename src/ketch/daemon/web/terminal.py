@@ -30,9 +30,9 @@ from aiohttp import WSMsgType, web
 
 from ketch.errors import KetchError
 from ketch.host.ssh.argv import ssh_argv
-from ketch.model import SshTarget
 from ketch.service import guest as guest_uc
 from ketch.service.context import Context
+from ketch.sshtarget import SshTarget
 
 log = logging.getLogger("ketchd")
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from ketch.errors import InvalidArgument
 
 if TYPE_CHECKING:
-    from ketch.model import SshTarget
+    from ketch.sshtarget import SshTarget
 
 SSH = "ssh"
 

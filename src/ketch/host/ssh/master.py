@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
     from ketch.host.procs import PidFd
     from ketch.host.run import Completed
-    from ketch.model import SshTarget
+    from ketch.sshtarget import SshTarget
 
 #: ``sun_path`` holds 108 bytes with the terminating NUL.
 SUN_PATH_MAX = 107

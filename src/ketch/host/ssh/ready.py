@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from ketch.errors import GuestError, HostKeyMismatch, Timeout
 from ketch.host.ssh.argv import remote_command, ssh_argv
 from ketch.host.ssh.stderr import connection_failure, is_host_key_failure, ssh_failure_error
-from ketch.model import SshTarget
+from ketch.sshtarget import SshTarget
 
 if TYPE_CHECKING:
     from ketch.host.run import Completed

@@ -22,7 +22,7 @@ from ketch.errors import HostCommandError, HostKeyMismatch
 from ketch.host.run import exited
 from ketch.host.ssh.argv import ssh_argv
 from ketch.host.ssh.stderr import is_host_key_failure
-from ketch.model import SshTarget
+from ketch.sshtarget import SshTarget
 
 CHUNK = 4096
 STDERR_KEEP = 4096

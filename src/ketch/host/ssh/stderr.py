@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from ketch.errors import GuestError
 
 if TYPE_CHECKING:
-    from ketch.model import SshTarget
+    from ketch.sshtarget import SshTarget
 
 # ssh exits 255 when it (not the remote command) failed.
 SSH_FAILED = 255
