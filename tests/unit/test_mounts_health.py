@@ -49,18 +49,26 @@ def share(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def supervisor(idir: InstanceDir, share: Path) -> Iterator[int]:
+def start_supervisor(idir: InstanceDir, share: Path, ssh: list[str]) -> int:
+    """A detached supervisor of ``share`` as ketchd starts one (``ssh`` stands in for its
+    ssh); its pid, from its pid file."""
     if os.geteuid() != 0:
         pytest.skip("the server's confinement needs root")
     pidfile, log = idir.mount_pidfile(TARGET), idir.mount_log(TARGET)
     argv = supervisor_argv(
         str(share), uid=os.getuid(), gid=os.getgid(), uid_maps=[], gid_maps=[],
-        pidfile=str(pidfile), log=str(log), ssh=["sleep", "600"],
+        pidfile=str(pidfile), log=str(log), ssh=ssh,
     )  # fmt: skip
     subprocess.run(argv, check=True, timeout=60)
     pid = procs.read_pidfile(pidfile)
     assert pid is not None
+    return pid
+
+
+@pytest.fixture
+def supervisor(idir: InstanceDir, share: Path) -> Iterator[int]:
+    pid = start_supervisor(idir, share, ["sleep", "600"])
+    log = idir.mount_log(TARGET)
     # the server is confined (its root is the share) once it has forked and pivoted
     deadline = time.monotonic() + 60
     while not any(
@@ -146,16 +154,8 @@ def test_a_supervisor_on_its_way_out_is_still_found(idir: InstanceDir, share: Pa
     """Its ssh ending ends the supervisor: until the process has gone, its pid file names it
     (a pid file it removed before exiting had ``stop --force`` leave it running, in CI),
     and ending it then removes the file."""
-    if os.geteuid() != 0:
-        pytest.skip("the server's confinement needs root")
+    pid = start_supervisor(idir, share, ["sleep", "1"])
     pidfile, log = idir.mount_pidfile(TARGET), idir.mount_log(TARGET)
-    argv = supervisor_argv(
-        str(share), uid=os.getuid(), gid=os.getgid(), uid_maps=[], gid_maps=[],
-        pidfile=str(pidfile), log=str(log), ssh=["sleep", "1"],
-    )  # fmt: skip
-    subprocess.run(argv, check=True, timeout=60)
-    pid = procs.read_pidfile(pidfile)
-    assert pid is not None
     deadline, looks = time.monotonic() + 60, 0
     while procs.cmdline(pid):
         found = mounts_classic.supervisor_pid(idir, TARGET)
