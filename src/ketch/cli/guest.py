@@ -3,9 +3,9 @@
 The CLI asks the daemon for an instance's :class:`~ketch.sshtarget.SshTarget` and
 calls these functions, which run the system ``ssh`` (see
 :mod:`ketch.host.ssh`).  This module is on the CLI hot path: at import time
-it loads only the standard library's light modules and ketch's model, errors
-and ssh argv builders.  ``ketch transfer`` is :mod:`ketch.cli.transfer`,
-which runs ssh through :func:`spawn` here.
+it loads only the standard library's light modules and ketch's ``SshTarget``,
+errors and ssh argv builders (not :mod:`ketch.model`).  ``ketch transfer`` is
+:mod:`ketch.cli.transfer`, which runs ssh through :func:`spawn` here.
 """
 
 from __future__ import annotations

@@ -98,11 +98,14 @@ GUEST_PORT_SCRIPT = (
 READ_AHEAD_KB = 4096
 
 
-#: Sets the read-ahead of the sshfs mounted at $1 (as /proc/self/mountinfo spells it:
-#: octal escapes; through the environment, which awk takes as it is, where ``-v`` would
-#: undo the escapes) to $2 KiB; says on stderr when there is no such mount.
 def tune_script(mountinfo: str = "/proc/self/mountinfo", bdi: str = "/sys/class/bdi") -> str:
-    """The script that sets the read-ahead (the guest's files, or a test's)."""
+    """The script that sets the read-ahead of the sshfs mounted at $1 to $2 KiB, reading
+    ``mountinfo`` and writing under ``bdi`` (the guest's files, or a test's).
+
+    $1 is the target as mountinfo spells it (octal escapes); it reaches awk through the
+    environment, which awk takes as it is (``-v`` would undo the escapes).  Says on
+    stderr when there is no such mount.
+    """
     return (
         f'd=$(T="$1" awk \'$5 == ENVIRON["T"] && / - fuse\\.sshfs / {{ d = $3 }} '
         f"END {{ print d }}' {mountinfo}); "
@@ -112,6 +115,7 @@ def tune_script(mountinfo: str = "/proc/self/mountinfo", bdi: str = "/sys/class/
     )
 
 
+#: The guest's tune script (:func:`guest_tune_argv`).
 TUNE_SCRIPT = tune_script()
 
 
