@@ -26,6 +26,7 @@ from ketchcli import Ketch, unique
 
 from ketch.host import procs
 from ketch.host.sftp.launch import READ_AHEAD_KB
+from ketch.layout import mount_key
 
 pytestmark = [
     pytest.mark.vm,
@@ -243,6 +244,30 @@ def test_doctor_finds_a_dead_mount_and_fix_mounts_it_again(ketch: Ketch, mvm: st
     info = ketch.info(mvm)
     assert info["mounts"][TARGET]["active"] is True
     assert [i for i in info["inconsistencies"] if i["code"].startswith("mount-")] == []
+
+
+def test_a_dead_mount_at_a_target_with_a_space_is_mounted_again(
+    ketch: Ketch, mvm: str, share: Path
+) -> None:
+    """The guest's /proc/mounts spells such a target with an escape: what the dead host
+    side left there (its sshfs, then its mount) must still be found and cleared."""
+    spaced = "/mnt/my share"
+    ketch.run("mount", str(share), f"{mvm}:{spaced}")
+    try:
+        assert guest_read(ketch, mvm, f"{spaced}/hello.txt") == "hello from the host\n"
+        pidfile = ketch.root / "instances" / mvm / "mounts" / f"{mount_key(spaced)}.pid"
+        pid = procs.read_pidfile(pidfile)
+        assert pid is not None
+        os.kill(pid, 9)
+        assert ketch.info(mvm)["mounts"][spaced]["active"] is False
+        fixed = ketch.json("doctor", mvm, "--fix")
+        assert any(f["code"] == "mount-dead" and f["fixed"] for f in fixed["findings"]), fixed
+        assert ketch.info(mvm)["mounts"][spaced]["active"] is True
+        assert guest_read(ketch, mvm, f"{spaced}/hello.txt") == "hello from the host\n"
+        log = (ketch.root / "instances" / mvm / "mounts" / f"{mount_key(spaced)}.log").read_text()
+        assert f"unmounting {spaced}" in log, log  # the dead mount was found, escaped
+    finally:
+        ketch.run("umount", f"{mvm}:{spaced}")
 
 
 def test_a_source_removed_and_made_again_is_mounted_again_by_doctor(

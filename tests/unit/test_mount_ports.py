@@ -139,8 +139,16 @@ def test_the_guest_finds_its_port_by_name(tmp_path: Path) -> None:
 
 def test_the_guest_script_passes_its_words_as_arguments() -> None:
     argv = guest_port_argv("/mnt/a b", KEY, mountport.port_name(KEY))
-    assert argv[:5] == ["sudo", "-n", "sh", "-c", GUEST_PORT_SCRIPT]
-    assert argv[5:] == ["ketch-mount", "/mnt/a b", KEY, f"org.ketch.mount.{KEY}"]
+    assert argv[:7] == [
+        "sudo",
+        "-n",
+        "env",
+        "KETCH_MOUNT_AT=/mnt/a\\040b",
+        "sh",
+        "-c",
+        GUEST_PORT_SCRIPT,
+    ]
+    assert argv[7:] == ["ketch-mount", "/mnt/a b", KEY, f"org.ketch.mount.{KEY}"]
     assert '0<>"/dev/$d" 1>&0' in GUEST_PORT_SCRIPT  # one open: a port takes one opener
 
 

@@ -19,9 +19,11 @@ from ketch.errors import EXIT_FAILED, EXIT_USAGE, InvalidArgument, KetchError
 from ketch.host.sftp.launch import (
     READ_AHEAD_KB,
     SSHFS_OPTIONS,
+    clear_script,
     escape_mount_path,
     guest_argv,
     guest_tune_argv,
+    guest_unmount_argv,
     is_supervisor,
     mounted_targets,
     supervisor_argv,
@@ -67,7 +69,8 @@ def test_supervisor_argv_and_its_recognition() -> None:
 def test_guest_command_is_one_quoted_shell_string() -> None:
     target = "/home/ubuntu/a b'; touch /tmp/pwned"
     command = remote_command(guest_argv(target, mount_key(target)))
-    assert command.startswith("sudo -n sh -c ")
+    assert command.startswith("sudo -n env 'KETCH_MOUNT_AT=/home/ubuntu/a\\040b'")
+    assert " sh -c " in command
     assert "'/home/ubuntu/a b'\"'\"'; touch /tmp/pwned'" in command
     assert "-o " + ",".join(SSHFS_OPTIONS) in command
     assert "slave" in SSHFS_OPTIONS and "allow_other" in SSHFS_OPTIONS
@@ -178,6 +181,21 @@ def test_info_lines_as_multipass() -> None:
     ]
 
 
+def run_guest_sh(
+    argv: list[str], script: str, path: str = ""
+) -> subprocess.CompletedProcess[bytes]:
+    """A guest script's argv (``guest_sh``) run here, its script replaced by ``script``
+    (the same, on a test's files), without sudo: env, sh and their arguments as given."""
+    assert argv[:3] == ["sudo", "-n", "env"] and argv[4:6] == ["sh", "-c"]
+    name, value = argv[3].split("=", 1)
+    env = {
+        **os.environ,
+        name: value,
+        "PATH": f"{path}:{os.environ['PATH']}" if path else os.environ["PATH"],
+    }
+    return subprocess.run(["sh", "-c", script, *argv[7:]], env=env, capture_output=True, timeout=10)
+
+
 # /proc/self/mountinfo of a tiny guest with two classic mounts, one at "/mnt/my share".
 MOUNTINFO = Path(__file__).parent / "data" / "mountinfo-tiny-sshfs.txt"
 
@@ -190,22 +208,41 @@ def test_the_tune_script_raises_the_read_ahead_of_that_mount_only(
     for name in ("0:25", "0:26", "254:0"):
         (bdi / name).mkdir(parents=True)
         (bdi / name / "read_ahead_kb").write_text("128\n")
-    argv = guest_tune_argv(target)
-    assert argv[:4] == ["sudo", "-n", "sh", "-c"] and argv[-1] == str(READ_AHEAD_KB)
-    script = tune_script(mountinfo=str(MOUNTINFO), bdi=str(bdi))
-    done = subprocess.run(["sh", "-c", script, *argv[5:]], capture_output=True, timeout=10)
+    done = run_guest_sh(guest_tune_argv(target), tune_script(str(MOUNTINFO), str(bdi)))
     assert done.returncode == 0 and done.stderr == b""
     got = {d.name: (d / "read_ahead_kb").read_text().strip() for d in bdi.iterdir()}
     assert got == {n: str(READ_AHEAD_KB) if n == dev else "128" for n in got}
 
 
 def test_the_tune_script_says_when_there_is_no_such_mount(tmp_path: Path) -> None:
-    script = tune_script(mountinfo=str(MOUNTINFO), bdi=str(tmp_path))
-    args = guest_tune_argv("/mnt/other")[5:]
-    done = subprocess.run(["sh", "-c", script, *args], capture_output=True, timeout=10)
+    done = run_guest_sh(guest_tune_argv("/mnt/other"), tune_script(str(MOUNTINFO), str(tmp_path)))
     assert b"no sshfs at /mnt/other" in done.stderr
 
 
 def test_mount_paths_are_escaped_as_the_kernel_does() -> None:
     assert escape_mount_path("/mnt/my share\tx\\y") == "/mnt/my\\040share\\011x\\134y"
     assert mounted_targets(f":/ {escape_mount_path('/a b')} fuse.sshfs rw 0 0") == {"/a b"}
+
+
+def test_the_clear_script_unmounts_a_dead_sshfs_at_a_target_with_a_space(tmp_path: Path) -> None:
+    """/proc/mounts spells the target with octal escapes: the script must still find it
+    (it once compared the plain path, and left a dead mount at such a target)."""
+    mounts = tmp_path / "mounts"
+    mounts.write_text(
+        ":/ /mnt/my\\040share fuse.sshfs rw,nosuid,nodev 0 0\n"
+        ":/ /mnt/my fuse.sshfs rw 0 0\n/dev/vda / ext4 rw 0 0\n"
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "umount"  # records its arguments and takes the line out of "mounts"
+    fake.write_text(
+        f'#!/bin/sh\necho "$@" >> {tmp_path}/umount.calls\n'
+        f"grep -v 'my.040share' {mounts} > {mounts}.new; mv {mounts}.new {mounts}\n"
+    )
+    fake.chmod(0o755)
+    argv = guest_unmount_argv("/mnt/my share", "k")
+    done = run_guest_sh(argv, clear_script(str(mounts)) + "true", str(bin_dir))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "umount.calls").read_text() == "-l /mnt/my share\n"
+    assert b"unmounting /mnt/my share" in done.stderr
+    assert "/mnt/my fuse.sshfs" in mounts.read_text()  # another mount is left alone

@@ -35,19 +35,34 @@ SSHFS_OPTIONS = (
     "max_write=262144",
 )
 
-#: Ends what an earlier host side left at the target ($1; $2 is its mount key): the
-#: sshfs it ran (its pid kept in /run/ketch-mount-KEY.pid; it may still be on its
-#: way out, and would unmount a new one: libfuse unmounts by path), then its dead
-#: mount, lazily.  Bounded, and every step is said on stderr (the mount's log).
-CLEAR_SCRIPT = (
-    'f="/run/ketch-mount-$2.pid"; '
-    'if [ -f "$f" ]; then p=$(cat "$f"); '
-    'if [ "$(cat "/proc/$p/comm" 2>/dev/null)" = sshfs ]; then '
-    'echo "ketch-mount: $(date +%T) ending sshfs $p" >&2; kill -9 "$p"; fi; rm -f "$f"; fi; '
-    "i=0; while [ $i -lt 8 ] && "
-    "awk -v t=\"$1\" '$2 == t && $3 ~ /sshfs/ { f = 1 } END { exit !f }' /proc/mounts; "
-    'do echo "ketch-mount: $(date +%T) unmounting $1" >&2; umount -l "$1"; i=$((i + 1)); done; '
-)
+#: The environment variable that carries the target to the guest's scripts as
+#: /proc/mounts and mountinfo spell it (octal escapes: :func:`escape_mount_path`); awk
+#: takes ``ENVIRON`` as it is, where ``-v`` would undo the escapes.  $1 is the target
+#: as it is, for the commands that take a path.
+MOUNT_AT = "KETCH_MOUNT_AT"
+
+
+def clear_script(mounts: str = "/proc/mounts") -> str:
+    """Ends what an earlier host side left at the target ($1; $2 is its mount key): the
+    sshfs it ran (its pid kept in /run/ketch-mount-KEY.pid; it may still be on its way
+    out, and would unmount a new one: libfuse unmounts by path), then its dead mount,
+    lazily, while ``mounts`` (the guest's /proc/mounts, or a test's) shows an sshfs
+    there.  Bounded, and every step is said on stderr (the mount's log)."""
+    return (
+        'f="/run/ketch-mount-$2.pid"; '
+        'if [ -f "$f" ]; then p=$(cat "$f"); '
+        'if [ "$(cat "/proc/$p/comm" 2>/dev/null)" = sshfs ]; then '
+        'echo "ketch-mount: $(date +%T) ending sshfs $p" >&2; kill -9 "$p"; fi; rm -f "$f"; fi; '
+        "i=0; while [ $i -lt 8 ] && "
+        f"awk '$2 == ENVIRON[\"{MOUNT_AT}\"] && $3 ~ /sshfs/ {{ f = 1 }} END {{ exit !f }}' "
+        f"{mounts}; "
+        'do echo "ketch-mount: $(date +%T) unmounting $1" >&2; umount -l "$1"; i=$((i + 1)); '
+        "done; "
+    )
+
+
+#: The guest's :func:`clear_script`.
+CLEAR_SCRIPT = clear_script()
 
 #: The guest's script: $1 is the target, $2 its key.  Never fails on a missing module
 #: (the kernel may have FUSE built in, as Ubuntu's does).  ``exec`` keeps the pid.
@@ -100,14 +115,11 @@ READ_AHEAD_KB = 4096
 
 def tune_script(mountinfo: str = "/proc/self/mountinfo", bdi: str = "/sys/class/bdi") -> str:
     """The script that sets the read-ahead of the sshfs mounted at $1 to $2 KiB, reading
-    ``mountinfo`` and writing under ``bdi`` (the guest's files, or a test's).
-
-    $1 is the target as mountinfo spells it (octal escapes); it reaches awk through the
-    environment, which awk takes as it is (``-v`` would undo the escapes).  Says on
-    stderr when there is no such mount.
+    ``mountinfo`` and writing under ``bdi`` (the guest's files, or a test's); the target
+    is found by :data:`MOUNT_AT`.  Says on stderr when there is no such mount.
     """
     return (
-        f'd=$(T="$1" awk \'$5 == ENVIRON["T"] && / - fuse\\.sshfs / {{ d = $3 }} '
+        f'd=$(awk \'$5 == ENVIRON["{MOUNT_AT}"] && / - fuse\\.sshfs / {{ d = $3 }} '
         f"END {{ print d }}' {mountinfo}); "
         f'if [ -n "$d" ] && [ -w "{bdi}/$d/read_ahead_kb" ]; then '
         f'echo "$2" > "{bdi}/$d/read_ahead_kb"; '
@@ -125,28 +137,32 @@ def escape_mount_path(path: str) -> str:
     return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in path)
 
 
+def guest_sh(script: str, name: str, target: str, *rest: str) -> list[str]:
+    """A guest script run as root: ``sh -c SCRIPT NAME TARGET REST…``, with the target
+    also in :data:`MOUNT_AT`, escaped."""
+    at = f"{MOUNT_AT}={escape_mount_path(target)}"
+    return ["sudo", "-n", "env", at, "sh", "-c", script, name, target, *rest]
+
+
 def guest_tune_argv(target: str) -> list[str]:
     """Raise the read-ahead of the sshfs mounted at ``target`` to :data:`READ_AHEAD_KB`."""
-    return [
-        "sudo", "-n", "sh", "-c", TUNE_SCRIPT, "ketch-mount-tune",
-        escape_mount_path(target), str(READ_AHEAD_KB),
-    ]  # fmt: skip
+    return guest_sh(TUNE_SCRIPT, "ketch-mount-tune", target, str(READ_AHEAD_KB))
 
 
 def guest_port_argv(target: str, key: str, port: str) -> list[str]:
     """The guest's command for one mount over the virtio-serial port named ``port``."""
-    return ["sudo", "-n", "sh", "-c", GUEST_PORT_SCRIPT, "ketch-mount", target, key, port]
+    return guest_sh(GUEST_PORT_SCRIPT, "ketch-mount", target, key, port)
 
 
 def guest_argv(target: str, key: str) -> list[str]:
     """The guest's command for one mount at ``target`` (an absolute guest path; ``key``
     names its pid file in the guest: ``layout.mount_key``)."""
-    return ["sudo", "-n", "sh", "-c", GUEST_SCRIPT, "ketch-mount", target, key]
+    return guest_sh(GUEST_SCRIPT, "ketch-mount", target, key)
 
 
 def guest_unmount_argv(target: str, key: str) -> list[str]:
     """End the sshfs at ``target`` and unmount it lazily, if one is there (never fails)."""
-    return ["sudo", "-n", "sh", "-c", CLEAR_SCRIPT + "true", "ketch-umount", target, key]
+    return guest_sh(CLEAR_SCRIPT + "true", "ketch-umount", target, key)
 
 
 def supervisor_argv(
