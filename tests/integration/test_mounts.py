@@ -223,6 +223,25 @@ def test_umount_and_mount_on_a_running_instance(ketch: Ketch, mvm: str, share: P
     assert ketch.info(mvm)["mounts"][TARGET]["uid_mappings"] == [f"{OWNER}:0"]
 
 
+def test_sshfs_ends_cleanly_when_the_guest_unmounts_it(ketch: Ketch, mvm: str) -> None:
+    """A user's ``umount`` in the guest ends sshfs by itself (ketch's own unmount kills
+    it): it must exit, not abort for a missing library (the image once lacked the
+    libgcc_s that glibc loads for pthread_cancel); doctor then mounts it again."""
+    key = mount_key(TARGET)
+    script = (
+        f"p=$(cat /run/ketch-mount-{key}.pid); umount {TARGET}; i=0; "
+        'while [ -e "/proc/$p" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done; '
+        '[ -e "/proc/$p" ] && echo "still running"; '
+        f"cat /run/ketch-mount-{key}.log"
+    )
+    out = ketch.exec(mvm, "sudo", "sh", "-c", script)
+    assert "still running" not in out and "pthread_cancel" not in out, out
+    assert ketch.info(mvm)["mounts"][TARGET]["active"] is False
+    fixed = ketch.json("doctor", mvm, "--fix")
+    assert any(f["code"] == "mount-dead" and f["fixed"] for f in fixed["findings"]), fixed
+    assert guest_read(ketch, mvm, f"{TARGET}/hello.txt") == "hello from the host\n"
+
+
 def test_doctor_finds_a_dead_mount_and_fix_mounts_it_again(ketch: Ketch, mvm: str) -> None:
     for pid in supervisors(ketch, mvm):  # the daemon keeps running: nothing restarts it
         os.kill(pid, 9)
@@ -255,8 +274,11 @@ def test_a_dead_mount_at_a_target_with_a_space_is_mounted_again(
     ketch.run("mount", str(share), f"{mvm}:{spaced}")
     try:
         assert guest_read(ketch, mvm, f"{spaced}/hello.txt") == "hello from the host\n"
-        pidfile = ketch.root / "instances" / mvm / "mounts" / f"{mount_key(spaced)}.pid"
-        pid = procs.read_pidfile(pidfile)
+        # Both sides die at once: the guest's sshfs leaves a dead mount (nothing unmounts
+        # it), the host side is gone.
+        key = mount_key(spaced)
+        ketch.exec(mvm, "sudo", "sh", "-c", f"kill -9 $(cat /run/ketch-mount-{key}.pid)")
+        pid = procs.read_pidfile(ketch.root / "instances" / mvm / "mounts" / f"{key}.pid")
         assert pid is not None
         os.kill(pid, 9)
         assert ketch.info(mvm)["mounts"][spaced]["active"] is False
@@ -264,7 +286,7 @@ def test_a_dead_mount_at_a_target_with_a_space_is_mounted_again(
         assert any(f["code"] == "mount-dead" and f["fixed"] for f in fixed["findings"]), fixed
         assert ketch.info(mvm)["mounts"][spaced]["active"] is True
         assert guest_read(ketch, mvm, f"{spaced}/hello.txt") == "hello from the host\n"
-        log = (ketch.root / "instances" / mvm / "mounts" / f"{mount_key(spaced)}.log").read_text()
+        log = (ketch.root / "instances" / mvm / "mounts" / f"{key}.log").read_text()
         assert f"unmounting {spaced}" in log, log  # the dead mount was found, escaped
     finally:
         ketch.run("umount", f"{mvm}:{spaced}")

@@ -46,6 +46,9 @@ USERLAND_PACKAGES = (
     "libfuse3-3",
     "fuse3",
     "libglib2.0-0",
+    # glibc dlopens libgcc_s for pthread_cancel: sshfs cancels its threads when it ends,
+    # and without it aborts ("libgcc_s.so.1 must be installed for pthread_cancel")
+    "libgcc-s1",
 )
 PACKAGES = (KERNEL_META, *USERLAND_PACKAGES)
 
@@ -82,6 +85,7 @@ ROOT_PROGRAMS: tuple[tuple[str, int], ...] = (
     ("sbin/resize2fs", 0o755),
     ("usr/bin/sshfs", 0o755),
     ("bin/fusermount3", 0o755),  # not set-uid: sshfs runs as root (sudo), mounts directly
+    ("lib/x86_64-linux-gnu/libgcc_s.so.1", 0o644),  # dlopen'ed (see libgcc-s1 above)
 )
 LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib", "usr/lib")
 
