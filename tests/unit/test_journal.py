@@ -472,3 +472,32 @@ def test_an_unwritable_journal_stops_an_operation_before_it_starts_unless_quiet(
     assert body == ["ran"]
     assert rep.warnings[0].endswith("carrying on without journaling this force-stop")
     w.store.close()
+
+
+def test_a_stop_cut_short_is_finished_by_recovery(tmp_path: Path, base: Path) -> None:
+    """ketchd died during a stop (perhaps after the ACPI power-off): the next one finishes
+    it, where it once left the intent at run, so the guest's power-off then read as an
+    unexpected exit (and a host reboot would have started it again)."""
+    w = World(tmp_path, base, Faults())
+    w.add("vm", Intent.RUN, running=True)
+    w.store.begin("vm", "stop", "powerdown")
+    done = asyncio.run(recovery.recover_all(w.quiet, NULL))
+    assert done == ["stop on vm: stop finished: the guest powered off"]
+    assert w.store.get("vm").intent is Intent.STOP and not w.inner.vm("vm").running
+    assert w.store.unfinished() == []
+    w.store.close()
+
+
+def test_a_stop_cut_short_whose_guest_does_not_power_off_says_so(
+    tmp_path: Path, base: Path
+) -> None:
+    w = World(tmp_path, base, Faults())
+    w.add("vm", Intent.RUN, running=True)
+    w.inner.powerdown_exits = False
+    w.store.begin("vm", "stop")
+    (line,) = asyncio.run(recovery.recover_all(w.quiet, NULL))
+    assert line.startswith("stop on vm: stop not finished: the guest did not power off")
+    assert "'ketch stop vm' again" in line
+    assert w.store.get("vm").intent is Intent.RUN and w.inner.vm("vm").running
+    assert w.store.unfinished() == []  # said once, not again at every start
+    w.store.close()

@@ -19,7 +19,7 @@ wrote to its disk:
 | suspend | QEMU runs, no tag | rolled back: vCPUs resumed, intent run |
 | suspend | no QEMU, tag present | finished: intent suspend |
 | suspend | no QEMU, no tag | intent stop (QEMU died with the save) |
-| stop | QEMU runs | left running (the stop did not happen); intent unchanged |
+| stop | QEMU runs | finished: asked again to power off (`STOP_WAIT`), intent stop; else said |
 | stop | no QEMU | finished: intent stop |
 | force-stop | any | finished: QEMU ended, intent stop |
 | purge | any | finished: QEMU ended, directory and record removed |
@@ -49,6 +49,7 @@ from ketch.service.context import Context
 from ketch.store.db import JournalEntry
 
 JOB_TIMEOUT = 300.0
+STOP_WAIT = 15.0  # seconds an interrupted stop's guest is given to power off
 
 # Operations whose steps name what they touch (a tag, a size): their own rules.
 BY_STEP: dict[str, Callable[[Context, JournalEntry, Reporter], Awaitable[str]]] = {
@@ -153,9 +154,18 @@ async def recover(ctx: Context, entry: JournalEntry, reporter: Reporter) -> str:
         ctx.store.set_intent(entry.instance, Intent.STOP)
         return "suspend lost with QEMU: the instance is Stopped, its disk intact"
     if entry.op == "stop":
-        if running:
-            return "stop did not happen: the instance still runs"
+        # The user asked for a stop, and the guest may have had the ACPI power-off already
+        # (it would then power off after this look, and read as having exited
+        # unexpectedly, with intent run): finish it, bounded.
+        if running and not await ctx.driver.powerdown(spec, idir, timeout=STOP_WAIT):
+            return (
+                f"stop not finished: the guest did not power off within {STOP_WAIT:g} s of "
+                f"being asked again; it runs on ('ketch stop {entry.instance}' again, or "
+                "'stop --force')"
+            )
         await ctx.driver.kill(spec, idir)  # tidy pid file and socket
+        await mounts.end_strays(ctx, replace(spec, mounts=()))
+        await guestlink.end_master(ctx.root, entry.instance)
         ctx.store.set_intent(entry.instance, Intent.STOP)
-        return "stop finished"
+        return "stop finished: the guest powered off" if running else "stop finished"
     return f"nothing to do for '{entry.op}'"
