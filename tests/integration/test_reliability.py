@@ -153,6 +153,20 @@ def test_daemon_crash_before_the_save_rolls_the_suspend_back(ketch: Ketch, vm: s
     assert ketch.codes(vm) == set()
 
 
+def test_daemon_crash_during_a_stop_finishes_the_stop(ketch: Ketch, vm: str) -> None:
+    """A daemon killed during a stop, before the guest had powered off: the new one
+    finishes the stop the user asked for (it used to leave the guest running, intent
+    run)."""
+    ketch.ensure_running(vm)
+    ketch.kill_daemon()
+    _journal_unfinished(ketch, vm, "stop")
+    assert ketch.state(vm) == "Stopped"
+    assert ketch.codes(vm) == set()  # not exited-unexpectedly: the intent is stop
+    log = (ketch.root / "ketchd.log").read_text()
+    assert f"recovered: stop on {vm}: stop finished: the guest powered off" in log
+    ketch.run("start", vm)
+
+
 def test_start_moves_off_a_port_another_program_took(ketch: Ketch, vm: str) -> None:
     ketch.ensure_running(vm)
     ketch.run("stop", vm)
