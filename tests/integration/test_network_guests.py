@@ -12,6 +12,7 @@ machine's own namespace).
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +43,21 @@ def nics(k: NsKetch, name: str) -> dict[str, set[str]]:
         mac, _dev, *addrs = line.split()
         out[mac] = {a.split("/")[0] for a in addrs}
     return out
+
+
+def listed_ipv4(k: NsKetch, name: str, prefix: str, *, within: float = 60) -> list[str]:
+    """``list``'s IPv4 addresses of ``name`` once one starts with ``prefix`` (or at the deadline).
+
+    They are what the forward watcher's last snapshot of the guest showed; its
+    session starts a moment after ``start`` returns, and until then ``list``
+    shows the managed lease and the user-net address only.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        listed: list[str] = next(e for e in k.json("list")["list"] if e["name"] == name)["ipv4"]
+        if any(x.startswith(prefix) for x in listed) or time.monotonic() >= deadline:
+            return listed
+        time.sleep(0.5)
 
 
 def server_address(k: NsKetch, name: str) -> str:
@@ -80,7 +96,7 @@ def test_tiny_manual_nic_bridged_later_and_the_ssh_endpoint(
         assert any(x.startswith("192.168.251.") for x in after[added]), after
         assert after[manual] == set() and managed_ip(nsk, a) == ip_a
         # list shows the bridged NIC's address too: every address the guest has
-        listed = next(e for e in nsk.json("list")["list"] if e["name"] == a)["ipv4"]
+        listed = listed_ipv4(nsk, a, "192.168.251.")
         assert any(x.startswith("192.168.251.") for x in listed), listed
 
         # the managed NIC's TAP gone under the guest: exec falls back to the loopback port
