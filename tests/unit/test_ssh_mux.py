@@ -378,3 +378,38 @@ def test_a_guest_slower_than_the_first_banner_try_is_still_found() -> None:
     with pytest.raises(Timeout):  # no real sshd behind the banner: the next phase times out
         asyncio.run(main(reporter))
     assert any("SSH-2.0-slow" in step for step in reporter.steps)
+
+
+def test_a_guest_that_said_it_finished_is_ready_once_its_master_is_up() -> None:
+    """``finished=True`` (a warm clone's agent said ``done`` after ``boot-finished``): the
+    master made with the pinned key ends the wait, and no ``test -f boot-finished`` probe
+    is sent.  Without it the same guest (a banner and a "master", but no sshd to run the
+    probe) is never ready."""
+    from ketch.errors import Timeout
+    from ketch.host.ssh import wait_ready
+    from ketch.progress import ListReporter
+
+    async def main(finished: bool) -> int:
+        async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"SSH-2.0-test\r\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(banner, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        target = SshTarget("vm1", "127.0.0.1", port, "u", "/nonexistent/k", "/nonexistent/kh")
+        made: list[float] = []
+
+        async def connect(left: float) -> SshTarget | Completed:
+            made.append(left)  # the master is "up": its socket named
+            return replace(target, control_path="/nonexistent/ssh-mux.sock")
+
+        async with server:
+            await wait_ready(
+                target, timeout=3.0, reporter=ListReporter(), connect=connect, finished=finished
+            )
+        return len(made)
+
+    assert asyncio.run(main(True)) == 1
+    with pytest.raises(Timeout):  # the probe through a socket with no master behind it fails
+        asyncio.run(main(False))

@@ -209,8 +209,12 @@ async def wait_ready(
     timeout: float,
     reporter: Reporter,
     driver: Driver | None = None,
+    finished: bool = False,
 ) -> None:
     """Wait for SSH and boot-finished; with ``driver``, stop early if QEMU dies or pauses.
+
+    ``finished``: the guest already said boot-finished is there (a warm clone's
+    agent): SSH with the pinned key is all that is waited for.
 
     The daemon may cut this wait short (``service/waits.py``): then
     :class:`~ketch.service.waits.WaitCancelled` is raised.
@@ -238,6 +242,7 @@ async def wait_ready(
             reporter=reporter,
             abort=abort if driver is not None else None,
             connect=connect,
+            finished=finished,
         )
 
 

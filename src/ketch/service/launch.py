@@ -187,7 +187,12 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
         timeout = req.timeout or ctx.boot_timeout
         try:
             await guestlink.wait_ready(
-                ctx.root, spec, timeout=timeout, reporter=reporter, driver=ctx.driver
+                ctx.root,
+                spec,
+                timeout=timeout,
+                reporter=reporter,
+                driver=ctx.driver,
+                finished=warm_started,  # its agent said "done" after boot-finished
             )
         except Timeout as exc:
             raise Timeout(

@@ -100,12 +100,18 @@ async def wait_ready(
     reporter: Reporter,
     abort: Callable[[], Awaitable[str | None]] | None = None,
     connect: Callable[[float], Awaitable[SshTarget | Completed]] | None = None,
+    finished: bool = False,
 ) -> None:
     """Wait until the guest answers SSH with the pinned key and cloud-init is done.
 
     1. The forwarded port must send an ``SSH-`` banner (QEMU user networking
        accepts TCP on the host port before anything listens in the guest).
     2. ``test -f /var/lib/cloud/instance/boot-finished`` must succeed over ssh.
+
+    ``finished``: the guest already said its boot finished (a warm clone's
+    agent says ``done`` after writing ``boot-finished``); then the multiplexed
+    connection made with the pinned key is the last step, and step 2's probe
+    is not sent.
 
     ``connect`` (given the seconds left) makes the instance's multiplexed
     connection before each probe (:mod:`.master`): it returns the target to
@@ -174,6 +180,8 @@ async def wait_ready(
             via: SshTarget | Completed = target
             if connect is not None:
                 via = await connect(max(min(30.0, left), 1.0))
+            if isinstance(via, SshTarget) and finished and via.control_path:
+                return  # the master is up with the pinned key: nothing left to ask
             if isinstance(via, SshTarget):
                 argv = ssh_argv(via, probe, tty=False, batch=True)
                 done = await run(argv, timeout=max(min(30.0, left), 1.0), check=False)
