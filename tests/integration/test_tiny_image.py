@@ -251,6 +251,20 @@ def test_boot_finished_as_cloud_init_writes_it(guest: Guest) -> None:
     assert "boot finished" in guest.ssh("cat /var/log/cloud-init.log").stdout
 
 
+def test_the_datasource_keeps_cloud_inits_layout(guest: Guest) -> None:
+    """The seed's files in the instance's directory, as cloud-init names them, 0600, and
+    nothing left of their copy (``.ketch-new``)."""
+    listing = guest.ssh("sudo ls -A /var/lib/cloud/instance/").stdout.split()
+    assert {"meta-data", "user-data.txt", "ketch-guest.sh", "sem"} <= set(listing), listing
+    assert ".ketch-new" not in listing and not any(n.endswith(".ketch-new") for n in listing)
+    modes = guest.ssh("sudo stat -c '%a %n' /var/lib/cloud/instance/user-data.txt").stdout
+    assert modes.split()[0] == "600"
+
+
+def test_the_default_users_groups(guest: Guest) -> None:
+    assert {"adm", "sudo"} <= set(guest.ssh("id -nG").stdout.split())
+
+
 def test_sudo_without_password(guest: Guest) -> None:
     assert guest.ssh("sudo -n id -u").stdout.strip() == "0"
     assert guest.ssh("sudo sh -c 'id -u'").stdout.strip() == "0"
@@ -303,6 +317,10 @@ def test_writes_survive_powerdown_and_restart(guest: Guest) -> None:
     assert guest.ssh("cat /var/tmp/runcmd-count").stdout == "ran\n"
     assert guest.ssh("sudo -n id -u").stdout.strip() == "0"
     assert guest.ssh("hostname").stdout.strip() == NAME
+    # The second boot's datasource found the user in its groups: each named once.
+    for group in ("adm", "sudo"):
+        members = guest.ssh(f"grep '^{group}:' /etc/group").stdout.strip().split(":")[3]
+        assert members.split(",").count("ubuntu") == 1, members
     # The filesystem was unmounted cleanly: no journal recovery at this boot.
     assert "recovery complete" not in guest.serial.read_text(errors="replace")
 

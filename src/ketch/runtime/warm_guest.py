@@ -15,10 +15,11 @@ whose host end is a Unix socket in the template's (then the clone's) directory:
 * in a clone, ketch sends, one line each: ``entropy B64`` (64 bytes of host
   randomness: ``RNDADDENTROPY`` then ``RNDRESEEDCRNG``, through :func:`reseed_elf`,
   before anything else), ``time SECONDS``, ``mac OLD NEW`` per NIC (the template's MAC
-  and the clone's), ``go``.  The agent then grows the root filesystem, makes a
-  new machine-id, re-runs the image's NoCloud datasource on the clone's seed
-  (same disk slot, same size: :data:`SEED_SIZE`), renews DHCP, starts the SSH
-  server and the final stage (``runcmd``, ``boot-finished``), says ``done`` and exits.
+  and the clone's), ``go``.  The agent then grows the root filesystem (in the
+  background, until the final stage), makes a new machine-id, re-runs the
+  image's NoCloud datasource on the clone's seed (same disk slot, same size:
+  :data:`SEED_SIZE`), renews DHCP, starts the SSH server and the final stage
+  (``runcmd``, ``boot-finished``), says ``done`` and exits.
 """
 
 from __future__ import annotations
@@ -82,12 +83,24 @@ for pair in $macs; do
 		ip link set "${dev##*/}" address "${pair#*=}" || say "warn mac"
 	done
 done
-rootdev=$(awk '$2 == "/" && $1 != "rootfs" { print $1 }' /proc/mounts | tail -n 1)
-[ -b "$rootdev" ] && resize2fs "$rootdev" >/run/ketch/resize2fs.log 2>&1
-od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >/etc/machine-id && echo >>/etc/machine-id
+# The root filesystem grows to the clone's disk while the datasource runs (an online
+# resize: its waits on the disk leave the CPU to the identity steps).
+rootdev= # the last mount on / that is not the initramfs's rootfs
+while read -r mdev mpoint rest; do
+	[ "$mpoint" = / ] && [ "$mdev" != rootfs ] && rootdev=$mdev
+done </proc/mounts
+grow=
+if [ -b "$rootdev" ]; then
+	resize2fs "$rootdev" >/run/ketch/resize2fs.log 2>&1 3>&- &
+	grow=$!
+fi
+# A new machine-id from the kernel's (reseeded) generator, without a process.
+IFS=- read -r m1 m2 m3 m4 m5 </proc/sys/kernel/random/uuid
+printf '%s%s%s%s%s\n' "$m1" "$m2" "$m3" "$m4" "$m5" >/etc/machine-id
 /usr/lib/ketch/nocloud-local || say "warn nocloud-local"
 /usr/lib/ketch/network >/dev/null 2>&1
 /usr/lib/ketch/sshd </dev/null >/dev/null 2>&1 || say "warn sshd"
+[ -n "$grow" ] && wait "$grow" # before runcmd, which may need the room
 /usr/lib/ketch/cloud-final
 echo "ketch-warm: identity applied"
 say done
