@@ -68,3 +68,21 @@ def test_newest_built_ignores_checksums_and_picks_the_newest(tmp_path: Path) -> 
     make_build(tmp_path / tiny.NAME, "new", "g", mtime=2000.0)
     info = tiny.newest_built(tmp_path)
     assert info is not None and info.id.endswith("@new")
+
+
+def test_fresh_build_finds_the_build_of_these_guest_files(tmp_path: Path) -> None:
+    """What the daemon asks in its own process before it starts a build child: a build
+    of ketch's current guest files, newer than this host's apt lists."""
+    import time
+
+    import pytest
+
+    if tiny.apt_lists_changed() is None:
+        pytest.skip("this host has no apt lists: no build is ever trusted without asking apt")
+    newer = max(time.time(), tiny.apt_lists_changed() or 0.0) + 60
+    assert tiny.fresh_build(tmp_path) is None  # nothing built yet
+    make_build(tmp_path / tiny.NAME, "other", "not-these-files", mtime=newer)
+    assert tiny.fresh_build(tmp_path) is None
+    make_build(tmp_path / tiny.NAME, "mine", tiny.guest_digest(), mtime=newer)
+    info = tiny.fresh_build(tmp_path)
+    assert info is not None and info.id.endswith("@mine")

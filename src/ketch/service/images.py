@@ -7,6 +7,7 @@ long as those do).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict
 from pathlib import Path
 
@@ -48,6 +49,12 @@ class Images:
         return found
 
     async def build_tiny(self, reporter: Reporter, *, force: bool = False) -> ImageInfo:
+        if not force:  # a build that cannot be stale: found here, read only (no child)
+            from ketch.images import tiny
+
+            found = await asyncio.to_thread(tiny.fresh_build, self.built_dir)
+            if found is not None:
+                return found
         # In a child process with the build's own umask, never ketchd's 077 (see buildproc).
         return await build_in_child("tiny", self.built_dir, reporter, force=force)
 

@@ -20,9 +20,8 @@ from ketch.host.run import tool
 from ketch.images.built import file_sha256, parse_policy
 from ketch.images.tiny.manifest import (
     BUILT,
-    apt_lists_changed,
     cache_key,
-    fresh,
+    fresh_build,
     guest_digest,
     load_tiny,
     make_manifest,
@@ -65,8 +64,7 @@ async def build_tiny(
     if not force:
         # Fast path: a build from the same guest files, newer than apt's package
         # lists, cannot be stale: no need to ask apt (0.5-1 s) on every launch.
-        digest = await asyncio.to_thread(guest_digest)
-        found = await asyncio.to_thread(fresh, tiny_dir, digest, apt_lists_changed())
+        found = await asyncio.to_thread(fresh_build, images_dir)
         if found is not None:
             return found
     try:

@@ -170,6 +170,16 @@ def fresh(tiny_dir: Path, digest: str, lists_changed: float | None) -> ImageInfo
     return None
 
 
+def fresh_build(images_dir: Path) -> ImageInfo | None:
+    """A build below ``images_dir`` that cannot be stale (:func:`fresh`), or None.
+
+    Read only (it creates nothing, so the builder's umask does not matter): the
+    daemon runs it in its own process and starts a build child only when it
+    finds nothing, which spares every launch of ``tiny`` a Python process.
+    """
+    return fresh(Path(images_dir) / NAME, guest_digest(), apt_lists_changed())
+
+
 def newest_built(images_dir: Path) -> ImageInfo | None:
     """The newest tiny image on disk, whatever its key (no build, no checksums)."""
     for path in BUILT.image_dirs(Path(images_dir) / NAME, None):
