@@ -85,7 +85,13 @@ def restore(b: Bench, name: str, memory: str) -> float:
     async def go() -> float:
         t0 = time.perf_counter()
         await driver.start_warm(
-            spec, idir, t.tdir, accel="tcg", template_macs=t.macs, now=time.time()
+            spec,
+            idir,
+            t.tdir,
+            accel="tcg",
+            template_macs=t.macs,
+            clock=time.time,
+            grow=spec.disk > t.disk,
         )
         from ketch.progress import NULL
 

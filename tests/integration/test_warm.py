@@ -181,6 +181,31 @@ def test_a_warm_instance_lives_through_the_lifecycle_and_outlives_its_template(
         k.run("image", "warm", "tiny", "--memory", MEMORY, timeout=900)  # for the next test
 
 
+def test_a_warm_instance_with_a_larger_disk_than_its_templates_gets_the_room(
+    warm_root: Ketch,
+) -> None:
+    """The agent grows the root filesystem only when told the disk is larger (``grow``);
+    a clone of the template's own size keeps the template's filesystem as it is."""
+    k = warm_root
+
+    def root_kib(name: str) -> int:
+        return int(k.exec(name, "sh", "-c", "df -k / | tail -n 1").split()[1])
+
+    same, _ = launch(k, "same")
+    try:
+        assert k.info(same)["launched"].startswith("warm")
+        size = next(iter(k.info(same)["disks"].values()))["total"]
+        kib = root_kib(same)
+        larger, said = launch(k, "larger", "--disk", str(int(size) + (2 << 30)))
+        try:
+            assert k.info(larger)["launched"].startswith("warm"), said
+            assert root_kib(larger) > kib + (3 << 20) // 2  # grown by most of the 2 GiB
+        finally:
+            k.run("delete", "--purge", larger, check=False)
+    finally:
+        k.run("delete", "--purge", same, check=False)
+
+
 def test_a_broken_template_means_a_cold_launch_that_says_so(warm_root: Ketch) -> None:
     k = warm_root
     (memory,) = (k.root / "templates").glob("*/memory.ram")

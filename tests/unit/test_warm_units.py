@@ -97,7 +97,7 @@ def test_the_memory_file_path_is_quoted_for_qemu() -> None:
 def test_the_handover_sends_entropy_first_and_nothing_else_secret() -> None:
     entropy = bytes(range(64))
     macs = [("52:54:00:aa:bb:cc", "52:54:00:01:02:03"), ("52:54:00:aa:bb:cd", "52:54:00:01:02:04")]
-    text = warm_guest.handover(entropy, 1796000000.6, macs)
+    text = warm_guest.handover(entropy, 1796000000.6, macs, grow=False)
     lines = text.decode().splitlines()
     assert lines[0] == f"entropy {base64.b64encode(entropy).decode()}"
     assert lines[1:] == [
@@ -106,6 +106,8 @@ def test_the_handover_sends_entropy_first_and_nothing_else_secret() -> None:
         "mac 52:54:00:aa:bb:cd 52:54:00:01:02:04",
         "go",
     ]
+    grown = warm_guest.handover(entropy, 1796000000.6, macs, grow=True).decode().splitlines()
+    assert grown[-2:] == ["grow", "go"] and grown[:-2] == lines[:-1]
 
 
 def test_agent_replies() -> None:

@@ -22,6 +22,8 @@ from ketch.model import DiskCheck, DiskInfo, InstanceSpec, Observation
 from ketch.progress import Reporter
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ketch.runtime.template import TemplateBoot
 
 SUSPEND_TAG = "suspend"
@@ -175,10 +177,13 @@ class WarmStart(Protocol):
         *,
         accel: str,
         template_macs: tuple[str, ...],
-        now: float,
+        clock: Callable[[], float],
+        grow: bool,
     ) -> list[str]:
-        """Start ``spec`` as a clone of the template and hand it its identity; the
-        guest agent's warnings.  TemplateError when the template does not load."""
+        """Start ``spec`` as a clone of the template and hand it its identity (the time
+        from ``clock`` at the hand-over; ``grow``: its disk is larger than the
+        template's); the guest agent's warnings.
+        TemplateError when the template does not load."""
         ...
 
 

@@ -36,6 +36,8 @@ from ketch.model import BootSpec, InstanceSpec
 from ketch.runtime import mount_ports, warm_guest
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ketch.runtime.network import ManagedNetwork
 
 SAVE_TIMEOUT = 120.0  # the device state is under a MB: seconds are plenty
@@ -223,10 +225,14 @@ class Templates:
         *,
         accel: str,
         template_macs: tuple[str, ...],
-        now: float,
+        clock: Callable[[], float],
+        grow: bool,
     ) -> list[str]:
         """Start ``spec`` as a clone of ``tdir`` (its disk: a copy of the golden one,
         grown to the spec's size) and hand it its identity; returns the agent's warnings.
+        ``grow``: the spec's disk is larger than the template's (its filesystem grows);
+        ``clock``: the wall clock, read for the guest at the very hand-over (not before
+        QEMU starts: that can take seconds on a loaded host).
 
         Raises TemplateError (QEMU ended, the disk copy removed, the NIC detached)
         when the template does not load, TemplateMismatch when it does not fit:
@@ -315,7 +321,7 @@ class Templates:
             entropy = secrets.token_bytes(warm_guest.ENTROPY_BYTES)
             macs = list(zip(template_macs, [spec.mac, *(mac for _, mac in taps)], strict=True))
             try:
-                writer.write(warm_guest.handover(entropy, now, macs))
+                writer.write(warm_guest.handover(entropy, clock(), macs, grow=grow))
                 await writer.drain()
                 return await _agent_line(reader, warm_guest.DONE, timeout=HANDOVER_TIMEOUT)
             except (KetchError, OSError) as exc:

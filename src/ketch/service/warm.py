@@ -124,7 +124,13 @@ async def start(
         return False
     try:
         warnings = await driver.start_warm(
-            spec, idir, t.tdir, accel=accel, template_macs=t.macs, now=ctx.clock.time()
+            spec,
+            idir,
+            t.tdir,
+            accel=accel,
+            template_macs=t.macs,
+            clock=ctx.clock.time,
+            grow=spec.disk > t.disk,
         )
     except TemplateMismatch as exc:
         reporter.warn(f"Launching cold: {exc.message}")
