@@ -177,6 +177,10 @@ class Guest:
 
 
 CLOUD_CONFIG_EXTRA = {
+    "users": [
+        "default",
+        {"name": "alice", "uid": 1500, "gecos": "Alice A", "groups": ["adm", "video"]},
+    ],
     "write_files": [
         {"path": "/etc/ketch-test/hello.txt", "content": "hello from write_files\n"},
         {"path": "/etc/ketch-test/secret", "content": "s3cret\n", "permissions": "0600"},
@@ -265,6 +269,16 @@ def test_the_default_users_groups(guest: Guest) -> None:
     assert {"adm", "sudo"} <= set(guest.ssh("id -nG").stdout.split())
 
 
+def test_a_user_of_the_user_data(guest: Guest) -> None:
+    """``users:`` beside the default: its passwd entry, its own group, the groups it asked
+    for (``video`` made on the way), its home; the default user keeps its own."""
+    entry = guest.ssh("grep '^alice:' /etc/passwd").stdout.strip().split(":")
+    assert entry[2:7] == ["1500", "1500", "Alice A", "/home/alice", "/bin/sh"]
+    assert set(guest.ssh("id -nG alice").stdout.split()) == {"alice", "adm", "video"}
+    assert guest.ssh("stat -c '%u:%g %a' /home/alice").stdout.split() == ["1500:1500", "755"]
+    assert guest.ssh("id -un").stdout.strip() == "ubuntu"
+
+
 def test_sudo_without_password(guest: Guest) -> None:
     assert guest.ssh("sudo -n id -u").stdout.strip() == "0"
     assert guest.ssh("sudo sh -c 'id -u'").stdout.strip() == "0"
@@ -318,9 +332,10 @@ def test_writes_survive_powerdown_and_restart(guest: Guest) -> None:
     assert guest.ssh("sudo -n id -u").stdout.strip() == "0"
     assert guest.ssh("hostname").stdout.strip() == NAME
     # The second boot's datasource found the user in its groups: each named once.
-    for group in ("adm", "sudo"):
+    for group, user in (("adm", "ubuntu"), ("sudo", "ubuntu"), ("adm", "alice")):
         members = guest.ssh(f"grep '^{group}:' /etc/group").stdout.strip().split(":")[3]
-        assert members.split(",").count("ubuntu") == 1, members
+        assert members.split(",").count(user) == 1, members
+    assert guest.ssh("grep -c '^alice:' /etc/passwd").stdout.strip() == "1"
     # The filesystem was unmounted cleanly: no journal recovery at this boot.
     assert "recovery complete" not in guest.serial.read_text(errors="replace")
 
