@@ -297,14 +297,10 @@ class Bench:
 
     def ssh_target(self, name: str) -> Any:
         """The SshTarget the daemon hands out for ``name`` (what ketch exec uses)."""
-        import dataclasses
+        from ketch.api import routes
+        from ketch.api.plain import ssh_target_reply
 
-        from ketch.client import q
-        from ketch.sshtarget import SshTarget
-
-        doc = self.client().get(f"/v1/instances/{q(name)}/ssh")
-        keys = {f.name for f in dataclasses.fields(SshTarget)}  # the reply also lists mounts
-        return SshTarget(**{k: v for k, v in doc.items() if k in keys})
+        return self.client().call_plain(routes.SSH, ssh_target_reply, name=name).target
 
     # -- the daemon ----------------------------------------------------------------
 

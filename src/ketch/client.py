@@ -14,23 +14,26 @@ import os
 import sys
 import time
 from collections.abc import Callable, Generator, Mapping
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from ketch.errors import DaemonUnreachable, KetchError, RemoteError
+from ketch.hints import TYPE_CHECKING
 from ketch.layout import DAEMON_LOG, SOCKET, Root
 from ketch.transport import Response, check_peer, connect, request
 
 if TYPE_CHECKING:
+    from typing import Any, NoReturn, TypeVar
+
     from ketch.api import models as m
     from ketch.api.routes import Route
+
+    T = TypeVar("T")
+    B = TypeVar("B", bound=m.Body)
+    R = TypeVar("R", bound=m.Reply)
 
 __all__ = ["START_TIMEOUT", "Client", "Response", "check_peer", "connect", "q", "request"]
 
 START_TIMEOUT = 20.0
 WARNING_HEADER = "Ketch-Warning"  # ketchd's one-time warning (daemon/main.py), JSON lines
-T = TypeVar("T")
-B = TypeVar("B", bound="m.Body")
-R = TypeVar("R", bound="m.Reply")
 OnEvent = Callable[["m.AnyEvent"], None]
 
 
@@ -233,6 +236,25 @@ class Client:
             path += "?" + _urlencode(query)
         return self._exchange(route.method, path, _payload(route, body), lambda: route.reply, 120.0)
 
+    def call_plain(self, route: Route[Any, Any], decode: Callable[[bytes], T], **params: str) -> T:
+        """A read along ``route`` (no body, no query) decoded by ``decode``, without msgspec.
+
+        For ``exec``'s path (:mod:`ketch.api.plain`): ``decode`` checks the reply
+        against the route's model as msgspec would; error answers are decoded the
+        same way and raised as RemoteError.
+        """
+        from ketch.api import plain
+
+        path = route.url(**params)
+        resp = self._request(route.method, path, None, 120.0)
+        data = self._read(resp)
+        try:
+            if resp.status >= 400:
+                raise plain.error_reply(data)
+            return decode(data)
+        except plain.Malformed as exc:
+            raise self._malformed(f"{route.method} {path} (HTTP {resp.status})", exc) from exc
+
     def run(
         self,
         route: Route[B, R],
@@ -396,6 +418,6 @@ def _urlencode(query: Mapping[str, str]) -> str:
 
 def q(name: str) -> str:
     """Quote a path segment."""
-    from urllib.parse import quote
+    from ketch.api.routes import segment
 
-    return quote(name, safe="")
+    return segment(name)

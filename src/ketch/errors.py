@@ -11,7 +11,11 @@ Exit codes follow Canonical Multipass: 0 ok, 1 command-line error,
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+
+from ketch.hints import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 EXIT_OK = 0
 EXIT_USAGE = 1

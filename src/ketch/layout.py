@@ -9,7 +9,8 @@ directory.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+
+from ketch.hints import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -14,9 +14,12 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
 
 from ketch.errors import DaemonUnreachable
+from ketch.hints import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 CONNECT_TIMEOUT = 20.0  # seconds connect() waits on a full backlog when no timeout is given
 

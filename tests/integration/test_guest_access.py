@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pexpect
@@ -92,7 +92,14 @@ class Vm:
 
 
 def driver_argv(target: SshTarget, what: str, *args: str) -> list[str]:
-    return [sys.executable, "-c", DRIVER, json.dumps(asdict(target)), what, *args]
+    return [
+        sys.executable,
+        "-c",
+        DRIVER,
+        json.dumps({f: getattr(target, f) for f in SshTarget.__slots__}),
+        what,
+        *args,
+    ]
 
 
 def driver_env() -> dict[str, str]:
@@ -224,7 +231,7 @@ def tampered(vm: Vm, tmp_path: Path) -> SshTarget:
     other = generate_keypair(tmp_path / "other_host_key", "impostor")
     path = tmp_path / "known_hosts"
     write_known_hosts(path, NAME, other)
-    return replace(vm.target, known_hosts=str(path))
+    return vm.target.replace(known_hosts=str(path))
 
 
 def guest_out(vm: Vm, *argv: str) -> str:
@@ -468,7 +475,7 @@ def test_no_known_host_key_is_refused(vm: Vm, tmp_path: Path) -> None:
     empty = tmp_path / "known_hosts"
     empty.write_text("")
     with pytest.raises(HostKeyMismatch):
-        exec_command(replace(vm.target, known_hosts=str(empty)), ["true"], workdir=None)
+        exec_command(vm.target.replace(known_hosts=str(empty)), ["true"], workdir=None)
 
 
 def test_the_guest_serves_exactly_the_pinned_key(vm: Vm) -> None:

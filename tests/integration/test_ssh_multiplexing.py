@@ -122,6 +122,23 @@ def test_exec_goes_through_the_master_on_a_private_socket(ketch: Ketch, mvm: str
     assert (done.returncode, done.stdout, done.stderr) == (7, "out\n", "err\n")
 
 
+def test_exec_starts_without_msgspec_typing_or_dataclasses(ketch: Ketch, mvm: str) -> None:
+    """exec's reply is decoded by ketch.api.plain: the heavy imports stay off its start-up."""
+    import sys
+
+    heavy = ("msgspec", "typing", "dataclasses", "inspect", "urllib.parse", "ketch.api.models")
+    code = (
+        "import sys\n"
+        "from ketch.cli.main import main\n"
+        f"code = main(['exec', {mvm!r}, '--', 'echo', 'hi'])\n"
+        f"print(code, [m for m in {heavy!r} if m in sys.modules])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=ketch.env, timeout=120
+    )
+    assert done.stdout == "hi\n0 []\n", done.stderr
+
+
 def test_another_local_user_cannot_use_the_socket(ketch: Ketch, mvm: str) -> None:
     """The attack: a second user asks the master to run a command in the guest."""
     if os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"):

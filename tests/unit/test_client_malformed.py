@@ -157,3 +157,42 @@ def test_a_well_formed_error_is_still_the_daemons_error(
     fake.reply = http(json.dumps({"error": error}).encode(), "400 Bad Request")
     assert main(["list"]) == 1
     assert capsys.readouterr().err == "list failed: no\nhint: try\n"
+
+
+EXEC_REPLIES = {
+    "garbage": b"garbage\r\n\r\n",
+    "not-json": http(b"<html>hello</html>"),
+    "wrong-shape": http(b'{"name": "vm", "host": "127.0.0.1", "port": "22"}'),
+    "missing-fields": http(b'{"name": "vm"}'),
+    "error-of-wrong-shape": http(b'{"error": {"code": 1}}', "404 Not Found"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXEC_REPLIES))
+def test_a_malformed_reply_to_exec_is_exit_3_with_a_message(
+    fake: FakeDaemon, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """exec decodes its reply without msgspec (ketch.api.plain): the same clear exit 3."""
+    fake.reply = EXEC_REPLIES[case]
+    assert main(["exec", "vm", "--", "true"]) == EXIT_DAEMON
+    err = capsys.readouterr().err
+    assert err.startswith("exec failed: ") and "Traceback" not in err
+    assert "ketchd" in err
+
+
+def test_execs_message_names_the_wrong_field(
+    fake: FakeDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.reply = EXEC_REPLIES["wrong-shape"]
+    assert main(["exec", "vm", "--", "true"]) == EXIT_DAEMON
+    err = capsys.readouterr().err
+    assert "malformed" in err and "$.port" in err and "Expected int, got str" in err
+
+
+def test_a_well_formed_error_to_exec_is_still_the_daemons_error(
+    fake: FakeDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    error = {"code": "not-found", "message": 'instance "vm" does not exist', "exit_code": 2}
+    fake.reply = http(json.dumps({"error": error}).encode(), "404 Not Found")
+    assert main(["exec", "vm", "--", "true"]) == 2
+    assert capsys.readouterr().err == 'exec failed: instance "vm" does not exist\n'

@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -76,7 +75,7 @@ def test_without_a_master_no_session_multiplexes() -> None:
 
 
 def test_a_session_goes_through_the_socket_it_is_given_and_never_becomes_a_master() -> None:
-    argv = ssh_argv(replace(TARGET, control_path="/inst/vm1/ssh-mux.sock"), "true", tty=False)
+    argv = ssh_argv(TARGET.replace(control_path="/inst/vm1/ssh-mux.sock"), "true", tty=False)
     o = options_of(argv)
     assert (o["ControlMaster"], o["ControlPath"]) == ("no", "/inst/vm1/ssh-mux.sock")
     assert "ControlPersist" not in o
@@ -101,7 +100,7 @@ def test_a_master_needs_a_path_and_no_command() -> None:
     with pytest.raises(InvalidArgument):
         ssh_argv(TARGET, None, tty=False, master=True)
     with pytest.raises(InvalidArgument):
-        ssh_argv(replace(TARGET, control_path="/s"), "true", tty=False, master=True)
+        ssh_argv(TARGET.replace(control_path="/s"), "true", tty=False, master=True)
 
 
 @pytest.mark.parametrize(
@@ -114,13 +113,13 @@ def test_a_master_needs_a_path_and_no_command() -> None:
 def test_the_control_path_is_written_so_ssh_reads_it_back_literally(
     path: str, written: str
 ) -> None:
-    argv = ssh_argv(replace(TARGET, control_path=path), "true", tty=False)
+    argv = ssh_argv(TARGET.replace(control_path=path), "true", tty=False)
     assert f"ControlPath={written}" in argv
 
 
 def test_a_control_path_ssh_would_expand_is_refused() -> None:
     with pytest.raises(InvalidArgument, match="expand"):
-        ssh_argv(replace(TARGET, control_path="/srv/${HOME}/s"), "true", tty=False)
+        ssh_argv(TARGET.replace(control_path="/srv/${HOME}/s"), "true", tty=False)
 
 
 def test_a_path_too_long_for_sun_path_with_ssh_s_suffix_gets_no_master() -> None:
@@ -402,7 +401,7 @@ def test_a_guest_that_said_it_finished_is_ready_once_its_master_is_up() -> None:
 
         async def connect(left: float) -> SshTarget | Completed:
             made.append(left)  # the master is "up": its socket named
-            return replace(target, control_path="/nonexistent/ssh-mux.sock")
+            return target.replace(control_path="/nonexistent/ssh-mux.sock")
 
         async with server:
             await wait_ready(

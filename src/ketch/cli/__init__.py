@@ -35,19 +35,20 @@ hot path (``ketch list``, ``info``, ``exec``).
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, TypeVar
 
 from ketch.api import routes
 from ketch.errors import InvalidArgument, KetchError
+from ketch.hints import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import argparse
+    from typing import Any, TypeVar
 
     from ketch.api import models as m
     from ketch.client import Client
 
-B = TypeVar("B", bound="m.Body")
-R = TypeVar("R", bound="m.Reply")
+    B = TypeVar("B", bound=m.Body)
+    R = TypeVar("R", bound=m.Reply)
 
 
 def client() -> Client:

@@ -17,11 +17,14 @@ import subprocess
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import IO
 
 from ketch.errors import GuestError, HostKeyMismatch, InvalidArgument
+from ketch.hints import TYPE_CHECKING
 from ketch.host.ssh import StderrWatch, remote_command, ssh_argv, ssh_failure_error
 from ketch.sshtarget import SshTarget
+
+if TYPE_CHECKING:
+    from typing import IO
 
 CHUNK = 1 << 16
 

@@ -14,49 +14,43 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING
 
 from ketch.api import routes
 from ketch.cli import client, primary_name, stream
 from ketch.errors import InvalidArgument
+from ketch.hints import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ketch.api import models as m
+    from ketch.api.plain import SshReply
     from ketch.sshtarget import SshTarget
 
 
-def _reply(name: str, timeout: int | None = None) -> m.SshTargetReply:
+def _reply(name: str, timeout: int | None = None) -> SshReply:
+    """The instance's SSH target and mounts (decoded without msgspec: exec's start-up)."""
+    from ketch.api.plain import ssh_target_reply
     from ketch.errors import RemoteError
 
     daemon = client()
     try:
-        return daemon.call(routes.SSH, name=name)
+        return daemon.call_plain(routes.SSH, ssh_target_reply, name=name)
     except RemoteError as exc:
         if exc.code != "invalid-state":
             raise
         from ketch.api import models as m  # here: 'exec' on a running instance needs no body
 
         stream(routes.START, m.StartBody(timeout=timeout), name=name)  # as Multipass: start it
-        return daemon.call(routes.SSH, name=name)
+        return daemon.call_plain(routes.SSH, ssh_target_reply, name=name)
 
 
 def _target(name: str, timeout: int | None = None) -> SshTarget:
     return _target_of(_reply(name, timeout))
 
 
-def _target_of(doc: m.SshTargetReply) -> SshTarget:
+def _target_of(doc: SshReply) -> SshTarget:
     from ketch.host.ssh.master import usable_control
-    from ketch.sshtarget import SshTarget
 
-    target = SshTarget(
-        name=doc.name,
-        host=doc.host,
-        port=doc.port,
-        user=doc.user,
-        identity=doc.identity,
-        known_hosts=doc.known_hosts,
-        control_path=usable_control(doc.control_path),  # checked again: ours, 0600
-    )
+    # the socket checked again: ours, 0600
+    target = doc.target.replace(control_path=usable_control(doc.target.control_path))
     if os.environ.get("KETCH_SERVER_ADDRESS"):  # a remote ketchd: its host's files, fetched
         from ketch.cli.verbs_remote import localise
 
@@ -80,7 +74,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     doc = _reply(args.name)
     remote = bool(os.environ.get("KETCH_SERVER_ADDRESS"))  # mounts are the daemon host's
     if workdir is None and not no_map and doc.mounts and not remote:
-        workdir = guest.mapped_workdir([(p.source, p.target) for p in doc.mounts])
+        workdir = guest.mapped_workdir(doc.mounts)
     return guest.exec_command(_target_of(doc), command, workdir=workdir)
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import socket
 import time
 from pathlib import Path
@@ -132,7 +131,7 @@ async def endpoint(root: Root, spec: InstanceSpec) -> SshTarget:
         return loopback
     _unreachable.pop(key, None)
     # A direct connection: the master rides on the loopback port (made by the readiness wait)
-    return dataclasses.replace(loopback, host=nic.ip, port=22, control_path="")
+    return loopback.replace(host=nic.ip, port=22, control_path="")
 
 
 def live_control(idir: InstanceDir) -> str:

@@ -28,7 +28,7 @@ long-lived session.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from ketch.hints import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ketch.host.ssh.argv import (

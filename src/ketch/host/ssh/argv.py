@@ -17,9 +17,9 @@ import os
 import re
 import shlex
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from ketch.errors import InvalidArgument
+from ketch.hints import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ketch.sshtarget import SshTarget

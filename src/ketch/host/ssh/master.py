@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import TYPE_CHECKING
 
+from ketch.hints import TYPE_CHECKING
 from ketch.host.ssh.argv import CONNECT_TIMEOUT, SSH, ssh_argv, ssh_option
 
 if TYPE_CHECKING:
@@ -98,9 +98,7 @@ def usable_control(path: str) -> str:
 
 def master_argv(target: SshTarget, control: str) -> list[str]:
     """The argv of the master listening on ``control`` (pure)."""
-    from dataclasses import replace
-
-    return ssh_argv(replace(target, control_path=control), None, tty=False, master=True)
+    return ssh_argv(target.replace(control_path=control), None, tty=False, master=True)
 
 
 def is_master_argv(argv: list[str] | None, control: str) -> bool:

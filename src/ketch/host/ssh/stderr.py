@@ -3,9 +3,8 @@ and a session that could not be set up from the remote command's own output."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ketch.errors import GuestError
+from ketch.hints import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ketch.sshtarget import SshTarget
