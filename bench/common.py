@@ -36,8 +36,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ketch.client import Client
 from ketch.host import procs
+from ketch.layout import Root
 from ketch.model import BootSpec, ImageInfo, InstanceSpec, Intent
+from ketch.sshtarget import SshTarget
 
 PY = sys.executable
 _KETCH_SCRIPT = Path(PY).with_name("ketch")
@@ -289,13 +292,11 @@ class Bench:
         self.ketch(*args, **kw)
         return time.perf_counter() - t0
 
-    def client(self) -> Any:
-        from ketch.client import Client
-        from ketch.layout import Root
+    def client(self) -> Client:
 
         return Client(Root(self.root))
 
-    def ssh_target(self, name: str) -> Any:
+    def ssh_target(self, name: str) -> SshTarget:
         """The SshTarget the daemon hands out for ``name`` (what ketch exec uses)."""
         from ketch.api import routes
         from ketch.api.plain import ssh_target_reply
@@ -537,9 +538,7 @@ class RawVm:
             p.unlink(missing_ok=True)
         subprocess.run(self.argv(loadvm=loadvm), check=True, capture_output=True)
 
-    def target(self) -> Any:
-        from ketch.sshtarget import SshTarget
-
+    def target(self) -> SshTarget:
         return SshTarget(
             name=self.name,
             host="127.0.0.1",

@@ -107,14 +107,12 @@ def main() -> None:
         b.ensure_image()
         log("launching the instance (untimed)")
         b.ketch("launch", "tiny", "--name", NAME, timeout=900)
-        import dataclasses
-
         from ketch.host.ssh import ssh_argv
 
         muxed = b.ssh_target(NAME)
         if not muxed.control_path:
             log("warning: the daemon names no SSH master socket for the instance")
-        target = dataclasses.replace(muxed, control_path="")  # plain ssh: its own connection
+        target = muxed.replace(control_path="")  # plain ssh: its own connection
 
         def argv_of(remote: str) -> list[str]:
             return ssh_argv(target, remote, tty=False, batch=True)
