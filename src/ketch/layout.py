@@ -96,6 +96,7 @@ VIRTIOFS_LOG = ".log"
 AGENT_SOCKET = "warm-agent.sock"  # warm start: the host end of the guest agent's virtio port
 WARM_RECORD = "warm.json"  # a warm-started instance: its template and its device layout
 
+READY = "ready"  # the QEMU run on record (or its saved state) reached readiness
 NIC = "nic.json"  # on the managed network: the TAP, MAC and address QEMU was started with
 INSTANCE_RECORD = "instance.json"  # the store's record of it, mirrored (store/mirror.py)
 
@@ -369,6 +370,10 @@ class InstanceDir(_Paths):
     @property
     def warm_record(self) -> Path:
         return self.path / WARM_RECORD
+
+    @property
+    def ready(self) -> Path:
+        return self.path / READY
 
     @property
     def nic(self) -> Path:

@@ -216,6 +216,32 @@ def test_suspend_ends_the_master_and_resume_makes_a_new_one(ketch: Ketch, mvm: s
     assert_through(ketch, mvm, new)
 
 
+def test_a_resume_knows_whether_the_saved_guest_had_finished_booting(
+    ketch: Ketch, mvm: str
+) -> None:
+    """The ready marker names the QEMU run seen ready; a suspend of it keeps "saved"."""
+    d = idir(ketch, mvm)
+
+    def run_now() -> str:
+        pid = procs.read_pidfile(d / "qemu.pid")
+        assert pid is not None
+        return f"run {pid} {procs.start_time(pid)}"
+
+    assert (d / "ready").read_text() == run_now()
+    ketch.run("suspend", mvm)
+    assert (d / "ready").read_text() == "saved"  # the resume waits for the master only
+    ketch.run("start", mvm)
+    assert (d / "ready").read_text() == run_now()
+    assert ketch.exec(mvm, "test", "-f", "/var/lib/cloud/instance/boot-finished") == ""
+    # a run not seen ready (here: a marker of another run) is saved without the mark,
+    # and its resume probes boot-finished as a boot does
+    (d / "ready").write_text("run 1 1")
+    ketch.run("suspend", mvm)
+    assert not (d / "ready").exists()
+    ketch.run("start", mvm)
+    assert (d / "ready").read_text() == run_now()
+
+
 def test_stop_ends_the_master_and_start_makes_a_new_one(ketch: Ketch, mvm: str) -> None:
     old = wait_master(ketch, mvm)
     ketch.run("stop", mvm)

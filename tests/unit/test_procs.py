@@ -22,8 +22,10 @@ from ketch.host.procs import (
     classify,
     cmdline,
     open_pidfd,
+    parse_start_time,
     read_pidfile,
     remove_quietly,
+    start_time,
     terminate,
     terminate_pidfd,
 )
@@ -369,3 +371,23 @@ def test_a_reused_pid_never_gets_the_signal() -> None:
         "alive",
         "kill-by-number-reaches-it",
     ]
+
+
+# A /proc/PID/stat line recorded here (a QEMU; its name holds a space and a ')').
+STAT = (
+    "4242 (qemu) sys x) S 1 4241 4241 0 -1 4194368 5123 0 0 0 812 301 0 0 20 0 5 0 "
+    "1838807 1234567168 54321 18446744073709551615 1 1 0 0 0 0 0 4096 17647 0 0 0 17 1 0 0"
+)
+
+
+def test_the_start_time_is_field_22_counted_after_the_name() -> None:
+    assert parse_start_time(STAT) == 1838807
+
+
+def test_the_start_time_of_this_process_and_of_a_dead_pid() -> None:
+    started = start_time(os.getpid())
+    assert started is not None and started > 0
+    assert started == start_time(os.getpid())  # the same run, the same value
+    child = subprocess.Popen(["true"])
+    child.wait()
+    assert start_time(child.pid) is None

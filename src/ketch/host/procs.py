@@ -85,6 +85,28 @@ def alive(pid: int) -> bool:
     return cmdline(pid) is not None
 
 
+def start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after the host's boot), or None if gone.
+
+    With the pid, it names one run of a process: a pid the kernel gives out
+    again comes with another start time.
+    """
+    try:
+        return parse_start_time(Path(f"/proc/{pid}/stat").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def parse_start_time(stat: str) -> int:
+    """Field 22 (``starttime``) of a ``/proc/PID/stat`` line (pure; ValueError if none).
+
+    The command name (field 2, in parentheses) may hold spaces and ``)``: the
+    fields are counted after its last ``)``.
+    """
+    rest = stat[stat.rindex(")") + 1 :].split()
+    return int(rest[19])  # fields 3.. follow the name: field 22 is the 20th of them
+
+
 class PidFd:
     """A pidfd: a handle on one process that a recycled pid cannot redirect.
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ketch.host import dnsmasq, ssh
+from ketch.host import dnsmasq, procs, ssh
 from ketch.host.ssh import master
 from ketch.layout import InstanceDir, Root
 from ketch.model import InstanceSpec, PidStatus
@@ -33,6 +33,7 @@ from ketch.runtime.driver import Driver
 from ketch.runtime.netplan import read_nic
 from ketch.service.waits import Wait
 from ketch.sshtarget import SshTarget
+from ketch.store.mirror import atomic_write
 from ketch.vocabulary import blocks_readiness
 
 if TYPE_CHECKING:
@@ -213,7 +214,9 @@ async def wait_ready(
     """Wait for SSH and boot-finished; with ``driver``, stop early if QEMU dies or pauses.
 
     ``finished``: the guest already said boot-finished is there (a warm clone's
-    agent): SSH with the pinned key is all that is waited for.
+    agent), or it is a saved state that had (:func:`resumes_ready`): SSH with the
+    pinned key is all that is waited for.  Once ready, the instance directory's
+    :data:`~ketch.layout.READY` marker names this QEMU run.
 
     The daemon may cut this wait short (``service/waits.py``): then
     :class:`~ketch.service.waits.WaitCancelled` is raised.
@@ -233,7 +236,9 @@ async def wait_ready(
         # probes go direct, so a guest reachable without a master is found either way.
         return await ensure_master(root, spec, timeout=left)
 
+    idir = root.instance(spec.name)
     await end_master(root, spec.name)  # a master of an earlier run of this instance
+    idir.ready.unlink(missing_ok=True)  # not ready until seen so, in this run
     async with Wait(spec.name, "readiness"):
         await ssh.wait_ready(
             target(root, spec, mux=False),
@@ -243,6 +248,50 @@ async def wait_ready(
             connect=connect,
             finished=finished,
         )
+    run = _run_of(idir)
+    if run is not None:
+        atomic_write(idir.ready, run.encode())
+
+
+# -- readiness, remembered across a suspend --------------------------------------------
+# The READY marker holds "run PID STARTTIME" (the QEMU run that was seen ready) or SAVED
+# (the suspend tag holds a state saved after readiness).  Lost or stale, it costs only
+# the boot-finished probe: a resume without SAVED waits as a boot does.
+
+SAVED = "saved"
+
+
+def _run_of(idir: InstanceDir) -> str | None:
+    """ "run PID STARTTIME" of the instance's QEMU now (its pid file and /proc), or None."""
+    pid = procs.read_pidfile(idir.pidfile)
+    started = procs.start_time(pid) if pid is not None else None
+    return None if started is None else f"run {pid} {started}"
+
+
+def _marked(idir: InstanceDir) -> str | None:
+    try:
+        return idir.ready.read_text()
+    except OSError:
+        return None
+
+
+def ready_now(idir: InstanceDir) -> bool:
+    """Before a suspend: was this QEMU run seen ready (its boot finished)?"""
+    run = _run_of(idir)
+    return run is not None and _marked(idir) == run
+
+
+def mark_saved(idir: InstanceDir, ready: bool) -> None:
+    """After a suspend: the saved state is of a guest that was ready (``ready``), or not."""
+    if ready:
+        atomic_write(idir.ready, SAVED.encode())
+    else:
+        idir.ready.unlink(missing_ok=True)
+
+
+def resumes_ready(idir: InstanceDir) -> bool:
+    """Does the suspend tag hold a guest that had finished booting?"""
+    return _marked(idir) == SAVED
 
 
 def port_free(port: int) -> bool:

@@ -90,7 +90,12 @@ async def start(
         wait = timeout or ctx.boot_timeout
         try:
             await guestlink.wait_ready(
-                ctx.root, spec, timeout=wait, reporter=reporter, driver=ctx.driver
+                ctx.root,
+                spec,
+                timeout=wait,
+                reporter=reporter,
+                driver=ctx.driver,
+                finished=resume and guestlink.resumes_ready(idir),  # no boot-finished probe
             )
         except Timeout as exc:
             # Multipass's sentence first (src/client/cli/cmd/start.cpp, restart.cpp)
@@ -258,13 +263,14 @@ async def suspend(ctx: Context, name: str, reporter: Reporter) -> NameResult:
         # in the guest first, mounted again after the resume.
         await mounts.deactivate_all(ctx, v.record.spec, reporter, guest=True)
         await guestlink.end_master(ctx.root, name)  # the saved guest keeps no session of it
+        idir = ctx.root.instance(name)
+        ready = guestlink.ready_now(idir)
         try:
-            await ctx.driver.suspend(
-                v.record.spec, ctx.root.instance(name), reporter=reporter, timeout=300.0
-            )
+            await ctx.driver.suspend(v.record.spec, idir, reporter=reporter, timeout=300.0)
         except KetchError as exc:
             await mounts.activate_all(ctx, v.record.spec, reporter)
             raise suspend_failed(ctx, v, exc) from exc
+        guestlink.mark_saved(idir, ready)
         ctx.store.set_intent(name, Intent.SUSPEND)
     return NameResult(name=name)
 
