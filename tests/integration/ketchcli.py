@@ -73,10 +73,13 @@ class Ketch:
         return dict(self.json("info", name)["info"][name])
 
     def state(self, name: str) -> str:
-        return str(self.info(name)["state"])
+        return str(self.json("info", "--no-runtime-information", name)["info"][name]["state"])
 
     def codes(self, name: str) -> set[str]:
-        return {i["code"] for i in self.info(name)["inconsistencies"]}
+        """The instance's inconsistency codes (nothing asked of the guest: a guest busy or
+        paused cannot make the answer late)."""
+        doc = self.json("info", "--no-runtime-information", name)["info"][name]
+        return {i["code"] for i in doc["inconsistencies"]}
 
     def exec(self, name: str, *cmd: str) -> str:
         return self.run("exec", name, "--", *cmd).stdout

@@ -240,6 +240,15 @@ def test_info_of_a_running_instance_whose_guest_cannot_be_reached(env: Env) -> N
     assert len(doc["errors"]) == 1 and '"alpha"' in doc["errors"][0]
 
 
+def test_info_without_runtime_information_asks_nothing_of_the_guest(env: Env) -> None:
+    """Multipass's --no-runtime-information: the same guest, no statistics, no error."""
+    env.add("alpha", port=guestlink.free_port(set()))  # nothing listens there
+    doc = env.client.get("/v1/info", names="alpha", no_runtime_information="true")
+    assert doc["errors"] == []
+    alpha = doc["info"]["alpha"]
+    assert (alpha["state"], alpha["ipv4"], alpha["load"]) == ("Running", ["10.0.2.15"], [])
+
+
 def test_info_without_names_is_every_instance(env: Env) -> None:
     env.add("alpha", Intent.SUSPEND, running=False, tags={SUSPEND_TAG})
     env.add("bravo", Intent.STOP, running=False, port=42002)

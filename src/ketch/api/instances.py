@@ -58,6 +58,13 @@ class NamesQuery(Body):
     names: Annotated[str, Meta(max_length=MAX_TEXT, description="comma-separated")] = ""
 
 
+class InfoQuery(NamesQuery):
+    """``info``'s: with ``no_runtime_information``, nothing is asked of the guests (Multipass's
+    ``--no-runtime-information``): no load, disk or memory use, mounts' ``active`` unknown."""
+
+    no_runtime_information: bool = False
+
+
 class ListEntry(Reply):
     name: str
     state: str

@@ -114,7 +114,7 @@ LIST: Route[m.Empty, m.ListReply] = Route(
 )
 INFO: Route[m.Empty, m.InfoReply] = Route(
     "info", "GET", "/v1/info", "instance and INSTANCE.SNAPSHOT details, as Multipass",
-    "m.InfoReply", query="m.NamesQuery",
+    "m.InfoReply", query="m.InfoQuery",
 )  # fmt: skip
 LAUNCH: Route[m.LaunchBody, m.NameResult] = Route(
     "launch", "POST", "/v1/instances", "launch an instance", "m.NameResult",

@@ -66,6 +66,11 @@ def declare(v: Verbs) -> None:
     sp.add_argument(
         "--snapshots", action="store_true", help="details of every snapshot of the instances"
     )
+    sp.add_argument(
+        "--no-runtime-information",
+        action="store_true",
+        help="only what the daemon knows without running commands in the instances",
+    )
     fmt(sp)
     for verb in ("start", "suspend", "restart"):
         sp = cmd(verb, "verbs_instances")

@@ -104,7 +104,10 @@ def cmd_info(args: argparse.Namespace) -> int:
                 return 2
             print("No snapshots found.", file=sys.stderr)
             return 0
-    doc = client().call(routes.INFO, query={"names": ",".join(names)})
+    query = {"names": ",".join(names)}
+    if args.no_runtime_information:
+        query["no_runtime_information"] = "true"
+    doc = client().call(routes.INFO, query=query)
     from ketch.cli import output  # after the call, as in cmd_list
 
     sys.stdout.write(output.info_output(doc, args.format))

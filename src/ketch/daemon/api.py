@@ -103,7 +103,8 @@ class Api(OperationRoutes, AuthRoutes, TunnelRoutes, WatchRoutes, DashboardRoute
 
     async def info(self, call: Call[None]) -> m.InfoReply:
         await self.ops.settled()
-        return await info_uc.info(self.ctx, _names(call.query.names))
+        q = call.query
+        return await info_uc.info(self.ctx, _names(q.names), runtime=not q.no_runtime_information)
 
     async def snapshot_list(self, call: Call[None]) -> m.SnapshotListReply:
         await self.ops.settled()

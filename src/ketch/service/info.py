@@ -26,14 +26,19 @@ from ketch.service.context import Context
 RUNNING = (State.RUNNING, State.DELAYED_SHUTDOWN)
 
 
-async def _stats(ctx: Context, v: inspect_uc.View) -> tuple[guest_stats.GuestStats, str | None]:
-    if v.state not in (State.RUNNING, State.DELAYED_SHUTDOWN):
+async def _stats(
+    ctx: Context, v: inspect_uc.View, runtime: bool
+) -> tuple[guest_stats.GuestStats, str | None]:
+    if not runtime or v.state not in RUNNING:
         return guest_stats.NONE, None
     return await guest_stats.collect_quietly(guestlink.target(ctx.root, v.record.spec))
 
 
-async def info(ctx: Context, asked: Sequence[str]) -> InfoReply:
-    """``{"errors": [...], "info": {NAME: {...}}}`` for the names asked (all when none)."""
+async def info(ctx: Context, asked: Sequence[str], *, runtime: bool = True) -> InfoReply:
+    """``{"errors": [...], "info": {NAME: {...}}}`` for the names asked (all when none).
+
+    ``runtime`` false: nothing is asked of the guests (no stats; mounts' ``active`` None).
+    """
     wanted = [n for n in asked if "." not in n]
     snapshots, errors = snapshots_uc.info_doc(ctx, [n for n in asked if "." in n])
     records = ctx.store.all()
@@ -49,11 +54,11 @@ async def info(ctx: Context, asked: Sequence[str]) -> InfoReply:
         raise NotFound("\n".join(errors))
     accel = (await choose(ctx)).accel if chosen else ""
     views = await asyncio.gather(*(inspect_uc.view(ctx, r) for r in chosen))
-    stats = await asyncio.gather(*(_stats(ctx, v) for v in views))
+    stats = await asyncio.gather(*(_stats(ctx, v, runtime) for v in views))
     counts = ctx.store.snapshot_counts()
     entries: dict[str, InfoEntry] = {}
     actives = await asyncio.gather(
-        *(mounts.entries(ctx, v.record.spec, v.state in RUNNING) for v in views)
+        *(mounts.entries(ctx, v.record.spec, runtime and v.state in RUNNING) for v in views)
     )
     for v, (guest, error), active in zip(views, stats, actives, strict=True):
         entries[v.name] = inspect_uc.info_entry(
