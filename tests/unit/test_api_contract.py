@@ -178,7 +178,7 @@ def test_models_re_exports_every_model_of_its_parts() -> None:
     """A model added to a part (common, instances, ...) is reachable as ``m.X``, the same object."""
     import importlib
 
-    parts = ["common", "instances", "snapshots", "system", "events"]
+    parts = ["common", "instances", "snapshots", "system", "events", "hosts"]
     for part in parts:
         module = importlib.import_module(f"ketch.api.{part}")
         public = [n for n, v in vars(module).items() if not n.startswith("_")]
