@@ -40,7 +40,7 @@ class NodeFacts:
     """What a host has, as libvirt (or, for ``local``, the kernel) reports it."""
 
     cpus: int
-    memory_total: int  # bytes (virNodeGetInfo's memory, KiB)
+    memory_total: int  # bytes (virNodeGetInfo's memory: the binding gives MiB, rounded down)
     memory_free: int  # bytes (virNodeGetFreeMemory)
     disk_free: int | None  # bytes available in the roomiest active storage pool (None: none)
     disk_pool: str | None  # that pool's name
