@@ -352,7 +352,7 @@ def test_bad_input_is_refused_with_exit_2(env: Env) -> None:
         (["host", "add", "lv2", "qemu:///system"], 'already host "lv"'),
         (["host", "add", "local", "qemu+ssh://h/system"], '"local" is the built-in host'),
         (["host", "add", "bad_name", "qemu+ssh://h/system"], "hostname rules"),
-        (["host", "add", "x", "qemu+ssh://h/system", "--ssh-key", "/nonexistent"], "--ssh-key"),
+        (["host", "add", "x", "qemu+ssh://h/system", "--ssh-key", "/no/such/key"], "--ssh-key"),
         (["host", "remove", "local"], "cannot be removed"),
         (["host", "remove", "nosuch"], 'host "nosuch" does not exist'),
     ]

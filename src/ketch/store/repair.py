@@ -242,7 +242,7 @@ def open_store(root: Root, now: Callable[[], float] = time.time) -> tuple[Store,
         if rep.damage is not None:
             aside = move_aside(path, rep.when)
             rep.kept = str(aside)
-    elif mirrors:
+    elif mirrors or mirror.read_hosts(root.hosts_record):
         rep.damage = "it is missing" if not path.exists() else "it is empty"
     try:
         store = Store(path)
