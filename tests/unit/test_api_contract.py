@@ -54,6 +54,19 @@ BAD = [
     ("POST", "/v1/images/build", {"name": "windows"}, "$.name: Invalid enum value"),
     ("PUT", "/v1/settings/client.primary-name", {"value": 5}, "$.value: Expected str"),
     ("PUT", "/v1/settings/client.primary-name", {}, "missing required field value"),
+    ("POST", "/v1/hosts", {"name": "lv"}, "missing required field uri"),
+    (
+        "POST",
+        "/v1/hosts",
+        {"name": "", "uri": "qemu:///system"},
+        "$.name: Expected str of length >= 1",
+    ),
+    (
+        "POST",
+        "/v1/hosts",
+        {"name": "lv", "uri": "qemu:///system", "timeout": 61},
+        "$.timeout: Expected float <= 60.0",
+    ),
 ]
 
 
