@@ -4,6 +4,7 @@ the SSH files of a qemu+ssh host (host/libvirt_ssh.py) and /proc/meminfo (host/n
 from __future__ import annotations
 
 import asyncio
+import socket
 import stat
 import subprocess
 import sys
@@ -104,6 +105,35 @@ def test_errors_of_the_call_are_raised_foreign_ones_translated() -> None:
         asyncio.run(Prober(refuses).probe("qemu:///system", 5))
     with pytest.raises(HostUnreachable, match="ValueError: odd"):
         asyncio.run(Prober(buggy).probe("qemu:///system", 5))
+
+
+def test_a_libvirtd_that_never_answers_is_cut_at_the_deadline(tmp_path: Path) -> None:
+    """The real binding against a Unix socket that accepts and says nothing (a hung libvirtd:
+    no ssh timeout applies here); the thread ends once the socket closes."""
+    pytest.importorskip("libvirt")
+    from ketch.host.libvirt import probe
+
+    path = tmp_path / "libvirt-sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(4)
+    held: list[socket.socket] = []
+    accepting = threading.Thread(target=lambda: held.append(server.accept()[0]), daemon=True)
+    accepting.start()
+    prober = Prober(probe)
+    started = time.monotonic()
+    with pytest.raises(HostUnreachable, match="did not answer within 1 s"):
+        asyncio.run(prober.probe(f"qemu:///system?socket={path}", 1.0))
+    assert time.monotonic() - started < 3
+    assert prober.in_flight() == 1
+    accepting.join(5)
+    for conn in held:
+        conn.close()
+    server.close()
+    deadline = time.monotonic() + 10
+    while prober.in_flight() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert prober.in_flight() == 0  # libvirt saw the end of the stream: the thread is done
 
 
 def test_ssh_config_verifies_with_ketchs_known_hosts(tmp_path: Path) -> None:

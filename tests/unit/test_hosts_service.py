@@ -119,6 +119,8 @@ def test_an_unreachable_host_is_added_all_the_same(env: tuple[Context, Probes]) 
         ("x", "qemu+ssh://h/system", {"ssh_key": "id"}, InvalidHost, "not an absolute path"),
         ("x", "qemu+ssh://h/system", {"ssh_key": "/no/such/key"}, InvalidHost, "No such file"),
         ("x", "qemu+ssh://h/system", {"ssh_key": "/"}, InvalidHost, "not a readable file"),
+        ("x", "qemu+ssh://h/system", {"ssh_key": '/k"ey'}, InvalidHost, "quotes"),
+        ("x", "qemu+ssh://h/system", {"ssh_key": "/k\ney"}, InvalidHost, "control characters"),
         ("x", "qemu+ssh://h/system", {"known_hosts": "garbage\n"}, InvalidHost, "known_hosts"),
         ("x", "qemu+ssh://h/system", {"known_hosts": "# only\n"}, InvalidHost, "known_hosts"),
     ],

@@ -45,6 +45,11 @@ def check_name(name: str) -> str:
 
 def check_key(path: str) -> str:
     """``--ssh-key``: an absolute path of a readable regular file on the daemon's machine."""
+    if any(c in path for c in '"\\') or any(ord(c) < 32 for c in path):
+        raise InvalidHost(
+            f"--ssh-key {path!r}: quotes, backslashes and control characters are not taken",
+            hint="ssh_config cannot say such a path; move or link the key",
+        )
     if not os.path.isabs(path):
         raise InvalidHost(
             f"--ssh-key {path}: not an absolute path", hint="give the key's full path"
