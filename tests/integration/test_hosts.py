@@ -260,9 +260,19 @@ def test_no_libvirt_network_runs() -> None:
     assert not Path("/sys/class/net/virbr0").exists()
 
 
+def firewall() -> str:
+    """The root namespace's nftables and iptables rules, as text (empty without the tools)."""
+    text = ""
+    for argv in (["nft", "list", "ruleset"], ["iptables-save"]):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            text += subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+    return text
+
+
 def test_qemu_system_is_reachable_with_libvirts_own_figures(env: Env) -> None:
     assert not virsh("net-list", "--name").stdout.strip()  # no network active
     assert not Path("/sys/class/net/virbr0").exists()
+    assert "libvirt" not in firewall().lower()  # no chain or table of libvirt's network driver
     added = env.k.run("host", "add", "lv", "qemu:///system")
     assert added.stdout.startswith("Added host lv: "), added.stdout
     row = env.hosts()["lv"]
