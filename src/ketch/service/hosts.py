@@ -126,7 +126,8 @@ async def _probe(ctx: Context, host: HostSpec, count: int, timeout: float) -> Ho
     try:
         facts = await ctx.prober.probe(connect_uri(ctx, host), timeout)
     except KetchError as exc:
-        return _row(host.name, HostDriver.LIBVIRT, host.uri, count, started, None, exc.message)
+        why = exc.message + (f" ({exc.hint})" if exc.hint else "")
+        return _row(host.name, HostDriver.LIBVIRT, host.uri, count, started, None, why)
     return _row(host.name, HostDriver.LIBVIRT, host.uri, count, started, facts, "")
 
 
