@@ -249,3 +249,25 @@ class LocalOnly(UsageError):
     """A verb (or option) that needs the daemon host's files, refused over KETCH_SERVER_ADDRESS."""
 
     code = "local-only"
+
+
+# -- hosts (issue 20: ketch host add|list|remove) ---------------------------------------------
+
+
+class InvalidHost(KetchError):
+    """A host's name, URI or SSH files are refused by ketchd (exit 2, as Multipass's daemon-side
+    refusals; the command line itself was well formed)."""
+
+    code = "invalid-host"
+
+
+class HostInUse(KetchError):
+    """A host that still has instances cannot be removed."""
+
+    code = "host-in-use"
+
+
+class HostUnreachable(KetchError):
+    """A libvirt host did not answer, or refused: the probe's reason, made short."""
+
+    code = "host-unreachable"

@@ -39,6 +39,8 @@ INSTANCES_DIR = "instances"
 CACHE_DIR = "cache"
 ACCEL_CACHE = "accel.json"  # in CACHE_DIR
 NETWORK_DIR = "network"  # the managed network's state (runtime/network.py)
+HOSTS_DIR = "hosts"  # per libvirt host: the SSH files ketch derives for it (service/hosts.py)
+HOSTS_RECORD = "hosts.json"  # every host added, mirrored from the database (store/mirror.py)
 TLS_DIR = "tls"  # remote access (daemon/tls.py): only with local.address or ketchd --address
 
 # Files in TLS_DIR (all 0600).
@@ -199,6 +201,13 @@ class Root(_Paths):
     @property
     def settings_record(self) -> Path:
         return self.path / SETTINGS_RECORD
+
+    @property
+    def hosts_record(self) -> Path:
+        return self.path / HOSTS_RECORD
+
+    def host_dir(self, name: str) -> Path:
+        return self.path / HOSTS_DIR / name
 
     @property
     def database_repaired(self) -> Path:

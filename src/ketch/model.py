@@ -146,6 +146,35 @@ class Verb(enum.StrEnum):
     CONNECT = "exec, shell, transfer"
 
 
+class HostDriver(enum.StrEnum):
+    """What runs a host's instances (``ketch host list``'s Driver column)."""
+
+    QEMU = "qemu"  # ketch's own QEMU driver: the built-in host ``local``
+    LIBVIRT = "libvirt"  # a libvirtd, local or remote, reached by its URI
+
+
+class HostState(enum.StrEnum):
+    """What the last probe of a host found (never stored)."""
+
+    REACHABLE = "reachable"
+    UNREACHABLE = "unreachable"  # with the reason the probe gives
+
+
+#: The built-in host: ketch's own QEMU driver, on the daemon's machine; cannot be removed.
+LOCAL_HOST = "local"
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """A libvirt host the user added (``ketch host add``): stored, never probed here."""
+
+    name: str
+    uri: str  # as the user gave it: qemu:///system, qemu+ssh://user@host[:port]/system
+    ssh_key: str | None = None  # absolute path of the private key ssh uses (daemon's machine)
+    known_hosts: str | None = None  # the host keys to trust (known_hosts lines), ketch's copy
+    created: float = 0.0
+
+
 class Intent(enum.StrEnum):
     """What the user last asked an instance to be.  Stored; never observed."""
 
@@ -269,6 +298,7 @@ class InstanceSpec:
     forwards: tuple[ForwardSpec, ...] = ()
     networks: tuple[NetworkSpec, ...] = ()
     nics_added: int = 0  # NICs added after launch (set bridged=true): the seed's new instance-ids
+    host: str = LOCAL_HOST  # the host it runs on (``ketch host``): ketch's own QEMU driver
 
 
 @dataclass(frozen=True)

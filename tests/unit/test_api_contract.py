@@ -54,6 +54,19 @@ BAD = [
     ("POST", "/v1/images/build", {"name": "windows"}, "$.name: Invalid enum value"),
     ("PUT", "/v1/settings/client.primary-name", {"value": 5}, "$.value: Expected str"),
     ("PUT", "/v1/settings/client.primary-name", {}, "missing required field value"),
+    ("POST", "/v1/hosts", {"name": "lv"}, "missing required field uri"),
+    (
+        "POST",
+        "/v1/hosts",
+        {"name": "", "uri": "qemu:///system"},
+        "$.name: Expected str of length >= 1",
+    ),
+    (
+        "POST",
+        "/v1/hosts",
+        {"name": "lv", "uri": "qemu:///system", "timeout": 61},
+        "$.timeout: Expected float <= 60.0",
+    ),
 ]
 
 
@@ -178,7 +191,7 @@ def test_models_re_exports_every_model_of_its_parts() -> None:
     """A model added to a part (common, instances, ...) is reachable as ``m.X``, the same object."""
     import importlib
 
-    parts = ["common", "instances", "snapshots", "system", "events"]
+    parts = ["common", "instances", "snapshots", "system", "events", "hosts"]
     for part in parts:
         module = importlib.import_module(f"ketch.api.{part}")
         public = [n for n, v in vars(module).items() if not n.startswith("_")]

@@ -230,7 +230,7 @@ def test_every_verb_has_a_handler() -> None:
     parser = build_parser()
     minimal = {
         "exec": ["vm"], "get": ["k"], "set": ["k=v"], "transfer": ["a", "b"],
-        "image": ["list"], "completion": ["bash"], "forward": ["vm", "80:80"],
+        "image": ["list"], "host": ["list"], "completion": ["bash"], "forward": ["vm", "80:80"],
         "snapshot": ["vm"], "restore": ["vm.snapshot1"], "clone": ["vm"],
         "alias": ["vm:ls"], "prefer": ["ctx"],
         "mount": [".", "vm"], "umount": ["vm"], "unmount": ["vm"],

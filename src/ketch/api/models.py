@@ -9,6 +9,7 @@ prints exactly what the daemon sent.
 The models live by area: :mod:`~ketch.api.common` (limits, bounded value
 types, the ``Body`` and ``Reply`` bases, the error reply),
 :mod:`~ketch.api.instances`, :mod:`~ketch.api.forwards`, :mod:`~ketch.api.snapshots`,
+:mod:`~ketch.api.hosts`,
 :mod:`~ketch.api.system` (version, images, settings, doctor) and
 :mod:`~ketch.api.events` (the stream events).  This module re-exports every
 one of them, and is the one to import (``from ketch.api import models as m``;
@@ -73,6 +74,16 @@ from ketch.api.forwards import (
     ForwardResult,
     ForwardsQuery,
     ForwardsReply,
+)
+from ketch.api.hosts import (
+    HostAddBody,
+    HostAddReply,
+    HostListReply,
+    HostName,
+    HostRemoveReply,
+    HostRow,
+    HostsQuery,
+    HostUriText,
 )
 from ketch.api.instances import (
     CloneBody,
@@ -193,6 +204,14 @@ __all__ = [
     "ForwardResult",
     "ForwardsQuery",
     "ForwardsReply",
+    "HostAddBody",
+    "HostAddReply",
+    "HostListReply",
+    "HostName",
+    "HostRemoveReply",
+    "HostRow",
+    "HostUriText",
+    "HostsQuery",
     "ImagesReply",
     "Inconsistency",
     "InconsistencyEvent",

@@ -231,6 +231,21 @@ FORWARDS: Route[m.Empty, m.ForwardsReply] = Route(
     "forward_list", "GET", "/v1/forwards", "port forwards per instance, automatic and explicit",
     "m.ForwardsReply", query="m.ForwardsQuery",
 )  # fmt: skip
+HOST_ADD: Route[m.HostAddBody, m.HostAddReply] = Route(
+    "host_add", "POST", "/v1/hosts",
+    "add a libvirt host (qemu:///system, qemu+ssh://); probed once added, stored even when "
+    "it does not answer", "m.HostAddReply", body="m.HostAddBody",
+)  # fmt: skip
+HOST_LIST: Route[m.Empty, m.HostListReply] = Route(
+    "host_list", "GET", "/v1/hosts",
+    "every host, local first, each probed now (all at once, each within the timeout)",
+    "m.HostListReply", query="m.HostsQuery",
+)  # fmt: skip
+HOST_REMOVE: Route[m.Empty, m.HostRemoveReply] = Route(
+    "host_remove", "DELETE", "/v1/hosts/{name}",
+    "remove a host (refused while it has instances; local cannot be removed)",
+    "m.HostRemoveReply",
+)  # fmt: skip
 
 OPERATIONS: Route[m.Empty, o.OperationsReply] = Route(
     "operations", "GET", "/v1/operations", "operations in flight and what each waits for",
@@ -274,6 +289,7 @@ ROUTES: tuple[Route[Any, Any], ...] = (
     START, STOP, SUSPEND, RESTART, DELETE, RECOVER, PURGE, DOCTOR, SSH, FIND, IMAGES,
     BUILD, PRUNE, WARM, SETTING_KEYS, GET_SETTING, SET_SETTING, OPERATIONS, FOLLOW, CANCEL,
     FORWARD_ADD, FORWARD_REMOVE, FORWARDS, NETWORKS, AUTHENTICATE, SSH_KEYS, WATCH, DASHBOARD,
+    HOST_ADD, HOST_LIST, HOST_REMOVE,
 )  # fmt: skip
 
 

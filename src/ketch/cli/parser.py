@@ -66,6 +66,9 @@ AREAS: dict[str, dict[str, str]] = {
         "daemon": "Run ketchd in the foreground",
         "completion": "Print a shell completion script (bash or zsh)",
     },
+    "hosts": {
+        "host": "Add, list and remove the hosts instances run on (libvirt, local or over ssh)",
+    },
     "remote": {
         "authenticate": "Authenticate this client with a remote ketchd (KETCH_SERVER_ADDRESS)",
     },
@@ -225,6 +228,11 @@ class Verbs:
             metavar="SECONDS",
             help="maximum time to wait for the instance to be ready",
         )
+
+    @staticmethod
+    def timeout_of(sp: argparse.ArgumentParser, text: str) -> None:
+        """``--timeout SECONDS`` with its own help."""
+        sp.add_argument("--timeout", type=positive_seconds, metavar="SECONDS", help=text)
 
     @staticmethod
     def names(sp: argparse.ArgumentParser, *, all_: bool = True) -> None:

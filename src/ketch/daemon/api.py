@@ -25,6 +25,7 @@ from ketch.api.openapi import document
 from ketch.api.routes import FORWARD_ADD, FORWARD_REMOVE, ROUTES, SET_SETTING
 from ketch.daemon.auth import AuthRoutes
 from ketch.daemon.events import WatchRoutes
+from ketch.daemon.hosts import HostRoutes
 from ketch.daemon.operations import OperationRoutes
 from ketch.daemon.ops import Operations, QueueReporter
 from ketch.daemon.tunnel import TUNNEL_PATH, TunnelRoutes
@@ -52,9 +53,9 @@ def _names(text: str) -> list[str]:
     return [n for n in text.split(",") if n]
 
 
-class Api(OperationRoutes, AuthRoutes, TunnelRoutes, WatchRoutes, DashboardRoutes):
+class Api(OperationRoutes, AuthRoutes, TunnelRoutes, WatchRoutes, DashboardRoutes, HostRoutes):
     """Route handlers bound to the daemon's context (``/v1/operations``, ``/v1/authenticate``,
-    ``/v1/events``, ``/v1/dashboard``: the mixins')."""
+    ``/v1/events``, ``/v1/dashboard``, ``/v1/hosts``: the mixins')."""
 
     def __init__(self, ops: Operations, images: Images) -> None:
         self.ops = ops

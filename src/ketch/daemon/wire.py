@@ -36,6 +36,7 @@ STATUS = {
     "unauthenticated": 401,  # remote access (daemon/auth.py)
     "rate-limited": 429,
     "local-only": 400,
+    "invalid-host": 400,  # a host's name, URI or SSH files (service/hosts.py)
 }
 SCHEMA_HINT = "see the request's schema in /openapi.json"
 

@@ -1,4 +1,4 @@
-"""What every use case is given: the storage root, store, driver, images, reporter."""
+"""What every use case is given: the storage root, store, driver, images, reporter, prober."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ketch.clock import SYSTEM, Clock
+from ketch.host.libvirt import Prober
 from ketch.layout import Root
 from ketch.model import ImageInfo
 from ketch.progress import Reporter
@@ -45,3 +46,4 @@ class Context:
     stop_timeout: float = 60.0
     forwarder: Forwarder | None = None  # the daemon's port forwarder (service/forward_watch.py)
     network: ManagedNetwork | None = None  # the managed network (None: user-mode only)
+    prober: Prober = field(default_factory=Prober)  # libvirt hosts' probes (service/hosts.py)

@@ -1,4 +1,4 @@
-"""SQLite store (WAL): instance specs and intents, the operation journal, settings, snapshots.
+"""SQLite store (WAL): instance specs and intents, the journal, settings, snapshots, hosts.
 
 The store holds what the user asked for, never what is happening: there is
 no "running" column.  Each state-changing step is journaled before it starts
@@ -7,7 +7,7 @@ ketchd starts again.  Schema versions live in ``PRAGMA user_version`` and
 :data:`MIGRATIONS` moves a database forward one version at a time.
 
 The tables' methods live in one module each (:mod:`.instances`,
-:mod:`.journal`, :mod:`.snapshots`, :mod:`.settings`, sharing
+:mod:`.journal`, :mod:`.snapshots`, :mod:`.settings`, :mod:`.hosts`, sharing
 :mod:`.base`), the rows' types in :mod:`.records` and the schema in
 :mod:`.schema`; this module opens the database and migrates it.
 """
@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from ketch.errors import KetchError, NotFound
-from ketch.layout import INSTANCES_DIR, SETTINGS_RECORD
-from ketch.model import InstanceSpec, Intent
+from ketch.layout import HOSTS_RECORD, INSTANCES_DIR, SETTINGS_RECORD
+from ketch.model import HostSpec, InstanceSpec, Intent
 from ketch.store import mirror
+from ketch.store.hosts import HostTable
 from ketch.store.instances import InstanceTable
 from ketch.store.journal import JournalTable
 from ketch.store.records import JournalEntry, Record, SnapshotRecord, spec_from_json, spec_to_json
@@ -44,20 +45,21 @@ __all__ = [
 ]
 
 
-class Store(InstanceTable, JournalTable, SnapshotTable, SettingsTable):
+class Store(InstanceTable, JournalTable, SnapshotTable, SettingsTable, HostTable):
     """The one SQLite database of a storage root.
 
     Every method that changes an instance's record or its snapshots' metadata
     is wrapped here to rewrite that instance's mirror (``instances/<name>/
     instance.json``, :mod:`.mirror`) once the change is committed, and a
-    setting changed rewrites ``settings.json``: the database is never the
-    only copy.
+    setting changed rewrites ``settings.json`` and a host added or removed
+    ``hosts.json``: the database is never the only copy.
     """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._instances = path.parent / INSTANCES_DIR
         self._settings_record = path.parent / SETTINGS_RECORD
+        self._hosts_record = path.parent / HOSTS_RECORD
         try:
             # 0600 whatever the umask: it holds users' cloud-init; SQLite gives
             # the -wal and -shm files the database's mode.
@@ -133,6 +135,20 @@ class Store(InstanceTable, JournalTable, SnapshotTable, SettingsTable):
             mirror.write_settings(self._settings_record, self.settings())
         except OSError as exc:
             log.warning("cannot write the settings' mirror: %s", exc)
+
+    def add_host(self, host: HostSpec) -> None:
+        super().add_host(host)
+        self.mirror_hosts()
+
+    def remove_host(self, name: str) -> None:
+        super().remove_host(name)
+        self.mirror_hosts()
+
+    def mirror_hosts(self) -> None:
+        try:
+            mirror.write_hosts(self._hosts_record, self.hosts())
+        except OSError as exc:
+            log.warning("cannot write the hosts' mirror: %s", exc)
 
     def _migrate(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])

@@ -13,7 +13,8 @@ exist is never made for it (launch makes the directory before the record).
 :func:`to_doc` and :func:`from_doc` are pure; ``store/repair.py`` reads the
 mirrors back when the database is damaged or gone.  The settings are
 mirrored the same way, all of them in ``settings.json`` in the root
-(:data:`ketch.layout.SETTINGS_RECORD`).
+(:data:`ketch.layout.SETTINGS_RECORD`), and so are the hosts, in ``hosts.json``
+(:data:`ketch.layout.HOSTS_RECORD`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ketch.layout import FILE_MODE, INSTANCE_RECORD
-from ketch.model import Intent
+from ketch.model import HostSpec, Intent
 from ketch.store.records import Record, SnapshotRecord, spec_from_json, spec_to_json
 
 FORMAT = 1  # the document's own version, in its "format" key
@@ -119,6 +120,21 @@ def read_settings(path: Path) -> dict[str, str]:
     if not isinstance(doc, dict):
         return {}
     return {str(k): str(v) for k, v in doc.items()}
+
+
+def write_hosts(path: Path, hosts: list[HostSpec]) -> None:
+    """The hosts' mirror (``hosts.json`` in the root): every host as it was added."""
+    doc = {"format": FORMAT, "hosts": [asdict(h) for h in hosts]}
+    atomic_write(path, json.dumps(doc, sort_keys=True, indent=1).encode() + b"\n")
+
+
+def read_hosts(path: Path) -> list[HostSpec]:
+    """The hosts' mirror; empty when there is none or it cannot be read."""
+    try:
+        doc = json.loads(path.read_bytes())
+        return [HostSpec(**h) for h in doc["hosts"]] if doc.get("format") == FORMAT else []
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -28,12 +28,13 @@ from pathlib import Path
 
 from ketch.errors import KetchError
 from ketch.layout import DATABASE_DAMAGED, FILE_MODE, Root
+from ketch.model import HostSpec
 from ketch.store import mirror
 from ketch.store.db import Store
 from ketch.store.records import Record, spec_to_json
 from ketch.store.settings import SettingsTable
 
-TABLES = ("instances", "journal", "settings", "snapshots", "snapshot_heads")
+TABLES = ("instances", "journal", "settings", "snapshots", "snapshot_heads", "hosts")
 RECOVER_TIMEOUT = 120.0
 
 
@@ -219,6 +220,17 @@ def put_back(store: Store, m: mirror.Mirrored, now: float) -> None:
             )
 
 
+def _put_back_hosts(store: Store, hosts: list[HostSpec]) -> None:
+    """The hosts as their mirror tells them (it is at least as new as any salvaged row)."""
+    with store._tx() as db:
+        for h in hosts:
+            db.execute(
+                "INSERT OR REPLACE INTO hosts (name, uri, ssh_key, known_hosts, created)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (h.name, h.uri, h.ssh_key, h.known_hosts, h.created),
+            )
+
+
 def open_store(root: Root, now: Callable[[], float] = time.time) -> tuple[Store, Repair]:
     """The root's store, checked, repaired when damaged, completed from the mirrors."""
     path = root.database
@@ -230,7 +242,7 @@ def open_store(root: Root, now: Callable[[], float] = time.time) -> tuple[Store,
         if rep.damage is not None:
             aside = move_aside(path, rep.when)
             rep.kept = str(aside)
-    elif mirrors:
+    elif mirrors or mirror.read_hosts(root.hosts_record):
         rep.damage = "it is missing" if not path.exists() else "it is empty"
     try:
         store = Store(path)
@@ -262,6 +274,12 @@ def open_store(root: Root, now: Callable[[], float] = time.time) -> tuple[Store,
         rep.salvaged["settings (from settings.json)"] = len(settings)
     if not root.settings_record.exists():
         store.mirror_settings()
+    hosts = mirror.read_hosts(root.hosts_record)
+    if rep.damage is not None and hosts:
+        _put_back_hosts(store, hosts)
+        rep.salvaged["hosts (from hosts.json)"] = len(hosts)
+    if not root.hosts_record.exists():
+        store.mirror_hosts()
     known = {r.spec.name for r in _readable(store)}
     for name, m in mirrors.items():
         if rep.damage is not None or name not in known:

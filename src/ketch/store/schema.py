@@ -54,4 +54,14 @@ MIGRATIONS: tuple[str, ...] = (
         taken INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 3: the libvirt hosts (ketch host add); an instance's host is in its spec ("local")
+    """
+    CREATE TABLE hosts (
+        name TEXT PRIMARY KEY,
+        uri TEXT NOT NULL,
+        ssh_key TEXT,
+        known_hosts TEXT,
+        created REAL NOT NULL
+    );
+    """,
 )
