@@ -262,7 +262,7 @@ SAVED = "saved"
 
 
 def _run_of(idir: InstanceDir) -> str | None:
-    """ "run PID STARTTIME" of the instance's QEMU now (its pid file and /proc), or None."""
+    """The instance's QEMU run now, as ``run PID STARTTIME`` (pid file, /proc); None if none."""
     pid = procs.read_pidfile(idir.pidfile)
     started = procs.start_time(pid) if pid is not None else None
     return None if started is None else f"run {pid} {started}"
