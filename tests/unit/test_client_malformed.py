@@ -101,24 +101,57 @@ LIST_REPLIES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(LIST_REPLIES))
-def test_a_malformed_reply_to_list_is_exit_3_with_a_message(
-    fake: FakeDaemon, case: str, capsys: pytest.CaptureFixture[str]
+# Replies wrong whatever the route (the transport, JSON itself, the error's shape); exec
+# decodes its reply without msgspec (ketch.api.plain), so it gets them all too.
+ANY_ROUTE = (
+    *("garbage", "nothing", "bad-status", "not-json", "empty-body", "not-an-object"),
+    *("server-error-not-json", "bad-chunks", "bad-length", "error-of-wrong-shape"),
+)
+EXEC_REPLIES = {
+    **{case: LIST_REPLIES[case] for case in ANY_ROUTE},
+    "wrong-shape": http(b'{"name": "vm", "host": "127.0.0.1", "port": "22"}'),
+    "missing-field": http(b'{"name": "vm"}'),
+    "truncated": b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"name": ',
+    "error-detail-of-wrong-shape": http(b'{"error": {"code": 1}}', "404 Not Found"),
+}
+EXEC = ["exec", "vm", "--", "true"]
+MALFORMED = [(["list"], case, reply) for case, reply in sorted(LIST_REPLIES.items())] + [
+    (EXEC, case, reply) for case, reply in sorted(EXEC_REPLIES.items())
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "case", "reply"), MALFORMED, ids=[f"{a[0]}-{c}" for a, c, _ in MALFORMED]
+)
+def test_a_malformed_reply_is_exit_3_with_a_message(
+    fake: FakeDaemon, argv: list[str], case: str, reply: bytes, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fake.reply = LIST_REPLIES[case]
-    assert main(["list"]) == EXIT_DAEMON
+    fake.reply = reply
+    assert main(argv) == EXIT_DAEMON
     err = capsys.readouterr().err
-    assert err.startswith("list failed: ") and "Traceback" not in err
+    assert err.startswith(f"{argv[0]} failed: ") and "Traceback" not in err
     assert "ketchd" in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "reply", "where", "what"),
+    [
+        (["list"], LIST_REPLIES["wrong-shape"], "$.list[0].name", "Expected str, got int"),
+        (EXEC, EXEC_REPLIES["wrong-shape"], "$.port", "Expected int, got str"),
+    ],
+)
 def test_the_message_names_the_wrong_field(
-    fake: FakeDaemon, capsys: pytest.CaptureFixture[str]
+    fake: FakeDaemon,
+    argv: list[str],
+    reply: bytes,
+    where: str,
+    what: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    fake.reply = LIST_REPLIES["wrong-shape"]
-    assert main(["list"]) == EXIT_DAEMON
+    fake.reply = reply
+    assert main(argv) == EXIT_DAEMON
     err = capsys.readouterr().err
-    assert "malformed" in err and "$.list[0].name" in err and "Expected str, got int" in err
+    assert "malformed" in err and where in err and what in err
 
 
 STREAM_REPLIES = {
@@ -157,36 +190,6 @@ def test_a_well_formed_error_is_still_the_daemons_error(
     fake.reply = http(json.dumps({"error": error}).encode(), "400 Bad Request")
     assert main(["list"]) == 1
     assert capsys.readouterr().err == "list failed: no\nhint: try\n"
-
-
-EXEC_REPLIES = {
-    "garbage": b"garbage\r\n\r\n",
-    "not-json": http(b"<html>hello</html>"),
-    "wrong-shape": http(b'{"name": "vm", "host": "127.0.0.1", "port": "22"}'),
-    "missing-fields": http(b'{"name": "vm"}'),
-    "error-of-wrong-shape": http(b'{"error": {"code": 1}}', "404 Not Found"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(EXEC_REPLIES))
-def test_a_malformed_reply_to_exec_is_exit_3_with_a_message(
-    fake: FakeDaemon, case: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """exec decodes its reply without msgspec (ketch.api.plain): the same clear exit 3."""
-    fake.reply = EXEC_REPLIES[case]
-    assert main(["exec", "vm", "--", "true"]) == EXIT_DAEMON
-    err = capsys.readouterr().err
-    assert err.startswith("exec failed: ") and "Traceback" not in err
-    assert "ketchd" in err
-
-
-def test_execs_message_names_the_wrong_field(
-    fake: FakeDaemon, capsys: pytest.CaptureFixture[str]
-) -> None:
-    fake.reply = EXEC_REPLIES["wrong-shape"]
-    assert main(["exec", "vm", "--", "true"]) == EXIT_DAEMON
-    err = capsys.readouterr().err
-    assert "malformed" in err and "$.port" in err and "Expected int, got str" in err
 
 
 def test_a_well_formed_error_to_exec_is_still_the_daemons_error(
