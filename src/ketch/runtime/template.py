@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from ketch.runtime.network import ManagedNetwork
 
 SAVE_TIMEOUT = 120.0  # the device state is under a MB: seconds are plenty
-HANDOVER_TIMEOUT = 60.0  # the clone's agent: reseed, seed, SSH server, runcmd
+HANDOVER_TIMEOUT = 60.0  # the clone's agent: reseed, seed, SSH server, runcmd (tiny's)
 
 
 class TemplateError(KetchError):
@@ -62,6 +62,7 @@ class TemplateBoot:
     mac: str
     ssh_port: int
     extra_macs: tuple[str, ...] = ()  # one NIC each after net0 (the managed network's)
+    link_up: bool = False  # net0's link up while it boots (its guest has a static address)
 
 
 def shape(idir: InstanceDir) -> bool:
@@ -189,11 +190,12 @@ class Templates:
                 _lowest_priority(b.pidfile)
             reader, writer = await _connect(b.agent_socket)
             try:
-                # The NIC's link is down while the template lives: the user-mode
-                # network's DHCP server, saved with it, must give its clones (each
-                # its own MAC) the address a cold boot gets.
+                # No DHCP while the template lives: the user-mode network's DHCP
+                # server, saved with it, must give its clones (each its own MAC) the
+                # address a cold boot gets.  So the NICs' links are down, or net0's
+                # is up for a guest given a static address (systemd waits for a link).
                 async with qmp.connect(b.qmp_socket) as mon:
-                    for i in range(1 + len(tb.extra_macs)):
+                    for i in range(1 if tb.link_up else 0, 1 + len(tb.extra_macs)):
                         await mon.execute("set_link", {"name": f"net{i}", "up": False})
                     await mon.execute("cont")
                 await _agent_line(reader, warm_guest.READY, timeout=timeout)
@@ -227,12 +229,14 @@ class Templates:
         template_macs: tuple[str, ...],
         clock: Callable[[], float],
         grow: bool,
+        handover_timeout: float = HANDOVER_TIMEOUT,
     ) -> list[str]:
         """Start ``spec`` as a clone of ``tdir`` (its disk: a copy of the golden one,
         grown to the spec's size) and hand it its identity; returns the agent's warnings.
         ``grow``: the spec's disk is larger than the template's (its filesystem grows);
         ``clock``: the wall clock, read for the guest at the very hand-over (not before
-        QEMU starts: that can take seconds on a loaded host).
+        QEMU starts: that can take seconds on a loaded host); ``handover_timeout``:
+        how long the agent may take to apply the identity (its guest's flavor).
 
         Raises TemplateError (QEMU ended, the disk copy removed, the NIC detached)
         when the template does not load, TemplateMismatch when it does not fit:
@@ -323,7 +327,7 @@ class Templates:
             try:
                 writer.write(warm_guest.handover(entropy, clock(), macs, grow=grow))
                 await writer.drain()
-                return await _agent_line(reader, warm_guest.DONE, timeout=HANDOVER_TIMEOUT)
+                return await _agent_line(reader, warm_guest.DONE, timeout=handover_timeout)
             except (KetchError, OSError) as exc:
                 # A guest that did not take its identity is never kept: it is the template.
                 await _end(idir, idir.disk)
