@@ -25,7 +25,9 @@ boot gets, and systemd's wait for the network does not stall the template's boot
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 # QEMU's user-mode network: the first address its DHCP server gives, its gateway, DNS
 USER_NET_GUEST = "10.0.2.15/24"
@@ -43,8 +45,16 @@ class Guest:
     identity: str
     link_up: bool  # the template's first NIC has its link up while it boots (a static address)
     handover_seconds: float  # from "go" to "done" at most: the clone's identity applied
+    # cloud-config the template's seed adds (the template makes no host key of its own)
+    template_cfg: Mapping[str, Any] = field(default_factory=dict)
 
 
+# Debian's initramfs mounts /run noexec: the reseed helper runs from a tmpfs of its own
+# (in RAM, so in the template's memory: nothing of it on the disk), unmounted once used.
+_EXEC_DIR = "/run/ketch/warm/exec"
+_EXEC_RESEED = f"""mkdir -p {_EXEC_DIR} && mount -t tmpfs -o mode=0700,size=1m tmpfs {_EXEC_DIR} &&
+	cp /run/ketch/warm/reseed {_EXEC_DIR}/reseed && reseed={_EXEC_DIR}/reseed
+"""
 _BOOT_FINISHED = "while [ ! -e /var/lib/cloud/instance/boot-finished ]; do sleep 0.2; done"
 
 TINY = Guest(
@@ -77,7 +87,11 @@ fi
 
 CLOUD_INIT = Guest(
     name="cloud-init",
-    settle=_BOOT_FINISHED + "\nsystemctl is-system-running --wait >/dev/null 2>&1",
+    settle=_EXEC_RESEED
+    + _BOOT_FINISHED
+    + "\necho 'ketch-warm: boot finished'"
+    + "\ntimeout 300 systemctl is-system-running --wait >/dev/null 2>&1"
+    + "\necho 'ketch-warm: settled'",
     generalize=r"""
 systemctl stop ssh.service >/dev/null 2>&1
 rm -f /etc/ssh/ssh_host_*
@@ -101,6 +115,7 @@ for d in /dev/vd? /dev/sr?; do [ -b "$d" ] && blockdev --flushbufs "$d" 2>/dev/n
 [ -f /var/lib/systemd/random-seed ] &&
 	dd if=/dev/urandom of=/var/lib/systemd/random-seed bs=512 count=1 2>/dev/null
 systemctl restart systemd-journald >/dev/null 2>&1 # the new machine-id
+echo "ketch-warm: cloud-init"
 cloud-init init --local || say "warn cloud-init-local"
 systemctl restart systemd-networkd || say "warn networkd"
 /lib/systemd/systemd-networkd-wait-online --timeout=60 >/dev/null 2>&1 || say "warn network"
@@ -109,9 +124,11 @@ systemctl reset-failed ssh.service >/dev/null 2>&1
 systemctl start ssh.service || say "warn sshd"
 cloud-init modules --mode=config || say "warn cloud-config"
 cloud-init modules --mode=final || say "warn cloud-final"
+umount /run/ketch/warm/exec 2>/dev/null
 """,
     link_up=True,
     handover_seconds=600.0,  # cloud-init's four stages under TCG on a loaded host
+    template_cfg={"ssh_genkeytypes": []},  # ssh.service fails in the template: no key at all
 )
 
 # Images that have templates, by the name in their id ("ketch:NAME@KEY")
@@ -137,7 +154,7 @@ def static_network_config(mac: str) -> str:
     eth = {
         "match": {"macaddress": mac},
         "addresses": [USER_NET_GUEST],
-        "routes": [{"to": "default", "via": USER_NET_GATEWAY}],
+        "gateway4": USER_NET_GATEWAY,  # cloud-init 22.4 (bookworm) has no "to: default"
         "nameservers": {"addresses": [USER_NET_DNS]},
     }
     return json.dumps({"version": 2, "ethernets": {name: eth}}, indent=2) + "\n"

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import struct
 from typing import Any
 
@@ -50,10 +51,15 @@ AGENT_TEMPLATE = r"""#!/bin/sh
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 umask 022
+reseed=/run/ketch/warm/reseed
 port=
-for d in /sys/class/virtio-ports/*; do
-	[ "$(cat "$d/name" 2>/dev/null)" = org.ketch.warm.0 ] && port=/dev/${{d##*/}}
-done
+find_port() {{
+	for d in /sys/class/virtio-ports/*; do
+		[ "$(cat "$d/name" 2>/dev/null)" = org.ketch.warm.0 ] && port=/dev/${{d##*/}}
+	done
+}}
+find_port
+[ -n "$port" ] || {{ modprobe virtio_console 2>/dev/null && sleep 1 && find_port; }}
 [ -n "$port" ] || exit 0
 exec 3<>"$port" </dev/null >/dev/console 2>&1
 say() {{ printf '%s\n' "$*" >&3; }}
@@ -71,7 +77,7 @@ while :; do
 	fi
 	case "$kind" in
 	entropy)
-		printf '%s' "$a" | base64 -d | /run/ketch/warm/reseed ||
+		printf '%s' "$a" | base64 -d | "$reseed" ||
 			{{ printf '%s' "$a" | base64 -d >/dev/urandom; say "warn reseed-failed"; }}
 		;;
 	time) date -u -s "@$a" >/dev/null 2>&1 || say "warn clock" ;;
@@ -135,6 +141,7 @@ def reseed_elf() -> bytes:
 def digest(guest: Guest) -> str:
     """What decides a template's guest side: part of every template's key."""
     h = hashlib.sha256(agent(guest).encode())
+    h.update(json.dumps([guest.link_up, guest.template_cfg], sort_keys=True).encode())
     h.update(reseed_elf())
     h.update(str(SEED_SIZE).encode())
     return h.hexdigest()[:16]
@@ -157,7 +164,9 @@ def template_config(guest: Guest) -> dict[str, Any]:
                 "content": base64.b64encode(reseed_elf()).decode(),
             },
         ],
-        "runcmd": [f"setsid {AGENT_PATH} </dev/null >/dev/null 2>&1 &"],
+        # through sh: /run may be noexec (Debian's initramfs mounts it so)
+        "runcmd": [f"setsid sh {AGENT_PATH} </dev/null >/dev/null 2>&1 &"],
+        **guest.template_cfg,
     }
 
 
