@@ -64,7 +64,7 @@ def restore(b: Bench, name: str, memory: str, image: ImageInfo) -> float:
     from ketch.model import InstanceSpec
     from ketch.runtime.qemu_driver import QemuDriver
     from ketch.runtime.warm_flavors import guest_of
-    from ketch.service import guestlink, templates
+    from ketch.service import guestlink, template_seed, templates
     from ketch.service import launch as launch_uc
     from ketch.service.units import parse_size
 
@@ -85,7 +85,7 @@ def restore(b: Bench, name: str, memory: str, image: ImageInfo) -> float:
     ctx: Any = Ctx()
     ctx.root = root
     launch_uc._write_seed(ctx, spec, cloudinit.parse_user_data("#cloud-config\n"))
-    templates.pad_seed(idir.seed_iso)
+    template_seed.pad_seed(idir.seed_iso)
     driver = QemuDriver(None)
     flavor = guest_of(t.image_id)
     assert flavor is not None

@@ -171,7 +171,7 @@ def test_a_native_mount_means_cold_a_classic_one_does_not() -> None:
 
 
 def test_a_seed_is_padded_sparse_to_the_templates_size_or_refused(tmp_path: Path) -> None:
-    from ketch.service.templates import pad_seed
+    from ketch.service.template_seed import pad_seed
 
     small = tmp_path / "small.iso"
     small.write_bytes(b"CD001" * 100)

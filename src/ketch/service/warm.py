@@ -18,9 +18,10 @@ from ketch.model import BootSpec, ImageInfo, InstanceSpec
 from ketch.progress import NULL, Reporter
 from ketch.runtime.driver import WarmStart
 from ketch.runtime.network import MANAGED
-from ketch.runtime.template import TemplateError, TemplateMismatch
+from ketch.runtime.template import TemplateMismatch
+from ketch.runtime.template_wait import TemplateError
 from ketch.runtime.warm_flavors import guest_of
-from ketch.service import templates
+from ketch.service import template_seed, templates
 from ketch.service.context import Context
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ async def plan(
 
 def fit_seed(idir: InstanceDir) -> bool:
     """Pad the instance's seed to the template's seed size; False when it is larger."""
-    return templates.pad_seed(idir.seed_iso)
+    return template_seed.pad_seed(idir.seed_iso)
 
 
 async def start(
