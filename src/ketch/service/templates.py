@@ -32,7 +32,8 @@ from ketch.progress import Reporter
 from ketch.runtime import warm_guest
 from ketch.runtime.driver import WarmStart
 from ketch.runtime.template import TemplateBoot, golden_size
-from ketch.runtime.warm_flavors import Guest, guest_of, image_name
+from ketch.runtime.warm_flavors import Guest, guest_of
+from ketch.runtime.warm_flavors import image_name as image_short_name
 from ketch.service import accel, guestlink
 from ketch.service.context import Context
 from ketch.service.template_seed import write_template_seed
@@ -105,7 +106,7 @@ async def key_of(image: ImageInfo, cpus: int, memory: int, firmware: str, nics: 
         },
         sort_keys=True,
     )
-    short = image_name(image.id)  # "ketch:tiny@2026…" -> "tiny"
+    short = image_short_name(image.id)  # "ketch:tiny@2026…" -> "tiny"
     name = "".join(c if c.isalnum() or c in "-." else "-" for c in short) or "image"
     return f"{name[:40]}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
