@@ -1,11 +1,11 @@
-"""Warm launch vs cold launch of the tiny image, and vs the runtime's own restore.
+"""Warm launch vs cold launch of an image (tiny, or debian-12), and vs the runtime's own restore.
 
-Three sides, interleaved (the order rotates every run), each a tiny instance
-with 1 CPU and ``--memory`` (default 512M), to ready:
+Three sides, interleaved (the order rotates every run), each an instance of
+``--image`` (default tiny) with 1 CPU and ``--memory`` (default 512M), to ready:
 
-* ``warm``: ``ketch launch tiny`` with a template there (``ketch image warm``,
+* ``warm``: ``ketch launch IMAGE`` with a template there (``ketch image warm``,
   timed once: the template build time);
-* ``cold``: ``ketch launch tiny --cold``;
+* ``cold``: ``ketch launch IMAGE --cold``;
 * ``restore``: the prototype of issue 16 done by ketch's runtime alone, no CLI,
   daemon, image resolution or seed: ``QemuDriver.start_warm`` (QEMU, state
   loaded, disk grown, the identity handed over) plus SSH answering with the
@@ -15,7 +15,10 @@ Goals: warm / cold <= 0.25; warm / restore <= 1.5.  Then memory: five warm
 instances running together vs five cold ones (sum of the QEMUs' PSS, from
 /proc/PID/smaps_rollup: shared pages counted once between them).
 
-Usage: .venv/bin/python bench/warm.py [--runs N] [--memory 512M]
+``--no-memory`` skips the memory part (five cold debian-12 boots take many minutes
+under TCG).  debian-12 comes from the test cache, as in ``bench/debian.py``.
+
+Usage: .venv/bin/python bench/warm.py [--runs N] [--memory 512M] [--image debian-12] [--no-memory]
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from typing import Any
 
 from common import Bench, arg_parser, emit, fresh_bench, interleave, log, print_table, summary
 
+from ketch.model import ImageInfo
+
 WARM_GOAL = 0.25
 RESTORE_GOAL = 1.5
 
@@ -41,9 +46,9 @@ def pss_kib(pid: int) -> int:
     raise ValueError(f"no Pss for pid {pid}")
 
 
-def launch(b: Bench, name: str, memory: str, *extra: str) -> float:
+def launch(b: Bench, name: str, memory: str, *extra: str, image: str = "tiny") -> float:
     t0 = time.perf_counter()
-    done = b.ketch("launch", "tiny", "--name", name, "--memory", memory, *extra, timeout=1800)
+    done = b.ketch("launch", image, "--name", name, "--memory", memory, *extra, timeout=1800)
     took = time.perf_counter() - t0
     said = done.stderr.decode(errors="replace")
     if extra == () and "Launching cold" in said:
@@ -51,14 +56,15 @@ def launch(b: Bench, name: str, memory: str, *extra: str) -> float:
     return took
 
 
-def restore(b: Bench, name: str, memory: str) -> float:
+def restore(b: Bench, name: str, memory: str, image: ImageInfo) -> float:
     """The runtime's clone start, then SSH with the pinned key (ketch's own ssh argv)."""
     from ketch import cloudinit
     from ketch.host import ssh
     from ketch.layout import Root
     from ketch.model import InstanceSpec
     from ketch.runtime.qemu_driver import QemuDriver
-    from ketch.service import guestlink, templates
+    from ketch.runtime.warm_flavors import guest_of
+    from ketch.service import guestlink, template_seed, templates
     from ketch.service import launch as launch_uc
     from ketch.service.units import parse_size
 
@@ -67,9 +73,9 @@ def restore(b: Bench, name: str, memory: str) -> float:
     idir = root.instance(name)
     idir.path.mkdir(parents=True)
     spec = InstanceSpec(
-        name=name, image="tiny", image_id=t.image_id, release="tiny", cpus=1,
-        memory=parse_size(memory, "memory"), disk=t.disk, boot=b.tiny.boot,
-        base_disk=b.tiny.disk, ssh_port=guestlink.free_port(set()),
+        name=name, image=t.image, image_id=t.image_id, release=image.release, cpus=1,
+        memory=parse_size(memory, "memory"), disk=t.disk, boot=image.boot,
+        base_disk=image.disk, ssh_port=guestlink.free_port(set()),
         mac=launch_uc._random_mac(), instance_id=f"i-{uuid.uuid4().hex[:16]}",
     )  # fmt: skip
 
@@ -79,8 +85,10 @@ def restore(b: Bench, name: str, memory: str) -> float:
     ctx: Any = Ctx()
     ctx.root = root
     launch_uc._write_seed(ctx, spec, cloudinit.parse_user_data("#cloud-config\n"))
-    templates.pad_seed(idir.seed_iso)
+    template_seed.pad_seed(idir.seed_iso)
     driver = QemuDriver(None)
+    flavor = guest_of(t.image_id)
+    assert flavor is not None
 
     async def go() -> float:
         t0 = time.perf_counter()
@@ -92,6 +100,7 @@ def restore(b: Bench, name: str, memory: str) -> float:
             template_macs=t.macs,
             clock=time.time,
             grow=spec.disk > t.disk,
+            handover_timeout=flavor.handover_seconds,
         )
         from ketch.progress import NULL
 
@@ -109,12 +118,20 @@ def restore(b: Bench, name: str, memory: str) -> float:
 def main() -> None:
     p = arg_parser(__doc__, runs=3)
     p.add_argument("--memory", default="512M")
+    p.add_argument("--image", default="tiny", choices=("tiny", "debian-12"))
+    p.add_argument("--no-memory", action="store_true", help="skip the 5 warm vs 5 cold part")
     args = p.parse_args()
     with fresh_bench("kw-") as b:
         b.ketch("set", "local.network=user")  # the runtime side has no managed network
         b.prime_accel()
+        if args.image == "tiny":
+            image = b.tiny
+        else:
+            from debian import debian_image
+
+            image = debian_image(b)
         t0 = time.perf_counter()
-        b.ketch("image", "warm", "tiny", "--memory", args.memory, timeout=1800)
+        b.ketch("image", "warm", args.image, "--memory", args.memory, timeout=1800)
         build = time.perf_counter() - t0
         log(f"template made in {build:.1f} s")
         n = 0
@@ -124,8 +141,9 @@ def main() -> None:
             n += 1
             name = f"{side}{n}"
             if side == "restore":
-                return restore(b, name, args.memory)
-            took = launch(b, name, args.memory, *(("--cold",) if side == "cold" else ()))
+                return restore(b, name, args.memory, image)
+            cold = ("--cold",) if side == "cold" else ()
+            took = launch(b, name, args.memory, *cold, image=args.image)
             b.ketch("delete", "--purge", name)
             return took
 
@@ -135,10 +153,11 @@ def main() -> None:
             label="launch",
         )
         memory: dict[str, int] = {}
-        for side in ("warm", "cold"):
+        for side in () if args.no_memory else ("warm", "cold"):
             names = [f"m{side}{i}" for i in range(5)]
             for name in names:
-                launch(b, name, args.memory, *(("--cold",) if side == "cold" else ()))
+                cold = ("--cold",) if side == "cold" else ()
+                launch(b, name, args.memory, *cold, image=args.image)
             pids = [int((b.root / "instances" / nm / "qemu.pid").read_text()) for nm in names]
             memory[side] = sum(pss_kib(pid) for pid in pids)
             log(f"5 {side}: PSS {memory[side] / 1024:.0f} MiB")
@@ -147,11 +166,19 @@ def main() -> None:
             "warm_vs_cold": summary(times["cold"], times["warm"], WARM_GOAL),
             "warm_vs_restore": summary(times["restore"], times["warm"], RESTORE_GOAL),
             "template_build_s": round(build, 2),
-            "pss_5_warm_mib": round(memory["warm"] / 1024, 1),
-            "pss_5_cold_mib": round(memory["cold"] / 1024, 1),
         }
+        if memory:
+            results["pss_5_warm_mib"] = round(memory["warm"] / 1024, 1)
+            results["pss_5_cold_mib"] = round(memory["cold"] / 1024, 1)
         print_table([(k, v) for k, v in results.items() if isinstance(v, dict)])
-        emit("warm", results, memory=args.memory, runs=args.runs, raw=json.dumps(times))
+        emit(
+            "warm",
+            results,
+            image=args.image,
+            memory=args.memory,
+            runs=args.runs,
+            raw=json.dumps(times),
+        )
 
 
 if __name__ == "__main__":

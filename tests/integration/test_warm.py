@@ -73,7 +73,7 @@ def guest_facts(k: Ketch, name: str) -> dict[str, str]:
         "-c",
         "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo;"
         " date +%s; hostname; cat /etc/machine-id 2>/dev/null || echo none;"
-        " cat /sys/class/net/eth0/address;"
+        " cat /sys/class/net/e*/address | head -n 1;"
         " cat /var/lib/cloud/data/instance-id; cat /etc/warm-check; cat /var/tmp/runcmd-marker;"
         " stat -c %a /etc/warm-check",
     ).splitlines()

@@ -16,6 +16,7 @@ from ketch.host.qemu import AGENT_PORT, MEMORY_NODE, QemuConfig, build_argv
 from ketch.images.tiny.stage import elf_deps
 from ketch.model import BootSpec
 from ketch.runtime import warm_guest
+from ketch.runtime.warm_flavors import TINY
 from ketch.service import templates
 
 DIR = Path("/store/instances/vm1")
@@ -137,7 +138,7 @@ def test_the_reseed_helper_runs_here(tmp_path: Path) -> None:
 
 
 def test_the_template_config_starts_the_agent_from_a_tmpfs() -> None:
-    cfg = warm_guest.template_config()
+    cfg = warm_guest.template_config(TINY)
     paths = [f["path"] for f in cfg["write_files"]]
     assert paths == [warm_guest.AGENT_PATH, warm_guest.RESEED_PATH]
     assert all(p.startswith("/run/") for p in paths)
@@ -145,8 +146,8 @@ def test_the_template_config_starts_the_agent_from_a_tmpfs() -> None:
 
 
 def test_the_agent_digest_follows_the_agent() -> None:
-    assert warm_guest.digest() == warm_guest.digest()
-    assert len(warm_guest.digest()) == 16
+    assert warm_guest.digest(TINY) == warm_guest.digest(TINY)
+    assert len(warm_guest.digest(TINY)) == 16
 
 
 def test_user_data_that_acts_early_in_a_boot_means_cold() -> None:
@@ -170,7 +171,7 @@ def test_a_native_mount_means_cold_a_classic_one_does_not() -> None:
 
 
 def test_a_seed_is_padded_sparse_to_the_templates_size_or_refused(tmp_path: Path) -> None:
-    from ketch.service.templates import pad_seed
+    from ketch.service.template_seed import pad_seed
 
     small = tmp_path / "small.iso"
     small.write_bytes(b"CD001" * 100)

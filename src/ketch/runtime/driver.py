@@ -179,10 +179,11 @@ class WarmStart(Protocol):
         template_macs: tuple[str, ...],
         clock: Callable[[], float],
         grow: bool,
+        handover_timeout: float = ...,
     ) -> list[str]:
         """Start ``spec`` as a clone of the template and hand it its identity (the time
         from ``clock`` at the hand-over; ``grow``: its disk is larger than the
-        template's); the guest agent's warnings.
+        template's; ``handover_timeout``: the agent's bound); the guest agent's warnings.
         TemplateError when the template does not load."""
         ...
 

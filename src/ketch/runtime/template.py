@@ -29,11 +29,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ketch.errors import HostCommandError, KetchError, Timeout
+from ketch.errors import HostCommandError, KetchError
 from ketch.host import qemu, qemu_img, qmp
 from ketch.layout import FILE_MODE, InstanceDir, TemplateDir
 from ketch.model import BootSpec, InstanceSpec
 from ketch.runtime import mount_ports, warm_guest
+from ketch.runtime.template_wait import (
+    TemplateError,
+    agent_line,
+    connect_agent,
+    incoming_done,
+    migration_done,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -41,11 +48,7 @@ if TYPE_CHECKING:
     from ketch.runtime.network import ManagedNetwork
 
 SAVE_TIMEOUT = 120.0  # the device state is under a MB: seconds are plenty
-HANDOVER_TIMEOUT = 60.0  # the clone's agent: reseed, seed, SSH server, runcmd
-
-
-class TemplateError(KetchError):
-    """A template could not be made or could not be loaded (a clone falls back to cold)."""
+HANDOVER_TIMEOUT = 60.0  # the clone's agent: reseed, seed, SSH server, runcmd (tiny's)
 
 
 class TemplateMismatch(TemplateError):
@@ -62,6 +65,7 @@ class TemplateBoot:
     mac: str
     ssh_port: int
     extra_macs: tuple[str, ...] = ()  # one NIC each after net0 (the managed network's)
+    link_up: bool = False  # net0's link up while it boots (its guest has a static address)
 
 
 def shape(idir: InstanceDir) -> bool:
@@ -87,57 +91,6 @@ def read_record(idir: InstanceDir) -> dict[str, object] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-async def _agent_line(reader: asyncio.StreamReader, want: str, *, timeout: float) -> list[str]:
-    """Read the agent's lines until ``want``; returns the warnings said on the way."""
-    warnings: list[str] = []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        left = deadline - loop.time()
-        if left <= 0:
-            raise Timeout(f"the guest agent did not say '{want}' within {timeout:g} s")
-        try:
-            line = await asyncio.wait_for(reader.readline(), left)
-        except TimeoutError as exc:
-            raise Timeout(f"the guest agent did not say '{want}' within {timeout:g} s") from exc
-        if not line:
-            raise TemplateError("the guest agent's port closed (QEMU ended?)")
-        word, rest = warm_guest.parse_reply(line)
-        if word == want:
-            return warnings
-        if word == "warn":
-            warnings.append(rest)
-
-
-async def _connect(
-    socket: Path, *, timeout: float = 10.0
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            return await asyncio.open_unix_connection(str(socket))
-        except OSError as exc:
-            if loop.time() > deadline:
-                raise TemplateError(f"cannot reach the guest agent's socket: {exc}") from exc
-            await asyncio.sleep(0.02)
-
-
-async def _migration_done(mon: qmp.Monitor, *, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        info = await mon.execute("query-migrate")
-        status = info.get("status")
-        if status == "completed":
-            return
-        if status in ("failed", "cancelled"):
-            raise TemplateError(f"migration {status}: {info.get('error-desc', 'no reason given')}")
-        if loop.time() > deadline:
-            raise Timeout(f"migration not done within {timeout:g} s")
-        await asyncio.sleep(0.01)
 
 
 class Templates:
@@ -187,16 +140,17 @@ class Templates:
         try:
             if nice:
                 _lowest_priority(b.pidfile)
-            reader, writer = await _connect(b.agent_socket)
+            reader, writer = await connect_agent(b.agent_socket)
             try:
-                # The NIC's link is down while the template lives: the user-mode
-                # network's DHCP server, saved with it, must give its clones (each
-                # its own MAC) the address a cold boot gets.
+                # No DHCP while the template lives: the user-mode network's DHCP
+                # server, saved with it, must give its clones (each its own MAC) the
+                # address a cold boot gets.  So the NICs' links are down, or net0's
+                # is up for a guest given a static address (systemd waits for a link).
                 async with qmp.connect(b.qmp_socket) as mon:
-                    for i in range(1 + len(tb.extra_macs)):
+                    for i in range(1 if tb.link_up else 0, 1 + len(tb.extra_macs)):
                         await mon.execute("set_link", {"name": f"net{i}", "up": False})
                     await mon.execute("cont")
-                await _agent_line(reader, warm_guest.READY, timeout=timeout)
+                await agent_line(reader, warm_guest.READY, timeout=timeout)
                 async with qmp.connect(b.qmp_socket) as mon:
                     await mon.execute("stop")
                     await mon.execute(
@@ -205,7 +159,7 @@ class Templates:
                     )
                     uri = f"exec:cat > {shlex.quote(str(tdir.state))}"
                     await mon.execute("migrate", {"uri": uri})
-                    await _migration_done(mon, timeout=SAVE_TIMEOUT)
+                    await migration_done(mon, timeout=SAVE_TIMEOUT)
                     with contextlib.suppress(KetchError):
                         await mon.execute("quit")
             finally:
@@ -227,12 +181,14 @@ class Templates:
         template_macs: tuple[str, ...],
         clock: Callable[[], float],
         grow: bool,
+        handover_timeout: float = HANDOVER_TIMEOUT,
     ) -> list[str]:
         """Start ``spec`` as a clone of ``tdir`` (its disk: a copy of the golden one,
         grown to the spec's size) and hand it its identity; returns the agent's warnings.
         ``grow``: the spec's disk is larger than the template's (its filesystem grows);
         ``clock``: the wall clock, read for the guest at the very hand-over (not before
-        QEMU starts: that can take seconds on a loaded host).
+        QEMU starts: that can take seconds on a loaded host); ``handover_timeout``:
+        how long the agent may take to apply the identity (its guest's flavor).
 
         Raises TemplateError (QEMU ended, the disk copy removed, the NIC detached)
         when the template does not load, TemplateMismatch when it does not fit:
@@ -283,7 +239,7 @@ class Templates:
             with contextlib.suppress(OSError):
                 os.chmod(idir.qmp_socket, FILE_MODE)
                 os.chmod(idir.agent_socket, FILE_MODE)
-            reader, writer = await _connect(idir.agent_socket)
+            reader, writer = await connect_agent(idir.agent_socket)
         except (HostCommandError, TemplateError) as exc:
             await _end(idir, idir.disk)
             await self._detach(spec, idir, forget=True)
@@ -298,7 +254,7 @@ class Templates:
                     )
                     uri = f"exec:cat {shlex.quote(str(tdir.state))}"
                     await mon.execute("migrate-incoming", {"uri": uri})
-                    await _incoming_done(mon, timeout=SAVE_TIMEOUT)
+                    await incoming_done(mon, timeout=SAVE_TIMEOUT)
                     # Off again: a suspend (snapshot-save) with it on writes a stream
                     # that a resume (a QEMU without it) cannot read (EINVAL).
                     await mon.execute(
@@ -323,7 +279,7 @@ class Templates:
             try:
                 writer.write(warm_guest.handover(entropy, clock(), macs, grow=grow))
                 await writer.drain()
-                return await _agent_line(reader, warm_guest.DONE, timeout=HANDOVER_TIMEOUT)
+                return await agent_line(reader, warm_guest.DONE, timeout=handover_timeout)
             except (KetchError, OSError) as exc:
                 # A guest that did not take its identity is never kept: it is the template.
                 await _end(idir, idir.disk)
@@ -347,27 +303,6 @@ class Templates:
         return replace(
             cfg, memory_ram=True, agent_socket=idir.agent_socket, vmgenid=str(uuid.uuid4())
         )
-
-
-async def _incoming_done(mon: qmp.Monitor, *, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        status = await mon.status()
-        if status not in ("inmigrate",):
-            if status in ("paused", "prelaunch", "running"):
-                info = await mon.execute("query-migrate")
-                if info.get("status") in (None, "completed"):
-                    return
-                if info.get("status") == "failed":
-                    raise TemplateError(
-                        f"loading the state failed: {info.get('error-desc', 'no reason given')}"
-                    )
-            elif status in ("shutdown", "internal-error", "guest-panicked"):
-                raise TemplateError(f"the clone's QEMU is '{status}' after loading")
-        if loop.time() > deadline:
-            raise Timeout(f"loading the template's state took over {timeout:g} s")
-        await asyncio.sleep(0.005)
 
 
 async def _end(b: InstanceDir, disk: Path, *, grace: float = 0.0) -> None:

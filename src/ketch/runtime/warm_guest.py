@@ -8,28 +8,33 @@ the image's own files are not changed by warm launch.
 The agent talks to ketch over one virtio-serial port (:data:`ketch.host.qemu.AGENT_PORT`),
 whose host end is a Unix socket in the template's (then the clone's) directory:
 
-* in the template, once ``boot-finished`` is there: it ends the SSH server,
-  removes every host key and the template's own instance data, syncs, says
-  ``template-ready`` and waits on the port (blocked in ``read``: the state is
-  saved in that instant);
+* in the template, once its first boot is over: it makes the guest generic (ends
+  the SSH server, removes every host key, the machine-id and the template's own
+  instance data), syncs, says ``template-ready`` and waits on the port (blocked in
+  ``read``: the state is saved in that instant);
 * in a clone, ketch sends, one line each: ``entropy B64`` (64 bytes of host
   randomness: ``RNDADDENTROPY`` then ``RNDRESEEDCRNG``, through :func:`reseed_elf`,
   before anything else), ``time SECONDS``, ``mac OLD NEW`` per NIC (the template's MAC
   and the clone's), ``grow`` when the clone's disk is larger than the template's,
-  ``go``.  The agent then grows the root filesystem if told to (``resize2fs`` reads
-  the whole filesystem's metadata even when there is nothing to do: 0.1-0.3 s under
-  TCG), makes a new machine-id, re-runs the image's NoCloud datasource on the
-  clone's seed (same disk slot, same size: :data:`SEED_SIZE`), renews DHCP, starts
-  the SSH server and the final stage (``runcmd``, ``boot-finished``), says ``done``
-  and exits.
+  ``go``.  The agent then sets the MACs, makes a new machine-id and applies the
+  clone's seed (same disk slot, same size: :data:`SEED_SIZE`) as a cold boot would:
+  renews DHCP, starts the SSH server and the final stage (``runcmd``,
+  ``boot-finished``), says ``done`` and exits.
+
+What differs between images (how to wait for the first boot, make the guest
+generic, apply an identity) is data: a :class:`~ketch.runtime.warm_flavors.Guest`
+fills the agent's three hooks (:func:`agent`); the protocol is the same.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import struct
 from typing import Any
+
+from ketch.runtime.warm_flavors import Guest
 
 WARM_DIR = "/run/ketch/warm"
 AGENT_PATH = f"{WARM_DIR}/agent"
@@ -41,26 +46,26 @@ DONE = "done"
 # clone's guest kept the template's idea of the seed disk's size.
 SEED_SIZE = 64 * 1024 * 1024
 
-AGENT = r"""#!/bin/sh
-# ketch warm agent (see ketch/runtime/warm_guest.py).
+AGENT_TEMPLATE = r"""#!/bin/sh
+# ketch warm agent, {guest} guest (see ketch/runtime/warm_guest.py, warm_flavors.py).
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 umask 022
+reseed=/run/ketch/warm/reseed
 port=
-for d in /sys/class/virtio-ports/*; do
-	[ "$(cat "$d/name" 2>/dev/null)" = org.ketch.warm.0 ] && port=/dev/${d##*/}
-done
+find_port() {{
+	for d in /sys/class/virtio-ports/*; do
+		[ "$(cat "$d/name" 2>/dev/null)" = org.ketch.warm.0 ] && port=/dev/${{d##*/}}
+	done
+}}
+find_port
+[ -n "$port" ] || {{ modprobe virtio_console 2>/dev/null && sleep 1 && find_port; }}
 [ -n "$port" ] || exit 0
 exec 3<>"$port" </dev/null >/dev/console 2>&1
-say() { printf '%s\n' "$*" >&3; }
-while [ ! -e /var/lib/cloud/instance/boot-finished ]; do sleep 0.2; done
-# Make the template generic: no SSH server, no host key, no instance of its own,
-# no DHCP client (its NIC's link is down: the clone's user-mode network has no lease).
-[ -s /run/dropbear.pid ] && kill "$(cat /run/dropbear.pid)" 2>/dev/null
-for p in /run/udhcpc.*.pid; do [ -s "$p" ] && kill "$(cat "$p")" 2>/dev/null; done
-sleep 0.2
-rm -f /etc/dropbear/*host_key* /run/dropbear.pid /run/ketch/host-key-types /etc/machine-id
-rm -rf /run/ketch/seed /var/lib/cloud/instances/* /var/lib/cloud/instance /var/lib/cloud/data/*
+say() {{ printf '%s\n' "$*" >&3; }}
+{settle}
+# Make the template generic: no SSH server, no host key, no instance of its own.
+{generalize}
 sync
 say template-ready
 macs=
@@ -72,8 +77,8 @@ while :; do
 	fi
 	case "$kind" in
 	entropy)
-		printf '%s' "$a" | base64 -d | /run/ketch/warm/reseed ||
-			{ printf '%s' "$a" | base64 -d >/dev/urandom; say "warn reseed-failed"; }
+		printf '%s' "$a" | base64 -d | "$reseed" ||
+			{{ printf '%s' "$a" | base64 -d >/dev/urandom; say "warn reseed-failed"; }}
 		;;
 	time) date -u -s "@$a" >/dev/null 2>&1 || say "warn clock" ;;
 	mac) macs="$macs $a=$b" ;;
@@ -83,28 +88,29 @@ while :; do
 done
 for pair in $macs; do
 	for dev in /sys/class/net/*; do
-		[ "$(cat "$dev/address" 2>/dev/null)" = "${pair%%=*}" ] || continue
-		ip link set "${dev##*/}" address "${pair#*=}" || say "warn mac"
+		[ "$(cat "$dev/address" 2>/dev/null)" = "${{pair%%=*}}" ] || continue
+		ip link set "${{dev##*/}}" address "${{pair#*=}}" || say "warn mac"
 	done
 done
-if [ -n "$grow" ]; then # the clone's disk is larger than the template's
-	rootdev= # the last mount on / that is not the initramfs's rootfs
-	while read -r mdev mpoint rest; do
-		[ "$mpoint" = / ] && [ "$mdev" != rootfs ] && rootdev=$mdev
-	done </proc/mounts
-	[ -b "$rootdev" ] && resize2fs "$rootdev" >/run/ketch/resize2fs.log 2>&1
-fi
 # A new machine-id from the kernel's (reseeded) generator, without a process.
 IFS=- read -r m1 m2 m3 m4 m5 </proc/sys/kernel/random/uuid
 printf '%s%s%s%s%s\n' "$m1" "$m2" "$m3" "$m4" "$m5" >/etc/machine-id
-/usr/lib/ketch/nocloud-local || say "warn nocloud-local"
-/usr/lib/ketch/network >/dev/null 2>&1
-/usr/lib/ketch/sshd </dev/null >/dev/null 2>&1 || say "warn sshd"
-/usr/lib/ketch/cloud-final
+{identity}
 echo "ketch-warm: identity applied"
 say done
 exit 0
 """
+
+
+def agent(guest: Guest) -> str:
+    """The agent script for ``guest`` (pure)."""
+    return AGENT_TEMPLATE.format(
+        guest=guest.name,
+        settle=guest.settle.strip("\n"),
+        generalize=guest.generalize.strip("\n"),
+        identity=guest.identity.strip("\n"),
+    )
+
 
 # The reseed helper, x86-64 Linux, no libc (assembled once with GNU as; listing):
 #   sub rsp,96; read(0, rsp+8, 64) -> n; n < 32: exit 1
@@ -132,15 +138,16 @@ def reseed_elf() -> bytes:
     return ehdr + phdr + _RESEED_CODE
 
 
-def digest() -> str:
+def digest(guest: Guest) -> str:
     """What decides a template's guest side: part of every template's key."""
-    h = hashlib.sha256(AGENT.encode())
+    h = hashlib.sha256(agent(guest).encode())
+    h.update(json.dumps([guest.link_up, guest.template_cfg], sort_keys=True).encode())
     h.update(reseed_elf())
     h.update(str(SEED_SIZE).encode())
     return h.hexdigest()[:16]
 
 
-def template_config() -> dict[str, Any]:
+def template_config(guest: Guest) -> dict[str, Any]:
     """The cloud-config a template adds to ketch's vendor data: the agent, started."""
     return {
         "write_files": [
@@ -148,7 +155,7 @@ def template_config() -> dict[str, Any]:
                 "path": AGENT_PATH,
                 "permissions": "0700",
                 "encoding": "b64",
-                "content": base64.b64encode(AGENT.encode()).decode(),
+                "content": base64.b64encode(agent(guest).encode()).decode(),
             },
             {
                 "path": RESEED_PATH,
@@ -157,7 +164,9 @@ def template_config() -> dict[str, Any]:
                 "content": base64.b64encode(reseed_elf()).decode(),
             },
         ],
-        "runcmd": [f"setsid {AGENT_PATH} </dev/null >/dev/null 2>&1 &"],
+        # through sh: /run may be noexec (Debian's initramfs mounts it so)
+        "runcmd": [f"setsid sh {AGENT_PATH} </dev/null >/dev/null 2>&1 &"],
+        **guest.template_cfg,
     }
 
 

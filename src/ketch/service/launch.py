@@ -122,6 +122,7 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
     plan = await warm.plan(
         ctx,
         image,
+        boot,
         cpus=cpus,
         memory=memory,
         disk=disk,

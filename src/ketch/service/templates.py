@@ -22,26 +22,24 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from ketch import cloudinit
 from ketch.api.models import TemplateInfo
 from ketch.errors import InvalidArgument, KetchError
-from ketch.host import seed
 from ketch.host.accel import qemu_version
 from ketch.layout import FILE_MODE, InstanceDir, Root, TemplateDir
-from ketch.model import ImageInfo
+from ketch.model import BootSpec, ImageInfo
 from ketch.progress import Reporter
 from ketch.runtime import warm_guest
 from ketch.runtime.driver import WarmStart
 from ketch.runtime.template import TemplateBoot, golden_size
+from ketch.runtime.warm_flavors import Guest, guest_of
+from ketch.runtime.warm_flavors import image_name as image_short_name
 from ketch.service import accel, guestlink
 from ketch.service.context import Context
+from ketch.service.template_seed import write_template_seed
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_HOSTNAME = "ketch-template"
-TEMPLATE_IID_PREFIX = "i-template-"
 BUILD_TIMEOUT = 600.0  # booting the template's guest until its agent says idle
 _BUILDING: dict[str, asyncio.Lock] = {}
 
@@ -72,8 +70,26 @@ class Template:
         return len(self.macs) - 1
 
 
-def firmware_of(image: ImageInfo) -> str:
-    return "kernel" if image.boot.kernel else image.boot.firmware
+def firmware_of(boot: BootSpec) -> str:
+    """How a template boots: ``kernel`` (its own), else the firmware (``bios``, ``uefi``)."""
+    return "kernel" if boot.kernel else boot.firmware
+
+
+def guest(image: ImageInfo) -> Guest:
+    """The warm agent's flavor of an image that has templates (see :func:`cold_reason`)."""
+    found = guest_of(image.id)
+    if found is None:
+        raise InvalidArgument(f"{image.release} has no warm-launch templates")
+    return found
+
+
+def cold_reason(image: ImageInfo, boot: BootSpec) -> str | None:
+    """Why no template of ``image`` booted by ``boot`` can exist (pure), or None."""
+    if guest_of(image.id) is None:
+        return f"{image.release} has no warm-launch templates (tiny and debian-12 have)"
+    if boot.firmware == "uefi" and not boot.kernel:
+        return "UEFI instances have no templates yet (their firmware's variables)"
+    return None
 
 
 async def key_of(image: ImageInfo, cpus: int, memory: int, firmware: str, nics: int) -> str:
@@ -86,11 +102,11 @@ async def key_of(image: ImageInfo, cpus: int, memory: int, firmware: str, nics: 
             "firmware": firmware,
             "nics": nics,
             "qemu": await qemu_version(),
-            "agent": warm_guest.digest(),
+            "agent": warm_guest.digest(guest(image)),
         },
         sort_keys=True,
     )
-    short = image.id.split("@")[0].rsplit(":", 1)[-1]  # "ketch:tiny@2026…" -> "tiny"
+    short = image_short_name(image.id)  # "ketch:tiny@2026…" -> "tiny"
     name = "".join(c if c.isalnum() or c in "-." else "-" for c in short) or "image"
     return f"{name[:40]}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
@@ -142,15 +158,22 @@ def all_templates_at(root: Root) -> list[Template]:
 
 async def is_current(t: Template) -> bool:
     """Was ``t`` made by this QEMU and this guest agent?"""
-    return t.qemu == await qemu_version() and t.agent == warm_guest.digest()
+    flavor = guest_of(t.image_id)
+    return (
+        flavor is not None
+        and t.qemu == await qemu_version()
+        and t.agent == warm_guest.digest(flavor)
+    )
 
 
 async def find(
-    ctx: Context, image: ImageInfo, cpus: int, memory: int, nics: int
+    ctx: Context, image: ImageInfo, boot: BootSpec, cpus: int, memory: int, nics: int
 ) -> Template | None:
     """The finished, current template for these, if there is one (its files are not
     checked here: one that does not load makes a cold launch that says so)."""
-    key = await key_of(image, cpus, memory, firmware_of(image), nics)
+    if cold_reason(image, boot) is not None:
+        return None
+    key = await key_of(image, cpus, memory, firmware_of(boot), nics)
     t = load(ctx.root.template(key))
     if t is None or t.image_id != image.id or not await is_current(t):
         return None
@@ -217,45 +240,6 @@ def _image_cached(t: Template) -> bool:
     return Path(t.base).exists()
 
 
-def _seed_config(ctx: Context, key: str) -> tuple[dict[str, Any], str]:
-    cfg = cloudinit.merge_vendor(
-        warm_guest.template_config(),
-        default_user="ubuntu",
-        client_public_key=guestlink.client_public_key(ctx.root),
-        host_key_private="-----BEGIN OPENSSH PRIVATE KEY-----\n-----END OPENSSH PRIVATE KEY-----",
-        host_key_public="ssh-ed25519 none",
-        hostname=TEMPLATE_HOSTNAME,
-    )
-    cfg.pop("ssh_keys")  # no host key at all: the template never serves SSH
-    return cfg, f"{TEMPLATE_IID_PREFIX}{key[-16:]}"
-
-
-def write_template_seed(ctx: Context, tdir: TemplateDir, key: str) -> Path:
-    """The template's NoCloud seed: ketch's vendor data, a generic identity, the agent."""
-    cfg, iid = _seed_config(ctx, key)
-    meta = {"instance-id": iid, "local-hostname": TEMPLATE_HOSTNAME}
-    path = tdir.boot.seed_iso
-    seed.build_seed_iso(
-        path,
-        meta_data=cloudinit.meta_data(iid, TEMPLATE_HOSTNAME),
-        user_data=cloudinit.render_user_data(cfg),
-        network_config=None,
-        extra_files={seed.GUEST_CONFIG_FILE: seed.render_guest_config(cfg, meta).encode()},
-    )
-    pad_seed(path)
-    return path
-
-
-def pad_seed(path: Path) -> bool:
-    """Pad a seed ISO (sparse) to the size every template's clone expects; False when
-    it is larger (that instance cannot start warm)."""
-    size = path.stat().st_size
-    if size > warm_guest.SEED_SIZE:
-        return False
-    os.truncate(path, warm_guest.SEED_SIZE)
-    return True
-
-
 def _random_mac() -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
 
@@ -278,16 +262,16 @@ async def build(
     driver = ctx.driver
     if not isinstance(driver, WarmStart):
         raise InvalidArgument(f"the {driver.name} driver cannot make warm-launch templates")
-    firmware = firmware_of(image)
-    if firmware != "kernel":
-        raise InvalidArgument(
-            f"{image.release} boots through firmware: only images that boot their own "
-            "kernel (tiny) have templates yet"
-        )
+    boot = image.boot
+    why = cold_reason(image, boot)
+    if why is not None:
+        raise InvalidArgument(why[0].upper() + why[1:])
+    flavor = guest(image)
+    firmware = firmware_of(boot)
     key = await key_of(image, cpus, memory, firmware, nics)
     lock = _BUILDING.setdefault(key, asyncio.Lock())
     async with lock:
-        found = await find(ctx, image, cpus, memory, nics)
+        found = await find(ctx, image, boot, cpus, memory, nics)
         if found is not None and damage(found) is None:
             return found
         tdir = ctx.root.template(key)
@@ -303,15 +287,17 @@ async def build(
                 size=disk,
             )
             os.replace(InstanceDir(tdir.path).disk, tdir.disk)
-            seed_iso = await asyncio.to_thread(write_template_seed, ctx, tdir, key)
-            choice = await accel.choose(ctx, Path(image.boot.kernel) if image.boot.kernel else None)
+            mac = _random_mac()
+            seed_iso = await asyncio.to_thread(write_template_seed, ctx, tdir, key, flavor, mac)
+            choice = await accel.choose(ctx, Path(boot.kernel) if boot.kernel else None)
             tb = TemplateBoot(
                 cpus=cpus,
                 memory=memory,
-                boot=image.boot,
-                mac=_random_mac(),
+                boot=boot,
+                mac=mac,
                 ssh_port=guestlink.free_port(ctx.store.used_ports()),
                 extra_macs=tuple(_random_mac() for _ in range(nics)),
+                link_up=flavor.link_up,
             )
             reporter.step(f"Booting the template of {image_name} ({choice.accel})")
             await driver.make_template(
@@ -327,7 +313,8 @@ async def build(
                 "base": image.disk,
                 "disk": (await golden_size(tdir.disk)),
                 "qemu": await qemu_version(),
-                "agent": warm_guest.digest(),
+                "agent": warm_guest.digest(flavor),
+                "guest": flavor.name,
                 "created": ctx.clock.time(),
                 "build_seconds": round(ctx.clock.time() - started, 3),
             }

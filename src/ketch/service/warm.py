@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ketch.layout import InstanceDir
-from ketch.model import ImageInfo, InstanceSpec
+from ketch.model import BootSpec, ImageInfo, InstanceSpec
 from ketch.progress import NULL, Reporter
 from ketch.runtime.driver import WarmStart
 from ketch.runtime.network import MANAGED
-from ketch.runtime.template import TemplateError, TemplateMismatch
-from ketch.service import templates
+from ketch.runtime.template import TemplateMismatch
+from ketch.runtime.template_wait import TemplateError
+from ketch.runtime.warm_flavors import guest_of
+from ketch.service import template_seed, templates
 from ketch.service.context import Context
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,10 @@ def cold_reason_of_user_data(user_cfg: dict[str, Any] | None) -> str | None:
         return f"its cloud-config uses {', '.join(early)}, which act early in a boot"
     if user_cfg.get("resize_rootfs") is False:
         return "its cloud-config sets resize_rootfs: false (a template's disk is grown)"
+    if user_cfg.get("preserve_hostname") is True:
+        return "its cloud-config sets preserve_hostname (a template has a hostname of its own)"
+    if user_cfg.get("system_info"):
+        return "its cloud-config sets system_info (a template's default user is made already)"
     return None
 
 
@@ -67,6 +73,7 @@ def nics_of(ctx: Context) -> int:
 async def plan(
     ctx: Context,
     image: ImageInfo,
+    boot: BootSpec,
     *,
     cpus: int,
     memory: int,
@@ -78,9 +85,12 @@ async def plan(
 ) -> Plan:
     if cold:
         return Plan(None)
-    if not isinstance(ctx.driver, WarmStart) or image.boot.kernel is None:
+    if not isinstance(ctx.driver, WarmStart) or guest_of(image.id) is None:
         return Plan(None)  # no template can exist: nothing to say
-    t = await templates.find(ctx, image, cpus, memory, nics_of(ctx))
+    never = templates.cold_reason(image, boot)
+    if never is not None:
+        return Plan(None, f"Launching cold: {never}")
+    t = await templates.find(ctx, image, boot, cpus, memory, nics_of(ctx))
     if t is None:
         return Plan(None)
     broken = templates.damage(t)
@@ -104,7 +114,7 @@ async def plan(
 
 def fit_seed(idir: InstanceDir) -> bool:
     """Pad the instance's seed to the template's seed size; False when it is larger."""
-    return templates.pad_seed(idir.seed_iso)
+    return template_seed.pad_seed(idir.seed_iso)
 
 
 async def start(
@@ -119,6 +129,8 @@ async def start(
     """Start ``spec`` warm; False (and a warning) when it must be started cold after all."""
     driver = ctx.driver
     assert isinstance(driver, WarmStart)
+    flavor = guest_of(t.image_id)
+    assert flavor is not None  # plan() found the template: its image has templates
     if not await asyncio.to_thread(fit_seed, idir):
         reporter.warn("Launching cold: its cloud-init seed is larger than a template's")
         return False
@@ -131,6 +143,7 @@ async def start(
             template_macs=t.macs,
             clock=ctx.clock.time,
             grow=spec.disk > t.disk,
+            handover_timeout=flavor.handover_seconds,
         )
     except TemplateMismatch as exc:
         reporter.warn(f"Launching cold: {exc.message}")
