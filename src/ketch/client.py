@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Callable, Generator, Mapping
 
-from ketch.errors import DaemonUnreachable, KetchError, RemoteError
+from ketch.errors import DaemonUnreachable, RemoteError
 from ketch.hints import TYPE_CHECKING
 from ketch.layout import DAEMON_LOG, SOCKET, Root
 from ketch.transport import Response, check_peer, connect, request
@@ -30,9 +29,8 @@ if TYPE_CHECKING:
     B = TypeVar("B", bound=m.Body)
     R = TypeVar("R", bound=m.Reply)
 
-__all__ = ["START_TIMEOUT", "Client", "Response", "check_peer", "connect", "q", "request"]
+__all__ = ["Client", "Response", "check_peer", "connect", "q", "request"]
 
-START_TIMEOUT = 20.0
 WARNING_HEADER = "Ketch-Warning"  # ketchd's one-time warning (daemon/main.py), JSON lines
 OnEvent = Callable[["m.AnyEvent"], None]
 
@@ -51,12 +49,6 @@ def _warn(header: str) -> None:
 
 def _raise_error(err: m.ErrorDetail) -> NoReturn:
     raise RemoteError(err.code, err.message, err.hint, err.exit_code)
-
-
-def daemon_argv() -> list[str]:
-    """How the CLI starts ketchd: ``-P`` keeps the working directory off ``sys.path``, so a
-    ``ketch/`` planted where the user runs ``ketch`` is never imported (ketchd may be root)."""
-    return [sys.executable, "-P", "-m", "ketch.daemon.main"]
 
 
 class Client:
@@ -323,60 +315,9 @@ class Client:
 
     def start_daemon(self) -> None:
         """Start ketchd in the background and wait until its socket answers."""
-        import subprocess
+        from ketch.client_autostart import start
 
-        os.makedirs(self.storage, mode=0o700, exist_ok=True)
-        log = os.fdopen(
-            os.open(self.daemon_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab"
-        )
-        start = os.fstat(log.fileno()).st_size
-        env = dict(os.environ, KETCH_STORAGE=self.storage)
-        proc = subprocess.Popen(
-            daemon_argv(),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            env=env,
-            close_fds=True,
-        )
-        log.close()
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.ping():
-                return
-            code = proc.poll()
-            if code == 2:  # refused to start (another daemon that won a race exits 1)
-                self._refused(start)
-            elif code is not None and code != 1:
-                self._exited(start, code)
-            time.sleep(0.05)
-        raise DaemonUnreachable(
-            f"started ketchd but it did not answer within {START_TIMEOUT:g} s",
-            hint=f"see {self.daemon_log}",
-        )
-
-    def _refused(self, start: int) -> None:
-        """ketchd refused to start (exit 2): say what it said (its ``ketchd: ...`` lines)."""
-        with open(self.daemon_log, "rb") as f:
-            f.seek(start)
-            said = f.read(8192).decode(errors="replace").splitlines()
-        lines = [line.removeprefix("ketchd: ") for line in said if line.startswith("ketchd: ")]
-        raise KetchError(
-            lines[0] if lines else "ketchd refused to start",
-            hint=" ".join(lines[1:]) or f"see {self.daemon_log}",
-        )
-
-    def _exited(self, start: int, code: int) -> NoReturn:
-        """ketchd exited before answering: say so at once, with the last line it logged."""
-        with open(self.daemon_log, "rb") as f:
-            f.seek(start)
-            said = f.read(65536).decode(errors="replace").splitlines()
-        last = next((line.strip() for line in reversed(said) if line.strip()), "")
-        raise DaemonUnreachable(
-            f"ketchd exited (status {code}) before answering" + (f": {last[:300]}" if last else ""),
-            hint=f"its log is {self.daemon_log}",
-        )
+        start(self.storage, self.daemon_log, self.ping)
 
     def ping(self) -> bool:
         if self.remote is not None:  # never started from here: ping is for start_daemon

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ketch.cli.alias_scripts import ketch_argv
-from ketch.client import daemon_argv
+from ketch.client_autostart import daemon_argv
 from ketch.images.buildproc import child_argv
 
 
