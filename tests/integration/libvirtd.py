@@ -5,7 +5,8 @@ here) runs in the foreground with a config and pid file of its own (``libvirtd -
 PIDFILE``), in a private mount namespace in which ``/etc/libvirt/qemu/networks/autostart``
 is an empty directory, so no libvirt network can start (no virbr0, no dnsmasq in this
 machine's namespace); optionally with a ``qemu.conf`` of the test's bind-mounted over
-``/etc/libvirt/qemu.conf`` in that namespace only.  It answers on ``qemu:///system``.
+``/etc/libvirt/qemu.conf`` in that namespace only, and directories of its own over the
+ones it keeps definitions and logs in (``private``).  It answers on ``qemu:///system``.
 :data:`LOCK` serialises the modules that start one; a libvirtd a module did not start is
 never touched.
 """
@@ -54,13 +55,20 @@ def answers() -> bool:
 class Libvirtd:
     """One libvirtd run by this module, with no network able to start."""
 
-    def __init__(self, work: Path, *, qemu_conf: str | None = None) -> None:
+    def __init__(
+        self, work: Path, *, qemu_conf: str | None = None, private: tuple[Path, ...] = ()
+    ) -> None:
         self.work = work
         self.qemu_conf: Path | None = None
         if qemu_conf is not None:
             self.qemu_conf = work / "qemu.conf"
             self.qemu_conf.write_text(qemu_conf)
             self.qemu_conf.chmod(0o600)
+        # Directories this libvirtd sees empty and writes in for itself (domain and pool
+        # definitions, QEMU's logs), so nothing it defines outlives it on this machine.
+        self.private = {path: work / "private" / path.relative_to("/") for path in private}
+        for mine in self.private.values():
+            mine.mkdir(parents=True)
         self.conf = work / "libvirtd.conf"
         self.pidfile = work / "libvirtd.pid"
         self.log = work / "libvirtd.log"
@@ -73,6 +81,8 @@ class Libvirtd:
         script = f"mount --bind {self.empty} {AUTOSTART} && "
         if self.qemu_conf is not None:  # seen by this libvirtd only
             script += f"mount --bind {self.qemu_conf} {QEMU_CONF} && "
+        for path, mine in self.private.items():
+            script += f"mount --bind {mine} {path} && "
         script += f"exec {LIBVIRTD} -f {self.conf} -p {self.pidfile}"
         out = (self.work / "libvirtd.out").open("ab")
         self.proc = subprocess.Popen(

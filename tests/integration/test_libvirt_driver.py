@@ -4,7 +4,9 @@ The module starts its own libvirtd (:mod:`libvirtd`: private mount namespace, no
 able to start) with a ``qemu.conf`` of its own seen by that libvirtd only: QEMU runs as
 root (so libvirt finds ``/dev/kvm``, root's 0600 here, accessible and does not re-probe
 QEMU's capabilities at each define, and reads the tiny image's kernel and the pool in a
-temporary directory), no security driver, and QEMU's output to a file (no virtlogd).
+temporary directory), no security driver, and QEMU's output to a file (no virtlogd);
+and with directories of its own over the ones it keeps domains, pools and QEMU's logs
+in, so nothing it defines outlives it, even when a test fails.
 
 One instance of ketch's own ``tiny`` image goes through the driver: base image uploaded
 into ketch's pool (a temporary directory) and verified, a qcow2 disk on it, the NoCloud
@@ -48,6 +50,13 @@ NAME = "lvd"
 QEMU_CONF = (
     'user = "root"\ngroup = "root"\nsecurity_driver = "none"\n'
     'stdio_handler = "file"\nremember_owner = 0\n'
+)
+
+# Seen empty by the module's libvirtd (its own, under its work directory): the domain's and
+# the pool's definitions and QEMU's log never reach this machine's /etc or /var/log.
+# (/etc/libvirt/qemu hides networks/ too: no network is even defined.)
+PRIVATE = tuple(
+    Path(p) for p in ("/etc/libvirt/qemu", "/etc/libvirt/storage", "/var/log/libvirt/qemu")
 )
 
 pytestmark = pytest.mark.skipif(
@@ -110,7 +119,7 @@ def env(tiny_image: ImageInfo) -> Iterator[Env]:
             pytest.skip("a libvirtd this test did not start answers on qemu:///system")
         work = Path(tempfile.mkdtemp(prefix="ketch-lvd-", dir="/tmp"))
         pool = work / "pool"
-        lv = Libvirtd(work, qemu_conf=QEMU_CONF)
+        lv = Libvirtd(work, qemu_conf=QEMU_CONF, private=PRIVATE)
         loop = asyncio.new_event_loop()
         driver = LibvirtDriver("qemu:///system", pool=POOL, pool_path=str(pool))
         spec = _spec(tiny_image)
@@ -137,6 +146,7 @@ def test_no_libvirt_network_runs() -> None:
 
 
 def test_the_pool_is_made_when_missing(env: Env) -> None:
+    assert not virsh("net-list", "--all", "--name").stdout.strip()  # not even defined
     assert virsh("pool-info", POOL, check=False).returncode != 0
     env.run(env.driver.ensure_pool())
     env.run(env.driver.ensure_pool())  # there: nothing to do
