@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -175,7 +176,15 @@ def test_the_base_image_is_uploaded_and_verified(env: Env) -> None:
 def test_a_domain_boots_and_its_ssh_answers_with_the_pinned_key(env: Env) -> None:
     assert env.base is not None
     spec, d = env.spec, env.driver
-    disk = env.run(d.create_disk(spec, env.base, env.image.disk_format))
+    virtual = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", env.image.disk],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    )["virtual-size"]  # fmt: skip
+    disk = env.run(d.create_disk(spec, env.base, env.image.disk_format, base_size=virtual))
+    assert disk.size == max(spec.disk, virtual)
+    print("libvirt's base volume:", virsh("vol-dumpxml", "--pool", POOL, env.base.name).stdout)
     iso = _seed(env.work, spec)
     seed_vol = env.run(d.upload_seed(spec, iso))
     assert env.run(d.volumes()) == sorted([env.base.name, disk_name(NAME), seed_name(NAME)])

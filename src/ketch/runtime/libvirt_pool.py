@@ -7,8 +7,11 @@ autostart when it is missing.  Files go in through libvirt's storage-volume uplo
 (raw, the file's size), the file is streamed into it while its sha256 is taken, and the
 volume is then **downloaded back** (``virStorageVolDownload``) and hashed again; it
 counts only when both digests are the file's (:class:`~ketch.errors.DigestMismatch`
-otherwise, and the volume is deleted).  The pool is refreshed after each upload, so
-libvirt probes the volume's real format (a qcow2 base reads back as qcow2).
+otherwise, and the volume is deleted).  libvirt re-reads a volume once its upload ends (a
+qcow2 base then reads back as qcow2 with its virtual size, libvirt 9.0), but ketch does
+not lean on that probe: the overlay names the base's format itself
+(``<backingStore><format>``), its size comes from the caller (the local image's virtual
+size), and a volume's size is its file's (``VIR_STORAGE_VOL_GET_PHYSICAL``).
 
 The base image's volume is named by its digest (``base-<sha256[:16]>.<fmt>``) so the
 instances of one image share it; one already in the pool is verified the same way before
@@ -38,6 +41,7 @@ CALL_TIMEOUT = 30.0  # seconds for one libvirt call (define, start, a lookup ...
 UPLOAD_RATE = 20 * 2**20  # bytes a second a volume's upload (and download) is given at least
 CHUNK = 2**20
 BASE_PREFIX = "base-"
+STORAGE_VOL_GET_PHYSICAL = 1  # virStorageVolInfoFlags: info()[2] is the file's size
 POOL_AUTOSTART = 1
 
 
@@ -71,6 +75,15 @@ def backing_path(vol_xml: str) -> str | None:
 
 def transfer_timeout(size: int) -> float:
     return CALL_TIMEOUT + size / UPLOAD_RATE
+
+
+def _quietly(call: Callable[[], object]) -> None:
+    """Run a clean-up call whose own libvirt error would hide the one being raised."""
+    try:
+        call()
+    except Exception as exc:
+        if not isinstance(exc, binding().libvirtError):
+            raise
 
 
 def file_sha256(path: Path) -> str:
@@ -154,7 +167,8 @@ class LibvirtPool:
                 if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
                     return None
                 raise
-            return Volume(name, str(vol.path()), int(vol.info()[1]))
+            physical = int(vol.infoFlags(STORAGE_VOL_GET_PHYSICAL)[2])  # the file's size
+            return Volume(name, str(vol.path()), physical)
 
         result: Volume | None = await self._call("volume", look)
         return result
@@ -195,8 +209,8 @@ class LibvirtPool:
                 stream.sendAll(chunk, None)
             stream.finish()
         except BaseException:
-            stream.abort()
-            vol.delete(0)
+            _quietly(stream.abort)  # the stream may be dead already: the first error counts
+            _quietly(lambda: vol.delete(0))
             raise
         return sent.hexdigest(), self._download_sha256(vol, size)
 
@@ -208,7 +222,7 @@ class LibvirtPool:
             stream.recvAll(lambda _s, data, h: h.update(data), got)
             stream.finish()
         except BaseException:
-            stream.abort()
+            _quietly(stream.abort)
             raise
         return got.hexdigest()
 
@@ -222,7 +236,6 @@ class LibvirtPool:
         if sent != want or back != want:
             await self.delete_volume(name)
             raise DigestMismatch(f"volume {name} ({path})", want, back if sent == want else sent)
-        await self._call("refresh", lambda: self._pool().refresh(0))  # libvirt probes formats
         vol = await self.volume(name)
         assert vol is not None
         return Volume(name, vol.path, size, want)
@@ -248,17 +261,18 @@ class LibvirtPool:
         await self.delete_volume(seed_name(spec.name))
         return await self.upload(seed_name(spec.name), iso)
 
-    async def create_disk(self, spec: InstanceSpec, base: Volume, base_format: str) -> Volume:
+    async def create_disk(
+        self, spec: InstanceSpec, base: Volume, base_format: str, *, base_size: int
+    ) -> Volume:
         """The instance's qcow2 volume on ``base``: ``spec.disk`` bytes, or the base's own
-        size when that is larger."""
+        virtual size ``base_size`` (the local image's, as ``qemu-img info`` says) when that
+        is larger."""
         name = disk_name(spec.name)
+        size = max(spec.disk, base_size)
+        xml = volume_xml(name, size, "qcow2", backing=base.path, backing_format=base_format)
 
         def make() -> Volume:
-            pool = self._pool()
-            virtual = int(pool.storageVolLookupByName(base.name).info()[1])
-            size = max(spec.disk, virtual)
-            xml = volume_xml(name, size, "qcow2", backing=base.path, backing_format=base_format)
-            vol = pool.createXML(xml, 0)
+            vol = self._pool().createXML(xml, 0)
             return Volume(name, str(vol.path()), size)
 
         made: Volume = await self._call("create-disk", make)
