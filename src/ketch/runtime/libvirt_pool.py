@@ -253,6 +253,9 @@ class LibvirtPool:
             )
             if back == want and have.size == path.stat().st_size:
                 return Volume(name, have.path, have.size, want)
+            if have.path in await self._call("volumes", self._backing_paths):
+                # disks are backed by it: never deleted from under them
+                raise DigestMismatch(f"base volume {name}, in use", want, back)
             await self.delete_volume(name)
         return await self.upload(name, path, sha256=want)
 
@@ -278,16 +281,20 @@ class LibvirtPool:
         made: Volume = await self._call("create-disk", make)
         return made
 
+    def _backing_paths(self) -> set[str | None]:
+        """The backing files of the pool's volumes (after a refresh).  Blocking."""
+        pool = self._pool()
+        pool.refresh(0)
+        return {backing_path(v.XMLDesc(0)) for v in pool.listAllVolumes(0)}
+
     async def prune_bases(self) -> list[str]:
         """Delete the base volumes no other volume in the pool is backed by; their names."""
 
         def unused() -> list[str]:
-            pool = self._pool()
-            pool.refresh(0)
-            vols = {v.name(): v for v in pool.listAllVolumes(0)}
-            used = {backing_path(v.XMLDesc(0)) for n, v in vols.items()}
+            used = self._backing_paths()
+            vols = self._pool().listAllVolumes(0)
             return [
-                n for n, v in vols.items() if n.startswith(BASE_PREFIX) and v.path() not in used
+                v.name() for v in vols if v.name().startswith(BASE_PREFIX) and v.path() not in used
             ]
 
         names: list[str] = await self._call("volumes", unused)
