@@ -271,3 +271,17 @@ class HostUnreachable(KetchError):
     """A libvirt host did not answer, or refused: the probe's reason, made short."""
 
     code = "host-unreachable"
+
+
+class LibvirtFailed(HostCommandError):
+    """A libvirt call (define a domain, upload a volume ...) failed on a reachable host.
+
+    A :class:`HostCommandError` (code ``host-command``): libvirt stands where an external
+    program would, ``argv`` is ``["libvirt", CALL]`` and ``stderr`` libvirt's reason.
+    """
+
+    def __init__(self, call: str, reason: str, *, hint: str | None = None) -> None:
+        self.argv = ["libvirt", call]
+        self.returncode = None
+        self.stderr = reason.strip()
+        KetchError.__init__(self, f"libvirt: {call} failed: {self.stderr}", hint=hint)

@@ -39,97 +39,18 @@ from typing import Any
 
 import pytest
 from ketchcli import Ketch
+from libvirtd import LIBVIRTD, LOCK, Libvirtd, answers, free_port, virsh
 
 from ketch.model import BootSpec, InstanceSpec, Intent
 from ketch.store.db import Store
 
-LIBVIRTD = shutil.which("libvirtd") or "/usr/sbin/libvirtd"
 SSHD = "/usr/sbin/sshd"
-LOCK = Path("/run/lock/ketch-test-libvirtd.lock")
-SOCKET = Path("/run/libvirt/libvirt-sock")
-AUTOSTART = Path("/etc/libvirt/qemu/networks/autostart")
 POOL = "ketch-test"
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not Path(LIBVIRTD).exists() or not Path(SSHD).exists(),
     reason="needs root, libvirtd (libvirt-daemon-system) and sshd (openssh-server)",
 )
-
-
-def virsh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["virsh", "-q", "-c", "qemu:///system", *args],
-        capture_output=True, text=True, timeout=60, check=check,
-    )  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def answers() -> bool:
-    """Does a libvirtd answer on the system socket?"""
-    try:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(2)
-            s.connect(str(SOCKET))
-        return True
-    except OSError:
-        return False
-
-
-class Libvirtd:
-    """One libvirtd run by this module, with no network able to start."""
-
-    def __init__(self, work: Path) -> None:
-        self.work = work
-        self.conf = work / "libvirtd.conf"
-        self.pidfile = work / "libvirtd.pid"
-        self.log = work / "libvirtd.log"
-        self.empty = work / "no-autostart"
-        self.empty.mkdir()
-        self.conf.write_text(f'log_outputs = "3:file:{self.log}"\n')
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        script = (
-            f"mount --bind {self.empty} {AUTOSTART} && "
-            f"exec {LIBVIRTD} -f {self.conf} -p {self.pidfile}"
-        )
-        out = (self.work / "libvirtd.out").open("ab")
-        self.proc = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-            stdout=out, stderr=out, start_new_session=True,
-        )  # fmt: skip
-        out.close()
-        deadline = time.monotonic() + 90  # its first start probes QEMU's capabilities
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"libvirtd ended: {self.tail()}")
-            if answers() and virsh("version", check=False).returncode == 0:
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"libvirtd did not answer within 90 s: {self.tail()}")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
-
-    def tail(self) -> str:
-        text = (self.work / "libvirtd.out").read_text(errors="replace")
-        if self.log.exists():
-            text += self.log.read_text(errors="replace")
-        return text[-3000:]
 
 
 class Sshd:

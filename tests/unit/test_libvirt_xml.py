@@ -13,7 +13,14 @@ import pytest
 from test_store import make_spec
 
 from ketch.model import BootSpec
-from ketch.runtime.libvirt_xml import NAMESPACE, Volumes, domain_name, domain_xml
+from ketch.runtime.libvirt_xml import (
+    NAMESPACE,
+    QEMU_NS,
+    Volumes,
+    domain_name,
+    domain_xml,
+    pool_xml,
+)
 
 VOLUMES = Volumes(disk="/var/lib/ketch/pool/vm1.qcow2", seed="/var/lib/ketch/pool/vm1-seed.iso")
 UEFI = Volumes(
@@ -98,6 +105,25 @@ def test_text_is_escaped_and_memory_has_a_floor() -> None:
     assert dom.findtext("memory") == str(64 * 1024)
 
 
+def test_user_networking_forwards_ssh_from_loopback_through_qemus_own_netdev() -> None:
+    spec = make_spec("vm1")
+    dom = parse(domain_xml(spec, VOLUMES, kvm=False, user_net=True))
+    assert dom.find("devices/interface") is None  # no libvirt network at all
+    args = [a.get("value") for a in dom.iterfind(f"{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg")]
+    assert args == [
+        "-netdev",
+        f"user,id=ketchnet0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
+        "-device",
+        f"virtio-net-pci,netdev=ketchnet0,mac={spec.mac},bus=pcie.0,addr=0x1e",
+    ]
+
+
+def test_the_pool_document() -> None:
+    pool = parse(pool_xml("ketch", "/var/lib/libvirt/ketch"))
+    assert pool.get("type") == "dir" and pool.findtext("name") == "ketch"
+    assert pool.findtext("target/path") == "/var/lib/libvirt/ketch"
+
+
 def test_the_same_spec_gives_the_same_document() -> None:
     assert domain_xml(make_spec("vm1"), VOLUMES, kvm=True) == domain_xml(
         make_spec("vm1"), VOLUMES, kvm=True
@@ -107,7 +133,7 @@ def test_the_same_spec_gives_the_same_document() -> None:
 @pytest.mark.skipif(
     shutil.which("virt-xml-validate") is None, reason="libvirt-clients not installed"
 )
-@pytest.mark.parametrize("case", ["kernel-tcg", "kernel-kvm", "bios", "uefi"])
+@pytest.mark.parametrize("case", ["kernel-tcg", "kernel-kvm", "bios", "uefi", "user-net"])
 def test_libvirts_schema_takes_it(tmp_path: Path, case: str) -> None:
     spec = make_spec("vm1")
     text = {
@@ -115,6 +141,7 @@ def test_libvirts_schema_takes_it(tmp_path: Path, case: str) -> None:
         "kernel-kvm": lambda: domain_xml(spec, VOLUMES, kvm=True),
         "bios": lambda: domain_xml(replace(spec, boot=BootSpec()), VOLUMES, kvm=False),
         "uefi": lambda: domain_xml(replace(spec, boot=BootSpec(firmware="uefi")), UEFI, kvm=True),
+        "user-net": lambda: domain_xml(spec, VOLUMES, kvm=False, user_net=True),
     }[case]()
     path = tmp_path / "domain.xml"
     path.write_text(text)

@@ -14,6 +14,13 @@ host is unreachable ("did not answer within N s") and the caller goes on.  The t
 left to finish (ssh's own ``ConnectTimeout`` and keepalives end it; see
 :mod:`~ketch.host.libvirt_ssh`); while it runs, a new probe of the same URI waits on it
 rather than starting another, so a dead host costs one thread, not one per ``host list``.
+
+The libvirt driver's calls (:mod:`~ketch.runtime.libvirt_driver`) go through
+:func:`bounded` the same way: one daemon thread per call, waited for at most its
+deadline (:class:`~ketch.errors.Timeout` past it), its ``libvirtError`` translated once
+(:func:`translate`): a connection that fails is :class:`~ketch.errors.HostUnreachable`, a
+domain, pool or volume that is not there :class:`~ketch.errors.NotFound`, anything else
+:class:`~ketch.errors.LibvirtFailed` naming the call.
 """
 
 from __future__ import annotations
@@ -25,9 +32,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from ketch.errors import HostUnreachable, KetchError
+from ketch.errors import HostUnreachable, KetchError, LibvirtFailed, NotFound, Timeout
+
+T = TypeVar("T")
 
 VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE = 2  # libvirt's enum value (no import needed for it)
 KEEPALIVE_INTERVAL = 5  # seconds; libvirt's keepalive, for the calls after the open
@@ -89,6 +98,74 @@ def _binding() -> Any:
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # not on stderr
         _binding.quiet = True  # type: ignore[attr-defined]
     return libvirt
+
+
+# libvirt's virErrorNumber values (no import needed for them)
+VIR_ERR_NO_CONNECT = 5
+VIR_ERR_NO_DOMAIN = 42
+VIR_ERR_NO_STORAGE_POOL = 49
+VIR_ERR_NO_STORAGE_VOL = 50
+VIR_ERR_SYSTEM_ERROR = 38
+VIR_ERR_RPC = 39
+VIR_ERR_AUTH_FAILED = 45
+_MISSING = {VIR_ERR_NO_DOMAIN, VIR_ERR_NO_STORAGE_POOL, VIR_ERR_NO_STORAGE_VOL}
+_UNREACHABLE = {VIR_ERR_NO_CONNECT, VIR_ERR_RPC, VIR_ERR_AUTH_FAILED}
+
+
+def translate(code: int | None, message: str, call: str) -> KetchError:
+    """The ketch error for libvirt's error ``code`` and ``message`` in ``call`` (pure)."""
+    said = reason(message)
+    if code in _MISSING:
+        return NotFound(f"libvirt: {said}")
+    if code in _UNREACHABLE or call == "open":
+        return HostUnreachable(said)
+    return LibvirtFailed(call, said)
+
+
+def binding() -> Any:
+    """The ``libvirt`` module (imported on first use; HostUnreachable when not installed)."""
+    return _binding()
+
+
+def _set(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+async def bounded(call: Callable[[], T], *, timeout: float, what: str) -> T:
+    """Run the blocking ``call`` in a daemon thread of its own, waiting at most ``timeout``.
+
+    A ``libvirtError`` it raises is translated (:func:`translate`, ``what`` naming the
+    call); past the deadline :class:`~ketch.errors.Timeout`, and the thread is left to end
+    by itself (libvirt's keepalive, or the call's own end).
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def run() -> None:
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            value = call()
+        except KetchError as exc:
+            error = exc
+        except Exception as exc:
+            error = exc
+            with contextlib.suppress(KetchError):  # no binding: the error stays as raised
+                if isinstance(exc, _binding().libvirtError):
+                    error = translate(exc.get_error_code(), str(exc), what)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(_set, future, value, error)
+
+    threading.Thread(target=run, name=f"libvirt-{what}", daemon=True).start()
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), timeout)
+    except TimeoutError:
+        raise Timeout(f"libvirt: {what} did not answer within {timeout:.0f} s") from None
 
 
 def probe(uri: str) -> NodeFacts:

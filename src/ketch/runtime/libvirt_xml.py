@@ -6,13 +6,17 @@ one virtio NIC with the spec's MAC, a virtio RNG, the serial console, no display
 differs is libvirt's to decide: the domain type (``kvm`` where the host's probe says KVM
 works, else ``qemu``, i.e. TCG), the CPU model (``host-passthrough`` on KVM,
 ``maximum`` on TCG, as the QEMU driver's ``-cpu host``/``max``), and the NIC's network (a
-libvirt network on the host, NAT by default).  Disk and seed are paths on that host
-(volumes of ketch's storage pool there): :class:`Volumes`.
+libvirt network on the host, NAT by default; or, with ``user_net``, QEMU's user-mode
+networking with the guest's SSH forwarded from 127.0.0.1:``ssh_port``, exactly the QEMU
+driver's ``-netdev user,hostfwd=...``: libvirt 9.0's ``<interface type='user'>`` has no
+port forwards on its slirp backend (``<portForward>`` is passt's only), so the NIC is
+passed to QEMU through ``<qemu:commandline>``).  Disk and seed are paths on that host
+(volumes of ketch's storage pool there): :class:`Volumes`.  The pool's and its volumes'
+documents are here too (:func:`pool_xml`, :func:`volume_xml`).
 
 The domain is named ``ketch-<instance>`` and carries the instance's name and instance-id
 in its ``<metadata>`` (namespace :data:`NAMESPACE`), so the driver can tell ketch's
-domains from others on a shared host.  Not used yet: the libvirt driver is the next
-slice of issue 20.
+domains from others on a shared host.  Used by :mod:`ketch.runtime.libvirt_driver`.
 """
 
 from __future__ import annotations
@@ -23,10 +27,14 @@ from dataclasses import dataclass
 from ketch.model import InstanceSpec
 
 NAMESPACE = "urn:x-ketch:instance:1"
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"  # <qemu:commandline> passthrough
+USER_NETDEV = "ketchnet0"
+USER_NIC_SLOT = "0x1e"  # on pcie.0: see user_net_args
 PREFIX = "ketch-"
 MIN_MEMORY = 64 * 1024 * 1024
 
 ET.register_namespace("ketch", NAMESPACE)  # <ketch:instance> in the metadata
+ET.register_namespace("qemu", QEMU_NS)
 
 
 @dataclass(frozen=True)
@@ -59,8 +67,19 @@ def _disk(devices: ET.Element, path: str, fmt: str, target: str, *, readonly: bo
         _sub(disk, "readonly")
 
 
-def domain_xml(spec: InstanceSpec, volumes: Volumes, *, kvm: bool, network: str = "default") -> str:
-    """The ``<domain>`` document libvirt defines the instance from (pure)."""
+def domain_xml(
+    spec: InstanceSpec,
+    volumes: Volumes,
+    *,
+    kvm: bool,
+    network: str = "default",
+    user_net: bool = False,
+) -> str:
+    """The ``<domain>`` document libvirt defines the instance from (pure).
+
+    ``user_net``: no libvirt network; QEMU's user networking with the guest's port 22
+    forwarded from 127.0.0.1:``spec.ssh_port`` (``network`` is then unused).
+    """
     uefi = spec.boot.kernel is None and spec.boot.firmware == "uefi"
     if uefi and (volumes.efi_code is None or volumes.efi_vars is None):
         raise ValueError("UEFI boot needs the firmware and a variable store")
@@ -101,10 +120,11 @@ def domain_xml(spec: InstanceSpec, volumes: Volumes, *, kvm: bool, network: str 
     _disk(devices, volumes.disk, "qcow2", "vda", readonly=False)
     if volumes.seed is not None:
         _disk(devices, volumes.seed, "raw", "vdb", readonly=True)
-    nic = _sub(devices, "interface", type="network")
-    _sub(nic, "source", network=network)
-    _sub(nic, "mac", address=spec.mac)
-    _sub(nic, "model", type="virtio")
+    if not user_net:
+        nic = _sub(devices, "interface", type="network")
+        _sub(nic, "source", network=network)
+        _sub(nic, "mac", address=spec.mac)
+        _sub(nic, "model", type="virtio")
     serial = _sub(devices, "serial", type="pty")
     _sub(serial, "target", port="0")
     console = _sub(devices, "console", type="pty")
@@ -112,5 +132,62 @@ def domain_xml(spec: InstanceSpec, volumes: Volumes, *, kvm: bool, network: str 
     rng = _sub(devices, "rng", model="virtio")
     _sub(rng, "backend", "/dev/urandom", model="random")
     _sub(devices, "memballoon", model="none")
+    if user_net:
+        line = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
+        for arg in user_net_args(spec):
+            ET.SubElement(line, f"{{{QEMU_NS}}}arg", value=arg)
     ET.indent(dom)
     return ET.tostring(dom, encoding="unicode") + "\n"
+
+
+def user_net_args(spec: InstanceSpec) -> tuple[str, ...]:
+    """QEMU's arguments for the user-mode NIC with the SSH forward (as ``host/qemu.py``'s).
+
+    The NIC sits in slot 0x1e of ``pcie.0``, one libvirt leaves alone: QEMU creates a
+    legacy ``-device`` before libvirt's JSON ones, so one without an address takes slot 1,
+    which libvirt gave its first root port, and the domain does not start.
+    """
+    return (
+        "-netdev",
+        f"user,id={USER_NETDEV},hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
+        "-device",
+        f"virtio-net-pci,netdev={USER_NETDEV},mac={spec.mac},bus=pcie.0,addr={USER_NIC_SLOT}",
+    )
+
+
+def pool_xml(name: str, path: str) -> str:
+    """A ``dir`` storage pool at ``path`` (pure)."""
+    pool = ET.Element("pool", type="dir")
+    _sub(pool, "name", name)
+    target = _sub(pool, "target")
+    _sub(target, "path", path)
+    ET.indent(pool)
+    return ET.tostring(pool, encoding="unicode") + "\n"
+
+
+def volume_xml(
+    name: str,
+    capacity: int,
+    fmt: str,
+    *,
+    backing: str | None = None,
+    backing_format: str | None = None,
+) -> str:
+    """A volume of ``capacity`` bytes in format ``fmt``; with ``backing``, an overlay on
+    that path (a qcow2 whose backing file is the base image's volume).  Pure."""
+    if capacity <= 0:
+        raise ValueError(f"a volume's capacity must be positive, not {capacity}")
+    if backing is not None and (fmt != "qcow2" or backing_format is None):
+        raise ValueError("an overlay is a qcow2 volume with the backing file's format")
+    vol = ET.Element("volume")
+    _sub(vol, "name", name)
+    _sub(vol, "capacity", str(capacity), unit="bytes")
+    target = _sub(vol, "target")
+    _sub(target, "format", type=fmt)
+    if backing is not None:
+        assert backing_format is not None
+        store = _sub(vol, "backingStore")
+        _sub(store, "path", backing)
+        _sub(store, "format", type=backing_format)
+    ET.indent(vol)
+    return ET.tostring(vol, encoding="unicode") + "\n"

@@ -1,0 +1,173 @@
+"""The libvirt driver's core: an instance's volumes and domain on one libvirt host.
+
+Not wired into ``launch --host`` yet (issue 20's next slice).  On one connection to the
+host's URI (:meth:`LibvirtDriver.connect`):
+
+- **the pool and the volumes** (:mod:`.libvirt_pool`): ketch's ``dir`` pool, made when
+  missing; the base image uploaded with libvirt's storage-volume upload and verified by
+  downloading it back (sha256 of both streams); the instance's disk, a qcow2 volume
+  backed by the base volume (libvirt runs ``qemu-img create -b``); the NoCloud seed ISO,
+  uploaded and verified alike;
+- **the domain**: defined from :func:`~ketch.runtime.libvirt_xml.domain_xml` (type
+  ``qemu``, i.e. TCG, unless told KVM works), with user-mode networking and the guest's
+  SSH forwarded from 127.0.0.1:``ssh_port``; started, shut down through ACPI within a
+  deadline, destroyed (``stop --force``), and undefined with its volumes (``purge``),
+  after which a base volume no other volume is backed by is deleted too;
+- **the state**: ``virDomainGetState`` and the managed save image, made the same
+  :class:`~ketch.model.Observation` the QEMU driver gives (:mod:`.libvirt_state`), so
+  :func:`~ketch.runtime.derive.derive` is the same for both.
+
+Every libvirt call runs through :func:`ketch.host.libvirt.bounded` (a deadline each, the
+errors translated there once); the binding is loaded only in those calls' threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from ketch.errors import NotFound
+from ketch.host.libvirt import binding
+from ketch.model import InstanceSpec, Observation, PidStatus
+from ketch.runtime import libvirt_state
+from ketch.runtime.libvirt_pool import POOL, LibvirtPool, Volume, disk_name, seed_name
+from ketch.runtime.libvirt_xml import NAMESPACE, Volumes, domain_name, domain_xml
+
+UNDEFINE_FLAGS = 1 | 2 | 4 | 16  # managed save, snapshot metadata, NVRAM, checkpoints
+
+__all__ = ["POOL", "LibvirtDriver"]
+
+
+class LibvirtDriver(LibvirtPool):
+    """One libvirt host's instances: pool, volumes (:class:`LibvirtPool`), domains."""
+
+    name = "libvirt"
+
+    # -- the domain ----------------------------------------------------------------------
+
+    def _domain(self, spec: InstanceSpec) -> Any | None:
+        """The instance's domain, or None when none is defined.  Blocking."""
+        libvirt = binding()
+        try:
+            return self.conn.lookupByName(domain_name(spec.name))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
+    def _ours(self, dom: Any, spec: InstanceSpec) -> bool:
+        libvirt = binding()
+        try:
+            meta = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE, 0)
+        except libvirt.libvirtError:
+            return False
+        return libvirt_state.instance_id(str(meta)) == spec.instance_id
+
+    def _own(self, spec: InstanceSpec) -> Any | None:
+        """The instance's domain if it is this instance's (NotFound when another's)."""
+        dom = self._domain(spec)
+        if dom is not None and not self._ours(dom, spec):
+            raise NotFound(
+                f"libvirt's domain {domain_name(spec.name)} is not instance {spec.name}'s "
+                "(its metadata names another instance-id): ketch leaves it alone"
+            )
+        return dom
+
+    async def define(self, spec: InstanceSpec, disk: Volume, seed: Volume | None) -> None:
+        """Define the instance's domain (user networking, SSH on 127.0.0.1:ssh_port)."""
+        volumes = Volumes(disk=disk.path, seed=None if seed is None else seed.path)
+        xml = domain_xml(spec, volumes, kvm=self.kvm, user_net=True)
+        await self._call("define", lambda: self.conn.defineXML(xml))
+
+    async def start(self, spec: InstanceSpec) -> None:
+        def start() -> None:
+            dom = self._own(spec)
+            if dom is None:
+                raise NotFound(f"instance {spec.name} has no domain on {self.uri}")
+            if not dom.isActive():
+                dom.create()
+
+        await self._call("start", start)
+
+    async def powerdown(self, spec: InstanceSpec, *, timeout: float) -> bool:
+        """Ask the guest to power off (ACPI); True when the domain is off within ``timeout``."""
+
+        def ask() -> bool:
+            dom = self._own(spec)
+            if dom is None or not dom.isActive():
+                return False
+            dom.shutdownFlags(binding().VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+            return True
+
+        if not await self._call("shutdown", ask):
+            return True
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            obs = await self.observe(spec)
+            if obs.pid_status is not PidStatus.OURS:
+                return True
+            await asyncio.sleep(0.5)
+        return False
+
+    async def kill(self, spec: InstanceSpec) -> bool:
+        """Destroy the domain if it runs (``stop --force``); True when it did."""
+
+        def destroy() -> bool:
+            dom = self._own(spec)
+            if dom is None or not dom.isActive():
+                return False
+            dom.destroy()
+            return True
+
+        done: bool = await self._call("destroy", destroy)
+        return done
+
+    async def purge(self, spec: InstanceSpec) -> None:
+        """Destroy and undefine the domain, delete its volumes, and a base none uses now."""
+
+        def undefine() -> None:
+            dom = self._own(spec)
+            if dom is None:
+                return
+            if dom.isActive():
+                dom.destroy()
+            dom.undefineFlags(UNDEFINE_FLAGS)
+
+        await self._call("undefine", undefine)
+        for name in (disk_name(spec.name), seed_name(spec.name)):
+            await self.delete_volume(name)
+        await self.prune_bases()
+
+    async def observe(self, spec: InstanceSpec) -> Observation:
+        """The instance as :func:`~ketch.runtime.derive.derive` reads it (see
+        :mod:`.libvirt_state`).  Raises only when libvirt cannot be asked."""
+
+        def look() -> Observation:
+            libvirt = binding()
+            try:
+                self._pool().storageVolLookupByName(disk_name(spec.name))
+                disk = True
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                    raise
+                disk = False
+            dom = self._domain(spec)
+            if dom is None:
+                return libvirt_state.observation(
+                    None, 0, ours=True, managed_save=False, disk_exists=disk
+                )
+            state, reason = dom.state(0)
+            saved: bool | None
+            error = None
+            try:
+                saved = bool(dom.hasManagedSaveImage(0))
+            except libvirt.libvirtError as exc:
+                saved, error = None, str(exc)
+            return libvirt_state.observation(
+                int(state), int(reason), ours=self._ours(dom, spec), managed_save=saved,
+                disk_exists=disk, tag_error=error,
+            )  # fmt: skip
+
+        obs: Observation = await self._call("state", look)
+        return obs
