@@ -36,6 +36,7 @@ ALONE = ("tests/integration/test_chaos.py::test_chaos_walk",)
 LONGEST_FIRST = (
     "test_chaos.py",
     "test_debian_image.py",
+    "test_warm_debian.py",  # ~500 s: two debian-12 boots and a template under TCG
     "test_mounts_native.py",
     "test_reliability2.py",
     "test_lifecycle.py",
