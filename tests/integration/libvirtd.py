@@ -14,18 +14,34 @@ never touched.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 LIBVIRTD = shutil.which("libvirtd") or "/usr/sbin/libvirtd"
 LOCK = Path("/run/lock/ketch-test-libvirtd.lock")
 SOCKET = Path("/run/libvirt/libvirt-sock")
 AUTOSTART = Path("/etc/libvirt/qemu/networks/autostart")
 QEMU_CONF = Path("/etc/libvirt/qemu.conf")
+
+
+@contextlib.contextmanager
+def exclusive() -> Iterator[None]:
+    """Held by a test module that runs its own libvirtd (one such module at a time);
+    the module is skipped when a libvirtd it did not start answers on qemu:///system."""
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if answers():
+            pytest.skip("a libvirtd this test did not start answers on qemu:///system")
+        yield
 
 
 def virsh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

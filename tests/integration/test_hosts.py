@@ -23,7 +23,6 @@ ketchd is stopped.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -39,7 +38,7 @@ from typing import Any
 
 import pytest
 from ketchcli import Ketch
-from libvirtd import LIBVIRTD, LOCK, Libvirtd, answers, free_port, virsh
+from libvirtd import LIBVIRTD, Libvirtd, answers, exclusive, free_port, virsh
 
 from ketch.model import BootSpec, InstanceSpec, Intent
 from ketch.store.db import Store
@@ -146,11 +145,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with LOCK.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one module with its own libvirtd at a time
-        if answers():
-            pytest.skip("a libvirtd this test did not start answers on qemu:///system")
+    with exclusive():  # one module with its own libvirtd at a time
         work = Path(tempfile.mkdtemp(prefix="ketch-hosts-", dir="/tmp"))
         root = work / "root"
         root.mkdir(mode=0o700)

@@ -20,7 +20,6 @@ domain, the pool, libvirtd.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import os
 import shutil
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from libvirtd import LIBVIRTD, LOCK, Libvirtd, answers, free_port, virsh
+from libvirtd import LIBVIRTD, Libvirtd, answers, exclusive, free_port, virsh
 
 from ketch import cloudinit
 from ketch.host import seed
@@ -113,11 +112,7 @@ def _seed(work: Path, spec: InstanceSpec) -> Path:
 
 @pytest.fixture(scope="module")
 def env(tiny_image: ImageInfo) -> Iterator[Env]:
-    LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with LOCK.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one module with its own libvirtd at a time
-        if answers():
-            pytest.skip("a libvirtd this test did not start answers on qemu:///system")
+    with exclusive():  # one module with its own libvirtd at a time
         work = Path(tempfile.mkdtemp(prefix="ketch-lvd-", dir="/tmp"))
         pool = work / "pool"
         lv = Libvirtd(work, qemu_conf=QEMU_CONF, private=PRIVATE)
