@@ -344,11 +344,15 @@ def _encode(doc: object) -> bytes:
 
 
 def _payload(route: Route[B, R], body: B | None) -> bytes | None:
-    """The request body of ``route`` (its model's defaults when not given); None: no body."""
-    model = route.body
-    if model is None:
+    """The request body of ``route``; None: the route has none.
+
+    Not given, it is its model's defaults: ``{}``, which the daemon decodes as
+    them, sent without importing the model or msgspec (``ketch suspend`` and a
+    plain ``start`` or ``stop`` ask first and load those while ketchd works).
+    """
+    if not route.has_body:
         return None
-    return _encode(body if body is not None else model())
+    return b"{}" if body is None else _encode(body)
 
 
 def _urlencode(query: Mapping[str, str]) -> str:

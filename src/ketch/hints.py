@@ -4,7 +4,8 @@
 ``ketch exec`` can spare: its budget is half a plain ``ssh true`` (see
 docs/benchmarks.md).  The modules ``ketch exec``, ``list`` and ``info`` load
 (the CLI's parser, the client, the transport, the route table, the errors,
-:mod:`ketch.host.ssh`) take their typing names from here.  For mypy these are
+:mod:`ketch.host.ssh`), and those of the lifecycle verbs (``cli.verbs_instances``,
+``cli.progress``), take their typing names from here.  For mypy these are
 typing's own (mypy reads ``TYPE_CHECKING`` as true whatever module it comes
 from); at run time ``TYPE_CHECKING`` is False, so names used only in
 annotations (``Any``, ``NoReturn``, ``IO``, ...) are imported from ``typing``

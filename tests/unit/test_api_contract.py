@@ -187,6 +187,51 @@ def test_the_cli_path_imports_msgspec_without_typing_extensions() -> None:
     assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
 
 
+def test_an_empty_body_is_decoded_as_its_models_defaults() -> None:
+    """The client sends ``{}`` for a body not given (no model, no msgspec loaded first)."""
+    import msgspec
+
+    from ketch.api.routes import ROUTES, SUSPEND
+    from ketch.client import _payload
+
+    assert _payload(SUSPEND, None) == b"{}"
+    for route in ROUTES:
+        model = route.body
+        assert route.has_body == (model is not None)
+        if model is None:
+            assert _payload(route, None) is None
+            continue
+        try:
+            defaults = model()
+        except TypeError:  # required fields: the CLI always gives this body
+            continue
+        assert msgspec.json.decode(b"{}", type=model) == defaults, route.name
+
+
+@pytest.mark.parametrize("verb", ["suspend", "start", "stop"])
+def test_the_lifecycle_verbs_send_their_request_before_msgspec_or_typing(verb: str) -> None:
+    """Their fixed cost counts against a QMP save of a fifth of a second (bench/suspend.py):
+    the models (and msgspec, typing) are imported while ketchd works, not before asking."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import ketch.client\n"
+        "from ketch.cli.main import main\n"
+        "from ketch.errors import DaemonUnreachable\n"
+        "heavy = ('msgspec', 'typing', 'ketch.api.models')\n"
+        "def spy(*args, **kwargs):\n"
+        "    print([m for m in heavy if m in sys.modules])\n"
+        "    raise DaemonUnreachable('the spy stands in for ketchd')\n"
+        "ketch.client.request = spy\n"
+        f"main([{verb!r}, 'vm1'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout == "[]\n", done.stderr
+    assert "the spy stands in for ketchd" in done.stderr
+
+
 def test_models_re_exports_every_model_of_its_parts() -> None:
     """A model added to a part (common, instances, ...) is reachable as ``m.X``, the same object."""
     import importlib

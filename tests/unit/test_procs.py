@@ -6,6 +6,7 @@ child that ignores SIGTERM, a zombie, and a reaped (dead) pid.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -28,6 +29,7 @@ from ketch.host.procs import (
     start_time,
     terminate,
     terminate_pidfd,
+    wait_exit,
 )
 from ketch.model import PidStatus
 
@@ -235,6 +237,36 @@ def test_terminate_signals_only_the_given_pid(sleeper: subprocess.Popen[bytes]) 
     finally:
         other.kill()
         other.wait(timeout=10)
+
+
+# -- wait_exit --------------------------------------------------------------------------------
+
+
+def test_wait_exit_learns_of_the_exit_when_it_happens(sleeper: subprocess.Popen[bytes]) -> None:
+    async def main() -> tuple[bool, bool]:
+        waiting = asyncio.ensure_future(wait_exit(sleeper.pid, 60.0))
+        await asyncio.sleep(0)
+        running = not waiting.done()
+        sleeper.terminate()  # its exit, not a poll's tick, ends the wait
+        return running, await waiting
+
+    assert asyncio.run(main()) == (True, True)
+
+
+def test_wait_exit_gives_up_after_its_timeout(sleeper: subprocess.Popen[bytes]) -> None:
+    assert asyncio.run(wait_exit(sleeper.pid, 0.05)) is False
+    assert asyncio.run(wait_exit(sleeper.pid, 0.0)) is False
+    assert sleeper.poll() is None
+
+
+def test_wait_exit_of_a_gone_process_or_a_zombie_is_at_once() -> None:
+    assert asyncio.run(wait_exit(dead_pid(), 0.0)) is True
+    zombie = subprocess.Popen(["true"])
+    wait_for(lambda: proc_state(zombie.pid) == "Z")
+    try:
+        assert asyncio.run(wait_exit(zombie.pid, 0.0)) is True
+    finally:
+        zombie.wait(timeout=10)
 
 
 # -- remove_quietly -----------------------------------------------------------------------------

@@ -383,13 +383,17 @@ def test_a_guest_that_said_it_finished_is_ready_once_its_master_is_up() -> None:
     """``finished=True`` (a warm clone's agent said ``done`` after ``boot-finished``): the
     master made with the pinned key ends the wait, and no ``test -f boot-finished`` probe
     is sent.  Without it the same guest (a banner and a "master", but no sshd to run the
-    probe) is never ready."""
+    probe) is never ready.  Nor is the banner probed first: the guest listens already, and
+    the probe would cost it a connection of its own before the master's."""
     from ketch.errors import Timeout
     from ketch.host.ssh import wait_ready
     from ketch.progress import ListReporter
 
+    banners: list[bool] = []
+
     async def main(finished: bool) -> int:
         async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            banners.append(finished)
             writer.write(b"SSH-2.0-test\r\n")
             await writer.drain()
             writer.close()
@@ -410,5 +414,7 @@ def test_a_guest_that_said_it_finished_is_ready_once_its_master_is_up() -> None:
         return len(made)
 
     assert asyncio.run(main(True)) == 1
+    assert banners == []
     with pytest.raises(Timeout):  # the probe through a socket with no master behind it fails
         asyncio.run(main(False))
+    assert banners and not any(banners)  # probed, without finished only

@@ -78,6 +78,11 @@ class Route(Generic[B, R]):
         return model
 
     @property
+    def has_body(self) -> bool:
+        """Whether requests along the route carry a body (known without importing its model)."""
+        return self._body is not None
+
+    @property
     def query(self) -> type[m.Body]:
         """The query parameters' model, imported on first use."""
         model: type[m.Body] = _model(self._query)

@@ -6,10 +6,14 @@ Events go to stderr, so stdout carries only the command's result.
 from __future__ import annotations
 
 import sys
-from types import TracebackType
-from typing import Any
 
-from ketch.api import models as m
+from ketch.hints import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Any
+
+    from ketch.api import models as m
 
 
 class Plain:
@@ -25,6 +29,8 @@ class Plain:
         pass
 
     def __call__(self, event: m.AnyEvent) -> None:
+        from ketch.api import models as m  # loaded by the client's first event already
+
         if isinstance(event, m.StepEvent):
             print(f"{event.message}", file=sys.stderr, flush=True)
         elif isinstance(event, m.WarningEvent | m.WaitingEvent):
@@ -78,6 +84,8 @@ class Rich:
         self.progress.__exit__(t, e, tb)
 
     def __call__(self, event: m.AnyEvent) -> None:
+        from ketch.api import models as m  # loaded by the client's first event already
+
         if isinstance(event, m.StepEvent):
             self.console.print(f"[bold]{event.message}[/]")
         elif isinstance(event, m.WarningEvent):

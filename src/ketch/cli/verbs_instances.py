@@ -3,18 +3,23 @@
 
 ``list`` and ``info`` are the hot path: they send their request before the
 output module (and msgspec with the API's models) is imported; the client
-imports the models while ketchd answers (see :mod:`ketch.client`).
+imports the models while ketchd answers (see :mod:`ketch.client`).  So do the
+lifecycle verbs (``suspend``, ``start``, ``stop``): :mod:`ketch.cli.progress`
+imports the models only for the first event, and nothing here imports ``typing``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from ketch.api import routes
 from ketch.cli import ask, client, each, report, snapshot_ref, stream
 from ketch.errors import EXIT_FAILED, InvalidArgument, KetchError
+from ketch.hints import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -117,16 +122,20 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
+    if args.timeout is None:
+        return each(routes.START, args)  # the body's defaults
     from ketch.api import models as m
 
     return each(routes.START, args, m.StartBody(timeout=args.timeout))
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from ketch.api import models as m
-
     if args.force and (args.time or args.cancel):
         raise InvalidArgument("--force cannot be combined with --time or --cancel")
+    if not (args.force or args.cancel or args.time):
+        return each(routes.STOP, args)  # the body's defaults
+    from ketch.api import models as m
+
     minutes = None
     if args.time:
         try:

@@ -209,6 +209,34 @@ def terminate_pidfd(handle: PidFd, *, grace: float = 3.0) -> None:
             return
 
 
+async def wait_exit(pid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``pid`` to exit, without blocking the event
+    loop; True once it has (or there is no such process).
+
+    The pidfd becomes readable the moment the process exits, so the caller learns
+    of it at once rather than at the next tick of a poll.
+    """
+    import asyncio
+
+    try:
+        handle = PidFd(pid, os.pidfd_open(pid))
+    except ProcessLookupError:
+        return True
+    with handle:
+        if handle.exited() or timeout <= 0:
+            return handle.exited()
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Event = asyncio.Event()
+        loop.add_reader(handle.fd, exited.set)
+        try:
+            await asyncio.wait_for(exited.wait(), timeout)
+        except TimeoutError:
+            return False
+        finally:
+            loop.remove_reader(handle.fd)
+        return True
+
+
 def remove_quietly(*paths: Path) -> None:
     """Remove files that may or may not exist (idempotent cleanup)."""
     for p in paths:

@@ -252,16 +252,7 @@ class QemuDriver(MountSerial, Monitors, Templates):
                     await mon.execute("system_powerdown")
             except KetchError:
                 return not procs.alive(pid)
-        return await self._wait_exit(pid, timeout)
-
-    async def _wait_exit(self, pid: int, timeout: float) -> bool:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while procs.alive(pid):
-            if loop.time() > deadline:
-                return False
-            await asyncio.sleep(0.02)
-        return True
+        return await procs.wait_exit(pid, timeout)
 
     async def kill(self, spec: InstanceSpec, idir: InstanceDir) -> bool:
         pid, status, argv, _ = self._pid(idir)
@@ -275,7 +266,7 @@ class QemuDriver(MountSerial, Monitors, Templates):
             said = "frozen" if idir.path in self._unresponsive else await self._try_quit(idir)
             if said == "frozen":
                 await asyncio.to_thread(procs.kill_now, pid, expect=argv)
-            elif said == "sent" and await self._wait_exit(pid, 3.0):
+            elif said == "sent" and await procs.wait_exit(pid, 3.0):
                 pass
             else:
                 await asyncio.to_thread(procs.terminate, pid, expect=argv)
@@ -331,7 +322,7 @@ class QemuDriver(MountSerial, Monitors, Templates):
             reporter.step("Stopping QEMU")
             with contextlib.suppress(QMPError):  # quit may close the socket before replying
                 await mon.execute("quit")
-        if not await self._wait_exit(pid, 30.0):
+        if not await procs.wait_exit(pid, 30.0):
             await asyncio.to_thread(procs.terminate, pid, expect=argv)
         procs.remove_quietly(idir.pidfile, idir.qmp_socket)
         await virtiofs.stop_all(idir)

@@ -8,11 +8,21 @@ on its way becomes a warning.
 
 from __future__ import annotations
 
+import asyncio
+
 from ketch import space
 from ketch.api.models import NameResult, StartResult
 from ketch.errors import HostCommandError, InvalidState, KetchError, Timeout
 from ketch.host import procs
-from ketch.model import InconsistencyCode, Intent, MountType, OperationKind, State, Verb
+from ketch.model import (
+    InconsistencyCode,
+    InstanceSpec,
+    Intent,
+    MountType,
+    OperationKind,
+    State,
+    Verb,
+)
 from ketch.progress import Reporter
 from ketch.runtime import virtiofs
 from ketch.runtime.driver import SUSPEND_TAG
@@ -81,38 +91,57 @@ async def start(
                 "and the next start boots afresh (nothing on the disk is lost)",
             ) from exc
         ctx.store.set_intent(name, Intent.RUN)
-        if resume:
-            try:
-                await ctx.driver.delete_tag(spec, idir, SUSPEND_TAG)
-            except KetchError as exc:
-                reporter.warn(f"could not remove the 'suspend' tag after resuming: {exc.message}")
-        reporter.step("Waiting for the instance to be ready")
-        wait = timeout or ctx.boot_timeout
+        # The loaded state's tag goes while the guest wakes up: the wait for readiness
+        # needs no monitor until its first check of QEMU, a second from now.
+        dropping = asyncio.ensure_future(_drop_resumed_tag(ctx, spec, reporter)) if resume else None
         try:
-            await guestlink.wait_ready(
-                ctx.root,
-                spec,
-                timeout=wait,
-                reporter=reporter,
-                driver=ctx.driver,
+            await _wait_ready(
+                ctx, spec, reporter, timeout=timeout or ctx.boot_timeout, waiting_to=waiting_to,
                 finished=resume and guestlink.resumes_ready(idir),  # no boot-finished probe
-            )
-        except Timeout as exc:
-            # Multipass's sentence first (src/client/cli/cmd/start.cpp, restart.cpp)
-            raise Timeout(
-                f"Timed out waiting for instance to {waiting_to}. "
-                f'"{name}" was not ready after {wait:g} s ({exc.message})',
-                hint=f"it was started and is kept: see 'ketch info {name}' and its serial "
-                f"log {idir.serial_log}",
-            ) from exc
-        except WaitCancelled as exc:
-            raise Cancelled(
-                f'stopped waiting for "{name}" to be ready: {exc.reason}; '
-                "it was started and is kept",
-                hint=f"see 'ketch info {name}'",
-            ) from exc
+            )  # fmt: skip
+        finally:
+            if dropping is not None:
+                await dropping
         await mounts.activate_all(ctx, spec, reporter)
     return StartResult(name=name, resumed=resume)
+
+
+async def _drop_resumed_tag(ctx: Context, spec: InstanceSpec, reporter: Reporter) -> None:
+    try:
+        await ctx.driver.delete_tag(spec, ctx.root.instance(spec.name), SUSPEND_TAG)
+    except KetchError as exc:
+        reporter.warn(f"could not remove the 'suspend' tag after resuming: {exc.message}")
+
+
+async def _wait_ready(
+    ctx: Context,
+    spec: InstanceSpec,
+    reporter: Reporter,
+    *,
+    timeout: float,
+    waiting_to: str,
+    finished: bool,
+) -> None:
+    """Wait for a started instance to be ready, in Multipass's words when it is not."""
+    name, wait, idir = spec.name, timeout, ctx.root.instance(spec.name)
+    reporter.step("Waiting for the instance to be ready")
+    try:
+        await guestlink.wait_ready(
+            ctx.root, spec, timeout=wait, reporter=reporter, driver=ctx.driver, finished=finished
+        )
+    except Timeout as exc:
+        # Multipass's sentence first (src/client/cli/cmd/start.cpp, restart.cpp)
+        raise Timeout(
+            f"Timed out waiting for instance to {waiting_to}. "
+            f'"{name}" was not ready after {wait:g} s ({exc.message})',
+            hint=f"it was started and is kept: see 'ketch info {name}' and its serial "
+            f"log {idir.serial_log}",
+        ) from exc
+    except WaitCancelled as exc:
+        raise Cancelled(
+            f'stopped waiting for "{name}" to be ready: {exc.reason}; it was started and is kept',
+            hint=f"see 'ketch info {name}'",
+        ) from exc
 
 
 async def _free_port(ctx: Context, v: View, reporter: Reporter) -> None:

@@ -109,9 +109,10 @@ async def wait_ready(
     2. ``test -f /var/lib/cloud/instance/boot-finished`` must succeed over ssh.
 
     ``finished``: the guest already said its boot finished (a warm clone's
-    agent says ``done`` after writing ``boot-finished``); then the multiplexed
-    connection made with the pinned key is the last step, and step 2's probe
-    is not sent.
+    agent says ``done`` after writing ``boot-finished``) or a saved state that
+    had; then, given ``connect``, the multiplexed connection made with the
+    pinned key is the only step: neither step 1's banner probe nor step 2's
+    probe is sent.
 
     ``connect`` (given the seconds left) makes the instance's multiplexed
     connection before each probe (:mod:`.master`): it returns the target to
@@ -148,7 +149,9 @@ async def wait_ready(
 
     reporter.step(f"Waiting for SSH on {target.host}:{target.port}")
     banner_try = BANNER_TRY
-    while True:
+    # A guest that said it is ready (a resumed one, a warm clone) already listens: the
+    # banner probe would only cost it one more connection before the master's.
+    while not (finished and connect is not None):
         left = remaining()
         if left <= 0:
             raise _not_ready(target, timeout, last)
@@ -167,7 +170,8 @@ async def wait_ready(
             last = f"{target.host}:{target.port}: {exc.strerror or exc}"
         await asyncio.sleep(min(0.1, max(remaining(), 0)))
 
-    reporter.step(f"Waiting for cloud-init to finish ({banner})")
+    if not finished:
+        reporter.step(f"Waiting for cloud-init to finish ({banner})")
     from ketch.host.run import run
 
     probe = remote_command(["test", "-f", BOOT_FINISHED])
