@@ -64,7 +64,8 @@ TEMPLATE_DISK = "golden.qcow2"  # the guest's disk at the save, frozen (read-onl
 TEMPLATE_MEMORY = "memory.ram"  # the guest's RAM (memory-backend-file, share=on while saved)
 TEMPLATE_STATE = "device.state"  # the device state (a migration stream, RAM excluded)
 # while it is made, the template is booted as an instance would be: DISK is
-# TEMPLATE_DISK; SEED_ISO, PIDFILE, QMP_SOCKET, SERIAL_LOG, QEMU_LOG, AGENT_SOCKET as below
+# TEMPLATE_DISK; SEED_ISO, PIDFILE, QMP_SOCKET, SERIAL_LOG, QEMU_LOG, AGENT_SOCKET as below;
+# a UEFI template keeps its EFI_VARS (the variables at the save: each clone starts on a copy)
 
 # Files in NETWORK_DIR.
 NETWORK_STATE = "network.json"  # the bridge's name and subnet, kept so addresses stay stable

@@ -1,8 +1,8 @@
 """Warm launch on real VMs (tiny image, QEMU/TCG) through the real CLI.
 
 Five instances warm-launched from one template are five different machines
-(host keys served and pinned, machine-ids, hostnames, MACs, instance-ids, the
-bytes of /dev/urandom right after launch), their clocks are the host's, their
+(host keys served and pinned, machine-ids, hostnames, MACs, instance-ids, kernel
+boot ids, the bytes of /dev/urandom right after launch), their clocks are the host's, their
 user data is applied as on a cold-launched sixth; a warm instance lives
 through every lifecycle verb and outlives its template; a broken template
 means a cold launch that says so.  Its own storage root: the other modules'
@@ -75,10 +75,21 @@ def guest_facts(k: Ketch, name: str) -> dict[str, str]:
         " date +%s; hostname; cat /etc/machine-id 2>/dev/null || echo none;"
         " cat /sys/class/net/e*/address | head -n 1;"
         " cat /var/lib/cloud/data/instance-id; cat /etc/warm-check; cat /var/tmp/runcmd-marker;"
-        " stat -c %a /etc/warm-check",
+        " stat -c %a /etc/warm-check; cat /proc/sys/kernel/random/boot_id",
     ).splitlines()
     after = time.time()
-    keys = ["urandom", "clock", "hostname", "machine-id", "mac", "iid", "file", "marker", "mode"]
+    keys = [
+        "urandom",
+        "clock",
+        "hostname",
+        "machine-id",
+        "mac",
+        "iid",
+        "file",
+        "marker",
+        "mode",
+        "boot",
+    ]
     assert len(out) == len(keys), out
     facts = dict(zip(keys, out, strict=True))
     facts["clock_ok"] = str(before - 2 <= int(facts["clock"]) <= after + 2)
@@ -115,7 +126,7 @@ def test_five_warm_instances_are_five_machines_like_a_cold_one(warm_root: Ketch)
         for name in names:
             assert k.info(name)["launched"].startswith("warm (template tiny")
             assert served_host_key(k, name) == pinned_host_key(k, name)
-        for key in ("urandom", "hostname", "machine-id", "mac", "iid"):
+        for key in ("urandom", "hostname", "machine-id", "mac", "iid", "boot"):
             assert len({f[key] for f in facts}) == 5, key
         keys = {pinned_host_key(k, n) for n in names}
         assert len(keys) == 5

@@ -5,9 +5,12 @@ are two machines: their own SSH host keys (served and pinned), machine-ids,
 hostnames, instance-ids, MACs and bytes of /dev/urandom right after launch; their
 clocks are the host's; the real cloud-init, re-run on each clone's seed, applied
 the user data (a ``write_files`` file, a ``runcmd`` marker) and left nothing of
-the template behind.  The image is the one ``test_debian_image`` builds into the
-test cache.  Its own storage root; few launches (a cold debian-12 boot is over a
-minute under TCG); bounded waits only, no timing asserted.
+the template behind.  A UEFI launch has its own template (``--firmware uefi``): its
+clone is a UEFI machine with its user data that resumes from a suspend and
+cold-boots through OVMF from its own copy of the template's variables.  The image
+is the one ``test_debian_image`` builds into the test cache.  Its own storage root;
+few launches (a cold debian-12 boot is over a minute under TCG); bounded waits only,
+no timing asserted.
 """
 
 from __future__ import annotations
@@ -65,19 +68,23 @@ def warm_debian() -> Iterator[Ketch]:
             shutil.copy2(f, dst / f.name)
     k = Ketch(root)
     try:
-        made = k.run("image", "warm", debian.NAME, timeout=TIMEOUT)
-        assert made.stdout.startswith("Template: debian-12"), made.stdout
         yield k
     finally:
         k.teardown()
         shutil.rmtree(root, ignore_errors=True)
 
 
-def launch(k: Ketch, prefix: str) -> tuple[str, str]:
+def warm(k: Ketch, *args: str) -> None:
+    """Make the template of debian-12 for these options (``ketch image warm``)."""
+    made = k.run("image", "warm", debian.NAME, *args, timeout=TIMEOUT)
+    assert made.stdout.startswith("Template: debian-12"), made.stdout
+
+
+def launch(k: Ketch, prefix: str, *args: str) -> tuple[str, str]:
     name = unique(prefix)
     done = k.run(
         "launch", debian.NAME, "--name", name, "--cloud-init", "-", "--timeout", str(TIMEOUT),
-        input=USER_DATA, timeout=TIMEOUT + 60,
+        *args, input=USER_DATA, timeout=TIMEOUT + 60,
     )  # fmt: skip
     return name, done.stderr
 
@@ -86,6 +93,7 @@ def test_two_warm_debian_instances_are_two_machines_with_their_user_data(
     warm_debian: Ketch,
 ) -> None:
     k = warm_debian
+    warm(k)
     names: list[str] = []
     facts = []
     try:
@@ -120,3 +128,38 @@ def test_two_warm_debian_instances_are_two_machines_with_their_user_data(
     finally:
         for name in names:
             k.run("delete", "--purge", name, check=False)
+
+
+def test_a_uefi_template_gives_warm_uefi_instances_that_live_through_the_lifecycle(
+    warm_debian: Ketch,
+) -> None:
+    """A UEFI launch has a template of its own (the firmware is part of the key): the
+    clone starts on a copy of the template's variable store, is a UEFI machine with its
+    user data, resumes from a suspend, and cold-boots through OVMF from its own store."""
+    k = warm_debian
+    warm(k, "--firmware", "uefi")
+    name, said = launch(k, "wefi", "--firmware", "uefi")
+    try:
+        assert "Launching cold" not in said, said
+        assert k.info(name)["launched"].startswith("warm (template debian-12")
+        idir = k.root / "instances" / name
+        assert (idir / "efivars.fd").stat().st_size > 0  # its own copy
+        f = guest_facts(k, name)
+        assert f["hostname"] == name and f["clock_ok"] == "True", f
+        assert (f["file"], f["marker"], f["mode"]) == ("written by write_files", "ran", "640")
+        assert served_host_key(k, name) == pinned_host_key(k, name)
+        efi = "test -d /sys/firmware/efi && echo efi"
+        assert k.exec(name, "sh", "-c", efi).strip() == "efi"
+        boot = k.boot_id(name)
+        k.run("suspend", name)
+        assert k.state(name) == "Suspended"
+        k.run("start", name, "--timeout", str(TIMEOUT), timeout=TIMEOUT)
+        assert k.boot_id(name) == boot  # the same boot, resumed
+        k.run("stop", name, timeout=TIMEOUT)
+        k.run("start", name, "--timeout", str(TIMEOUT), timeout=TIMEOUT)  # OVMF, GRUB, kernel
+        assert k.boot_id(name) != boot
+        assert k.exec(name, "sh", "-c", efi).strip() == "efi"
+        assert k.exec(name, "hostname").strip() == name
+        assert served_host_key(k, name) == pinned_host_key(k, name)
+    finally:
+        k.run("delete", "--purge", name, check=False)

@@ -236,3 +236,17 @@ def test_each_damage_is_named(tmp_path: Path) -> None:
     t.tdir.state.write_bytes(templates.STATE_MAGIC)
     t.tdir.disk.write_bytes(b"garbage!")
     assert templates.damage(t) == "its disk is not a qcow2 image"
+
+
+def test_a_uefi_templates_variable_store_must_be_there(tmp_path: Path) -> None:
+    """A clone's store is a copy of the template's: without one, the template is damaged
+    (a BIOS or kernel template has none, and needs none)."""
+    from dataclasses import replace
+
+    t = replace(_template(tmp_path), firmware="uefi")
+    assert templates.damage(t) == "efivars.fd: No such file or directory"
+    t.tdir.boot.efi_vars.write_bytes(b"")
+    assert templates.damage(t) == "its UEFI variable store is empty"
+    t.tdir.boot.efi_vars.write_bytes(b"\0" * 4096)
+    assert templates.damage(t) is None
+    assert templates.damage(replace(t, firmware="bios")) is None

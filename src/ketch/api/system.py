@@ -75,6 +75,7 @@ class TemplateInfo(Reply):
     image: str
     cpus: int
     memory: int
+    firmware: str  # how its guest booted: "kernel" (its own), "bios" or "uefi"
     size: int  # bytes on disk
     current: bool  # made by this QEMU and guest agent (a stale one is never used)
     created: float
@@ -95,6 +96,7 @@ class WarmBody(Body):
     image: Annotated[str, Meta(min_length=1, max_length=4096)] = "tiny"
     cpus: Annotated[int, Meta(ge=1, le=64)] = 1
     memory: Size = "1G"
+    firmware: Literal["bios", "uefi"] | None = None  # None: what the image needs (as launch)
 
 
 class NetworkRow(Reply):

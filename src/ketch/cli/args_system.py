@@ -42,6 +42,11 @@ def declare(v: Verbs) -> None:
     w.add_argument("name", metavar="IMAGE", help="the image, as launch names it (e.g. tiny)")
     w.add_argument("-c", "--cpus", type=int, default=1, help="the launches' CPUs (default 1)")
     w.add_argument("-m", "--memory", default="1G", help="the launches' memory (default 1G)")
+    w.add_argument(
+        "--firmware",
+        choices=("bios", "uefi"),
+        help="the launches' firmware, as launch --firmware (default: what the image needs)",
+    )
 
     sp = cmd("doctor", "verbs_system")
     names(sp, all_=False)

@@ -48,7 +48,9 @@ def cmd_image(args: argparse.Namespace) -> int:
             print(f"Removed template {t.key} ({output.human(t.size)})")
         return 0
     if args.image_command == "warm":
-        body = m.WarmBody(image=args.name, cpus=args.cpus, memory=args.memory)
+        body = m.WarmBody(
+            image=args.name, cpus=args.cpus, memory=args.memory, firmware=args.firmware
+        )
         t = stream(routes.WARM, body)
         print(f"Template: {t.key} ({output.human(t.size)}, made in {t.build_seconds:g} s)")
         return 0
@@ -72,7 +74,8 @@ def cmd_image(args: argparse.Namespace) -> int:
             [
                 t.key,
                 t.image,
-                f"{t.cpus} CPU, {output.human(t.memory)}",
+                f"{t.cpus} CPU, {output.human(t.memory)}"
+                + (", UEFI" if t.firmware == "uefi" else ""),
                 output.human(t.size),
                 "ready" if t.current else "stale",
             ]

@@ -334,7 +334,9 @@ class Api(OperationRoutes, AuthRoutes, TunnelRoutes, WatchRoutes, DashboardRoute
         body, ctx = call.body, self.ctx
 
         async def op(rep: QueueReporter) -> m.TemplateInfo:
-            return await templates.warm_image(ctx, body.image, body.cpus, body.memory, rep)
+            return await templates.warm_image(
+                ctx, body.image, body.cpus, body.memory, rep, firmware=body.firmware
+            )
 
         return Op([f"template:{body.image}"], OperationKind.WARM, op)
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ketch.errors import HostCommandError, KetchError
-from ketch.host import qemu, qemu_img, qmp
+from ketch.host import firmware, qemu, qemu_img, qmp
 from ketch.layout import FILE_MODE, InstanceDir, TemplateDir
 from ketch.model import BootSpec, InstanceSpec
 from ketch.runtime import mount_ports, warm_guest
@@ -115,6 +115,7 @@ class Templates:
         idle, then save the template; QEMU has ended when this returns or raises.
         With ``nice``, QEMU runs at the lowest CPU priority."""
         b = tdir.boot
+        efi = await _template_uefi(tb.boot, b)
         cfg = qemu.QemuConfig(
             name=f"template-{tdir.path.name}",
             cpus=tb.cpus,
@@ -135,6 +136,8 @@ class Templates:
             paused=True,
             taps=tuple(("", mac) for mac in tb.extra_macs),
             dummy_taps=True,
+            efi_code=efi.code if efi else None,
+            efi_vars=b.efi_vars if efi else None,
         )
         await qemu.start(cfg, log=b.qemu_log)
         try:
@@ -170,6 +173,8 @@ class Templates:
             await _end(b, tdir.disk, grace=5.0)
         os.chmod(tdir.disk, 0o400)  # frozen: clones copy it, nothing writes it
         os.chmod(tdir.memory, 0o400)
+        if efi:
+            os.chmod(b.efi_vars, 0o400)
 
     async def start_warm(
         self,
@@ -203,13 +208,21 @@ class Templates:
             raise TemplateMismatch(
                 f"the template has {len(template_macs)} NIC(s), this instance {len(taps) + 1}"
             )
+        efi = None
         try:
             if not tdir.memory.exists() or not tdir.state.exists():
                 raise OSError("its memory or state file is gone")
             await asyncio.to_thread(_copy_golden, tdir.disk, idir.disk)
-        except OSError as exc:
+            if qemu.uses_uefi(spec.boot):
+                # The firmware's variables as the template's guest left them: the
+                # flash's memory comes with the device state, its store must match it.
+                efi = await asyncio.to_thread(firmware.find_uefi)
+                await asyncio.to_thread(_copy_golden, tdir.boot.efi_vars, idir.efi_vars)
+        except (OSError, KetchError) as exc:
             await self._detach(spec, idir, forget=True)
-            raise TemplateError(f"cannot copy the template's disk: {exc}") from exc
+            procs_remove(idir.disk, idir.efi_vars)
+            why = exc.message if isinstance(exc, KetchError) else str(exc)
+            raise TemplateError(f"cannot copy the template's files: {why}") from exc
         cfg = qemu.QemuConfig(
             name=spec.name,
             cpus=spec.cpus,
@@ -230,6 +243,8 @@ class Templates:
             paused=True,
             incoming=True,
             taps=tuple(taps),
+            efi_code=efi.code if efi else None,
+            efi_vars=idir.efi_vars if efi else None,
         )
         os.close(os.open(idir.serial_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE))
         try:
@@ -243,7 +258,7 @@ class Templates:
         except (HostCommandError, TemplateError) as exc:
             await _end(idir, idir.disk)
             await self._detach(spec, idir, forget=True)
-            idir.disk.unlink(missing_ok=True)
+            procs_remove(idir.disk, idir.efi_vars)
             raise TemplateError(f"the template did not load: {exc.message}") from exc
         try:
             try:
@@ -270,7 +285,7 @@ class Templates:
             except KetchError as exc:
                 await _end(idir, idir.disk)
                 await self._detach(spec, idir, forget=True)
-                idir.disk.unlink(missing_ok=True)
+                procs_remove(idir.disk, idir.efi_vars)
                 raise TemplateError(f"the template did not load: {exc.message}") from exc
             write_record(idir, template=tdir.path.name, shape=True)
             mount_ports.mark(idir)  # started cold later: with the mounts' controller
@@ -284,7 +299,7 @@ class Templates:
                 # A guest that did not take its identity is never kept: it is the template.
                 await _end(idir, idir.disk)
                 await self._detach(spec, idir, forget=True)
-                procs_remove(idir.disk, idir.warm_record)
+                procs_remove(idir.disk, idir.warm_record, idir.efi_vars)
                 why = exc.message if isinstance(exc, KetchError) else str(exc)
                 raise TemplateError(f"the clone did not take its identity: {why}") from exc
         finally:
@@ -305,6 +320,16 @@ class Templates:
         )
 
 
+async def _template_uefi(boot: BootSpec, b: InstanceDir) -> firmware.Uefi | None:
+    """The firmware of a template booted through UEFI, and its variable store made
+    (a copy of the firmware's template, as an instance's first boot has); else None."""
+    if not qemu.uses_uefi(boot):
+        return None
+    efi = await asyncio.to_thread(firmware.find_uefi)
+    await asyncio.to_thread(_copy_golden, efi.vars_template, b.efi_vars)
+    return efi
+
+
 async def _end(b: InstanceDir, disk: Path, *, grace: float = 0.0) -> None:
     """End the QEMU of ``b`` on ``disk`` (a template being made, a clone that failed
     to load), after up to ``grace`` seconds for it to quit by itself."""
@@ -312,13 +337,8 @@ async def _end(b: InstanceDir, disk: Path, *, grace: float = 0.0) -> None:
 
     pid = procs.read_pidfile(b.pidfile)
     argv = procs.cmdline(pid) if pid else None
-    if pid and argv and qemu.argv_matches(argv, disk):
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while procs.alive(pid) and loop.time() < deadline:
-            await asyncio.sleep(0.02)
-        if procs.alive(pid):
-            await asyncio.to_thread(procs.terminate, pid, expect=argv)
+    if pid and argv and qemu.argv_matches(argv, disk) and not await procs.wait_exit(pid, grace):
+        await asyncio.to_thread(procs.terminate, pid, expect=argv)
     procs.remove_quietly(b.pidfile, b.qmp_socket, b.agent_socket)
 
 
@@ -337,8 +357,9 @@ def procs_remove(*paths: Path) -> None:
 
 
 def _copy_golden(src: Path, dst: Path) -> None:
-    """A copy of the golden disk, the instance's own (an overlay on the image, as the
-    golden disk is: it survives the template)."""
+    """An owner-only copy of a template's file, the instance's own, put in place at once:
+    the golden disk (an overlay on the image, as the golden disk is: it survives the
+    template), a UEFI variable store."""
     tmp = dst.with_name(f".{dst.name}.new")
     shutil.copyfile(src, tmp)
     os.chmod(tmp, FILE_MODE)

@@ -87,8 +87,6 @@ def cold_reason(image: ImageInfo, boot: BootSpec) -> str | None:
     """Why no template of ``image`` booted by ``boot`` can exist (pure), or None."""
     if guest_of(image.id) is None:
         return f"{image.release} has no warm-launch templates (tiny and debian-12 have)"
-    if boot.firmware == "uefi" and not boot.kernel:
-        return "UEFI instances have no templates yet (their firmware's variables)"
     return None
 
 
@@ -198,6 +196,8 @@ def damage(t: Template) -> str | None:
         with t.tdir.disk.open("rb") as f:
             if f.read(len(DISK_MAGIC)) != DISK_MAGIC:
                 return "its disk is not a qcow2 image"
+        if t.firmware == "uefi" and not t.tdir.boot.efi_vars.stat().st_size:
+            return "its UEFI variable store is empty"
     except OSError as exc:
         return f"{Path(exc.filename or '?').name}: {exc.strerror}"
     return None
@@ -255,20 +255,25 @@ async def build(
     *,
     nics: int,
     nice: bool = False,
+    firmware: str | None = None,
 ) -> Template:
     """Make (or find) the template of ``image`` for ``cpus``, ``memory`` and ``nics``
-    NICs after net0; its disk is ``disk`` bytes (or the image's size when larger).
-    With ``nice``, its QEMU runs at the lowest CPU priority (a background rebuild)."""
+    NICs after net0, booted through ``firmware`` (None: what the image needs, as a
+    launch without ``--firmware``); its disk is ``disk`` bytes (or the image's size when
+    larger).  With ``nice``, its QEMU runs at the lowest CPU priority (a background
+    rebuild)."""
+    from ketch.service.launch import boot_for
+
     driver = ctx.driver
     if not isinstance(driver, WarmStart):
         raise InvalidArgument(f"the {driver.name} driver cannot make warm-launch templates")
-    boot = image.boot
+    boot = await boot_for(image, firmware)
     why = cold_reason(image, boot)
     if why is not None:
         raise InvalidArgument(why[0].upper() + why[1:])
     flavor = guest(image)
-    firmware = firmware_of(boot)
-    key = await key_of(image, cpus, memory, firmware, nics)
+    booted = firmware_of(boot)
+    key = await key_of(image, cpus, memory, booted, nics)
     lock = _BUILDING.setdefault(key, asyncio.Lock())
     async with lock:
         found = await find(ctx, image, boot, cpus, memory, nics)
@@ -308,7 +313,7 @@ async def build(
                 "image_id": image.id,
                 "cpus": cpus,
                 "memory": memory,
-                "firmware": firmware,
+                "firmware": booted,
                 "macs": [tb.mac, *tb.extra_macs],
                 "base": image.disk,
                 "disk": (await golden_size(tdir.disk)),
@@ -337,6 +342,7 @@ async def info_of(t: Template) -> TemplateInfo:
         image=t.image,
         cpus=t.cpus,
         memory=t.memory,
+        firmware=t.firmware,
         size=t.size,
         current=await is_current(t),
         created=t.created,
@@ -350,7 +356,13 @@ async def infos(ctx: Context) -> list[TemplateInfo]:
 
 
 async def warm_image(
-    ctx: Context, image_name: str, cpus: int, memory: str, reporter: Reporter
+    ctx: Context,
+    image_name: str,
+    cpus: int,
+    memory: str,
+    reporter: Reporter,
+    *,
+    firmware: str | None = None,
 ) -> TemplateInfo:
     """``ketch image warm``: make the template launches of these options will use."""
     from ketch.service.launch import DEFAULT_DISK, check_resources
@@ -358,5 +370,7 @@ async def warm_image(
 
     cpus, mem, disk = check_resources(cpus, memory, DEFAULT_DISK)
     image = await ctx.images.resolve(image_name, reporter)
-    t = await build(ctx, image_name, image, cpus, mem, disk, reporter, nics=nics_of(ctx))
+    t = await build(
+        ctx, image_name, image, cpus, mem, disk, reporter, nics=nics_of(ctx), firmware=firmware
+    )
     return await info_of(t)

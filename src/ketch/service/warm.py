@@ -168,8 +168,9 @@ def rebuild(ctx: Context, t: templates.Template) -> None:
         try:
             image = await ctx.images.resolve(t.image, NULL)
             await templates.build(
-                ctx, t.image, image, t.cpus, t.memory, t.disk, NULL, nics=t.nics, nice=True
-            )
+                ctx, t.image, image, t.cpus, t.memory, t.disk, NULL, nics=t.nics, nice=True,
+                firmware=None if t.firmware == "kernel" else t.firmware,
+            )  # fmt: skip
         except Exception as exc:  # a background job: said in the log, never raised
             log.warning("could not make the template of %s again: %s", t.image, exc)
 
