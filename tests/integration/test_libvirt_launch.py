@@ -6,9 +6,11 @@ driver, no virtlogd; and private directories for the definitions, the logs and t
 managed save images, so nothing it makes outlives it), a transient ``dir`` pool named
 ``ketch`` in a temporary directory (the one the driver uses: found, not made), and a
 ketchd on a root of its own with the tiny image.  Through the real CLI:
-``host add lv qemu:///system``; ``launch --host lv``; ``exec``; stop/start (boot id
-changes); suspend/resume (a managed save; boot id kept); ``stop --force``;
-delete/recover; ``delete --purge`` (domain and volumes gone, checked with virsh).  The
+``host add lv qemu:///system``; ``launch --host lv``; ``exec``; stop/start and restart
+(boot id changes); suspend/resume (a managed save; boot id kept); a ketchd killed and
+started again; the managed save removed by hand with virsh (the seed scenario); the
+refusals; ``stop --force``; delete/recover; ``delete --purge`` (domain and volumes
+gone, checked with virsh).  The
 guest's SSH is QEMU's user networking on 127.0.0.1: traffic stays on loopback.
 """
 
@@ -177,6 +179,31 @@ def test_suspend_and_resume_keep_the_boot(env: Env) -> None:
     assert env.k.state(NAME) == "Running"
     assert env.k.boot_id(NAME) == before
     assert "Managed save:   no" in virsh("dominfo", DOMAIN).stdout
+
+
+def test_restart_and_a_restarted_ketchd_see_the_same_domain(env: Env) -> None:
+    before = env.k.boot_id(NAME)
+    env.k.run("restart", NAME, timeout=900)
+    assert env.k.state(NAME) == "Running"
+    after = env.k.boot_id(NAME)
+    assert after != before
+    env.k.kill_daemon()  # SIGKILL: the domain runs on; the next ketchd connects again
+    assert env.k.state(NAME) == "Running" and env.k.boot_id(NAME) == after
+    done = env.k.run("host", "remove", "lv", check=False)
+    assert done.returncode == 2 and "lvl" in done.stderr, done
+
+
+def test_a_managed_save_removed_by_hand_reads_right(env: Env) -> None:
+    """The seed scenario on libvirt: the saved state gone behind ketch's back."""
+    env.k.run("suspend", NAME)
+    virsh("managedsave-remove", DOMAIN)
+    assert env.k.state(NAME) == "Stopped"
+    assert "missing-suspend-tag" in env.k.codes(NAME)
+    forced = env.k.run("stop", "--force", NAME)
+    assert "'suspend' tag was missing" in forced.stderr + forced.stdout, forced
+    assert env.k.state(NAME) == "Stopped" and env.k.codes(NAME) == set()
+    env.k.run("start", NAME, timeout=900)
+    assert env.k.state(NAME) == "Running"
 
 
 def test_what_the_driver_lacks_is_refused_naming_it(env: Env) -> None:
