@@ -9,7 +9,8 @@ ketchd on a root of its own with the tiny image.  Through the real CLI:
 ``host add lv qemu:///system``; ``launch --host lv``; ``exec``; stop/start and restart
 (boot id changes); suspend/resume (a managed save; boot id kept); a ketchd killed and
 started again; the managed save removed by hand with virsh (the seed scenario); the
-refusals; ``stop --force``; delete/recover; ``delete --purge`` (domain and volumes
+refusals; an SSH port taken while it was stopped (the domain is defined again with the
+new one); ``stop --force``; delete/recover; ``delete --purge`` (domain and volumes
 gone, checked with virsh).  The
 guest's SSH is QEMU's user networking on 127.0.0.1: traffic stays on loopback.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,6 +206,20 @@ def test_a_managed_save_removed_by_hand_reads_right(env: Env) -> None:
     assert env.k.state(NAME) == "Stopped" and env.k.codes(NAME) == set()
     env.k.run("start", NAME, timeout=900)
     assert env.k.state(NAME) == "Running"
+
+
+def test_a_port_taken_while_stopped_is_replaced_in_the_domain(env: Env) -> None:
+    env.k.run("stop", NAME)
+    old = env.info()["ssh"]["port"]
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+        squatter.bind(("127.0.0.1", old))
+        squatter.listen(1)
+        started = env.k.run("start", NAME, timeout=900)
+        assert f"port {old} is taken by another program" in started.stderr, started
+        new = env.info()["ssh"]["port"]
+        assert new != old and f"127.0.0.1:{new}-:22" in virsh("dumpxml", DOMAIN).stdout
+        assert env.k.exec(NAME, "hostname").strip() == NAME
 
 
 def test_what_the_driver_lacks_is_refused_naming_it(env: Env) -> None:

@@ -79,10 +79,18 @@ class LibvirtDriver(LibvirtPool):
         return dom
 
     async def define(self, spec: InstanceSpec, disk: Volume, seed: Volume | None) -> None:
-        """Define the instance's domain (user networking, SSH on 127.0.0.1:ssh_port)."""
+        """Define the instance's domain (user networking, SSH on 127.0.0.1:ssh_port); an
+        instance's domain defined already is defined again from the spec now (its UUID
+        kept): the next start has the spec's SSH port, CPUs and memory."""
         volumes = Volumes(disk=disk.path, seed=None if seed is None else seed.path)
-        xml = domain_xml(spec, volumes, kvm=self.kvm, user_net=True)
-        await self._call("define", lambda: self.conn.defineXML(xml))
+
+        def define() -> None:
+            dom = self._own(spec)
+            uuid = None if dom is None else str(dom.UUIDString())
+            xml = domain_xml(spec, volumes, kvm=self.kvm, user_net=True, uuid=uuid)
+            self.conn.defineXML(xml)
+
+        await self._call("define", define)
 
     async def start(self, spec: InstanceSpec) -> None:
         def start() -> None:

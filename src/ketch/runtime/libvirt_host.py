@@ -11,9 +11,10 @@ the seed live in the host's pool:
 
 - ``create_disk``: the base image uploaded (verified) and the instance's qcow2 overlay
   made on it, as volumes;
-- ``start``: the first time, the seed ISO the launch wrote (``idir.seed_iso``) uploaded
-  and the domain defined; then ``virDomainCreate``, which restores a managed save image
-  when there is one (``resume``);
+- ``start``: the first time, the seed ISO the launch wrote (``idir.seed_iso``) uploaded;
+  the domain defined from the spec (again at each boot that is not a resume, its UUID
+  kept); then ``virDomainCreate``, which restores a managed save image when there is one
+  (``resume``);
 - ``suspend``: a managed save (``docs/internals.md``, "Hosts", says why);
   ``delete_tag("suspend")`` discards it; ``cont`` resumes paused vCPUs;
 - ``purge`` (:class:`~ketch.runtime.driver.Purges`): undefine the domain, delete its volumes.
@@ -87,7 +88,9 @@ class LibvirtHost:
         self, spec: InstanceSpec, idir: InstanceDir, *, accel: str, resume: bool
     ) -> None:
         lv = await self._lv()
-        if not await lv.defined(spec):
+        # Defined again at each boot (not a resume: the saved state has its own definition),
+        # so a port changed while it was stopped (lifecycle's _free_port) is the one forwarded.
+        if not resume or not await lv.defined(spec):
             disk = await lv.volume(disk_name(spec.name))
             if disk is None:
                 raise NotFound(f"instance {spec.name} has no disk volume on {self.uri}")
