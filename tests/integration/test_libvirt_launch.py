@@ -3,12 +3,15 @@
 The module starts its own libvirtd (:mod:`libvirtd`: private mount namespace, no network
 able to start, the ``qemu.conf`` of test_libvirt_driver.py: QEMU as root, no security
 driver, no virtlogd; and private directories for the definitions, the logs and the
-managed save images, so nothing it makes outlives it), a transient ``dir`` pool named
-``ketch`` in a temporary directory (the one the driver uses: found, not made), and a
+managed save images, so nothing it makes outlives it), a ``dir`` pool named
+``ketch`` in a temporary directory (the one the driver uses: found, not made; defined in
+that libvirtd's private configuration, so it outlives a restart of it), and a
 ketchd on a root of its own with the tiny image.  Through the real CLI:
 ``host add lv qemu:///system``; ``launch --host lv``; ``exec``; stop/start and restart
 (boot id changes); suspend/resume (a managed save; boot id kept); a ketchd killed and
-started again; the managed save removed by hand with virsh (the seed scenario); the
+started again; libvirtd stopped (the instance Unknown with the reason, ``list``
+answering) and started again (Running, the connection opened again); the managed save
+removed by hand with virsh (the seed scenario); the
 refusals; an SSH port taken while it was stopped (the domain is defined again with the
 new one); ``stop --force``; delete/recover; ``delete --purge`` (domain and volumes
 gone, checked with virsh).  The
@@ -70,8 +73,8 @@ def _seed_vault(root: Path, tiny: ImageInfo) -> None:
 
 
 class Env:
-    def __init__(self, k: Ketch, pool: Path) -> None:
-        self.k, self.pool = k, pool
+    def __init__(self, k: Ketch, pool: Path, lv: Libvirtd) -> None:
+        self.k, self.pool, self.lv = k, pool, lv
 
     def info(self) -> dict[str, Any]:
         return self.k.info(NAME)
@@ -96,9 +99,11 @@ def env(tiny_image: ImageInfo) -> Iterator[Env]:
         k = Ketch(root)
         try:
             lv.start()
-            virsh("pool-create-as", "ketch", "dir", "--target", str(pool))
+            # defined (in this libvirtd's own /etc/libvirt/storage), so it outlives a restart
+            virsh("pool-define-as", "ketch", "dir", "--target", str(pool))
+            virsh("pool-start", "ketch")
             k.run("set", "local.accel=tcg")
-            yield Env(k, pool)
+            yield Env(k, pool, lv)
         finally:
             try:
                 k.teardown()
@@ -107,6 +112,7 @@ def env(tiny_image: ImageInfo) -> Iterator[Env]:
                     virsh("destroy", DOMAIN, check=False)
                     virsh("undefine", DOMAIN, "--managed-save", "--nvram", check=False)
                     virsh("pool-destroy", "ketch", check=False)
+                    virsh("pool-undefine", "ketch", check=False)
                 lv.stop()
                 shutil.rmtree(work, ignore_errors=True)
 
@@ -220,6 +226,22 @@ def test_a_port_taken_while_stopped_is_replaced_in_the_domain(env: Env) -> None:
         new = env.info()["ssh"]["port"]
         assert new != old and f"127.0.0.1:{new}-:22" in virsh("dumpxml", DOMAIN).stdout
         assert env.k.exec(NAME, "hostname").strip() == NAME
+
+
+def test_libvirtd_gone_makes_the_instance_unknown_and_list_answers(env: Env) -> None:
+    assert env.k.state(NAME) == "Running"
+    env.lv.stop()  # its domains' QEMUs run on; a libvirtd started again takes them back
+    try:
+        (entry,) = env.k.json("list")["list"]
+        assert entry["state"] == "Unknown" and entry["host"] == "lv", entry
+        doc = env.k.json("info", "--no-runtime-information", NAME)["info"][NAME]
+        said = [i["message"] for i in doc["inconsistencies"]]
+        assert any('host "lv" could not be asked' in m for m in said), said
+        assert env.k.run("stop", NAME, check=False).returncode == 2
+    finally:
+        env.lv.start()
+    assert env.k.state(NAME) == "Running"  # the connection is opened again
+    assert env.k.exec(NAME, "hostname").strip() == NAME
 
 
 def test_what_the_driver_lacks_is_refused_naming_it(env: Env) -> None:

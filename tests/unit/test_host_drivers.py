@@ -18,12 +18,12 @@ from test_store import make_spec
 
 from ketch.api import models as m
 from ketch.cli import output
-from ketch.errors import EXIT_FAILED, HostUnsupported, NotFound
-from ketch.layout import Root
-from ketch.model import HostSpec, State
+from ketch.errors import EXIT_FAILED, HostUnreachable, HostUnsupported, NotFound
+from ketch.layout import InstanceDir, Root
+from ketch.model import HostSpec, InstanceSpec, Intent, State
 from ketch.progress import ListReporter
 from ketch.runtime.driver import Driver
-from ketch.service import launch
+from ketch.service import delete, launch
 from ketch.service.context import Context
 from ketch.service.drivers import Drivers, refuse_launch
 from ketch.store.db import Store
@@ -121,6 +121,37 @@ def test_verbs_the_driver_lacks_name_the_host(env: tuple[Context, Opened]) -> No
     assert err.value.message == (
         'snapshot is not supported on libvirt hosts yet: "b" is on host "lv" (driver libvirt)'
     )
+
+
+class Unanswered(FakeDriver):
+    """A libvirt host's driver whose host does not answer the purge."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.purged: list[str] = []
+
+    async def purge(self, spec: InstanceSpec, idir: InstanceDir) -> None:
+        self.purged.append(spec.name)
+        raise HostUnreachable("Failed to connect socket to '/run/libvirt/libvirt-sock'")
+
+
+def test_a_purge_whose_host_does_not_answer_says_what_is_left_there(
+    env: tuple[Context, Opened], tmp_path: Path
+) -> None:
+    ctx, _ = env
+    driver = Unanswered()
+    assert ctx.drivers is not None
+    ctx.drivers.opener = lambda host, uri: driver
+    ctx.store.add_host(LV)
+    spec = make_spec("b", host="lv")
+    ctx.store.add(spec, Intent.STOP)
+    ctx.root.instance("b").path.mkdir(parents=True)
+    rep = ListReporter()
+    result = asyncio.run(delete.delete(ctx, "b", rep, purge=True))
+    assert result.purged and driver.purged == ["b"]
+    assert ctx.store.all() == [] and not ctx.root.instance("b").path.exists()
+    (warning,) = [w for w in rep.warnings if "domain and volumes" in w]
+    assert 'on host "lv"' in warning and "virsh undefine ketch-b" in warning
 
 
 # -- list and info show the host --------------------------------------------------------

@@ -29,10 +29,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
-from ketch.errors import HostUnreachable, HostUnsupported, KetchError, NotFound
+from ketch.errors import (
+    HostUnreachable,
+    HostUnsupported,
+    KetchError,
+    LibvirtFailed,
+    NotFound,
+    Timeout,
+)
 from ketch.host import qemu_img
 from ketch.layout import InstanceDir
 from ketch.model import DiskCheck, DiskInfo, InstanceSpec, Observation, PidStatus
@@ -40,6 +48,8 @@ from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG
 from ketch.runtime.libvirt_driver import LibvirtDriver
 from ketch.runtime.libvirt_pool import disk_name, seed_name
+
+T = TypeVar("T")
 
 
 class LibvirtHost:
@@ -56,9 +66,23 @@ class LibvirtHost:
     async def _lv(self) -> LibvirtDriver:
         async with self._lock:
             if not self.core.connected:
-                await self.core.connect()
-                await self.core.ensure_pool()
+                try:
+                    await self.core.connect()
+                    await self.core.ensure_pool()
+                except KetchError:
+                    await self._dropped()
+                    raise
         return self.core
+
+    async def _do(self, call: Callable[[LibvirtDriver], Awaitable[T]]) -> T:
+        """``call`` on the connection; one that failed (libvirtd gone, a deadline passed)
+        is dropped, so the next call opens a new one once the host answers again."""
+        lv = await self._lv()
+        try:
+            return await call(lv)
+        except (HostUnreachable, LibvirtFailed, Timeout):
+            await self._dropped()
+            raise
 
     async def _dropped(self) -> None:
         """Forget a connection that failed: the next call opens a new one."""
@@ -67,8 +91,8 @@ class LibvirtHost:
 
     def _unsupported(self, what: str) -> NoReturn:
         raise HostUnsupported(
-            f'{what} is not supported on host "{self.host}" (driver libvirt) yet',
-            hint="instances on the built-in host 'local' (the QEMU driver) have it",
+            f'{what} is not supported on libvirt hosts yet: host "{self.host}" (driver libvirt)',
+            hint="instances on the built-in host 'local' (ketch's QEMU driver) have it",
         )
 
     # -- the VM --------------------------------------------------------------------------
@@ -77,43 +101,44 @@ class LibvirtHost:
         self, spec: InstanceSpec, idir: InstanceDir, *, probe_qmp: bool = True
     ) -> Observation:
         try:
-            return await (await self._lv()).observe(spec)
+            return await self._do(lambda lv: lv.observe(spec))
         except KetchError as exc:
-            if isinstance(exc, HostUnreachable):
-                await self._dropped()
             why = f'host "{self.host}" could not be asked: {exc.message}'
             return Observation(None, PidStatus.OURS, None, why, None, why, True)
 
     async def start(
         self, spec: InstanceSpec, idir: InstanceDir, *, accel: str, resume: bool
     ) -> None:
-        lv = await self._lv()
-        # Defined again at each boot (not a resume: the saved state has its own definition),
-        # so a port changed while it was stopped (lifecycle's _free_port) is the one forwarded.
-        if not resume or not await lv.defined(spec):
-            disk = await lv.volume(disk_name(spec.name))
-            if disk is None:
-                raise NotFound(f"instance {spec.name} has no disk volume on {self.uri}")
-            seed = await lv.volume(seed_name(spec.name))
-            if seed is None and idir.seed_iso.exists():
-                seed = await lv.upload_seed(spec, idir.seed_iso)
-            await lv.define(spec, disk, seed)
-        await lv.start(spec)
+
+        async def boot(lv: LibvirtDriver) -> None:
+            # Defined again at each boot (not a resume: the saved state has its own
+            # definition), so a port changed while it was stopped is the one forwarded.
+            if not resume or not await lv.defined(spec):
+                disk = await lv.volume(disk_name(spec.name))
+                if disk is None:
+                    raise NotFound(f"instance {spec.name} has no disk volume on {self.uri}")
+                seed = await lv.volume(seed_name(spec.name))
+                if seed is None and idir.seed_iso.exists():
+                    seed = await lv.upload_seed(spec, idir.seed_iso)
+                await lv.define(spec, disk, seed)
+            await lv.start(spec)
+
+        await self._do(boot)
 
     async def powerdown(self, spec: InstanceSpec, idir: InstanceDir, *, timeout: float) -> bool:
-        return await (await self._lv()).powerdown(spec, timeout=timeout)
+        return await self._do(lambda lv: lv.powerdown(spec, timeout=timeout))
 
     async def kill(self, spec: InstanceSpec, idir: InstanceDir) -> bool:
-        return await (await self._lv()).kill(spec)
+        return await self._do(lambda lv: lv.kill(spec))
 
     async def suspend(
         self, spec: InstanceSpec, idir: InstanceDir, *, reporter: Reporter, timeout: float
     ) -> None:
         reporter.step(f"Saving {spec.name}'s state (libvirt managed save)")
-        await (await self._lv()).suspend(spec, timeout=timeout)
+        await self._do(lambda lv: lv.suspend(spec, timeout=timeout))
 
     async def cont(self, spec: InstanceSpec, idir: InstanceDir) -> None:
-        await (await self._lv()).resume(spec)
+        await self._do(lambda lv: lv.resume(spec))
 
     async def settle(self, spec: InstanceSpec, idir: InstanceDir, *, timeout: float) -> None:
         return None  # libvirt runs no block job ketch started
@@ -121,20 +146,23 @@ class LibvirtHost:
     async def delete_tag(self, spec: InstanceSpec, idir: InstanceDir, tag: str) -> None:
         if tag != SUSPEND_TAG:
             self._unsupported("snapshots")
-        await (await self._lv()).discard_saved(spec)
+        await self._do(lambda lv: lv.discard_saved(spec))
 
     async def purge(self, spec: InstanceSpec, idir: InstanceDir) -> None:
-        await (await self._lv()).purge(spec)
+        await self._do(lambda lv: lv.purge(spec))
 
     # -- the disk ------------------------------------------------------------------------
 
     async def create_disk(
         self, idir: InstanceDir, *, base: Path, base_format: str, size: int
     ) -> None:
-        lv = await self._lv()
         virtual = (await qemu_img.info(base)).virtual_size
-        vol = await lv.upload_base(base, base_format)
-        await lv.create_overlay(idir.path.name, vol, base_format, max(size, virtual))
+
+        async def make(lv: LibvirtDriver) -> None:
+            vol = await lv.upload_base(base, base_format)
+            await lv.create_overlay(idir.path.name, vol, base_format, max(size, virtual))
+
+        await self._do(make)
 
     async def disk_info(self, idir: InstanceDir) -> DiskInfo:
         self._unsupported("reading the disk")
