@@ -273,6 +273,13 @@ class HostUnreachable(KetchError):
     code = "host-unreachable"
 
 
+class HostUnsupported(KetchError):
+    """A verb or option the driver of an instance's host does not do (yet): refused before
+    anything is touched, naming the host and its driver."""
+
+    code = "host-unsupported"
+
+
 class LibvirtFailed(HostCommandError):
     """A libvirt call (define a domain, upload a volume ...) failed on a reachable host.
 

@@ -97,8 +97,9 @@ class Libvirtd:
         script = f"mount --bind {self.empty} {AUTOSTART} && "
         if self.qemu_conf is not None:  # seen by this libvirtd only
             script += f"mount --bind {self.qemu_conf} {QEMU_CONF} && "
-        for path, mine in self.private.items():
-            script += f"mount --bind {mine} {path} && "
+        for path, mine in self.private.items():  # a missing mount point is made (empty:
+            # libvirtd would make it itself, e.g. /etc/libvirt/storage at its first pool)
+            script += f"mkdir -p {path} && mount --bind {mine} {path} && "
         script += f"exec {LIBVIRTD} -f {self.conf} -p {self.pidfile}"
         out = (self.work / "libvirtd.out").open("ab")
         self.proc = subprocess.Popen(

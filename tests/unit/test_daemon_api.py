@@ -185,7 +185,7 @@ def test_list_shape(env: Env) -> None:
     env.add("charlie", Intent.SUSPEND, running=False, tags={SUSPEND_TAG}, port=42003)
     env.add("delta", Intent.RUN, running=False, port=42004)  # crashed
     doc = env.client.get("/v1/instances")
-    assert list(doc) == ["list"]
+    assert list(doc) == ["list", "hosts"] and doc["hosts"] == 1  # 'local' only
     by_name = {i["name"]: i for i in doc["list"]}
     assert [i["name"] for i in doc["list"]] == ["alpha", "bravo", "charlie", "delta"]
     assert by_name["alpha"] == {
@@ -196,6 +196,7 @@ def test_list_shape(env: Env) -> None:
         "ssh_port": 42001,
         "inconsistencies": 0,
         "forwards": [],
+        "host": "local",
     }
     assert by_name["bravo"]["state"] == "Stopped" and by_name["bravo"]["ipv4"] == []
     assert by_name["charlie"]["state"] == "Suspended"
@@ -203,7 +204,7 @@ def test_list_shape(env: Env) -> None:
 
 
 def test_list_empty(env: Env) -> None:
-    assert env.client.get("/v1/instances") == {"list": []}
+    assert env.client.get("/v1/instances") == {"list": [], "hosts": 1}
 
 
 def test_info_unknown_name_is_not_found_with_multipass_wording(env: Env) -> None:
@@ -220,12 +221,13 @@ def test_info_unknown_name_is_not_found_with_multipass_wording(env: Env) -> None
 def test_info_known_and_unknown_lists_the_error(env: Env) -> None:
     env.add("alpha", Intent.STOP, running=False)
     doc = env.client.get("/v1/info", names="alpha,ghost")
-    assert list(doc) == ["errors", "info"]
+    assert list(doc) == ["errors", "info", "hosts"]
     assert doc["errors"] == ['instance "ghost" does not exist']
     alpha = doc["info"]["alpha"]
     assert alpha["state"] == "Stopped"
     assert alpha["ssh"] == {"host": "127.0.0.1", "port": 42001, "user": "ubuntu"}
     assert alpha["accel"] == ""  # not running
+    assert alpha["host"] == "local"
     assert alpha["ipv4"] == []
     assert alpha["inconsistencies"] == []
 

@@ -118,6 +118,14 @@ def test_user_networking_forwards_ssh_from_loopback_through_qemus_own_netdev() -
     ]
 
 
+def test_a_domain_defined_again_keeps_its_uuid() -> None:
+    uuid = "6f1c2c0e-3c1a-4d38-9a53-0c9d2f9b7a11"
+    assert parse(domain_xml(make_spec("vm1"), VOLUMES, kvm=False)).find("uuid") is None
+    dom = parse(domain_xml(make_spec("vm1"), VOLUMES, kvm=False, uuid=uuid))
+    assert dom.findtext("uuid") == uuid
+    assert [c.tag for c in dom][:2] == ["name", "uuid"]
+
+
 def test_the_pool_document() -> None:
     pool = parse(pool_xml("ketch", "/var/lib/libvirt/ketch"))
     assert pool.get("type") == "dir" and pool.findtext("name") == "ketch"

@@ -33,6 +33,7 @@ class LaunchBody(Body):
     bridged: bool = False  # one more NIC on local.bridged-network
     cold: bool = False  # boot, even when a warm-launch template fits
     mounts: Annotated[list[MountRequest], Meta(max_length=MAX_MOUNTS)] = field(default_factory=list)
+    host: Name = "local"  # the host it runs on: 'local' (QEMU) or a libvirt host's name
 
 
 class StartBody(Body):
@@ -73,10 +74,14 @@ class ListEntry(Reply):
     ssh_port: int
     inconsistencies: int
     forwards: builtins.list[ForwardInfo] = field(default_factory=builtins.list)
+    host: str = "local"  # the host it runs on ('local': ketch's QEMU driver)
 
 
 class ListReply(Reply):
     list: builtins.list[ListEntry]
+    # how many hosts are configured ('local' included): the table and csv have a Host
+    # column when there are more than one (the JSON and yaml have each entry's "host")
+    hosts: int = 1
 
 
 class Inconsistency(Reply):
@@ -136,6 +141,7 @@ class InfoEntry(Reply, omit_defaults=True):
     forwards: list[ForwardInfo] | UnsetType = UNSET
     shutdown_at: str | UnsetType = UNSET
     launched: str | UnsetType = UNSET  # "cold", or "warm (template KEY)"
+    host: str | UnsetType = UNSET  # the host it runs on (ketchd always says; unset: local)
     snapshots: dict[str, SnapshotInfo] | UnsetType = UNSET
 
     def __post_init__(self) -> None:
@@ -152,6 +158,7 @@ class InfoEntry(Reply, omit_defaults=True):
 class InfoReply(Reply):
     errors: list[str]
     info: dict[str, InfoEntry]
+    hosts: int = 1  # hosts configured ('local' included): see ListReply.hosts
 
 
 class MountPath(Reply):

@@ -48,6 +48,11 @@ def declare(v: Verbs) -> None:
         "--cold", action="store_true", help="boot it, even when a warm-launch template fits"
     )
     sp.add_argument(
+        "--host",
+        metavar="NAME",
+        help="run it on this host (default: local; see 'ketch host list')",
+    )
+    sp.add_argument(
         "--mount",
         action="append",
         metavar="SOURCE:TARGET",

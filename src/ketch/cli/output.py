@@ -62,16 +62,24 @@ def human(n: int | str | None) -> str:
     return str(n)
 
 
+def _without_hosts(doc: m.ListReply | m.InfoReply) -> Any:
+    """The document as Multipass shapes it: the count of hosts is the table's business."""
+    out = plain(doc)
+    out.pop("hosts", None)
+    return out
+
+
 def list_output(doc: m.ListReply, fmt: str) -> str:
     items = doc.list
+    multi = doc.hosts > 1  # a Host column only then: one host's output is Multipass's
     if fmt == "json":
-        return to_json(plain(doc))
+        return to_json(_without_hosts(doc))
     if fmt == "yaml":
         entries = [plain(i) for i in items]
         return to_yaml({e["name"]: [{k: v for k, v in e.items() if k != "name"}] for e in entries})
     if fmt == "csv":
         return to_csv(
-            ["Name", "State", "IPv4", "IPv6", "Release", "AllIPv4", "SSH"],
+            ["Name", "State", "IPv4", "IPv6", "Release", "AllIPv4", "SSH"] + ["Host"] * multi,
             [
                 [
                     i.name,
@@ -82,6 +90,7 @@ def list_output(doc: m.ListReply, fmt: str) -> str:
                     ",".join(i.ipv4),
                     f"127.0.0.1:{i.ssh_port}",
                 ]
+                + [i.host] * multi
                 for i in items
             ],
         )
@@ -91,9 +100,9 @@ def list_output(doc: m.ListReply, fmt: str) -> str:
     for i in items:
         first, *more = i.ipv4 or ["--"]
         state = i.state + (" (!)" if i.inconsistencies else "")
-        rows.append([i.name, state, first, i.release or "--"])
+        rows.append([i.name, state, first, i.release or "--"] + [i.host] * multi)
         rows += [["", "", ip, ""] for ip in more]  # as Multipass: one address per line
-    return table(["Name", "State", "IPv4", "Image"], rows)
+    return table(["Name", "State", "IPv4", "Image"] + ["Host"] * multi, rows)
 
 
 def networks_output(doc: m.NetworksReply, fmt: str) -> str:
@@ -112,7 +121,7 @@ def networks_output(doc: m.NetworksReply, fmt: str) -> str:
 
 def info_output(doc: m.InfoReply, fmt: str) -> str:
     if fmt == "json":
-        return to_json(plain(doc))
+        return to_json(_without_hosts(doc))
     if fmt == "yaml":
         return to_yaml({"errors": doc.errors, **plain(doc.info)})
     # Instances, and snapshots asked for as INSTANCE.SNAPSHOT (under "snapshots").
@@ -123,8 +132,8 @@ def info_output(doc: m.InfoReply, fmt: str) -> str:
     if not info:
         return snapshot_info_output(snaps, fmt)
     if snaps:
-        return _instance_info(info, fmt) + "\n" + snapshot_info_output(snaps, fmt)
-    return _instance_info(info, fmt)
+        return _instance_info(info, fmt, doc.hosts > 1) + "\n" + snapshot_info_output(snaps, fmt)
+    return _instance_info(info, fmt, doc.hosts > 1)
 
 
 T = TypeVar("T")
@@ -140,13 +149,18 @@ def _disk(i: m.InfoEntry) -> m.Disk | None:
     return next(iter(_present(i.disks).values()), None)
 
 
-def _instance_info(info: dict[str, m.InfoEntry], fmt: str) -> str:
+def _host(i: m.InfoEntry) -> str:
+    return "local" if isinstance(i.host, UnsetType) else i.host
+
+
+def _instance_info(info: dict[str, m.InfoEntry], fmt: str, multi: bool = False) -> str:
+    """Instances' ``info`` as table or csv; ``multi``: more than one host, so a Host line."""
     if fmt == "csv":
         header = [
             "Name", "State", "Ipv4", "Ipv6", "Release", "Image hash", "Image release",
             "Load", "Disk usage", "Disk total", "Memory usage", "Memory total", "Mounts",
             "AllIPv4", "CPU(s)", "Snapshots", "SSH port", "Accel", "Inconsistencies",
-        ]  # fmt: skip
+        ] + ["Host"] * multi  # fmt: skip
         rows = []
         for name, i in info.items():
             disk, mem, ipv4 = _disk(i), _present(i.memory), _present(i.ipv4)
@@ -172,6 +186,7 @@ def _instance_info(info: dict[str, m.InfoEntry], fmt: str) -> str:
                     i.accel,
                     len(_present(i.inconsistencies)),
                 ]
+                + [_host(i)] * multi
             )
         return to_csv(header, rows)
     blocks = []
@@ -194,6 +209,8 @@ def _instance_info(info: dict[str, m.InfoEntry], fmt: str) -> str:
             ("SSH", f"{ssh.user}@127.0.0.1:{ssh.port}"),
             ("Accel", i.accel or "--"),
         ]
+        if multi:
+            pairs.insert(2, ("Host", _host(i)))
         for n, fwd in enumerate(i.forwards or ()):
             pairs.append(("Forwards" if n == 0 else "", forward_line(fwd)))
         if i.shutdown_at:

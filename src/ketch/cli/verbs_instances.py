@@ -33,6 +33,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         "disk": args.disk,
         "timeout": args.timeout,
         "firmware": args.firmware,
+        "host": args.host,
     }
     if args.cloud_init:
         given["cloud_init"] = _read_text(args.cloud_init, "cloud-init")

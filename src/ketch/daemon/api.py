@@ -99,7 +99,8 @@ class Api(OperationRoutes, AuthRoutes, TunnelRoutes, WatchRoutes, DashboardRoute
         await self.ops.settled()
         views = await inspect_uc.all_views(self.ctx)
         return m.ListReply(
-            list=[inspect_uc.list_entry(v, forwards_uc.rows(self.ctx, v)) for v in views]
+            list=[inspect_uc.list_entry(v, forwards_uc.rows(self.ctx, v)) for v in views],
+            hosts=1 + len(self.ctx.store.hosts()),
         )
 
     async def info(self, call: Call[None]) -> m.InfoReply:
@@ -162,7 +163,9 @@ class Api(OperationRoutes, AuthRoutes, TunnelRoutes, WatchRoutes, DashboardRoute
             cold_reason=launch_uc.native_mount_reason(
                 [mounts_uc.from_request(r) for r in body.mounts]
             ),
+            host=body.host,
         )
+        launch_uc.check_host(self.ctx, req, mounts=bool(body.mounts))  # before anything is made
         if not body.mounts:
             return Op(
                 [name], OperationKind.LAUNCH, lambda rep: launch_uc.launch(self.ctx, req, rep)

@@ -177,9 +177,11 @@ async def serve(root: Root, address: str | None = None) -> None:
         log.warning("database: %s", line)
     images = Images(root, store)
     network = ManagedNetwork(root, store.get_setting)
-    ctx = Context(
-        root=root, store=store, driver=QemuDriver(network), images=images, network=network
-    )
+    from ketch.service.drivers import Drivers
+
+    local = QemuDriver(network)
+    ctx = Context(root=root, store=store, driver=local, images=images, network=network)
+    ctx.drivers = Drivers(root, store, local)  # a libvirt host's: made at its first use
     boot_timeout = os.environ.get("KETCH_BOOT_TIMEOUT")
     if boot_timeout:
         ctx.boot_timeout = float(boot_timeout)
@@ -290,6 +292,8 @@ async def serve(root: Root, address: str | None = None) -> None:
         await listener.move(None)
         await tls_runner.cleanup()
         await runner.cleanup()
+        with contextlib.suppress(Exception):  # libvirt connections: nothing is left to do
+            await ctx.drivers.close()
         if rootwatch.identity(root.socket) == mine:  # never another daemon's socket
             with contextlib.suppress(FileNotFoundError):
                 root.socket.unlink()

@@ -129,6 +129,16 @@ class Driver(Protocol):
 
 
 @runtime_checkable
+class Purges(Protocol):
+    """A driver whose instances have state outside their directory (a libvirt host's domain
+    and volumes): ``delete --purge`` and a failed launch remove it through :meth:`purge`."""
+
+    async def purge(self, spec: InstanceSpec, idir: InstanceDir) -> None:
+        """Remove what the instance has on its host (never its local directory)."""
+        ...
+
+
+@runtime_checkable
 class HostForwarding(Protocol):
     """A driver whose running VMs forward host ports into the guest (QEMU's user networking).
 

@@ -1,7 +1,8 @@
 """The libvirt driver's core: an instance's volumes and domain on one libvirt host.
 
-Not wired into ``launch --host`` yet (issue 20's next slice).  On one connection to the
-host's URI (:meth:`LibvirtDriver.connect`):
+Services reach it through :mod:`.libvirt_host` (the :class:`~ketch.runtime.driver.Driver`
+protocol on top of it, for ``launch --host``).  On one connection to the host's URI
+(:meth:`LibvirtDriver.connect`):
 
 - **the pool and the volumes** (:mod:`.libvirt_pool`): ketch's ``dir`` pool, made when
   missing; the base image uploaded with libvirt's storage-volume upload and verified by
@@ -12,7 +13,10 @@ host's URI (:meth:`LibvirtDriver.connect`):
   ``qemu``, i.e. TCG, unless told KVM works), with user-mode networking and the guest's
   SSH forwarded from 127.0.0.1:``ssh_port``; started, shut down through ACPI within a
   deadline, destroyed (``stop --force``), and undefined with its volumes (``purge``),
-  after which a base volume no other volume is backed by is deleted too;
+  after which a base volume no other volume is backed by is deleted too; suspended as a
+  **managed save** (``virDomainManagedSave``: libvirt writes the state beside the disk and
+  the next start restores it), its saved state discarded (``managedSaveRemove``), its
+  paused vCPUs resumed;
 - **the state**: ``virDomainGetState`` and the managed save image, made the same
   :class:`~ketch.model.Observation` the QEMU driver gives (:mod:`.libvirt_state`), so
   :func:`~ketch.runtime.derive.derive` is the same for both.
@@ -75,10 +79,18 @@ class LibvirtDriver(LibvirtPool):
         return dom
 
     async def define(self, spec: InstanceSpec, disk: Volume, seed: Volume | None) -> None:
-        """Define the instance's domain (user networking, SSH on 127.0.0.1:ssh_port)."""
+        """Define the instance's domain (user networking, SSH on 127.0.0.1:ssh_port); an
+        instance's domain defined already is defined again from the spec now (its UUID
+        kept): the next start has the spec's SSH port, CPUs and memory."""
         volumes = Volumes(disk=disk.path, seed=None if seed is None else seed.path)
-        xml = domain_xml(spec, volumes, kvm=self.kvm, user_net=True)
-        await self._call("define", lambda: self.conn.defineXML(xml))
+
+        def define() -> None:
+            dom = self._own(spec)
+            uuid = None if dom is None else str(dom.UUIDString())
+            xml = domain_xml(spec, volumes, kvm=self.kvm, user_net=True, uuid=uuid)
+            self.conn.defineXML(xml)
+
+        await self._call("define", define)
 
     async def start(self, spec: InstanceSpec) -> None:
         def start() -> None:
@@ -138,6 +150,46 @@ class LibvirtDriver(LibvirtPool):
         for name in (disk_name(spec.name), seed_name(spec.name)):
             await self.delete_volume(name)
         await self.prune_bases()
+
+    async def suspend(self, spec: InstanceSpec, *, timeout: float) -> None:
+        """Save the running domain's state as its managed save image; the domain ends."""
+
+        def save() -> None:
+            dom = self._own(spec)
+            if dom is None or not dom.isActive():
+                raise NotFound(f"instance {spec.name} has no running domain on {self.uri}")
+            dom.managedSave(0)
+
+        await self._call("managedsave", save, timeout)
+
+    async def discard_saved(self, spec: InstanceSpec) -> bool:
+        """Remove the domain's managed save image; False when it had none."""
+
+        def remove() -> bool:
+            dom = self._own(spec)
+            if dom is None or not dom.hasManagedSaveImage(0):
+                return False
+            dom.managedSaveRemove(0)
+            return True
+
+        done: bool = await self._call("managedsave-remove", remove)
+        return done
+
+    async def resume(self, spec: InstanceSpec) -> None:
+        """Resume the paused vCPUs of a running domain."""
+
+        def resume() -> None:
+            dom = self._own(spec)
+            if dom is None or not dom.isActive():
+                raise NotFound(f"instance {spec.name} has no running domain on {self.uri}")
+            dom.resume()
+
+        await self._call("resume", resume)
+
+    async def defined(self, spec: InstanceSpec) -> bool:
+        """Is the instance's own domain defined on the host?"""
+        dom = await self._call("lookup", lambda: self._own(spec))
+        return dom is not None
 
     async def observe(self, spec: InstanceSpec) -> Observation:
         """The instance as :func:`~ketch.runtime.derive.derive` reads it (see

@@ -125,6 +125,10 @@ class LibvirtPool:
             await self._call("close", conn.close)
 
     @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    @property
     def conn(self) -> Any:
         if self._conn is None:
             raise RuntimeError("LibvirtDriver.connect() first")
@@ -270,8 +274,13 @@ class LibvirtPool:
         """The instance's qcow2 volume on ``base``: ``spec.disk`` bytes, or the base's own
         virtual size ``base_size`` (the local image's, as ``qemu-img info`` says) when that
         is larger."""
-        name = disk_name(spec.name)
-        size = max(spec.disk, base_size)
+        return await self.create_overlay(spec.name, base, base_format, max(spec.disk, base_size))
+
+    async def create_overlay(
+        self, instance: str, base: Volume, base_format: str, size: int
+    ) -> Volume:
+        """The disk volume of ``instance``: a qcow2 of ``size`` bytes backed by ``base``."""
+        name = disk_name(instance)
         xml = volume_xml(name, size, "qcow2", backing=base.path, backing_format=base_format)
 
         def make() -> Volume:

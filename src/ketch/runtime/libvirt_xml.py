@@ -74,17 +74,21 @@ def domain_xml(
     kvm: bool,
     network: str = "default",
     user_net: bool = False,
+    uuid: str | None = None,
 ) -> str:
     """The ``<domain>`` document libvirt defines the instance from (pure).
 
     ``user_net``: no libvirt network; QEMU's user networking with the guest's port 22
-    forwarded from 127.0.0.1:``spec.ssh_port`` (``network`` is then unused).
+    forwarded from 127.0.0.1:``spec.ssh_port`` (``network`` is then unused).  ``uuid``:
+    the defined domain's, when it is defined again (libvirt refuses another UUID).
     """
     uefi = spec.boot.kernel is None and spec.boot.firmware == "uefi"
     if uefi and (volumes.efi_code is None or volumes.efi_vars is None):
         raise ValueError("UEFI boot needs the firmware and a variable store")
     dom = ET.Element("domain", type="kvm" if kvm else "qemu")
     _sub(dom, "name", domain_name(spec.name))
+    if uuid is not None:
+        _sub(dom, "uuid", uuid)
     meta = _sub(dom, "metadata")
     ET.SubElement(
         meta, f"{{{NAMESPACE}}}instance",

@@ -95,7 +95,7 @@ async def candidates(ctx: Context) -> list[tuple[str, int]]:
             continue
         if ctx.store.get_setting(setting_key(name)) == "false":
             continue
-        obs = await ctx.driver.observe(r.spec, ctx.root.instance(name), probe_qmp=False)
+        obs = await ctx.driver_for(r.spec).observe(r.spec, ctx.root.instance(name), probe_qmp=False)
         if obs.pid_status is PidStatus.OURS:
             continue
         out.append((name, r.spec.memory))

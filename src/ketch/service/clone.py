@@ -84,6 +84,7 @@ async def clone(
     """Make ``name`` a stopped copy of the stopped instance ``source``."""
     names.validate(name)
     v = await get(ctx, source)
+    ctx.require_local(v.record.spec, "clone")
     hint = f"stop it first: 'ketch stop {source}'"
     if v.state is State.SUSPENDED:
         hint = (

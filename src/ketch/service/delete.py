@@ -13,6 +13,7 @@ from ketch.api.models import DeleteResult, NameResult, PurgeResult
 from ketch.errors import InvalidState
 from ketch.model import OperationKind, State, Verb
 from ketch.progress import Reporter
+from ketch.runtime.driver import Driver, Purges
 from ketch.service import guestlink, mounts, settings
 from ketch.service.context import Context
 from ketch.service.inspect import get, require
@@ -34,9 +35,10 @@ async def delete(ctx: Context, name: str, reporter: Reporter, *, purge: bool) ->
             await mounts.deactivate_all(ctx, spec, reporter, guest=True)
             await guestlink.end_master(ctx.root, name)
             reporter.step(f"Stopping {name}")
-            if not await ctx.driver.powerdown(spec, idir, timeout=min(ctx.stop_timeout, 30.0)):
+            driver = ctx.driver_for(spec)
+            if not await driver.powerdown(spec, idir, timeout=min(ctx.stop_timeout, 30.0)):
                 reporter.warn("the guest did not power off in time; ending QEMU")
-            await ctx.driver.kill(spec, idir)
+            await driver.kill(spec, idir)
         ctx.store.set_shutdown_at(name, None)
         ctx.store.set_deleted(name, True)
     return DeleteResult(name=name, purged=False)
@@ -46,10 +48,21 @@ async def _purge_one(ctx: Context, name: str, reporter: Reporter) -> None:
     spec = ctx.store.get(name).spec
     idir = ctx.root.instance(name)
     async with journal(ctx, name, OperationKind.PURGE, reporter=reporter, quiet=True):
+        driver: Driver | None = None
         try:
-            await ctx.driver.kill(spec, idir)
+            driver = ctx.driver_for(spec)
+            await driver.kill(spec, idir)
         except Exception as exc:  # purge must not fail on a process it cannot end
             reporter.warn(f"ending QEMU failed: {exc}")
+        if isinstance(driver, Purges):  # its domain and volumes on its host
+            try:
+                await driver.purge(spec, idir)
+            except Exception as exc:  # nor on a host that does not answer: said, not hidden
+                reporter.warn(
+                    f'could not remove {name}\'s domain and volumes on host "{spec.host}" '
+                    f"({exc}); remove them there by hand (virsh undefine ketch-{name} "
+                    "--managed-save, virsh vol-delete)"
+                )
         await mounts.deactivate_all(ctx, spec, reporter, guest=False)  # never raises
         await mounts.end_strays(ctx, replace(spec, mounts=()))
         await guestlink.end_master(ctx.root, name)  # never raises

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from ketch.errors import HostCommandError, KetchError, NotFound
 from ketch.host.hostfwd import HostFwd
 from ketch.host.ssh import session
-from ketch.model import ForwardSpec, InstanceSpec, Intent, PidStatus, Protocol
+from ketch.model import LOCAL_HOST, ForwardSpec, InstanceSpec, Intent, PidStatus, Protocol
 from ketch.runtime import listeners as ls
 from ketch.runtime.driver import HostForwarding
 from ketch.service.forward_table import (
@@ -103,7 +103,10 @@ class Forwarder:
         wanted = {
             r.spec.name
             for r in self.ctx.store.all()
-            if r.intent is Intent.RUN and not r.deleted and not r.quarantine
+            if r.intent is Intent.RUN
+            and not r.deleted
+            and not r.quarantine
+            and r.spec.host == LOCAL_HOST  # the QEMU driver's forwards: local instances only
         }
         for name in list(self.tasks):
             if name not in wanted:

@@ -82,6 +82,7 @@ def _usable(ctx: Context, name: str) -> InstanceSpec:
             f'instance "{name}" is quarantined: {record.quarantine}',
             hint=f"see 'ketch doctor {name}'",
         )
+    ctx.require_local(record.spec, "port forwarding")
     return record.spec
 
 

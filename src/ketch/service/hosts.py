@@ -25,6 +25,7 @@ from ketch.errors import AlreadyExists, HostInUse, InvalidArgument, InvalidHost,
 from ketch.host import libvirt_ssh
 from ketch.host.libvirt import NodeFacts
 from ketch.host.node import local_facts
+from ketch.layout import Root
 from ketch.model import LOCAL_HOST, HostDriver, HostSpec, HostState
 from ketch.service import names
 from ketch.service.context import Context
@@ -78,17 +79,17 @@ def check_known_hosts(text: str) -> str:
     return text
 
 
-def connect_uri(ctx: Context, host: HostSpec) -> str:
+def connect_uri(root: Root, host: HostSpec) -> str:
     """The URI libvirt opens: a ``qemu+ssh://`` one runs ssh through the host's wrapper."""
     parsed = libvirt_uri.parse(host.uri)
     if not parsed.remote:
         return parsed.text()
     try:
-        wrapper = libvirt_ssh.write(ctx.root.host_dir(host.name), host.ssh_key, host.known_hosts)
+        wrapper = libvirt_ssh.write(root.host_dir(host.name), host.ssh_key, host.known_hosts)
     except OSError as exc:
         raise KetchError(
             f'cannot write the SSH files of host "{host.name}": {exc}',
-            hint=f"check {ctx.root.host_dir(host.name)} (ketchd writes it)",
+            hint=f"check {root.host_dir(host.name)} (ketchd writes it)",
         ) from exc
     return parsed.text({"command": str(wrapper)})
 
@@ -124,7 +125,7 @@ def _row(
 async def _probe(ctx: Context, host: HostSpec, count: int, timeout: float) -> HostRow:
     started = time.monotonic()
     try:
-        facts = await ctx.prober.probe(connect_uri(ctx, host), timeout)
+        facts = await ctx.prober.probe(connect_uri(ctx.root, host), timeout)
     except KetchError as exc:
         why = exc.message + (f" ({exc.hint})" if exc.hint else "")
         return _row(host.name, HostDriver.LIBVIRT, host.uri, count, started, None, why)
@@ -201,5 +202,7 @@ def remove(ctx: Context, name: str) -> HostRemoveReply:
             hint="delete --purge them (or move them) first",
         )
     ctx.store.remove_host(name)
+    if ctx.drivers is not None:
+        ctx.drivers.forget(name)
     shutil.rmtree(ctx.root.host_dir(name), ignore_errors=True)
     return HostRemoveReply(name=name)

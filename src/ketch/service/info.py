@@ -80,7 +80,7 @@ async def info(ctx: Context, asked: Sequence[str], *, runtime: bool = True) -> I
             if entry is None
             else msgspec.structs.replace(entry, snapshots=snaps)
         )
-    return InfoReply(errors=errors, info=entries)
+    return InfoReply(errors=errors, info=entries, hosts=1 + len(ctx.store.hosts()))
 
 
 def snapshot_listing(ctx: Context, names: Sequence[str]) -> SnapshotListReply:

@@ -25,7 +25,7 @@ from ketch.api.models import (
     SshAddress,
 )
 from ketch.errors import NotFound
-from ketch.model import Derived, IdMap, InstanceSpec, Observation, State, Verb
+from ketch.model import LOCAL_HOST, Derived, IdMap, InstanceSpec, Observation, State, Verb
 from ketch.runtime.derive import derive
 from ketch.service import mounts_health
 from ketch.service import network as network_uc
@@ -93,7 +93,7 @@ async def view(ctx: Context, record: Record, *, inside_op: bool = False) -> View
     name = record.spec.name
     idir = ctx.root.instance(name)
     active = None if inside_op else ctx.active.get(name)
-    obs = await ctx.driver.observe(record.spec, idir, probe_qmp=active is None)
+    obs = await ctx.driver_for(record.spec).observe(record.spec, idir, probe_qmp=active is None)
     derived = derive(
         intent=record.intent,
         deleted=record.deleted,
@@ -169,6 +169,7 @@ def list_entry(v: View, forwards: list[ForwardInfo] | None = None) -> ListEntry:
         ssh_port=spec.ssh_port,
         inconsistencies=len(v.derived.inconsistencies),
         forwards=forwards or [],
+        host=spec.host,
     )
 
 
@@ -233,7 +234,7 @@ def info_entry(
         created=_stamp(spec.created),
         # ketch's own keys
         ssh=SshAddress(host="127.0.0.1", port=spec.ssh_port, user=spec.user),
-        accel=accel if v.derived.running else "",
+        accel=(accel if spec.host == LOCAL_HOST else "tcg") if v.derived.running else "",
         image=spec.image,
         pid=v.obs.pid if v.derived.running else None,
         quarantine=v.record.quarantine,
@@ -241,6 +242,7 @@ def info_entry(
         forwards=forwards or [],
         shutdown_at=UNSET if v.record.shutdown_at is None else _stamp(v.record.shutdown_at),
         launched=launched,
+        host=spec.host,
     )
 
 

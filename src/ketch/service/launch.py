@@ -13,9 +13,10 @@ from typing import Any
 
 from ketch import cloudinit, space
 from ketch.api.models import NameResult
-from ketch.errors import AlreadyExists, InvalidArgument, KetchError, Timeout
+from ketch.errors import AlreadyExists, InvalidArgument, KetchError, NotFound, Timeout
 from ketch.host import firmware, partitions, seed
 from ketch.model import (
+    LOCAL_HOST,
     BootSpec,
     ImageInfo,
     InstanceSpec,
@@ -25,6 +26,7 @@ from ketch.model import (
     OperationKind,
 )
 from ketch.progress import Reporter
+from ketch.runtime.driver import Purges
 from ketch.runtime.netplan import seed_instance_id
 from ketch.runtime.network import guest_network_config
 from ketch.service import accel, guestlink, names, warm
@@ -57,6 +59,7 @@ class LaunchRequest:
     bridged: bool = False  # one more on local.bridged-network
     cold: bool = False  # --cold: boot, even when a template fits (service/warm.py)
     cold_reason: str | None = None  # why the daemon launches this one cold (a native mount)
+    host: str = LOCAL_HOST  # --host: the host it runs on (service/drivers.py)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LaunchRequest:
@@ -65,6 +68,23 @@ class LaunchRequest:
         if unknown:
             raise InvalidArgument(f"unknown launch option(s): {', '.join(sorted(unknown))}")
         return cls(**{k: v for k, v in data.items() if v is not None})
+
+
+def check_host(ctx: Context, req: LaunchRequest, *, mounts: bool = False) -> None:
+    """Refuse an unknown ``--host``, and the options its driver cannot honour (nothing made)."""
+    if req.host == LOCAL_HOST:
+        return
+    if ctx.drivers is None:
+        raise NotFound(f'host "{req.host}" does not exist', hint="see 'ketch host list'")
+    from ketch.service.drivers import refuse_launch
+
+    refuse_launch(
+        ctx.drivers.host(req.host),
+        mounts=mounts,
+        networks=bool(req.networks) or req.bridged,
+        forwards=bool(req.forwards),
+        firmware=req.firmware,
+    )
 
 
 def native_mount_reason(mounts: Collection[MountSpec]) -> str | None:
@@ -102,6 +122,8 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
     if ctx.store.exists(name):
         raise AlreadyExists(f'instance "{name}" already exists')
     cpus, memory, disk = check_resources(req.cpus, req.memory, req.disk)
+    check_host(ctx, req)
+    local = req.host == LOCAL_HOST
     # Off the event loop: a large file takes seconds to parse (cloudinit's limits bound it).
     user_cfg = (
         await asyncio.to_thread(cloudinit.parse_user_data, req.cloud_init)
@@ -119,6 +141,10 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
     networks = await extra_networks(ctx, req.networks, bridged=req.bridged, mac=_random_mac)
     image = await ctx.images.resolve(req.image, reporter)
     boot = await boot_for(image, req.firmware)
+    if not local and boot.kernel is None and boot.firmware == "uefi":
+        from ketch.service.drivers import unsupported
+
+        raise unsupported(req.host, f"UEFI boot (the image {req.image} needs it)")
     plan = await warm.plan(
         ctx,
         image,
@@ -127,8 +153,8 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
         memory=memory,
         disk=disk,
         user_cfg=user_cfg,
-        cold=req.cold,
-        cold_reason=req.cold_reason,
+        cold=req.cold or not local,
+        cold_reason=req.cold_reason if local else "the libvirt driver boots instances cold",
         extra_networks=bool(networks),
     )
     if plan.reason:
@@ -155,32 +181,39 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
             created=ctx.clock.time(),
             forwards=forwards,
             networks=networks,
+            host=req.host,
         )
+        driver = ctx.driver_for(spec)
         ctx.store.add(spec, Intent.STOP)
         j.undo(ctx.store.remove, name)
 
         reporter.step("Writing cloud-init seed")
         await asyncio.to_thread(write_seed, ctx, spec, user_cfg)
-        choice = await accel.choose(ctx, Path(image.boot.kernel) if image.boot.kernel else None)
+        how = "tcg, libvirt"  # the libvirt driver's domains are TCG ones for now
+        if local:
+            choice = await accel.choose(ctx, Path(image.boot.kernel) if image.boot.kernel else None)
+            how = choice.accel
         warm_started = False
         if plan.template is not None:
             j.step("warm-start")
-            reporter.step(f"Starting {name} from its template ({choice.accel})")
+            reporter.step(f"Starting {name} from its template ({how})")
             j.undo(ctx.driver.kill, spec, idir)
             warm_started = await warm.start(
-                ctx, spec, idir, plan.template, accel=choice.accel, reporter=reporter
+                ctx, spec, idir, plan.template, accel=how, reporter=reporter
             )
             if warm_started:
                 j.step("boot")  # it has its identity: from here on as a cold-booted one
         if not warm_started:
             reporter.step("Preparing disk")
-            await ctx.driver.create_disk(
+            if isinstance(driver, Purges):  # its volumes and domain, on its host
+                j.undo(driver.purge, spec, idir)
+            await driver.create_disk(
                 idir, base=Path(image.disk), base_format=image.disk_format, size=disk
             )
             j.step("boot")
-            reporter.step(f"Starting {name} ({choice.accel})")
-            await ctx.driver.start(spec, idir, accel=choice.accel, resume=False)
-            j.undo(ctx.driver.kill, spec, idir)
+            reporter.step(f"Starting {name} ({how})")
+            await driver.start(spec, idir, accel=how, resume=False)
+            j.undo(driver.kill, spec, idir)
         ctx.store.set_intent(name, Intent.RUN)
         j.keep()  # from here on the instance stays, even if it never gets ready
 
@@ -192,7 +225,7 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
                 spec,
                 timeout=timeout,
                 reporter=reporter,
-                driver=ctx.driver,
+                driver=driver,
                 finished=warm_started,  # its agent said "done" after boot-finished
             )
         except Timeout as exc:

@@ -15,6 +15,7 @@ from ketch.api.models import NameResult, StartResult
 from ketch.errors import HostCommandError, InvalidState, KetchError, Timeout
 from ketch.host import procs
 from ketch.model import (
+    LOCAL_HOST,
     InconsistencyCode,
     InstanceSpec,
     Intent,
@@ -55,11 +56,12 @@ async def start(
     if v.state in RUNNING:
         return StartResult(name=name, resumed=False)
     spec, idir = v.record.spec, ctx.root.instance(name)
+    driver = ctx.driver_for(spec)
     if v.state is State.UNKNOWN:
         if resumable(v.obs.qmp_status):
             reporter.step("Resuming paused vCPUs")
             async with journal(ctx, name, OperationKind.START, reporter=reporter):
-                await ctx.driver.cont(spec, idir)
+                await driver.cont(spec, idir)
                 ctx.store.set_intent(name, Intent.RUN)
             return StartResult(name=name, resumed=True)
         raise KetchError(
@@ -78,10 +80,10 @@ async def start(
                 problem = virtiofs.source_problem(m) if m.type is MountType.NATIVE else None
                 if problem:
                     reporter.warn(f"{problem}: its native mount at {m.target} is skipped")
-        choice = await accel.choose(ctx)
+        how = (await accel.choose(ctx)).accel if spec.host == LOCAL_HOST else "tcg, libvirt"
         reporter.step(f"{'Resuming' if resume else 'Starting'} {name}")
         try:
-            await ctx.driver.start(spec, idir, accel=choice.accel, resume=resume)
+            await driver.start(spec, idir, accel=how, resume=resume)
         except HostCommandError as exc:
             if not resume:
                 raise
@@ -108,7 +110,7 @@ async def start(
 
 async def _drop_resumed_tag(ctx: Context, spec: InstanceSpec, reporter: Reporter) -> None:
     try:
-        await ctx.driver.delete_tag(spec, ctx.root.instance(spec.name), SUSPEND_TAG)
+        await ctx.driver_for(spec).delete_tag(spec, ctx.root.instance(spec.name), SUSPEND_TAG)
     except KetchError as exc:
         reporter.warn(f"could not remove the 'suspend' tag after resuming: {exc.message}")
 
@@ -127,7 +129,12 @@ async def _wait_ready(
     reporter.step("Waiting for the instance to be ready")
     try:
         await guestlink.wait_ready(
-            ctx.root, spec, timeout=wait, reporter=reporter, driver=ctx.driver, finished=finished
+            ctx.root,
+            spec,
+            timeout=wait,
+            reporter=reporter,
+            driver=ctx.driver_for(spec),
+            finished=finished,
         )
     except Timeout as exc:
         # Multipass's sentence first (src/client/cli/cmd/start.cpp, restart.cpp)
@@ -159,7 +166,8 @@ async def _free_port(ctx: Context, v: View, reporter: Reporter) -> None:
 
 async def _drop_tag(ctx: Context, v: View, reporter: Reporter) -> None:
     try:
-        await ctx.driver.delete_tag(v.record.spec, ctx.root.instance(v.name), SUSPEND_TAG)
+        spec = v.record.spec
+        await ctx.driver_for(spec).delete_tag(spec, ctx.root.instance(v.name), SUSPEND_TAG)
     except KetchError as exc:
         reporter.warn(f"could not remove the 'suspend' tag: {exc.message}")
 
@@ -182,12 +190,13 @@ async def stop(ctx: Context, name: str, reporter: Reporter) -> NameResult:
         await mounts.deactivate_all(ctx, spec, reporter, guest=True)
         await guestlink.end_master(ctx.root, name)
         reporter.step(f"Stopping {name}")
-        if not await ctx.driver.powerdown(spec, idir, timeout=ctx.stop_timeout):
+        driver = ctx.driver_for(spec)
+        if not await driver.powerdown(spec, idir, timeout=ctx.stop_timeout):
             raise Timeout(
                 f'"{name}" did not power off within {ctx.stop_timeout:g} s',
                 hint=f"use 'ketch stop --force {name}' to end it at once",
             )
-        await ctx.driver.kill(spec, idir)  # removes the pid file and socket
+        await driver.kill(spec, idir)  # removes the pid file and socket
         ctx.store.set_intent(name, Intent.STOP)
         after = await get(ctx, name)
         if after.obs.suspend_tag or after.obs.suspend_tag_disk_only:
@@ -199,12 +208,13 @@ async def force_stop(ctx: Context, name: str, reporter: Reporter) -> NameResult:
     """End the instance from any state; never fails for anything but "not found"."""
     v = await get(ctx, name)
     spec, idir = v.record.spec, ctx.root.instance(name)
+    driver = ctx.driver_for(spec)
     async with journal(ctx, name, OperationKind.FORCE_STOP, reporter=reporter, quiet=True):
         record_quietly(
             reporter, "cancel a delayed shutdown", lambda: ctx.store.set_shutdown_at(name, None)
         )
         try:
-            if await ctx.driver.kill(spec, idir):
+            if await driver.kill(spec, idir):
                 reporter.step(f"Ended {name}'s QEMU")
         except Exception as exc:  # the hallmark: force stop must not fail
             reporter.warn(f"ending QEMU failed: {exc}")
@@ -213,7 +223,7 @@ async def force_stop(ctx: Context, name: str, reporter: Reporter) -> NameResult:
         for inc in v.derived.inconsistencies:
             if inc.code in (InconsistencyCode.STALE_PID_FILE, InconsistencyCode.FOREIGN_PID):
                 reporter.warn(f"{inc.message}; removed the pid file")
-        obs = await ctx.driver.observe(spec, idir, probe_qmp=False)
+        obs = await driver.observe(spec, idir, probe_qmp=False)
         if v.record.intent is Intent.SUSPEND and obs.suspend_tag is False:
             reporter.warn(
                 "the instance was recorded as suspended but its 'suspend' tag was missing; "
@@ -223,7 +233,7 @@ async def force_stop(ctx: Context, name: str, reporter: Reporter) -> NameResult:
             reporter.warn(f"could not read the disk's snapshot tags: {obs.tag_error}")
         elif obs.suspend_tag or obs.suspend_tag_disk_only:
             try:
-                await ctx.driver.delete_tag(spec, idir, SUSPEND_TAG)
+                await driver.delete_tag(spec, idir, SUSPEND_TAG)
                 reporter.step("Discarded the suspended state")
             except KetchError as exc:
                 reporter.warn(
@@ -295,7 +305,9 @@ async def suspend(ctx: Context, name: str, reporter: Reporter) -> NameResult:
         idir = ctx.root.instance(name)
         ready = guestlink.ready_now(idir)
         try:
-            await ctx.driver.suspend(v.record.spec, idir, reporter=reporter, timeout=300.0)
+            await ctx.driver_for(v.record.spec).suspend(
+                v.record.spec, idir, reporter=reporter, timeout=300.0
+            )
         except KetchError as exc:
             await mounts.activate_all(ctx, v.record.spec, reporter)
             raise suspend_failed(ctx, v, exc) from exc

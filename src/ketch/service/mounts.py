@@ -157,6 +157,7 @@ async def add(
     if v.state is State.DELETED:
         raise NotFound(f'instance "{name}" is deleted', hint=f"'ketch recover {name}' first")
     spec = v.record.spec
+    ctx.require_local(spec, "mount")
     taken = {m.target for m in spec.mounts}
     new: list[MountSpec] = []
     for mount in mounts:

@@ -43,7 +43,7 @@ from dataclasses import replace
 from ketch.errors import KetchError, NotFound
 from ketch.model import Intent, PidStatus, RunState
 from ketch.progress import Reporter
-from ketch.runtime.driver import SUSPEND_TAG
+from ketch.runtime.driver import SUSPEND_TAG, Purges
 from ketch.service import clone, guestlink, journal, mounts, settings, snapshots
 from ketch.service.context import Context
 from ketch.store.db import JournalEntry
@@ -93,12 +93,15 @@ async def recover(ctx: Context, entry: JournalEntry, reporter: Reporter) -> str:
     except NotFound:
         return "the instance no longer exists"
     spec, idir = record.spec, ctx.root.instance(entry.instance)
-    await ctx.driver.settle(spec, idir, timeout=JOB_TIMEOUT)
-    obs = await ctx.driver.observe(spec, idir)
+    driver = ctx.driver_for(spec)
+    await driver.settle(spec, idir, timeout=JOB_TIMEOUT)
+    obs = await driver.observe(spec, idir)
     running = obs.pid_status is PidStatus.OURS
 
     if entry.op == "purge":
-        await ctx.driver.kill(spec, idir)
+        await driver.kill(spec, idir)
+        if isinstance(driver, Purges):
+            await driver.purge(spec, idir)
         await mounts.end_strays(ctx, replace(spec, mounts=()))
         error = guestlink.remove_tree(idir.path)
         if error:
@@ -106,13 +109,13 @@ async def recover(ctx: Context, entry: JournalEntry, reporter: Reporter) -> str:
         ctx.store.remove(entry.instance)
         return "purge finished"
     if entry.op == "force-stop":
-        await ctx.driver.kill(spec, idir)
+        await driver.kill(spec, idir)
         await mounts.end_strays(ctx, replace(spec, mounts=()))
         ctx.store.set_intent(entry.instance, Intent.STOP)
         return "force stop finished"
     if entry.op == "launch":
         if entry.step == "warm-start":  # a clone that may still be its template: never kept
-            await ctx.driver.kill(spec, idir)
+            await driver.kill(spec, idir)
             error = guestlink.remove_tree(idir.path)
             if error:
                 reporter.warn(f"could not remove {idir.path}: {error}")
@@ -122,6 +125,8 @@ async def recover(ctx: Context, entry: JournalEntry, reporter: Reporter) -> str:
             ctx.store.set_intent(entry.instance, Intent.RUN)
             return "launch finished: the instance runs"
         if entry.step in ("", "prepare"):
+            if isinstance(driver, Purges):
+                await driver.purge(spec, idir)
             error = guestlink.remove_tree(idir.path)
             if error:
                 reporter.warn(f"could not remove {idir.path}: {error}")
@@ -133,19 +138,19 @@ async def recover(ctx: Context, entry: JournalEntry, reporter: Reporter) -> str:
         if running:
             ctx.store.set_intent(entry.instance, Intent.RUN)
             if obs.suspend_tag:
-                await ctx.driver.delete_tag(spec, idir, SUSPEND_TAG)
+                await driver.delete_tag(spec, idir, SUSPEND_TAG)
             return "start finished: the instance runs"
         return "start did not happen: the instance is as it was"
     if entry.op == "suspend":
         if running and obs.suspend_tag and obs.qmp_status != RunState.RUNNING:
-            await ctx.driver.kill(spec, idir)  # QMP quit first: the state is saved
+            await driver.kill(spec, idir)  # QMP quit first: the state is saved
             ctx.store.set_intent(entry.instance, Intent.SUSPEND)
             return "suspend finished: the saved state is kept"
         if running:
             if obs.suspend_tag:
-                await ctx.driver.delete_tag(spec, idir, SUSPEND_TAG)
+                await driver.delete_tag(spec, idir, SUSPEND_TAG)
             if obs.qmp_status != RunState.RUNNING:
-                await ctx.driver.cont(spec, idir)
+                await driver.cont(spec, idir)
             ctx.store.set_intent(entry.instance, Intent.RUN)
             return "suspend rolled back: the guest runs on"
         if obs.suspend_tag:
@@ -157,13 +162,13 @@ async def recover(ctx: Context, entry: JournalEntry, reporter: Reporter) -> str:
         # The user asked for a stop, and the guest may have had the ACPI power-off already
         # (it would then power off after this look, and read as having exited
         # unexpectedly, with intent run): finish it, bounded.
-        if running and not await ctx.driver.powerdown(spec, idir, timeout=STOP_WAIT):
+        if running and not await driver.powerdown(spec, idir, timeout=STOP_WAIT):
             return (
                 f"stop not finished: the guest did not power off within {STOP_WAIT:g} s of "
                 f"being asked again; it runs on ('ketch stop {entry.instance}' again, or "
                 "'stop --force')"
             )
-        await ctx.driver.kill(spec, idir)  # tidy pid file and socket
+        await driver.kill(spec, idir)  # tidy pid file and socket
         await mounts.end_strays(ctx, replace(spec, mounts=()))
         await guestlink.end_master(ctx.root, entry.instance)
         ctx.store.set_intent(entry.instance, Intent.STOP)

@@ -253,6 +253,7 @@ async def set_instance(
     """Change a stopped instance's cpus, memory or disk; nothing changes if refused."""
     if "." in prop:  # a snapshot's name or comment
         return set_snapshot(ctx, name, prop, value)
+    ctx.require_local(ctx.store.get(name).spec, f"changing local.{name}.{prop}")
     if prop == bridged.PROP:
         return await bridged.set_bridged(ctx, name, value, reporter)
     v = await inspect.get(ctx, name)

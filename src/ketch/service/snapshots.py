@@ -183,6 +183,7 @@ async def take(
 ) -> SnapshotResult:
     """Snapshot a stopped instance's disk."""
     v = await get(ctx, name)
+    ctx.require_local(v.record.spec, "snapshot")
     _require_stopped(v, Verb.SNAPSHOT)
     return SnapshotResult(name=name, snapshot=await _take(ctx, v, snapshot, comment, reporter))
 
@@ -237,6 +238,7 @@ async def restore(
     name, comment "Before restoring SNAP"), as Multipass offers.
     """
     v = await get(ctx, name)
+    ctx.require_local(v.record.spec, "restore")
     _require_stopped(v, Verb.RESTORE)
     meta = ctx.store.get_snapshot(name, snapshot)
     idir = ctx.root.instance(name)
@@ -267,6 +269,7 @@ def _record_restore(ctx: Context, meta: SnapshotRecord) -> None:
 async def delete(ctx: Context, name: str, snapshot: str, reporter: Reporter) -> SnapshotResult:
     """Remove a snapshot's tag (over QMP while the instance runs) and its record."""
     v = await get(ctx, name)
+    ctx.require_local(v.record.spec, "deleting a snapshot")
     require(
         v,
         Verb.DELETE_SNAPSHOT,

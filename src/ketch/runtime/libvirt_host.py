@@ -1,0 +1,192 @@
+"""The :class:`~ketch.runtime.driver.Driver` protocol on a libvirt host, over ``LibvirtDriver``.
+
+What ``launch --host NAME`` and the core verbs use for an instance whose spec's ``host`` is
+a libvirt host (``service/drivers.py`` hands it out, one per host).  The connection is
+opened at the first call that needs it and kept; a call that finds it broken closes it,
+so the next one opens it again.
+
+The ketch-side files stay in the local instance directory as for the QEMU driver (the
+seed's inputs, the pinned host key, known_hosts, the SSH master's socket); the disk and
+the seed live in the host's pool:
+
+- ``create_disk``: the base image uploaded (verified) and the instance's qcow2 overlay
+  made on it, as volumes;
+- ``start``: the first time, the seed ISO the launch wrote (``idir.seed_iso``) uploaded;
+  the domain defined from the spec (again at each boot that is not a resume, its UUID
+  kept); then ``virDomainCreate``, which restores a managed save image when there is one
+  (``resume``);
+- ``suspend``: a managed save (``docs/internals.md``, "Hosts", says why);
+  ``delete_tag("suspend")`` discards it; ``cont`` resumes paused vCPUs;
+- ``purge`` (:class:`~ketch.runtime.driver.Purges`): undefine the domain, delete its volumes.
+
+``observe`` never raises, as the protocol says: a host that cannot be asked makes an
+observation of a process whose monitor gives no answer (``derive`` shows Unknown, with
+the reason).  The disk verbs (snapshots, clone, resize, check, rebase) are the QEMU
+driver's only: each raises :class:`~ketch.errors.HostUnsupported`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+from ketch.errors import (
+    HostUnreachable,
+    HostUnsupported,
+    KetchError,
+    LibvirtFailed,
+    NotFound,
+    Timeout,
+)
+from ketch.host import qemu_img
+from ketch.layout import InstanceDir
+from ketch.model import DiskCheck, DiskInfo, InstanceSpec, Observation, PidStatus
+from ketch.progress import Reporter
+from ketch.runtime.driver import SUSPEND_TAG
+from ketch.runtime.libvirt_driver import LibvirtDriver
+from ketch.runtime.libvirt_pool import disk_name, seed_name
+
+T = TypeVar("T")
+
+
+class LibvirtHost:
+    """The Driver protocol for the instances of one libvirt host."""
+
+    name = "libvirt"
+
+    def __init__(self, host: str, uri: str, *, pool: str | None = None) -> None:
+        self.host = host
+        self.uri = uri
+        self.core = LibvirtDriver(uri) if pool is None else LibvirtDriver(uri, pool=pool)
+        self._lock = asyncio.Lock()
+
+    async def _lv(self) -> LibvirtDriver:
+        async with self._lock:
+            if not self.core.connected:
+                try:
+                    await self.core.connect()
+                    await self.core.ensure_pool()
+                except KetchError:
+                    await self._dropped()
+                    raise
+        return self.core
+
+    async def _do(self, call: Callable[[LibvirtDriver], Awaitable[T]]) -> T:
+        """``call`` on the connection; one that failed (libvirtd gone, a deadline passed)
+        is dropped, so the next call opens a new one once the host answers again."""
+        lv = await self._lv()
+        try:
+            return await call(lv)
+        except (HostUnreachable, LibvirtFailed, Timeout):
+            await self._dropped()
+            raise
+
+    async def _dropped(self) -> None:
+        """Forget a connection that failed: the next call opens a new one."""
+        with contextlib.suppress(KetchError):  # the connection is forgotten first
+            await self.core.close()
+
+    def _unsupported(self, what: str) -> NoReturn:
+        raise HostUnsupported(
+            f'{what} is not supported on libvirt hosts yet: host "{self.host}" (driver libvirt)',
+            hint="instances on the built-in host 'local' (ketch's QEMU driver) have it",
+        )
+
+    # -- the VM --------------------------------------------------------------------------
+
+    async def observe(
+        self, spec: InstanceSpec, idir: InstanceDir, *, probe_qmp: bool = True
+    ) -> Observation:
+        try:
+            return await self._do(lambda lv: lv.observe(spec))
+        except KetchError as exc:
+            why = f'host "{self.host}" could not be asked: {exc.message}'
+            return Observation(None, PidStatus.OURS, None, why, None, why, True)
+
+    async def start(
+        self, spec: InstanceSpec, idir: InstanceDir, *, accel: str, resume: bool
+    ) -> None:
+
+        async def boot(lv: LibvirtDriver) -> None:
+            # Defined again at each boot (not a resume: the saved state has its own
+            # definition), so a port changed while it was stopped is the one forwarded.
+            if not resume or not await lv.defined(spec):
+                disk = await lv.volume(disk_name(spec.name))
+                if disk is None:
+                    raise NotFound(f"instance {spec.name} has no disk volume on {self.uri}")
+                seed = await lv.volume(seed_name(spec.name))
+                if seed is None and idir.seed_iso.exists():
+                    seed = await lv.upload_seed(spec, idir.seed_iso)
+                await lv.define(spec, disk, seed)
+            await lv.start(spec)
+
+        await self._do(boot)
+
+    async def powerdown(self, spec: InstanceSpec, idir: InstanceDir, *, timeout: float) -> bool:
+        return await self._do(lambda lv: lv.powerdown(spec, timeout=timeout))
+
+    async def kill(self, spec: InstanceSpec, idir: InstanceDir) -> bool:
+        return await self._do(lambda lv: lv.kill(spec))
+
+    async def suspend(
+        self, spec: InstanceSpec, idir: InstanceDir, *, reporter: Reporter, timeout: float
+    ) -> None:
+        reporter.step(f"Saving {spec.name}'s state (libvirt managed save)")
+        await self._do(lambda lv: lv.suspend(spec, timeout=timeout))
+
+    async def cont(self, spec: InstanceSpec, idir: InstanceDir) -> None:
+        await self._do(lambda lv: lv.resume(spec))
+
+    async def settle(self, spec: InstanceSpec, idir: InstanceDir, *, timeout: float) -> None:
+        return None  # libvirt runs no block job ketch started
+
+    async def delete_tag(self, spec: InstanceSpec, idir: InstanceDir, tag: str) -> None:
+        if tag != SUSPEND_TAG:
+            self._unsupported("snapshots")
+        await self._do(lambda lv: lv.discard_saved(spec))
+
+    async def purge(self, spec: InstanceSpec, idir: InstanceDir) -> None:
+        await self._do(lambda lv: lv.purge(spec))
+
+    # -- the disk ------------------------------------------------------------------------
+
+    async def create_disk(
+        self, idir: InstanceDir, *, base: Path, base_format: str, size: int
+    ) -> None:
+        virtual = (await qemu_img.info(base)).virtual_size
+
+        async def make(lv: LibvirtDriver) -> None:
+            vol = await lv.upload_base(base, base_format)
+            await lv.create_overlay(idir.path.name, vol, base_format, max(size, virtual))
+
+        await self._do(make)
+
+    async def disk_info(self, idir: InstanceDir) -> DiskInfo:
+        self._unsupported("reading the disk")
+
+    async def grow_disk(self, idir: InstanceDir, size: int) -> None:
+        self._unsupported("growing the disk")
+
+    async def copy_disk(self, src: InstanceDir, dst: InstanceDir) -> None:
+        self._unsupported("clone")
+
+    async def check_disk(self, idir: InstanceDir, *, repair_leaks: bool = False) -> DiskCheck:
+        self._unsupported("checking the disk")
+
+    async def rebase_disk(self, idir: InstanceDir, *, base: Path, base_format: str) -> None:
+        self._unsupported("rebasing the disk")
+
+    async def disk_tags(self, idir: InstanceDir) -> tuple[str, ...]:
+        self._unsupported("snapshots")
+
+    async def create_tag(self, idir: InstanceDir, tag: str) -> None:
+        self._unsupported("snapshots")
+
+    async def apply_tag(self, idir: InstanceDir, tag: str) -> None:
+        self._unsupported("snapshots")
+
+    async def close(self) -> None:
+        await self._dropped()
