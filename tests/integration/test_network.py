@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import secrets
 import shutil
 import subprocess
@@ -22,20 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import _seed_vault
 from ketchcli import Ketch
 
 from ketch.host import procs
 from ketch.model import ImageInfo
 
 pytestmark = pytest.mark.vm
-
-
-def _seed_vault(root: Path, tiny: ImageInfo) -> None:
-    """The session's built tiny image where the daemon looks (hard links)."""
-    src = Path(tiny.disk).parent
-    dst = root / "vault" / "built" / "tiny" / src.name
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(src, dst, copy_function=os.link)
 
 
 def _root_links() -> set[str]:
