@@ -253,7 +253,7 @@ def test_an_idle_connection_and_an_unfinished_body_are_dropped(
         s.close()
     _size, text = _log_facts(daemon.log)
     assert "Traceback" not in text
-    assert daemon.get_json("/v1/instances") == (200, {"list": []})
+    assert daemon.get_json("/v1/instances") == (200, {"list": [], "hosts": 1})
 
 
 def test_when_every_connection_is_busy_a_new_one_gets_a_clean_503(
@@ -281,7 +281,7 @@ def test_when_every_connection_is_busy_a_new_one_gets_a_clean_503(
     finally:
         for s in busy:
             s.close()
-    assert daemon.get_json("/v1/instances") == (200, {"list": []})
+    assert daemon.get_json("/v1/instances") == (200, {"list": [], "hosts": 1})
 
 
 # -- item 4 ---------------------------------------------------------------------------------
@@ -305,7 +305,7 @@ def test_the_alias_bomb_is_refused_and_ketchd_memory_stays_bounded(
     assert done.returncode == 1, done.stderr
     assert "write_files contents decode to more than 16777216 bytes" in done.stderr
     assert after - before < 100 * 1024, (before, after)  # KiB; unbounded it was +600 MB
-    assert daemon.get_json("/v1/instances") == (200, {"list": []})
+    assert daemon.get_json("/v1/instances") == (200, {"list": [], "hosts": 1})
 
 
 def test_a_large_cloud_init_being_parsed_does_not_block_other_clients(
