@@ -72,7 +72,7 @@ async def start(
         resume = v.state is State.SUSPENDED
         if not resume and (v.obs.suspend_tag or v.obs.suspend_tag_disk_only):
             reporter.warn("removing a stale 'suspend' tag (it is never loaded)")
-            await _drop_tag(ctx, v, reporter)
+            await _drop_tag(ctx, v.record.spec, reporter)
         await _free_port(ctx, v, reporter)
         spec = ctx.store.get(name).spec
         if not resume:
@@ -95,7 +95,11 @@ async def start(
         ctx.store.set_intent(name, Intent.RUN)
         # The loaded state's tag goes while the guest wakes up: the wait for readiness
         # needs no monitor until its first check of QEMU, a second from now.
-        dropping = asyncio.ensure_future(_drop_resumed_tag(ctx, spec, reporter)) if resume else None
+        dropping = (
+            asyncio.ensure_future(_drop_tag(ctx, spec, reporter, " after resuming"))
+            if resume
+            else None
+        )
         try:
             await _wait_ready(
                 ctx, spec, reporter, timeout=timeout or ctx.boot_timeout, waiting_to=waiting_to,
@@ -106,13 +110,6 @@ async def start(
                 await dropping
         await mounts.activate_all(ctx, spec, reporter)
     return StartResult(name=name, resumed=resume)
-
-
-async def _drop_resumed_tag(ctx: Context, spec: InstanceSpec, reporter: Reporter) -> None:
-    try:
-        await ctx.driver_for(spec).delete_tag(spec, ctx.root.instance(spec.name), SUSPEND_TAG)
-    except KetchError as exc:
-        reporter.warn(f"could not remove the 'suspend' tag after resuming: {exc.message}")
 
 
 async def _wait_ready(
@@ -164,12 +161,12 @@ async def _free_port(ctx: Context, v: View, reporter: Reporter) -> None:
     ctx.store.set_spec(replace(spec, ssh_port=port))
 
 
-async def _drop_tag(ctx: Context, v: View, reporter: Reporter) -> None:
+async def _drop_tag(ctx: Context, spec: InstanceSpec, reporter: Reporter, when: str = "") -> None:
+    """Delete the suspend tag; a failure is a warning (``when``: said after "tag")."""
     try:
-        spec = v.record.spec
-        await ctx.driver_for(spec).delete_tag(spec, ctx.root.instance(v.name), SUSPEND_TAG)
+        await ctx.driver_for(spec).delete_tag(spec, ctx.root.instance(spec.name), SUSPEND_TAG)
     except KetchError as exc:
-        reporter.warn(f"could not remove the 'suspend' tag: {exc.message}")
+        reporter.warn(f"could not remove the 'suspend' tag{when}: {exc.message}")
 
 
 async def stop(ctx: Context, name: str, reporter: Reporter) -> NameResult:
@@ -200,7 +197,7 @@ async def stop(ctx: Context, name: str, reporter: Reporter) -> NameResult:
         ctx.store.set_intent(name, Intent.STOP)
         after = await get(ctx, name)
         if after.obs.suspend_tag or after.obs.suspend_tag_disk_only:
-            await _drop_tag(ctx, after, reporter)
+            await _drop_tag(ctx, after.record.spec, reporter)
     return NameResult(name=name)
 
 
