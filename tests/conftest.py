@@ -29,6 +29,16 @@ os.environ["KETCH_NETWORK_DEFAULT"] = "user"
 # appends to a test's id no longer takes.)
 ALONE = ("tests/integration/test_chaos.py::test_chaos_walk",)
 
+# The modules that start a libvirtd of their own hold one lock while they run
+# (tests/integration/libvirtd.py): on two workers, the second would wait for the first
+# without doing anything.  So they are one group, run by one worker, one after another.
+LIBVIRT = (
+    "test_hosts.py",
+    "test_libvirt_driver.py",
+    "test_libvirt_launch.py",
+)
+LIBVIRT_GROUP = "tests/integration/<libvirt modules>"
+
 # The longest files first, so that the two workers finish together rather than one
 # waiting on the other's last long file (docs/benchmarks.md, "CI time", has what was
 # measured; re-rank from a run's ``--durations=0`` when files grow); files not named
@@ -37,6 +47,7 @@ LONGEST_FIRST = (
     "test_chaos.py",
     "test_debian_image.py",
     "test_warm_debian.py",  # ~500 s: two debian-12 boots and a template under TCG
+    LIBVIRT_GROUP,  # test_libvirt_launch.py alone ~400 s (each test through two URIs)
     "test_mounts_native.py",
     "test_reliability2.py",
     "test_lifecycle.py",
@@ -57,11 +68,17 @@ def _alone(nodeid: str) -> bool:
     return any(nodeid.startswith(prefix) for prefix in ALONE)
 
 
+def _group(path: str) -> str:
+    """The unit of work a test file belongs to: itself, or :data:`LIBVIRT_GROUP`."""
+    in_libvirt = path.startswith("tests/integration/") and path.rsplit("/", 1)[-1] in LIBVIRT
+    return LIBVIRT_GROUP if in_libvirt else path
+
+
 def _rank(item: pytest.Item) -> tuple[int, int]:
     if _alone(item.nodeid):
         return (0, 0)
-    path = item.nodeid.split("::", 1)[0]
-    name = path.rsplit("/", 1)[-1]
+    path = _group(item.nodeid.split("::", 1)[0])
+    name = path.rsplit("/", 1)[-1] if path != LIBVIRT_GROUP else path
     if name in LONGEST_FIRST:
         return (1, LONGEST_FIRST.index(name))
     return (2, 0) if path.startswith("tests/integration/") else (3, 0)
@@ -75,14 +92,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """``--dist loadfile`` with the tests in ``ALONE`` each a file of their own."""
+    """``--dist loadfile`` with the tests in ``ALONE`` each a file of their own, and the
+    :data:`LIBVIRT` modules one group."""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
 
     class ByFile(LoadFileScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
-            return nodeid if _alone(nodeid) else str(super()._split_scope(nodeid))
+            return nodeid if _alone(nodeid) else _group(str(super()._split_scope(nodeid)))
 
     return ByFile(config, log)
 

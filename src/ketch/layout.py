@@ -89,6 +89,10 @@ KNOWN_HOSTS = "known_hosts"
 SSH_MUX_SOCKET = "ssh-mux.sock"
 SSH_MUX_PID = "ssh-mux.pid"
 SSH_MUX_LOG = "ssh-mux.log"
+# An instance on a remote libvirt host (host/ssh/jump.py): the ssh -N -L that brings the
+# guest's SSH port there to 127.0.0.1:ssh_port here, its pid in JUMP_PID, stderr JUMP_LOG.
+JUMP_PID = "ssh-jump.pid"
+JUMP_LOG = "ssh-jump.log"
 # One virtiofsd per native mount, named by the mount's tag (runtime/virtiofs.py):
 # virtiofs-<tag>.sock (its vhost-user socket, QEMU connects), .pid, .log.
 VIRTIOFS_PREFIX = "virtiofs-"
@@ -363,6 +367,14 @@ class InstanceDir(_Paths):
     @property
     def ssh_mux_log(self) -> Path:
         return self.path / SSH_MUX_LOG
+
+    @property
+    def jump_pidfile(self) -> Path:
+        return self.path / JUMP_PID
+
+    @property
+    def jump_log(self) -> Path:
+        return self.path / JUMP_LOG
 
     def virtiofs_socket(self, tag: str) -> Path:
         return self.path / f"{VIRTIOFS_PREFIX}{tag}{VIRTIOFS_SOCKET}"

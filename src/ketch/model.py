@@ -299,6 +299,9 @@ class InstanceSpec:
     networks: tuple[NetworkSpec, ...] = ()
     nics_added: int = 0  # NICs added after launch (set bridged=true): the seed's new instance-ids
     host: str = LOCAL_HOST  # the host it runs on (``ketch host``): ketch's own QEMU driver
+    # On a remote libvirt host: the port there QEMU forwards the guest's SSH from (its
+    # loopback), brought to 127.0.0.1:ssh_port here by the jump (host/ssh/jump.py); else 0.
+    host_ssh_port: int = 0
 
 
 @dataclass(frozen=True)

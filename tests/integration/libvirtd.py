@@ -30,6 +30,24 @@ LOCK = Path("/run/lock/ketch-test-libvirtd.lock")
 SOCKET = Path("/run/libvirt/libvirt-sock")
 AUTOSTART = Path("/etc/libvirt/qemu/networks/autostart")
 QEMU_CONF = Path("/etc/libvirt/qemu.conf")
+# The qemu.conf of the modules that boot domains: QEMU as root, no security driver, no
+# virtlogd (so a vault or pool under /tmp is readable, and nothing else must run).
+AS_ROOT = (
+    'user = "root"\ngroup = "root"\nsecurity_driver = "none"\n'
+    'stdio_handler = "file"\nremember_owner = 0\n'
+)
+# Seen empty by such a libvirtd (its own, under its work directory): the domains' and
+# pools' definitions, QEMU's logs, managed save images and runtime files never reach this
+# machine's /etc or /var (/etc/libvirt/qemu hides networks/ too: none is even defined).
+PRIVATE = tuple(
+    Path(p)
+    for p in (
+        "/etc/libvirt/qemu",
+        "/etc/libvirt/storage",
+        "/var/log/libvirt/qemu",
+        "/var/lib/libvirt/qemu",  # managed save images (save/), QEMU's runtime files
+    )
+)
 
 
 @contextlib.contextmanager

@@ -3,14 +3,15 @@
 The module starts its own libvirtd (:mod:`libvirtd`: private mount namespace, no network
 able to start) with a ``qemu.conf`` of its own seen by that libvirtd only: QEMU runs as
 root (so libvirt finds ``/dev/kvm``, root's 0600 here, accessible and does not re-probe
-QEMU's capabilities at each define, and reads the tiny image's kernel and the pool in a
-temporary directory), no security driver, and QEMU's output to a file (no virtlogd);
+QEMU's capabilities at each define, and reads the pool in a temporary directory), no
+security driver, and QEMU's output to a file (no virtlogd);
 and with directories of its own over the ones it keeps domains, pools and QEMU's logs
 in, so nothing it defines outlives it, even when a test fails.
 
 One instance of ketch's own ``tiny`` image goes through the driver: base image uploaded
 into ketch's pool (a temporary directory) and verified, a qcow2 disk on it, the NoCloud
-seed (with the host key ketch pins, as ``launch`` makes it) uploaded, a TCG domain
+seed (with the host key ketch pins, as ``launch`` makes it), the kernel and the initrd
+uploaded, a TCG domain
 defined and started; its guest's SSH answers on 127.0.0.1:PORT (QEMU's user networking,
 the only traffic is on loopback) with the pinned key; destroyed, it reads back as
 stopped; purged, the pool is empty.  Everything is removed even when a test fails: the
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from libvirtd import LIBVIRTD, Libvirtd, answers, exclusive, free_port, virsh
+from libvirtd import AS_ROOT, LIBVIRTD, PRIVATE, Libvirtd, answers, exclusive, free_port, virsh
 
 from ketch import cloudinit
 from ketch.host import seed
@@ -47,18 +48,6 @@ from ketch.runtime.netplan import guest_network_config, seed_instance_id
 T = TypeVar("T")
 POOL = "ketch-test-driver"
 NAME = "lvd"
-QEMU_CONF = (
-    'user = "root"\ngroup = "root"\nsecurity_driver = "none"\n'
-    'stdio_handler = "file"\nremember_owner = 0\n'
-)
-
-# Seen empty by the module's libvirtd (its own, under its work directory): the domain's and
-# the pool's definitions and QEMU's log never reach this machine's /etc or /var/log.
-# (/etc/libvirt/qemu hides networks/ too: no network is even defined.)
-PRIVATE = tuple(
-    Path(p) for p in ("/etc/libvirt/qemu", "/etc/libvirt/storage", "/var/log/libvirt/qemu")
-)
-
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not Path(LIBVIRTD).exists(),
     reason="needs root and libvirtd (libvirt-daemon-system)",
@@ -115,7 +104,7 @@ def env(tiny_image: ImageInfo) -> Iterator[Env]:
     with exclusive():  # one module with its own libvirtd at a time
         work = Path(tempfile.mkdtemp(prefix="ketch-lvd-", dir="/tmp"))
         pool = work / "pool"
-        lv = Libvirtd(work, qemu_conf=QEMU_CONF, private=PRIVATE)
+        lv = Libvirtd(work, qemu_conf=AS_ROOT, private=PRIVATE)
         loop = asyncio.new_event_loop()
         driver = LibvirtDriver("qemu:///system", pool=POOL, pool_path=str(pool))
         spec = _spec(tiny_image)
@@ -182,14 +171,18 @@ def test_a_domain_boots_and_its_ssh_answers_with_the_pinned_key(env: Env) -> Non
     print("libvirt's base volume:", virsh("vol-dumpxml", "--pool", POOL, env.base.name).stdout)
     iso = _seed(env.work, spec)
     seed_vol = env.run(d.upload_seed(spec, iso))
-    assert env.run(d.volumes()) == sorted([env.base.name, disk_name(NAME), seed_name(NAME)])
+    kernel, initrd = env.run(d.boot_files(spec))
+    assert kernel is not None and initrd is not None  # the tiny image boots its kernel
+    assert env.run(d.volumes()) == sorted(
+        [env.base.name, disk_name(NAME), seed_name(NAME), kernel.name, initrd.name]
+    )
     info = subprocess.run(
         ["qemu-img", "info", "-U", disk.path], capture_output=True, text=True, check=True
     ).stdout
     assert "file format: qcow2" in info and env.base.path in info, info
     obs = env.run(d.observe(spec))
     assert obs.pid_status is PidStatus.NONE and obs.disk_exists
-    env.run(d.define(spec, disk, seed_vol))
+    env.run(d.define(spec, disk, seed_vol, kernel=kernel, initrd=initrd))
     dumped = virsh("dumpxml", domain_name(NAME)).stdout
     assert "type='qemu'" in dumped.splitlines()[0] and f"127.0.0.1:{spec.ssh_port}-:22" in dumped
     start = time.monotonic()

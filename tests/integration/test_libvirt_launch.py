@@ -1,4 +1,12 @@
-"""``ketch launch --host`` on a libvirt host and the core verbs there (issue 20, slice 3).
+"""``ketch launch --host`` on a libvirt host and the core verbs there (issue 20).
+
+Every test runs twice, once per URI of the same libvirtd: ``qemu:///system``, and
+``qemu+ssh://root@127.0.0.1:PORT/system`` through an sshd on loopback with a key made
+here and its host key verified (:mod:`sshd`).  Through ssh nothing is shared but the
+wire: the base image, the seed, the kernel and the initrd reach the pool as uploaded
+volumes, and the guest's SSH port, which QEMU forwards on the *host's* loopback, is
+brought to ketchd's machine by the jump (``host/ssh/jump.py``), whose process the
+tests look at.
 
 The module starts its own libvirtd (:mod:`libvirtd`: private mount namespace, no network
 able to start, the ``qemu.conf`` of test_libvirt_driver.py: QEMU as root, no security
@@ -20,6 +28,7 @@ guest's SSH is QEMU's user networking on 127.0.0.1: traffic stays on loopback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -31,29 +40,17 @@ from typing import Any
 
 import pytest
 from ketchcli import Ketch
-from libvirtd import LIBVIRTD, Libvirtd, answers, exclusive, virsh
+from libvirtd import AS_ROOT, LIBVIRTD, PRIVATE, Libvirtd, answers, exclusive, virsh
+from sshd import SSHD, Sshd
 
+from ketch.host import procs
 from ketch.model import ImageInfo
 
 NAME = "lvl"
 DOMAIN = f"ketch-{NAME}"
-QEMU_CONF = (
-    'user = "root"\ngroup = "root"\nsecurity_driver = "none"\n'
-    'stdio_handler = "file"\nremember_owner = 0\n'
-)
-PRIVATE = tuple(
-    Path(p)
-    for p in (
-        "/etc/libvirt/qemu",
-        "/etc/libvirt/storage",
-        "/var/log/libvirt/qemu",
-        "/var/lib/libvirt/qemu",  # managed save images (save/), QEMU's runtime files
-    )
-)
-
 pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not Path(LIBVIRTD).exists(),
-    reason="needs root and libvirtd (libvirt-daemon-system)",
+    os.geteuid() != 0 or not Path(LIBVIRTD).exists() or not Path(SSHD).exists(),
+    reason="needs root, libvirtd (libvirt-daemon-system) and sshd (openssh-server)",
 )
 
 
@@ -73,8 +70,24 @@ def _seed_vault(root: Path, tiny: ImageInfo) -> None:
 
 
 class Env:
-    def __init__(self, k: Ketch, pool: Path, lv: Libvirtd) -> None:
-        self.k, self.pool, self.lv = k, pool, lv
+    def __init__(self, k: Ketch, pool: Path, lv: Libvirtd, uri: str, sshd: Sshd | None) -> None:
+        self.k, self.pool, self.lv, self.uri, self.sshd = k, pool, lv, uri, sshd
+        self.remote = sshd is not None
+
+    def add_host(self) -> None:
+        if self.sshd is None:
+            self.k.run("host", "add", "lv", self.uri)
+        else:
+            self.k.run(
+                "host", "add", "lv", self.uri, "--ssh-key", str(self.sshd.client_key),
+                "--known-hosts", str(self.sshd.known_hosts()),
+            )  # fmt: skip
+
+    def jump(self) -> int | None:
+        """The pid of the instance's jump (a remote host's SSH relay) while it runs."""
+        pid = procs.read_pidfile(self.k.root / "instances" / NAME / "ssh-jump.pid")
+        argv = procs.cmdline(pid) if pid is not None else None
+        return pid if argv is not None and "-L" in argv else None
 
     def info(self) -> dict[str, Any]:
         return self.k.info(NAME)
@@ -86,8 +99,8 @@ class Env:
         return sorted(line.split()[0] for line in done.stdout.splitlines() if line.strip())
 
 
-@pytest.fixture(scope="module")
-def env(tiny_image: ImageInfo) -> Iterator[Env]:
+@pytest.fixture(scope="module", params=["system", "ssh"])
+def env(request: pytest.FixtureRequest, tiny_image: ImageInfo) -> Iterator[Env]:
     with exclusive():  # one module with its own libvirtd at a time
         work = Path(tempfile.mkdtemp(prefix="ketch-lvl-", dir="/tmp"))
         root = work / "root"
@@ -95,15 +108,19 @@ def env(tiny_image: ImageInfo) -> Iterator[Env]:
         pool = work / "pool"
         pool.mkdir()
         _seed_vault(root, tiny_image)
-        lv = Libvirtd(work, qemu_conf=QEMU_CONF, private=PRIVATE)
+        lv = Libvirtd(work, qemu_conf=AS_ROOT, private=PRIVATE)
         k = Ketch(root)
+        sshd = Sshd(work) if request.param == "ssh" else None
+        uri = "qemu:///system" if sshd is None else f"qemu+ssh://root@127.0.0.1:{sshd.port}/system"
         try:
+            if sshd is not None:
+                sshd.start()
             lv.start()
             # defined (in this libvirtd's own /etc/libvirt/storage), so it outlives a restart
             virsh("pool-define-as", "ketch", "dir", "--target", str(pool))
             virsh("pool-start", "ketch")
             k.run("set", "local.accel=tcg")
-            yield Env(k, pool, lv)
+            yield Env(k, pool, lv, uri, sshd)
         finally:
             try:
                 k.teardown()
@@ -114,6 +131,8 @@ def env(tiny_image: ImageInfo) -> Iterator[Env]:
                     virsh("pool-destroy", "ketch", check=False)
                     virsh("pool-undefine", "ketch", check=False)
                 lv.stop()
+                if sshd is not None:
+                    sshd.stop()
                 shutil.rmtree(work, ignore_errors=True)
 
 
@@ -130,7 +149,7 @@ def test_an_unknown_host_is_refused(env: Env) -> None:
 
 
 def test_options_the_driver_cannot_honour_are_refused(env: Env) -> None:
-    env.k.run("host", "add", "lv", "qemu:///system")
+    env.add_host()
     for extra, what in (
         (["--forward", "8080:80"], "launch --forward"),
         (["--mount", f"{env.pool}:/mnt"], "launch --mount"),
@@ -150,6 +169,11 @@ def test_launch_on_the_libvirt_host(env: Env) -> None:
     vols = env.volumes()
     assert f"{NAME}.qcow2" in vols and f"{NAME}-seed.iso" in vols, vols
     assert any(v.startswith("base-") for v in vols), vols
+    # The direct kernel boot's files are the pool's volumes, not the local vault's.
+    assert f"{NAME}.kernel" in vols and f"{NAME}.initrd" in vols, vols
+    assert f"<kernel>{env.pool}/{NAME}.kernel</kernel>" in dumped, dumped
+    assert str(env.k.root) not in dumped
+    assert (env.jump() is not None) == env.remote
     info = env.info()
     assert info["state"] == "Running" and info["host"] == "lv", info
     assert info["inconsistencies"] == []
@@ -167,11 +191,23 @@ def test_exec_reaches_the_guest(env: Env) -> None:
     assert done.returncode == 7
 
 
+def test_a_jump_that_died_is_made_again_by_the_next_exec(env: Env) -> None:
+    if not env.remote:
+        pytest.skip("a local host's guest needs no jump")
+    pid = env.jump()
+    assert pid is not None
+    procs.terminate(pid)
+    assert env.jump() is None
+    assert env.k.exec(NAME, "hostname").strip() == NAME
+    assert env.jump() not in (None, pid)
+
+
 def test_stop_then_start_boots_afresh(env: Env) -> None:
     before = env.k.boot_id(NAME)
     env.k.run("stop", NAME)
     assert env.k.state(NAME) == "Stopped"
     assert "shut off" in virsh("domstate", DOMAIN).stdout
+    assert env.jump() is None
     env.k.run("start", NAME, timeout=900)
     assert env.k.state(NAME) == "Running"
     assert env.k.boot_id(NAME) != before
@@ -195,8 +231,10 @@ def test_restart_and_a_restarted_ketchd_see_the_same_domain(env: Env) -> None:
     assert env.k.state(NAME) == "Running"
     after = env.k.boot_id(NAME)
     assert after != before
+    jump = env.jump()
     env.k.kill_daemon()  # SIGKILL: the domain runs on; the next ketchd connects again
     assert env.k.state(NAME) == "Running" and env.k.boot_id(NAME) == after
+    assert env.jump() == jump  # a remote guest's relay outlives ketchd and is found again
     done = env.k.run("host", "remove", "lv", check=False)
     assert done.returncode == 2 and "lvl" in done.stderr, done
 
@@ -214,18 +252,38 @@ def test_a_managed_save_removed_by_hand_reads_right(env: Env) -> None:
     assert env.k.state(NAME) == "Running"
 
 
+@contextlib.contextmanager
+def squatted(port: int) -> Iterator[None]:
+    """Another program listening on 127.0.0.1:``port``."""
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen(1)
+        yield
+
+
 def test_a_port_taken_while_stopped_is_replaced_in_the_domain(env: Env) -> None:
     env.k.run("stop", NAME)
     old = env.info()["ssh"]["port"]
-    with socket.socket() as squatter:
-        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
-        squatter.bind(("127.0.0.1", old))
-        squatter.listen(1)
+    with squatted(old):
         started = env.k.run("start", NAME, timeout=900)
         assert f"port {old} is taken by another program" in started.stderr, started
         new = env.info()["ssh"]["port"]
-        assert new != old and f"127.0.0.1:{new}-:22" in virsh("dumpxml", DOMAIN).stdout
+        assert new != old
+        if not env.remote:  # QEMU listens here; on a remote host the jump does
+            assert f"127.0.0.1:{new}-:22" in virsh("dumpxml", DOMAIN).stdout
         assert env.k.exec(NAME, "hostname").strip() == NAME
+
+
+def test_a_port_taken_while_suspended_is_replaced_in_the_saved_state(env: Env) -> None:
+    before = env.k.boot_id(NAME)
+    env.k.run("suspend", NAME)
+    old = env.info()["ssh"]["port"]
+    with squatted(old):
+        resumed = env.k.run("start", NAME, timeout=900)
+        assert f"port {old} is taken by another program" in resumed.stderr, resumed
+        assert env.k.boot_id(NAME) == before  # the saved state, its definition retargeted
+        assert env.info()["ssh"]["port"] != old
 
 
 def test_libvirtd_gone_makes_the_instance_unknown_and_list_answers(env: Env) -> None:

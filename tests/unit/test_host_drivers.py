@@ -19,10 +19,12 @@ from test_store import make_spec
 from ketch.api import models as m
 from ketch.cli import output
 from ketch.errors import EXIT_FAILED, HostUnreachable, HostUnsupported, NotFound
+from ketch.host.ssh.jump import Via
 from ketch.layout import InstanceDir, Root
 from ketch.model import HostSpec, InstanceSpec, Intent, State
 from ketch.progress import ListReporter
 from ketch.runtime.driver import Driver
+from ketch.runtime.libvirt_host import LibvirtHost
 from ketch.service import delete, launch
 from ketch.service.context import Context
 from ketch.service.drivers import Drivers, refuse_launch
@@ -106,10 +108,20 @@ def test_options_the_libvirt_driver_lacks_are_refused(kw: dict[str, Any], what: 
     refuse_launch(LV, **args)  # nothing asked that it lacks
 
 
-def test_a_remote_host_is_refused_for_launch() -> None:
-    remote = HostSpec(name="big1", uri="qemu+ssh://root@big1/system", created=0.0)
-    with pytest.raises(HostUnsupported, match=r"remote libvirt host \(qemu\+ssh://\)"):
+def test_a_remote_hosts_driver_reaches_its_guests_through_the_hosts_ssh(tmp_path: Path) -> None:
+    root = Root(tmp_path)
+    store = Store(root.database)
+    try:
+        drivers = Drivers(root, store, FakeDriver())
+        remote = HostSpec(name="big1", uri="qemu+ssh://ops@big1:2222/system", created=0.0)
         refuse_launch(remote, mounts=False, networks=False, forwards=False, firmware=None)
+        made = drivers._libvirt(remote, "qemu+ssh://ops@big1:2222/system?command=x")
+        assert isinstance(made, LibvirtHost) and made.via is not None
+        assert made.via == Via(root.host_dir("big1") / "ssh", "big1", user="ops", port=2222)
+        here = drivers._libvirt(LV, "qemu:///system")
+        assert isinstance(here, LibvirtHost) and here.via is None
+    finally:
+        store.close()
 
 
 def test_verbs_the_driver_lacks_name_the_host(env: tuple[Context, Opened]) -> None:

@@ -19,10 +19,17 @@ from ketch.runtime.libvirt_xml import (
     Volumes,
     domain_name,
     domain_xml,
+    host_port,
     pool_xml,
+    with_host_port,
 )
 
-VOLUMES = Volumes(disk="/var/lib/ketch/pool/vm1.qcow2", seed="/var/lib/ketch/pool/vm1-seed.iso")
+VOLUMES = Volumes(
+    disk="/var/lib/ketch/pool/vm1.qcow2",
+    seed="/var/lib/ketch/pool/vm1-seed.iso",
+    kernel="/var/lib/ketch/pool/vm1.kernel",
+    initrd="/var/lib/ketch/pool/vm1.initrd",
+)
 UEFI = Volumes(
     disk="/p/vm1.qcow2", efi_code="/usr/share/OVMF/OVMF_CODE_4M.fd", efi_vars="/p/vm1-vars.fd"
 )
@@ -50,8 +57,9 @@ def test_a_direct_kernel_boot_on_tcg() -> None:
     assert dom.findtext("memory") == str(spec.memory // 1024) and at(dom, "memory", "unit") == "KiB"
     assert dom.findtext("vcpu") == str(spec.cpus)
     assert dom.findtext("os/type") == "hvm" and at(dom, "os/type", "machine") == "q35"
-    assert dom.findtext("os/kernel") == spec.boot.kernel
-    assert dom.findtext("os/initrd") == spec.boot.initrd
+    assert spec.boot.kernel and spec.boot.initrd  # the local files, never named to libvirt:
+    assert dom.findtext("os/kernel") == VOLUMES.kernel  # the host may be another machine
+    assert dom.findtext("os/initrd") == VOLUMES.initrd
     assert dom.findtext("os/cmdline") == spec.boot.cmdline
     assert dom.find("os/boot") is None and dom.find("os/loader") is None
     assert at(dom, "cpu", "mode") == "maximum"
@@ -93,6 +101,12 @@ def test_firmware_boots() -> None:
         domain_xml(uefi, Volumes(disk="/p/vm1.qcow2"), kvm=False)
 
 
+def test_a_direct_kernel_boot_needs_its_files_as_volumes() -> None:
+    for volumes in (Volumes(disk="/p/vm1.qcow2"), Volumes(disk="/p/d", kernel="/p/k")):
+        with pytest.raises(ValueError, match=r"kernel \(and initrd\) as volumes"):
+            domain_xml(make_spec("vm1"), volumes, kvm=False)
+
+
 def test_text_is_escaped_and_memory_has_a_floor() -> None:
     odd = replace(
         make_spec("vm1", memory=1024),
@@ -116,6 +130,26 @@ def test_user_networking_forwards_ssh_from_loopback_through_qemus_own_netdev() -
         "-device",
         f"virtio-net-pci,netdev=ketchnet0,mac={spec.mac},bus=pcie.0,addr=0x1e",
     ]
+
+
+def test_on_a_remote_host_qemu_listens_on_the_hosts_own_port() -> None:
+    spec = replace(make_spec("vm1"), host_ssh_port=40022)
+    assert host_port(spec) == 40022 != spec.ssh_port
+    text = domain_xml(spec, VOLUMES, kvm=False, user_net=True)
+    assert "hostfwd=tcp:127.0.0.1:40022-:22" in text and f":{spec.ssh_port}-" not in text
+
+
+def test_a_saved_definition_gets_the_specs_ssh_port_and_nothing_else() -> None:
+    spec = make_spec("vm1")
+    saved = domain_xml(spec, VOLUMES, kvm=False, user_net=True)
+    assert with_host_port(saved, spec) is saved  # unchanged: the very text
+    moved = replace(spec, ssh_port=spec.ssh_port + 1)
+    text = with_host_port(saved, moved)
+    assert f"hostfwd=tcp:127.0.0.1:{moved.ssh_port}-:22" in text
+    assert f":{spec.ssh_port}-:22" not in text
+    assert parse(text).findtext("os/kernel") == VOLUMES.kernel  # the rest as it was
+    plain = domain_xml(spec, VOLUMES, kvm=False)  # a libvirt network's NIC: nothing to do
+    assert with_host_port(plain, moved) is plain
 
 
 def test_a_domain_defined_again_keeps_its_uuid() -> None:

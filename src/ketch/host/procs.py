@@ -30,6 +30,13 @@ def read_pidfile(path: Path) -> int | None:
     return int(text) if text.isascii() and text.isdigit() and int(text) > 0 else None
 
 
+def write_pidfile(path: Path, pid: int) -> None:
+    """Write ``pid`` to ``path`` (0600, never through a symlink planted there)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{pid}\n")
+
+
 def cmdline(pid: int) -> list[str] | None:
     """A live process's argv, or None when it is gone (or a zombie)."""
     try:

@@ -139,6 +139,16 @@ class Purges(Protocol):
 
 
 @runtime_checkable
+class Reaches(Protocol):
+    """A driver whose guests' SSH ports need something held open to be reached from here
+    (a remote libvirt host: the jump, ``host/ssh/jump.py``)."""
+
+    async def reach(self, spec: InstanceSpec, idir: InstanceDir) -> None:
+        """Make the running guest's SSH answer on 127.0.0.1:``spec.ssh_port`` (idempotent)."""
+        ...
+
+
+@runtime_checkable
 class HostForwarding(Protocol):
     """A driver whose running VMs forward host ports into the guest (QEMU's user networking).
 

@@ -35,10 +35,17 @@ from ketch.errors import NotFound
 from ketch.host.libvirt import binding
 from ketch.model import InstanceSpec, Observation, PidStatus
 from ketch.runtime import libvirt_state
-from ketch.runtime.libvirt_pool import POOL, LibvirtPool, Volume, disk_name, seed_name
-from ketch.runtime.libvirt_xml import NAMESPACE, Volumes, domain_name, domain_xml
+from ketch.runtime.libvirt_pool import (
+    POOL,
+    LibvirtPool,
+    Volume,
+    disk_name,
+    instance_volumes,
+)
+from ketch.runtime.libvirt_xml import NAMESPACE, Volumes, domain_name, domain_xml, with_host_port
 
 UNDEFINE_FLAGS = 1 | 2 | 4 | 16  # managed save, snapshot metadata, NVRAM, checkpoints
+SAVE_IMAGE_XML_SECURE = 1  # virDomainSaveImageXMLFlags: the whole definition
 
 __all__ = ["POOL", "LibvirtDriver"]
 
@@ -78,11 +85,25 @@ class LibvirtDriver(LibvirtPool):
             )
         return dom
 
-    async def define(self, spec: InstanceSpec, disk: Volume, seed: Volume | None) -> None:
-        """Define the instance's domain (user networking, SSH on 127.0.0.1:ssh_port); an
-        instance's domain defined already is defined again from the spec now (its UUID
-        kept): the next start has the spec's SSH port, CPUs and memory."""
-        volumes = Volumes(disk=disk.path, seed=None if seed is None else seed.path)
+    async def define(
+        self,
+        spec: InstanceSpec,
+        disk: Volume,
+        seed: Volume | None,
+        *,
+        kernel: Volume | None = None,
+        initrd: Volume | None = None,
+    ) -> None:
+        """Define the instance's domain (user networking, SSH on the host's 127.0.0.1 at
+        its port); an instance's domain defined already is defined again from the spec now
+        (its UUID kept): the next start has the spec's SSH port, CPUs and memory.
+        ``kernel``, ``initrd``: the image's, as volumes (a direct kernel boot)."""
+        volumes = Volumes(
+            disk=disk.path,
+            seed=None if seed is None else seed.path,
+            kernel=None if kernel is None else kernel.path,
+            initrd=None if initrd is None else initrd.path,
+        )
 
         def define() -> None:
             dom = self._own(spec)
@@ -147,7 +168,7 @@ class LibvirtDriver(LibvirtPool):
             dom.undefineFlags(UNDEFINE_FLAGS)
 
         await self._call("undefine", undefine)
-        for name in (disk_name(spec.name), seed_name(spec.name)):
+        for name in instance_volumes(spec.name):
             await self.delete_volume(name)
         await self.prune_bases()
 
@@ -185,6 +206,24 @@ class LibvirtDriver(LibvirtPool):
             dom.resume()
 
         await self._call("resume", resume)
+
+    async def retarget_saved(self, spec: InstanceSpec) -> bool:
+        """Make the managed save's definition forward the spec's SSH port (an SSH port
+        changed while the instance was suspended); True when it had to."""
+
+        def retarget() -> bool:
+            dom = self._own(spec)
+            if dom is None or not dom.hasManagedSaveImage(0):
+                return False
+            xml = str(dom.managedSaveGetXMLDesc(SAVE_IMAGE_XML_SECURE))
+            new = with_host_port(xml, spec)
+            if new == xml:
+                return False
+            dom.managedSaveDefineXML(new, 0)
+            return True
+
+        done: bool = await self._call("managedsave-define", retarget)
+        return done
 
     async def defined(self, spec: InstanceSpec) -> bool:
         """Is the instance's own domain defined on the host?"""

@@ -11,10 +11,14 @@ the seed live in the host's pool:
 
 - ``create_disk``: the base image uploaded (verified) and the instance's qcow2 overlay
   made on it, as volumes;
-- ``start``: the first time, the seed ISO the launch wrote (``idir.seed_iso``) uploaded;
-  the domain defined from the spec (again at each boot that is not a resume, its UUID
-  kept); then ``virDomainCreate``, which restores a managed save image when there is one
-  (``resume``);
+- ``start``: the first time, the seed ISO the launch wrote (``idir.seed_iso``) and a
+  direct kernel boot's kernel and initrd uploaded; the domain defined from the spec
+  (again at each boot that is not a resume, its UUID kept); then ``virDomainCreate``,
+  which restores a managed save image when there is one (``resume``);
+- on a remote host (``via``), the guest's SSH port there brought to 127.0.0.1:``ssh_port``
+  here by the jump (:mod:`ketch.host.ssh.jump`): started by ``start`` and by
+  :meth:`~LibvirtHost.reach` (the :class:`~ketch.runtime.driver.Reaches` protocol: before
+  a client is handed the guest's address), ended by stop, suspend and purge;
 - ``suspend``: a managed save (``docs/internals.md``, "Hosts", says why);
   ``delete_tag("suspend")`` discards it; ``cont`` resumes paused vCPUs;
 - ``purge`` (:class:`~ketch.runtime.driver.Purges`): undefine the domain, delete its volumes.
@@ -42,12 +46,14 @@ from ketch.errors import (
     Timeout,
 )
 from ketch.host import qemu_img
+from ketch.host.ssh import jump
 from ketch.layout import InstanceDir
 from ketch.model import DiskCheck, DiskInfo, InstanceSpec, Observation, PidStatus
 from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG
 from ketch.runtime.libvirt_driver import LibvirtDriver
 from ketch.runtime.libvirt_pool import disk_name, seed_name
+from ketch.runtime.libvirt_xml import host_port
 
 T = TypeVar("T")
 
@@ -57,11 +63,15 @@ class LibvirtHost:
 
     name = "libvirt"
 
-    def __init__(self, host: str, uri: str, *, pool: str | None = None) -> None:
+    def __init__(
+        self, host: str, uri: str, *, pool: str | None = None, via: jump.Via | None = None
+    ) -> None:
         self.host = host
         self.uri = uri
         self.core = LibvirtDriver(uri) if pool is None else LibvirtDriver(uri, pool=pool)
+        self.via = via  # a remote host: its guests' SSH ports reached through its SSH
         self._lock = asyncio.Lock()
+        self._jumps: dict[str, asyncio.Lock] = {}
 
     async def _lv(self) -> LibvirtDriver:
         async with self._lock:
@@ -95,6 +105,28 @@ class LibvirtHost:
             hint="instances on the built-in host 'local' (ketch's QEMU driver) have it",
         )
 
+    # -- the guest's SSH port, from a remote host (host/ssh/jump.py) ---------------------
+
+    def _jump_argv(self, spec: InstanceSpec) -> list[str] | None:
+        if self.via is None:
+            return None
+        return jump.jump_argv(self.via, spec.ssh_port, host_port(spec))
+
+    async def reach(self, spec: InstanceSpec, idir: InstanceDir) -> None:
+        """Make the guest's SSH answer on 127.0.0.1:``ssh_port`` here: on a remote host,
+        the jump started unless it runs (an earlier ketchd's counts); else nothing."""
+        argv = self._jump_argv(spec)
+        if argv is None:
+            return
+        async with self._jumps.setdefault(spec.name, asyncio.Lock()):
+            if jump.running(idir.jump_pidfile, argv) is None:
+                await jump.end(idir.jump_pidfile)  # one of an earlier spec (another port)
+                await jump.start(argv, idir.jump_pidfile, idir.jump_log, spec.ssh_port)
+
+    async def _unreach(self, spec: InstanceSpec, idir: InstanceDir) -> None:
+        if self.via is not None:
+            await jump.end(idir.jump_pidfile)
+
     # -- the VM --------------------------------------------------------------------------
 
     async def observe(
@@ -120,15 +152,23 @@ class LibvirtHost:
                 seed = await lv.volume(seed_name(spec.name))
                 if seed is None and idir.seed_iso.exists():
                     seed = await lv.upload_seed(spec, idir.seed_iso)
-                await lv.define(spec, disk, seed)
+                kernel, initrd = await lv.boot_files(spec)
+                await lv.define(spec, disk, seed, kernel=kernel, initrd=initrd)
+            else:  # the saved state's definition, with an SSH port changed meanwhile
+                await lv.retarget_saved(spec)
             await lv.start(spec)
 
         await self._do(boot)
+        await self.reach(spec, idir)
 
     async def powerdown(self, spec: InstanceSpec, idir: InstanceDir, *, timeout: float) -> bool:
-        return await self._do(lambda lv: lv.powerdown(spec, timeout=timeout))
+        off = await self._do(lambda lv: lv.powerdown(spec, timeout=timeout))
+        if off:
+            await self._unreach(spec, idir)
+        return off
 
     async def kill(self, spec: InstanceSpec, idir: InstanceDir) -> bool:
+        await self._unreach(spec, idir)
         return await self._do(lambda lv: lv.kill(spec))
 
     async def suspend(
@@ -136,6 +176,7 @@ class LibvirtHost:
     ) -> None:
         reporter.step(f"Saving {spec.name}'s state (libvirt managed save)")
         await self._do(lambda lv: lv.suspend(spec, timeout=timeout))
+        await self._unreach(spec, idir)
 
     async def cont(self, spec: InstanceSpec, idir: InstanceDir) -> None:
         await self._do(lambda lv: lv.resume(spec))
@@ -149,6 +190,7 @@ class LibvirtHost:
         await self._do(lambda lv: lv.discard_saved(spec))
 
     async def purge(self, spec: InstanceSpec, idir: InstanceDir) -> None:
+        await self._unreach(spec, idir)
         await self._do(lambda lv: lv.purge(spec))
 
     # -- the disk ------------------------------------------------------------------------

@@ -67,6 +67,19 @@ def seed_name(instance: str) -> str:
     return f"{instance}-seed.iso"
 
 
+def kernel_name(instance: str) -> str:
+    return f"{instance}.kernel"
+
+
+def initrd_name(instance: str) -> str:
+    return f"{instance}.initrd"
+
+
+def instance_volumes(instance: str) -> tuple[str, ...]:
+    """Every volume of ``instance`` (its base aside, shared by the image's instances)."""
+    return (disk_name(instance), seed_name(instance), kernel_name(instance), initrd_name(instance))
+
+
 def backing_path(vol_xml: str) -> str | None:
     """The backing file a volume's XML names (None: it has none).  Pure."""
     path = ET.fromstring(vol_xml).find("backingStore/path")
@@ -267,6 +280,19 @@ class LibvirtPool:
         """The instance's NoCloud seed as a volume (replaced if there is one)."""
         await self.delete_volume(seed_name(spec.name))
         return await self.upload(seed_name(spec.name), iso)
+
+    async def boot_files(self, spec: InstanceSpec) -> tuple[Volume | None, Volume | None]:
+        """A direct kernel boot's kernel and initrd as the instance's volumes (uploaded,
+        verified, when missing); (None, None) for an image that boots from its disk."""
+        have: list[Volume | None] = []
+        for path, name in ((spec.boot.kernel, kernel_name), (spec.boot.initrd, initrd_name)):
+            vol = None
+            if path:
+                vol = await self.volume(name(spec.name))
+                if vol is None:
+                    vol = await self.upload(name(spec.name), Path(path))
+            have.append(vol)
+        return have[0], have[1]
 
     async def create_disk(
         self, spec: InstanceSpec, base: Volume, base_format: str, *, base_size: int

@@ -7,12 +7,14 @@ differs is libvirt's to decide: the domain type (``kvm`` where the host's probe 
 works, else ``qemu``, i.e. TCG), the CPU model (``host-passthrough`` on KVM,
 ``maximum`` on TCG, as the QEMU driver's ``-cpu host``/``max``), and the NIC's network (a
 libvirt network on the host, NAT by default; or, with ``user_net``, QEMU's user-mode
-networking with the guest's SSH forwarded from 127.0.0.1:``ssh_port``, exactly the QEMU
-driver's ``-netdev user,hostfwd=...``: libvirt 9.0's ``<interface type='user'>`` has no
-port forwards on its slirp backend (``<portForward>`` is passt's only), so the NIC is
-passed to QEMU through ``<qemu:commandline>``).  Disk and seed are paths on that host
-(volumes of ketch's storage pool there): :class:`Volumes`.  The pool's and its volumes'
-documents are here too (:func:`pool_xml`, :func:`volume_xml`).
+networking with the guest's SSH forwarded from the host's 127.0.0.1 (:func:`host_port`),
+as the QEMU driver's ``-netdev user,hostfwd=...``: libvirt 9.0's ``<interface
+type='user'>`` has no port forwards on its slirp backend (``<portForward>`` is passt's
+only), so the NIC is passed to QEMU through ``<qemu:commandline>``).  Disk, seed, and the
+kernel and initrd of a direct kernel boot are paths on that host (volumes of ketch's
+storage pool there, never the local vault's files: the host may be another machine):
+:class:`Volumes`.  The pool's and its volumes' documents are here too (:func:`pool_xml`,
+:func:`volume_xml`).
 
 The domain is named ``ketch-<instance>`` and carries the instance's name and instance-id
 in its ``<metadata>`` (namespace :data:`NAMESPACE`), so the driver can tell ketch's
@@ -45,6 +47,8 @@ class Volumes:
     seed: str | None = None  # the NoCloud seed (raw ISO); None once the guest needs none
     efi_code: str | None = None  # UEFI: the firmware code (read-only pflash)
     efi_vars: str | None = None  # UEFI: the instance's own variable store
+    kernel: str | None = None  # a direct kernel boot: the image's kernel, uploaded
+    initrd: str | None = None  # and its initrd
 
 
 def domain_name(instance: str) -> str:
@@ -79,7 +83,7 @@ def domain_xml(
     """The ``<domain>`` document libvirt defines the instance from (pure).
 
     ``user_net``: no libvirt network; QEMU's user networking with the guest's port 22
-    forwarded from 127.0.0.1:``spec.ssh_port`` (``network`` is then unused).  ``uuid``:
+    forwarded from 127.0.0.1:``host_port(spec)`` (``network`` is then unused).  ``uuid``:
     the defined domain's, when it is defined again (libvirt refuses another UUID).
     """
     uefi = spec.boot.kernel is None and spec.boot.firmware == "uefi"
@@ -99,9 +103,11 @@ def domain_xml(
     os_ = _sub(dom, "os")
     _sub(os_, "type", "hvm", arch="x86_64", machine="q35")
     if spec.boot.kernel:
-        _sub(os_, "kernel", spec.boot.kernel)
-        if spec.boot.initrd:
-            _sub(os_, "initrd", spec.boot.initrd)
+        if volumes.kernel is None or (spec.boot.initrd and volumes.initrd is None):
+            raise ValueError("a direct kernel boot needs the kernel (and initrd) as volumes")
+        _sub(os_, "kernel", volumes.kernel)
+        if volumes.initrd is not None:
+            _sub(os_, "initrd", volumes.initrd)
         if spec.boot.cmdline:
             _sub(os_, "cmdline", spec.boot.cmdline)
     else:
@@ -144,6 +150,12 @@ def domain_xml(
     return ET.tostring(dom, encoding="unicode") + "\n"
 
 
+def host_port(spec: InstanceSpec) -> int:
+    """The port on its host's loopback the guest's SSH is forwarded from: ``ssh_port``,
+    or on a remote host the one the jump reaches (``host_ssh_port``)."""
+    return spec.host_ssh_port or spec.ssh_port
+
+
 def user_net_args(spec: InstanceSpec) -> tuple[str, ...]:
     """QEMU's arguments for the user-mode NIC with the SSH forward (as ``host/qemu.py``'s).
 
@@ -153,10 +165,25 @@ def user_net_args(spec: InstanceSpec) -> tuple[str, ...]:
     """
     return (
         "-netdev",
-        f"user,id={USER_NETDEV},hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
+        f"user,id={USER_NETDEV},hostfwd=tcp:127.0.0.1:{host_port(spec)}-:22",
         "-device",
         f"virtio-net-pci,netdev={USER_NETDEV},mac={spec.mac},bus=pcie.0,addr={USER_NIC_SLOT}",
     )
+
+
+def with_host_port(xml: str, spec: InstanceSpec) -> str:
+    """``xml`` (a domain's, as libvirt gives it back) with its user NIC's SSH forward the
+    spec's now (:func:`host_port`); the very text when it has it already or has no such
+    NIC.  For a managed save whose port was taken meanwhile (pure)."""
+    netdev = user_net_args(spec)[1]
+    dom = ET.fromstring(xml)
+    changed = False
+    for arg in dom.iterfind(f"{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg"):
+        value = arg.get("value", "")
+        if value.startswith(f"user,id={USER_NETDEV},") and value != netdev:
+            arg.set("value", netdev)
+            changed = True
+    return ET.tostring(dom, encoding="unicode") + "\n" if changed else xml
 
 
 def pool_xml(name: str, path: str) -> str:

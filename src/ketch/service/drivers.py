@@ -6,7 +6,9 @@ context for the driver of an instance (``ctx.driver_for(spec)``), which asks thi
 registry: the QEMU driver for ``local``; for a libvirt host, its
 :class:`~ketch.runtime.libvirt_host.LibvirtHost` (made at the first call, kept, and its
 connection opened lazily, through the URI and ssh wrapper the prober uses:
-:func:`ketch.service.hosts.connect_uri`).
+:func:`ketch.service.hosts.connect_uri`; for a ``qemu+ssh://`` host, with that wrapper
+and destination as the :class:`~ketch.host.ssh.jump.Via` its guests' SSH ports are
+reached through).
 
 What the libvirt driver does not do yet is refused here, before anything is made, with
 one line naming the host and its driver (:class:`~ketch.errors.HostUnsupported`):
@@ -20,6 +22,8 @@ from collections.abc import Callable
 
 from ketch import libvirt_uri
 from ketch.errors import HostUnsupported, NotFound
+from ketch.host import libvirt_ssh
+from ketch.host.ssh.jump import Via
 from ketch.layout import Root
 from ketch.model import LOCAL_HOST, HostSpec, InstanceSpec
 from ketch.runtime.driver import Driver
@@ -29,16 +33,29 @@ from ketch.store.db import Store
 Opener = Callable[[HostSpec, str], Driver]  # (host, the URI to open) -> its driver
 
 
-def _libvirt(host: HostSpec, uri: str) -> Driver:
-    return LibvirtHost(host.name, uri)
-
-
 class Drivers:
     """The daemon's drivers: the local QEMU one, and one per libvirt host, made on first use."""
 
-    def __init__(self, root: Root, store: Store, local: Driver, opener: Opener = _libvirt) -> None:
-        self.root, self.store, self.local, self.opener = root, store, local, opener
+    def __init__(
+        self, root: Root, store: Store, local: Driver, opener: Opener | None = None
+    ) -> None:
+        self.root, self.store, self.local = root, store, local
+        self.opener: Opener = opener or self._libvirt
         self._hosts: dict[str, Driver] = {}
+
+    def _libvirt(self, host: HostSpec, uri: str) -> Driver:
+        """A libvirt host's driver; a remote one's guests reached through its SSH (the jump)."""
+        parsed = libvirt_uri.parse(host.uri)
+        via = None
+        if parsed.remote:
+            assert parsed.host is not None
+            wrapper = self.root.host_dir(host.name) / libvirt_ssh.WRAPPER
+            via = Via(wrapper, parsed.host, user=parsed.user, port=parsed.port)
+        return LibvirtHost(host.name, uri, via=via)
+
+    def remote(self, name: str) -> bool:
+        """Is host ``name`` another machine (``qemu+ssh://``)?"""
+        return name != LOCAL_HOST and libvirt_uri.parse(self.host(name).uri).remote
 
     def host(self, name: str) -> HostSpec:
         """The stored libvirt host ``name``; NotFound (exit 2) with a hint when there is none."""
@@ -87,8 +104,6 @@ def refuse_launch(
     host: HostSpec, *, mounts: bool, networks: bool, forwards: bool, firmware: str | None
 ) -> None:
     """The launch options the libvirt driver cannot honour yet, refused in one line each."""
-    if libvirt_uri.parse(host.uri).remote:
-        raise unsupported(host.name, "launch on a remote libvirt host (qemu+ssh://)")
     for given, what in (
         (mounts, "launch --mount"),
         (networks, "launch --network/--bridged"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ketch.api.models import MountPath, SshTargetReply
 from ketch.model import Verb
+from ketch.runtime.driver import Reaches
 from ketch.service import guestlink
 from ketch.service.context import Context
 from ketch.service.inspect import get, require
@@ -17,6 +18,9 @@ async def ssh_info(ctx: Context, name: str) -> SshTargetReply:
     v = await get(ctx, name)
     require(v, Verb.CONNECT, hint=f"'ketch start {name}' first")
     spec = v.record.spec
+    driver = ctx.driver_for(spec)
+    if isinstance(driver, Reaches):  # a remote host's guest: its relay made again if gone
+        await driver.reach(spec, ctx.root.instance(name))
     t = await guestlink.endpoint(ctx.root, spec)  # the managed address when reachable
     return SshTargetReply(
         name=t.name,

@@ -161,6 +161,10 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
         reporter.warn(plan.reason)
     space.require("launch", ctx.root.instances)
     idir = ctx.root.instance(name)
+    ssh_port = guestlink.free_port(ctx.store.used_ports())
+    # On a remote host QEMU listens there and the jump here (host/ssh/jump.py): two ports.
+    remote = not local and ctx.drivers is not None and ctx.drivers.remote(req.host)
+    host_ssh_port = guestlink.free_port(ctx.store.used_ports() | {ssh_port}) if remote else 0
     async with journal(ctx, name, OperationKind.LAUNCH, step="prepare", reporter=reporter) as j:
         idir.path.mkdir(parents=True, exist_ok=False)
         j.undo(guestlink.remove_tree, idir.path)
@@ -174,7 +178,7 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
             disk=disk,
             boot=boot,
             base_disk=image.disk,
-            ssh_port=guestlink.free_port(ctx.store.used_ports()),
+            ssh_port=ssh_port,
             mac=_random_mac(),
             instance_id=f"i-{uuid.uuid4().hex[:16]}",
             cloud_init=req.cloud_init,
@@ -182,6 +186,7 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
             forwards=forwards,
             networks=networks,
             host=req.host,
+            host_ssh_port=host_ssh_port,
         )
         driver = ctx.driver_for(spec)
         ctx.store.add(spec, Intent.STOP)

@@ -90,4 +90,4 @@ class InstanceTable(Tables):
             db.execute("DELETE FROM snapshot_heads WHERE instance = ?", (name,))
 
     def used_ports(self) -> set[int]:
-        return {r.spec.ssh_port for r in self.all()}
+        return {p for r in self.all() for p in (r.spec.ssh_port, r.spec.host_ssh_port) if p}

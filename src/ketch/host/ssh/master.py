@@ -243,7 +243,9 @@ async def start(
         raise HostCommandError(argv, None, str(exc)) from exc
     finally:
         os.close(fd)
-    _write_pidfile(pidfile, proc.pid)
+    from ketch.host import procs
+
+    procs.write_pidfile(pidfile, proc.pid)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -286,12 +288,6 @@ def end_stray(control: Path, pidfile: Path) -> bool:
     _remove(pidfile)
     _remove(control)
     return ended
-
-
-def _write_pidfile(path: Path, pid: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{pid}\n")
 
 
 def _tail(path: Path) -> bytes:
