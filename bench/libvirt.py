@@ -28,6 +28,10 @@ ketch-on-libvirt over ketch's QEMU driver (what a user trades by choosing a libv
 host; no goal).
 
 Usage: .venv/bin/python bench/libvirt.py [--runs N]   (root, libvirt-daemon-system)
+
+Run as a script, this file is ``libvirt`` on its own ``sys.path`` (``bench/`` comes
+first), so it must never load the libvirt binding in-process: ketchd and ``virsh``, which
+do the libvirt calls, are other processes.
 """
 
 from __future__ import annotations
