@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from libvirtd import LIBVIRTD, Libvirtd, answers, exclusive, free_port, virsh
+from libvirtd import AS_ROOT, LIBVIRTD, Libvirtd, answers, exclusive, free_port, virsh
 
 from ketch import cloudinit
 from ketch.host import seed
@@ -47,10 +47,6 @@ from ketch.runtime.netplan import guest_network_config, seed_instance_id
 T = TypeVar("T")
 POOL = "ketch-test-driver"
 NAME = "lvd"
-QEMU_CONF = (
-    'user = "root"\ngroup = "root"\nsecurity_driver = "none"\n'
-    'stdio_handler = "file"\nremember_owner = 0\n'
-)
 
 # Seen empty by the module's libvirtd (its own, under its work directory): the domain's and
 # the pool's definitions and QEMU's log never reach this machine's /etc or /var/log.
@@ -115,7 +111,7 @@ def env(tiny_image: ImageInfo) -> Iterator[Env]:
     with exclusive():  # one module with its own libvirtd at a time
         work = Path(tempfile.mkdtemp(prefix="ketch-lvd-", dir="/tmp"))
         pool = work / "pool"
-        lv = Libvirtd(work, qemu_conf=QEMU_CONF, private=PRIVATE)
+        lv = Libvirtd(work, qemu_conf=AS_ROOT, private=PRIVATE)
         loop = asyncio.new_event_loop()
         driver = LibvirtDriver("qemu:///system", pool=POOL, pool_path=str(pool))
         spec = _spec(tiny_image)

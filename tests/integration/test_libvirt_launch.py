@@ -22,54 +22,24 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from ketchcli import Ketch
-from libvirtd import LIBVIRTD, Libvirtd, answers, exclusive, virsh
+from libvirtd import LIBVIRTD, Libvirtd, ketch_on_libvirtd, virsh, volumes
 
 from ketch.model import ImageInfo
 
 NAME = "lvl"
 DOMAIN = f"ketch-{NAME}"
-QEMU_CONF = (
-    'user = "root"\ngroup = "root"\nsecurity_driver = "none"\n'
-    'stdio_handler = "file"\nremember_owner = 0\n'
-)
-PRIVATE = tuple(
-    Path(p)
-    for p in (
-        "/etc/libvirt/qemu",
-        "/etc/libvirt/storage",
-        "/var/log/libvirt/qemu",
-        "/var/lib/libvirt/qemu",  # managed save images (save/), QEMU's runtime files
-    )
-)
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not Path(LIBVIRTD).exists(),
     reason="needs root and libvirtd (libvirt-daemon-system)",
 )
-
-
-def _seed_vault(root: Path, tiny: ImageInfo) -> None:
-    """The session's built tiny image where this root's daemon looks (hard links)."""
-    src = Path(tiny.disk).parent
-    dst = root / "vault" / "built" / "tiny" / src.name
-    dst.parent.mkdir(parents=True, exist_ok=True)
-
-    def link(a: str, b: str) -> None:
-        try:
-            Path(b).hardlink_to(a)
-        except OSError:
-            shutil.copy2(a, b)
-
-    shutil.copytree(src, dst, copy_function=link)
 
 
 class Env:
@@ -80,41 +50,13 @@ class Env:
         return self.k.info(NAME)
 
     def volumes(self) -> list[str]:
-        virsh("pool-refresh", "ketch")
-        done = virsh("vol-list", "--pool", "ketch", check=False)
-        assert done.returncode == 0, done.stderr
-        return sorted(line.split()[0] for line in done.stdout.splitlines() if line.strip())
+        return volumes()
 
 
 @pytest.fixture(scope="module")
 def env(tiny_image: ImageInfo) -> Iterator[Env]:
-    with exclusive():  # one module with its own libvirtd at a time
-        work = Path(tempfile.mkdtemp(prefix="ketch-lvl-", dir="/tmp"))
-        root = work / "root"
-        root.mkdir(mode=0o700)
-        pool = work / "pool"
-        pool.mkdir()
-        _seed_vault(root, tiny_image)
-        lv = Libvirtd(work, qemu_conf=QEMU_CONF, private=PRIVATE)
-        k = Ketch(root)
-        try:
-            lv.start()
-            # defined (in this libvirtd's own /etc/libvirt/storage), so it outlives a restart
-            virsh("pool-define-as", "ketch", "dir", "--target", str(pool))
-            virsh("pool-start", "ketch")
-            k.run("set", "local.accel=tcg")
-            yield Env(k, pool, lv)
-        finally:
-            try:
-                k.teardown()
-            finally:
-                if answers():
-                    virsh("destroy", DOMAIN, check=False)
-                    virsh("undefine", DOMAIN, "--managed-save", "--nvram", check=False)
-                    virsh("pool-destroy", "ketch", check=False)
-                    virsh("pool-undefine", "ketch", check=False)
-                lv.stop()
-                shutil.rmtree(work, ignore_errors=True)
+    with ketch_on_libvirtd(tiny_image, "ketch-lvl-") as (k, pool, lv):
+        yield Env(k, pool, lv)
 
 
 def test_no_libvirt_network_runs() -> None:
@@ -246,7 +188,7 @@ def test_libvirtd_gone_makes_the_instance_unknown_and_list_answers(env: Env) -> 
 
 def test_what_the_driver_lacks_is_refused_naming_it(env: Env) -> None:
     env.k.run("stop", NAME)
-    for argv in (["snapshot", NAME], ["clone", NAME], ["set", f"local.{NAME}.cpus=2"]):
+    for argv in (["set", f"local.{NAME}.cpus=2"], ["set", f"local.{NAME}.disk=8G"]):
         done = env.k.run(*argv, check=False)
         assert done.returncode == 2, (argv, done)
         assert "not supported on libvirt hosts yet" in done.stderr, (argv, done.stderr)

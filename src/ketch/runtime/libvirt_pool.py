@@ -16,7 +16,8 @@ size), and a volume's size is its file's (``VIR_STORAGE_VOL_GET_PHYSICAL``).
 The base image's volume is named by its digest (``base-<sha256[:16]>.<fmt>``) so the
 instances of one image share it; one already in the pool is verified the same way before
 it is used again, and :meth:`~LibvirtPool.prune_bases` deletes those no volume is backed
-by any more.  Every call runs through :func:`ketch.host.libvirt.bounded`: a deadline each
+by any more.  :meth:`~LibvirtPool.copy_volume` copies a volume on the host (a clone's
+disk).  Every call runs through :func:`ketch.host.libvirt.bounded`: a deadline each
 (:data:`CALL_TIMEOUT`, and for a transfer its size at :data:`UPLOAD_RATE` more), libvirt's
 errors translated there once.
 """
@@ -288,6 +289,24 @@ class LibvirtPool:
             return Volume(name, str(vol.path()), size)
 
         made: Volume = await self._call("create-disk", make)
+        return made
+
+    async def copy_volume(self, src: str, dst: str) -> Volume:
+        """Volume ``dst``, a copy of volume ``src`` made by libvirt on the host
+        (``virStorageVolCreateXMLFrom``; the dir pool runs ``qemu-img convert``): a full
+        qcow2 of the source's current data, without a backing file (libvirt drops the
+        backing store when it converts) and without the source's internal snapshots."""
+
+        def copy() -> Volume:
+            pool = self._pool()
+            source = pool.storageVolLookupByName(src)
+            capacity = int(source.info()[1])
+            vol = pool.createXMLFrom(volume_xml(dst, capacity, "qcow2"), source, 0)
+            return Volume(dst, str(vol.path()), int(vol.infoFlags(STORAGE_VOL_GET_PHYSICAL)[2]))
+
+        source = await self.volume(src)
+        size = source.size if source is not None else 0  # none: the copy says so
+        made: Volume = await self._call("copy-volume", copy, transfer_timeout(size) * 2)
         return made
 
     def _backing_paths(self) -> set[str | None]:

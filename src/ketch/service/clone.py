@@ -7,8 +7,10 @@ of everything the source changed.  It shares no writable file with the
 source, so it survives the source's purge, and ``convert`` copies no
 internal snapshot (the ``suspend`` tag and snapshot tags stay behind).  A
 source without a backing file is copied in full (docs/internals.md says
-why).  A UEFI source's variable store is copied too, so the clone keeps its
-boot entries.
+why).  On a libvirt host the clone stays on the source's host and its disk is a volume
+libvirt copies from the source's (``createXMLFrom``): a full copy, without a backing
+file (``runtime/libvirt_host.py``).  A UEFI source's variable store is copied too, so
+the clone keeps its boot entries.
 
 The clone gets a new instance-id, hostname (its name), MAC address, SSH port
 and SSH host key: its seed ISO is rendered afresh from the source's user data.
@@ -30,8 +32,10 @@ from pathlib import Path
 from ketch import cloudinit, space
 from ketch.api.models import CloneResult
 from ketch.errors import AlreadyExists, InvalidArgument, InvalidState, KetchError
-from ketch.model import Intent, OperationKind, PidStatus, State, Verb
+from ketch.layout import InstanceDir
+from ketch.model import LOCAL_HOST, Intent, OperationKind, PidStatus, State, Verb
 from ketch.progress import Reporter
+from ketch.runtime.driver import Driver, Purges
 from ketch.service import guestlink, names
 from ketch.service.context import Context
 from ketch.service.inspect import get, require
@@ -74,6 +78,20 @@ class NameReservations:
         self._held.discard(name)
 
 
+async def _require_local_disk(
+    driver: Driver, source: str, src_dir: InstanceDir, instances: Path
+) -> None:
+    """The source's base image is there, and ``instances`` has room for the copy."""
+    disk_info = await driver.disk_info(src_dir)
+    backing = Path(disk_info.backing) if disk_info.backing else None
+    if backing is not None and not backing.exists():
+        raise KetchError(
+            f'cannot clone "{source}": its base image {backing} is missing',
+            hint="the image vault lost it; the source itself cannot start either",
+        )
+    space.require("clone", instances, size=space.allocated(src_dir.disk))
+
+
 def _random_mac() -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
 
@@ -84,7 +102,6 @@ async def clone(
     """Make ``name`` a stopped copy of the stopped instance ``source``."""
     names.validate(name)
     v = await get(ctx, source)
-    ctx.require_local(v.record.spec, "clone")
     hint = f"stop it first: 'ketch stop {source}'"
     if v.state is State.SUSPENDED:
         hint = (
@@ -108,20 +125,14 @@ async def clone(
         raise AlreadyExists(f'instance "{name}" already exists')
     src_spec = v.record.spec
     src_dir, idir = ctx.root.instance(source), ctx.root.instance(name)
+    driver = ctx.driver_for(src_spec)  # the clone's host is the source's
     user_cfg = (
         await asyncio.to_thread(cloudinit.parse_user_data, src_spec.cloud_init)
         if src_spec.cloud_init
         else None
     )
-    disk_info = await ctx.driver.disk_info(src_dir)
-    backing = Path(disk_info.backing) if disk_info.backing else None
-    if backing is not None and not backing.exists():
-        raise KetchError(
-            f'cannot clone "{source}": its base image {backing} is missing',
-            hint="the image vault lost it; the source itself cannot start either",
-        )
-
-    space.require("clone", ctx.root.instances, size=space.allocated(src_dir.disk))
+    if src_spec.host == LOCAL_HOST:  # a libvirt host's volumes are libvirt's to check
+        await _require_local_disk(driver, source, src_dir, ctx.root.instances)
     async with journal(
         ctx, name, OperationKind.CLONE, step=f"from {source}", reporter=reporter
     ) as j:
@@ -150,7 +161,9 @@ async def clone(
 
         j.step("copy-disk")
         reporter.step(f"Copying the disk of {source}")
-        await ctx.driver.copy_disk(src_dir, idir)
+        if isinstance(driver, Purges):  # the copied volume, on the host
+            j.undo(driver.purge, spec, idir)
+        await driver.copy_disk(src_dir, idir)
         src_vars = src_dir.efi_vars
         if src_vars.exists():  # a UEFI instance: its firmware's variables come along
             await asyncio.to_thread(shutil.copyfile, src_vars, idir.efi_vars)
@@ -166,9 +179,12 @@ async def recover(ctx: Context, entry: JournalEntry, reporter: Reporter) -> str:
     idir = ctx.root.instance(name)
     if ctx.store.exists(name):
         spec = ctx.store.get(name).spec
-        obs = await ctx.driver.observe(spec, idir, probe_qmp=False)
+        driver = ctx.driver_for(spec)
+        obs = await driver.observe(spec, idir, probe_qmp=False)
         if obs.pid_status is PidStatus.OURS:
             raise KetchError(f'"{name}" runs: it is not removed')
+        if isinstance(driver, Purges):  # what the clone has on its host (its disk volume)
+            await driver.purge(spec, idir)
     error = guestlink.remove_tree(idir.path)
     if error:
         raise KetchError(f"could not remove the half-made clone {idir.path}: {error}")
