@@ -100,6 +100,9 @@ def test_a_clone_has_its_own_volume_domain_and_identity(env: tuple[Ketch, Path])
     k.run("stop", NAME)
     k.run("snapshot", NAME, "--name", "keep")  # stays with the source
     (tag,) = domain_snapshots(DOMAIN)
+    elsewhere = k.run("clone", NAME, "--host", "local", check=False)
+    assert elsewhere.returncode == 2, elsewhere
+    assert f'"{NAME}" is on host "lv", not "local"' in elsewhere.stderr, elsewhere.stderr
     done = k.run("clone", NAME, "--name", CLONE)
     assert done.stdout == f"Cloned from {NAME} to {CLONE}.\n", done
     assert k.state(CLONE) == "Stopped" and k.info(CLONE)["host"] == "lv"

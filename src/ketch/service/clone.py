@@ -12,6 +12,8 @@ libvirt copies from the source's (``createXMLFrom``): a full copy, without a bac
 file (``runtime/libvirt_host.py``).  A UEFI source's variable store is copied too, so
 the clone keeps its boot entries.
 
+A clone is made on its source's host; ``--host`` naming another is refused
+(:class:`~ketch.errors.HostUnsupported`: nothing moves a disk between hosts yet).
 The clone gets a new instance-id, hostname (its name), MAC address, SSH port
 and SSH host key: its seed ISO is rendered afresh from the source's user data.
 A clone that fails half-way is removed (directory, then record, in reverse
@@ -31,9 +33,9 @@ from pathlib import Path
 
 from ketch import cloudinit, space
 from ketch.api.models import CloneResult
-from ketch.errors import AlreadyExists, InvalidArgument, InvalidState, KetchError
+from ketch.errors import AlreadyExists, HostUnsupported, InvalidArgument, InvalidState, KetchError
 from ketch.layout import InstanceDir
-from ketch.model import LOCAL_HOST, Intent, OperationKind, PidStatus, State, Verb
+from ketch.model import LOCAL_HOST, InstanceSpec, Intent, OperationKind, PidStatus, State, Verb
 from ketch.progress import Reporter
 from ketch.runtime.driver import Driver, Purges
 from ketch.service import guestlink, names
@@ -96,12 +98,32 @@ def _random_mac() -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
 
 
+def refuse_another_host(src: InstanceSpec, host: str | None) -> None:
+    """A clone is made on its source's host: ``host`` (when given) must be that one.  Pure."""
+    if host is None or host == src.host:
+        return
+    where = f'"{src.name}" is on host "{src.host}", not "{host}"'
+    raise HostUnsupported(
+        f"clone onto another host is not supported yet: {where}",
+        hint=f'clone it on host "{src.host}" (leave out --host)',
+    )
+
+
 async def clone(
-    ctx: Context, source: str, name: str, reporter: Reporter, *, mounts: bool = False
+    ctx: Context,
+    source: str,
+    name: str,
+    reporter: Reporter,
+    *,
+    mounts: bool = False,
+    host: str | None = None,
 ) -> CloneResult:
-    """Make ``name`` a stopped copy of the stopped instance ``source``."""
+    """Make ``name`` a stopped copy of the stopped instance ``source`` (on its host)."""
     names.validate(name)
     v = await get(ctx, source)
+    if host not in (None, LOCAL_HOST, v.record.spec.host) and ctx.drivers is not None:
+        ctx.drivers.host(host)  # an unknown host: NotFound, with its hint
+    refuse_another_host(v.record.spec, host)
     hint = f"stop it first: 'ketch stop {source}'"
     if v.state is State.SUSPENDED:
         hint = (
