@@ -39,7 +39,15 @@ from ketch.errors import InvalidState, NotFound
 from ketch.host.libvirt import binding
 from ketch.model import InstanceSpec, Observation, PidStatus
 from ketch.runtime import libvirt_state
-from ketch.runtime.libvirt_pool import POOL, LibvirtPool, Volume, disk_name, seed_name
+from ketch.runtime.libvirt_pool import (
+    POOL,
+    LibvirtPool,
+    Volume,
+    deleted,
+    disk_name,
+    found,
+    seed_name,
+)
 from ketch.runtime.libvirt_xml import (
     NAMESPACE,
     Volumes,
@@ -284,18 +292,11 @@ class LibvirtDriver(LibvirtPool):
         """Delete the snapshot ``name`` (metadata and disk tag); False when there is none."""
 
         def delete() -> bool:
-            libvirt = binding()
             dom = self._own(spec)
             if dom is None:
                 return False
-            try:
-                snap = dom.snapshotLookupByName(name, 0)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
-                    return False
-                raise
-            snap.delete(0)
-            return True
+            no_snapshot = binding().VIR_ERR_NO_DOMAIN_SNAPSHOT
+            return deleted(found(lambda: dom.snapshotLookupByName(name, 0), no_snapshot))
 
         done: bool = await self._call("snapshot-delete", delete)
         return done

@@ -78,6 +78,27 @@ def transfer_timeout(size: int) -> float:
     return CALL_TIMEOUT + size / UPLOAD_RATE
 
 
+def found(lookup: Callable[[], Any], missing: int) -> Any | None:
+    """What ``lookup`` finds, or None when libvirt says the error ``missing`` (no such
+    volume, snapshot ...).  Blocking."""
+    libvirt = binding()
+    try:
+        return lookup()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == missing:
+            return None
+        raise
+
+
+def deleted(found: Any | None) -> bool:
+    """Delete what a lookup found (a volume, a snapshot: ``delete(0)``); False when it found
+    nothing.  Blocking."""
+    if found is None:
+        return False
+    found.delete(0)
+    return True
+
+
 def _quietly(call: Callable[[], object]) -> None:
     """Run a clean-up call whose own libvirt error would hide the one being raised."""
     try:
@@ -159,19 +180,20 @@ class LibvirtPool:
 
         await self._call("pool", ensure)
 
+    def _lookup_volume(self, name: str) -> Any | None:
+        """The pool's volume ``name``, or None.  Blocking."""
+        no_volume = binding().VIR_ERR_NO_STORAGE_VOL
+        return found(lambda: self._pool().storageVolLookupByName(name), no_volume)
+
     async def volumes(self) -> list[str]:
         """The names of the volumes in ketch's pool."""
         return sorted(await self._call("volumes", lambda: self._pool().listVolumes()))
 
     async def volume(self, name: str) -> Volume | None:
         def look() -> Volume | None:
-            libvirt = binding()
-            try:
-                vol = self._pool().storageVolLookupByName(name)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
-                    return None
-                raise
+            vol = self._lookup_volume(name)
+            if vol is None:
+                return None
             physical = int(vol.infoFlags(STORAGE_VOL_GET_PHYSICAL)[2])  # the file's size
             return Volume(name, str(vol.path()), physical)
 
@@ -181,18 +203,7 @@ class LibvirtPool:
     async def delete_volume(self, name: str) -> bool:
         """Delete a volume of the pool; False when there was none."""
 
-        def delete() -> bool:
-            libvirt = binding()
-            try:
-                vol = self._pool().storageVolLookupByName(name)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
-                    return False
-                raise
-            vol.delete(0)
-            return True
-
-        done: bool = await self._call("delete-volume", delete)
+        done: bool = await self._call("delete-volume", lambda: deleted(self._lookup_volume(name)))
         return done
 
     def _upload(self, name: str, path: Path, size: int) -> tuple[str, str]:
