@@ -289,12 +289,16 @@ class LibvirtDriver(LibvirtPool):
         await self._call("snapshot-revert", revert)
 
     async def delete_snapshot(self, spec: InstanceSpec, name: str) -> bool:
-        """Delete the snapshot ``name`` (metadata and disk tag); False when there is none."""
+        """Delete the snapshot ``name`` (metadata and disk tag); False when there is none.
+        A shut-off domain is defined with its disk alone first, as for a take (a running
+        one's QEMU deletes it; a suspended one's definition is left as the save has it)."""
 
         def delete() -> bool:
             dom = self._own(spec)
             if dom is None:
                 return False
+            if not dom.isActive() and not dom.hasManagedSaveImage(0):  # as a take's
+                dom = self._disk_only(spec)
             no_snapshot = binding().VIR_ERR_NO_DOMAIN_SNAPSHOT
             return deleted(found(lambda: dom.snapshotLookupByName(name, 0), no_snapshot))
 
