@@ -308,16 +308,19 @@ class LibvirtPool:
         qcow2 of the source's current data, without a backing file (libvirt drops the
         backing store when it converts) and without the source's internal snapshots."""
 
+        def capacity() -> int:
+            return int(self._pool().storageVolLookupByName(src).info()[1])  # virtual size
+
+        size: int = await self._call("volume", capacity)
+
         def copy() -> Volume:
             pool = self._pool()
             source = pool.storageVolLookupByName(src)
-            capacity = int(source.info()[1])
-            vol = pool.createXMLFrom(volume_xml(dst, capacity, "qcow2"), source, 0)
+            vol = pool.createXMLFrom(volume_xml(dst, size, "qcow2"), source, 0)
             return Volume(dst, str(vol.path()), int(vol.infoFlags(STORAGE_VOL_GET_PHYSICAL)[2]))
 
-        source = await self.volume(src)
-        size = source.size if source is not None else 0  # none: the copy says so
-        made: Volume = await self._call("copy-volume", copy, transfer_timeout(size) * 2)
+        # bounded by the virtual size: the copy holds the base's data too
+        made: Volume = await self._call("copy-volume", copy, transfer_timeout(size))
         return made
 
     def _backing_paths(self) -> set[str | None]:
