@@ -48,7 +48,7 @@ from typing import Any
 from common import Bench, RawVm, arg_parser, emit, free_port, interleave, log, print_table, summary
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
-from libvirtd import AS_ROOT, PRIVATE, Libvirtd, exclusive, virsh
+from libvirtd import AS_ROOT, STATE, Libvirtd, exclusive, virsh
 
 from ketch.model import InstanceSpec
 from ketch.runtime.libvirt_xml import Volumes, domain_name, domain_xml
@@ -212,7 +212,7 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix="kbl-lv-", dir="/tmp"))
         pool = work / "pool"
         pool.mkdir()
-        lv = Libvirtd(work, qemu_conf=AS_ROOT, private=PRIVATE)
+        lv = Libvirtd(work, qemu_conf=AS_ROOT, private=STATE)
         b = Bench("kbl-")
         try:
             lv.start()

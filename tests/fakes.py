@@ -172,7 +172,7 @@ class FakeDriver(Qcow2Disks):
         self.log(spec.name, f"delete_tag:{tag}")
         vm = self.vm(spec.name)
         vm.tags.discard(tag)
-        if not vm.running and idir.disk.exists() and tag in await self.disk_tags(idir):
+        if not vm.running and idir.disk.exists() and tag in await self.disk_tags(spec, idir):
             await self.remove_tag(idir, tag)
 
 
@@ -280,17 +280,17 @@ class FaultyDriver:
         self.faults.tick("rebase_disk")
         await self.inner.rebase_disk(idir, base=base, base_format=base_format)
 
-    async def disk_tags(self, idir: InstanceDir) -> tuple[str, ...]:
+    async def disk_tags(self, spec: InstanceSpec, idir: InstanceDir) -> tuple[str, ...]:
         self.faults.tick("disk_tags")
-        return await self.inner.disk_tags(idir)
+        return await self.inner.disk_tags(spec, idir)
 
-    async def create_tag(self, idir: InstanceDir, tag: str) -> None:
+    async def create_tag(self, spec: InstanceSpec, idir: InstanceDir, tag: str) -> None:
         self.faults.tick("create_tag")
-        await self.inner.create_tag(idir, tag)
+        await self.inner.create_tag(spec, idir, tag)
 
-    async def apply_tag(self, idir: InstanceDir, tag: str) -> None:
+    async def apply_tag(self, spec: InstanceSpec, idir: InstanceDir, tag: str) -> None:
         self.faults.tick("apply_tag")
-        await self.inner.apply_tag(idir, tag)
+        await self.inner.apply_tag(spec, idir, tag)
 
 
 class FaultyReporter(ListReporter):

@@ -1,6 +1,7 @@
 """A libvirtd for the integration tests, started by hand, with no network able to start.
 
-Shared by test_hosts.py and test_libvirt_driver.py.  ``libvirtd`` (Debian's, no systemd
+Shared by test_hosts.py, test_libvirt_driver.py, test_libvirt_launch.py and
+test_libvirt_snapshots.py.  ``libvirtd`` (Debian's, no systemd
 here) runs in the foreground with a config and pid file of its own (``libvirtd -f CONF -p
 PIDFILE``), in a private mount namespace in which ``/etc/libvirt/qemu/networks/autostart``
 is an empty directory, so no libvirt network can start (no virbr0, no dnsmasq in this
@@ -8,7 +9,9 @@ machine's namespace); optionally with a ``qemu.conf`` of the test's bind-mounted
 ``/etc/libvirt/qemu.conf`` in that namespace only, and directories of its own over the
 ones it keeps definitions and logs in (``private``).  It answers on ``qemu:///system``.
 :data:`LOCK` serialises the modules that start one; a libvirtd a module did not start is
-never touched.
+never touched.  :func:`ketch_on_libvirtd` is the fixture body of the modules that run a
+ketchd with a libvirt host (``launch --host``): their own libvirtd, a ``dir`` pool named
+``ketch`` in a temporary directory, a storage root with the tiny image.
 """
 
 from __future__ import annotations
@@ -19,11 +22,16 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import _seed_vault
+from ketchcli import Ketch
+
+from ketch.model import ImageInfo
 
 LIBVIRTD = shutil.which("libvirtd") or "/usr/sbin/libvirtd"
 LOCK = Path("/run/lock/ketch-test-libvirtd.lock")
@@ -36,16 +44,15 @@ AS_ROOT = (
     'user = "root"\ngroup = "root"\nsecurity_driver = "none"\n'
     'stdio_handler = "file"\nremember_owner = 0\n'
 )
-# Seen empty by such a libvirtd (its own, under its work directory): the domains' and
-# pools' definitions, QEMU's logs, managed save images and runtime files never reach this
-# machine's /etc or /var (/etc/libvirt/qemu hides networks/ too: none is even defined).
-PRIVATE = tuple(
+# What such a libvirtd sees empty and keeps for itself: domain and pool definitions, QEMU's
+# logs, and /var/lib/libvirt/qemu (managed save images, snapshot metadata, runtime files).
+STATE = tuple(
     Path(p)
     for p in (
         "/etc/libvirt/qemu",
         "/etc/libvirt/storage",
         "/var/log/libvirt/qemu",
-        "/var/lib/libvirt/qemu",  # managed save images (save/), QEMU's runtime files
+        "/var/lib/libvirt/qemu",
     )
 )
 
@@ -151,3 +158,48 @@ class Libvirtd:
         if self.log.exists():
             text += self.log.read_text(errors="replace")
         return text[-3000:]
+
+
+def volumes(pool: str = "ketch") -> list[str]:
+    """The names of the pool's volumes, as libvirt lists them (after a refresh)."""
+    virsh("pool-refresh", pool)
+    done = virsh("vol-list", "--pool", pool, check=False)
+    assert done.returncode == 0, done.stderr
+    return sorted(line.split()[0] for line in done.stdout.splitlines() if line.strip())
+
+
+@contextlib.contextmanager
+def ketch_on_libvirtd(tiny: ImageInfo, prefix: str) -> Iterator[tuple[Ketch, Path, Libvirtd]]:
+    """A libvirtd of the module's own (:data:`AS_ROOT`, :data:`STATE`) with the pool
+    ``ketch`` in a temporary directory (defined in that libvirtd's private configuration,
+    so it outlives a restart of it), and a ketchd on a root of its own with the tiny image,
+    TCG: ``(ketch, the pool's directory, the libvirtd)``.  Every domain left is undefined
+    at the end (the libvirtd's definitions are its own)."""
+    with exclusive():  # one module with its own libvirtd at a time
+        work = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+        root = work / "root"
+        root.mkdir(mode=0o700)
+        pool = work / "pool"
+        pool.mkdir()
+        _seed_vault(root, tiny)
+        lv = Libvirtd(work, qemu_conf=AS_ROOT, private=STATE)
+        k = Ketch(root)
+        try:
+            lv.start()
+            virsh("pool-define-as", "ketch", "dir", "--target", str(pool))
+            virsh("pool-start", "ketch")
+            k.run("set", "local.accel=tcg")
+            yield k, pool, lv
+        finally:
+            try:
+                k.teardown()
+            finally:
+                if answers():
+                    for dom in virsh("list", "--all", "--name", check=False).stdout.split():
+                        virsh("destroy", dom, check=False)
+                        virsh("undefine", dom, "--managed-save", "--nvram",
+                              "--snapshots-metadata", check=False)  # fmt: skip
+                    virsh("pool-destroy", "ketch", check=False)
+                    virsh("pool-undefine", "ketch", check=False)
+                lv.stop()
+                shutil.rmtree(work, ignore_errors=True)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from libvirtd import AS_ROOT, LIBVIRTD, PRIVATE, Libvirtd, answers, exclusive, free_port, virsh
+from libvirtd import AS_ROOT, LIBVIRTD, STATE, Libvirtd, answers, exclusive, free_port, virsh
 
 from ketch import cloudinit
 from ketch.host import seed
@@ -104,7 +104,7 @@ def env(tiny_image: ImageInfo) -> Iterator[Env]:
     with exclusive():  # one module with its own libvirtd at a time
         work = Path(tempfile.mkdtemp(prefix="ketch-lvd-", dir="/tmp"))
         pool = work / "pool"
-        lv = Libvirtd(work, qemu_conf=AS_ROOT, private=PRIVATE)
+        lv = Libvirtd(work, qemu_conf=AS_ROOT, private=STATE)
         loop = asyncio.new_event_loop()
         driver = LibvirtDriver("qemu:///system", pool=POOL, pool_path=str(pool))
         spec = _spec(tiny_image)

@@ -15,7 +15,7 @@ managed save images, so nothing it makes outlives it), a ``dir`` pool named
 ``ketch`` in a temporary directory (the one the driver uses: found, not made; defined in
 that libvirtd's private configuration, so it outlives a restart of it), and a
 ketchd on a root of its own with the tiny image.  Through the real CLI:
-``host add lv qemu:///system``; ``launch --host lv``; ``exec``; stop/start and restart
+``host add lv URI``; ``launch --host lv``; ``exec``; stop/start and restart
 (boot id changes); suspend/resume (a managed save; boot id kept); a ketchd killed and
 started again; libvirtd stopped (the instance Unknown with the reason, ``list``
 answering) and started again (Running, the connection opened again); the managed save
@@ -23,7 +23,8 @@ removed by hand with virsh (the seed scenario); the
 refusals; an SSH port taken while it was stopped (the domain is defined again with the
 new one); ``stop --force``; delete/recover; ``delete --purge`` (domain and volumes
 gone, checked with virsh).  The
-guest's SSH is QEMU's user networking on 127.0.0.1: traffic stays on loopback.
+guest's SSH is QEMU's user networking on (the host's) 127.0.0.1: traffic stays on
+loopback.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from typing import Any
 
 import pytest
 from ketchcli import Ketch
-from libvirtd import AS_ROOT, LIBVIRTD, PRIVATE, Libvirtd, answers, exclusive, virsh
+from libvirtd import LIBVIRTD, Libvirtd, ketch_on_libvirtd, virsh, volumes
 from sshd import SSHD, Sshd
 
 from ketch.host import procs
@@ -52,21 +53,6 @@ pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not Path(LIBVIRTD).exists() or not Path(SSHD).exists(),
     reason="needs root, libvirtd (libvirt-daemon-system) and sshd (openssh-server)",
 )
-
-
-def _seed_vault(root: Path, tiny: ImageInfo) -> None:
-    """The session's built tiny image where this root's daemon looks (hard links)."""
-    src = Path(tiny.disk).parent
-    dst = root / "vault" / "built" / "tiny" / src.name
-    dst.parent.mkdir(parents=True, exist_ok=True)
-
-    def link(a: str, b: str) -> None:
-        try:
-            Path(b).hardlink_to(a)
-        except OSError:
-            shutil.copy2(a, b)
-
-    shutil.copytree(src, dst, copy_function=link)
 
 
 class Env:
@@ -93,47 +79,23 @@ class Env:
         return self.k.info(NAME)
 
     def volumes(self) -> list[str]:
-        virsh("pool-refresh", "ketch")
-        done = virsh("vol-list", "--pool", "ketch", check=False)
-        assert done.returncode == 0, done.stderr
-        return sorted(line.split()[0] for line in done.stdout.splitlines() if line.strip())
+        return volumes()
 
 
 @pytest.fixture(scope="module", params=["system", "ssh"])
 def env(request: pytest.FixtureRequest, tiny_image: ImageInfo) -> Iterator[Env]:
-    with exclusive():  # one module with its own libvirtd at a time
-        work = Path(tempfile.mkdtemp(prefix="ketch-lvl-", dir="/tmp"))
-        root = work / "root"
-        root.mkdir(mode=0o700)
-        pool = work / "pool"
-        pool.mkdir()
-        _seed_vault(root, tiny_image)
-        lv = Libvirtd(work, qemu_conf=AS_ROOT, private=PRIVATE)
-        k = Ketch(root)
-        sshd = Sshd(work) if request.param == "ssh" else None
-        uri = "qemu:///system" if sshd is None else f"qemu+ssh://root@127.0.0.1:{sshd.port}/system"
-        try:
-            if sshd is not None:
-                sshd.start()
-            lv.start()
-            # defined (in this libvirtd's own /etc/libvirt/storage), so it outlives a restart
-            virsh("pool-define-as", "ketch", "dir", "--target", str(pool))
-            virsh("pool-start", "ketch")
-            k.run("set", "local.accel=tcg")
-            yield Env(k, pool, lv, uri, sshd)
-        finally:
-            try:
-                k.teardown()
-            finally:
-                if answers():
-                    virsh("destroy", DOMAIN, check=False)
-                    virsh("undefine", DOMAIN, "--managed-save", "--nvram", check=False)
-                    virsh("pool-destroy", "ketch", check=False)
-                    virsh("pool-undefine", "ketch", check=False)
-                lv.stop()
-                if sshd is not None:
-                    sshd.stop()
-                shutil.rmtree(work, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        sshd = None
+        uri = "qemu:///system"
+        if request.param == "ssh":  # up before ketchd and down after it: its purges use it
+            work = Path(tempfile.mkdtemp(prefix="ketch-lvl-sshd-", dir="/tmp"))
+            stack.callback(shutil.rmtree, work, ignore_errors=True)
+            sshd = Sshd(work)
+            sshd.start()
+            stack.callback(sshd.stop)
+            uri = f"qemu+ssh://root@127.0.0.1:{sshd.port}/system"
+        k, pool, lv = stack.enter_context(ketch_on_libvirtd(tiny_image, "ketch-lvl-"))
+        yield Env(k, pool, lv, uri, sshd)
 
 
 def test_no_libvirt_network_runs() -> None:
@@ -304,7 +266,7 @@ def test_libvirtd_gone_makes_the_instance_unknown_and_list_answers(env: Env) -> 
 
 def test_what_the_driver_lacks_is_refused_naming_it(env: Env) -> None:
     env.k.run("stop", NAME)
-    for argv in (["snapshot", NAME], ["clone", NAME], ["set", f"local.{NAME}.cpus=2"]):
+    for argv in (["set", f"local.{NAME}.cpus=2"], ["set", f"local.{NAME}.disk=8G"]):
         done = env.k.run(*argv, check=False)
         assert done.returncode == 2, (argv, done)
         assert "not supported on libvirt hosts yet" in done.stderr, (argv, done.stderr)

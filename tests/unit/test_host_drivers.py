@@ -25,7 +25,7 @@ from ketch.model import HostSpec, InstanceSpec, Intent, State
 from ketch.progress import ListReporter
 from ketch.runtime.driver import Driver
 from ketch.runtime.libvirt_host import LibvirtHost
-from ketch.service import delete, launch
+from ketch.service import clone, delete, launch
 from ketch.service.context import Context
 from ketch.service.drivers import Drivers, refuse_launch
 from ketch.store.db import Store
@@ -126,13 +126,32 @@ def test_a_remote_hosts_driver_reaches_its_guests_through_the_hosts_ssh(tmp_path
 
 def test_verbs_the_driver_lacks_name_the_host(env: tuple[Context, Opened]) -> None:
     ctx, _ = env
-    ctx.require_local(make_spec("a"), "snapshot")  # local: fine
+    ctx.require_local(make_spec("a"), "mount")  # local: fine
     with pytest.raises(HostUnsupported) as err:
-        ctx.require_local(make_spec("b", host="lv"), "snapshot")
+        ctx.require_local(make_spec("b", host="lv"), "mount")
     assert err.value.code == "host-unsupported"
     assert err.value.message == (
-        'snapshot is not supported on libvirt hosts yet: "b" is on host "lv" (driver libvirt)'
+        'mount is not supported on libvirt hosts yet: "b" is on host "lv" (driver libvirt)'
     )
+
+
+def test_a_clone_stays_on_its_sources_host(env: tuple[Context, Opened]) -> None:
+    for spec, host in ((make_spec("a"), None), (make_spec("a"), "local"),
+                       (make_spec("b", host="lv"), "lv")):  # fmt: skip
+        clone.refuse_another_host(spec, host)
+    for spec, host in ((make_spec("a"), "lv"), (make_spec("b", host="lv"), "local")):
+        with pytest.raises(HostUnsupported) as err:
+            clone.refuse_another_host(spec, host)
+        assert err.value.message == (
+            "clone onto another host is not supported yet: "
+            f'"{spec.name}" is on host "{spec.host}", not "{host}"'
+        )
+        assert err.value.exit_code == EXIT_FAILED
+    ctx, _ = env
+    ctx.store.add(make_spec("a"), Intent.STOP)
+    with pytest.raises(NotFound, match='host "nope" does not exist'):
+        asyncio.run(clone.clone(ctx, "a", "a2", ListReporter(), host="nope"))
+    assert not ctx.store.exists("a2")
 
 
 class Unanswered(FakeDriver):

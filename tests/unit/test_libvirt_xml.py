@@ -21,6 +21,7 @@ from ketch.runtime.libvirt_xml import (
     domain_xml,
     host_port,
     pool_xml,
+    snapshot_xml,
     with_host_port,
 )
 
@@ -166,6 +167,17 @@ def test_the_pool_document() -> None:
     assert pool.findtext("target/path") == "/var/lib/libvirt/ketch"
 
 
+def test_a_snapshot_is_an_internal_one_of_the_disk_without_memory() -> None:
+    snap = parse(snapshot_xml("ketch-snap-0123abcd"))
+    assert snap.tag == "domainsnapshot" and snap.findtext("name") == "ketch-snap-0123abcd"
+    assert at(snap, "memory", "snapshot") == "no"
+    (disk,) = snap.findall("disks/disk")
+    assert (disk.get("name"), disk.get("snapshot")) == ("vda", "internal")
+    # the disk it names is the domain's qcow2 disk
+    dom = parse(domain_xml(make_spec("vm1"), VOLUMES, kvm=False))
+    assert disk_of(dom.findall("devices/disk")[0])[1:] == ("qcow2", "vda")
+
+
 def test_the_same_spec_gives_the_same_document() -> None:
     assert domain_xml(make_spec("vm1"), VOLUMES, kvm=True) == domain_xml(
         make_spec("vm1"), VOLUMES, kvm=True
@@ -175,7 +187,9 @@ def test_the_same_spec_gives_the_same_document() -> None:
 @pytest.mark.skipif(
     shutil.which("virt-xml-validate") is None, reason="libvirt-clients not installed"
 )
-@pytest.mark.parametrize("case", ["kernel-tcg", "kernel-kvm", "bios", "uefi", "user-net"])
+@pytest.mark.parametrize(
+    "case", ["kernel-tcg", "kernel-kvm", "bios", "uefi", "user-net", "snapshot"]
+)
 def test_libvirts_schema_takes_it(tmp_path: Path, case: str) -> None:
     spec = make_spec("vm1")
     text = {
@@ -184,10 +198,12 @@ def test_libvirts_schema_takes_it(tmp_path: Path, case: str) -> None:
         "bios": lambda: domain_xml(replace(spec, boot=BootSpec()), VOLUMES, kvm=False),
         "uefi": lambda: domain_xml(replace(spec, boot=BootSpec(firmware="uefi")), UEFI, kvm=True),
         "user-net": lambda: domain_xml(spec, VOLUMES, kvm=False, user_net=True),
+        "snapshot": lambda: snapshot_xml("ketch-snap-0123abcd"),
     }[case]()
-    path = tmp_path / "domain.xml"
+    path = tmp_path / "document.xml"
     path.write_text(text)
+    schema = "domainsnapshot" if case == "snapshot" else "domain"
     done = subprocess.run(
-        ["virt-xml-validate", str(path), "domain"], capture_output=True, text=True, timeout=60
+        ["virt-xml-validate", str(path), schema], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -17,6 +17,7 @@ import pytest
 
 from ketch.errors import HostCommandError
 from ketch.layout import InstanceDir
+from ketch.model import BootSpec, InstanceSpec
 from ketch.runtime.driver import Driver
 from ketch.runtime.qemu_driver import QemuDriver
 
@@ -28,6 +29,11 @@ pytestmark = pytest.mark.skipif(
 MiB = 1024**2
 QEMU = QemuDriver()
 DRIVER: Driver = QEMU  # every call below goes through the protocol but remove_tag
+SPEC = InstanceSpec(  # the tag methods' spec: the QEMU driver's disks need only the directory
+    name="vm", image="tiny", image_id="ketch:tiny@1", release="ketch tiny", cpus=1,
+    memory=512 * MiB, disk=64 * MiB, boot=BootSpec(), base_disk="/nonexistent/base.qcow2",
+    ssh_port=42001, mac="52:54:00:00:00:01", instance_id="i-vm",
+)  # fmt: skip
 
 
 def qi(*args: str) -> str:
@@ -83,22 +89,22 @@ def test_tags_are_taken_listed_applied_and_removed(tmp_path: Path, base: Path) -
     idir = instance(tmp_path, "vm")
     asyncio.run(DRIVER.create_disk(idir, base=base, base_format="qcow2", size=64 * MiB))
     qio(idir.disk, "write -P 0x11 1M 64k")
-    asyncio.run(DRIVER.create_tag(idir, "ketch-snap-one"))
+    asyncio.run(DRIVER.create_tag(SPEC, idir, "ketch-snap-one"))
     qio(idir.disk, "write -P 0x22 1M 64k")
-    assert asyncio.run(DRIVER.disk_tags(idir)) == ("ketch-snap-one",)
-    asyncio.run(DRIVER.apply_tag(idir, "ketch-snap-one"))
+    assert asyncio.run(DRIVER.disk_tags(SPEC, idir)) == ("ketch-snap-one",)
+    asyncio.run(DRIVER.apply_tag(SPEC, idir, "ketch-snap-one"))
     assert "pattern verification failed" not in qio(idir.disk, "read -P 0x11 1M 64k")
     asyncio.run(QEMU.remove_tag(idir, "ketch-snap-one"))  # delete_tag's way while stopped
-    assert asyncio.run(DRIVER.disk_tags(idir)) == ()
+    assert asyncio.run(DRIVER.disk_tags(SPEC, idir)) == ()
     with pytest.raises(HostCommandError):
-        asyncio.run(DRIVER.apply_tag(idir, "ketch-snap-one"))
+        asyncio.run(DRIVER.apply_tag(SPEC, idir, "ketch-snap-one"))
 
 
 def test_a_copy_shares_only_the_base_and_no_tags(tmp_path: Path, base: Path) -> None:
     src, dst = instance(tmp_path, "src"), instance(tmp_path, "dst")
     asyncio.run(DRIVER.create_disk(src, base=base, base_format="qcow2", size=64 * MiB))
     qio(src.disk, "write -P 0x33 2M 64k")
-    asyncio.run(DRIVER.create_tag(src, "ketch-snap-x"))
+    asyncio.run(DRIVER.create_tag(SPEC, src, "ketch-snap-x"))
     asyncio.run(DRIVER.copy_disk(src, dst))
     copied = asyncio.run(DRIVER.disk_info(dst))
     assert copied.backing == str(base) and copied.backing_format == "qcow2"

@@ -53,6 +53,7 @@ class DeleteBody(Body):
 class CloneBody(Body):
     name: Name | None = None
     mounts: bool = False  # also copy the source's mounts (Multipass does not)
+    host: Name | None = None  # the clone's host: the source's (another one is refused)
 
 
 class NamesQuery(Body):

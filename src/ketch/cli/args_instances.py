@@ -118,3 +118,6 @@ def declare(v: Verbs) -> None:
     sp.add_argument(
         "--mounts", action="store_true", help="also copy the source's mounts (Multipass does not)"
     )
+    sp.add_argument(
+        "--host", metavar="NAME", help="the clone's host: the source's (the default and only one)"
+    )

@@ -82,7 +82,7 @@ def _check_restorable(instance: str, snapshot: str) -> None:
 def cmd_clone(args: argparse.Namespace) -> int:
     from ketch.api import models as m
 
-    body = m.CloneBody(name=args.name or None, mounts=args.mounts)
+    body = m.CloneBody(name=args.name or None, mounts=args.mounts, host=args.host)
     result = stream(routes.CLONE, body, name=args.source)
     print(f"Cloned from {args.source} to {result.name}.")
     return 0

@@ -294,7 +294,9 @@ class Api(OperationRoutes, AuthRoutes, TunnelRoutes, WatchRoutes, DashboardRoute
 
         async def op(rep: QueueReporter) -> m.CloneResult:
             try:
-                return await clone_uc.clone(self.ctx, source, new, rep, mounts=call.body.mounts)
+                return await clone_uc.clone(
+                    self.ctx, source, new, rep, mounts=call.body.mounts, host=call.body.host
+                )
             finally:
                 self.clone_names.release(new)
 

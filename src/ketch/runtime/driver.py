@@ -115,15 +115,15 @@ class Driver(Protocol):
         """Point the disk at another copy of the same base image (no data is copied)."""
         ...
 
-    async def disk_tags(self, idir: InstanceDir) -> tuple[str, ...]:
+    async def disk_tags(self, spec: InstanceSpec, idir: InstanceDir) -> tuple[str, ...]:
         """The disk's internal snapshot tags (also while its VM holds it)."""
         ...
 
-    async def create_tag(self, idir: InstanceDir, tag: str) -> None:
+    async def create_tag(self, spec: InstanceSpec, idir: InstanceDir, tag: str) -> None:
         """Take an internal snapshot of the disk under ``tag``."""
         ...
 
-    async def apply_tag(self, idir: InstanceDir, tag: str) -> None:
+    async def apply_tag(self, spec: InstanceSpec, idir: InstanceDir, tag: str) -> None:
         """Bring the disk (its size included) back to the internal snapshot ``tag``."""
         ...
 

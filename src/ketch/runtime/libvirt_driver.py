@@ -17,6 +17,10 @@ protocol on top of it, for ``launch --host``).  On one connection to the host's 
   **managed save** (``virDomainManagedSave``: libvirt writes the state beside the disk and
   the next start restores it), its saved state discarded (``managedSaveRemove``), its
   paused vCPUs resumed;
+- **snapshots**: libvirt's domain snapshots of the shut-off domain, internal qcow2
+  snapshots of its disk volume (libvirt runs ``qemu-img snapshot`` on the host), named by
+  ketch's tags: taken and reverted with the domain defined (again) with its disk volume
+  alone (the raw seed ISO is not a disk libvirt snapshots), listed and deleted;
 - **the state**: ``virDomainGetState`` and the managed save image, made the same
   :class:`~ketch.model.Observation` the QEMU driver gives (:mod:`.libvirt_state`), so
   :func:`~ketch.runtime.derive.derive` is the same for both.
@@ -31,7 +35,7 @@ import asyncio
 import time
 from typing import Any
 
-from ketch.errors import NotFound
+from ketch.errors import InvalidState, NotFound
 from ketch.host.libvirt import binding
 from ketch.model import InstanceSpec, Observation, PidStatus
 from ketch.runtime import libvirt_state
@@ -39,10 +43,21 @@ from ketch.runtime.libvirt_pool import (
     POOL,
     LibvirtPool,
     Volume,
+    deleted,
     disk_name,
+    found,
+    initrd_name,
     instance_volumes,
+    kernel_name,
 )
-from ketch.runtime.libvirt_xml import NAMESPACE, Volumes, domain_name, domain_xml, with_host_port
+from ketch.runtime.libvirt_xml import (
+    NAMESPACE,
+    Volumes,
+    domain_name,
+    domain_xml,
+    snapshot_xml,
+    with_host_port,
+)
 
 UNDEFINE_FLAGS = 1 | 2 | 4 | 16  # managed save, snapshot metadata, NVRAM, checkpoints
 SAVE_IMAGE_XML_SECURE = 1  # virDomainSaveImageXMLFlags: the whole definition
@@ -262,3 +277,80 @@ class LibvirtDriver(LibvirtPool):
 
         obs: Observation = await self._call("state", look)
         return obs
+
+    # -- snapshots: internal ones of the shut-off domain's disk volume -------------------
+
+    def _disk_only(self, spec: InstanceSpec) -> Any:
+        """The instance's shut-off domain, defined (again, its UUID kept) with its disk
+        volume alone: libvirt's inactive internal snapshot runs ``qemu-img snapshot`` on
+        each of the domain's disks, and the seed is a raw ISO.  The next boot defines it
+        from the spec again, seed included.  A direct kernel boot's kernel and initrd (not
+        disks) stay named: the callers make sure of their volumes first (``boot_files``).
+        Blocking."""
+        dom = self._own(spec)
+        if dom is not None and dom.isActive():
+            said = f"instance {spec.name}'s domain runs on {self.uri}"
+            raise InvalidState(spec.name, "running", ["stopped"], message=said)
+        pool = self._pool()
+        disk = pool.storageVolLookupByName(disk_name(spec.name))
+        uuid = None if dom is None else str(dom.UUIDString())
+        boot = {
+            key: str(pool.storageVolLookupByName(name(spec.name)).path())
+            for key, name, path in (
+                ("kernel", kernel_name, spec.boot.kernel),
+                ("initrd", initrd_name, spec.boot.initrd),
+            )
+            if path
+        }
+        volumes = Volumes(disk=str(disk.path()), **boot)
+        xml = domain_xml(spec, volumes, kvm=self.kvm, user_net=True, uuid=uuid)
+        return self.conn.defineXML(xml)
+
+    async def snapshot_names(self, spec: InstanceSpec) -> tuple[str, ...]:
+        """The names of the domain's snapshots (none when it has no domain)."""
+
+        def names() -> tuple[str, ...]:
+            dom = self._own(spec)
+            if dom is None:
+                return ()
+            return tuple(str(snap.getName()) for snap in dom.listAllSnapshots(0))
+
+        found: tuple[str, ...] = await self._call("snapshot-list", names)
+        return found
+
+    async def create_snapshot(self, spec: InstanceSpec, name: str) -> None:
+        """Take the internal snapshot ``name`` of the shut-off domain's disk."""
+
+        def create() -> None:
+            self._disk_only(spec).snapshotCreateXML(snapshot_xml(name), 0)
+
+        await self.boot_files(spec)  # named by the definition _disk_only makes
+        await self._call("snapshot-create", create)
+
+    async def revert_snapshot(self, spec: InstanceSpec, name: str) -> None:
+        """Bring the shut-off domain's disk back to its snapshot ``name``."""
+
+        def revert() -> None:
+            dom = self._disk_only(spec)
+            dom.revertToSnapshot(dom.snapshotLookupByName(name, 0), 0)
+
+        await self.boot_files(spec)  # named by the definition _disk_only makes
+        await self._call("snapshot-revert", revert)
+
+    async def delete_snapshot(self, spec: InstanceSpec, name: str) -> bool:
+        """Delete the snapshot ``name`` (metadata and disk tag); False when there is none.
+        A shut-off domain is defined with its disk alone first, as for a take (a running
+        one's QEMU deletes it; a suspended one's definition is left as the save has it)."""
+
+        def delete() -> bool:
+            dom = self._own(spec)
+            if dom is None:
+                return False
+            if not dom.isActive() and not dom.hasManagedSaveImage(0):  # as a take's
+                dom = self._disk_only(spec)
+            no_snapshot = binding().VIR_ERR_NO_DOMAIN_SNAPSHOT
+            return deleted(found(lambda: dom.snapshotLookupByName(name, 0), no_snapshot))
+
+        await self.boot_files(spec)  # named by the definition _disk_only makes
+        done: bool = await self._call("snapshot-delete", delete)
+        return done

@@ -21,12 +21,16 @@ the seed live in the host's pool:
   a client is handed the guest's address), ended by stop, suspend and purge;
 - ``suspend``: a managed save (``docs/internals.md``, "Hosts", says why);
   ``delete_tag("suspend")`` discards it; ``cont`` resumes paused vCPUs;
-- ``purge`` (:class:`~ketch.runtime.driver.Purges`): undefine the domain, delete its volumes.
+- ``purge`` (:class:`~ketch.runtime.driver.Purges`): undefine the domain, delete its volumes;
+- the snapshot tags (``create_tag``, ``apply_tag``, ``delete_tag``, ``disk_tags``): libvirt's
+  domain snapshots of the shut-off domain, internal qcow2 snapshots of the disk volume,
+  named by the tag (:class:`~ketch.runtime.libvirt_driver.LibvirtDriver`);
+- ``copy_disk`` (clone, on the same host): a volume libvirt copies from the source's.
 
 ``observe`` never raises, as the protocol says: a host that cannot be asked makes an
 observation of a process whose monitor gives no answer (``derive`` shows Unknown, with
-the reason).  The disk verbs (snapshots, clone, resize, check, rebase) are the QEMU
-driver's only: each raises :class:`~ketch.errors.HostUnsupported`.
+the reason).  The other disk verbs (reading, growing, checking, rebasing the disk) are
+the QEMU driver's only: each raises :class:`~ketch.errors.HostUnsupported`.
 """
 
 from __future__ import annotations
@@ -185,9 +189,10 @@ class LibvirtHost:
         return None  # libvirt runs no block job ketch started
 
     async def delete_tag(self, spec: InstanceSpec, idir: InstanceDir, tag: str) -> None:
-        if tag != SUSPEND_TAG:
-            self._unsupported("snapshots")
-        await self._do(lambda lv: lv.discard_saved(spec))
+        if tag == SUSPEND_TAG:  # the managed save
+            await self._do(lambda lv: lv.discard_saved(spec))
+        else:
+            await self._do(lambda lv: lv.delete_snapshot(spec, tag))
 
     async def purge(self, spec: InstanceSpec, idir: InstanceDir) -> None:
         await self._unreach(spec, idir)
@@ -213,7 +218,10 @@ class LibvirtHost:
         self._unsupported("growing the disk")
 
     async def copy_disk(self, src: InstanceDir, dst: InstanceDir) -> None:
-        self._unsupported("clone")
+        """A full copy, made by libvirt on the host (no backing file, no snapshots)."""
+        await self._do(
+            lambda lv: lv.copy_volume(disk_name(src.path.name), disk_name(dst.path.name))
+        )
 
     async def check_disk(self, idir: InstanceDir, *, repair_leaks: bool = False) -> DiskCheck:
         self._unsupported("checking the disk")
@@ -221,14 +229,16 @@ class LibvirtHost:
     async def rebase_disk(self, idir: InstanceDir, *, base: Path, base_format: str) -> None:
         self._unsupported("rebasing the disk")
 
-    async def disk_tags(self, idir: InstanceDir) -> tuple[str, ...]:
-        self._unsupported("snapshots")
+    async def disk_tags(self, spec: InstanceSpec, idir: InstanceDir) -> tuple[str, ...]:
+        """The domain's snapshots, as libvirt lists them (its metadata, not the qcow2's
+        header: ketch reads no file on the host)."""
+        return await self._do(lambda lv: lv.snapshot_names(spec))
 
-    async def create_tag(self, idir: InstanceDir, tag: str) -> None:
-        self._unsupported("snapshots")
+    async def create_tag(self, spec: InstanceSpec, idir: InstanceDir, tag: str) -> None:
+        await self._do(lambda lv: lv.create_snapshot(spec, tag))
 
-    async def apply_tag(self, idir: InstanceDir, tag: str) -> None:
-        self._unsupported("snapshots")
+    async def apply_tag(self, spec: InstanceSpec, idir: InstanceDir, tag: str) -> None:
+        await self._do(lambda lv: lv.revert_snapshot(spec, tag))
 
     async def close(self) -> None:
         await self._dropped()

@@ -16,7 +16,8 @@ size), and a volume's size is its file's (``VIR_STORAGE_VOL_GET_PHYSICAL``).
 The base image's volume is named by its digest (``base-<sha256[:16]>.<fmt>``) so the
 instances of one image share it; one already in the pool is verified the same way before
 it is used again, and :meth:`~LibvirtPool.prune_bases` deletes those no volume is backed
-by any more.  Every call runs through :func:`ketch.host.libvirt.bounded`: a deadline each
+by any more.  :meth:`~LibvirtPool.copy_volume` copies a volume on the host (a clone's
+disk).  Every call runs through :func:`ketch.host.libvirt.bounded`: a deadline each
 (:data:`CALL_TIMEOUT`, and for a transfer its size at :data:`UPLOAD_RATE` more), libvirt's
 errors translated there once.
 """
@@ -88,6 +89,27 @@ def backing_path(vol_xml: str) -> str | None:
 
 def transfer_timeout(size: int) -> float:
     return CALL_TIMEOUT + size / UPLOAD_RATE
+
+
+def found(lookup: Callable[[], Any], missing: int) -> Any | None:
+    """What ``lookup`` finds, or None when libvirt says the error ``missing`` (no such
+    volume, snapshot ...).  Blocking."""
+    libvirt = binding()
+    try:
+        return lookup()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == missing:
+            return None
+        raise
+
+
+def deleted(found: Any | None) -> bool:
+    """Delete what a lookup found (a volume, a snapshot: ``delete(0)``); False when it found
+    nothing.  Blocking."""
+    if found is None:
+        return False
+    found.delete(0)
+    return True
 
 
 def _quietly(call: Callable[[], object]) -> None:
@@ -171,19 +193,20 @@ class LibvirtPool:
 
         await self._call("pool", ensure)
 
+    def _lookup_volume(self, name: str) -> Any | None:
+        """The pool's volume ``name``, or None.  Blocking."""
+        no_volume = binding().VIR_ERR_NO_STORAGE_VOL
+        return found(lambda: self._pool().storageVolLookupByName(name), no_volume)
+
     async def volumes(self) -> list[str]:
         """The names of the volumes in ketch's pool."""
         return sorted(await self._call("volumes", lambda: self._pool().listVolumes()))
 
     async def volume(self, name: str) -> Volume | None:
         def look() -> Volume | None:
-            libvirt = binding()
-            try:
-                vol = self._pool().storageVolLookupByName(name)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
-                    return None
-                raise
+            vol = self._lookup_volume(name)
+            if vol is None:
+                return None
             physical = int(vol.infoFlags(STORAGE_VOL_GET_PHYSICAL)[2])  # the file's size
             return Volume(name, str(vol.path()), physical)
 
@@ -193,18 +216,7 @@ class LibvirtPool:
     async def delete_volume(self, name: str) -> bool:
         """Delete a volume of the pool; False when there was none."""
 
-        def delete() -> bool:
-            libvirt = binding()
-            try:
-                vol = self._pool().storageVolLookupByName(name)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
-                    return False
-                raise
-            vol.delete(0)
-            return True
-
-        done: bool = await self._call("delete-volume", delete)
+        done: bool = await self._call("delete-volume", lambda: deleted(self._lookup_volume(name)))
         return done
 
     def _upload(self, name: str, path: Path, size: int) -> tuple[str, str]:
@@ -314,6 +326,27 @@ class LibvirtPool:
             return Volume(name, str(vol.path()), size)
 
         made: Volume = await self._call("create-disk", make)
+        return made
+
+    async def copy_volume(self, src: str, dst: str) -> Volume:
+        """Volume ``dst``, a copy of volume ``src`` made by libvirt on the host
+        (``virStorageVolCreateXMLFrom``; the dir pool runs ``qemu-img convert``): a full
+        qcow2 of the source's current data, without a backing file (libvirt drops the
+        backing store when it converts) and without the source's internal snapshots."""
+
+        def capacity() -> int:
+            return int(self._pool().storageVolLookupByName(src).info()[1])  # virtual size
+
+        size: int = await self._call("volume", capacity)
+
+        def copy() -> Volume:
+            pool = self._pool()
+            source = pool.storageVolLookupByName(src)
+            vol = pool.createXMLFrom(volume_xml(dst, size, "qcow2"), source, 0)
+            return Volume(dst, str(vol.path()), int(vol.infoFlags(STORAGE_VOL_GET_PHYSICAL)[2]))
+
+        # bounded by the virtual size: the copy holds the base's data too
+        made: Volume = await self._call("copy-volume", copy, transfer_timeout(size))
         return made
 
     def _backing_paths(self) -> set[str | None]:

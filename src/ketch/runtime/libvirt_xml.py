@@ -14,7 +14,8 @@ only), so the NIC is passed to QEMU through ``<qemu:commandline>``).  Disk, seed
 kernel and initrd of a direct kernel boot are paths on that host (volumes of ketch's
 storage pool there, never the local vault's files: the host may be another machine):
 :class:`Volumes`.  The pool's and its volumes' documents are here too (:func:`pool_xml`,
-:func:`volume_xml`).
+:func:`volume_xml`), and a snapshot's (:func:`snapshot_xml`: an internal snapshot of the
+disk of a stopped domain).
 
 The domain is named ``ketch-<instance>`` and carries the instance's name and instance-id
 in its ``<metadata>`` (namespace :data:`NAMESPACE`), so the driver can tell ketch's
@@ -222,3 +223,16 @@ def volume_xml(
         _sub(store, "format", type=backing_format)
     ET.indent(vol)
     return ET.tostring(vol, encoding="unicode") + "\n"
+
+
+def snapshot_xml(name: str, disk: str = "vda") -> str:
+    """A ``<domainsnapshot>`` named ``name``: an internal qcow2 snapshot of the domain's disk
+    ``disk`` (the target ``domain_xml`` gives it), taken while the domain is shut off, so
+    no memory state (libvirt runs ``qemu-img snapshot -c NAME`` on the disk).  Pure."""
+    snap = ET.Element("domainsnapshot")
+    _sub(snap, "name", name)
+    _sub(snap, "memory", snapshot="no")
+    disks = _sub(snap, "disks")
+    _sub(disks, "disk", name=disk, snapshot="internal")
+    ET.indent(snap)
+    return ET.tostring(snap, encoding="unicode") + "\n"

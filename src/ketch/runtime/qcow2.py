@@ -48,17 +48,17 @@ class Qcow2Disks:
     async def rebase_disk(self, idir: InstanceDir, *, base: Path, base_format: str) -> None:
         await qemu_img.rebase_unsafe(idir.disk, base, base_format)
 
-    async def disk_tags(self, idir: InstanceDir) -> tuple[str, ...]:
+    async def disk_tags(self, spec: InstanceSpec, idir: InstanceDir) -> tuple[str, ...]:
         """From the qcow2 header (no process), else ``qemu-img snapshot -l``."""
         try:
             return qemu_img.read_snapshot_names(idir.disk)
         except (OSError, qemu_img.NotQcow2):
             return await qemu_img.snapshot_list(idir.disk)
 
-    async def create_tag(self, idir: InstanceDir, tag: str) -> None:
+    async def create_tag(self, spec: InstanceSpec, idir: InstanceDir, tag: str) -> None:
         await qemu_img.snapshot_create(idir.disk, tag)
 
-    async def apply_tag(self, idir: InstanceDir, tag: str) -> None:
+    async def apply_tag(self, spec: InstanceSpec, idir: InstanceDir, tag: str) -> None:
         await qemu_img.snapshot_apply(idir.disk, tag)
 
     async def remove_tag(self, idir: InstanceDir, tag: str) -> None:

@@ -13,7 +13,7 @@ reached through).
 What the libvirt driver does not do yet is refused here, before anything is made, with
 one line naming the host and its driver (:class:`~ketch.errors.HostUnsupported`):
 :func:`refuse_launch` for ``launch``'s options, ``Context.require_local`` for the
-verbs that need the QEMU driver (snapshots, clone, mounts, forwards, resizing).
+verbs that need the QEMU driver (mounts, forwards, resizing).
 """
 
 from __future__ import annotations

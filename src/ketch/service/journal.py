@@ -3,7 +3,7 @@
 ::
 
     async with journal(ctx, name, OperationKind.SNAPSHOT, step=f"create-tag {tag}") as j:
-        await ctx.driver.create_tag(idir, tag)
+        await ctx.driver_for(spec).create_tag(spec, idir, tag)
         j.undo(drop_tag, tag)          # run, in reverse, only if what follows fails
         j.step(f"record {tag}")
         ctx.store.add_snapshot(...)

@@ -13,8 +13,10 @@ snapshot -a`` restores the disk's size itself).
 Each operation is journaled step by step; :func:`recover_take`,
 :func:`recover_restore` and :func:`recover_delete` (called by
 ``service/recovery.py``) finish (restore, delete) or roll back (take) what a
-crashed ketchd left half-done.  The disk's tags are the driver's
-(``Driver.create_tag``, ``apply_tag``, ``delete_tag``, ``disk_tags``).
+crashed ketchd left half-done.  The disk's tags are the driver's of the
+instance's host (``ctx.driver_for(spec)``: ``Driver.create_tag``, ``apply_tag``,
+``delete_tag``, ``disk_tags``): qemu-img's and QMP's on the local QEMU driver, libvirt's
+domain snapshots on a libvirt host (``runtime/libvirt_host.py``).
 """
 
 from __future__ import annotations
@@ -170,7 +172,8 @@ def _require_stopped(v: View, verb: Verb) -> None:
 
 async def _drop_tag_quietly(ctx: Context, v: View, tag: str, reporter: Reporter) -> None:
     try:
-        await ctx.driver.delete_tag(v.record.spec, ctx.root.instance(v.name), tag)
+        spec = v.record.spec
+        await ctx.driver_for(spec).delete_tag(spec, ctx.root.instance(v.name), tag)
     except KetchError as exc:
         reporter.warn(
             f"could not remove the partial snapshot tag {tag}: {exc.message}; "
@@ -183,7 +186,6 @@ async def take(
 ) -> SnapshotResult:
     """Snapshot a stopped instance's disk."""
     v = await get(ctx, name)
-    ctx.require_local(v.record.spec, "snapshot")
     _require_stopped(v, Verb.SNAPSHOT)
     return SnapshotResult(name=name, snapshot=await _take(ctx, v, snapshot, comment, reporter))
 
@@ -210,7 +212,7 @@ async def _take(
         ctx, name, OperationKind.SNAPSHOT, step=f"create-tag {tag}", reporter=reporter
     ) as j:
         reporter.step(f"Taking snapshot {name}.{snap}")
-        await ctx.driver.create_tag(idir, tag)
+        await ctx.driver_for(spec).create_tag(spec, idir, tag)
         j.undo(_drop_tag_quietly, ctx, v, tag, reporter)
         j.step(f"record {tag}")
         ctx.store.add_snapshot(
@@ -238,11 +240,11 @@ async def restore(
     name, comment "Before restoring SNAP"), as Multipass offers.
     """
     v = await get(ctx, name)
-    ctx.require_local(v.record.spec, "restore")
     _require_stopped(v, Verb.RESTORE)
     meta = ctx.store.get_snapshot(name, snapshot)
-    idir = ctx.root.instance(name)
-    if meta.tag not in await ctx.driver.disk_tags(idir):
+    spec, idir = v.record.spec, ctx.root.instance(name)
+    driver = ctx.driver_for(spec)
+    if meta.tag not in await driver.disk_tags(spec, idir):
         raise KetchError(
             f'cannot restore "{name}.{snapshot}": its data (tag {meta.tag}) is not in the disk',
             hint=f"'ketch delete --purge {name}.{snapshot}' removes the snapshot's record",
@@ -254,7 +256,7 @@ async def restore(
         ctx, name, OperationKind.RESTORE, step=f"apply {meta.tag}", reporter=reporter
     ) as j:
         reporter.step(f"Restoring {name} to {snapshot}")
-        await ctx.driver.apply_tag(idir, meta.tag)
+        await driver.apply_tag(spec, idir, meta.tag)
         j.step(f"record {meta.tag}")
         _record_restore(ctx, meta)
     return RestoreResult(name=name, snapshot=snapshot, saved=saved)
@@ -269,7 +271,6 @@ def _record_restore(ctx: Context, meta: SnapshotRecord) -> None:
 async def delete(ctx: Context, name: str, snapshot: str, reporter: Reporter) -> SnapshotResult:
     """Remove a snapshot's tag (over QMP while the instance runs) and its record."""
     v = await get(ctx, name)
-    ctx.require_local(v.record.spec, "deleting a snapshot")
     require(
         v,
         Verb.DELETE_SNAPSHOT,
@@ -277,15 +278,16 @@ async def delete(ctx: Context, name: str, snapshot: str, reporter: Reporter) -> 
     )
     meta = ctx.store.get_snapshot(name, snapshot)
     spec, idir = v.record.spec, ctx.root.instance(name)
+    driver = ctx.driver_for(spec)
     step = f"delete-tag {meta.tag}"
     async with journal(ctx, name, OperationKind.DELETE_SNAPSHOT, step=step, reporter=reporter) as j:
         try:
-            present = meta.tag in await ctx.driver.disk_tags(idir)
+            present = meta.tag in await driver.disk_tags(spec, idir)
         except KetchError:
             present = True  # unknown: let the deletion itself say what is wrong
         if present:
             reporter.step(f"Deleting snapshot {name}.{snapshot}")
-            await ctx.driver.delete_tag(spec, idir, meta.tag)
+            await driver.delete_tag(spec, idir, meta.tag)
         else:
             reporter.warn(f"the snapshot's tag {meta.tag} was already gone; removing its record")
         j.step(f"forget {meta.tag}")
@@ -296,13 +298,24 @@ async def delete(ctx: Context, name: str, snapshot: str, reporter: Reporter) -> 
 # -- after a crash (called by service/recovery.py) ---------------------------------------------
 
 
-async def _idle(ctx: Context, instance: str) -> tuple[InstanceSpec, InstanceDir]:
-    """Recovery changes a disk only while no QEMU of ours holds it."""
+async def _idle(ctx: Context, instance: str) -> tuple[InstanceSpec, InstanceDir, bool]:
+    """Recovery changes a disk only while no QEMU of ours holds it; whether it has a disk
+    (a local file, or a volume on a libvirt host: the driver's observation says)."""
     spec, idir = ctx.store.get(instance).spec, ctx.root.instance(instance)
-    obs = await ctx.driver.observe(spec, idir, probe_qmp=False)
+    obs = await ctx.driver_for(spec).observe(spec, idir, probe_qmp=False)
     if obs.pid_status is PidStatus.OURS:
         raise KetchError(f'"{instance}" runs: its disk is left as it is')
-    return spec, idir
+    return spec, idir, obs.disk_exists
+
+
+async def _drop_if_there(ctx: Context, instance: str, tag: str) -> bool:
+    """Remove ``tag`` from the idle instance's disk if it is there; whether it was."""
+    spec, idir, disk = await _idle(ctx, instance)
+    driver = ctx.driver_for(spec)
+    if not disk or tag not in await driver.disk_tags(spec, idir):
+        return False
+    await driver.delete_tag(spec, idir, tag)
+    return True
 
 
 async def recover_take(ctx: Context, entry: JournalEntry, reporter: Reporter) -> str:
@@ -314,9 +327,7 @@ async def recover_take(ctx: Context, entry: JournalEntry, reporter: Reporter) ->
         return "snapshot finished: it was recorded"
     if not ctx.store.exists(entry.instance):
         return "the instance no longer exists"
-    spec, idir = await _idle(ctx, entry.instance)
-    if idir.disk.exists() and tag in await ctx.driver.disk_tags(idir):
-        await ctx.driver.delete_tag(spec, idir, tag)
+    if await _drop_if_there(ctx, entry.instance, tag):
         return f"snapshot rolled back: its unrecorded tag {tag} was removed"
     return "snapshot rolled back: no tag had been made"
 
@@ -327,8 +338,8 @@ async def recover_restore(ctx: Context, entry: JournalEntry, reporter: Reporter)
     meta = ctx.store.snapshot_by_tag(tag) if tag else None
     if meta is None or not ctx.store.exists(entry.instance):
         return "restore cannot be finished: the snapshot no longer exists"
-    _, idir = await _idle(ctx, entry.instance)
-    await ctx.driver.apply_tag(idir, meta.tag)
+    spec, idir, _ = await _idle(ctx, entry.instance)
+    await ctx.driver_for(spec).apply_tag(spec, idir, meta.tag)
     _record_restore(ctx, meta)
     return f"restore finished: the disk is at snapshot {meta.name}"
 
@@ -339,9 +350,7 @@ async def recover_delete(ctx: Context, entry: JournalEntry, reporter: Reporter) 
     if tag is None or not ctx.store.exists(entry.instance):
         return "nothing to do"
     meta = ctx.store.snapshot_by_tag(tag)
-    spec, idir = await _idle(ctx, entry.instance)
-    if idir.disk.exists() and tag in await ctx.driver.disk_tags(idir):
-        await ctx.driver.delete_tag(spec, idir, tag)
+    await _drop_if_there(ctx, entry.instance, tag)
     if meta is not None:
         ctx.store.remove_snapshot(meta.instance, meta.name)
     return "snapshot deletion finished"

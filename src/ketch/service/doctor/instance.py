@@ -166,7 +166,8 @@ async def _check_snapshots(ctx: Context, v: View) -> list[Finding]:
     from ketch.service import snapshots
 
     try:
-        tags = await ctx.driver.disk_tags(ctx.root.instance(v.name))
+        spec = v.record.spec
+        tags = await ctx.driver_for(spec).disk_tags(spec, ctx.root.instance(v.name))
     except KetchError:
         return []  # unreadable tags are reported (and quarantined) above
     records = ctx.store.snapshots(v.name)
