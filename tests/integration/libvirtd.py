@@ -1,6 +1,7 @@
 """A libvirtd for the integration tests, started by hand, with no network able to start.
 
-Shared by test_hosts.py and test_libvirt_driver.py.  ``libvirtd`` (Debian's, no systemd
+Shared by test_hosts.py, test_libvirt_driver.py, test_libvirt_launch.py and
+test_two_hosts.py (the last two through :func:`pooled`).  ``libvirtd`` (Debian's, no systemd
 here) runs in the foreground with a config and pid file of its own (``libvirtd -f CONF -p
 PIDFILE``), in a private mount namespace in which ``/etc/libvirt/qemu/networks/autostart``
 is an empty directory, so no libvirt network can start (no virbr0, no dnsmasq in this
@@ -19,11 +20,19 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from ketchcli import Ketch
+
+    from ketch.model import ImageInfo
 
 LIBVIRTD = shutil.which("libvirtd") or "/usr/sbin/libvirtd"
 LOCK = Path("/run/lock/ketch-test-libvirtd.lock")
@@ -133,3 +142,68 @@ class Libvirtd:
         if self.log.exists():
             text += self.log.read_text(errors="replace")
         return text[-3000:]
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """What :func:`pooled` gives: the CLI on its root, the pool's directory, the libvirtd."""
+
+    k: Ketch
+    pool: Path
+    lv: Libvirtd
+
+
+# What the modules that run instances on their libvirtd give it: QEMU as root, without a
+# security driver or virtlogd (it reads the vault's kernels), and private directories for
+# the definitions, the logs and the managed save images, so nothing it makes outlives it.
+AS_ROOT = (
+    'user = "root"\ngroup = "root"\nsecurity_driver = "none"\n'
+    'stdio_handler = "file"\nremember_owner = 0\n'
+)
+PRIVATE = tuple(
+    Path(p)
+    for p in (
+        "/etc/libvirt/qemu",
+        "/etc/libvirt/storage",
+        "/var/log/libvirt/qemu",
+        "/var/lib/libvirt/qemu",  # managed save images (save/), QEMU's runtime files
+    )
+)
+
+
+@contextlib.contextmanager
+def pooled(prefix: str, tiny: ImageInfo, domains: tuple[str, ...]) -> Iterator[Pooled]:
+    """The module's own libvirtd (:func:`exclusive`, :data:`AS_ROOT`, :data:`PRIVATE`) with a
+    ``dir`` pool named ``ketch`` (the one the driver uses: found, not made; defined in that
+    libvirtd's private configuration, so it outlives a restart of it) in a temporary
+    directory, and a ketch on a root of its own with the tiny image (TCG); afterwards its
+    instances purged, the ``domains`` left destroyed and undefined, all gone."""
+    from conftest import _seed_vault
+    from ketchcli import Ketch
+
+    with exclusive():
+        work = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+        root, pool = work / "root", work / "pool"
+        root.mkdir(mode=0o700)
+        pool.mkdir()
+        _seed_vault(root, tiny)
+        lv = Libvirtd(work, qemu_conf=AS_ROOT, private=PRIVATE)
+        k = Ketch(root)
+        try:
+            lv.start()
+            virsh("pool-define-as", "ketch", "dir", "--target", str(pool))
+            virsh("pool-start", "ketch")
+            k.run("set", "local.accel=tcg")
+            yield Pooled(k, pool, lv)
+        finally:
+            try:
+                k.teardown()
+            finally:
+                if answers():
+                    for domain in domains:
+                        virsh("destroy", domain, check=False)
+                        virsh("undefine", domain, "--managed-save", "--nvram", check=False)
+                    virsh("pool-destroy", "ketch", check=False)
+                    virsh("pool-undefine", "ketch", check=False)
+                lv.stop()
+                shutil.rmtree(work, ignore_errors=True)

@@ -22,54 +22,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from ketchcli import Ketch
-from libvirtd import LIBVIRTD, Libvirtd, answers, exclusive, virsh
+from libvirtd import LIBVIRTD, Libvirtd, pooled, virsh
 
 from ketch.model import ImageInfo
 
 NAME = "lvl"
 DOMAIN = f"ketch-{NAME}"
-QEMU_CONF = (
-    'user = "root"\ngroup = "root"\nsecurity_driver = "none"\n'
-    'stdio_handler = "file"\nremember_owner = 0\n'
-)
-PRIVATE = tuple(
-    Path(p)
-    for p in (
-        "/etc/libvirt/qemu",
-        "/etc/libvirt/storage",
-        "/var/log/libvirt/qemu",
-        "/var/lib/libvirt/qemu",  # managed save images (save/), QEMU's runtime files
-    )
-)
-
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not Path(LIBVIRTD).exists(),
     reason="needs root and libvirtd (libvirt-daemon-system)",
 )
-
-
-def _seed_vault(root: Path, tiny: ImageInfo) -> None:
-    """The session's built tiny image where this root's daemon looks (hard links)."""
-    src = Path(tiny.disk).parent
-    dst = root / "vault" / "built" / "tiny" / src.name
-    dst.parent.mkdir(parents=True, exist_ok=True)
-
-    def link(a: str, b: str) -> None:
-        try:
-            Path(b).hardlink_to(a)
-        except OSError:
-            shutil.copy2(a, b)
-
-    shutil.copytree(src, dst, copy_function=link)
 
 
 class Env:
@@ -88,33 +57,8 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tiny_image: ImageInfo) -> Iterator[Env]:
-    with exclusive():  # one module with its own libvirtd at a time
-        work = Path(tempfile.mkdtemp(prefix="ketch-lvl-", dir="/tmp"))
-        root = work / "root"
-        root.mkdir(mode=0o700)
-        pool = work / "pool"
-        pool.mkdir()
-        _seed_vault(root, tiny_image)
-        lv = Libvirtd(work, qemu_conf=QEMU_CONF, private=PRIVATE)
-        k = Ketch(root)
-        try:
-            lv.start()
-            # defined (in this libvirtd's own /etc/libvirt/storage), so it outlives a restart
-            virsh("pool-define-as", "ketch", "dir", "--target", str(pool))
-            virsh("pool-start", "ketch")
-            k.run("set", "local.accel=tcg")
-            yield Env(k, pool, lv)
-        finally:
-            try:
-                k.teardown()
-            finally:
-                if answers():
-                    virsh("destroy", DOMAIN, check=False)
-                    virsh("undefine", DOMAIN, "--managed-save", "--nvram", check=False)
-                    virsh("pool-destroy", "ketch", check=False)
-                    virsh("pool-undefine", "ketch", check=False)
-                lv.stop()
-                shutil.rmtree(work, ignore_errors=True)
+    with pooled("ketch-lvl-", tiny_image, (DOMAIN,)) as p:
+        yield Env(p.k, p.pool, p.lv)
 
 
 def test_no_libvirt_network_runs() -> None:

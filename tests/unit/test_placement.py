@@ -10,6 +10,7 @@ import platform
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 import pytest
 from fakes import FakeDriver, FakeImages
@@ -101,7 +102,9 @@ class Probes:
 
 
 class World:
-    def __init__(self, tmp: Path) -> None:
+    """A real store, fake drivers (``local`` and the libvirt host ``lv``'s), a fake prober."""
+
+    def __init__(self, tmp: Path, lv: FakeDriver | None = None) -> None:
         self.root = Root(tmp / "root")
         self.root.path.mkdir(parents=True)
         self.store = Store(self.root.database)
@@ -113,7 +116,7 @@ class World:
             boot=BootSpec(kernel="/nonexistent/vmlinuz"),
         )  # fmt: skip
         self.probes = Probes(free=1 << 49)  # more than any machine here has
-        self.local, self.lv = FakeDriver(), FakeDriver()
+        self.local, self.lv = FakeDriver(), lv or FakeDriver()
         self.ctx = Context(
             self.root, self.store, self.local, FakeImages(image), boot_timeout=0.01,
             prober=Prober(self.probes),
@@ -122,6 +125,12 @@ class World:
 
     def opener(self, host: HostSpec, uri: str) -> Driver:
         return self.lv
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.store.close()
 
     def launch(self, name: str, **kw: object) -> tuple[str, list[str]]:
         rep = ListReporter()
@@ -133,11 +142,8 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    try:
+    with World(tmp_path) as w:
         yield w
-    finally:
-        w.store.close()
 
 
 def test_no_libvirt_host_no_probe_and_local(world: World) -> None:

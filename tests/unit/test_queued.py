@@ -10,18 +10,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from fakes import FakeDriver, FakeImages
+from fakes import FakeDriver
 from test_host_drivers import LV
+from test_placement import World as Base
 from test_store import make_spec
 
 from ketch.errors import EXIT_FAILED, Queued
-from ketch.layout import InstanceDir, Root
-from ketch.model import HostSpec, InstanceSpec, Intent, Observation, OperationKind, State
+from ketch.layout import InstanceDir
+from ketch.model import InstanceSpec, Intent, Observation, OperationKind, State
 from ketch.progress import ListReporter
-from ketch.runtime.driver import Driver
 from ketch.service import delete, inspect, lifecycle, queued
-from ketch.service.context import Context
-from ketch.service.drivers import Drivers
 from ketch.store.db import Store
 
 WHY = "Failed to connect socket to '/run/libvirt/libvirt-sock'"
@@ -44,20 +42,17 @@ class Flaky(FakeDriver):
         return replace(obs, pid=None, suspend_tag=None, host_error=why)
 
 
-class World:
+class World(Base):
+    """The instance "b", running on the libvirt host "lv", whose host does not answer."""
+
+    lv: Flaky
+
     def __init__(self, tmp: Path) -> None:
-        self.root = Root(tmp)
-        self.store = Store(self.root.database)
-        self.lv = Flaky()
-        self.ctx = Context(self.root, self.store, FakeDriver(), FakeImages())
-        self.ctx.drivers = Drivers(self.root, self.store, self.ctx.driver, self.opener)
+        super().__init__(tmp, Flaky())
         self.store.add_host(LV)
         self.store.add(make_spec("b", host="lv"), Intent.RUN)
         self.root.instance("b").path.mkdir(parents=True)
         self.lv.add("b", running=True, tags=set())
-
-    def opener(self, host: HostSpec, uri: str) -> Driver:
-        return self.lv
 
     def state(self) -> inspect.View:
         return asyncio.run(inspect.get(self.ctx, "b"))
@@ -65,11 +60,8 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    try:
+    with World(tmp_path) as w:
         yield w
-    finally:
-        w.store.close()
 
 
 def test_an_unreachable_host_makes_the_instance_unknown_with_its_code(world: World) -> None:

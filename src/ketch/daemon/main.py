@@ -93,7 +93,12 @@ async def _queued(ops: Operations) -> None:
             continue
         names = {q.instance for q in ops.ctx.store.queued_ops()}
         busy = {n for n in names if ops.lock(n).locked()}
-        for q in await queued.due(ops.ctx, busy):
+        try:
+            ready = await queued.due(ops.ctx, busy)
+        except Exception:  # the next round tries again; this task must not end
+            log.exception("looking at the queued operations' hosts failed")
+            continue
+        for q in ready:
             log.info("the host of %s answers: its queued %s runs", q.instance, q.op)
 
             async def work(rep: QueueReporter, q: queued.QueuedOp = q) -> dict[str, Any]:
