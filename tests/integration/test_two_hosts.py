@@ -85,6 +85,7 @@ def _facts_used(root: Path, name: str) -> tuple[dict[str, tuple[int, int]], str]
 def test_launch_goes_where_the_most_free_memory_is_and_says_so(env: Env) -> None:
     rows = {r["name"]: r for r in env.k.json("host", "list")["list"]}
     assert {n: r["state"] for n, r in rows.items()} == {"local": "reachable", "lv": "reachable"}
+    assert rows["lv"]["arch"] == rows["local"]["arch"]  # one machine: the image's architecture
     done = env.k.run("launch", "tiny", "--name", PLACED, "--memory", "256M", timeout=900)
     facts, chosen = _facts_used(env.k.root, PLACED)
     assert set(facts) == {"local", "lv"}, facts
@@ -123,8 +124,8 @@ def test_a_frozen_libvirtd_makes_only_its_instance_unknown_and_list_stays_fast(
         took, entries = env.timed_list()
         states = {e["name"]: e["state"] for e in entries}
         assert states == {lvname: "Unknown", local: "Running"}, states
-        # bounded by the observation's deadline, whatever else this machine is doing
-        assert took < 3 * baseline + OBSERVE_TIMEOUT + 5, (took, baseline)
+        # the observation's deadline and no more (twice, for whatever else the machine does)
+        assert took < 2 * (baseline + OBSERVE_TIMEOUT), (took, baseline)
         doc = env.k.json("info", "--no-runtime-information", lvname)["info"][lvname]
         (inc,) = doc["inconsistencies"]
         assert inc["code"] == "host-unreachable", inc

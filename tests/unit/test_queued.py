@@ -19,7 +19,7 @@ from ketch.errors import EXIT_FAILED, Queued
 from ketch.layout import InstanceDir
 from ketch.model import InstanceSpec, Intent, Observation, OperationKind, State
 from ketch.progress import ListReporter
-from ketch.service import delete, inspect, lifecycle, queued
+from ketch.service import delete, inspect, lifecycle, queued, recovery
 from ketch.store.db import Store
 
 WHY = "Failed to connect socket to '/run/libvirt/libvirt-sock'"
@@ -127,3 +127,11 @@ def test_purge_of_every_deleted_one_queues_those_whose_host_is_down(world: World
     with pytest.raises(Queued, match="delete --purge of b is queued"):
         asyncio.run(delete.purge(world.ctx, ListReporter()))
     assert not world.store.exists("a") and world.store.exists("b")  # the local one is gone
+
+
+def test_an_interrupted_purge_whose_host_is_down_is_queued_at_start_up(world: World) -> None:
+    world.store.begin("b", OperationKind.PURGE)  # a ketchd ended during the purge
+    (done,) = asyncio.run(recovery.recover_all(world.ctx, ListReporter()))
+    assert done.startswith('purge on b: queued until host lv answers (host "lv" could not')
+    assert world.store.unfinished() == [] and world.store.exists("b")
+    assert [q.op for q in world.store.queued_ops()] == [OperationKind.PURGE]
