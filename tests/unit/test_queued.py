@@ -135,3 +135,13 @@ def test_an_interrupted_purge_whose_host_is_down_is_queued_at_start_up(world: Wo
     assert done.startswith('purge on b: queued until host lv answers (host "lv" could not')
     assert world.store.unfinished() == [] and world.store.exists("b")
     assert [q.op for q in world.store.queued_ops()] == [OperationKind.PURGE]
+
+
+def test_a_start_asked_since_drops_a_queued_stop(world: World) -> None:
+    with pytest.raises(Queued):
+        asyncio.run(lifecycle.force_stop(world.ctx, "b", ListReporter()))
+    world.lv.down = False
+    rep = ListReporter()
+    asyncio.run(lifecycle.start(world.ctx, "b", rep))  # it runs: nothing to do but that
+    assert world.store.queued_ops() == [] and world.state().state is State.RUNNING
+    assert rep.warnings == ["the stop --force queued while its host did not answer is dropped"]

@@ -53,6 +53,7 @@ async def start(
     """
     v = await get(ctx, name)
     require(v, Verb.START, hint=f"'ketch stop --force {name}' first")
+    queued.superseded(ctx, name, reporter)  # a stop --force queued before is not wanted now
     if v.state in RUNNING:
         return StartResult(name=name, resumed=False)
     spec, idir = v.record.spec, ctx.root.instance(name)

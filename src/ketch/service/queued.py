@@ -8,7 +8,8 @@ table, :mod:`ketch.store.queued`, so a ketchd started again still has it), and s
 seconds (``daemon/main.py``): each queued instance is observed (bounded, all at once)
 and those whose host answers again get their operation run, as if asked then, under
 the instance's lock.  A force-stop that has run, or the instance purged, takes the row
-away.  While it waits, ``info`` says what is queued in the inconsistency's action.
+away; so does a ``start`` asked after a force-stop was queued (it is not wanted now).
+While it waits, ``info`` says what is queued in the inconsistency's action.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from typing import TYPE_CHECKING
 
 from ketch.errors import NotFound, Queued
 from ketch.model import Derived, InconsistencyCode, OperationKind
+from ketch.progress import Reporter
 from ketch.service.context import Context
 from ketch.store.queued import QUEUEABLE, QueuedOp
 
-__all__ = ["QUEUE_PERIOD", "QueuedOp", "annotate", "done", "due", "hold"]
+__all__ = ["QUEUE_PERIOD", "QueuedOp", "annotate", "done", "due", "hold", "superseded"]
 
 if TYPE_CHECKING:
     from ketch.service.inspect import View
@@ -54,6 +56,15 @@ def done(ctx: Context, name: str, kind: OperationKind) -> None:
     q = ctx.store.queued_op(name)
     if q is not None and QUEUEABLE.index(q.op) <= QUEUEABLE.index(kind):
         ctx.store.unqueue(name)
+
+
+def superseded(ctx: Context, name: str, reporter: Reporter) -> None:
+    """``start`` was asked of ``name``: a force-stop queued before it is dropped, and said
+    (a queued purge stays: it outranks everything)."""
+    q = ctx.store.queued_op(name)
+    if q is not None and q.op is OperationKind.FORCE_STOP:
+        ctx.store.unqueue(name)
+        reporter.warn("the stop --force queued while its host did not answer is dropped")
 
 
 def annotate(ctx: Context, name: str, derived: Derived) -> Derived:
