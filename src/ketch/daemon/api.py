@@ -166,7 +166,7 @@ class Api(OperationRoutes, AuthRoutes, TunnelRoutes, WatchRoutes, DashboardRoute
             host=body.host,
             mounts=bool(body.mounts),
         )
-        launch_uc.check_host(self.ctx, req, mounts=req.mounts)  # before anything is made
+        launch_uc.check_host(self.ctx, req)  # before anything is made
         if not body.mounts:
             return Op(
                 [name], OperationKind.LAUNCH, lambda rep: launch_uc.launch(self.ctx, req, rep)

@@ -89,9 +89,9 @@ async def _queued(ops: Operations) -> None:
     await ops.recovered.wait()
     while True:
         await asyncio.sleep(queued.QUEUE_PERIOD)
-        if not ops.ctx.store.queued_ops():
-            continue
         names = {q.instance for q in ops.ctx.store.queued_ops()}
+        if not names:
+            continue
         busy = {n for n in names if ops.lock(n).locked()}
         try:
             ready = await queued.due(ops.ctx, busy)

@@ -71,7 +71,7 @@ class LaunchRequest:
         return cls(**{k: v for k, v in data.items() if v is not None})
 
 
-def check_host(ctx: Context, req: LaunchRequest, *, mounts: bool = False) -> None:
+def check_host(ctx: Context, req: LaunchRequest) -> None:
     """Refuse an unknown ``--host``, and the options its driver cannot honour (nothing made).
 
     A launch without ``--host`` is placed later (:func:`place`), once its image is known.
@@ -84,7 +84,7 @@ def check_host(ctx: Context, req: LaunchRequest, *, mounts: bool = False) -> Non
 
     refuse_launch(
         ctx.drivers.host(req.host),
-        mounts=mounts,
+        mounts=req.mounts,
         networks=bool(req.networks) or req.bridged,
         forwards=bool(req.forwards),
         firmware=req.firmware,
@@ -126,7 +126,7 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
     if ctx.store.exists(name):
         raise AlreadyExists(f'instance "{name}" already exists')
     cpus, memory, disk = check_resources(req.cpus, req.memory, req.disk)
-    check_host(ctx, req, mounts=req.mounts)
+    check_host(ctx, req)
     # Off the event loop: a large file takes seconds to parse (cloudinit's limits bound it).
     user_cfg = (
         await asyncio.to_thread(cloudinit.parse_user_data, req.cloud_init)
