@@ -36,6 +36,8 @@ LIBVIRT = (
     "test_hosts.py",
     "test_libvirt_driver.py",
     "test_libvirt_launch.py",
+    "test_libvirt_snapshots.py",
+    "test_two_hosts.py",
 )
 LIBVIRT_GROUP = "tests/integration/<libvirt modules>"
 

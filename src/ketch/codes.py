@@ -103,6 +103,13 @@ CODES: dict[InconsistencyCode | FindingCode, Code] = {
         "the instance should run but its QEMU does not (crashed, killed, host rebooted)",
         "record the instance as stopped",
     ),
+    IC.HOST_UNREACHABLE: Code(
+        "the instance's libvirt host did not answer in time (libvirtd stopped, the machine or "
+        "its network down): its state is not known; `stop --force` and `delete --purge` of it "
+        "are queued and run when the host answers",
+        "none: it clears when the host answers again ('ketch host list' says why it does not)",
+        repairs=False,
+    ),
     FC.DISK_LEAKS: Code(
         "leaked clusters in the disk (`qemu-img check`)", "repair them (qemu-img check -r leaks)"
     ),

@@ -100,6 +100,8 @@ def _truth_rows() -> list[Row]:
         ops = " / ".join(op for op, s in OP_STATES.items() if s is state)
         rows.append(Row(("no", ops, "any", "-", "any", "any"), _DOWN, active_op=ops.split()[0]))
     rows.append(Row(("no", "none", "any", "-", "any", "any; quarantined"), _DOWN, quarantine="…"))
+    unreachable = replace(_DOWN, suspend_tag=None, host_error="…")
+    rows.append(Row(("no", "none", "host unreachable", "-", "-", "any"), unreachable))
     running = ", ".join(_states(Guest.RUNNING))
     rows += [
         Row(("no", "none or other", "ours", running, "no", "any"), _OURS),

@@ -292,3 +292,11 @@ class LibvirtFailed(HostCommandError):
         self.returncode = None
         self.stderr = reason.strip()
         KetchError.__init__(self, f"libvirt: {call} failed: {self.stderr}", hint=hint)
+
+
+class Queued(KetchError):
+    """``stop --force`` or ``delete --purge`` of an instance whose host does not answer: not
+    done now, but queued (stored) and carried out when the host answers.  Exit 2, as
+    Multipass's for a command that did not do what was asked (docs: README, Exit codes)."""
+
+    code = "queued"

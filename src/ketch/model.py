@@ -76,6 +76,7 @@ class InconsistencyCode(enum.StrEnum):
     MOUNT_DEAD = "mount-dead"  # not from derivation: service/mounts_health.py
     MOUNT_SOURCE_MISSING = "mount-source-missing"
     NETWORK_TAP_MISSING = "network-tap-missing"  # not from derivation: service/network.py
+    HOST_UNREACHABLE = "host-unreachable"  # its libvirt host could not be asked in time
 
 
 class FindingCode(enum.StrEnum):
@@ -318,6 +319,7 @@ class Observation:
     pid_cmdline: str | None = None  # for a FOREIGN pid: what that process is
     pid_file: int | None = None  # what the pid file said, when it is not ``pid``
     suspend_tag_disk_only: bool = False  # a "suspend" tag that holds no VM state
+    host_error: str | None = None  # its host could not be asked (why): nothing else is known
 
 
 @dataclass(frozen=True)

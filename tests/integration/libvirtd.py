@@ -1,7 +1,7 @@
 """A libvirtd for the integration tests, started by hand, with no network able to start.
 
 Shared by test_hosts.py, test_libvirt_driver.py, test_libvirt_launch.py and
-test_libvirt_snapshots.py.  ``libvirtd`` (Debian's, no systemd
+test_libvirt_snapshots.py and test_two_hosts.py.  ``libvirtd`` (Debian's, no systemd
 here) runs in the foreground with a config and pid file of its own (``libvirtd -f CONF -p
 PIDFILE``), in a private mount namespace in which ``/etc/libvirt/qemu/networks/autostart``
 is an empty directory, so no libvirt network can start (no virbr0, no dnsmasq in this

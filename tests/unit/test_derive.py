@@ -55,6 +55,10 @@ FOREIGN: dict[str, Any] = {
 TAG: dict[str, Any] = {"suspend_tag": True}
 NO_TAGS: dict[str, Any] = {"suspend_tag": None, "tag_error": "qemu-img exited 1: Could not open"}
 NO_DISK: dict[str, Any] = {"disk_exists": False}
+UNREACHABLE: dict[str, Any] = {
+    "suspend_tag": None,
+    "host_error": 'host "lv" could not be asked: did not answer within 5 s',
+}
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,17 @@ TABLE = [
         ("interrupted-operation",), interrupted_op="suspend"),
     row("interrupted/stop-intent-stop", STOP, down(), State.STOPPED, ("interrupted-operation",),
         interrupted_op="stop"),
+    # -- the instance's libvirt host could not be asked: nothing else is known ---------------
+    row("host/unreachable-intent-run", RUN, down(**UNREACHABLE), State.UNKNOWN,
+        ("host-unreachable",)),
+    row("host/unreachable-intent-suspend", SUSPEND, down(**UNREACHABLE), State.UNKNOWN,
+        ("host-unreachable",)),
+    row("host/unreachable-deleted", STOP, down(**UNREACHABLE), State.DELETED,
+        ("host-unreachable",), deleted=True),
+    row("host/unreachable-during-an-op", RUN, down(**UNREACHABLE), State.STARTING,
+        ("host-unreachable",), active_op="start"),
+    row("host/unreachable-interrupted", RUN, down(**UNREACHABLE), State.UNKNOWN,
+        ("interrupted-operation", "host-unreachable"), interrupted_op="stop"),
     # -- several at once: pid, interrupted, disk come first, in that order ---------------
     row("combined/stale-interrupted-no-disk", RUN, down(**STALE, **NO_DISK), State.STOPPED,
         ("stale-pid-file", "interrupted-operation", "missing-disk", "exited-unexpectedly"),
@@ -253,6 +268,13 @@ def test_qmp_status_is_quoted_in_paused_and_halted() -> None:
     assert "'prelaunch'" in _one(obs=ours("prelaunch")).inconsistencies[0].message
     assert "'guest-panicked'" in _one(obs=ours("guest-panicked")).inconsistencies[0].message
     assert "'inmigrate'" in _one(obs=ours("inmigrate")).inconsistencies[0].message
+
+
+def test_host_unreachable_message_is_the_reason_and_the_queue_is_said() -> None:
+    got = derive(intent=RUN, deleted=False, obs=down(**UNREACHABLE))
+    (inc,) = got.inconsistencies
+    assert inc.message == UNREACHABLE["host_error"]
+    assert "queued" in inc.action and not got.running
 
 
 def test_unreadable_tags_carries_the_error() -> None:

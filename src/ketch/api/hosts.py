@@ -56,6 +56,7 @@ class HostRow(Reply):
     disk_pool: str | None  # that pool's name (None: local, or no active pool)
     libvirt_version: str | None  # the host's libvirtd (None: local, or unreachable)
     probe_seconds: float  # how long its probe took
+    arch: str | None = None  # the machine's architecture, "x86_64" (None: unreachable)
 
 
 class HostListReply(Reply):

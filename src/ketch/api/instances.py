@@ -33,7 +33,9 @@ class LaunchBody(Body):
     bridged: bool = False  # one more NIC on local.bridged-network
     cold: bool = False  # boot, even when a warm-launch template fits
     mounts: Annotated[list[MountRequest], Meta(max_length=MAX_MOUNTS)] = field(default_factory=list)
-    host: Name = "local"  # the host it runs on: 'local' (QEMU) or a libvirt host's name
+    # the host it runs on: 'local' (QEMU) or a libvirt host's name; not given: placed on
+    # the one with the most free memory when libvirt hosts are configured, else 'local'
+    host: Name | None = None
 
 
 class StartBody(Body):

@@ -50,7 +50,8 @@ def declare(v: Verbs) -> None:
     sp.add_argument(
         "--host",
         metavar="NAME",
-        help="run it on this host (default: local; see 'ketch host list')",
+        help="run it on this host (default: the one with the most free memory that can take "
+        "it when libvirt hosts are configured, else local; see 'ketch host list')",
     )
     sp.add_argument(
         "--mount",

@@ -164,8 +164,9 @@ class Api(OperationRoutes, AuthRoutes, TunnelRoutes, WatchRoutes, DashboardRoute
                 [mounts_uc.from_request(r) for r in body.mounts]
             ),
             host=body.host,
+            mounts=bool(body.mounts),
         )
-        launch_uc.check_host(self.ctx, req, mounts=bool(body.mounts))  # before anything is made
+        launch_uc.check_host(self.ctx, req)  # before anything is made
         if not body.mounts:
             return Op(
                 [name], OperationKind.LAUNCH, lambda rep: launch_uc.launch(self.ctx, req, rep)

@@ -79,6 +79,41 @@ async def _scheduler(ops: Operations) -> None:
                 ops.ctx.store.set_shutdown_at(name, None)
 
 
+async def _queued(ops: Operations) -> None:
+    """Run the stop --force and purges queued for hosts that did not answer, once they do."""
+    import msgspec
+
+    from ketch.progress import NULL
+    from ketch.service import delete, lifecycle, queued
+
+    await ops.recovered.wait()
+    while True:
+        await asyncio.sleep(queued.QUEUE_PERIOD)
+        names = {q.instance for q in ops.ctx.store.queued_ops()}
+        if not names:
+            continue
+        busy = {n for n in names if ops.lock(n).locked()}
+        try:
+            ready = await queued.due(ops.ctx, busy)
+        except Exception:  # the next round tries again; this task must not end
+            log.exception("looking at the queued operations' hosts failed")
+            continue
+        for q in ready:
+            log.info("the host of %s answers: its queued %s runs", q.instance, q.op)
+
+            async def work(rep: QueueReporter, q: queued.QueuedOp = q) -> dict[str, Any]:
+                if q.op is OperationKind.PURGE:
+                    done: Any = await delete.delete(ops.ctx, q.instance, NULL, purge=True)
+                else:
+                    done = await lifecycle.force_stop(ops.ctx, q.instance, NULL)
+                result: dict[str, Any] = msgspec.to_builtins(done)
+                return result
+
+            event = await ops.run([q.instance], q.op, work)
+            if event.get("type") == "error":
+                log.warning("queued %s of %s: %s", q.op, q.instance, event.get("error"))
+
+
 async def _autostart(ops: Operations, rebooted: bool) -> None:
     """After a host reboot: start again what was running (``service/autostart.py``)."""
     import msgspec
@@ -274,9 +309,11 @@ async def serve(root: Root, address: str | None = None) -> None:
         rootwatch.watch({p: i for p, i in watched.items() if i is not None}, root_gone)
     )
     adopting = asyncio.create_task(_adopt_mounts(ops))
+    retrying = asyncio.create_task(_queued(ops))
     try:
         await stop.wait()
     finally:
+        retrying.cancel()
         scheduler.cancel()
         adopting.cancel()
         forwarding.cancel()

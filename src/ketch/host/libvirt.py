@@ -55,6 +55,7 @@ class NodeFacts:
     disk_pool: str | None  # that pool's name
     libvirt_version: str | None = None  # the libvirtd's, "9.0.0" (None: local)
     hostname: str | None = None
+    arch: str | None = None  # the machine's architecture: "x86_64" (virNodeGetInfo's model)
 
 
 def _version(n: int) -> str:
@@ -194,6 +195,7 @@ def probe(uri: str) -> NodeFacts:
             disk_pool=None if best is None else best[1],
             libvirt_version=_version(int(conn.getLibVersion())),
             hostname=str(conn.getHostname()),
+            arch=str(info[0]),
         )
     except libvirt.libvirtError as exc:
         raise HostUnreachable(reason(str(exc))) from exc

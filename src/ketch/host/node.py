@@ -2,12 +2,14 @@
 
 The same facts a libvirt host's probe gives (:class:`~ketch.host.libvirt.NodeFacts`), read
 from the kernel: CPUs, ``MemTotal`` and ``MemAvailable`` of ``/proc/meminfo`` (what a new
-QEMU can have without swapping), and the storage root's free space (``statvfs``).
+QEMU can have without swapping), the storage root's free space (``statvfs``) and the
+machine's architecture (``uname -m``).
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import socket
 from pathlib import Path
 
@@ -40,4 +42,5 @@ def local_facts(storage: Path) -> NodeFacts:
         disk_free=st.f_bavail * st.f_frsize,
         disk_pool=None,
         hostname=socket.gethostname(),
+        arch=platform.machine(),
     )

@@ -85,6 +85,15 @@ def derive(
                 "the state below is what is there now; repeat the command, or 'stop --force'",
             )
         )
+    if obs.host_error is not None:
+        found.append(
+            Inconsistency(
+                Code.HOST_UNREACHABLE,
+                obs.host_error,
+                "its state is not known until the host answers; 'stop --force' and "
+                "'delete --purge' are queued and run then",
+            )
+        )
     if not obs.disk_exists:
         found.append(
             Inconsistency(
@@ -108,7 +117,7 @@ def derive(
     if active_op in OP_STATES:
         return Derived(OP_STATES[active_op], tuple(found), running)
 
-    if quarantine:
+    if quarantine or obs.host_error is not None:
         return Derived(State.UNKNOWN, tuple(found), running)
 
     if running:

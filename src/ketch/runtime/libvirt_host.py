@@ -27,10 +27,11 @@ the seed live in the host's pool:
   named by the tag (:class:`~ketch.runtime.libvirt_driver.LibvirtDriver`);
 - ``copy_disk`` (clone, on the same host): a volume libvirt copies from the source's.
 
-``observe`` never raises, as the protocol says: a host that cannot be asked makes an
-observation of a process whose monitor gives no answer (``derive`` shows Unknown, with
-the reason).  The other disk verbs (reading, growing, checking, rebasing the disk) are
-the QEMU driver's only: each raises :class:`~ketch.errors.HostUnsupported`.
+``observe`` never raises, as the protocol says, and waits at most ``OBSERVE_TIMEOUT``: a
+host that cannot be asked in that time makes an observation with ``host_error`` (``derive``
+shows Unknown with ``host-unreachable`` and the reason).  The other disk verbs (reading,
+growing, checking, rebasing the disk) are the QEMU driver's only: each raises
+:class:`~ketch.errors.HostUnsupported`.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ from ketch.runtime.libvirt_pool import disk_name, seed_name
 from ketch.runtime.libvirt_xml import host_port
 
 T = TypeVar("T")
+
+OBSERVE_TIMEOUT = 5.0  # seconds an observation waits for the host before it is unreachable
 
 
 class LibvirtHost:
@@ -136,11 +139,17 @@ class LibvirtHost:
     async def observe(
         self, spec: InstanceSpec, idir: InstanceDir, *, probe_qmp: bool = True
     ) -> Observation:
+        # Bounded as a whole (the open, the pool, the look): a host that does not answer
+        # makes this instance Unknown (host-unreachable) in OBSERVE_TIMEOUT, and never holds
+        # up the observations of other hosts' instances, which run concurrently.
         try:
-            return await self._do(lambda lv: lv.observe(spec))
+            return await asyncio.wait_for(self._do(lambda lv: lv.observe(spec)), OBSERVE_TIMEOUT)
+        except TimeoutError:
+            said = f"did not answer within {OBSERVE_TIMEOUT:g} s"
         except KetchError as exc:
-            why = f'host "{self.host}" could not be asked: {exc.message}'
-            return Observation(None, PidStatus.OURS, None, why, None, why, True)
+            said = exc.message
+        why = f'host "{self.host}" could not be asked: {said}'
+        return Observation(None, PidStatus.NONE, None, None, None, why, True, host_error=why)
 
     async def start(
         self, spec: InstanceSpec, idir: InstanceDir, *, accel: str, resume: bool

@@ -2,7 +2,8 @@
 
 Purging removes an instance from any state and never fails on what it finds
 on the way (a locked or unreadable disk, a missing directory): those become
-warnings.  Nothing else in ketch removes an instance.
+warnings; one whose host does not answer is queued until it does
+(:mod:`ketch.service.queued`).  Nothing else in ketch removes an instance.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ketch.api.models import DeleteResult, NameResult, PurgeResult
-from ketch.errors import InvalidState
+from ketch.errors import InvalidState, Queued
 from ketch.model import OperationKind, State, Verb
 from ketch.progress import Reporter
 from ketch.runtime.driver import Driver, Purges
-from ketch.service import guestlink, mounts, settings
+from ketch.service import guestlink, mounts, queued, settings
 from ketch.service.context import Context
 from ketch.service.inspect import get, require
 from ketch.service.journal import journal, record_quietly
@@ -24,6 +25,7 @@ from ketch.vocabulary import accepted_states
 async def delete(ctx: Context, name: str, reporter: Reporter, *, purge: bool) -> DeleteResult:
     v = await get(ctx, name)
     if purge:
+        queued.hold(ctx, v, OperationKind.PURGE)  # its host does not answer: queued, said
         await _purge_one(ctx, name, reporter)
         return DeleteResult(name=name, purged=True)
     if v.state is State.DELETED:  # nothing to do
@@ -105,9 +107,18 @@ async def recover(ctx: Context, name: str, reporter: Reporter) -> NameResult:
 
 
 async def purge(ctx: Context, reporter: Reporter) -> PurgeResult:
-    purged = []
+    """Purge every deleted instance; those whose host does not answer are queued, and
+    said once the others are purged (:class:`~ketch.errors.Queued`)."""
+    purged, held = [], []
     for record in ctx.store.all():
         if record.deleted:
+            try:
+                queued.hold(ctx, await get(ctx, record.spec.name), OperationKind.PURGE)
+            except Queued as exc:
+                held.append(exc)
+                continue
             await _purge_one(ctx, record.spec.name, reporter)
             purged.append(record.spec.name)
+    if held:
+        raise Queued("; ".join(e.message for e in held), hint=held[0].hint)
     return PurgeResult(purged=purged)

@@ -119,6 +119,7 @@ def _row(
         disk_pool=None if facts is None else facts.disk_pool,
         libvirt_version=None if facts is None else facts.libvirt_version,
         probe_seconds=round(time.monotonic() - started, 3),
+        arch=None if facts is None else facts.arch,
     )
 
 

@@ -27,7 +27,7 @@ from ketch.api.models import (
 from ketch.errors import NotFound
 from ketch.model import LOCAL_HOST, Derived, IdMap, InstanceSpec, Observation, State, Verb
 from ketch.runtime.derive import derive
-from ketch.service import mounts_health
+from ketch.service import mounts_health, queued
 from ketch.service import network as network_uc
 from ketch.service.context import Context
 from ketch.service.guest_stats import NONE as NO_STATS
@@ -103,6 +103,8 @@ async def view(ctx: Context, record: Record, *, inside_op: bool = False) -> View
         delayed_shutdown=record.shutdown_at is not None,
         quarantine=record.quarantine,
     )
+    if obs.host_error is not None:
+        derived = queued.annotate(ctx, name, derived)  # what waits for the host, if anything
     managed: tuple[str, ...] = ()
     guest: tuple[str, ...] | None = None
     if derived.running and ctx.network is not None:

@@ -59,7 +59,8 @@ class LaunchRequest:
     bridged: bool = False  # one more on local.bridged-network
     cold: bool = False  # --cold: boot, even when a template fits (service/warm.py)
     cold_reason: str | None = None  # why the daemon launches this one cold (a native mount)
-    host: str = LOCAL_HOST  # --host: the host it runs on (service/drivers.py)
+    host: str | None = None  # --host: the host it runs on (None: placed, service/placement.py)
+    mounts: bool = False  # launch --mount: mounts follow the launch (only local has them)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LaunchRequest:
@@ -70,9 +71,12 @@ class LaunchRequest:
         return cls(**{k: v for k, v in data.items() if v is not None})
 
 
-def check_host(ctx: Context, req: LaunchRequest, *, mounts: bool = False) -> None:
-    """Refuse an unknown ``--host``, and the options its driver cannot honour (nothing made)."""
-    if req.host == LOCAL_HOST:
+def check_host(ctx: Context, req: LaunchRequest) -> None:
+    """Refuse an unknown ``--host``, and the options its driver cannot honour (nothing made).
+
+    A launch without ``--host`` is placed later (:func:`place`), once its image is known.
+    """
+    if req.host is None or req.host == LOCAL_HOST:
         return
     if ctx.drivers is None:
         raise NotFound(f'host "{req.host}" does not exist', hint="see 'ketch host list'")
@@ -80,7 +84,7 @@ def check_host(ctx: Context, req: LaunchRequest, *, mounts: bool = False) -> Non
 
     refuse_launch(
         ctx.drivers.host(req.host),
-        mounts=mounts,
+        mounts=req.mounts,
         networks=bool(req.networks) or req.bridged,
         forwards=bool(req.forwards),
         firmware=req.firmware,
@@ -123,7 +127,6 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
         raise AlreadyExists(f'instance "{name}" already exists')
     cpus, memory, disk = check_resources(req.cpus, req.memory, req.disk)
     check_host(ctx, req)
-    local = req.host == LOCAL_HOST
     # Off the event loop: a large file takes seconds to parse (cloudinit's limits bound it).
     user_cfg = (
         await asyncio.to_thread(cloudinit.parse_user_data, req.cloud_init)
@@ -141,10 +144,12 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
     networks = await extra_networks(ctx, req.networks, bridged=req.bridged, mac=_random_mac)
     image = await ctx.images.resolve(req.image, reporter)
     boot = await boot_for(image, req.firmware)
+    host = await place(ctx, req, name, boot, reporter)
+    local = host == LOCAL_HOST
     if not local and boot.kernel is None and boot.firmware == "uefi":
         from ketch.service.drivers import unsupported
 
-        raise unsupported(req.host, f"UEFI boot (the image {req.image} needs it)")
+        raise unsupported(host, f"UEFI boot (the image {req.image} needs it)")
     plan = await warm.plan(
         ctx,
         image,
@@ -163,7 +168,7 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
     idir = ctx.root.instance(name)
     ssh_port = guestlink.free_port(ctx.store.used_ports())
     # On a remote host QEMU listens there and the jump here (host/ssh/jump.py): two ports.
-    remote = not local and ctx.drivers is not None and ctx.drivers.remote(req.host)
+    remote = not local and ctx.drivers is not None and ctx.drivers.remote(host)
     host_ssh_port = guestlink.free_port(ctx.store.used_ports() | {ssh_port}) if remote else 0
     async with journal(ctx, name, OperationKind.LAUNCH, step="prepare", reporter=reporter) as j:
         idir.path.mkdir(parents=True, exist_ok=False)
@@ -185,7 +190,7 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
             created=ctx.clock.time(),
             forwards=forwards,
             networks=networks,
-            host=req.host,
+            host=host,
             host_ssh_port=host_ssh_port,
         )
         driver = ctx.driver_for(spec)
@@ -245,6 +250,29 @@ async def launch(ctx: Context, req: LaunchRequest, reporter: Reporter) -> NameRe
                 hint=f"see 'ketch info {name}'; 'ketch delete --purge {name}' removes it",
             ) from exc
     return NameResult(name=name)
+
+
+async def place(
+    ctx: Context, req: LaunchRequest, name: str, boot: BootSpec, reporter: Reporter
+) -> str:
+    """The launch's host: ``--host``'s; else the placement's, said in a progress line
+    (``local`` with no libvirt host configured: nothing is probed)."""
+    if req.host is not None:
+        return req.host
+    from ketch.service import placement
+
+    chosen = await placement.choose(
+        ctx,
+        name,
+        mounts=req.mounts,
+        networks=bool(req.networks) or req.bridged,
+        forwards=bool(req.forwards),
+        firmware=boot.firmware if boot.kernel is None else None,
+    )
+    if chosen is None:
+        return LOCAL_HOST
+    reporter.step(chosen.line(name))
+    return chosen.host
 
 
 def pick_firmware(requested: str | None, default: str, support: Collection[str], what: str) -> str:

@@ -27,7 +27,7 @@ from ketch.model import (
 from ketch.progress import Reporter
 from ketch.runtime import virtiofs
 from ketch.runtime.driver import SUSPEND_TAG
-from ketch.service import accel, guestlink, mounts
+from ketch.service import accel, guestlink, mounts, queued
 from ketch.service.context import Context
 from ketch.service.inspect import View, get, require
 from ketch.service.journal import journal, record_quietly
@@ -53,6 +53,7 @@ async def start(
     """
     v = await get(ctx, name)
     require(v, Verb.START, hint=f"'ketch stop --force {name}' first")
+    queued.superseded(ctx, name, reporter)  # a stop --force queued before is not wanted now
     if v.state in RUNNING:
         return StartResult(name=name, resumed=False)
     spec, idir = v.record.spec, ctx.root.instance(name)
@@ -202,8 +203,10 @@ async def stop(ctx: Context, name: str, reporter: Reporter) -> NameResult:
 
 
 async def force_stop(ctx: Context, name: str, reporter: Reporter) -> NameResult:
-    """End the instance from any state; never fails for anything but "not found"."""
+    """End the instance from any state; never fails for anything but "not found" (and
+    :class:`~ketch.errors.Queued` when its host does not answer: it runs once it does)."""
     v = await get(ctx, name)
+    queued.hold(ctx, v, OperationKind.FORCE_STOP)  # its host does not answer: queued, said
     spec, idir = v.record.spec, ctx.root.instance(name)
     driver = ctx.driver_for(spec)
     async with journal(ctx, name, OperationKind.FORCE_STOP, reporter=reporter, quiet=True):
@@ -241,6 +244,11 @@ async def force_stop(ctx: Context, name: str, reporter: Reporter) -> NameResult:
             reporter,
             "record the instance as stopped (it is: its QEMU has ended)",
             lambda: ctx.store.set_intent(name, Intent.STOP),
+        )
+        record_quietly(
+            reporter,
+            "forget the queued stop --force",
+            lambda: queued.done(ctx, name, OperationKind.FORCE_STOP),
         )
     return NameResult(name=name)
 

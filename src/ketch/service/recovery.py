@@ -21,8 +21,9 @@ wrote to its disk:
 | suspend | no QEMU, no tag | intent stop (QEMU died with the save) |
 | stop | QEMU runs | finished: asked again to power off (`STOP_WAIT`), intent stop; else said |
 | stop | no QEMU | finished: intent stop |
-| force-stop | any | finished: QEMU ended, intent stop |
-| purge | any | finished: QEMU ended, directory and record removed |
+| force-stop, purge | its host does not answer | queued until it does (``service/queued.py``) |
+| force-stop | any other | finished: QEMU ended, intent stop |
+| purge | any other | finished: QEMU ended, directory and record removed |
 | delete, recover | any | nothing to do: the instance is as it was left (repeat the command) |
 | snapshot | its record written | finished |
 | snapshot | no record | rolled back: its tag is removed from the disk |
@@ -41,12 +42,13 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import replace
 
 from ketch.errors import KetchError, NotFound
-from ketch.model import Intent, PidStatus, RunState
+from ketch.model import Intent, OperationKind, PidStatus, RunState
 from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG, Purges
 from ketch.service import clone, guestlink, journal, mounts, settings, snapshots
 from ketch.service.context import Context
 from ketch.store.db import JournalEntry
+from ketch.store.queued import QUEUEABLE
 
 JOB_TIMEOUT = 300.0
 STOP_WAIT = 15.0  # seconds an interrupted stop's guest is given to power off
@@ -98,6 +100,10 @@ async def recover(ctx: Context, entry: JournalEntry, reporter: Reporter) -> str:
     obs = await driver.observe(spec, idir)
     running = obs.pid_status is PidStatus.OURS
 
+    if entry.op in QUEUEABLE and obs.host_error is not None:
+        # its host does not answer: queued, as the same verb asked now would be
+        ctx.store.queue_op(entry.instance, OperationKind(entry.op), ctx.clock.time())
+        return f"queued until host {spec.host} answers ({obs.host_error})"
     if entry.op == "purge":
         await driver.kill(spec, idir)
         if isinstance(driver, Purges):

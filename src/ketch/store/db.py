@@ -1,4 +1,5 @@
-"""SQLite store (WAL): instance specs and intents, the journal, settings, snapshots, hosts.
+"""SQLite store (WAL): instance specs and intents, the journal, settings, snapshots, hosts,
+queued operations.
 
 The store holds what the user asked for, never what is happening: there is
 no "running" column.  Each state-changing step is journaled before it starts
@@ -7,7 +8,7 @@ ketchd starts again.  Schema versions live in ``PRAGMA user_version`` and
 :data:`MIGRATIONS` moves a database forward one version at a time.
 
 The tables' methods live in one module each (:mod:`.instances`,
-:mod:`.journal`, :mod:`.snapshots`, :mod:`.settings`, :mod:`.hosts`, sharing
+:mod:`.journal`, :mod:`.snapshots`, :mod:`.settings`, :mod:`.hosts`, :mod:`.queued`, sharing
 :mod:`.base`), the rows' types in :mod:`.records` and the schema in
 :mod:`.schema`; this module opens the database and migrates it.
 """
@@ -27,6 +28,7 @@ from ketch.store import mirror
 from ketch.store.hosts import HostTable
 from ketch.store.instances import InstanceTable
 from ketch.store.journal import JournalTable
+from ketch.store.queued import QueueTable
 from ketch.store.records import JournalEntry, Record, SnapshotRecord, spec_from_json, spec_to_json
 from ketch.store.schema import MIGRATIONS
 from ketch.store.settings import SettingsTable
@@ -45,7 +47,7 @@ __all__ = [
 ]
 
 
-class Store(InstanceTable, JournalTable, SnapshotTable, SettingsTable, HostTable):
+class Store(InstanceTable, JournalTable, SnapshotTable, SettingsTable, HostTable, QueueTable):
     """The one SQLite database of a storage root.
 
     Every method that changes an instance's record or its snapshots' metadata
@@ -112,6 +114,7 @@ class Store(InstanceTable, JournalTable, SnapshotTable, SettingsTable, HostTable
 
     def remove(self, name: str) -> None:
         super().remove(name)
+        self.unqueue(name)  # nothing is left to stop or purge
         mirror.remove(self._instances / name)
 
     def add_snapshot(self, snap: SnapshotRecord) -> None:

@@ -64,4 +64,13 @@ MIGRATIONS: tuple[str, ...] = (
         created REAL NOT NULL
     );
     """,
+    # 4: stop --force and delete --purge of an instance whose host did not answer, queued
+    # until it does (service/queued.py); one per instance, a purge outranking a stop
+    """
+    CREATE TABLE queued (
+        instance TEXT PRIMARY KEY,
+        op TEXT NOT NULL,
+        queued REAL NOT NULL
+    );
+    """,
 )

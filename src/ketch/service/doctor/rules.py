@@ -88,5 +88,6 @@ RULES: dict[IC, Rule] = {
     IC.EXITED_UNEXPECTEDLY: Rule(_record_stopped),
     IC.MOUNT_DEAD: Rule(lambda ctx, v, inc: remount(ctx, v, inc.mount)),
     IC.MOUNT_SOURCE_MISSING: Rule(None),
+    IC.HOST_UNREACHABLE: Rule(None),
     IC.NETWORK_TAP_MISSING: Rule(lambda ctx, v, _: repairs.suspend_resume(ctx, v.name)),
 }
