@@ -1,17 +1,20 @@
 """An sshd on 127.0.0.1 for the ``qemu+ssh://`` hosts of the integration tests.
 
-Shared by test_hosts.py and test_libvirt_launch.py: ``sshd`` on a free loopback port, a
-host key and a client key made by the test, root allowed with that key only; its
-known_hosts line is what ``ketch host add --known-hosts`` is given (verified, never
-``no_verify``).
+Shared by test_hosts.py, test_libvirt_launch.py and test_libvirt_snapshots.py: ``sshd``
+on a free loopback port, a host key and a client key made by the test, root allowed with
+that key only; its known_hosts line is what ``ketch host add --known-hosts`` is given
+(verified, never ``no_verify``): :func:`host_add`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from libvirtd import free_port
@@ -72,3 +75,29 @@ class Sshd:
             self.proc.terminate()
             self.proc.wait(20)
             self.proc = None
+
+
+@contextlib.contextmanager
+def running() -> Iterator[Sshd]:
+    """An :class:`Sshd` started in a directory of its own; stopped and removed after."""
+    work = Path(tempfile.mkdtemp(prefix="ketch-sshd-", dir="/tmp"))
+    sshd = Sshd(work)
+    try:
+        sshd.start()
+        yield sshd
+    finally:
+        sshd.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def host_add(name: str, sshd: Sshd | None) -> list[str]:
+    """``host add NAME URI ...``: the libvirtd on ``qemu:///system``, or (``sshd`` given)
+    the same one through ``qemu+ssh://root@127.0.0.1:PORT/system``, its key and its
+    host key pinned."""
+    if sshd is None:
+        return ["host", "add", name, "qemu:///system"]
+    uri = f"qemu+ssh://root@127.0.0.1:{sshd.port}/system"
+    return [
+        "host", "add", name, uri, "--ssh-key", str(sshd.client_key),
+        "--known-hosts", str(sshd.known_hosts()),
+    ]  # fmt: skip

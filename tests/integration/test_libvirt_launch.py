@@ -32,9 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,8 @@ from typing import Any
 import pytest
 from ketchcli import Ketch
 from libvirtd import LIBVIRTD, Libvirtd, ketch_on_libvirtd, virsh, volumes
-from sshd import SSHD, Sshd
+from sshd import SSHD, Sshd, host_add
+from sshd import running as sshd_running
 
 from ketch.host import procs
 from ketch.model import ImageInfo
@@ -56,18 +55,12 @@ pytestmark = pytest.mark.skipif(
 
 
 class Env:
-    def __init__(self, k: Ketch, pool: Path, lv: Libvirtd, uri: str, sshd: Sshd | None) -> None:
-        self.k, self.pool, self.lv, self.uri, self.sshd = k, pool, lv, uri, sshd
+    def __init__(self, k: Ketch, pool: Path, lv: Libvirtd, sshd: Sshd | None) -> None:
+        self.k, self.pool, self.lv, self.sshd = k, pool, lv, sshd
         self.remote = sshd is not None
 
     def add_host(self) -> None:
-        if self.sshd is None:
-            self.k.run("host", "add", "lv", self.uri)
-        else:
-            self.k.run(
-                "host", "add", "lv", self.uri, "--ssh-key", str(self.sshd.client_key),
-                "--known-hosts", str(self.sshd.known_hosts()),
-            )  # fmt: skip
+        self.k.run(*host_add("lv", self.sshd))
 
     def jump(self) -> int | None:
         """The pid of the instance's jump (a remote host's SSH relay) while it runs."""
@@ -85,17 +78,10 @@ class Env:
 @pytest.fixture(scope="module", params=["system", "ssh"])
 def env(request: pytest.FixtureRequest, tiny_image: ImageInfo) -> Iterator[Env]:
     with contextlib.ExitStack() as stack:
-        sshd = None
-        uri = "qemu:///system"
-        if request.param == "ssh":  # up before ketchd and down after it: its purges use it
-            work = Path(tempfile.mkdtemp(prefix="ketch-lvl-sshd-", dir="/tmp"))
-            stack.callback(shutil.rmtree, work, ignore_errors=True)
-            sshd = Sshd(work)
-            sshd.start()
-            stack.callback(sshd.stop)
-            uri = f"qemu+ssh://root@127.0.0.1:{sshd.port}/system"
+        # through ssh: up before ketchd and down after it (its teardown's purges use it)
+        sshd = stack.enter_context(sshd_running()) if request.param == "ssh" else None
         k, pool, lv = stack.enter_context(ketch_on_libvirtd(tiny_image, "ketch-lvl-"))
-        yield Env(k, pool, lv, uri, sshd)
+        yield Env(k, pool, lv, sshd)
 
 
 def test_no_libvirt_network_runs() -> None:

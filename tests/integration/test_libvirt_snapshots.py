@@ -1,7 +1,9 @@
 """Snapshots and clone of an instance on a libvirt host (issue 20), through the real CLI.
 
 The module runs its own libvirtd and ketchd (:func:`libvirtd.ketch_on_libvirtd`, as
-test_libvirt_launch.py) and one tiny instance on the host ``lv`` (``qemu:///system``).
+test_libvirt_launch.py) and one tiny instance on the host ``lv``, once through
+``qemu:///system`` and once through ``qemu+ssh://root@127.0.0.1:PORT/system`` (an sshd
+on loopback, :mod:`sshd`).
 Snapshots are libvirt's domain snapshots of the shut-off domain, internal qcow2 snapshots
 of its disk volume: taken (``virsh snapshot-list`` has the tag, the qcow2 too), listed
 (``list --snapshots``, ``info``'s count), restored (a file written after the snapshot is
@@ -13,6 +15,7 @@ order on the one instance, each leaving it as the next expects).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -22,6 +25,8 @@ from pathlib import Path
 import pytest
 from ketchcli import Ketch
 from libvirtd import LIBVIRTD, ketch_on_libvirtd, virsh, volumes
+from sshd import SSHD, host_add
+from sshd import running as sshd_running
 from test_clone import identity
 
 from ketch.model import ImageInfo
@@ -32,15 +37,17 @@ DOMAIN = f"ketch-{NAME}"
 SOURCE: dict[str, str] = {}  # the source's identity, as its guest said it (the first test)
 
 pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not Path(LIBVIRTD).exists(),
-    reason="needs root and libvirtd (libvirt-daemon-system)",
+    os.geteuid() != 0 or not Path(LIBVIRTD).exists() or not Path(SSHD).exists(),
+    reason="needs root, libvirtd (libvirt-daemon-system) and sshd (openssh-server)",
 )
 
 
-@pytest.fixture(scope="module")
-def env(tiny_image: ImageInfo) -> Iterator[tuple[Ketch, Path]]:
-    with ketch_on_libvirtd(tiny_image, "ketch-lvs-") as (k, pool, _):
-        k.run("host", "add", "lv", "qemu:///system")
+@pytest.fixture(scope="module", params=["system", "ssh"])
+def env(request: pytest.FixtureRequest, tiny_image: ImageInfo) -> Iterator[tuple[Ketch, Path]]:
+    with contextlib.ExitStack() as stack:
+        sshd = stack.enter_context(sshd_running()) if request.param == "ssh" else None
+        k, pool, _ = stack.enter_context(ketch_on_libvirtd(tiny_image, "ketch-lvs-"))
+        k.run(*host_add("lv", sshd))
         k.run("launch", "tiny", "--name", NAME, "--host", "lv", "--memory", "256M", timeout=900)
         yield k, pool
 
