@@ -284,6 +284,16 @@ PHRASES: dict[Verb, str] = {
 }
 
 
+def suspended_hint(name: str, *, managed_save: bool = False) -> str:
+    """What to do with a suspended instance a verb needs stopped (one sentence, pure):
+    its state is in its disk (the QEMU driver), or libvirt's managed save (a libvirt host)."""
+    where = "by libvirt (a managed save)" if managed_save else "in its disk"
+    return (
+        f"its memory state is saved {where}: 'ketch start {name}' then "
+        f"'ketch stop {name}', or 'ketch stop --force {name}' (discards the suspended state)"
+    )
+
+
 def quoted(verbs: tuple[Verb, ...]) -> str:
     """``'a', 'b' and 'c'``."""
     words = [f"'{v.value}'" for v in verbs]

@@ -238,3 +238,13 @@ def test_the_quarantine_inconsistency_names_what_is_allowed() -> None:
     assert inc.action.startswith(
         "only 'info', 'doctor', 'stop --force' and 'delete --purge' are allowed; "
     )
+
+
+def test_a_suspended_instances_hint_says_where_its_state_is() -> None:
+    from ketch.vocabulary import suspended_hint
+
+    here = suspended_hint("vm1")
+    assert "saved in its disk" in here and "'ketch stop --force vm1'" in here
+    assert "discards the suspended state" in here
+    there = suspended_hint("vm1", managed_save=True)
+    assert "saved by libvirt (a managed save)" in there and "'ketch start vm1'" in there

@@ -53,7 +53,7 @@ def _check_restorable(instance: str, snapshot: str) -> None:
     snapshot, or an instance not Stopped (the daemon's own sentence and hint)."""
     from ketch.errors import NotFound
     from ketch.model import State, Verb
-    from ketch.vocabulary import require
+    from ketch.vocabulary import require, suspended_hint
 
     doc = client().call(routes.INFO, query={"names": f"{instance},{instance}.{snapshot}"})
     entry = doc.info.get(instance)
@@ -62,11 +62,8 @@ def _check_restorable(instance: str, snapshot: str) -> None:
     state = State(entry.state) if isinstance(entry.state, str) else State.UNKNOWN
     hint = f"stop it first: 'ketch stop {instance}'"
     if state is State.SUSPENDED:
-        hint = (
-            f"its memory state is saved in its disk: 'ketch start {instance}' then "
-            f"'ketch stop {instance}', or 'ketch stop --force {instance}' "
-            "(discards the suspended state)"
-        )
+        libvirt = isinstance(entry.host, str) and entry.host != "local"
+        hint = suspended_hint(instance, managed_save=libvirt)
     require(
         instance,
         state,

@@ -44,6 +44,7 @@ from ketch.service.inspect import get, require
 from ketch.service.journal import journal
 from ketch.service.launch import write_seed
 from ketch.store.db import JournalEntry
+from ketch.vocabulary import suspended_hint
 
 
 def default_name(source: str, taken: Collection[str]) -> str:
@@ -126,10 +127,7 @@ async def clone(
     refuse_another_host(v.record.spec, host)
     hint = f"stop it first: 'ketch stop {source}'"
     if v.state is State.SUSPENDED:
-        hint = (
-            f"its memory state is saved in its disk: 'ketch start {source}' then "
-            f"'ketch stop {source}', or 'ketch stop --force {source}'"
-        )
+        hint = suspended_hint(source, managed_save=v.record.spec.host != LOCAL_HOST)
     try:
         require(v, Verb.CLONE, hint=hint)
     except InvalidState as exc:

@@ -36,7 +36,7 @@ from ketch.api.models import (
 )
 from ketch.errors import AlreadyExists, KetchError
 from ketch.layout import InstanceDir
-from ketch.model import InstanceSpec, OperationKind, PidStatus, State, Verb
+from ketch.model import LOCAL_HOST, InstanceSpec, OperationKind, PidStatus, State, Verb
 from ketch.progress import Reporter
 from ketch.runtime.driver import SUSPEND_TAG
 from ketch.service.context import Context
@@ -44,6 +44,7 @@ from ketch.service.inspect import View, get, require
 from ketch.service.journal import journal
 from ketch.service.names import validate as validate_label
 from ketch.store.db import JournalEntry, SnapshotRecord
+from ketch.vocabulary import suspended_hint
 
 TAG_PREFIX = "ketch-snap-"
 DEFAULT_PREFIX = "snapshot"
@@ -159,10 +160,7 @@ def info_doc(
 def _require_stopped(v: View, verb: Verb) -> None:
     name = v.name
     if v.state is State.SUSPENDED:
-        hint = (
-            f"its memory state is saved in its disk: 'ketch start {name}' then "
-            f"'ketch stop {name}', or 'ketch stop --force {name}' (discards the suspended state)"
-        )
+        hint = suspended_hint(name, managed_save=v.record.spec.host != LOCAL_HOST)
     elif v.state is State.UNKNOWN:
         hint = f"see 'ketch info {name}'; 'ketch stop --force {name}' ends it"
     else:
