@@ -74,13 +74,8 @@ class LibvirtDriver(LibvirtPool):
 
     def _domain(self, spec: InstanceSpec) -> Any | None:
         """The instance's domain, or None when none is defined.  Blocking."""
-        libvirt = binding()
-        try:
-            return self.conn.lookupByName(domain_name(spec.name))
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                return None
-            raise
+        no_domain = binding().VIR_ERR_NO_DOMAIN
+        return found(lambda: self.conn.lookupByName(domain_name(spec.name)), no_domain)
 
     def _ours(self, dom: Any, spec: InstanceSpec) -> bool:
         libvirt = binding()
@@ -251,13 +246,7 @@ class LibvirtDriver(LibvirtPool):
 
         def look() -> Observation:
             libvirt = binding()
-            try:
-                self._pool().storageVolLookupByName(disk_name(spec.name))
-                disk = True
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
-                    raise
-                disk = False
+            disk = self._lookup_volume(disk_name(spec.name)) is not None
             dom = self._domain(spec)
             if dom is None:
                 return libvirt_state.observation(

@@ -18,13 +18,12 @@ suspend, delete and purge.  :func:`target` names its socket only while
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ketch.host import dnsmasq, procs, ssh
+from ketch.host import dnsmasq, procs, ssh, tcp
 from ketch.host.ssh import master
 from ketch.layout import InstanceDir, Root
 from ketch.model import InstanceSpec, PidStatus
@@ -83,14 +82,7 @@ _unreachable: dict[tuple[str, str], float] = {}  # (instance, address) -> when i
 
 async def reachable(address: str, port: int = 22, timeout: float = PROBE_TIMEOUT) -> bool:
     """Does a TCP connection to ``address:port`` succeed within ``timeout``?"""
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
+    return await tcp.reachable(address, port, timeout)
 
 
 def attached(tap: str, sys_net: Path = SYS_NET) -> bool:

@@ -31,13 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ketch.errors import HostUnreachable
-from ketch.host import procs
+from ketch.host import procs, tcp
 from ketch.host.ssh.argv import ssh_option
 
 #: Seconds the jump may take to connect, authenticate and listen.
 START_TIMEOUT = 30.0
 #: Seconds between two looks at the listener while the jump starts.
 POLL = 0.05
+#: Seconds one look at the listener may take (loopback: it answers at once or refuses).
+LISTEN_PROBE = 1.0
 #: How much of the jump's log a failure report reads (its end).
 LOG_KEEP = 2048
 
@@ -97,17 +99,6 @@ def running(pidfile: Path, argv: list[str]) -> int | None:
     return pid
 
 
-async def _listening(port: int) -> bool:
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
-
-
 def _tail(path: Path) -> str:
     try:
         with path.open("rb") as f:
@@ -139,7 +130,7 @@ async def start(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while proc.returncode is None and loop.time() < deadline:
-        if await _listening(port):
+        if await tcp.reachable("127.0.0.1", port, LISTEN_PROBE):
             return proc.pid
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), POLL)
